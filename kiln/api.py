@@ -1,0 +1,179 @@
+"""The Python API: ``kiln.compile``, ``CompiledModel.run/export/source``, ``kiln.inspect``, ``kiln.load``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from kiln.errors import KilnError
+from kiln.ir.dtype import DType
+from kiln.ir.graph import Graph, TensorType, Value
+from kiln.passes.manager import PipelineResult, run_pipeline
+from kiln.targets import parse_target
+
+PREFIX = "kiln_model"
+
+
+def _import(model, input_shapes=None, example_inputs=None) -> Graph:
+    if isinstance(model, Graph):
+        return model
+    try:
+        import torch  # noqa: F401  (only to recognise modules; the torch frontend comes later)
+        is_module = isinstance(model, torch.nn.Module)
+    except ImportError:
+        is_module = False
+    if is_module:
+        raise KilnError("compiling a torch.nn.Module is not available in this version; "
+                        "export it to ONNX first (torch.onnx.export) and compile the .onnx file")
+    from kiln.frontend.onnx import from_onnx
+
+    return from_onnx(model, input_shapes)
+
+
+class CompiledModel:
+    """A model compiled for one target: run it, read its source, or export a C project."""
+
+    def __init__(self, result: PipelineResult, target: str):
+        self.target = target
+        self.result = result
+        self.graph = result.graph
+        self._runner = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.graph.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [v.name for v in self.graph.outputs]
+
+    @property
+    def arena_size(self) -> int:
+        return self.result.plan.arena_size
+
+    @property
+    def kernel_count(self) -> int:
+        return len(self.result.kernels)
+
+    def source(self) -> str:
+        return self.result.source.model_c
+
+    def header(self) -> str:
+        return self.result.source.model_h
+
+    def _files(self) -> dict[str, str]:
+        return {"model.c": self.result.source.model_c, "model.h": self.result.source.model_h}
+
+    def build(self):
+        if self._runner is None:
+            from kiln.targets.host import HostRunner, build_shared_library
+
+            lib = build_shared_library(self._files())
+            self._runner = HostRunner(lib, PREFIX, self.graph.inputs, self.graph.outputs,
+                                      self.result.plan.weights, self.result.plan.arena_size)
+        return self._runner
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on a dict of name -> numpy array; returns a dict of output arrays."""
+        return self.build()(dict(inputs))
+
+    def export(self, directory) -> Path:
+        """Write a self-contained C project (sources, weights, Makefile, manifest)."""
+        from kiln import __version__
+        from kiln.codegen.templates import render
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in self._files().items():
+            (out / name).write_text(text)
+        (out / "weights.bin").write_bytes(self.result.plan.weights)
+        manifest = _manifest(self.graph, self.target, self.result.plan)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        ctx = dict(version=__version__, prefix=PREFIX, model_name=self.graph.name, target=self.target,
+                   weights_size=len(self.result.plan.weights),
+                   inputs=manifest["inputs"], outputs=manifest["outputs"])
+        (out / "Makefile").write_text(render("Makefile.j2", **ctx))
+        (out / "README.md").write_text(render("README.md.j2", **ctx))
+        return out
+
+
+def _manifest(graph: Graph, target: str, plan) -> dict:
+    def io(vals):
+        return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.value} for v in vals]
+
+    return {"format": "kiln-export-1", "target": target, "prefix": PREFIX, "model": graph.name,
+            "inputs": io(graph.inputs), "outputs": io(graph.outputs),
+            "arena_size": plan.arena_size, "weights_size": len(plan.weights)}
+
+
+def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            db=None, example_inputs=None) -> CompiledModel:
+    """Compile an ONNX model (path or ModelProto) for ``target``."""
+    spec = parse_target(target)
+    if db is not None:
+        raise KilnError("tuning databases (db=) are not available in this version; compile without db")
+    graph = _import(model, input_shapes, example_inputs)
+    _require_static(graph)
+    result = run_pipeline(graph, target=str(spec), prefix=PREFIX)
+    return CompiledModel(result, str(spec))
+
+
+def _require_static(graph: Graph) -> None:
+    dynamic = {v.name: v.shape for v in graph.inputs if not v.type.is_static}
+    if dynamic:
+        detail = ", ".join(f"{n}{list(s)}" for n, s in dynamic.items())
+        raise KilnError(f"inputs with symbolic dimensions need concrete shapes: {detail}; pass "
+                        "input_shapes={name: (dims...)} (CLI: --input-shape NAME=1,3,224,224)")
+
+
+def inspect(model, *, input_shapes=None, print_ir_after: str | None = None) -> str:
+    """Text report: the graph IR (or the IR after a named stage), kernels and memory."""
+    from kiln.passes.manager import check_stage
+    from kiln.ir.graph import format_graph
+
+    check_stage(print_ir_after)
+    graph = _import(model, input_shapes)
+    if print_ir_after == "import" or not all(v.type.is_static for v in graph.inputs):
+        return format_graph(graph)
+    result = run_pipeline(graph, print_after=print_ir_after, prefix=PREFIX)
+    if print_ir_after:
+        return result.snapshots[print_ir_after]
+    from kiln.passes.manager import _kernel_notes
+
+    lines = [format_graph(result.graph, annotate=_kernel_notes(result.groups)), "",
+             f"kernels: {len(result.kernels)}", f"memory: {result.plan.summary()}"]
+    return "\n".join(lines)
+
+
+class _LoadedResult:
+    """The parts of a PipelineResult a reloaded export provides."""
+
+    def __init__(self, source, plan, kernels=()):
+        self.source, self.plan, self.kernels = source, plan, list(kernels)
+
+
+def load(directory) -> CompiledModel:
+    """Reload a directory written by ``export`` (host target) for running."""
+    from kiln.codegen.model import ModelSource
+    from kiln.passes.memory_plan import MemoryPlan
+
+    d = Path(directory)
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError) as e:
+        raise KilnError(f"{d} is not a Kiln export directory (manifest.json: {e})") from None
+    if manifest.get("target") != "host":
+        raise KilnError(f"{d} was exported for {manifest.get('target')!r}; only host exports run in process")
+
+    def vals(items):
+        return tuple(Value(i["name"], TensorType(tuple(i["shape"]), DType(i["dtype"]))) for i in items)
+
+    graph = Graph(vals(manifest["inputs"]), vals(manifest["outputs"]), (), {}, manifest["model"])
+    source = ModelSource((d / "model.c").read_text(), (d / "model.h").read_text(), manifest["prefix"])
+    plan = MemoryPlan({}, manifest["arena_size"], 0, (d / "weights.bin").read_bytes())
+    cm = CompiledModel.__new__(CompiledModel)
+    cm.target, cm.graph, cm._runner = "host", graph, None
+    cm.result = _LoadedResult(source, plan)
+    return cm

@@ -1,0 +1,214 @@
+"""C renderer: loop IR -> C99 (with OpenMP pragmas for parallel and SIMD loops).
+
+The renderer is a class with a type table and an op table, in the manner of
+tinygrad's cstyle renderer; targets that speak a C dialect (NEON C, CUDA) subclass it
+and override entries.
+"""
+from __future__ import annotations
+
+import math
+
+from kiln.errors import VerificationError
+from kiln.ir.dtype import DType
+from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
+from kiln.ir.loop import PARALLEL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq, Stmt, Store
+
+
+class CRenderer:
+    type_map = {
+        DType.float32: "float", DType.float64: "double", DType.float16: "_Float16",
+        DType.int8: "int8_t", DType.int16: "int16_t", DType.int32: "int32_t", DType.int64: "int64_t",
+        DType.uint8: "uint8_t", DType.bool: "uint8_t",
+    }
+    infix = {
+        "add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">",
+        "ge": ">=", "eq": "==", "ne": "!=", "and": "&&", "or": "||", "bitand": "&", "bitor": "|",
+        "shl": "<<", "shr": ">>",
+    }
+    # float math: name without the type suffix; "f" is appended for float32
+    float_fn = {
+        "exp": "exp", "log": "log", "sqrt": "sqrt", "abs": "fabs", "tanh": "tanh", "erf": "erf",
+        "floor": "floor", "ceil": "ceil", "round": "nearbyint", "sin": "sin", "cos": "cos",
+        "tan": "tan", "asin": "asin", "acos": "acos", "atan": "atan", "sinh": "sinh", "cosh": "cosh",
+        "asinh": "asinh", "acosh": "acosh", "atanh": "atanh", "pow": "pow", "min": "fmin",
+        "max": "fmax", "fmod": "fmod",
+    }
+    parallel_pragma = "#pragma omp parallel for"
+    simd_pragma = "#pragma omp simd"
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    # -- types and literals --------------------------------------------------------------
+    def ctype(self, dtype: DType) -> str:
+        return self.type_map[dtype]
+
+    def literal(self, c: Const) -> str:
+        v, dt = c.value, c.dtype
+        if dt is DType.bool:
+            return "1" if v else "0"
+        if dt.is_float:
+            v = float(v)
+            if math.isnan(v):
+                return "NAN"
+            if math.isinf(v):
+                return "INFINITY" if v > 0 else "(-INFINITY)"
+            s = repr(v)
+            s = s if ("e" in s or "." in s) else s + ".0"
+            return f"{s}f" if dt is DType.float32 else (f"(_Float16){s}f" if dt is DType.float16 else s)
+        if dt is DType.int64:
+            return f"INT64_C({int(v)})"
+        return str(int(v))
+
+    def fn(self, name: str, dtype: DType) -> str:
+        base = self.float_fn[name]
+        return base + "f" if dtype in (DType.float32, DType.float16) else base
+
+    # -- expressions -------------------------------------------------------------------------
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Const):
+            return self.literal(e)
+        if isinstance(e, Var):
+            return e.name
+        if isinstance(e, Load):
+            return self.load(e)
+        if isinstance(e, Select):
+            return f"({self.expr(e.cond)} ? {self.expr(e.a)} : {self.expr(e.b)})"
+        if isinstance(e, Cast):
+            return f"(({self.ctype(e.dtype)})({self.expr(e.a)}))"
+        if isinstance(e, Bin):
+            return self.binary(e)
+        if isinstance(e, Un):
+            return self.unary(e)
+        raise VerificationError(f"the C renderer cannot print {type(e).__name__}")
+
+    def binary(self, e: Bin) -> str:
+        a, b = self.expr(e.a), self.expr(e.b)
+        dt = e.a.dtype
+        if e.op in ("min", "max", "pow", "fmod") and dt.is_float:
+            return f"{self.fn(e.op, dt)}({a}, {b})"
+        if e.op in ("min", "max"):
+            cmp = "<" if e.op == "min" else ">"
+            return f"(({a}) {cmp} ({b}) ? ({a}) : ({b}))"
+        if e.op in ("floordiv", "mod"):
+            if _nonneg(e.a) and _nonneg(e.b):
+                return f"({a} {'/' if e.op == 'floordiv' else '%'} {b})"
+            return f"kiln_{e.op}({a}, {b})"
+        if e.op == "fmod":
+            return f"({a} % {b})"
+        if e.op == "pow":
+            return f"(({self.ctype(dt)})pow((double)({a}), (double)({b})))"
+        if e.op == "xor":
+            return f"(!({a}) != !({b}))"
+        return f"({a} {self.infix[e.op]} {b})"
+
+    def unary(self, e: Un) -> str:
+        a, dt = self.expr(e.a), e.a.dtype
+        if e.op == "neg":
+            return f"(-{a})"
+        if e.op == "not":
+            return f"(!{a})"
+        if e.op == "isnan":
+            return f"(isnan({a}) != 0)"
+        if e.op == "isinf":
+            return f"(isinf({a}) != 0)"
+        if e.op == "sigmoid":
+            one = self.literal(Const(1.0, dt))
+            return f"({one} / ({one} + {self.fn('exp', dt)}(-{a})))"
+        if e.op == "softplus":
+            return f"{self.fn('log', dt)}({self.literal(Const(1.0, dt))} + {self.fn('exp', dt)}({a}))"
+        if e.op == "reciprocal":
+            return f"({self.literal(Const(1.0, dt))} / {a})"
+        if e.op == "sign":
+            z = self.literal(Const(0, dt))
+            return f"(({a}) > {z} ? {self.literal(Const(1, dt))} : (({a}) < {z} ? {self.literal(Const(-1, dt))} : {z}))"
+        if e.op == "abs" and not dt.is_float:
+            return f"(({a}) < 0 ? -({a}) : ({a}))"
+        return f"{self.fn(e.op, dt)}({a})"
+
+    def load(self, e: Load) -> str:
+        return f"{e.buffer}{self.subscript(e.buffer, e.indices)}"
+
+    # -- buffers ------------------------------------------------------------------------------
+    def subscript(self, name: str, indices) -> str:
+        buf = self.buffers[name]
+        if buf.scope == "local":
+            return "".join(f"[{self.expr(i)}]" for i in indices)
+        if not indices:
+            return "[0]"
+        flat = None
+        for i, n in zip(indices, buf.shape):
+            s = self.expr(i)
+            flat = s if flat is None else f"({flat}) * {n} + {s}"
+        return f"[{flat}]"
+
+    # -- statements -----------------------------------------------------------------------------
+    def emit(self, line: str, depth: int):
+        self.lines.append("  " * depth + line)
+
+    def stmt(self, s: Stmt, depth: int, in_parallel: bool = False):
+        if isinstance(s, For):
+            if s.kind == PARALLEL and not in_parallel:
+                self.emit(self.parallel_pragma, depth)
+            elif s.kind == VECTORIZED:
+                self.emit(self.simd_pragma, depth)
+            elif s.kind == UNROLLED:
+                self.emit(f"#pragma GCC unroll {s.extent}", depth)
+            v = s.var.name
+            self.emit(f"for (int64_t {v} = 0; {v} < {s.extent}; ++{v}) {{", depth)
+            self.stmt(s.body, depth + 1, in_parallel or s.kind == PARALLEL)
+            self.emit("}", depth)
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                self.stmt(x, depth, in_parallel)
+        elif isinstance(s, Store):
+            self.emit(f"{s.buffer}{self.subscript(s.buffer, s.indices)} = {self.expr(s.value)};", depth)
+        elif isinstance(s, Alloc):
+            b = s.buffer
+            self.buffers[b.name] = b
+            dims = "".join(f"[{n}]" for n in b.shape)
+            self.emit(f"{self.ctype(b.dtype)} {b.name}{dims};", depth)
+            self.stmt(s.body, depth, in_parallel)
+        elif isinstance(s, If):
+            self.emit(f"if ({self.expr(s.cond)}) {{", depth)
+            self.stmt(s.then, depth + 1, in_parallel)
+            self.emit("}", depth)
+        else:
+            raise VerificationError(f"the C renderer cannot print {type(s).__name__}")
+
+    def render_func(self, f: Func, inputs: set[str], static: bool = True) -> str:
+        """``static void name(const float* restrict a, float* restrict out, ...)``."""
+        self.lines = []
+        self.buffers: dict[str, Buffer] = {b.name: b for b in f.params}
+        params = ", ".join(
+            f"{'const ' if b.name in inputs else ''}{self.ctype(b.dtype)}* restrict {b.name}" for b in f.params)
+        self.emit(f"{'static ' if static else ''}void {f.name}({params}) {{", 0)
+        self.stmt(f.body, 1)
+        self.emit("}", 0)
+        return "\n".join(self.lines)
+
+
+def _nonneg(e: Expr) -> bool:
+    """True when an integer index expression can be shown to be >= 0 (loop vars are)."""
+    c = affine_coeffs(e)
+    if c is not None:
+        return all(v >= 0 for v in c.values())
+    if isinstance(e, Bin) and e.op in ("floordiv", "mod", "mul", "add", "min", "max"):
+        return _nonneg(e.a) and _nonneg(e.b)
+    return False
+
+
+C_PRELUDE = """\
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline int64_t kiln_floordiv(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+static inline int64_t kiln_mod(int64_t a, int64_t b) {
+  int64_t r = a % b;
+  return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+"""

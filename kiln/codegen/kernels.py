@@ -1,0 +1,103 @@
+"""Fused groups -> kernels: compute stages, inlining, lowering and default schedules.
+
+A kernel's parameters are, in order, the graph values it reads, the values it writes
+and its scratch tensors (intermediate stages that cannot be inlined, such as the
+padded input of a convolution or the row maxima of a softmax). Scratch tensors get
+arena space from the memory planner like any other value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from kiln.ir import ops
+from kiln.ir.compute import Stage, Tensor
+from kiln.ir.dtype import DType
+from kiln.ir.expr import Const, Load, replace_loads
+from kiln.ir.graph import Graph, TensorType
+from kiln.ir.loop import Buffer, Func, canonicalize, seq
+from kiln.ir.lower import inline_stages, lower_stage
+from kiln.ir.schedule import Schedule
+from kiln.passes.default_schedule import schedule_kernel
+from kiln.passes.fuse import Group
+
+
+@dataclass
+class Kernel:
+    name: str
+    func: Func                       # scheduled loop IR
+    inputs: list[str]                # graph values read, in parameter order
+    outputs: list[str]               # graph values written
+    temps: list[tuple[str, TensorType]]  # scratch tensors, named "<kernel>.<stage>"
+    stages: list[Stage] = field(default_factory=list)
+    trace: list = field(default_factory=list)
+    unscheduled: Func | None = None
+
+    @property
+    def params(self) -> list[str]:
+        return self.inputs + self.outputs + [t for t, _ in self.temps]
+
+
+def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
+    """Compute stages for a group, with C-safe buffer names; returns (stages, inputs, outputs, names)."""
+    produced = {o.name for n in group.nodes for o in n.outputs}
+    inputs: list[str] = []
+    for node in group.nodes:
+        for name in node.inputs:
+            if name and name not in produced and name not in inputs:
+                inputs.append(name)
+    consts = graph.constants
+    scalars = {n: consts[n] for n in inputs if n in consts and consts[n].size == 1}
+    inputs = [n for n in inputs if n not in scalars]
+    outputs = [group.result.outputs[0].name] + [
+        o.name for n in group.nodes[:-1] for o in n.outputs if o.name in {v.name for v in graph.outputs}]
+    outputs += [o.name for o in group.result.outputs[1:]]
+    cname = {n: f"in{k}" for k, n in enumerate(inputs)}
+    cname.update({n: f"out{k}" for k, n in enumerate(outputs)})
+    internal = [o.name for n in group.nodes for o in n.outputs if o.name not in cname]
+    cname.update({n: f"v{k}" for k, n in enumerate(internal)})
+    for k, n in enumerate(scalars):
+        cname[n] = f"s{k}"
+
+    def handle(name):
+        t = types[name]
+        return Tensor(cname[name], tuple(t.shape), t.dtype)
+
+    stages: list[Stage] = []
+    for node in group.nodes:
+        ins = [handle(n) for n in node.inputs if n]
+        outs = [handle(o.name) for o in node.outputs]
+        stages += ops.get(node.op).compute(ins, outs, node.attrs)
+    scalar_values = {cname[n]: v.reshape(()).item() for n, v in scalars.items()}
+    scalar_dtypes = {cname[n]: DType.of(v.dtype) for n, v in scalars.items()}
+    if scalar_values:
+        def sub(ld: Load):
+            if ld.buffer in scalar_values:
+                return Const(scalar_values[ld.buffer], scalar_dtypes[ld.buffer])
+            return None
+        from dataclasses import replace
+        stages = [replace(s, body=replace_loads(s.body, sub)) for s in stages]
+    return stages, inputs, outputs, cname
+
+
+def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, TensorType],
+                 trace: list | None = None) -> Kernel:
+    stages, inputs, outputs, cname = group_stages(group, graph, types)
+    out_c = {cname[n] for n in outputs}
+    stages = inline_stages(stages, keep=out_c)
+    name = f"kernel_{index}"
+    temps = [s for s in stages if s.name not in out_c]
+    params = [Buffer(cname[n], tuple(types[n].shape), types[n].dtype) for n in inputs + outputs]
+    params += [Buffer(s.name, s.shape, s.dtype) for s in temps]
+    func = canonicalize(Func(name, tuple(params), seq(*(lower_stage(s) for s in stages))))
+    if trace is None:
+        sch = schedule_kernel(Schedule(func), stages)
+    else:
+        sch = Schedule.replay(func, trace)
+    temp_types = [(f"{name}.{s.name}", TensorType(s.shape, s.dtype)) for s in temps]
+    return Kernel(name, sch.func, inputs, outputs, temp_types, stages, sch.trace, func)
+
+
+def build_kernels(graph: Graph, groups: Sequence[Group]) -> list[Kernel]:
+    types = graph.value_types()
+    return [build_kernel(i, g, graph, types) for i, g in enumerate(groups)]

@@ -1,0 +1,305 @@
+"""ONNX frontend: load, check, infer shapes, dispatch converters by opset -> graph IR.
+
+Steps, in order:
+1. read the file or ModelProto (external data only from inside the model's directory),
+2. run the ONNX checker and shape inference,
+3. list *every* unsupported operator in one ``UnsupportedOperatorError``,
+4. convert node by node; nodes whose inputs are all constants fold on the spot, so
+   shape subgraphs (Shape -> Gather -> Concat -> Reshape) become constants.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from kiln.errors import KilnError, ModelLoadError, ShapeError, UnsupportedOperatorError
+from kiln.frontend.onnx_ops import lookup
+from kiln.ir import ops
+from kiln.ir.dtype import DType
+from kiln.ir.graph import Graph, Node, TensorType, Value
+from kiln.passes.fold_constants import try_fold
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: DType.float32, onnx.TensorProto.DOUBLE: DType.float64,
+    onnx.TensorProto.FLOAT16: DType.float16, onnx.TensorProto.INT8: DType.int8,
+    onnx.TensorProto.INT16: DType.int16, onnx.TensorProto.INT32: DType.int32,
+    onnx.TensorProto.INT64: DType.int64, onnx.TensorProto.UINT8: DType.uint8,
+    onnx.TensorProto.BOOL: DType.bool,
+}
+
+
+def onnx_dtype(elem_type: int) -> DType:
+    try:
+        return _ONNX_DTYPES[elem_type]
+    except KeyError:
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
+        raise ShapeError(f"ONNX element type {name} is not supported; expected one of "
+                         f"{', '.join(d.value for d in _ONNX_DTYPES.values())}") from None
+
+
+# -- loading -----------------------------------------------------------------------------
+
+def load_model(model) -> onnx.ModelProto:
+    """A checked ModelProto from a path, bytes or ModelProto."""
+    if isinstance(model, onnx.ModelProto):
+        proto, base_dir = model, None
+    elif isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"model file {path!r} does not exist")
+        try:
+            proto = onnx.load(path, load_external_data=False)
+        except Exception as e:  # protobuf raises DecodeError and friends
+            raise ModelLoadError(f"{path!r} is not a readable ONNX model ({type(e).__name__}: {e}); "
+                                 "expected a serialized onnx.ModelProto") from None
+        base_dir = os.path.dirname(os.path.abspath(path))
+        _load_external_data(proto, base_dir)
+    else:
+        raise ModelLoadError(f"expected a path or onnx.ModelProto, got {type(model).__name__}")
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelLoadError("the model has an empty graph (no nodes, no outputs): the file is "
+                             "truncated or not an ONNX model")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise ModelLoadError(f"the ONNX checker rejected the model: {str(e).splitlines()[0]}") from None
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise ShapeError(f"ONNX shape inference failed: {str(e).strip().splitlines()[-1]}") from None
+    return proto
+
+
+def _load_external_data(proto: onnx.ModelProto, base_dir: str) -> None:
+    """Load external tensors, refusing any location that leaves the model's directory."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    base = os.path.realpath(base_dir)
+    for tensor in _get_all_tensors(proto):
+        if not uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        loc = info.get("location", "")
+        full = os.path.realpath(os.path.join(base, loc))
+        if os.path.isabs(loc) or os.path.commonpath([base, full]) != base:
+            raise ModelLoadError(f"external data location {loc!r} of tensor {tensor.name!r} escapes the "
+                                 f"model directory {base_dir!r}; expected a relative path inside it")
+        if not os.path.isfile(full):
+            raise ModelLoadError(f"external data file {loc!r} of tensor {tensor.name!r} is missing")
+        offset, length = int(info.get("offset", 0) or 0), info.get("length")
+        with open(full, "rb") as f:
+            f.seek(offset)
+            data = f.read(int(length)) if length else f.read()
+        expected = int(np.prod(tensor.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        if len(data) < expected:
+            raise ModelLoadError(f"external data for {tensor.name!r} has {len(data)} bytes; expected {expected}")
+        tensor.raw_data = data[:expected]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+# -- conversion ------------------------------------------------------------------------------
+
+class ConvertContext:
+    """What a converter sees: inputs, constants, attributes, and ``emit`` for kiln ops."""
+
+    def __init__(self, graph_inputs: Sequence[Value], constants: dict[str, np.ndarray], opset: int):
+        self.opset = opset
+        self.constants = constants
+        self.types: dict[str, TensorType] = {v.name: v.type for v in graph_inputs}
+        for k, v in constants.items():
+            self.types[k] = TensorType(tuple(v.shape), DType.of(v.dtype))
+        self.nodes: list[Node] = []
+        self._n = 0
+        self.node: onnx.NodeProto | None = None
+        # ONNX value name -> kiln value name (converters may return any existing value)
+        self.names: dict[str, str] = {n: n for n in self.types}
+
+    # inputs and attributes of the node being converted
+    def inputs(self) -> list[str]:
+        return [self.names[n] if n else "" for n in self.node.input]
+
+    def outputs(self) -> list[str]:
+        return list(self.node.output)
+
+    def has_input(self, i: int) -> bool:
+        return i < len(self.node.input) and self.node.input[i] != ""
+
+    def input(self, i: int) -> str:
+        name = self.node.input[i]
+        if name not in self.names:
+            self.fail(f"input {name!r} is not defined before this node")
+        return self.names[name]
+
+    def type(self, name: str) -> TensorType:
+        return self.types[name]
+
+    def shape(self, name: str) -> tuple:
+        return self.types[name].shape
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.constants.get(name)
+
+    def require_const(self, i: int, what: str) -> np.ndarray:
+        name = self.input(i)
+        v = self.constants.get(name)
+        if v is None:
+            raise ShapeError(f"{self.node.op_type} node {self.node.name!r}: input {i} ({what}) must be "
+                             "a constant or computable from static shapes; got a run-time value")
+        return v
+
+    def attr(self, name: str, default=None):
+        for a in self.node.attribute:
+            if a.name == name:
+                v = onnx.helper.get_attribute_value(a)
+                if isinstance(v, bytes):
+                    return v.decode()
+                if isinstance(v, onnx.TensorProto):
+                    return numpy_helper.to_array(v)
+                if isinstance(v, list):
+                    return [x.decode() if isinstance(x, bytes) else x for x in v]
+                return v
+        return default
+
+    def fail(self, message: str):
+        raise ShapeError(f"{self.node.op_type} node {self.node.name!r}: {message}")
+
+    # building the graph
+    def fresh(self, hint: str = "t") -> str:
+        self._n += 1
+        return f"{hint}__{self._n}"
+
+    def add_const(self, array: np.ndarray, hint: str = "c") -> str:
+        name = self.fresh(hint)
+        array = np.ascontiguousarray(array)
+        self.constants[name] = array
+        self.types[name] = TensorType(tuple(array.shape), DType.of(array.dtype))
+        return name
+
+    def emit(self, op: str, inputs: Sequence[str], attrs: Mapping[str, object] | None = None,
+             out_names: Sequence[str] | None = None, num_outputs: int | None = None) -> list[str]:
+        attrs = dict(attrs or {})
+        in_types = [self.types[n] for n in inputs]
+        out_types = ops.infer_types(op, in_types, attrs)
+        if num_outputs is not None and len(out_types) != num_outputs:
+            raise ShapeError(f"op {op} produced {len(out_types)} outputs; expected {num_outputs}")
+        names = list(out_names) if out_names else [self.fresh(op) for _ in out_types]
+        outs = tuple(Value(n, t) for n, t in zip(names, out_types))
+        node = Node(op, tuple(inputs), outs, attrs, name=self.node.name if self.node else "")
+        folded = try_fold(node, self.constants)
+        for v in outs:
+            self.types[v.name] = v.type
+            self.names.setdefault(v.name, v.name)
+        if folded is not None:
+            for v, arr in zip(outs, folded):
+                self.constants[v.name] = arr
+        else:
+            self.nodes.append(node)
+        return names
+
+
+
+def _value_info_type(vi: onnx.ValueInfoProto, overrides: Mapping[str, Sequence[int]]) -> TensorType:
+    tt = vi.type.tensor_type
+    if vi.name in overrides:
+        shape = tuple(int(d) for d in overrides[vi.name])
+    else:
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                      for d in tt.shape.dim)
+    return TensorType(shape, onnx_dtype(tt.elem_type))
+
+
+def _check_supported(proto: onnx.ModelProto, opset: int) -> None:
+    missing: dict[tuple[str, int], list[str]] = {}
+    for node in proto.graph.node:
+        if lookup(node.op_type, node.domain, opset) is None:
+            missing.setdefault((node.op_type, opset), []).append(node.name or f"<{node.op_type} #{len(missing)}>")
+    if missing:
+        raise UnsupportedOperatorError([(op, ver, names) for (op, ver), names in missing.items()])
+
+
+def from_onnx(model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Convert an ONNX model (path or ModelProto) into a verified graph IR."""
+    input_shapes = dict(input_shapes or {})
+    proto = load_model(model)
+    if input_shapes:
+        proto = _override_input_shapes(proto, input_shapes)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    _check_supported(proto, opset)
+
+    constants = {t.name: np.ascontiguousarray(numpy_helper.to_array(t)) for t in proto.graph.initializer}
+    for arr in constants.values():
+        DType.of(arr.dtype)
+    inputs = tuple(Value(vi.name, _value_info_type(vi, input_shapes))
+                   for vi in proto.graph.input if vi.name not in constants)
+    unknown = set(input_shapes) - {v.name for v in inputs}
+    if unknown:
+        raise ShapeError(f"--input-shape names {sorted(unknown)}, which are not model inputs; "
+                         f"inputs are {[v.name for v in inputs]}")
+    ctx = ConvertContext(inputs, constants, opset)
+    for node in proto.graph.node:
+        ctx.node = node
+        fn = lookup(node.op_type, node.domain, opset)
+        try:
+            outs = fn(ctx, node)
+        except KilnError:
+            raise
+        except (ValueError, IndexError, KeyError, TypeError) as e:
+            raise ShapeError(f"{node.op_type} node {node.name!r} could not be converted: {e}") from None
+        for onnx_name, kiln_name in zip(node.output, outs):
+            if onnx_name:
+                ctx.names[onnx_name] = kiln_name
+    ctx.node = None
+    return _finish_graph(ctx, proto, inputs)
+
+
+def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs) -> Graph:
+    """Name graph outputs as ONNX does; outputs that are constants or inputs get a copy kernel."""
+    input_names = {v.name for v in inputs}
+    renames: dict[str, str] = {}
+    outputs = []
+    for vi in proto.graph.output:
+        src = ctx.names.get(vi.name)
+        if src is None:
+            raise ShapeError(f"graph output {vi.name!r} is never computed")
+        if src in ctx.constants or src in input_names or src in renames:
+            ctx.emit("identity", [src], out_names=[vi.name])
+        else:
+            renames[src] = vi.name
+        outputs.append(Value(vi.name, ctx.types[ctx.names.get(vi.name, vi.name)]))
+    nodes = []
+    for node in ctx.nodes:
+        nodes.append(Node(node.op, tuple(renames.get(n, n) for n in node.inputs),
+                          tuple(Value(renames.get(o.name, o.name), o.type) for o in node.outputs),
+                          node.attrs, node.name))
+    used = {n for node in nodes for n in node.inputs}
+    consts = {k: v for k, v in ctx.constants.items() if k in used}
+    name = proto.graph.name or "model"
+    return Graph(inputs, tuple(outputs), tuple(nodes), consts, name=_c_ident(name)).verify()
+
+
+def _override_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    proto2 = onnx.ModelProto()
+    proto2.CopyFrom(proto)
+    proto2.graph.ClearField("value_info")
+    for vi in proto2.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            new = list(shapes[vi.name])
+            if len(dims) != len(new):
+                raise ShapeError(f"--input-shape {vi.name} has rank {len(new)}; the model declares rank {len(dims)}")
+            for d, n in zip(dims, new):
+                d.Clear()
+                d.dim_value = int(n)
+    return onnx.shape_inference.infer_shapes(proto2, strict_mode=True, data_prop=True)
+
+
+def _c_ident(name: str) -> str:
+    import re
+
+    s = re.sub(r"[^0-9a-zA-Z_]", "_", name)
+    return s if s and not s[0].isdigit() else "m_" + s

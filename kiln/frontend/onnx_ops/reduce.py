@@ -1,0 +1,1 @@
+"""Converters (filled in by family)."""

@@ -1,0 +1,392 @@
+"""Scalar expressions shared by the tensor IR and the loop IR.
+
+Expressions are immutable dataclasses. Python operators build them (``a + b``);
+comparisons use methods (``a.lt(b)``) so that ``==`` stays structural equality.
+``simplify`` folds constants and cleans index arithmetic (x*1, x+0, (a*c)//c ...).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from kiln.ir.dtype import DType, INDEX
+
+_counter = itertools.count()
+
+
+def fresh(prefix: str) -> str:
+    """A name unique in this process, for loop and reduction variables."""
+    return f"{prefix}{next(_counter)}"
+
+
+class Expr:
+    __slots__ = ()
+    dtype: DType
+
+    def _bin(self, op, other, swap=False):
+        other = as_expr(other, self.dtype)
+        a, b = (other, self) if swap else (self, other)
+        return Bin(op, a, b, _result_dtype(op, a.dtype, b.dtype))
+
+    def __add__(self, o): return self._bin("add", o)
+    def __radd__(self, o): return self._bin("add", o, True)
+    def __sub__(self, o): return self._bin("sub", o)
+    def __rsub__(self, o): return self._bin("sub", o, True)
+    def __mul__(self, o): return self._bin("mul", o)
+    def __rmul__(self, o): return self._bin("mul", o, True)
+    def __truediv__(self, o): return self._bin("div", o)
+    def __rtruediv__(self, o): return self._bin("div", o, True)
+    def __floordiv__(self, o): return self._bin("floordiv", o)
+    def __mod__(self, o): return self._bin("mod", o)
+    def __neg__(self): return Un("neg", self, self.dtype)
+    def lt(self, o): return self._bin("lt", o)
+    def le(self, o): return self._bin("le", o)
+    def gt(self, o): return self._bin("gt", o)
+    def ge(self, o): return self._bin("ge", o)
+    def eq(self, o): return self._bin("eq", o)
+    def ne(self, o): return self._bin("ne", o)
+    def land(self, o): return self._bin("and", o)
+    def lor(self, o): return self._bin("or", o)
+
+
+@dataclass(frozen=True, slots=True)
+class Const(Expr):
+    value: float | int | bool
+    dtype: DType
+
+    def __str__(self):
+        return repr(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Var(Expr):
+    name: str
+    dtype: DType = INDEX
+
+    def __str__(self):
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Bin(Expr):
+    op: str
+    a: Expr
+    b: Expr
+    dtype: DType
+
+    def __str__(self):
+        return f"{self.op}({self.a}, {self.b})"
+
+
+@dataclass(frozen=True, slots=True)
+class Un(Expr):
+    op: str
+    a: Expr
+    dtype: DType
+
+    def __str__(self):
+        return f"{self.op}({self.a})"
+
+
+@dataclass(frozen=True, slots=True)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self):
+        return self.a.dtype
+
+    def __str__(self):
+        return f"select({self.cond}, {self.a}, {self.b})"
+
+
+@dataclass(frozen=True, slots=True)
+class Cast(Expr):
+    a: Expr
+    dtype: DType
+
+    def __str__(self):
+        return f"{self.dtype}({self.a})"
+
+
+@dataclass(frozen=True, slots=True)
+class Load(Expr):
+    buffer: str
+    indices: tuple[Expr, ...]
+    dtype: DType
+
+    def __str__(self):
+        return f"{self.buffer}[{', '.join(map(str, self.indices))}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Reduce(Expr):
+    """``op`` over ``axes`` (each a Var with its extent) of ``body``."""
+
+    op: str  # sum | prod | max | min
+    body: Expr
+    axes: tuple[tuple[Var, int], ...]
+
+    @property
+    def dtype(self):
+        return self.body.dtype
+
+    def __str__(self):
+        ax = ", ".join(f"{v}<{n}" for v, n in self.axes)
+        return f"reduce_{self.op}[{ax}]({self.body})"
+
+
+COMPARE_OPS = {"lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor"}
+UNARY_OPS = {
+    "neg", "exp", "log", "sqrt", "abs", "tanh", "erf", "sigmoid", "floor", "ceil", "round",
+    "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
+    "not", "isnan", "isinf", "sign", "reciprocal", "softplus",
+}
+
+
+def _result_dtype(op, a: DType, b: DType) -> DType:
+    return DType.bool if op in COMPARE_OPS else a
+
+
+def as_expr(x, dtype: DType = DType.float32) -> Expr:
+    if isinstance(x, Expr):
+        return x
+    if isinstance(x, bool):
+        return Const(x, DType.bool)
+    if isinstance(x, int) and not dtype.is_float:
+        return Const(int(x), dtype)
+    if isinstance(x, int) and dtype.is_float:
+        return Const(float(x), dtype)
+    return Const(float(x), dtype)
+
+
+def idx(x) -> Expr:
+    return x if isinstance(x, Expr) else Const(int(x), INDEX)
+
+
+# -- generic traversal ------------------------------------------------------------
+
+def map_children(e: Expr, f: Callable[[Expr], Expr]) -> Expr:
+    """Rebuild ``e`` with ``f`` applied to each direct child expression."""
+    if isinstance(e, Bin):
+        return Bin(e.op, f(e.a), f(e.b), e.dtype)
+    if isinstance(e, Un):
+        return Un(e.op, f(e.a), e.dtype)
+    if isinstance(e, Select):
+        return Select(f(e.cond), f(e.a), f(e.b))
+    if isinstance(e, Cast):
+        return Cast(f(e.a), e.dtype)
+    if isinstance(e, Load):
+        return Load(e.buffer, tuple(f(i) for i in e.indices), e.dtype)
+    if isinstance(e, Reduce):
+        return Reduce(e.op, f(e.body), e.axes)
+    return e
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Bin):
+        return (e.a, e.b)
+    if isinstance(e, (Un, Cast)):
+        return (e.a,)
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    if isinstance(e, Load):
+        return e.indices
+    if isinstance(e, Reduce):
+        return (e.body,)
+    return ()
+
+
+def walk(e: Expr):
+    """All sub-expressions of ``e``, parents before children."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        yield x
+        stack.extend(reversed(children(x)))
+
+
+def substitute(e: Expr, mapping: Mapping[str, Expr]) -> Expr:
+    """Replace variables by name."""
+    if not mapping:
+        return e
+
+    def go(x: Expr) -> Expr:
+        if isinstance(x, Var):
+            return mapping.get(x.name, x)
+        return map_children(x, go)
+
+    return go(e)
+
+
+def replace_loads(e: Expr, f: Callable[[Load], Expr | None]) -> Expr:
+    """Rewrite every Load (bottom-up); ``f`` returns a replacement or None to keep it."""
+
+    def go(x: Expr) -> Expr:
+        x = map_children(x, go)
+        if isinstance(x, Load):
+            r = f(x)
+            return x if r is None else r
+        return x
+
+    return go(e)
+
+
+def free_vars(e: Expr) -> set[str]:
+    bound: set[str] = set()
+    out: set[str] = set()
+    for x in walk(e):
+        if isinstance(x, Reduce):
+            bound |= {v.name for v, _ in x.axes}
+        elif isinstance(x, Var):
+            out.add(x.name)
+    return out - bound
+
+
+def loads(e: Expr) -> list[Load]:
+    return [x for x in walk(e) if isinstance(x, Load)]
+
+
+# -- simplification -----------------------------------------------------------------
+
+_FOLD = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "min": min,
+    "max": max,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "and": lambda a, b: bool(a) and bool(b),
+    "or": lambda a, b: bool(a) or bool(b),
+}
+
+
+def _int_const(e: Expr):
+    return e.value if isinstance(e, Const) and not e.dtype.is_float and e.dtype is not DType.bool else None
+
+
+def simplify(e: Expr) -> Expr:
+    """Bottom-up constant folding and index-arithmetic identities.
+
+    Only rewrites that hold exactly for the dtype are applied: float expressions are
+    folded only where both operands are constants of an exact operation.
+    """
+
+    def go(x: Expr) -> Expr:
+        x = map_children(x, go)
+        if isinstance(x, Bin):
+            return _simplify_bin(x)
+        if isinstance(x, Select) and isinstance(x.cond, Const):
+            return x.a if x.cond.value else x.b
+        if isinstance(x, Cast) and x.a.dtype == x.dtype:
+            return x.a
+        if isinstance(x, Cast) and isinstance(x.a, Const) and not x.dtype.is_float and not x.a.dtype.is_float:
+            return Const(int(x.a.value), x.dtype)
+        return x
+
+    return go(e)
+
+
+def _simplify_bin(x: Bin) -> Expr:
+    a, b, op = x.a, x.b, x.op
+    if x.dtype.is_float or a.dtype.is_float:
+        if op == "mul" and isinstance(b, Const) and b.value == 1:
+            return a
+        if op == "mul" and isinstance(a, Const) and a.value == 1:
+            return b
+        if op in ("add", "sub") and isinstance(b, Const) and b.value == 0:
+            return a
+        if op == "div" and isinstance(b, Const) and b.value == 1:
+            return a
+        return x
+    ca, cb = _int_const(a), _int_const(b)
+    if isinstance(a, Const) and isinstance(b, Const) and op in _FOLD:
+        v = _FOLD[op](a.value, b.value)
+        return Const(v, x.dtype) if x.dtype is DType.bool else Const(int(v), x.dtype)
+    if ca is not None and cb is not None and cb != 0:
+        if op == "floordiv":
+            return Const(ca // cb, x.dtype)
+        if op == "mod":
+            return Const(ca % cb, x.dtype)
+    if op == "add":
+        if ca == 0:
+            return b
+        if cb == 0:
+            return a
+        if cb is not None and isinstance(a, Bin) and a.op == "add" and _int_const(a.b) is not None:
+            return _simplify_bin(Bin("add", a.a, Const(a.b.value + cb, x.dtype), x.dtype))
+    if op == "sub" and cb == 0:
+        return a
+    if op == "mul":
+        if ca == 0 or cb == 0:
+            return Const(0, x.dtype)
+        if ca == 1:
+            return b
+        if cb == 1:
+            return a
+    if op == "floordiv":
+        if cb == 1:
+            return a
+        # (y*c)//c == y and (y*c + z)//c == y + z//c for c > 0, z >= 0 unknown: only the first
+        if cb and isinstance(a, Bin) and a.op == "mul" and _int_const(a.b) == cb:
+            return a.a
+    if op == "mod":
+        if cb == 1:
+            return Const(0, x.dtype)
+        if cb and isinstance(a, Bin) and a.op == "mul" and _int_const(a.b) is not None and a.b.value % cb == 0:
+            return Const(0, x.dtype)
+    if op in ("min", "max") and a == b:
+        return a
+    return x
+
+
+def affine_coeffs(e: Expr) -> dict[str, int] | None:
+    """``e`` as {var: coeff, "": const} when it is an affine integer form, else None."""
+    if isinstance(e, Const) and not e.dtype.is_float:
+        return {"": int(e.value)}
+    if isinstance(e, Var):
+        return {e.name: 1, "": 0}
+    if isinstance(e, Bin) and e.op in ("add", "sub"):
+        ca, cb = affine_coeffs(e.a), affine_coeffs(e.b)
+        if ca is None or cb is None:
+            return None
+        sign = 1 if e.op == "add" else -1
+        out = dict(ca)
+        for k, v in cb.items():
+            out[k] = out.get(k, 0) + sign * v
+        return out
+    if isinstance(e, Bin) and e.op == "mul":
+        ca, cb = affine_coeffs(e.a), affine_coeffs(e.b)
+        if ca is None or cb is None:
+            return None
+        if set(cb) == {""}:
+            return {k: v * cb[""] for k, v in ca.items()}
+        if set(ca) == {""}:
+            return {k: v * ca[""] for k, v in cb.items()}
+    return None
+
+
+def eval_const(e: Expr):
+    """Python value of a constant expression, or None."""
+    e = simplify(e)
+    return e.value if isinstance(e, Const) else None
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = [
+    "Expr", "Const", "Var", "Bin", "Un", "Select", "Cast", "Load", "Reduce", "fresh", "as_expr",
+    "idx", "simplify", "substitute", "replace_loads", "free_vars", "loads", "walk", "map_children",
+    "affine_coeffs", "eval_const", "ceil_div", "UNARY_OPS", "COMPARE_OPS", "math",
+]

@@ -1,0 +1,139 @@
+"""Tensor IR -> loop IR.
+
+``inline_stages`` substitutes producers into consumers (compute_inline at the tensor
+level); ``lower_stage`` turns one stage into a loop nest. A Reduce inside a stage body
+becomes a local accumulator:
+
+    for i, j:                      # spatial axes
+      alloc acc: float32[] (local)
+      acc = init
+      for k: acc = acc + body      # reduction axes
+      out[i, j] = epilogue(acc)    # the expression around the Reduce
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from kiln.ir.compute import Stage, reduce_init
+from kiln.ir.expr import (Bin, Const, Expr, Load, Reduce, Var, fresh, map_children, replace_loads,
+                          simplify, substitute, walk)
+from kiln.ir.loop import Alloc, Buffer, For, Store, Stmt, seq
+
+_COMBINE = {"sum": "add", "prod": "mul", "max": "max", "min": "min"}
+
+
+def _first_reduce(e: Expr) -> Reduce | None:
+    for x in walk(e):
+        if isinstance(x, Reduce):
+            return x
+    return None
+
+
+def _replace_node(e: Expr, target: Expr, new: Expr) -> Expr:
+    def go(x):
+        if x is target:
+            return new
+        return map_children(x, go)
+    return go(e)
+
+
+def lower_store(buffer: str, indices: Sequence[Expr], value: Expr) -> Stmt:
+    """``buffer[indices] = value`` with every Reduce hoisted into an accumulator loop."""
+    red = _first_reduce(value)
+    if red is None:
+        return Store(buffer, tuple(indices), simplify(value))
+    acc = Buffer(fresh("acc"), (), red.dtype, "local")
+    acc_load = Load(acc.name, (), red.dtype)
+    init = Store(acc.name, (), Const(reduce_init(red.op, red.dtype), red.dtype))
+    update: Stmt = lower_store(acc.name, (), Bin(_COMBINE[red.op], acc_load, red.body, red.dtype))
+    for var, extent in reversed(red.axes):
+        update = For(var, extent, update)
+    rest = lower_store(buffer, indices, _replace_node(value, red, acc_load))
+    return Alloc(acc, seq(init, update, rest))
+
+
+def lower_stage(stage: Stage) -> Stmt:
+    body = lower_store(stage.name, stage.axes, stage.body)
+    for var, extent in reversed(list(zip(stage.axes, stage.shape))):
+        body = For(var, extent, body)
+    return body
+
+
+def _has_reduce(e: Expr) -> bool:
+    return _first_reduce(e) is not None
+
+
+def _load_is_identity(load: Load, axes: Sequence[Var]) -> bool:
+    return len(load.indices) == len(axes) and all(
+        isinstance(i, Var) and i.name == a.name for i, a in zip(load.indices, axes))
+
+
+def inline_stages(stages: Sequence[Stage], keep: set[str]) -> list[Stage]:
+    """Inline every stage not in ``keep`` into its consumers where that is free of cost.
+
+    - stages without reductions (``inline=True``) are substituted at each load;
+    - a stage with a reduction is substituted only into a single elementwise consumer
+      that reads it at its own index (epilogue fusion: bias, activation, residual add).
+    Stages that cannot be inlined stay, in order, and need storage of their own.
+    """
+    stages = list(stages)
+    changed = True
+    while changed:
+        changed = False
+        for s in stages:
+            if s.name in keep or not s.inline:
+                continue
+            users = [(j, u) for j, u in enumerate(stages)
+                     if any(isinstance(x, Load) and x.buffer == s.name for x in walk(u.body))]
+            if not users:
+                continue
+            if _has_reduce(s.body):
+                if len(users) != 1:
+                    continue
+                j, u = users[0]
+                uses = [x for x in walk(u.body) if isinstance(x, Load) and x.buffer == s.name]
+                if (len(uses) != 1 or _has_reduce(u.body) or u.shape != s.shape
+                        or not _load_is_identity(uses[0], u.axes)):
+                    continue
+            for j, u in users:
+                stages[j] = _inline_into(u, s)
+            stages.remove(s)
+            changed = True
+            break
+    return stages
+
+
+def _inline_into(consumer: Stage, producer: Stage) -> Stage:
+    from dataclasses import replace
+
+    def sub(load: Load):
+        if load.buffer != producer.name:
+            return None
+        body = _rename_reduce_vars(producer.body)
+        return substitute(body, {a.name: i for a, i in zip(producer.axes, load.indices)})
+
+    body = replace_loads(consumer.body, sub)
+    # The consumer inherits the producer's pattern when it absorbs a reduction (epilogue).
+    if _has_reduce(producer.body) and not _has_reduce(consumer.body):
+        return replace(consumer, body=body, tag=producer.tag, hints=producer.hints)
+    return replace(consumer, body=body)
+
+
+def _rename_reduce_vars(e: Expr) -> Expr:
+    """Fresh names for reduction variables, so two inlined copies never share a loop name."""
+    mapping = {}
+    for x in walk(e):
+        if isinstance(x, Reduce):
+            for v, _ in x.axes:
+                mapping.setdefault(v.name, Var(fresh("r")))
+    if not mapping:
+        return e
+
+    def go(x):
+        if isinstance(x, Reduce):
+            return Reduce(x.op, go(x.body), tuple((mapping[v.name], n) for v, n in x.axes))
+        if isinstance(x, Var) and x.name in mapping:
+            return mapping[x.name]
+        return map_children(x, go)
+
+    return go(e)

@@ -1,0 +1,221 @@
+"""Pooling ops: max_pool, avg_pool (N-d windows), global_avg_pool, global_max_pool, lrn.
+
+Windowed pools reduce over the kernel window inside the output stage (tag ``"pool"``).
+Reads that may fall into padding are guarded by a Select inside the reduction; the test is
+emitted only on the sides of the axes where some window actually leaves the input, so the
+common unpadded pool has a branch-free body. The average divisor is a closed-form integer
+expression of the output index (no per-element counting loop).
+"""
+from __future__ import annotations
+
+from kiln.errors import ShapeError
+from kiln.ir.compute import compute, reduce_init, rmax, rsum
+from kiln.ir.expr import Bin, Cast, Const, Expr, Select, idx
+from kiln.ir.graph import TensorType
+from kiln.ir.ops import FusionKind, register
+from kiln.ir.ops.nn import conj, offset, scaled, static_shape, window_attrs, window_out_size, zero
+
+
+# -- windowed pools -----------------------------------------------------------------------------
+
+def _pool_params(shape, attrs, what):
+    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    nd = len(kernel)
+    if len(shape) < nd + 1 or min(kernel) < 1:
+        raise ShapeError(f"{what} with kernel_shape {kernel} needs an input of rank >= {nd + 1} "
+                         f"(N, C, *spatial) and kernel sizes >= 1; got input {tuple(shape)}")
+    strides, pb, pe, dil = window_attrs(attrs, nd, what)
+    return kernel, strides, pb, pe, dil, bool(attrs.get("ceil_mode", 0))
+
+
+def _pool_infer(what):
+    def infer(ins, attrs):
+        x = static_shape(ins[0], f"{what} input")
+        kernel, strides, pb, pe, dil, ceil = _pool_params(x, attrs, what)
+        lead = len(x) - len(kernel)
+        spatial = tuple(window_out_size(n, k, s, d, b, e, ceil)
+                        for n, k, s, d, b, e in zip(x[lead:], kernel, strides, dil, pb, pe))
+        if min(spatial) < 1:
+            raise ShapeError(f"{what} kernel {kernel} (dilations {dil}) does not fit input {x[lead:]} "
+                             f"with pads {pb + pe}; output would be {spatial}")
+        if what == "avg_pool" and not ins[0].dtype.is_float:
+            raise ShapeError(f"avg_pool needs a floating-point input; got {ins[0].dtype}")
+        return [TensorType(x[:lead] + spatial, ins[0].dtype)]
+    return infer
+
+
+class _Axis:
+    """One pooled axis: where its windows start and whether they can leave ``[lo, hi)``."""
+
+    def __init__(self, n, out, k, s, d, pb, pe):
+        self.n, self.k, self.s, self.d, self.pb = n, k, s, d, pb
+        self.first = -pb                          # start of the first window
+        self.last = (out - 1) * s - pb + (k - 1) * d  # last position any window reads
+        self.pe = pe
+
+    def pos(self, o: Expr, k: Expr) -> Expr:
+        return offset(scaled(o, self.s), -self.pb) + scaled(k, self.d)
+
+    def bounds_conds(self, p: Expr, lo: int, hi: int) -> list[Expr]:
+        """Conditions for ``lo <= p < hi`` on the sides where a window can leave the range."""
+        conds = []
+        if self.first < lo:
+            conds.append(p.ge(lo))
+        if self.last >= hi:
+            conds.append(p.lt(hi))
+        return conds
+
+    def count(self, o: Expr, lo: int, hi: int) -> Expr | int:
+        """Number of window taps ``k`` with ``lo <= start + k*d < hi`` (an int when constant)."""
+        if self.first >= lo and self.last < hi:
+            return self.k
+        start = offset(scaled(o, self.s), -self.pb)
+        d = self.d
+        kmin = Bin("max", idx(0), (idx(lo + d - 1) - start) // d if d > 1 else idx(lo) - start, idx(0).dtype)
+        kmax = Bin("min", idx(self.k - 1), (idx(hi - 1) - start) // d if d > 1 else idx(hi - 1) - start,
+                   idx(0).dtype)
+        return Bin("max", idx(0), kmax - kmin + 1, idx(0).dtype)
+
+
+def _axes(x, o, attrs, what):
+    kernel, strides, pb, pe, dil, _ = _pool_params(x.shape, attrs, what)
+    lead = x.ndim - len(kernel)
+    axes = [_Axis(n, out, k, s, d, b, e) for n, out, k, s, d, b, e in
+            zip(x.shape[lead:], o.shape[lead:], kernel, strides, dil, pb, pe)]
+    return lead, kernel, axes
+
+
+def _max_pool_compute(ins, outs, attrs):
+    x, o = ins[0], outs[0]
+    lead, kernel, axes = _axes(x, o, attrs, "max_pool")
+    lowest = Const(reduce_init("max", x.dtype), x.dtype)
+
+    def body(*i):
+        def tap(*k):
+            pos = [ax.pos(i[lead + j], k[j]) for j, ax in enumerate(axes)]
+            cond = conj([c for ax, p in zip(axes, pos) for c in ax.bounds_conds(p, 0, ax.n)])
+            v = x[tuple(i[:lead]) + tuple(pos)]
+            return v if cond is None else Select(cond, v, lowest)
+        return rmax(tap, kernel)
+
+    return [compute(o.name, o.shape, body, o.dtype, tag="pool")]
+
+
+def _avg_pool_compute(ins, outs, attrs):
+    """Sum of the in-bounds taps divided by the tap count.
+
+    ``count_include_pad`` counts taps inside the padded input ``[-pb, n + pe)``; otherwise
+    only taps inside the input. Taps past the end padding (ceil mode) never count.
+    """
+    x, o = ins[0], outs[0]
+    lead, kernel, axes = _axes(x, o, attrs, "avg_pool")
+    include_pad = bool(attrs.get("count_include_pad", 0))
+    dt = x.dtype
+
+    def body(*i):
+        def tap(*k):
+            pos = [ax.pos(i[lead + j], k[j]) for j, ax in enumerate(axes)]
+            cond = conj([c for ax, p in zip(axes, pos) for c in ax.bounds_conds(p, 0, ax.n)])
+            v = x[tuple(i[:lead]) + tuple(pos)]
+            return v if cond is None else Select(cond, v, zero(dt))
+
+        const, dyn = 1, None
+        for j, ax in enumerate(axes):
+            lo, hi = (-ax.pb, ax.n + ax.pe) if include_pad else (0, ax.n)
+            c = ax.count(i[lead + j], lo, hi)
+            if isinstance(c, int):
+                const *= c
+            else:
+                dyn = c if dyn is None else dyn * c
+        total = rsum(tap, kernel)
+        if dyn is None:
+            return total * Const(1.0 / const, dt)
+        if const != 1:
+            dyn = dyn * const
+        return total / Cast(Bin("max", dyn, idx(1), dyn.dtype), dt)
+
+    return [compute(o.name, o.shape, body, o.dtype, tag="pool")]
+
+
+register("max_pool", FusionKind.OUT_FUSABLE, _pool_infer("max_pool"), _max_pool_compute)
+register("avg_pool", FusionKind.OUT_FUSABLE, _pool_infer("avg_pool"), _avg_pool_compute)
+
+
+# -- global pools -------------------------------------------------------------------------------
+
+def _global_infer(what):
+    def infer(ins, attrs):
+        x = static_shape(ins[0], f"{what} input")
+        if len(x) < 3:
+            raise ShapeError(f"{what} expects input (N, C, *spatial) of rank >= 3; got {x}")
+        if what == "global_avg_pool" and not ins[0].dtype.is_float:
+            raise ShapeError(f"global_avg_pool needs a floating-point input; got {ins[0].dtype}")
+        return [TensorType(x[:2] + (1,) * (len(x) - 2), ins[0].dtype)]
+    return infer
+
+
+def _make_global(avg: bool):
+    def compute_fn(ins, outs, attrs):
+        x, o = ins[0], outs[0]
+        spatial = x.shape[2:]
+        count = 1
+        for n in spatial:
+            count *= n
+
+        def body(n, c, *_):
+            def tap(*r):
+                return x[(n, c) + r]
+            if avg:
+                return rsum(tap, spatial) * Const(1.0 / count, x.dtype)
+            return rmax(tap, spatial)
+
+        return [compute(o.name, o.shape, body, o.dtype, tag="reduce")]
+    return compute_fn
+
+
+register("global_avg_pool", FusionKind.REDUCTION, _global_infer("global_avg_pool"), _make_global(True))
+register("global_max_pool", FusionKind.REDUCTION, _global_infer("global_max_pool"), _make_global(False))
+
+
+# -- local response normalization ----------------------------------------------------------------
+
+def _lrn_infer(ins, attrs):
+    x = static_shape(ins[0], "lrn input")
+    if len(x) < 2 or not ins[0].dtype.is_float:
+        raise ShapeError(f"lrn expects a floating-point input (N, C, ...); got {ins[0].dtype}{list(x)}")
+    if int(attrs["size"]) < 1:
+        raise ShapeError(f"lrn size must be >= 1; got {attrs['size']}")
+    return [ins[0]]
+
+
+def _lrn_compute(ins, outs, attrs):
+    """ONNX LRN: y = x / (bias + alpha / size * sum_{c' in window(c)} x[c']^2) ** beta.
+
+    The window over channels is ``[c - floor((size-1)/2), c + ceil((size-1)/2)]`` clipped to
+    the channel range; the squared sums are an intermediate stage ``__sqsum``.
+    """
+    x, o = ins[0], outs[0]
+    size = int(attrs["size"])
+    alpha, beta, bias = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75)), float(attrs.get("bias", 1.0))
+    lo = (size - 1) // 2
+    channels = x.shape[1]
+    dt = x.dtype
+
+    def sq_body(n, c, *rest):
+        def tap(j):
+            ch = c + (j - lo)
+            v = x[(n, ch) + rest]
+            return Select(ch.ge(0).land(ch.lt(channels)), v * v, zero(dt))
+        return rsum(tap, size)
+
+    sq = compute(f"{o.name}__sqsum", x.shape, sq_body, dt, tag="reduce", inline=False)
+    s = sq.tensor
+
+    def body(*i):
+        base = Const(bias, dt) + Const(alpha / size, dt) * s[i]
+        return x[i] / Bin("pow", base, Const(beta, dt), dt)
+
+    return [sq, compute(o.name, o.shape, body, o.dtype)]
+
+
+register("lrn", FusionKind.REDUCTION, _lrn_infer, _lrn_compute)

@@ -1,0 +1,127 @@
+"""Default schedules: the rules that make untuned kernels sensible.
+
+One rule per stage pattern, applied to each top-level loop nest of a kernel:
+- ``matmul``/``conv`` (a reduction with a ``tile`` hint): register tile of
+  rows x columns, the reduction loops moved outside the tile (the tile lives in
+  registers), the column loop vectorized, the row loop unrolled, outer loops fused
+  and run in parallel;
+- other reductions: outer spatial loops fused and run in parallel;
+- injective stages: all but the last loop fused and run in parallel, the last loop
+  (contiguous in memory) vectorized.
+Every step goes through ``Schedule`` primitives, so the result is a replayable trace.
+"""
+from __future__ import annotations
+
+from kiln.ir.compute import Stage
+from kiln.ir.loop import For, Seq
+from kiln.ir.schedule import Schedule
+
+PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
+TARGET_PARALLEL_EXTENT = 16   # fuse outer loops until there are this many parallel chunks
+ROW_TILE = 6                  # with 16 columns: 12 AVX2 accumulators, 2 per row
+COL_TILE = 16
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _nest_names(nest) -> list[tuple[str, int]]:
+    out = []
+    while isinstance(nest, For):
+        out.append((nest.var.name, nest.extent))
+        nest = nest.body
+    return out
+
+
+def _reduce_work(stage: Stage) -> int:
+    from kiln.ir.expr import Reduce, walk
+
+    w = 1
+    for x in walk(stage.body):
+        if isinstance(x, Reduce):
+            for _, n in x.axes:
+                w *= n
+    return w
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def schedule_kernel(sch: Schedule, stages: list[Stage]) -> Schedule:
+    """Apply the default rule to each top-level nest; nests correspond to ``stages``."""
+    body = sch.func.body
+    nests = list(body.stmts) if isinstance(body, Seq) else [body]
+    plans = [(_nest_names(n), st) for n, st in zip(nests, stages)]
+    for loops, st in plans:
+        rank = len(st.shape)
+        spatial = loops[:rank]
+        if not spatial:
+            continue
+        work = _size(st.shape) * _reduce_work(st)
+        if st.has_reduce and "tile" in st.hints:
+            tile_reduction(sch, spatial, st.hints["tile"], work)
+        elif st.has_reduce:
+            _parallel_outer(sch, spatial, work)
+        else:
+            _injective(sch, spatial, work)
+    return sch
+
+
+def tile_reduction(sch: Schedule, spatial, tile, work) -> None:
+    row_ax, col_ax = tile
+    (row, row_n), (col, col_n) = spatial[row_ax], spatial[col_ax]
+    ro, ri = sch.split(row, largest_divisor(row_n, ROW_TILE))
+    co, ci = sch.split(col, largest_divisor(col_n, COL_TILE))
+    order = []
+    for name, _ in spatial:
+        order.append(ro if name == row else co if name == col else name)
+    order += [ri, ci]
+    sch.reorder(*order)
+    sch.decompose_reduction(ri)
+    sch.unroll(ri)
+    for name in (ci, ci + "_init", ci + "_wb"):
+        sch.vectorize(name)
+    outer = [(n, e) for n, e in zip(order[:-2], _extents(sch, order[:-2]))]
+    _parallel_outer(sch, outer, work)
+
+
+def _extents(sch: Schedule, names) -> list[int]:
+    return [sch._loop(n).extent for n in names]
+
+
+def _parallel_outer(sch: Schedule, loops, work) -> None:
+    """Fuse leading loops until there is enough parallelism, then mark the loop parallel."""
+    if work < PARALLEL_MIN_WORK or not loops:
+        return
+    name, extent = loops[0]
+    for nxt, n in loops[1:]:
+        if extent >= TARGET_PARALLEL_EXTENT:
+            break
+        name = sch.fuse(name, nxt)
+        extent *= n
+    sch.parallel(name)
+
+
+def _injective(sch: Schedule, spatial, work) -> None:
+    last, last_n = spatial[-1]
+    loop = sch._loop(last)
+    if not isinstance(loop.body, For) and last_n >= 4:
+        sch.vectorize(last)
+    outer = spatial[:-1]
+    if outer:
+        name, extent = outer[0]
+        for nxt, _ in outer[1:]:
+            name = sch.fuse(name, nxt)
+        if work >= PARALLEL_MIN_WORK:
+            sch.parallel(name)
+    elif work >= PARALLEL_MIN_WORK and last_n >= 4096:
+        o, i = sch.split(last, 1024)
+        sch.parallel(o)

@@ -1,0 +1,91 @@
+"""The lowering pipeline: one readable list of named stages, run in order.
+
+    import -> fold_constants -> simplify -> dce -> materialize_outputs
+           -> fuse -> lower -> schedule -> memory_plan -> codegen
+
+``print_after`` names a stage; its IR is captured as text (``kiln inspect
+--print-ir-after NAME``). Graph stages print the graph IR, ``fuse`` the graph with each
+node's kernel, ``lower``/``schedule`` the loop IR, ``memory_plan`` the tensor
+placement, ``codegen`` the C source.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kiln.codegen.kernels import Kernel, build_kernels
+from kiln.codegen.model import ModelSource, generate_model, loop_ir_text
+from kiln.errors import KilnError
+from kiln.ir.graph import Graph, format_graph
+from kiln.ir.loop import format_func
+from kiln.passes.fold_constants import fold_constants
+from kiln.passes.fuse import Group, fuse
+from kiln.passes.memory_plan import MemoryPlan, plan_memory
+from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
+
+GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
+    ("fold_constants", fold_constants),
+    ("simplify", eliminate_identity),
+    ("dce", eliminate_dead_code),
+    ("materialize_outputs", materialize_output_views),
+]
+STAGES = ["import"] + [n for n, _ in GRAPH_PASSES] + ["fuse", "lower", "schedule", "memory_plan", "codegen"]
+
+
+@dataclass
+class PipelineResult:
+    graph: Graph
+    groups: list[Group]
+    kernels: list[Kernel]
+    plan: MemoryPlan
+    source: ModelSource
+    snapshots: dict[str, str] = field(default_factory=dict)
+
+
+def check_stage(name: str | None) -> None:
+    if name is not None and name not in STAGES:
+        raise KilnError(f"unknown pipeline stage {name!r}; expected one of: {', '.join(STAGES)}")
+
+
+def run_pipeline(graph: Graph, target: str = "host", print_after: str | None = None,
+                 prefix: str = "kiln_model") -> PipelineResult:
+    check_stage(print_after)
+    snaps: dict[str, str] = {}
+
+    def snap(name: str, text: Callable[[], str]):
+        if print_after == name:
+            snaps[name] = text()
+
+    snap("import", lambda: format_graph(graph))
+    for name, fn in GRAPH_PASSES:
+        graph = fn(graph).verify()
+        snap(name, lambda: format_graph(graph))
+    groups = fuse(graph)
+    snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))
+    kernels = build_kernels(graph, groups)
+    snap("lower", lambda: "\n\n".join(format_func(k.unscheduled) for k in kernels))
+    snap("schedule", lambda: loop_ir_text(kernels))
+    plan = plan_memory(graph, kernels)
+    snap("memory_plan", lambda: _plan_text(plan))
+    source = generate_model(graph, kernels, plan, target=target, prefix=prefix)
+    snap("codegen", lambda: source.model_c)
+    return PipelineResult(graph, groups, kernels, plan, source, snaps)
+
+
+def _kernel_notes(groups) -> dict[str, str]:
+    notes = {}
+    for i, g in enumerate(groups):
+        for n in g.nodes:
+            notes[n.outputs[0].name] = f"kernel_{i}"
+    return notes
+
+
+def _plan_text(plan: MemoryPlan) -> str:
+    lines = [plan.summary()]
+    for name, st in sorted(plan.storage.items(), key=lambda kv: (kv[1].kind, kv[1].index)):
+        extra = ""
+        if name in plan.intervals:
+            a, b, size = plan.intervals[name]
+            extra = f"  live kernels {a}..{b}, {size} bytes"
+        lines.append(f"  {name}: {st.kind}+{st.index}{extra}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Memory planning: where every tensor lives while the model runs.
+
+Graph inputs and outputs live in the caller's buffers, constants in one weights
+blob, and everything else (intermediate values and kernel scratch) in one arena whose
+size is known at compile time. Arena offsets come from liveness intervals, placed
+greedily by size (largest first, lowest offset that does not overlap a tensor live at
+the same time), as TFLite Micro's planner does. Reshapes alias their input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kiln.ir import ops
+from kiln.ir.graph import Graph
+
+ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True)
+class Storage:
+    kind: str    # "input" | "output" | "weights" | "arena"
+    index: int   # input/output position, or byte offset into weights/arena
+
+
+@dataclass
+class MemoryPlan:
+    storage: dict[str, Storage]
+    arena_size: int
+    lower_bound: int          # the largest total of tensors live at one time
+    weights: bytes = b""
+    intervals: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (start, end, bytes)
+
+    def summary(self) -> str:
+        ratio = self.arena_size / self.lower_bound if self.lower_bound else 1.0
+        return (f"arena {self.arena_size} bytes (lower bound {self.lower_bound}, "
+                f"{ratio:.2f}x); weights {len(self.weights)} bytes")
+
+
+def view_roots(graph: Graph) -> dict[str, str]:
+    """value -> the value whose storage it shares (itself unless produced by a view)."""
+    root: dict[str, str] = {}
+    for node in graph.nodes:
+        if ops.get(node.op).fusion == ops.FusionKind.VIEW:
+            src = node.inputs[0]
+            root[node.outputs[0].name] = root.get(src, src)
+    return root
+
+
+def plan_memory(graph: Graph, kernels) -> MemoryPlan:
+    roots = view_roots(graph)
+    types = graph.value_types()
+    storage: dict[str, Storage] = {}
+    for i, v in enumerate(graph.inputs):
+        storage[v.name] = Storage("input", i)
+    for i, v in enumerate(graph.outputs):
+        storage[v.name] = Storage("output", i)
+
+    blob = bytearray()
+    for name, arr in graph.constants.items():
+        off = _align(len(blob))
+        blob.extend(b"\0" * (off - len(blob)))
+        blob.extend(np.ascontiguousarray(arr).tobytes())
+        storage[name] = Storage("weights", off)
+
+    # Liveness of arena tensors, in kernel steps.
+    intervals: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    for step, k in enumerate(kernels):
+        for name in k.outputs:
+            r = roots.get(name, name)
+            if r not in storage:
+                intervals.setdefault(r, [step, step])
+                sizes[r] = types[r].nbytes
+        for name, t in k.temps:
+            intervals[name] = [step, step]
+            sizes[name] = t.nbytes
+        for name in k.inputs:
+            r = roots.get(name, name)
+            if r in intervals:
+                intervals[r][1] = max(intervals[r][1], step)
+
+    offsets, arena_size = _greedy_by_size(intervals, sizes)
+    for name, off in offsets.items():
+        storage[name] = Storage("arena", off)
+    for alias, r in roots.items():
+        if r in storage and alias not in storage:
+            storage[alias] = storage[r]
+    lower = max((sum(sizes[n] for n, (a, b) in intervals.items() if a <= t <= b)
+                 for t in range(len(kernels))), default=0)
+    return MemoryPlan(storage, arena_size, lower, bytes(blob),
+                      {n: (a, b, sizes[n]) for n, (a, b) in intervals.items()})
+
+
+def _greedy_by_size(intervals, sizes):
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, start, end)
+    offsets = {}
+    for name in sorted(intervals, key=lambda n: (-sizes[n], intervals[n][0], n)):
+        start, end = intervals[name]
+        size = _align(max(sizes[name], 1))
+        conflicts = sorted((o, s) for o, s, a, b in placed if not (b < start or end < a))
+        off = 0
+        for o, s in conflicts:
+            if off + size <= o:
+                break
+            off = max(off, o + s)
+        offsets[name] = off
+        placed.append((off, size, start, end))
+    arena = max((o + s for o, s, _, _ in placed), default=0)
+    return offsets, arena

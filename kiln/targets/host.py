@@ -1,0 +1,132 @@
+"""The host target: C compiled by gcc into a shared library, run in process via ctypes.
+
+Capabilities: the machine's own vector ISA (``-march=native``) and OpenMP threads.
+Built libraries are cached by a hash of their source and flags, so recompiling an
+unchanged model only loads the cached library.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kiln.codegen.templates import numbered
+from kiln.errors import InputError, ToolchainError
+
+CC = os.environ.get("KILN_CC", "gcc")
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
+          "-fno-math-errno", "-Wall", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
+VECTOR_BYTES = 32  # AVX2; informs the default schedule's tile widths
+THREADS = os.cpu_count() or 1
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("KILN_CACHE_DIR", Path.home() / ".cache" / "kiln"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def compiler_path() -> str:
+    path = shutil.which(CC)
+    if path is None:
+        raise ToolchainError(f"C compiler {CC!r} not found; install gcc (Debian package 'gcc') "
+                             "or set KILN_CC to a C compiler")
+    return path
+
+
+def build_shared_library(files: dict[str, str], main: str = "model.c") -> Path:
+    """Compile the given sources (name -> text) into a cached shared library."""
+    cc = compiler_path()
+    h = hashlib.sha256()
+    h.update(" ".join([cc] + CFLAGS).encode())
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    digest = h.hexdigest()[:24]
+    out = cache_dir() / f"libkiln_{digest}.so"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(prefix="kiln_build_") as tmp:
+        for name, text in files.items():
+            Path(tmp, name).write_text(text)
+        lib = Path(tmp, "lib.so")
+        cmd = [cc, *CFLAGS, "-o", str(lib), str(Path(tmp, main)), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ToolchainError(
+                f"{CC} rejected the generated code:\n{proc.stderr.strip()}\n\n"
+                f"--- {main} ---\n{_excerpt(files[main], proc.stderr)}")
+        tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
+        shutil.move(str(lib), tmp_out)
+        os.replace(tmp_out, out)  # atomic: concurrent builds of one model are safe
+    return out
+
+
+def _excerpt(source: str, stderr: str, context: int = 4) -> str:
+    """The numbered source lines around the first line the compiler complained about."""
+    import re
+
+    m = re.search(r"model\.c:(\d+):", stderr)
+    lines = numbered(source).splitlines()
+    if not m:
+        return "\n".join(lines[:40])
+    n = int(m.group(1))
+    return "\n".join(lines[max(0, n - 1 - context): n + context])
+
+
+class HostRunner:
+    """Calls ``<prefix>_run`` of a built library on numpy arrays, without copying them."""
+
+    def __init__(self, library: Path, prefix: str, inputs, outputs, weights: bytes, arena_size: int):
+        self.library = Path(library)
+        self._lib = ctypes.CDLL(str(library))
+        self._run = getattr(self._lib, f"{prefix}_run")
+        self._run.restype = ctypes.c_int
+        self._run.argtypes = [ctypes.c_void_p] * 4
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self._weights = np.frombuffer(weights, dtype=np.uint8) if weights else np.zeros(64, np.uint8)
+        self._arena = _aligned_empty(max(arena_size, 64))
+
+    def __call__(self, feeds: dict) -> dict[str, np.ndarray]:
+        arrays = check_inputs(self.inputs, feeds)
+        outs = {v.name: np.empty(tuple(v.shape), dtype=v.dtype.np) for v in self.outputs}
+        in_ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a in arrays])
+        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[a.ctypes.data for a in outs.values()])
+        rc = self._run(ctypes.cast(in_ptrs, ctypes.c_void_p), ctypes.cast(out_ptrs, ctypes.c_void_p),
+                       self._weights.ctypes.data, self._arena.ctypes.data)
+        if rc != 0:
+            raise ToolchainError(f"the generated model returned error code {rc}")
+        return outs
+
+
+def check_inputs(expected, feeds) -> list[np.ndarray]:
+    """Validate run-time inputs by name, shape and dtype; returns contiguous arrays in order."""
+    if not isinstance(feeds, dict):
+        raise InputError(f"inputs must be a dict of name -> numpy array; got {type(feeds).__name__}")
+    names = [v.name for v in expected]
+    unknown = sorted(set(feeds) - set(names))
+    missing = [n for n in names if n not in feeds]
+    if unknown or missing:
+        raise InputError(f"input names do not match the model: missing {missing}, unexpected {unknown}; "
+                         f"expected {names}")
+    arrays = []
+    for v in expected:
+        a = np.asarray(feeds[v.name])
+        if tuple(a.shape) != tuple(v.shape):
+            raise InputError(f"input {v.name!r} has shape {tuple(a.shape)}; expected {tuple(v.shape)}")
+        if a.dtype != v.dtype.np:
+            raise InputError(f"input {v.name!r} has dtype {a.dtype}; expected {v.dtype.np}")
+        arrays.append(np.ascontiguousarray(a))
+    return arrays
+
+
+def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off: off + nbytes]

@@ -1,0 +1,66 @@
+"""Shared test helpers: build one-node ONNX models and compare Kiln with ONNX Runtime."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import helper
+
+# Backends every model test runs on: the numpy interpreter of the compute definitions
+# ("interp") and generated C compiled for the host ("host").
+BACKENDS = os.environ.get("KILN_TEST_BACKENDS", "interp,host").split(",")
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test"):
+    """inputs/outputs: lists of (name, numpy dtype, shape)."""
+    def vi(n, dt, shape):
+        return helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), shape)
+
+    graph = helper.make_graph(
+        list(nodes), name, [vi(*i) for i in inputs], [vi(*o) for o in outputs],
+        initializer=[onnx.numpy_helper.from_array(np.asarray(a), n) for n, a in initializers])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def ort_run(model: onnx.ModelProto, inputs: dict) -> dict:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs)))
+
+
+def kiln_run(model: onnx.ModelProto, inputs: dict, backend: str) -> dict:
+    if backend == "interp":
+        from kiln.frontend.onnx import from_onnx
+        from kiln.ir.interp import run_graph
+
+        return run_graph(from_onnx(model), inputs)
+    import kiln
+
+    return kiln.compile(model, target=backend).run(inputs)
+
+
+def assert_close(got: dict, want: dict, rtol=1e-3, atol=1e-4):
+    assert set(got) == set(want), f"outputs {sorted(got)} != {sorted(want)}"
+    for k in want:
+        g, w = np.asarray(got[k]), np.asarray(want[k])
+        assert g.shape == w.shape, f"{k}: shape {g.shape} != {w.shape}"
+        assert g.dtype == w.dtype, f"{k}: dtype {g.dtype} != {w.dtype}"
+        if w.dtype.kind in "biu":
+            np.testing.assert_array_equal(g, w, err_msg=k)
+        else:
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg=k)
+
+
+def check_against_ort(model, inputs, backend, rtol=1e-3, atol=1e-4):
+    want = ort_run(model, inputs)
+    got = kiln_run(model, inputs, backend)
+    assert_close(got, want, rtol, atol)
+    return got
