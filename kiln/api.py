@@ -77,7 +77,7 @@ class CompiledModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on a dict of name -> numpy array; returns a dict of output arrays."""
-        return self.build()(dict(inputs))
+        return self.build()(inputs)
 
     def export(self, directory) -> Path:
         """Write a self-contained C project (sources, weights, Makefile, manifest)."""

@@ -58,6 +58,9 @@ class Stage:
     def tensor(self) -> Tensor:
         return Tensor(self.name, self.shape, self.dtype)
 
+    def __getitem__(self, index) -> Load:
+        return self.tensor[index]
+
     @property
     def has_reduce(self) -> bool:
         from kiln.ir.expr import walk

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from collections.abc import Mapping
 
 from kiln.codegen.templates import numbered
 from kiln.errors import InputError, ToolchainError
@@ -107,7 +108,7 @@ class HostRunner:
 
 def check_inputs(expected, feeds) -> list[np.ndarray]:
     """Validate run-time inputs by name, shape and dtype; returns contiguous arrays in order."""
-    if not isinstance(feeds, dict):
+    if not isinstance(feeds, Mapping):
         raise InputError(f"inputs must be a dict of name -> numpy array; got {type(feeds).__name__}")
     names = [v.name for v in expected]
     unknown = sorted(set(feeds) - set(names))

@@ -1,0 +1,136 @@
+"""Graph and tensor passes: Before/Expected graphs compared structurally (no compiler)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kiln.errors import VerificationError
+from kiln.ir.compute import Tensor, compute, rsum
+from kiln.ir.dtype import DType
+from kiln.ir.expr import Reduce, walk
+from kiln.ir.graph import Graph, Node, TensorType, Value
+from kiln.ir.lower import inline_stages
+from kiln.passes.fold_constants import fold_constants
+from kiln.passes.fuse import fuse
+from kiln.passes.memory_plan import plan_memory
+from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
+
+F = DType.float32
+
+
+def T(*shape):
+    return TensorType(tuple(shape), F)
+
+
+def V(name, *shape):
+    return Value(name, T(*shape))
+
+
+def N(op, ins, outs, **attrs):
+    return Node(op, tuple(ins), tuple(outs), attrs)
+
+
+def assert_graph_equal(got: Graph, want: Graph):
+    assert [v.name for v in got.inputs] == [v.name for v in want.inputs]
+    assert got.outputs == want.outputs
+    assert got.nodes == want.nodes
+    assert sorted(got.constants) == sorted(want.constants)
+    for k in want.constants:
+        np.testing.assert_array_equal(got.constants[k], want.constants[k])
+
+
+def test_fold_constants():
+    c1, c2 = np.ones(3, np.float32), np.arange(3, dtype=np.float32)
+    before = Graph((V("x", 3),), (V("y", 3),), (
+        N("add", ["c1", "c2"], [V("s", 3)]),
+        N("mul", ["x", "s"], [V("y", 3)]),
+    ), {"c1": c1, "c2": c2})
+    after = Graph((V("x", 3),), (V("y", 3),), (N("mul", ["x", "s"], [V("y", 3)]),), {"s": c1 + c2})
+    assert_graph_equal(fold_constants(before.verify()), after)
+
+
+def test_eliminate_identity_and_dce():
+    before = Graph((V("x", 4),), (V("y", 4),), (
+        N("identity", ["x"], [V("a", 4)]),
+        N("relu", ["a"], [V("y", 4)]),
+        N("exp", ["x"], [V("unused", 4)]),
+    ))
+    after = Graph((V("x", 4),), (V("y", 4),), (N("relu", ["x"], [V("y", 4)]),))
+    assert_graph_equal(eliminate_dead_code(eliminate_identity(before)), after)
+
+
+def test_materialize_output_view():
+    before = Graph((V("x", 2, 3),), (V("y", 6),), (N("reshape", ["x"], [V("y", 6)], shape=(6,)),))
+    after = Graph((V("x", 2, 3),), (V("y", 6),), (N("reshape_copy", ["x"], [V("y", 6)], shape=(6,)),))
+    assert_graph_equal(materialize_output_views(before), after)
+
+
+def _conv_graph():
+    w = np.ones((4, 3, 3, 3), np.float32)
+    b = np.ones((1, 4, 1, 1), np.float32)
+    return Graph((V("x", 1, 3, 8, 8),), (V("y", 1, 4, 8, 8),), (
+        N("conv", ["x", "w"], [V("c", 1, 4, 8, 8)], strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), group=1),
+        N("add", ["c", "b"], [V("a", 1, 4, 8, 8)]),
+        N("relu", ["a"], [V("r", 1, 4, 8, 8)]),
+        N("exp", ["x"], [V("e", 1, 3, 8, 8)]),
+        N("reduce_sum", ["e"], [V("s", 1, 1, 8, 8)], axes=(1,), keepdims=1),
+        N("add", ["r", "s"], [V("y", 1, 4, 8, 8)]),
+    ), {"w": w, "b": b}).verify()
+
+
+def test_fuse_epilogues_into_conv():
+    groups = fuse(_conv_graph())
+    ops_ = [[n.op for n in g.nodes] for g in groups]
+    assert ops_ == [["exp"], ["reduce_sum"], ["conv", "add", "relu", "add"]]
+
+
+def test_fuse_respects_multiple_consumers():
+    g = Graph((V("x", 4),), (V("y", 4), V("z", 4)), (
+        N("exp", ["x"], [V("e", 4)]),
+        N("relu", ["e"], [V("y", 4)]),
+        N("neg", ["e"], [V("z", 4)]),
+    )).verify()
+    assert [[n.op for n in grp.nodes] for grp in fuse(g)] == [["exp"], ["relu"], ["neg"]]
+
+
+def test_memory_plan_no_overlap_of_live_tensors():
+    from kiln.codegen.kernels import build_kernels
+
+    graph = _conv_graph()
+    kernels = build_kernels(graph, fuse(graph))
+    plan = plan_memory(graph, kernels)
+    arena = [(n, plan.storage[n].index, plan.intervals[n]) for n in plan.intervals]
+    for i, (n1, o1, (a1, b1, s1)) in enumerate(arena):
+        for n2, o2, (a2, b2, s2) in arena[i + 1:]:
+            if not (b1 < a2 or b2 < a1):
+                assert o1 + s1 <= o2 or o2 + s2 <= o1, f"{n1} and {n2} overlap"
+    assert plan.lower_bound <= plan.arena_size
+    assert plan.storage["x"].kind == "input" and plan.storage["y"].kind == "output"
+    assert plan.storage["w"].kind == "weights"
+
+
+def test_inline_epilogue_into_reduction():
+    A, B = Tensor("A", (4, 5)), Tensor("B", (5, 6))
+    C = compute("C", (4, 6), lambda i, j: rsum(lambda k: A[i, k] * B[k, j], 5))
+    D = compute("D", (4, 6), lambda i, j: C[i, j] * 2.0)
+    E = compute("E", (4, 6), lambda i, j: D[i, j] + 1.0)
+    out = inline_stages([C, D, E], keep={"E"})
+    assert [s.name for s in out] == ["E"]
+    assert sum(isinstance(x, Reduce) for x in walk(out[0].body)) == 1
+
+
+def test_reduction_with_two_users_is_not_inlined():
+    A = Tensor("A", (4, 5))
+    S = compute("S", (4,), lambda i: rsum(lambda k: A[i, k], 5))
+    D = compute("D", (4,), lambda i: S[i] * S[i])
+    out = inline_stages([S, D], keep={"D"})
+    assert [s.name for s in out] == ["S", "D"]
+
+
+def test_verifier_rejects_use_before_definition():
+    g = Graph((V("x", 2),), (V("y", 2),), (N("relu", ["z"], [V("y", 2)]),))
+    with pytest.raises(VerificationError, match="before it is defined"):
+        g.verify()
+    g = Graph((V("x", 2),), (V("y", 2),), (N("relu", ["x"], [V("x", 2)]),))
+    with pytest.raises(VerificationError, match="more than once"):
+        g.verify()
