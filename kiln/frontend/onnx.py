@@ -175,13 +175,14 @@ class ConvertContext:
 
     def add_const(self, array: np.ndarray, hint: str = "c") -> str:
         name = self.fresh(hint)
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")
         self.constants[name] = array
         self.types[name] = TensorType(tuple(array.shape), DType.of(array.dtype))
         return name
 
     def emit(self, op: str, inputs: Sequence[str], attrs: Mapping[str, object] | None = None,
-             out_names: Sequence[str] | None = None, num_outputs: int | None = None) -> list[str]:
+             out_names: Sequence[str] | None = None, num_outputs: int | None = None,
+             fold: bool = True) -> list[str]:
         attrs = dict(attrs or {})
         in_types = [self.types[n] for n in inputs]
         out_types = ops.infer_types(op, in_types, attrs)
@@ -190,7 +191,7 @@ class ConvertContext:
         names = list(out_names) if out_names else [self.fresh(op) for _ in out_types]
         outs = tuple(Value(n, t) for n, t in zip(names, out_types))
         node = Node(op, tuple(inputs), outs, attrs, name=self.node.name if self.node else "")
-        folded = try_fold(node, self.constants)
+        folded = try_fold(node, self.constants) if fold else None
         for v in outs:
             self.types[v.name] = v.type
             self.names.setdefault(v.name, v.name)
@@ -231,7 +232,7 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence[int]] | None = None) ->
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     _check_supported(proto, opset)
 
-    constants = {t.name: np.ascontiguousarray(numpy_helper.to_array(t)) for t in proto.graph.initializer}
+    constants = {t.name: np.asarray(numpy_helper.to_array(t), order="C") for t in proto.graph.initializer}
     for arr in constants.values():
         DType.of(arr.dtype)
     inputs = tuple(Value(vi.name, _value_info_type(vi, input_shapes))
@@ -267,7 +268,7 @@ def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs) -> Grap
         if src is None:
             raise ShapeError(f"graph output {vi.name!r} is never computed")
         if src in ctx.constants or src in input_names or src in renames:
-            ctx.emit("identity", [src], out_names=[vi.name])
+            ctx.emit("identity", [src], out_names=[vi.name], fold=False)
         else:
             renames[src] = vi.name
         outputs.append(Value(vi.name, ctx.types[ctx.names.get(vi.name, vi.name)]))

@@ -129,7 +129,7 @@ def run_stages(stages: Sequence[Stage], buffers: Mapping[str, np.ndarray]) -> di
             env[ax.name] = np.arange(n, dtype=np.int64).reshape(shape)
         val = np.asarray(evaluate(st.body, env, bufs, nd))
         val = np.broadcast_to(val.reshape((1,) * (nd - val.ndim) + val.shape), st.shape)
-        bufs[st.name] = np.ascontiguousarray(val, dtype=st.dtype.np)
+        bufs[st.name] = np.array(val, dtype=st.dtype.np, order="C")
     return bufs
 
 

@@ -28,4 +28,4 @@ def lookup(op_type: str, domain: str, opset: int) -> Callable | None:
     return best
 
 
-from kiln.frontend.onnx_ops import constants, elementwise, indexing, nn, reduce, shape  # noqa: E402,F401
+from kiln.frontend.onnx_ops import elementwise, nn, norm, pool, reduce, resize, shape  # noqa: E402,F401

@@ -12,7 +12,7 @@ from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Cast, Expr, Select, idx
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
-from kiln.ir.ops.shape import _static, zero
+from kiln.ir.ops.shape import static_shape, zero
 
 INDEX_DTYPES = (DType.int32, DType.int64)
 
@@ -34,7 +34,7 @@ def _check_indices(t: TensorType, op: str):
 # -- gather ------------------------------------------------------------------------------
 
 def _gather_infer(ins, attrs):
-    data, ind = _static(ins[0], "gather"), _static(ins[1], "gather")
+    data, ind = static_shape(ins[0], "gather"), static_shape(ins[1], "gather")
     _check_indices(ins[1], "gather")
     axis = attrs["axis"]
     if not 0 <= axis < len(data):
@@ -58,7 +58,7 @@ register("gather", FusionKind.INJECTIVE, _gather_infer, _gather_compute)
 
 
 def _gather_elements_infer(ins, attrs):
-    data, ind = _static(ins[0], "gather_elements"), _static(ins[1], "gather_elements")
+    data, ind = static_shape(ins[0], "gather_elements"), static_shape(ins[1], "gather_elements")
     _check_indices(ins[1], "gather_elements")
     axis = attrs["axis"]
     if len(data) != len(ind) or not 0 <= axis < len(data):
@@ -85,7 +85,7 @@ register("gather_elements", FusionKind.INJECTIVE, _gather_elements_infer, _gathe
 
 
 def _gather_nd_infer(ins, attrs):
-    data, ind = _static(ins[0], "gather_nd"), _static(ins[1], "gather_nd")
+    data, ind = static_shape(ins[0], "gather_nd"), static_shape(ins[1], "gather_nd")
     _check_indices(ins[1], "gather_nd")
     b = int(attrs.get("batch_dims", 0))
     m = ind[-1] if ind else 0
@@ -114,7 +114,7 @@ register("gather_nd", FusionKind.INJECTIVE, _gather_nd_infer, _gather_nd_compute
 # -- one_hot -----------------------------------------------------------------------------
 
 def _one_hot_infer(ins, attrs):
-    ind, values = _static(ins[0], "one_hot"), _static(ins[1], "one_hot")
+    ind, values = static_shape(ins[0], "one_hot"), static_shape(ins[1], "one_hot")
     axis, depth = attrs["axis"], int(attrs["depth"])
     if values != (2,) or depth < 0 or not 0 <= axis <= len(ind):
         raise ShapeError(f"one_hot needs values of shape (2,), depth >= 0 and axis in 0..{len(ind)}; "

@@ -62,6 +62,7 @@ def _moment_stages(o, x, axis: int, eps: float, keepdims: bool = False):
     index of ``x`` to the stages' index.
     """
     lead, red = x.shape[:axis], x.shape[axis:]
+    keepdims = keepdims or axis == 0  # no rank-0 stages
     ones = (1,) * len(red) if keepdims else ()
     count = 1
     for n in red:
@@ -185,14 +186,14 @@ def _make_softmax(log: bool):
         x, o = ins[0], outs[0]
         axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, "softmax axis")
         n = x.shape[axis]
-        red_shape = x.shape[:axis] + x.shape[axis + 1:]
+        red_shape = x.shape[:axis] + (1,) + x.shape[axis + 1:]  # keepdims: never rank 0
         dt = x.dtype
 
-        def at(i, k):  # full index of x from a reduced index and a position on the axis
-            return tuple(i[:axis]) + (k,) + tuple(i[axis:])
+        def at(i, k):  # index of x from a reduced index and a position on the axis
+            return tuple(i[:axis]) + (k,) + tuple(i[axis + 1:])
 
-        def drop(i):
-            return tuple(i[:axis]) + tuple(i[axis + 1:])
+        def reduced(i):  # index of the reduced stages from an index of x
+            return tuple(i[:axis]) + (0,) + tuple(i[axis + 1:])
 
         mx = compute(f"{o.name}__max", red_shape, lambda *i: rmax(lambda k: x[at(i, k)], n),
                      dt, tag="reduce", inline=False)
@@ -202,9 +203,9 @@ def _make_softmax(log: bool):
                      dt, tag="reduce", inline=False)
         s = sm.tensor
         if log:
-            body = lambda *i: x[i] - m[drop(i)] - Un("log", s[drop(i)], dt)  # noqa: E731
+            body = lambda *i: x[i] - m[reduced(i)] - Un("log", s[reduced(i)], dt)  # noqa: E731
         else:
-            body = lambda *i: Un("exp", x[i] - m[drop(i)], dt) / s[drop(i)]  # noqa: E731
+            body = lambda *i: Un("exp", x[i] - m[reduced(i)], dt) / s[reduced(i)]  # noqa: E731
         return [mx, sm, compute(o.name, o.shape, body, o.dtype)]
     return compute_fn
 

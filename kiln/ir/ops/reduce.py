@@ -13,7 +13,7 @@ from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Cast, Const, Select, Un
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
-from kiln.ir.ops.shape import _static, zero
+from kiln.ir.ops.shape import static_shape, zero
 
 _REDUCE = {"sum": rsum, "prod": rprod, "max": rmax, "min": rmin}
 
@@ -50,7 +50,7 @@ def _check_axes(shape, axes, op: str) -> tuple:
 
 def _reduce_infer(op: str):
     def infer(ins, attrs):
-        shape = _static(ins[0], op)
+        shape = static_shape(ins[0], op)
         axes = _check_axes(shape, attrs["axes"], op)
         return [TensorType(reduced_shape(shape, axes, bool(attrs.get("keepdims", True))), ins[0].dtype)]
     return infer
@@ -149,7 +149,7 @@ register("reduce_log_sum_exp", FusionKind.REDUCTION, _reduce_infer("reduce_log_s
 
 def _arg_infer(op: str):
     def infer(ins, attrs):
-        shape = _static(ins[0], op)
+        shape = static_shape(ins[0], op)
         axis = int(attrs["axis"])
         if not 0 <= axis < len(shape) or shape[axis] == 0:
             raise ShapeError(f"{op} axis {axis} must name a non-empty axis of input shape {shape}")
@@ -186,7 +186,7 @@ for _op in ("argmax", "argmin"):
 # -- cumsum -----------------------------------------------------------------------------------------
 
 def _cumsum_infer(ins, attrs):
-    shape = _static(ins[0], "cumsum")
+    shape = static_shape(ins[0], "cumsum")
     if not 0 <= int(attrs["axis"]) < len(shape):
         raise ShapeError(f"cumsum axis {attrs['axis']} is out of range for input shape {shape}")
     return [ins[0]]

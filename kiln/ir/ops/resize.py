@@ -12,7 +12,7 @@ in the same operation order as ONNX Runtime, so nearest-neighbour picks agree ex
     align_corners         x * (in - 1) / (out - 1)  if out > 1 else 0
     asymmetric            x / scale
 
-Axes whose coordinate map is the identity are read directly (no interpolation terms).
+Axes with scale 1 are read directly, without a coordinate transform or interpolation terms.
 """
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def _orig_coord(x: Expr, mode: str, scale: float, n_in: int, n_out: int, dt) -> 
 
 
 def _is_identity(mode: str, scale: float, n_in: int, n_out: int) -> bool:
-    return n_in == n_out and _f32(scale) == 1.0 and mode != "tf_half_pixel_for_nn"
+    """A scale of 1 maps each index to itself (ONNX Runtime skips the transform there too)."""
+    return n_in == n_out and _f32(scale) == 1.0
 
 
 def _clamp_index(e: Expr, n: int) -> Expr:
@@ -112,9 +113,6 @@ def _axis_plans(x, o, attrs):
 def _nearest_body(x, o, attrs):
     nearest = attrs.get("nearest_mode", "round_prefer_floor")
     plans = _axis_plans(x, o, attrs)
-    if attrs.get("coordinate_transformation_mode") == "tf_half_pixel_for_nn":
-        plans = [(attrs["coordinate_transformation_mode"], float(s), a, b)
-                 for s, a, b in zip(attrs["scales"], x.shape, o.shape)]
 
     def body(*i):
         src = []

@@ -36,7 +36,7 @@ def _reshape_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
 
     def body(*i):
-        flat = i[0] * 0
+        flat = Const(0, INDEX)
         for ax, n in zip(i, o.shape):
             flat = flat * n + ax
         ix = []
@@ -53,7 +53,7 @@ register("reshape", FusionKind.VIEW, _reshape_infer, _reshape_compute)
 
 # -- helpers ---------------------------------------------------------------------------
 
-def _static(t: TensorType, op: str) -> tuple[int, ...]:
+def static_shape(t: TensorType, op: str) -> tuple[int, ...]:
     """The static shape of ``t``; the data-movement ops need every dim known."""
     if not t.is_static:
         raise ShapeError(f"{op} needs a static input shape; got {tuple(t.shape)} "
@@ -111,9 +111,9 @@ register("transpose", FusionKind.INJECTIVE, _transpose_infer, _transpose_compute
 
 def _concat_infer(ins, attrs):
     axis = attrs["axis"]
-    first = _static(ins[0], "concat")
+    first = static_shape(ins[0], "concat")
     for t in ins[1:]:
-        s = _static(t, "concat")
+        s = static_shape(t, "concat")
         same = len(s) == len(first) and all(a == b for k, (a, b) in enumerate(zip(s, first)) if k != axis)
         if not same or t.dtype != ins[0].dtype:
             raise ShapeError(f"concat along axis {axis}: input {t} does not match {ins[0]}; "
@@ -151,7 +151,7 @@ register("concat", FusionKind.INJECTIVE, _concat_infer, _concat_compute)
 
 
 def _split_infer(ins, attrs):
-    shape = _static(ins[0], "split")
+    shape = static_shape(ins[0], "split")
     axis, sizes = attrs["axis"], tuple(int(s) for s in attrs["sizes"])
     if not 0 <= axis < len(shape):
         raise ShapeError(f"split axis {axis} is out of range for rank {len(shape)}")
@@ -184,7 +184,7 @@ def slice_length(start: int, end: int, step: int) -> int:
 
 
 def _slice_infer(ins, attrs):
-    shape = _static(ins[0], "slice")
+    shape = static_shape(ins[0], "slice")
     starts, ends, steps = (tuple(attrs[k]) for k in ("starts", "ends", "steps"))
     if not len(starts) == len(ends) == len(steps) == len(shape):
         raise ShapeError(f"slice of shape {shape} needs starts/ends/steps of rank {len(shape)}; "
@@ -211,7 +211,7 @@ register("slice", FusionKind.INJECTIVE, _slice_infer, _slice_compute)
 # -- expand and tile ---------------------------------------------------------------------
 
 def _expand_infer(ins, attrs):
-    shape = broadcast_shapes(_static(ins[0], "expand"), tuple(int(d) for d in attrs["shape"]))
+    shape = broadcast_shapes(static_shape(ins[0], "expand"), tuple(int(d) for d in attrs["shape"]))
     return [TensorType(shape, ins[0].dtype)]
 
 
@@ -224,7 +224,7 @@ register("expand", FusionKind.INJECTIVE, _expand_infer, _expand_compute)
 
 
 def _tile_infer(ins, attrs):
-    shape, reps = _static(ins[0], "tile"), tuple(int(r) for r in attrs["repeats"])
+    shape, reps = static_shape(ins[0], "tile"), tuple(int(r) for r in attrs["repeats"])
     if len(reps) != len(shape) or any(r < 0 for r in reps):
         raise ShapeError(f"tile repeats {reps} must be {len(shape)} non-negative ints for shape {shape}")
     return [TensorType(tuple(n * r for n, r in zip(shape, reps)), ins[0].dtype)]
@@ -247,7 +247,7 @@ PAD_MODES = ("constant", "reflect", "edge", "wrap")
 
 
 def _pad_infer(ins, attrs):
-    shape, pads = _static(ins[0], "pad"), tuple(int(p) for p in attrs["pads"])
+    shape, pads = static_shape(ins[0], "pad"), tuple(int(p) for p in attrs["pads"])
     r, mode = len(shape), attrs.get("mode", "constant")
     if len(pads) != 2 * r:
         raise ShapeError(f"pad of shape {shape} needs {2 * r} pads (begins then ends); got {pads}")
@@ -300,7 +300,7 @@ register("pad", FusionKind.INJECTIVE, _pad_infer, _pad_compute)
 # -- depth_to_space and space_to_depth ---------------------------------------------------
 
 def _d2s_infer(ins, attrs):
-    shape, b = _static(ins[0], "depth_to_space"), int(attrs["blocksize"])
+    shape, b = static_shape(ins[0], "depth_to_space"), int(attrs["blocksize"])
     if len(shape) != 4 or b < 1 or shape[1] % (b * b):
         raise ShapeError(f"depth_to_space needs an NCHW input with C divisible by blocksize² "
                          f"({b}²); got shape {shape}")
@@ -328,7 +328,7 @@ register("depth_to_space", FusionKind.INJECTIVE, _d2s_infer, _d2s_compute)
 
 
 def _s2d_infer(ins, attrs):
-    shape, b = _static(ins[0], "space_to_depth"), int(attrs["blocksize"])
+    shape, b = static_shape(ins[0], "space_to_depth"), int(attrs["blocksize"])
     if len(shape) != 4 or b < 1 or shape[2] % b or shape[3] % b:
         raise ShapeError(f"space_to_depth needs an NCHW input with H and W divisible by the "
                          f"blocksize {b}; got shape {shape}")

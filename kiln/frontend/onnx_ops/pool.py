@@ -1,0 +1,57 @@
+"""Converters for MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool and LRN."""
+from __future__ import annotations
+
+from kiln.frontend.onnx_ops import converter
+from kiln.frontend.onnx_ops.nn import ints_attr, resolve_pads, static_shape
+
+
+def _pool_attrs(ctx, node) -> dict:
+    """kernel_shape, strides, dilations, explicit pads and ceil_mode of a windowed pool."""
+    x = ctx.input(0)
+    xs = static_shape(ctx, x, f"{node.op_type} input")
+    kernel = ctx.attr("kernel_shape")
+    if not kernel:
+        ctx.fail("the kernel_shape attribute is required")
+    kernel = tuple(int(k) for k in kernel)
+    nd = len(kernel)
+    if len(xs) != nd + 2:
+        ctx.fail(f"kernel_shape {kernel} needs an input (N, C, *spatial) of rank {nd + 2}; got {xs}")
+    strides, dil = ints_attr(ctx, "strides", nd, 1), ints_attr(ctx, "dilations", nd, 1)
+    return {"kernel_shape": kernel, "strides": strides, "dilations": dil,
+            "pads": resolve_pads(ctx, xs[2:], kernel, strides, dil),
+            "ceil_mode": int(ctx.attr("ceil_mode", 0))}
+
+
+@converter("MaxPool", since=1)
+def _max_pool(ctx, node):
+    if len(node.output) > 1 and node.output[1]:
+        ctx.fail("the Indices output of MaxPool is not supported; Kiln computes only the pooled "
+                 "values Y (remove the second output or use ArgMax)")
+    return ctx.emit("max_pool", [ctx.input(0)], _pool_attrs(ctx, node), out_names=ctx.outputs())
+
+
+@converter("AveragePool", since=1)
+def _avg_pool(ctx, node):
+    attrs = _pool_attrs(ctx, node)
+    attrs["count_include_pad"] = int(ctx.attr("count_include_pad", 0))
+    return ctx.emit("avg_pool", [ctx.input(0)], attrs, out_names=ctx.outputs())
+
+
+@converter("GlobalAveragePool", since=1)
+def _global_avg_pool(ctx, node):
+    return ctx.emit("global_avg_pool", [ctx.input(0)], out_names=ctx.outputs())
+
+
+@converter("GlobalMaxPool", since=1)
+def _global_max_pool(ctx, node):
+    return ctx.emit("global_max_pool", [ctx.input(0)], out_names=ctx.outputs())
+
+
+@converter("LRN", since=1)
+def _lrn(ctx, node):
+    size = ctx.attr("size")
+    if size is None:
+        ctx.fail("the size attribute is required")
+    attrs = {"size": int(size), "alpha": float(ctx.attr("alpha", 1e-4)),
+             "beta": float(ctx.attr("beta", 0.75)), "bias": float(ctx.attr("bias", 1.0))}
+    return ctx.emit("lrn", [ctx.input(0)], attrs, out_names=ctx.outputs())
