@@ -1,0 +1,73 @@
+# Kiln developer entry points.
+#
+#   make demo    create .venv, install kiln, compile a small CNN and compare it with ONNX Runtime
+#   make test    create .venv, install kiln[test] and the toolchains, run the whole test suite
+#   make bench   time the host model suite against ONNX Runtime (BENCH_ARGS="--quick" etc.)
+#   make clean   remove the virtual environment and build outputs
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+BENCH_ARGS ?=
+
+# External tools the test suite runs, as `command:debian-package` pairs. Issues that add a
+# target append here (e.g. aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user).
+TOOLCHAINS := gcc:gcc
+# Debian packages that provide no command of their own but are needed too (e.g. newlib).
+TOOLCHAIN_EXTRA_PACKAGES :=
+
+.PHONY: demo test bench clean toolchains venv
+
+venv: $(PY)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the package metadata changes; the install is editable, so source edits
+# need no reinstall.
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	$(PIP) install --disable-pip-version-check -q -e '.[test,bench]'
+	touch $@
+
+demo: $(VENV)/.installed-test
+	$(PY) examples/demo.py
+
+# Checks that every tool in TOOLCHAINS is on PATH. As root, installs what is missing with
+# apt-get; otherwise prints the exact command to run and fails.
+toolchains:
+	@missing_pkgs=""; missing_tools=""; \
+	for pair in $(TOOLCHAINS); do \
+	  tool=$${pair%%:*}; pkg=$${pair#*:}; \
+	  if ! command -v "$$tool" >/dev/null 2>&1; then \
+	    missing_tools="$$missing_tools $$tool"; missing_pkgs="$$missing_pkgs $$pkg"; \
+	  fi; \
+	done; \
+	for pkg in $(TOOLCHAIN_EXTRA_PACKAGES); do \
+	  if ! dpkg -s "$$pkg" >/dev/null 2>&1; then missing_pkgs="$$missing_pkgs $$pkg"; fi; \
+	done; \
+	if [ -n "$$missing_pkgs" ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "toolchains: installing$$missing_pkgs"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing_pkgs || exit 1; \
+	  else \
+	    echo "toolchains: missing tools:$$missing_tools (Debian packages:$$missing_pkgs)" >&2; \
+	    echo "toolchains: install them as root with: apt-get install -y$$missing_pkgs" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	@gcc --version | head -n 1
+
+test: $(VENV)/.installed-test toolchains
+	KILN_REQUIRE_TOOLCHAINS=1 $(PY) -m pytest -n auto -q
+
+bench: $(VENV)/.installed-bench
+	$(PY) benchmarks/host_models.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

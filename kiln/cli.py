@@ -1,0 +1,285 @@
+"""The ``kiln`` command line: compile, run and inspect models.
+
+    kiln compile MODEL --target T [-o DIR] [--input-shape NAME=1,3,224,224] [--db DIR] [--emit c,h,...]
+    kiln run MODEL|DIR --target T --inputs in.npz [--outputs out.npz]
+    kiln inspect MODEL [--print-ir-after STAGE] [--input-shape NAME=...]
+
+Every error Kiln raises on purpose (``KilnError``) prints as ``kiln: error: <message>`` on
+stderr with exit code 2 and no traceback. The compiler itself is imported inside each
+command, so ``kiln --help`` stays fast.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from kiln.errors import InputError, KilnError
+
+DEFAULT_TARGET = "host"
+
+# --emit kinds: a name -> the file-name patterns it selects in an exported project
+EMIT_KINDS = {
+    "c": ("*.c",),
+    "h": ("*.h",),
+    "cu": ("*.cu", "*.cuh"),
+    "ptx": ("*.ptx",),
+    "cubin": ("*.cubin",),
+    "wgsl": ("*.wgsl",),
+    "js": ("*.js", "*.mjs", "*.html"),
+    "s": ("*.s", "*.S"),
+    "ld": ("*.ld",),
+    "weights": ("*.bin",),
+    "makefile": ("Makefile", "*.mk"),
+    "readme": ("README*",),
+    "json": ("*.json",),
+    "so": ("*.so",),
+}
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("kiln")
+    except PackageNotFoundError:
+        import kiln
+
+        return getattr(kiln, "__version__", "0+unknown")
+
+
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"kiln {_version()}")
+        ctx.exit(0)
+
+
+class InputShape(click.ParamType):
+    """``NAME=D1,D2,...`` -> (name, (d1, d2, ...))."""
+
+    name = "NAME=D1,D2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        name, sep, dims = text.partition("=")
+        name, dims = name.strip(), dims.strip()
+        if not sep or not name or not dims:
+            self.fail(f"expected NAME=D1,D2,... (e.g. input=1,3,224,224); got {text!r}", param, ctx)
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            self.fail(f"dimensions of {name!r} must be integers separated by commas "
+                      f"(e.g. {name}=1,3,224,224); got {dims!r}", param, ctx)
+        if any(d < 0 for d in shape):
+            self.fail(f"dimensions of {name!r} must be non-negative; got {dims!r}", param, ctx)
+        return name, shape
+
+
+def _shapes(pairs) -> dict[str, tuple[int, ...]] | None:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, shape in pairs:
+        if name in shapes and shapes[name] != shape:
+            raise click.BadParameter(f"{name!r} is given twice with different shapes "
+                                     f"{shapes[name]} and {shape}", param_hint="'--input-shape'")
+        shapes[name] = shape
+    return shapes or None
+
+
+def _parse_emit(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    kinds = [k.strip().lower() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in EMIT_KINDS]
+    if unknown:
+        raise click.BadParameter(f"unknown kind(s) {', '.join(unknown)}; valid kinds: "
+                                 f"{', '.join(EMIT_KINDS)}", param_hint="'--emit'")
+    return kinds
+
+
+class KilnGroup(click.Group):
+    """Turns a KilnError into ``kiln: error: ...`` on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KilnError as e:
+            click.echo(f"kiln: error: {e}", err=True)
+            ctx.exit(2)
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", type=InputShape(), multiple=True, metavar="NAME=D1,D2,...",
+    help="Static shape for a model input, e.g. input=1,3,224,224 (repeatable). Overrides "
+         "the shape the model declares; needed for inputs with symbolic dimensions.")
+target_option = click.option(
+    "--target", default=DEFAULT_TARGET, show_default=True, metavar="T",
+    help="Target to compile for. Implemented: host. Planned: arm64, cuda, webgpu, "
+         "cortex-m4, cortex-m7, cortex-m55.")
+
+
+@click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
+def cli() -> None:
+    """Kiln: compile ONNX models into self-contained C code and run it.
+
+    \b
+    Examples:
+      kiln compile model.onnx --target host -o build/model
+      kiln run build/model --target host --inputs in.npz --outputs out.npz
+      kiln inspect model.onnx --print-ir-after fuse
+    """
+
+
+@cli.command("compile", short_help="Compile a model into a self-contained source project.")
+@click.argument("model", metavar="MODEL")
+@target_option
+@click.option("-o", "--output", "output", metavar="DIR", default=None,
+              help="Directory for the generated project [default: build/<model name>].")
+@input_shape_option
+@click.option("--db", metavar="DIR", default=None,
+              help="Tuning database to apply the best records from.")
+@click.option("--emit", metavar="KINDS", default=None,
+              help="Comma-separated kinds of file to write, e.g. c,h (default: the whole "
+                   f"project). Kinds: {', '.join(EMIT_KINDS)}.")
+def compile_cmd(model: str, target: str, output: str | None, input_shapes, db: str | None,
+                emit: str | None) -> None:
+    """Compile MODEL (an .onnx file) and write a self-contained source project."""
+    kinds = _parse_emit(emit)
+    shapes = _shapes(input_shapes)
+    import kiln.api as api
+
+    out_dir = Path(output) if output else Path("build") / (Path(model).stem or "model")
+    t0 = time.perf_counter()
+    compiled = api.compile(model, target=target, input_shapes=shapes, db=db)
+    seconds = time.perf_counter() - t0
+    written = _export(compiled, out_dir, kinds)
+    click.echo(f"compiled {model} for {target} in {seconds:.2f} s -> {out_dir}/")
+    for path in written:
+        click.echo(f"  {path.relative_to(out_dir)}  ({path.stat().st_size} bytes)")
+
+
+def _export(compiled, out_dir: Path, kinds: list[str] | None) -> list[Path]:
+    """Export the project; with ``kinds``, keep only the files those kinds select."""
+    if kinds is None:
+        compiled.export(out_dir)
+        return sorted(p for p in out_dir.rglob("*") if p.is_file())
+    patterns = [pat for k in kinds for pat in EMIT_KINDS[k]]
+    written = []
+    with tempfile.TemporaryDirectory(prefix="kiln-export-") as tmp:
+        compiled.export(tmp)
+        for src in sorted(Path(tmp).rglob("*")):
+            if src.is_file() and any(src.match(pat) for pat in patterns):
+                dst = out_dir / src.relative_to(tmp)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                written.append(dst)
+    if not written:
+        raise KilnError(f"--emit {','.join(kinds)} selected no files; this target writes "
+                        "other kinds (run without --emit to see them)")
+    return written
+
+
+@cli.command("run", short_help="Run a model or a compiled directory on inputs from a .npz file.")
+@click.argument("model", metavar="MODEL|DIR")
+@target_option
+@click.option("--inputs", "inputs_path", required=True, metavar="in.npz",
+              help="Inputs as a .npz file, one array per model input name.")
+@click.option("--outputs", "outputs_path", default=None, metavar="out.npz",
+              help="Write the outputs to this .npz file.")
+@input_shape_option
+def run_cmd(model: str, target: str, inputs_path: str, outputs_path: str | None, input_shapes) -> None:
+    """Compile MODEL (or load a compiled DIR) and run it on the inputs in a .npz file."""
+    import numpy as np
+
+    inputs = _load_npz(inputs_path)
+    shapes = _shapes(input_shapes)
+    import kiln.api as api
+
+    if os.path.isdir(model):
+        if target != "host":
+            raise KilnError(f"loading a compiled directory runs on the host target only; got "
+                            f"--target {target}. Pass the .onnx model to run on {target}.")
+        compiled = api.load(model)
+    else:
+        if shapes is None:
+            shapes = _shapes_from_inputs(model, inputs)
+        compiled = api.compile(model, target=target, input_shapes=shapes)
+    build = getattr(compiled, "build", None)
+    if callable(build):  # build ahead so that the time below is the run alone
+        build()
+    t0 = time.perf_counter()
+    outputs = compiled.run(inputs)
+    ms = (time.perf_counter() - t0) * 1e3
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        click.echo(f"{name}: {value.dtype}[{', '.join(str(d) for d in value.shape)}]")
+    click.echo(f"ran in {ms:.3f} ms")
+    if outputs_path:
+        np.savez(outputs_path, **{k: np.asarray(v) for k, v in outputs.items()})
+        click.echo(f"wrote {outputs_path}")
+
+
+def _load_npz(path: str) -> dict:
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise InputError(f"inputs file {path!r} does not exist; expected a .npz file "
+                         "(numpy.savez) with one array per model input")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("it holds a single array, not named arrays")
+            return {k: data[k] for k in data.files}
+    except Exception as e:  # numpy raises ValueError, OSError, zipfile errors
+        raise InputError(f"cannot read inputs {path!r} ({e}); expected a .npz file written by "
+                         "numpy.savez with one array per model input") from None
+
+
+def _shapes_from_inputs(model: str, inputs: dict) -> dict | None:
+    """Shapes of the given arrays for model inputs whose declared shape is not static."""
+    try:
+        import onnx
+
+        proto = onnx.load(model, load_external_data=False)
+    except Exception:
+        return None  # kiln.compile reports the bad file
+    inits = {t.name for t in proto.graph.initializer}
+    shapes = {}
+    for vi in proto.graph.input:
+        if vi.name in inits or vi.name not in inputs:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims) and len(dims) == inputs[vi.name].ndim:
+            shapes[vi.name] = tuple(int(d) for d in inputs[vi.name].shape)
+    return shapes or None
+
+
+@cli.command("inspect", short_help="Print the graph IR, kernel count and arena size of a model.")
+@click.argument("model", metavar="MODEL")
+@click.option("--print-ir-after", "print_ir_after", metavar="STAGE", default=None,
+              help="Print the IR after this pipeline stage (an unknown name lists the valid ones).")
+@input_shape_option
+def inspect_cmd(model: str, print_ir_after: str | None, input_shapes) -> None:
+    """Print the graph IR of MODEL with its kernel count and arena size."""
+    shapes = _shapes(input_shapes)
+    import kiln.api as api
+
+    text = api.inspect(model, input_shapes=shapes, print_ir_after=print_ir_after)
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``kiln``)."""
+    cli.main(args=argv, prog_name="kiln")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
