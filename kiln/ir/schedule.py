@@ -159,7 +159,6 @@ class Schedule:
         """Move the nest producing ``buffer`` inside ``loop``, computing only the region read there."""
         k, nest = self._producer_nest(buffer)
         target = self._loop(loop)
-        outer = _loops_enclosing(self.func.body, loop) + [target.var.name]
         reads = [x for s in walk_stmts(target.body) for x in _stmt_loads(s) if x.buffer == buffer]
         if not reads:
             raise ScheduleError(f"compute_at: {buffer!r} is not read inside loop {loop!r}")
@@ -172,9 +171,8 @@ class Schedule:
         for dim, lp in enumerate(loops):
             lo, ext = _region(reads, dim, inner, lp.extent)
             v = Var(f"{lp.var.name}_{loop}")
-            start = lo
-            mapping[lp.var.name] = simplify(start + v)
-            new_loops.append((v, ext, lp.extent, simplify(start + v)))
+            mapping[lp.var.name] = simplify(lo + v)
+            new_loops.append((v, ext, lp.extent, mapping[lp.var.name]))
         body = subst_stmt(_innermost_body(nest), mapping)
         for v, ext, full, pos in reversed(new_loops):
             body = If(simplify(pos.ge(0).land(pos.lt(full))), body) if ext < full else body
@@ -184,7 +182,6 @@ class Schedule:
         self.func = self.func.with_body(seq(*items))
         target = self._loop(loop)
         self._replace_loop(loop, replace(target, body=seq(body, target.body)))
-        del outer
         self._record("compute_at", buffer=buffer, loop=loop)
 
     def cache_write(self, buffer: str, loop: str) -> str:
@@ -290,20 +287,6 @@ def _nest_loops(s: Stmt) -> tuple[list[For], Stmt]:
 
 def _innermost_body(s: Stmt) -> Stmt:
     return _nest_loops(s)[1]
-
-
-def _loops_enclosing(root: Stmt, name: str) -> list[str]:
-    path: list[str] = []
-
-    def go(s: Stmt, stack: list[str]) -> bool:
-        if isinstance(s, For) and s.var.name == name:
-            path.extend(stack)
-            return True
-        nxt = stack + [s.var.name] if isinstance(s, For) else stack
-        return any(go(c, nxt) for c in stmt_children(s))
-
-    go(root, [])
-    return path
 
 
 def _stmt_loads(s: Stmt):
