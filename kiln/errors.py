@@ -21,11 +21,13 @@ class UnsupportedOperatorError(KilnError):
     tells the user everything that is missing.
     """
 
-    def __init__(self, unsupported: list[tuple[str, int, list[str]]]):
+    def __init__(self, unsupported: list[tuple[str, int, list[str]]], reason: str = ""):
         self.unsupported = unsupported
+        self.reason = reason
         lines = [
             f"  {op} (opset {opset}): nodes {', '.join(repr(n) for n in names[:5])}"
             + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            + (f": {reason}" if reason else "")
             for op, opset, names in unsupported
         ]
         super().__init__(

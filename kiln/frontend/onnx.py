@@ -166,7 +166,13 @@ class ConvertContext:
         return default
 
     def fail(self, message: str):
+        """The model is invalid (inconsistent shapes or attributes)."""
         raise ShapeError(f"{self.node.op_type} node {self.node.name!r}: {message}")
+
+    def unsupported(self, reason: str):
+        """The model is valid ONNX but Kiln does not implement this variant of the op."""
+        raise UnsupportedOperatorError([(self.node.op_type, self.opset, [self.node.name or "<unnamed>"])],
+                                       reason=reason)
 
     # building the graph
     def fresh(self, hint: str = "t") -> str:
