@@ -11,6 +11,7 @@ from kiln.errors import KilnError
 from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph, TensorType, Value
 from kiln.passes.manager import PipelineResult, run_pipeline
+from kiln.ir.symbolic import parse_dim
 from kiln.targets import parse_target
 
 PREFIX = "kiln_model"
@@ -72,7 +73,8 @@ class CompiledModel:
 
             lib = build_shared_library(self._files())
             self._runner = HostRunner(lib, PREFIX, self.graph.inputs, self.graph.outputs,
-                                      self.result.plan.weights, self.result.plan.arena_size)
+                                      self.result.plan.weights, self.result.plan.arena_size,
+                                      self.graph.dim_bounds)
         return self._runner
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -101,10 +103,12 @@ class CompiledModel:
 
 def _manifest(graph: Graph, target: str, plan) -> dict:
     def io(vals):
-        return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.value} for v in vals]
+        return [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape],
+                 "dtype": v.dtype.value} for v in vals]
 
     return {"format": "kiln-export-1", "target": target, "prefix": PREFIX, "model": graph.name,
             "inputs": io(graph.inputs), "outputs": io(graph.outputs),
+            "dim_bounds": {k: list(v) for k, v in graph.dim_bounds.items()},
             "arena_size": plan.arena_size, "weights_size": len(plan.weights)}
 
 
@@ -167,10 +171,14 @@ def load(directory) -> CompiledModel:
     if manifest.get("target") != "host":
         raise KilnError(f"{d} was exported for {manifest.get('target')!r}; only host exports run in process")
 
-    def vals(items):
-        return tuple(Value(i["name"], TensorType(tuple(i["shape"]), DType(i["dtype"]))) for i in items)
+    bounds = {k: tuple(v) for k, v in manifest.get("dim_bounds", {}).items()}
 
-    graph = Graph(vals(manifest["inputs"]), vals(manifest["outputs"]), (), {}, manifest["model"])
+    def vals(items):
+        return tuple(Value(i["name"], TensorType(tuple(parse_dim(d, bounds) for d in i["shape"]),
+                                                 DType(i["dtype"]))) for i in items)
+
+    graph = Graph(vals(manifest["inputs"]), vals(manifest["outputs"]), (), {}, manifest["model"],
+                  dim_bounds=bounds)
     source = ModelSource((d / "model.c").read_text(), (d / "model.h").read_text(), manifest["prefix"])
     plan = MemoryPlan({}, manifest["arena_size"], 0, (d / "weights.bin").read_bytes())
     cm = CompiledModel.__new__(CompiledModel)

@@ -66,7 +66,7 @@ int main(void) {
   FILE* f = fopen("weights.bin", "rb"); fread(w, 1, KILN_MODEL_WEIGHTS_SIZE, f); fclose(f);
   f = fopen("x.bin", "rb"); fread(x, 4, 96, f); fclose(f);
   void* ins[] = {x}; void* outs[] = {y};
-  if (kiln_model_run(ins, outs, w, arena) != 0) return 1;
+  if (kiln_model_run(ins, outs, w, arena, NULL) != 0) return 1;
   f = fopen("y.bin", "wb"); fwrite(y, 4, 12 * 16, f); fclose(f);
   return 0;
 }

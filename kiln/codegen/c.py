@@ -139,8 +139,12 @@ class CRenderer:
         flat = None
         for i, n in zip(indices, buf.shape):
             s = self.expr(i)
-            flat = s if flat is None else f"({flat}) * {n} + {s}"
+            flat = s if flat is None else f"({flat}) * {self.dim(n)} + {s}"
         return f"[{flat}]"
+
+    def dim(self, n) -> str:
+        """An extent or stride: a literal, or an expression of the run-time dim symbols."""
+        return str(n) if isinstance(n, int) else self.expr(n)
 
     # -- statements -----------------------------------------------------------------------------
     def emit(self, line: str, depth: int):
@@ -152,10 +156,10 @@ class CRenderer:
                 self.emit(self.parallel_pragma, depth)
             elif s.kind == VECTORIZED:
                 self.emit(self.simd_pragma, depth)
-            elif s.kind == UNROLLED:
+            elif s.kind == UNROLLED and isinstance(s.extent, int):
                 self.emit(f"#pragma GCC unroll {s.extent}", depth)
             v = s.var.name
-            self.emit(f"for (int64_t {v} = 0; {v} < {s.extent}; ++{v}) {{", depth)
+            self.emit(f"for (int64_t {v} = 0; {v} < {self.dim(s.extent)}; ++{v}) {{", depth)
             self.stmt(s.body, depth + 1, in_parallel or s.kind == PARALLEL)
             self.emit("}", depth)
         elif isinstance(s, Seq):
@@ -176,12 +180,13 @@ class CRenderer:
         else:
             raise VerificationError(f"the C renderer cannot print {type(s).__name__}")
 
-    def render_func(self, f: Func, inputs: set[str], static: bool = True) -> str:
-        """``static void name(const float* restrict a, float* restrict out, ...)``."""
+    def render_func(self, f: Func, inputs: set[str], static: bool = True, symbols=()) -> str:
+        """``static void name(const float* restrict a, float* restrict out, ..., int64_t batch)``."""
         self.lines = []
         self.buffers: dict[str, Buffer] = {b.name: b for b in f.params}
         params = ", ".join(
-            f"{'const ' if b.name in inputs else ''}{self.ctype(b.dtype)}* restrict {b.name}" for b in f.params)
+            [f"{'const ' if b.name in inputs else ''}{self.ctype(b.dtype)}* restrict {b.name}" for b in f.params]
+            + [f"int64_t {sym}" for sym in symbols])
         self.emit(f"{'static ' if static else ''}void {f.name}({params}) {{", 0)
         self.stmt(f.body, 1)
         self.emit("}", 0)

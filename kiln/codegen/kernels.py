@@ -18,6 +18,7 @@ from kiln.ir.graph import Graph, TensorType
 from kiln.ir.loop import Buffer, Func, canonicalize, seq
 from kiln.ir.lower import inline_stages, lower_stage
 from kiln.ir.schedule import Schedule
+from kiln.ir.symbolic import shape_dims, shape_exprs, symbols_of
 from kiln.passes.default_schedule import schedule_kernel
 from kiln.passes.fuse import Group
 
@@ -29,6 +30,7 @@ class Kernel:
     inputs: list[str]                # graph values read, in parameter order
     outputs: list[str]               # graph values written
     temps: list[tuple[str, TensorType]]  # scratch tensors, named "<kernel>.<stage>"
+    symbols: list[str] = field(default_factory=list)  # run-time dim symbols, extra int64 params
     stages: list[Stage] = field(default_factory=list)
     trace: list = field(default_factory=list)
     unscheduled: Func | None = None
@@ -61,7 +63,7 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
 
     def handle(name):
         t = types[name]
-        return Tensor(cname[name], tuple(t.shape), t.dtype)
+        return Tensor(cname[name], shape_exprs(t.shape), t.dtype)
 
     stages: list[Stage] = []
     for node in group.nodes:
@@ -87,15 +89,16 @@ def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, Tensor
     stages = inline_stages(stages, keep=out_c)
     name = f"kernel_{index}"
     temps = [s for s in stages if s.name not in out_c]
-    params = [Buffer(cname[n], tuple(types[n].shape), types[n].dtype) for n in inputs + outputs]
+    params = [Buffer(cname[n], shape_exprs(types[n].shape), types[n].dtype) for n in inputs + outputs]
     params += [Buffer(s.name, s.shape, s.dtype) for s in temps]
     func = canonicalize(Func(name, tuple(params), seq(*(lower_stage(s) for s in stages))))
     if trace is None:
         sch = schedule_kernel(Schedule(func), stages)
     else:
         sch = Schedule.replay(func, trace)
-    temp_types = [(f"{name}.{s.name}", TensorType(s.shape, s.dtype)) for s in temps]
-    return Kernel(name, sch.func, inputs, outputs, temp_types, stages, sch.trace, func)
+    temp_types = [(f"{name}.{s.name}", TensorType(shape_dims(s.shape), s.dtype)) for s in temps]
+    symbols = sorted(set().union(*(symbols_of(types[n].shape) for n in inputs + outputs)))
+    return Kernel(name, sch.func, inputs, outputs, temp_types, symbols, stages, sch.trace, func)
 
 
 def build_kernels(graph: Graph, groups: Sequence[Group]) -> list[Kernel]:

@@ -43,26 +43,35 @@ def generate_model(graph: Graph, kernels, plan: MemoryPlan, target: str = "host"
     from kiln import __version__
 
     renderer = renderer or CRenderer()
+    symbols = model_symbols(graph)
     rendered, calls = [], []
     for k in kernels:
         inputs = {b.name for b in k.func.params[: len(k.inputs)]}
-        rendered.append({"source": renderer.render_func(k.func, inputs), "comment": _describe(k, graph)})
+        rendered.append({"source": renderer.render_func(k.func, inputs, symbols=k.symbols),
+                         "comment": _describe(k, graph)})
         args = []
         for b, name in zip(k.func.params, k.params):
             ctype = renderer.ctype(b.dtype)
             args.append(_pointer(plan.storage[name], ctype, const=b.name in inputs))
+        args += [f"dims[{symbols.index(sym)}]" for sym in k.symbols]
         calls.append(f"{k.name}({', '.join(args)})")
 
     def io(values):
         return [{"name": v.name, "ctype": renderer.ctype(v.dtype), "shape": [str(d) for d in v.shape]}
                 for v in values]
 
-    common = dict(version=__version__, target=target, model_name=graph.name, prefix=prefix,
+    bounds = [{"name": n, "lo": graph.dim_bounds[n][0], "hi": graph.dim_bounds[n][1]} for n in symbols]
+    common = dict(version=__version__, target=target, model_name=graph.name, prefix=prefix, symbols=bounds,
                   arena_size=plan.arena_size, weights_size=len(plan.weights),
                   inputs=io(graph.inputs), outputs=io(graph.outputs))
     model_c = render("model.c.j2", prelude=C_PRELUDE, kernels=rendered, calls=calls, **common)
     model_h = render("model.h.j2", guard=prefix.upper() + "_H", **common)
     return ModelSource(model_c, model_h, prefix)
+
+
+def model_symbols(graph: Graph) -> list[str]:
+    """The dim symbols, in the order ``dims`` passes their values at run time."""
+    return sorted(graph.dim_bounds)
 
 
 def loop_ir_text(kernels) -> str:

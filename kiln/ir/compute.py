@@ -82,7 +82,12 @@ def compute(name: str, shape: Sequence[int], fn: Callable[..., Expr], dtype: DTy
         from kiln.ir.expr import Cast
 
         body = Cast(body, dtype)
-    return Stage(name, tuple(int(s) for s in shape), dtype, axes, body, tag, dict(hints or {}), inline)
+    return Stage(name, tuple(_extent(s) for s in shape), dtype, axes, body, tag, dict(hints or {}), inline)
+
+
+def _extent(s):
+    """An int, or an index Expr for a symbolic extent."""
+    return s if isinstance(s, Expr) else int(s)
 
 
 def _reduce(op: str, fn: Callable[..., Expr], extents) -> Reduce:
@@ -90,7 +95,7 @@ def _reduce(op: str, fn: Callable[..., Expr], extents) -> Reduce:
         extents = (extents,)
     rvars = tuple(Var(fresh("r")) for _ in extents)
     body = fn(*rvars)
-    return Reduce(op, body, tuple(zip(rvars, (int(e) for e in extents))))
+    return Reduce(op, body, tuple(zip(rvars, (_extent(e) for e in extents))))
 
 
 def rsum(fn, extents) -> Reduce:

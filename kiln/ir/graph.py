@@ -16,7 +16,7 @@ import numpy as np
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 
-Dim = Union[int, str]  # a str dim is symbolic ("batch")
+Dim = Union[int, object]  # an int, or a sympy expression over dimension symbols (kiln.ir.symbolic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,15 @@ class TensorType:
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
+
+    def max_nbytes(self, bounds: Mapping[str, tuple[int, int]]) -> int:
+        """Bytes at the upper bounds of the symbolic dims (what the arena must hold)."""
+        from kiln.ir.symbolic import upper_bound
+
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d if isinstance(d, int) else upper_bound(d, bounds)
+        return n
 
     def __str__(self) -> str:
         return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
@@ -78,9 +87,12 @@ class Graph:
     nodes: tuple[Node, ...]
     constants: Mapping[str, np.ndarray] = field(default_factory=dict)
     name: str = "model"
+    # symbol name -> (lowest, highest) value, for every symbolic dim of the inputs
+    dim_bounds: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "constants", MappingProxyType(dict(self.constants)))
+        object.__setattr__(self, "dim_bounds", MappingProxyType(dict(self.dim_bounds)))
 
     def replace(self, **changes) -> "Graph":
         return dataclasses.replace(self, **changes)

@@ -54,9 +54,16 @@ class Schedule:
         outer, inner = Var(f"{loop}_o"), Var(f"{loop}_i")
         value = outer * factor + inner
         body = subst_stmt(node.body, {loop: value})
-        if node.extent % factor:
-            body = If(simplify(value.lt(Const(node.extent, value.dtype))), body)
-        new = For(outer, ceil_div(node.extent, factor), For(inner, factor, body, node.kind), SERIAL)
+        extent = node.extent
+        if isinstance(extent, int):
+            outer_extent = ceil_div(extent, factor)
+            if extent % factor:
+                body = If(simplify(value.lt(Const(extent, value.dtype))), body)
+        else:  # a symbolic extent: the tail is always guarded
+            outer_extent = simplify((extent + (factor - 1)) // factor)
+            if factor != 1:
+                body = If(simplify(value.lt(extent)), body)
+        new = For(outer, outer_extent, For(inner, factor, body, node.kind), SERIAL)
         self._replace_loop(loop, new)
         self._record("split", loop=loop, factor=factor)
         return outer.name, inner.name
@@ -69,7 +76,9 @@ class Schedule:
         i = o.body
         fused = Var(f"{outer}_{inner}_f")
         body = subst_stmt(i.body, {outer: fused // i.extent, inner: fused % i.extent})
-        self._replace_loop(outer, For(fused, o.extent * i.extent, body, o.kind))
+        extent = o.extent * i.extent if isinstance(o.extent, int) and isinstance(i.extent, int) \
+            else simplify(_as_index(o.extent) * i.extent)
+        self._replace_loop(outer, For(fused, extent, body, o.kind))
         self._record("fuse", outer=outer, inner=inner)
         return fused.name
 
@@ -276,6 +285,12 @@ class Schedule:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+def _as_index(e) -> Expr:
+    from kiln.ir.expr import idx
+
+    return idx(e)
+
 
 def _nest_loops(s: Stmt) -> tuple[list[For], Stmt]:
     loops = []

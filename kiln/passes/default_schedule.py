@@ -22,7 +22,10 @@ ROW_TILE = 6                  # with 16 columns: 12 AVX2 accumulators, 2 per row
 COL_TILE = 16
 
 
-def largest_divisor(n: int, limit: int) -> int:
+def largest_divisor(n, limit: int) -> int:
+    """The largest divisor of ``n`` up to ``limit`` (1 for a symbolic extent: no tiling)."""
+    if not isinstance(n, int):
+        return 1
     for d in range(min(n, limit), 0, -1):
         if n % d == 0:
             return d
@@ -37,6 +40,15 @@ def _nest_names(nest) -> list[tuple[str, int]]:
     return out
 
 
+# A symbolic extent counts as this large when estimating work: dynamic dims are
+# usually batch or sequence sizes, big enough to be worth threads.
+SYMBOLIC_EXTENT_GUESS = 64
+
+
+def _static(n) -> int:
+    return n if isinstance(n, int) else SYMBOLIC_EXTENT_GUESS
+
+
 def _reduce_work(stage: Stage) -> int:
     from kiln.ir.expr import Reduce, walk
 
@@ -44,14 +56,14 @@ def _reduce_work(stage: Stage) -> int:
     for x in walk(stage.body):
         if isinstance(x, Reduce):
             for _, n in x.axes:
-                w *= n
+                w *= _static(n)
     return w
 
 
 def _size(shape) -> int:
     n = 1
     for d in shape:
-        n *= d
+        n *= _static(d)
     return n
 
 
@@ -102,16 +114,18 @@ def _parallel_outer(sch: Schedule, loops, work) -> None:
     if work < PARALLEL_MIN_WORK or not loops:
         return
     name, extent = loops[0]
+    extent = _static(extent)
     for nxt, n in loops[1:]:
         if extent >= TARGET_PARALLEL_EXTENT:
             break
         name = sch.fuse(name, nxt)
-        extent *= n
+        extent *= _static(n)
     sch.parallel(name)
 
 
 def _injective(sch: Schedule, spatial, work) -> None:
     last, last_n = spatial[-1]
+    last_n = _static(last_n)
     loop = sch._loop(last)
     if not isinstance(loop.body, For) and last_n >= 4:
         sch.vectorize(last)
@@ -122,6 +136,6 @@ def _injective(sch: Schedule, spatial, work) -> None:
             name = sch.fuse(name, nxt)
         if work >= PARALLEL_MIN_WORK:
             sch.parallel(name)
-    elif work >= PARALLEL_MIN_WORK and last_n >= 4096:
+    elif work >= PARALLEL_MIN_WORK and last_n >= 4096 and isinstance(spatial[-1][1], int):
         o, i = sch.split(last, 1024)
         sch.parallel(o)

@@ -2,7 +2,8 @@
 
 Graph inputs and outputs live in the caller's buffers, constants in one weights
 blob, and everything else (intermediate values and kernel scratch) in one arena whose
-size is known at compile time. Arena offsets come from liveness intervals, placed
+size is known at compile time. Symbolic dims count at their upper bounds, so one plan serves every shape within the
+declared bounds. Arena offsets come from liveness intervals, placed
 greedily by size (largest first, lowest offset that does not overlap a tensor live at
 the same time), as TFLite Micro's planner does. Reshapes alias their input.
 """
@@ -76,10 +77,10 @@ def plan_memory(graph: Graph, kernels) -> MemoryPlan:
             r = roots.get(name, name)
             if r not in storage:
                 intervals.setdefault(r, [step, step])
-                sizes[r] = types[r].nbytes
+                sizes[r] = types[r].max_nbytes(graph.dim_bounds)
         for name, t in k.temps:
             intervals[name] = [step, step]
-            sizes[name] = t.nbytes
+            sizes[name] = t.max_nbytes(graph.dim_bounds)
         for name in k.inputs:
             r = roots.get(name, name)
             if r in intervals:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 from kiln.codegen.templates import numbered
 from kiln.errors import InputError, ToolchainError
+from kiln.ir.symbolic import evaluate
 
 CC = os.environ.get("KILN_CC", "gcc")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
@@ -83,31 +84,42 @@ def _excerpt(source: str, stderr: str, context: int = 4) -> str:
 class HostRunner:
     """Calls ``<prefix>_run`` of a built library on numpy arrays, without copying them."""
 
-    def __init__(self, library: Path, prefix: str, inputs, outputs, weights: bytes, arena_size: int):
+    def __init__(self, library: Path, prefix: str, inputs, outputs, weights: bytes, arena_size: int,
+                 dim_bounds=None):
         self.library = Path(library)
         self._lib = ctypes.CDLL(str(library))
         self._run = getattr(self._lib, f"{prefix}_run")
         self._run.restype = ctypes.c_int
-        self._run.argtypes = [ctypes.c_void_p] * 4
+        self._run.argtypes = [ctypes.c_void_p] * 5
         self.inputs = list(inputs)
         self.outputs = list(outputs)
+        self.dim_bounds = dict(dim_bounds or {})
+        self.symbols = sorted(self.dim_bounds)
         self._weights = np.frombuffer(weights, dtype=np.uint8) if weights else np.zeros(64, np.uint8)
         self._arena = _aligned_empty(max(arena_size, 64))
 
-    def __call__(self, feeds: dict) -> dict[str, np.ndarray]:
-        arrays = check_inputs(self.inputs, feeds)
-        outs = {v.name: np.empty(tuple(v.shape), dtype=v.dtype.np) for v in self.outputs}
+    def __call__(self, feeds: Mapping) -> dict[str, np.ndarray]:
+        arrays, dims = check_inputs(self.inputs, feeds, self.dim_bounds)
+        outs = {v.name: np.empty(tuple(evaluate(d, dims) for d in v.shape), dtype=v.dtype.np)
+                for v in self.outputs}
         in_ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a in arrays])
         out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[a.ctypes.data for a in outs.values()])
+        dim_arr = np.array([dims[s] for s in self.symbols] or [0], dtype=np.int64)
         rc = self._run(ctypes.cast(in_ptrs, ctypes.c_void_p), ctypes.cast(out_ptrs, ctypes.c_void_p),
-                       self._weights.ctypes.data, self._arena.ctypes.data)
+                       self._weights.ctypes.data, self._arena.ctypes.data, dim_arr.ctypes.data)
         if rc != 0:
             raise ToolchainError(f"the generated model returned error code {rc}")
         return outs
 
 
-def check_inputs(expected, feeds) -> list[np.ndarray]:
-    """Validate run-time inputs by name, shape and dtype; returns contiguous arrays in order."""
+def check_inputs(expected, feeds, dim_bounds=None) -> tuple[list[np.ndarray], dict[str, int]]:
+    """Validate run-time inputs by name, shape and dtype, and bind the dim symbols.
+
+    Returns the arrays in order (contiguous, not copied when already so) and the value
+    of every symbol, read from the inputs' shapes and checked against its bounds.
+    """
+    import sympy
+
     if not isinstance(feeds, Mapping):
         raise InputError(f"inputs must be a dict of name -> numpy array; got {type(feeds).__name__}")
     names = [v.name for v in expected]
@@ -116,15 +128,33 @@ def check_inputs(expected, feeds) -> list[np.ndarray]:
     if unknown or missing:
         raise InputError(f"input names do not match the model: missing {missing}, unexpected {unknown}; "
                          f"expected {names}")
+    bounds = dict(dim_bounds or {})
+    dims: dict[str, int] = {}
     arrays = []
     for v in expected:
         a = np.asarray(feeds[v.name])
-        if tuple(a.shape) != tuple(v.shape):
-            raise InputError(f"input {v.name!r} has shape {tuple(a.shape)}; expected {tuple(v.shape)}")
+        want = tuple(str(d) for d in v.shape)
+        if a.ndim != len(v.shape):
+            raise InputError(f"input {v.name!r} has shape {tuple(a.shape)}; expected ({', '.join(want)})")
+        for axis, (d, n) in enumerate(zip(v.shape, a.shape)):
+            if isinstance(d, int):
+                if d != n:
+                    raise InputError(f"input {v.name!r} has shape {tuple(a.shape)}; expected ({', '.join(want)})")
+                continue
+            name = d.name if isinstance(d, sympy.Symbol) else None
+            if name is None:
+                raise InputError(f"input {v.name!r} dim {axis} is the expression {d}; only plain symbols "
+                                 "can be bound from input shapes")
+            if name in dims and dims[name] != n:
+                raise InputError(f"dim {name!r} is {dims[name]} in one input and {n} in input {v.name!r}")
+            lo, hi = bounds.get(name, (1, n))
+            if not lo <= n <= hi:
+                raise InputError(f"input {v.name!r} dim {axis} ({name}) is {n}; expected {lo}..{hi}")
+            dims[name] = n
         if a.dtype != v.dtype.np:
             raise InputError(f"input {v.name!r} has dtype {a.dtype}; expected {v.dtype.np}")
         arrays.append(np.ascontiguousarray(a))
-    return arrays
+    return arrays, dims
 
 
 def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
