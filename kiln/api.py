@@ -17,7 +17,7 @@ from kiln.targets import parse_target
 PREFIX = "kiln_model"
 
 
-def _import(model, input_shapes=None, example_inputs=None) -> Graph:
+def _import(model, input_shapes=None, example_inputs=None, dim_bounds=None) -> Graph:
     if isinstance(model, Graph):
         return model
     try:
@@ -30,7 +30,7 @@ def _import(model, input_shapes=None, example_inputs=None) -> Graph:
                         "export it to ONNX first (torch.onnx.export) and compile the .onnx file")
     from kiln.frontend.onnx import from_onnx
 
-    return from_onnx(model, input_shapes)
+    return from_onnx(model, input_shapes, dim_bounds)
 
 
 class CompiledModel:
@@ -112,34 +112,50 @@ def _manifest(graph: Graph, target: str, plan) -> dict:
             "arena_size": plan.arena_size, "weights_size": len(plan.weights)}
 
 
-def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-            db=None, example_inputs=None) -> CompiledModel:
-    """Compile an ONNX model (path or ModelProto) for ``target``."""
+def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence] | None = None,
+            dim_bounds: Mapping[str, tuple[int, int]] | None = None, db=None,
+            example_inputs=None) -> CompiledModel:
+    """Compile an ONNX model (path or ModelProto) for ``target``.
+
+    Dynamic dims: a named input dim (ONNX ``dim_param``, or a name in ``input_shapes``)
+    stays symbolic when ``dim_bounds`` gives its range, e.g. ``{"batch": (1, 8)}``; one
+    compiled model then runs every size in that range.
+    """
     spec = parse_target(target)
     if db is not None:
         raise KilnError("tuning databases (db=) are not available in this version; compile without db")
-    graph = _import(model, input_shapes, example_inputs)
-    _require_static(graph)
+    graph = _import(model, input_shapes, example_inputs, dim_bounds)
+    _require_bounds(graph)
     result = run_pipeline(graph, target=str(spec), prefix=PREFIX)
     return CompiledModel(result, str(spec))
 
 
-def _require_static(graph: Graph) -> None:
-    dynamic = {v.name: v.shape for v in graph.inputs if not v.type.is_static}
-    if dynamic:
-        detail = ", ".join(f"{n}{list(s)}" for n, s in dynamic.items())
-        raise KilnError(f"inputs with symbolic dimensions need concrete shapes: {detail}; pass "
-                        "input_shapes={name: (dims...)} (CLI: --input-shape NAME=1,3,224,224)")
+def _require_bounds(graph: Graph) -> None:
+    """Every symbolic dim needs bounds (the arena is sized for them); never guess one."""
+    from kiln.ir.symbolic import symbols_of
+
+    missing = sorted(set().union(*(symbols_of(v.shape) for v in graph.inputs)) - set(graph.dim_bounds))
+    if missing:
+        detail = ", ".join(f"{v.name}{[str(d) for d in v.shape]}" for v in graph.inputs if not v.type.is_static)
+        raise KilnError(f"symbolic dims {missing} of the inputs ({detail}) need bounds or concrete sizes: "
+                        "pass dim_bounds={name: (lowest, highest)} for a dynamic model, or "
+                        "input_shapes={input: (dims...)} (CLI: --input-shape NAME=1,3,224,224)")
 
 
-def inspect(model, *, input_shapes=None, print_ir_after: str | None = None) -> str:
-    """Text report: the graph IR (or the IR after a named stage), kernels and memory."""
-    from kiln.passes.manager import check_stage
+def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after: str | None = None) -> str:
+    """Text report: the graph IR (or the IR after a named stage), kernels and memory.
+
+    A model whose symbolic dims have no bounds is shown as imported (it cannot be planned)."""
     from kiln.ir.graph import format_graph
+    from kiln.passes.manager import check_stage
 
     check_stage(print_ir_after)
-    graph = _import(model, input_shapes)
-    if print_ir_after == "import" or not all(v.type.is_static for v in graph.inputs):
+    graph = _import(model, input_shapes, dim_bounds=dim_bounds)
+    if print_ir_after == "import":
+        return format_graph(graph)
+    try:
+        _require_bounds(graph)
+    except KilnError:
         return format_graph(graph)
     result = run_pipeline(graph, print_after=print_ir_after, prefix=PREFIX)
     if print_ir_after:

@@ -21,6 +21,7 @@ from kiln.frontend.onnx_ops import lookup
 from kiln.ir import ops
 from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph, Node, TensorType, Value
+from kiln.ir.symbolic import as_dim, symbols_of
 from kiln.passes.fold_constants import try_fold
 
 _ONNX_DTYPES = {
@@ -210,14 +211,21 @@ class ConvertContext:
 
 
 
-def _value_info_type(vi: onnx.ValueInfoProto, overrides: Mapping[str, Sequence[int]]) -> TensorType:
+def _value_info_type(vi: onnx.ValueInfoProto, overrides: Mapping[str, Sequence]) -> TensorType:
+    """An input's type; a named dim (dim_param) stays symbolic, an anonymous one is an error."""
     tt = vi.type.tensor_type
     if vi.name in overrides:
-        shape = tuple(int(d) for d in overrides[vi.name])
-    else:
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                      for d in tt.shape.dim)
-    return TensorType(shape, onnx_dtype(tt.elem_type))
+        return TensorType(tuple(as_dim(d) for d in overrides[vi.name]), onnx_dtype(tt.elem_type))
+    shape = []
+    for axis, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value"):
+            shape.append(int(d.dim_value))
+        elif d.dim_param:
+            shape.append(as_dim(d.dim_param))
+        else:
+            raise ShapeError(f"input {vi.name!r} dim {axis} has neither a size nor a name; give its "
+                             f"shape with input_shapes={{{vi.name!r}: (...)}} (CLI: --input-shape)")
+    return TensorType(tuple(shape), onnx_dtype(tt.elem_type))
 
 
 def _check_supported(proto: onnx.ModelProto, opset: int) -> None:
@@ -229,8 +237,13 @@ def _check_supported(proto: onnx.ModelProto, opset: int) -> None:
         raise UnsupportedOperatorError([(op, ver, names) for (op, ver), names in missing.items()])
 
 
-def from_onnx(model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
-    """Convert an ONNX model (path or ModelProto) into a verified graph IR."""
+def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
+              dim_bounds: Mapping[str, tuple[int, int]] | None = None) -> Graph:
+    """Convert an ONNX model (path or ModelProto) into a verified graph IR.
+
+    ``input_shapes`` fixes input shapes (an entry may be a name, declaring that dim
+    symbolic); ``dim_bounds`` gives each symbolic dim its (lowest, highest) value.
+    """
     input_shapes = dict(input_shapes or {})
     proto = load_model(model)
     if input_shapes:
@@ -261,10 +274,28 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence[int]] | None = None) ->
             if onnx_name:
                 ctx.names[onnx_name] = kiln_name
     ctx.node = None
-    return _finish_graph(ctx, proto, inputs)
+    return _finish_graph(ctx, proto, inputs, _bounds_for(inputs, dim_bounds))
 
 
-def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs) -> Graph:
+def _bounds_for(inputs, dim_bounds) -> dict[str, tuple[int, int]]:
+    """Bounds of the inputs' symbols that were declared (compile checks none is missing)."""
+    declared = {k: _check_bound(k, v) for k, v in (dim_bounds or {}).items()}
+    used = set().union(*(symbols_of(v.shape) for v in inputs)) if inputs else set()
+    unknown = set(declared) - used
+    if unknown:
+        raise ShapeError(f"dim_bounds names {sorted(unknown)}, which are not symbolic dims of the inputs; "
+                         f"the symbolic dims are {sorted(used)}")
+    return {k: v for k, v in declared.items() if k in used}
+
+
+def _check_bound(name, bound) -> tuple[int, int]:
+    lo, hi = (1, bound) if isinstance(bound, int) else tuple(bound)
+    if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+        raise ShapeError(f"bounds of dim {name!r} must be (lowest, highest) with 1 <= lowest <= highest; got {bound!r}")
+    return (lo, hi)
+
+
+def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs, dim_bounds) -> Graph:
     """Name graph outputs as ONNX does; outputs that are constants or inputs get a copy kernel."""
     input_names = {v.name for v in inputs}
     renames: dict[str, str] = {}
@@ -286,7 +317,8 @@ def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs) -> Grap
     used = {n for node in nodes for n in node.inputs}
     consts = {k: v for k, v in ctx.constants.items() if k in used}
     name = proto.graph.name or "model"
-    return Graph(inputs, tuple(outputs), tuple(nodes), consts, name=_c_ident(name)).verify()
+    return Graph(inputs, tuple(outputs), tuple(nodes), consts, name=_c_ident(name),
+                 dim_bounds=dim_bounds).verify()
 
 
 def _override_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
@@ -301,7 +333,10 @@ def _override_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence
                 raise ShapeError(f"--input-shape {vi.name} has rank {len(new)}; the model declares rank {len(dims)}")
             for d, n in zip(dims, new):
                 d.Clear()
-                d.dim_value = int(n)
+                if isinstance(n, str):
+                    d.dim_param = n  # declared symbolic: a dynamic dim with bounds
+                else:
+                    d.dim_value = int(n)
     return onnx.shape_inference.infer_shapes(proto2, strict_mode=True, data_prop=True)
 
 

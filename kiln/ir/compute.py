@@ -91,7 +91,7 @@ def _extent(s):
 
 
 def _reduce(op: str, fn: Callable[..., Expr], extents) -> Reduce:
-    if isinstance(extents, int):
+    if isinstance(extents, (int, Expr)):
         extents = (extents,)
     rvars = tuple(Var(fresh("r")) for _ in extents)
     body = fn(*rvars)

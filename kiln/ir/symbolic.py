@@ -61,7 +61,16 @@ def product(dims):
     p = 1
     for d in dims:
         p = p * d
-    return as_dim(p) if not isinstance(p, int) else p
+    return p if isinstance(p, int) else as_dim(p)
+
+
+def exact_quotient(a, b):
+    """``a / b`` when it is a whole dim (for every value of the symbols), else None."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b if b and a % b == 0 else None
+    q = sympy.cancel(sympy.sympify(a) / sympy.sympify(b))
+    num, den = sympy.fraction(q)
+    return as_dim(q) if den == 1 and q != 0 else None
 
 
 def evaluate(d, values: Mapping[str, int]) -> int:

@@ -18,6 +18,14 @@ def static_shape(ctx, name: str, what: str) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def batch_shape(ctx, name: str, what: str) -> tuple:
+    """``(N, C, *spatial)`` where only N may be symbolic (a dynamic batch)."""
+    shape = tuple(ctx.shape(name))
+    if not all(isinstance(d, int) for d in shape[1:]):
+        ctx.fail(f"{what} has shape {shape}; only the batch dim may be symbolic here")
+    return shape
+
+
 def ints_attr(ctx, name: str, n: int, default: int) -> tuple[int, ...]:
     """An int-list attribute of length ``n``; the default fills every position."""
     v = ctx.attr(name)
@@ -67,7 +75,7 @@ def kernel_shape(ctx, w_shape) -> tuple[int, ...]:
 @converter("Conv", since=1)
 def _conv(ctx, node):
     x, w = ctx.input(0), ctx.input(1)
-    xs, ws = static_shape(ctx, x, "Conv input"), static_shape(ctx, w, "Conv weights")
+    xs, ws = batch_shape(ctx, x, "Conv input"), static_shape(ctx, w, "Conv weights")
     if len(ws) < 3 or len(xs) != len(ws):
         ctx.fail(f"expected input (N, C, *spatial) and weights (OC, C/group, *kernel) of equal rank "
                  f">= 3; got input {xs} and weights {ws}")
@@ -138,7 +146,7 @@ def _conv_transpose(ctx, node):
 def _matmul(ctx, node):
     """numpy.matmul semantics: 1-D operands are promoted to matrices and the unit dim dropped."""
     a, b = ctx.input(0), ctx.input(1)
-    sa, sb = static_shape(ctx, a, "MatMul A"), static_shape(ctx, b, "MatMul B")
+    sa, sb = tuple(ctx.shape(a)), tuple(ctx.shape(b))  # symbolic dims are fine here
     if not sa or not sb:
         ctx.fail(f"MatMul operands must have rank >= 1; got {sa} and {sb}")
     if len(sa) >= 2 and len(sb) >= 2:

@@ -5,6 +5,7 @@ import numpy as np
 
 from kiln.frontend.onnx_ops import converter
 from kiln.frontend.onnx_ops.nn import static_shape
+from kiln.ir.symbolic import product
 
 
 def _used_extra_outputs(node) -> list[str]:
@@ -26,7 +27,7 @@ def _batch_norm(ctx, node):
         ctx.fail(f"outputs {_used_extra_outputs(node)} (running or saved statistics) exist only in "
                  "training; Kiln supports inference mode with the single output Y")
     x = ctx.input(0)
-    xs = static_shape(ctx, x, "BatchNormalization input")
+    xs = tuple(ctx.shape(x))
     if len(xs) < 2:
         ctx.fail(f"expected input (N, C, ...) of rank >= 2; got {xs}")
     eps = float(ctx.attr("epsilon", 1e-5))
@@ -76,7 +77,6 @@ def _instance_norm(ctx, node):
 def _layer_norm(ctx, node):
     """Y, and when the node names them, Mean and InvStdDev (computed by ``layer_norm_stats``)."""
     x = ctx.input(0)
-    static_shape(ctx, x, "LayerNormalization input")
     attrs = {"axis": int(ctx.attr("axis", -1)), "epsilon": float(ctx.attr("epsilon", 1e-5))}
     ins = [x, ctx.input(1)] + ([ctx.input(2)] if ctx.has_input(2) else [])
     outs = ctx.outputs()
@@ -95,7 +95,7 @@ def _softmax(kiln_op: str):
         """Opset >= 13: over one axis (default -1). Before: the input is coerced to 2-D at
         ``axis`` (default 1) and normalized over the flattened trailing block."""
         x = ctx.input(0)
-        xs = static_shape(ctx, x, f"{node.op_type} input")
+        xs = tuple(ctx.shape(x))
         rank = len(xs)
         if ctx.opset >= 13:
             return ctx.emit(kiln_op, [x], {"axis": int(ctx.attr("axis", -1))}, out_names=ctx.outputs())
@@ -105,8 +105,7 @@ def _softmax(kiln_op: str):
         axis = axis % rank if axis < rank else rank
         if axis == rank - 1:
             return ctx.emit(kiln_op, [x], {"axis": axis}, out_names=ctx.outputs())
-        outer = int(np.prod(xs[:axis], dtype=np.int64))
-        inner = int(np.prod(xs[axis:], dtype=np.int64))
+        outer, inner = product(xs[:axis]), product(xs[axis:])
         flat = ctx.emit("reshape", [x], {"shape": (outer, inner)})[0]
         y = ctx.emit(kiln_op, [flat], {"axis": 1})[0]
         return ctx.emit("reshape", [y], {"shape": xs}, out_names=ctx.outputs())

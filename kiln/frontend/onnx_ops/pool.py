@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from kiln.frontend.onnx_ops import converter
-from kiln.frontend.onnx_ops.nn import ints_attr, resolve_pads, static_shape
+from kiln.frontend.onnx_ops.nn import batch_shape, ints_attr, resolve_pads, static_shape
 
 
 def _pool_attrs(ctx, node) -> dict:
     """kernel_shape, strides, dilations, explicit pads and ceil_mode of a windowed pool."""
     x = ctx.input(0)
-    xs = static_shape(ctx, x, f"{node.op_type} input")
+    xs = batch_shape(ctx, x, f"{node.op_type} input")
     kernel = ctx.attr("kernel_shape")
     if not kernel:
         ctx.fail("the kernel_shape attribute is required")

@@ -17,6 +17,7 @@ import numpy as np
 from kiln.errors import ShapeError
 from kiln.frontend.onnx_ops import converter
 from kiln.ir.ops import normalize_axis
+from kiln.ir.symbolic import as_dim, exact_quotient, product
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -45,9 +46,10 @@ def axes_arg(ctx, rank: int, input_index: int, attr_before: int, what: str = "ax
 
 def emit_reshape(ctx, x: str, shape) -> list[str]:
     """The ``reshape`` view of ``x`` (``x`` itself when the shape does not change)."""
-    if tuple(int(d) for d in shape) == tuple(ctx.shape(x)):
+    shape = tuple(as_dim(d) for d in shape)
+    if shape == tuple(ctx.shape(x)):
         return [x]
-    return ctx.emit("reshape", [x], {"shape": tuple(int(d) for d in shape)}, out_names=ctx.outputs()[:1])
+    return ctx.emit("reshape", [x], {"shape": shape}, out_names=ctx.outputs()[:1])
 
 
 # -- reshape family ---------------------------------------------------------------------------
@@ -68,12 +70,13 @@ def resolve_reshape(in_shape: tuple, spec, allowzero: bool) -> tuple[int, ...]:
     if out.count(-1) > 1:
         raise ShapeError(f"reshape target {tuple(spec)} has more than one -1")
     if -1 in out:
-        known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
-        size = int(np.prod(in_shape, dtype=np.int64))
-        if known == 0 or size % known:
+        known = product(d for d in out if not (isinstance(d, int) and d == -1))
+        size = product(in_shape)
+        inferred = exact_quotient(size, known)
+        if inferred is None:
             raise ShapeError(f"cannot reshape {in_shape} ({size} elements) to {tuple(spec)}: "
                              f"{size} is not a multiple of {known}")
-        out[out.index(-1)] = size // known
+        out[out.index(-1)] = inferred
     return tuple(out)
 
 
@@ -81,25 +84,25 @@ def resolve_reshape(in_shape: tuple, spec, allowzero: bool) -> tuple[int, ...]:
 def _reshape(ctx, node):
     x = ctx.input(0)
     spec = ctx.attr("shape") if ctx.opset < 5 else ctx.require_const(1, "shape")
-    target = resolve_reshape(static_shape(ctx, x), spec, bool(ctx.attr("allowzero", 0)))
+    target = resolve_reshape(tuple(ctx.shape(x)), spec, bool(ctx.attr("allowzero", 0)))
     return emit_reshape(ctx, x, target)
 
 
 @converter("Flatten", since=1)
 def _flatten(ctx, node):
     x = ctx.input(0)
-    shape = static_shape(ctx, x)
+    shape = tuple(ctx.shape(x))
     axis = int(ctx.attr("axis", 1))
     if not -len(shape) <= axis <= len(shape):
         ctx.fail(f"axis {axis} is out of range for shape {shape}; expected -{len(shape)}..{len(shape)}")
     axis = axis + len(shape) if axis < 0 else axis
-    return emit_reshape(ctx, x, (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
+    return emit_reshape(ctx, x, (product(shape[:axis]), product(shape[axis:])))
 
 
 @converter("Squeeze", since=1)
 def _squeeze(ctx, node):
     x = ctx.input(0)
-    shape = static_shape(ctx, x)
+    shape = tuple(ctx.shape(x))
     axes = axes_arg(ctx, len(shape), 1, 13)
     if axes is None:
         axes = [k for k, n in enumerate(shape) if n == 1]
@@ -112,7 +115,7 @@ def _squeeze(ctx, node):
 @converter("Unsqueeze", since=1)
 def _unsqueeze(ctx, node):
     x = ctx.input(0)
-    shape = static_shape(ctx, x)
+    shape = tuple(ctx.shape(x))
     raw = ctx.attr("axes") if ctx.opset < 13 else ctx.require_const(1, "axes")
     rank = len(shape) + len(ints(raw))
     axes = sorted(normalize_axis(a, rank, "axes") for a in ints(raw))

@@ -19,6 +19,7 @@ from kiln.ir.dtype import DType
 from kiln.ir.expr import Const, Expr, Select, as_expr
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, broadcast_shapes, register
+from kiln.ir.symbolic import dims_equal
 
 
 # -- shared helpers -------------------------------------------------------------------------
@@ -29,6 +30,13 @@ def static_shape(t: TensorType, what: str) -> tuple[int, ...]:
         raise ShapeError(f"{what} has symbolic shape {tuple(t.shape)}; expected static dims "
                          "(give --input-shape for the model inputs)")
     return tuple(int(d) for d in t.shape)
+
+
+def batch_shape(t: TensorType, what: str) -> tuple:
+    """``(N, C, *spatial)`` where only N may be symbolic (a dynamic batch); the rest static."""
+    if not all(isinstance(d, int) for d in tuple(t.shape)[1:]):
+        raise ShapeError(f"{what} has shape {tuple(t.shape)}; only the batch dim may be symbolic here")
+    return tuple(t.shape)
 
 
 def window_attrs(attrs: Mapping[str, object], nd: int, what: str):
@@ -117,7 +125,7 @@ def _check_bias(ins: Sequence[TensorType], channels: int, what: str):
 # -- conv -----------------------------------------------------------------------------------
 
 def _conv_infer(ins, attrs):
-    xs = static_shape(ins[0], "conv input")
+    xs = batch_shape(ins[0], "conv input")
     ws = static_shape(ins[1], "conv weights")
     if len(xs) < 3 or len(ws) != len(xs):
         raise ShapeError(f"conv expects input (N, C, *spatial) of rank >= 3 and weights of the same "
@@ -233,13 +241,13 @@ register("conv_transpose", FusionKind.OUT_FUSABLE, _conv_transpose_infer, _conv_
 # -- matmul ---------------------------------------------------------------------------------
 
 def _matmul_infer(ins, attrs):
-    a = static_shape(ins[0], "matmul operand A")
-    b = static_shape(ins[1], "matmul operand B")
+    """Shape-polymorphic: batch, M and N (and K) may be symbolic dims."""
+    a, b = tuple(ins[0].shape), tuple(ins[1].shape)
     if len(a) < 2 or len(b) < 2:
         raise ShapeError(f"matmul operands must have rank >= 2; got {a} and {b} "
                          "(the frontend reshapes 1-D operands)")
     _check_same_dtype(ins, "matmul")
-    if a[-1] != b[-2]:
+    if not dims_equal(a[-1], b[-2]):
         raise ShapeError(f"matmul inner dimensions differ: A {a} has K={a[-1]}, B {b} has K={b[-2]}; "
                          "expected equal")
     batch = broadcast_shapes(a[:-2], b[:-2])

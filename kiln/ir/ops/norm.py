@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kiln.errors import ShapeError
 from kiln.ir.compute import compute, rmax, rsum
-from kiln.ir.expr import Const, Un
+from kiln.ir.expr import Cast, Const, Un
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, normalize_axis, register
 from kiln.ir.ops.nn import static_shape
@@ -32,7 +32,7 @@ def _require_float(t: TensorType, what: str):
 
 def _batch_norm_infer(ins, attrs):
     """Inputs x, scale, shift; scale and shift broadcast to x (the frontend shapes them (C, 1, ...))."""
-    x = static_shape(ins[0], "batch_norm input")
+    x = tuple(ins[0].shape)  # symbolic dims allowed
     _require_float(ins[0], "batch_norm")
     for t, what in ((ins[1], "scale"), (ins[2], "shift")):
         s = static_shape(t, f"batch_norm {what}")
@@ -66,8 +66,9 @@ def _moment_stages(o, x, axis: int, eps: float, keepdims: bool = False):
     ones = (1,) * len(red) if keepdims else ()
     count = 1
     for n in red:
-        count *= n
-    inv = _c(1.0 / count, x.dtype)
+        count = count * n
+    # 1/count as a literal, or computed at run time when a normalized dim is symbolic
+    inv = _c(1.0 / count, x.dtype) if isinstance(count, int) else _c(1.0, x.dtype) / Cast(count, x.dtype)
 
     def stat_index(i):
         return tuple(i[:axis]) + (0,) * len(ones)
@@ -119,7 +120,7 @@ def _layer_norm_axis(x, attrs) -> int:
 
 
 def _layer_norm_infer(ins, attrs):
-    x = static_shape(ins[0], "layer_norm input")
+    x = tuple(ins[0].shape)  # symbolic leading dims allowed
     _require_float(ins[0], "layer_norm")
     axis = _layer_norm_axis(x, attrs)
     for t, what in zip(ins[1:], ("scale", "bias")):
@@ -150,7 +151,7 @@ register("layer_norm", FusionKind.REDUCTION, _layer_norm_infer, _layer_norm_comp
 
 def _layer_norm_stats_infer(ins, attrs):
     """ONNX LayerNormalization's optional outputs Mean and InvStdDev: shape x[:axis] + 1s."""
-    x = static_shape(ins[0], "layer_norm_stats input")
+    x = tuple(ins[0].shape)
     _require_float(ins[0], "layer_norm_stats")
     axis = _layer_norm_axis(x, attrs)
     t = TensorType(x[:axis] + (1,) * (len(x) - axis), ins[0].dtype)
@@ -174,7 +175,7 @@ register("layer_norm_stats", FusionKind.REDUCTION, _layer_norm_stats_infer, _lay
 # -- softmax and log_softmax over one axis -----------------------------------------------------
 
 def _softmax_infer(ins, attrs):
-    x = static_shape(ins[0], "softmax input")
+    x = tuple(ins[0].shape)  # symbolic dims allowed, the axis too
     _require_float(ins[0], "softmax")
     normalize_axis(int(attrs.get("axis", -1)), len(x), "softmax axis")
     return [ins[0]]

@@ -13,7 +13,7 @@ from kiln.ir.compute import compute, reduce_init, rmax, rsum
 from kiln.ir.expr import Bin, Cast, Const, Expr, Select, idx
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
-from kiln.ir.ops.nn import conj, offset, scaled, static_shape, window_attrs, window_out_size, zero
+from kiln.ir.ops.nn import batch_shape, conj, offset, scaled, static_shape, window_attrs, window_out_size, zero
 
 
 # -- windowed pools -----------------------------------------------------------------------------
@@ -30,7 +30,7 @@ def _pool_params(shape, attrs, what):
 
 def _pool_infer(what):
     def infer(ins, attrs):
-        x = static_shape(ins[0], f"{what} input")
+        x = batch_shape(ins[0], f"{what} input")
         kernel, strides, pb, pe, dil, ceil = _pool_params(x, attrs, what)
         lead = len(x) - len(kernel)
         spatial = tuple(window_out_size(n, k, s, d, b, e, ceil)
@@ -145,7 +145,7 @@ register("avg_pool", FusionKind.OUT_FUSABLE, _pool_infer("avg_pool"), _avg_pool_
 
 def _global_infer(what):
     def infer(ins, attrs):
-        x = static_shape(ins[0], f"{what} input")
+        x = batch_shape(ins[0], f"{what} input")
         if len(x) < 3:
             raise ShapeError(f"{what} expects input (N, C, *spatial) of rank >= 3; got {x}")
         if what == "global_avg_pool" and not ins[0].dtype.is_float:

@@ -12,6 +12,7 @@ from kiln.ir.compute import compute
 from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Const, Select, idx
 from kiln.ir.graph import TensorType
+from kiln.ir.symbolic import as_dim, dims_equal, product
 from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register
 
 
@@ -24,10 +25,10 @@ register("identity", FusionKind.ELEMENTWISE, lambda ins, a: [ins[0]], _identity_
 
 
 def _reshape_infer(ins, attrs):
-    shape = tuple(int(d) for d in attrs["shape"])
+    shape = tuple(as_dim(d) for d in attrs["shape"])
     src = ins[0]
-    if src.is_static and TensorType(shape, src.dtype).size != src.size:
-        raise ShapeError(f"cannot reshape {tuple(src.shape)} ({src.size} elements) to {shape}")
+    if not dims_equal(product(shape), product(src.shape)):
+        raise ShapeError(f"cannot reshape {tuple(src.shape)} ({product(src.shape)} elements) to {shape}")
     return [TensorType(shape, src.dtype)]
 
 
