@@ -1,6 +1,7 @@
 """The ``kiln`` command line: compile, run and inspect models.
 
-    kiln compile MODEL --target T [-o DIR] [--input-shape NAME=1,3,224,224] [--db DIR] [--emit c,h,...]
+    kiln compile MODEL --target T [-o DIR] [--input-shape NAME=1,3,224,224] [--dim-bound batch=1..8]
+                 [--db DIR] [--emit c,h,...]
     kiln run MODEL|DIR --target T --inputs in.npz [--outputs out.npz]
     kiln inspect MODEL [--print-ir-after STAGE] [--input-shape NAME=...]
 
@@ -72,14 +73,39 @@ class InputShape(click.ParamType):
         name, dims = name.strip(), dims.strip()
         if not sep or not name or not dims:
             self.fail(f"expected NAME=D1,D2,... (e.g. input=1,3,224,224); got {text!r}", param, ctx)
-        try:
-            shape = tuple(int(d) for d in dims.split(","))
-        except ValueError:
-            self.fail(f"dimensions of {name!r} must be integers separated by commas "
-                      f"(e.g. {name}=1,3,224,224); got {dims!r}", param, ctx)
-        if any(d < 0 for d in shape):
+        shape = []
+        for d in (t.strip() for t in dims.split(",")):
+            if d.isidentifier():  # a symbolic dim, bounded with --dim-bound
+                shape.append(d)
+                continue
+            try:
+                shape.append(int(d))
+            except ValueError:
+                self.fail(f"dimensions of {name!r} must be integers or dim names separated by commas "
+                          f"(e.g. {name}=1,3,224,224 or {name}=batch,3,224,224); got {dims!r}", param, ctx)
+        if any(isinstance(d, int) and d < 0 for d in shape):
             self.fail(f"dimensions of {name!r} must be non-negative; got {dims!r}", param, ctx)
-        return name, shape
+        return name, tuple(shape)
+
+
+class DimBound(click.ParamType):
+    """``NAME=LO..HI`` or ``NAME=HI`` -> (name, (lo, hi))."""
+
+    name = "NAME=LO..HI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value)
+        name, sep, rng = text.partition("=")
+        lo, dots, hi = rng.partition("..")
+        try:
+            bound = (int(lo), int(hi)) if dots else (1, int(lo))
+        except ValueError:
+            bound = None
+        if not sep or not name.strip().isidentifier() or bound is None:
+            self.fail(f"expected NAME=LO..HI (e.g. batch=1..8) or NAME=HI; got {text!r}", param, ctx)
+        return name.strip(), bound
 
 
 def _shapes(pairs) -> dict[str, tuple[int, ...]] | None:
@@ -118,6 +144,10 @@ input_shape_option = click.option(
     "--input-shape", "input_shapes", type=InputShape(), multiple=True, metavar="NAME=D1,D2,...",
     help="Static shape for a model input, e.g. input=1,3,224,224 (repeatable). Overrides "
          "the shape the model declares; needed for inputs with symbolic dimensions.")
+dim_bound_option = click.option(
+    "--dim-bound", "dim_bounds", type=DimBound(), multiple=True, metavar="NAME=LO..HI",
+    help="Bounds of a symbolic (dynamic) dim, e.g. batch=1..8 (repeatable). The compiled model "
+         "then runs every size in the range; its arena is sized for the upper bound.")
 target_option = click.option(
     "--target", default=DEFAULT_TARGET, show_default=True, metavar="T",
     help="Target to compile for. Implemented: host. Planned: arm64, cuda, webgpu, "
@@ -144,12 +174,13 @@ def cli() -> None:
 @click.option("-o", "--output", "output", metavar="DIR", default=None,
               help="Directory for the generated project [default: build/<model name>].")
 @input_shape_option
+@dim_bound_option
 @click.option("--db", metavar="DIR", default=None,
               help="Tuning database to apply the best records from.")
 @click.option("--emit", metavar="KINDS", default=None,
               help="Comma-separated kinds of file to write, e.g. c,h (default: the whole "
                    f"project). Kinds: {', '.join(EMIT_KINDS)}.")
-def compile_cmd(model: str, target: str, output: str | None, input_shapes, db: str | None,
+def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_bounds, db: str | None,
                 emit: str | None) -> None:
     """Compile MODEL (an .onnx file) and write a self-contained source project."""
     kinds = _parse_emit(emit)
@@ -158,7 +189,8 @@ def compile_cmd(model: str, target: str, output: str | None, input_shapes, db: s
 
     out_dir = Path(output) if output else Path("build") / (Path(model).stem or "model")
     t0 = time.perf_counter()
-    compiled = api.compile(model, target=target, input_shapes=shapes, db=db)
+    compiled = api.compile(model, target=target, input_shapes=shapes, dim_bounds=dict(dim_bounds) or None,
+                           db=db)
     seconds = time.perf_counter() - t0
     written = _export(compiled, out_dir, kinds)
     click.echo(f"compiled {model} for {target} in {seconds:.2f} s -> {out_dir}/")
@@ -267,12 +299,14 @@ def _shapes_from_inputs(model: str, inputs: dict) -> dict | None:
 @click.option("--print-ir-after", "print_ir_after", metavar="STAGE", default=None,
               help="Print the IR after this pipeline stage (an unknown name lists the valid ones).")
 @input_shape_option
-def inspect_cmd(model: str, print_ir_after: str | None, input_shapes) -> None:
+@dim_bound_option
+def inspect_cmd(model: str, print_ir_after: str | None, input_shapes, dim_bounds) -> None:
     """Print the graph IR of MODEL with its kernel count and arena size."""
     shapes = _shapes(input_shapes)
     import kiln.api as api
 
-    text = api.inspect(model, input_shapes=shapes, print_ir_after=print_ir_after)
+    text = api.inspect(model, input_shapes=shapes, dim_bounds=dict(dim_bounds) or None,
+                       print_ir_after=print_ir_after)
     click.echo(text, nl=not text.endswith("\n"))
 
 

@@ -103,7 +103,7 @@ def test_version(runner):
     ("input", "expected NAME=D1,D2,..."),
     ("=1,3", "expected NAME=D1,D2,..."),
     ("input=", "expected NAME=D1,D2,..."),
-    ("input=1,three,224", "must be integers"),
+    ("input=1,3x,224", "must be integers or dim names"),
     ("input=1,-3", "non-negative"),
 ])
 @pytest.mark.parametrize("command", ["compile", "inspect"])
@@ -176,7 +176,7 @@ def fake_api(monkeypatch):
     api.calls = []
     api.compiled = FakeCompiled()
 
-    def compile(model, target="host", *, input_shapes=None, db=None):
+    def compile(model, target="host", *, input_shapes=None, dim_bounds=None, db=None):
         api.calls.append(("compile", str(model), target, input_shapes, db))
         if "broken" in str(model):
             raise ModelLoadError(f"model file {str(model)!r} is broken")
@@ -186,7 +186,7 @@ def fake_api(monkeypatch):
         api.calls.append(("load", str(directory)))
         return api.compiled
 
-    def inspect(model, *, input_shapes=None, print_ir_after=None):
+    def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after=None):
         api.calls.append(("inspect", str(model), input_shapes, print_ir_after))
         if print_ir_after not in (None, "fuse"):
             raise KilnError(f"unknown stage {print_ir_after!r}; valid stages: fuse")

@@ -146,3 +146,21 @@ def test_symbolic_reshape_infers_products():
     assert resolve_reshape((b, s, 4, 8), [-1, 32], False) == (b * s, 32)
     with pytest.raises(ShapeError, match="not a multiple"):
         resolve_reshape((b, 6), [-1, 4], False)
+
+
+def test_cli_compiles_a_dynamic_model(tmp_path):
+    from click.testing import CliRunner
+
+    from kiln.cli import cli
+
+    path = tmp_path / "attn.onnx"
+    path.write_bytes(attention_block().SerializeToString())
+    out = tmp_path / "proj"
+    result = CliRunner().invoke(cli, ["compile", str(path), "-o", str(out), "--dim-bound", "batch=1..4",
+                                      "--dim-bound", "seq=1..32"])
+    assert result.exit_code == 0, result.output
+    assert "dims[1] = seq, 1..32" in (out / "model.h").read_text()
+    feeds = _feeds(4, 32, seed=3)
+    assert_close(kiln.load(out).run(feeds), ort_run(attention_block(), feeds), rtol=1e-3, atol=1e-4)
+    result = CliRunner().invoke(cli, ["compile", str(path), "--dim-bound", "batch=x"])
+    assert result.exit_code == 2 and "NAME=LO..HI" in result.output
