@@ -19,7 +19,7 @@ from kiln.ir.loop import Buffer, Func, canonicalize, seq
 from kiln.ir.lower import inline_stages, lower_stage
 from kiln.ir.schedule import Schedule
 from kiln.ir.symbolic import shape_dims, shape_exprs, symbols_of
-from kiln.passes.default_schedule import schedule_kernel
+from kiln.passes.default_schedule import DEFAULT_CAPABILITIES, Capabilities, schedule_kernel
 from kiln.passes.fuse import Group
 
 
@@ -83,7 +83,7 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
 
 
 def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, TensorType],
-                 trace: list | None = None) -> Kernel:
+                 trace: list | None = None, caps: Capabilities = DEFAULT_CAPABILITIES) -> Kernel:
     stages, inputs, outputs, cname = group_stages(group, graph, types)
     out_c = {cname[n] for n in outputs}
     stages = inline_stages(stages, keep=out_c)
@@ -93,7 +93,7 @@ def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, Tensor
     params += [Buffer(s.name, s.shape, s.dtype) for s in temps]
     func = canonicalize(Func(name, tuple(params), seq(*(lower_stage(s) for s in stages))))
     if trace is None:
-        sch = schedule_kernel(Schedule(func), stages)
+        sch = schedule_kernel(Schedule(func), stages, caps)
     else:
         sch = Schedule.replay(func, trace)
     temp_types = [(f"{name}.{s.name}", TensorType(shape_dims(s.shape), s.dtype)) for s in temps]
@@ -101,6 +101,7 @@ def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, Tensor
     return Kernel(name, sch.func, inputs, outputs, temp_types, symbols, stages, sch.trace, func)
 
 
-def build_kernels(graph: Graph, groups: Sequence[Group]) -> list[Kernel]:
+def build_kernels(graph: Graph, groups: Sequence[Group],
+                  caps: Capabilities = DEFAULT_CAPABILITIES) -> list[Kernel]:
     types = graph.value_types()
-    return [build_kernel(i, g, graph, types) for i, g in enumerate(groups)]
+    return [build_kernel(i, g, graph, types, caps=caps) for i, g in enumerate(groups)]

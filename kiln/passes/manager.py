@@ -62,7 +62,7 @@ def run_pipeline(graph: Graph, target: str = "host", print_after: str | None = N
         snap(name, lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))
-    kernels = build_kernels(graph, groups)
+    kernels = build_kernels(graph, groups, _capabilities(target))
     snap("lower", lambda: "\n\n".join(format_func(k.unscheduled) for k in kernels))
     snap("schedule", lambda: loop_ir_text(kernels))
     plan = plan_memory(graph, kernels)
@@ -70,6 +70,17 @@ def run_pipeline(graph: Graph, target: str = "host", print_after: str | None = N
     source = generate_model(graph, kernels, plan, target=target, prefix=prefix)
     snap("codegen", lambda: source.model_c)
     return PipelineResult(graph, groups, kernels, plan, source, snaps)
+
+
+def _capabilities(target: str):
+    """The schedule-relevant facts of ``target`` (the host's are read off this machine)."""
+    if target.split(":")[0] == "host":
+        from kiln.targets.host import capabilities
+
+        return capabilities()
+    from kiln.passes.default_schedule import DEFAULT_CAPABILITIES
+
+    return DEFAULT_CAPABILITIES
 
 
 def _kernel_notes(groups) -> dict[str, str]:

@@ -7,6 +7,7 @@ unchanged model only loads the cached library.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -24,8 +25,25 @@ from kiln.ir.symbolic import evaluate
 CC = os.environ.get("KILN_CC", "gcc")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
           "-fno-math-errno", "-Wall", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
-VECTOR_BYTES = 32  # AVX2; informs the default schedule's tile widths
 THREADS = os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def capabilities() -> "Capabilities":
+    """What ``-march=native`` gives on this machine: vector width and register count."""
+    from kiln.passes.default_schedule import Capabilities
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    if " avx512f" in flags:
+        return Capabilities(vector_bytes=64, vector_registers=32, threads=THREADS)
+    if " avx2" in flags or " avx " in flags:
+        return Capabilities(vector_bytes=32, vector_registers=16, threads=THREADS)
+    return Capabilities(vector_bytes=16, vector_registers=16, threads=THREADS)
 
 
 def cache_dir() -> Path:
