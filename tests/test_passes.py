@@ -134,3 +134,76 @@ def test_verifier_rejects_use_before_definition():
     g = Graph((V("x", 2),), (V("y", 2),), (N("relu", ["x"], [V("x", 2)]),))
     with pytest.raises(VerificationError, match="more than once"):
         g.verify()
+
+
+# -- declarative rewrites: algebra, BatchNorm folding, CSE ---------------------------------------
+
+def test_algebraic_identities_and_transposes():
+    from kiln.passes.algebraic import simplify_algebra
+
+    before = Graph((V("x", 2, 3),), (V("y", 2, 3),), (
+        N("mul", ["x", "one"], [V("a", 2, 3)]),
+        N("add", ["zero", "a"], [V("b", 2, 3)]),
+        N("transpose", ["b"], [V("t1", 3, 2)], perm=(1, 0)),
+        N("transpose", ["t1"], [V("t2", 2, 3)], perm=(1, 0)),
+        N("relu", ["t2"], [V("y", 2, 3)]),
+    ), {"one": np.ones((), np.float32), "zero": np.zeros((3,), np.float32)}).verify()
+    after = Graph((V("x", 2, 3),), (V("y", 2, 3),), (N("relu", ["x"], [V("y", 2, 3)]),))
+    assert_graph_equal(simplify_algebra(before), after)
+
+
+def test_identity_that_broadcasts_is_kept():
+    from kiln.passes.algebraic import simplify_algebra
+
+    g = Graph((V("x", 3),), (V("y", 2, 3),), (
+        N("mul", ["x", "one"], [V("a", 2, 3)]), N("relu", ["a"], [V("y", 2, 3)]),
+    ), {"one": np.ones((2, 3), np.float32)}).verify()
+    assert [n.op for n in simplify_algebra(g).nodes] == ["mul", "relu"]
+
+
+def test_batch_norm_folds_into_conv():
+    from kiln.ir.interp import run_graph
+    from kiln.passes.algebraic import simplify_algebra
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    scale = rng.standard_normal((4, 1, 1)).astype(np.float32)
+    shift = rng.standard_normal((4, 1, 1)).astype(np.float32)
+    attrs = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), group=1)
+    before = Graph((V("x", 1, 3, 5, 5),), (V("y", 1, 4, 5, 5),), (
+        N("conv", ["x", "w"], [V("c", 1, 4, 5, 5)], **attrs),
+        N("batch_norm", ["c", "s", "t"], [V("b", 1, 4, 5, 5)]),
+        N("relu", ["b"], [V("y", 1, 4, 5, 5)]),
+    ), {"w": w, "s": scale, "t": shift}).verify()
+    after = simplify_algebra(before)
+    assert [n.op for n in after.nodes] == ["conv", "relu"]
+    conv = after.nodes[0]
+    np.testing.assert_allclose(after.constants[conv.inputs[1]], w * scale.reshape(4, 1, 1, 1), rtol=1e-6)
+    np.testing.assert_allclose(after.constants[conv.inputs[2]], shift.reshape(4), rtol=1e-6)
+    x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(run_graph(after, {"x": x})["y"], run_graph(before, {"x": x})["y"],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_scale_on_spatial_axis_is_not_folded():
+    from kiln.passes.algebraic import simplify_algebra
+
+    w = np.ones((4, 3, 1, 1), np.float32)
+    attrs = dict(strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1)
+    g = Graph((V("x", 1, 3, 5, 5),), (V("y", 1, 4, 5, 5),), (
+        N("conv", ["x", "w"], [V("c", 1, 4, 5, 5)], **attrs),
+        N("mul", ["c", "s"], [V("y", 1, 4, 5, 5)]),
+    ), {"w": w, "s": np.arange(5, dtype=np.float32)}).verify()
+    assert [n.op for n in simplify_algebra(g).nodes] == ["conv", "mul"]
+
+
+def test_common_subexpressions_merge():
+    from kiln.passes.algebraic import eliminate_common_subexpressions
+
+    before = Graph((V("x", 4),), (V("y", 4),), (
+        N("exp", ["x"], [V("a", 4)]), N("exp", ["x"], [V("b", 4)]), N("add", ["a", "b"], [V("y", 4)]),
+    )).verify()
+    after = Graph((V("x", 4),), (V("y", 4),), (
+        N("exp", ["x"], [V("a", 4)]), N("add", ["a", "a"], [V("y", 4)]),
+    ))
+    assert_graph_equal(eliminate_common_subexpressions(before), after)

@@ -1,6 +1,6 @@
 """The lowering pipeline: one readable list of named stages, run in order.
 
-    import -> fold_constants -> simplify -> dce -> materialize_outputs
+    import -> fold_constants -> simplify -> cse -> algebraic -> dce -> materialize_outputs
            -> fuse -> lower -> schedule -> memory_plan -> codegen
 
 ``print_after`` names a stage; its IR is captured as text (``kiln inspect
@@ -18,6 +18,7 @@ from kiln.codegen.model import ModelSource, generate_model, loop_ir_text
 from kiln.errors import KilnError
 from kiln.ir.graph import Graph, format_graph
 from kiln.ir.loop import format_func
+from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_algebra
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
@@ -26,6 +27,8 @@ from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materi
 GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("fold_constants", fold_constants),
     ("simplify", eliminate_identity),
+    ("cse", eliminate_common_subexpressions),
+    ("algebraic", simplify_algebra),
     ("dce", eliminate_dead_code),
     ("materialize_outputs", materialize_output_views),
 ]
