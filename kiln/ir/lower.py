@@ -30,8 +30,10 @@ def _first_reduce(e: Expr) -> Reduce | None:
 
 
 def _replace_node(e: Expr, target: Expr, new: Expr) -> Expr:
+    """Replace every occurrence of ``target`` (structurally equal: one reduction read twice,
+    as in ``x < 0 ? 0 : x``, is computed once)."""
     def go(x):
-        if x is target:
+        if x == target:
             return new
         return map_children(x, go)
     return go(e)
@@ -92,8 +94,8 @@ def inline_stages(stages: Sequence[Stage], keep: set[str]) -> list[Stage]:
                     continue
                 j, u = users[0]
                 uses = [x for x in walk(u.body) if isinstance(x, Load) and x.buffer == s.name]
-                if (len(uses) != 1 or _has_reduce(u.body) or u.shape != s.shape
-                        or not _load_is_identity(uses[0], u.axes)):
+                if (_has_reduce(u.body) or u.shape != s.shape
+                        or not all(_load_is_identity(x, u.axes) for x in uses)):
                     continue
             for j, u in users:
                 stages[j] = _inline_into(u, s)
@@ -106,11 +108,12 @@ def inline_stages(stages: Sequence[Stage], keep: set[str]) -> list[Stage]:
 def _inline_into(consumer: Stage, producer: Stage) -> Stage:
     from dataclasses import replace
 
+    renamed = _rename_reduce_vars(producer.body)  # one copy: equal loads become equal reductions
+
     def sub(load: Load):
         if load.buffer != producer.name:
             return None
-        body = _rename_reduce_vars(producer.body)
-        return substitute(body, {a.name: i for a, i in zip(producer.axes, load.indices)})
+        return substitute(renamed, {a.name: i for a, i in zip(producer.axes, load.indices)})
 
     body = replace_loads(consumer.body, sub)
     # The consumer inherits the producer's pattern when it absorbs a reduction (epilogue).

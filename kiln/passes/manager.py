@@ -1,6 +1,6 @@
 """The lowering pipeline: one readable list of named stages, run in order.
 
-    import -> fold_constants -> simplify -> cse -> algebraic -> dce -> materialize_outputs
+    import -> fold_constants -> simplify -> cse -> algebraic -> dce -> layout -> materialize_outputs
            -> fuse -> lower -> schedule -> memory_plan -> codegen
 
 ``print_after`` names a stage; its IR is captured as text (``kiln inspect
@@ -21,6 +21,7 @@ from kiln.ir.loop import format_func
 from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_algebra
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import Group, fuse
+from kiln.passes.layout import to_nchwc
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
 
@@ -32,7 +33,10 @@ GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("dce", eliminate_dead_code),
     ("materialize_outputs", materialize_output_views),
 ]
-STAGES = ["import"] + [n for n, _ in GRAPH_PASSES] + ["fuse", "lower", "schedule", "memory_plan", "codegen"]
+_GRAPH_STAGES = [n for n, _ in GRAPH_PASSES]
+# "layout" (NCHWc for convolutions) runs after "dce": it needs the target's vector width.
+STAGES = (["import"] + _GRAPH_STAGES[: _GRAPH_STAGES.index("dce") + 1] + ["layout"]
+          + _GRAPH_STAGES[_GRAPH_STAGES.index("dce") + 1:] + ["fuse", "lower", "schedule", "memory_plan", "codegen"])
 
 
 @dataclass
@@ -60,12 +64,16 @@ def run_pipeline(graph: Graph, target: str = "host", print_after: str | None = N
             snaps[name] = text()
 
     snap("import", lambda: format_graph(graph))
+    caps = _capabilities(target)
     for name, fn in GRAPH_PASSES:
         graph = fn(graph).verify()
         snap(name, lambda: format_graph(graph))
+        if name == "dce":
+            graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
+            snap("layout", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))
-    kernels = build_kernels(graph, groups, _capabilities(target))
+    kernels = build_kernels(graph, groups, caps)
     snap("lower", lambda: "\n\n".join(format_func(k.unscheduled) for k in kernels))
     snap("schedule", lambda: loop_ir_text(kernels))
     plan = plan_memory(graph, kernels)

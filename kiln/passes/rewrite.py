@@ -143,33 +143,50 @@ def _match(pat: Pattern, value: str, producers, consumers, constants, m: Match) 
     return all(_match(p, v, producers, consumers, constants, m) for p, v in zip(pat.args, real))
 
 
-def apply_rules(graph: Graph, rules: Sequence[Rule], max_rounds: int = 20) -> Graph:
-    """Rewrite with ``rules`` until a fixed point; nodes no longer used are dropped."""
-    for _ in range(max_rounds):
-        changed, graph = _one_round(graph, rules)
+def apply_rules(graph: Graph, rules: Sequence[Rule], max_passes: int = 10) -> Graph:
+    """Rewrite with ``rules`` until a fixed point; nodes no longer used are dropped.
+
+    One pass visits the nodes in order. After a rewrite it resumes at the same position:
+    the replacement nodes sit there, and no earlier node can read a later one, so every
+    pattern the rewrite created is still ahead of the scan."""
+    for _ in range(max_passes):
+        changed, graph = _one_pass(graph, rules)
         if not changed:
             break
     return eliminate_dead_code(graph)
 
 
-def _one_round(graph: Graph, rules) -> tuple[bool, Graph]:
-    producers, consumers = graph.producers(), graph.consumers()
-    outputs = {v.name for v in graph.outputs}
-    for node in graph.nodes:
-        if len(node.outputs) != 1:
+def _one_pass(graph: Graph, rules) -> tuple[bool, Graph]:
+    changed, i = False, 0
+    index = (graph.producers(), graph.consumers())
+    while i < len(graph.nodes):
+        new_graph = _rewrite_at(graph, i, rules, *index)
+        if new_graph is None:
+            i += 1
+        else:
+            graph, changed = new_graph, True
+            index = (graph.producers(), graph.consumers())
+    return changed, graph
+
+
+def _rewrite_at(graph: Graph, i: int, rules, producers, consumers) -> Graph | None:
+    node = graph.nodes[i]
+    if len(node.outputs) != 1:
+        return None
+    root = node.outputs[0].name
+    for pat, fn in rules:
+        if pat.op != node.op:
             continue
-        root = node.outputs[0].name
-        for pat, fn in rules:
-            m = Match(node)
-            root_pat = Op(pat.op, *pat.args, name=pat.name, where=pat.where, single_use=False)
-            if not _match(root_pat, root, producers, consumers, graph.constants, m):
-                continue
-            rw = Rewriter(graph)
-            new = fn(m, rw)
-            if new is None or new == root:
-                continue
-            return True, _splice(graph, node, root, new, rw, root in outputs)
-    return False, graph
+        m = Match(node)
+        root_pat = Op(pat.op, *pat.args, name=pat.name, where=pat.where, single_use=False)
+        if not _match(root_pat, root, producers, consumers, graph.constants, m):
+            continue
+        rw = Rewriter(graph)
+        new = fn(m, rw)
+        if new is None or new == root:
+            continue
+        return _splice(graph, node, root, new, rw, root in {v.name for v in graph.outputs})
+    return None
 
 
 def _splice(graph: Graph, node: Node, old: str, new: str, rw: Rewriter, is_output: bool) -> Graph:

@@ -1,0 +1,107 @@
+"""Blocked channel layout for CPU convolutions: NCHW{b}c (as TVM's conv2d_NCHWc).
+
+An activation (N, C, H, W) is stored as (N, C/b, H, W, b): the b channels of a block
+are contiguous, so a convolution vectorizes over output channels (one vector of b lanes)
+and register-tiles over output columns, broadcasting one input value per FMA. Weights are
+packed at compile time to (OC/b, C/b, KH, KW, b_in, b_out) -- depthwise: (C/b, KH, KW, b)
+-- so the inner loop reads them contiguously. ``passes/layout.py`` decides where to use it.
+"""
+from __future__ import annotations
+
+from kiln.errors import ShapeError
+from kiln.ir.compute import compute, rsum
+from kiln.ir.graph import TensorType
+from kiln.ir.ops import FusionKind, register
+from kiln.ir.ops.nn import pad_stage, scaled, window_attrs, window_out_size
+
+
+def _block(attrs) -> int:
+    return int(attrs["block"])
+
+
+# -- layout transforms ------------------------------------------------------------------------
+
+def _to_blocked_infer(ins, attrs):
+    n, c, *sp = tuple(ins[0].shape)
+    b = _block(attrs)
+    if not isinstance(c, int) or c % b:
+        raise ShapeError(f"to_nchwc: {c} channels are not a multiple of the block {b}")
+    return [TensorType((n, c // b, *sp, b), ins[0].dtype)]
+
+
+def _to_blocked_compute(ins, outs, attrs):
+    x, o = ins[0], outs[0]
+    b = _block(attrs)
+    return [compute(o.name, o.shape, lambda n, cb, *r: x[(n, cb * b + r[-1]) + tuple(r[:-1])], o.dtype)]
+
+
+def _from_blocked_infer(ins, attrs):
+    n, cb, *sp, b = tuple(ins[0].shape)
+    return [TensorType((n, cb * b, *sp), ins[0].dtype)]
+
+
+def _from_blocked_compute(ins, outs, attrs):
+    x, o = ins[0], outs[0]
+    b = _block(attrs)
+    return [compute(o.name, o.shape, lambda n, c, *sp: x[(n, c // b) + tuple(sp) + (c % b,)], o.dtype)]
+
+
+register("to_nchwc", FusionKind.INJECTIVE, _to_blocked_infer, _to_blocked_compute)
+register("from_nchwc", FusionKind.INJECTIVE, _from_blocked_infer, _from_blocked_compute)
+
+
+# -- convolution in NCHWc ---------------------------------------------------------------------
+
+def _conv_nchwc_infer(ins, attrs):
+    """x (N, C/bi, H, W, bi); w packed (OC/b, C/bi, KH, KW, bi, b) or depthwise (C/b, KH, KW, b);
+    bias (OC/b, 1, 1, b). The output is (N, OC/b, OH, OW, b)."""
+    n, cb, h, w_, b = tuple(ins[0].shape)
+    ws = tuple(ins[1].shape)
+    strides, pb, pe, dil = window_attrs(attrs, 2, "conv_nchwc")
+    kernel = ws[1:3] if attrs.get("depthwise") else ws[2:4]
+    ocb = cb if attrs.get("depthwise") else ws[0]
+    spatial = tuple(window_out_size(s, k, st, d, p0, p1)
+                    for s, k, st, d, p0, p1 in zip((h, w_), kernel, strides, dil, pb, pe))
+    if min(spatial) < 1:
+        raise ShapeError(f"conv_nchwc kernel {kernel} does not fit input {(h, w_)} with pads {pb + pe}")
+    return [TensorType((n, ocb) + spatial + (ws[-1],), ins[0].dtype)]  # the output block
+
+
+def _conv_nchwc_compute(ins, outs, attrs):
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    o = outs[0]
+    strides, pb, pe, dil = window_attrs(attrs, 2, "conv_nchwc")
+    depthwise = bool(attrs.get("depthwise"))
+    stages, src = [], x
+    if any(pb) or any(pe):
+        # pad H and W, which sit before the channel block: pad_stage pads trailing axes,
+        # so pad (H, W, b) with nothing on the block axis.
+        pad = pad_stage(f"{o.name}__pad", x, tuple(pb) + (0,), tuple(pe) + (0,))
+        stages.append(pad)
+        src = pad.tensor
+
+    def pos(sp, k):
+        return tuple(scaled(sp[i], strides[i]) + scaled(k[i], dil[i]) for i in range(2))
+
+    if depthwise:
+        kh, kw = w.shape[1], w.shape[2]
+
+        def body(n, cb, oh, ow, c):
+            acc = rsum(lambda a, b_: src[(n, cb) + pos((oh, ow), (a, b_)) + (c,)] * w[cb, a, b_, c], (kh, kw))
+            return acc if bias is None else acc + bias[cb, 0, 0, c]
+    else:
+        icb, kh, kw, bi = w.shape[1], w.shape[2], w.shape[3], w.shape[4]
+
+        def body(n, ocb, oh, ow, oc):
+            def term(ib, a, b_, ic):
+                return src[(n, ib) + pos((oh, ow), (a, b_)) + (ic,)] * w[ocb, ib, a, b_, ic, oc]
+            acc = rsum(term, (icb, kh, kw, bi))
+            return acc if bias is None else acc + bias[ocb, 0, 0, oc]
+
+    # Register tile: output columns (ow) x the channel block (one vector of lanes).
+    stages.append(compute(o.name, o.shape, body, o.dtype, tag="conv", hints={"tile": (3, 4)}))
+    return stages
+
+
+register("conv_nchwc", FusionKind.OUT_FUSABLE, _conv_nchwc_infer, _conv_nchwc_compute)

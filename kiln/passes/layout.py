@@ -1,0 +1,179 @@
+"""Layout pass: run 2-D convolutions, and the elementwise ops between them, in NCHW{b}c.
+
+Walks the graph once, tracking which values are stored blocked:
+- an eligible ``conv`` (2-D, float32, constant weights, groups 1 or depthwise, channel
+  counts divisible by the block) becomes ``conv_nchwc`` with weights packed at compile
+  time; its input is converted with ``to_nchwc`` unless it is blocked already;
+- elementwise/broadcast nodes whose tensor inputs are all blocked (or per-channel or
+  scalar constants, repacked here) stay blocked;
+- anything else that reads a blocked value gets it back through ``from_nchwc``.
+So transposes happen only where a blocked region meets a node that is not layout-aware,
+typically once after the stem and once before the classifier.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir import ops
+from kiln.ir.dtype import DType
+from kiln.ir.graph import Graph, Node, TensorType, Value
+from kiln.ir.ops import layout as _layout_ops  # noqa: F401  (registers the NCHWc ops)
+
+
+def _eligible_conv(node: Node, types, constants, block: int) -> str | None:
+    """"dense" or "depthwise" when ``node`` can run blocked, else None."""
+    if node.op != "conv" or node.inputs[1] not in constants:
+        return None
+    x, w = types[node.inputs[0]], constants[node.inputs[1]]
+    if len(x.shape) != 4 or x.dtype is not DType.float32 or w.dtype != np.float32:
+        return None
+    if len(node.inputs) > 2 and node.inputs[2] and node.inputs[2] not in constants:
+        return None
+    c, oc, group = x.shape[1], w.shape[0], int(node.attrs.get("group", 1))
+    if not isinstance(c, int) or oc % block:
+        return None
+    if group == 1 and (c % block == 0 or c < block):
+        return "dense"
+    if group == c == oc and w.shape[1] == 1 and c % block == 0:
+        return "depthwise"
+    return None
+
+
+def input_block(channels: int, block: int) -> int:
+    """The input's channel block: the vector width, or all channels of a narrow input (the
+    RGB stem: (N, 1, H, W, 3), so the convolution still vectorizes over output channels)."""
+    return block if channels % block == 0 else channels
+
+
+def pack_dense(w: np.ndarray, b: int, bi: int | None = None) -> np.ndarray:
+    """(OC, C, KH, KW) -> (OC/b, C/bi, KH, KW, bi, b)."""
+    oc, c, kh, kw = w.shape
+    bi = bi or b
+    return np.ascontiguousarray(w.reshape(oc // b, b, c // bi, bi, kh, kw).transpose(0, 2, 4, 5, 3, 1))
+
+
+def pack_depthwise(w: np.ndarray, b: int) -> np.ndarray:
+    """(C, 1, KH, KW) -> (C/b, KH, KW, b)."""
+    c, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c // b, b, kh, kw).transpose(0, 2, 3, 1))
+
+
+def pack_channel_vector(v: np.ndarray, b: int) -> np.ndarray:
+    """A per-channel vector (C,) -> (C/b, 1, 1, b), the blocked broadcast shape."""
+    return np.ascontiguousarray(v.reshape(-1, 1, 1, b))
+
+
+class _Builder:
+    def __init__(self, graph: Graph, block: int):
+        self.graph, self.block = graph, block
+        self.types = graph.value_types()
+        self.constants = dict(graph.constants)
+        self.nodes: list[Node] = []
+        self.blocked: dict[str, str] = {}   # NCHW value -> its blocked copy
+        self.plain: dict[str, str] = {}     # blocked value -> its NCHW copy
+        self.original: dict[str, TensorType] = {}  # blocked value -> the NCHW type it stands for
+        self.block_of: dict[str, int] = {}  # blocked value -> its channel block
+        self._n = 0
+
+    def fresh(self, hint):
+        self._n += 1
+        return f"{hint}__nchwc{self._n}"
+
+    def add(self, op, inputs, attrs, out: str | None = None) -> str:
+        t = ops.infer_types(op, [self.types[i] for i in inputs], attrs)[0]
+        name = out or self.fresh(op)
+        self.types[name] = t
+        self.nodes.append(Node(op, tuple(inputs), (Value(name, t),), attrs))
+        return name
+
+    def const(self, arr, hint):
+        name = self.fresh(hint)
+        self.constants[name] = arr
+        self.types[name] = TensorType(tuple(arr.shape), DType.of(arr.dtype))
+        return name
+
+    def mark(self, blocked: str, original: TensorType, block: int) -> None:
+        self.original[blocked], self.block_of[blocked] = original, block
+
+    def to_blocked(self, name: str, block: int) -> str:
+        """``name`` in NCHW{block}c (converting it once, however many convs read it)."""
+        if name in self.original and self.block_of[name] == block:
+            return name
+        name = self.to_plain(name)
+        key = f"{name}@{block}"
+        if key not in self.blocked:
+            blocked = self.add("to_nchwc", [name], {"block": block})
+            self.blocked[key] = blocked
+            self.mark(blocked, self.types[name], block)
+        return self.blocked[key]
+
+    def to_plain(self, name: str, out: str | None = None) -> str:
+        if name not in self.original:
+            return name
+        attrs = {"block": self.block_of[name]}
+        if out is not None:
+            return self.add("from_nchwc", [name], attrs, out=out)
+        if name not in self.plain:
+            self.plain[name] = self.add("from_nchwc", [name], attrs)
+        return self.plain[name]
+
+
+def _blocked_operand(bld: _Builder, name: str, like: TensorType):
+    """``name`` as an operand of a blocked elementwise op shaped like ``like``, or None."""
+    if name in bld.original:
+        return name if bld.original[name] == like and bld.block_of[name] == bld.block else None
+    arr = bld.constants.get(name)
+    if arr is None:
+        return None
+    if arr.size == 1:
+        return name
+    a = arr.reshape((1,) * (4 - arr.ndim) + arr.shape) if arr.ndim <= 4 else None
+    if a is None or any(n != 1 for k, n in enumerate(a.shape) if k != 1) or a.shape[1] != like.shape[1]:
+        return None
+    return bld.const(pack_channel_vector(a.reshape(-1), bld.block)[None], "chan")
+
+
+def _convert_conv(bld: _Builder, node: Node, kind: str) -> None:
+    b = bld.block
+    w = bld.constants[node.inputs[1]]
+    bi = input_block(w.shape[1], b) if kind == "dense" else b
+    packed = pack_dense(w, b, bi) if kind == "dense" else pack_depthwise(w, b)
+    x = bld.blocked.get(node.inputs[0], node.inputs[0])
+    inputs = [bld.to_blocked(x, bi), bld.const(packed, "w_nchwc")]
+    if len(node.inputs) > 2 and node.inputs[2]:
+        inputs.append(bld.const(pack_channel_vector(bld.constants[node.inputs[2]], b), "b_nchwc"))
+    attrs = {k: node.attrs[k] for k in ("strides", "pads", "dilations") if k in node.attrs}
+    attrs.update(block=b, depthwise=kind == "depthwise")
+    out = node.outputs[0]
+    name = bld.add("conv_nchwc", inputs, attrs, out=bld.fresh(out.name))
+    bld.mark(name, out.type, b)
+    bld.blocked[out.name] = name
+
+
+def to_nchwc(graph: Graph, block: int) -> Graph:
+    bld = _Builder(graph, block)
+    outputs = {v.name for v in graph.outputs}
+    for node in graph.nodes:
+        kind = _eligible_conv(node, bld.types, bld.constants, block)
+        if kind:
+            _convert_conv(bld, node, kind)
+            continue
+        out = node.outputs[0]
+        reads_blocked = any(bld.blocked.get(i, i) in bld.original for i in node.inputs if i)
+        if (reads_blocked and len(node.outputs) == 1 and out.name not in outputs
+                and ops.get(node.op).fusion in (ops.FusionKind.ELEMENTWISE, ops.FusionKind.BROADCAST)
+                and out.type.shape == next(bld.original[bld.blocked.get(i, i)] for i in node.inputs
+                                           if bld.blocked.get(i, i) in bld.original).shape):
+            operands = [_blocked_operand(bld, bld.blocked.get(i, i), out.type) for i in node.inputs]
+            if all(o is not None for o in operands):
+                name = bld.add(node.op, operands, node.attrs, out=bld.fresh(out.name))
+                bld.mark(name, out.type, block)
+                bld.blocked[out.name] = name
+                continue
+        inputs = tuple(bld.to_plain(bld.blocked[i]) if i in bld.blocked else i for i in node.inputs)
+        bld.nodes.append(Node(node.op, inputs, node.outputs, node.attrs, node.name))
+    for v in graph.outputs:  # a blocked graph output is converted back under its own name
+        if v.name in bld.blocked and not any(o.name == v.name for n in bld.nodes for o in n.outputs):
+            bld.to_plain(bld.blocked[v.name], out=v.name)
+    used = {i for n in bld.nodes for i in n.inputs}
+    return graph.replace(nodes=tuple(bld.nodes), constants={k: v for k, v in bld.constants.items() if k in used})
