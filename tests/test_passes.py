@@ -122,9 +122,23 @@ def test_inline_epilogue_into_reduction():
 def test_reduction_with_two_users_is_not_inlined():
     A = Tensor("A", (4, 5))
     S = compute("S", (4,), lambda i: rsum(lambda k: A[i, k], 5))
+    D = compute("D", (4,), lambda i: S[i] * 2.0)
+    E = compute("E", (4,), lambda i: S[i] + D[i])
+    out = inline_stages([S, D, E], keep={"E"})
+    assert [s.name for s in out] == ["S", "E"]
+
+
+def test_reduction_read_twice_by_its_epilogue_is_computed_once():
+    from kiln.ir.loop import For, walk_stmts
+    from kiln.ir.lower import lower_stage
+
+    A = Tensor("A", (4, 5))
+    S = compute("S", (4,), lambda i: rsum(lambda k: A[i, k], 5))
     D = compute("D", (4,), lambda i: S[i] * S[i])
     out = inline_stages([S, D], keep={"D"})
-    assert [s.name for s in out] == ["S", "D"]
+    assert [s.name for s in out] == ["D"]
+    loops = [s for s in walk_stmts(lower_stage(out[0])) if isinstance(s, For)]
+    assert len(loops) == 2  # the spatial loop and one reduction loop, not two
 
 
 def test_verifier_rejects_use_before_definition():
