@@ -221,3 +221,28 @@ def test_common_subexpressions_merge():
         N("exp", ["x"], [V("a", 4)]), N("add", ["a", "a"], [V("y", 4)]),
     ))
     assert_graph_equal(eliminate_common_subexpressions(before), after)
+
+
+def test_fuse_gelu_diamond_into_matmul_epilogue():
+    w = np.ones((8, 8), np.float32)
+    c = {"w": w, "k": np.array(0.7, np.float32), "one": np.array(1.0, np.float32)}
+    g = Graph((V("x", 4, 8),), (V("y", 4, 8),), (
+        N("matmul", ["x", "w"], [V("h", 4, 8)]),
+        N("mul", ["h", "k"], [V("a", 4, 8)]),
+        N("erf", ["a"], [V("e", 4, 8)]),
+        N("add", ["e", "one"], [V("b", 4, 8)]),
+        N("mul", ["h", "b"], [V("y", 4, 8)]),
+    ), c).verify()
+    assert [[n.op for n in grp.nodes] for grp in fuse(g)] == [["matmul", "mul", "erf", "add", "mul"]]
+
+
+def test_transpose_prologue_only_where_loads_stay_contiguous():
+    # A is read through a transpose (fused); B through one that moves its last dim (not fused)
+    g = Graph((V("a", 4, 2, 8), V("b", 2, 8, 4)), (V("y", 2, 4, 4),), (
+        N("transpose", ["a"], [V("at", 2, 4, 8)], perm=(1, 0, 2)),
+        N("transpose", ["b"], [V("bt", 2, 4, 8)], perm=(0, 2, 1)),
+        N("transpose", ["bt"], [V("btt", 2, 8, 4)], perm=(0, 2, 1)),
+        N("matmul", ["at", "btt"], [V("y", 2, 4, 4)]),
+    )).verify()
+    groups = [[n.op for n in grp.nodes] for grp in fuse(g)]
+    assert groups == [["transpose"], ["transpose"], ["transpose", "matmul"]]

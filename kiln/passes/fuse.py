@@ -7,7 +7,9 @@ Rules (fusion kinds from ``kiln.ir.ops.FusionKind``):
   value used outside it -- so every group is a tree with one result, and it can run
   at the position of its last node without reordering anybody else;
 - it may join a heavy group (out_fusable: matmul, conv; reduction: softmax, norms) only
-  as an epilogue of the same shape, which the kernel builder inlines into the reduction.
+  as an epilogue of the same shape, which the kernel builder inlines into the reduction;
+- a heavy op may absorb a data-movement producer (a transpose before a matmul, the
+  NCHWc conversion before a conv) as a prologue that its loads read through.
 """
 from __future__ import annotations
 
@@ -35,44 +37,133 @@ class Group:
 
 def fuse(graph: Graph, enabled: bool = True) -> list[Group]:
     """Groups in execution order; VIEW nodes are left out (they alias storage)."""
-    consumers = graph.consumers()
+    consumers, producers = graph.consumers(), graph.producers()
     outputs = {v.name for v in graph.outputs}
+    position = {id(n): k for k, n in enumerate(graph.nodes)}
     group_of: dict[str, Group] = {}
     order: list[Group] = []
     for node in graph.nodes:
         kind = ops.get(node.op).fusion
         if kind == ops.FusionKind.VIEW:
             continue
-        target = _joinable_group(node, kind, group_of, consumers, outputs) if enabled else None
-        if target is None:
-            target = Group(anchor_kind=kind)
-        else:
-            order.remove(target)
+        joined = _groups_to_join(node, kind, group_of, consumers, outputs) if enabled else []
+        target = Group(anchor_kind=kind)
+        if joined:
+            heavy = [g for g in joined if g.anchor_kind in HEAVY]
+            target.anchor_kind = heavy[0].anchor_kind if heavy else joined[0].anchor_kind
+            target.nodes = sorted((n for g in joined for n in g.nodes), key=lambda n: position[id(n)])
+        elif enabled and kind == ops.FusionKind.OUT_FUSABLE:
+            joined = _prologues(node, group_of, consumers, producers, outputs)
+            target.nodes = sorted((n for g in joined for n in g.nodes), key=lambda n: position[id(n)])
+            target.nodes += [producers[i] for i in node.inputs if _is_view_between(i, producers, joined)]
+        for g in joined:
+            order.remove(g)
         target.nodes.append(node)
         order.append(target)
-        for o in node.outputs:
-            group_of[o.name] = target
+        for n in target.nodes:
+            for o in n.outputs:
+                group_of[o.name] = target
     return order
 
 
-def _joinable_group(node, kind, group_of, consumers, outputs):
-    if kind not in FUSABLE_INTO:
-        return None
-    for name in node.inputs:
-        g = group_of.get(name)
-        if g is None or len(node.outputs) != 1:
-            continue
+HEAVY = (ops.FusionKind.OUT_FUSABLE, ops.FusionKind.REDUCTION)
+
+
+def _is_view_between(name, producers, prologues) -> bool:
+    p = producers.get(name)
+    return (p is not None and ops.get(p.op).fusion == ops.FusionKind.VIEW
+            and any(p.inputs[0] in g.values for g in prologues))
+
+
+def _prologues(node, group_of, consumers, producers, outputs) -> list[Group]:
+    """Single-node data-movement groups that ``node`` (a matmul or conv) can read through.
+
+    Their stage is only an index remapping, so inlining it into the heavy op's loads costs
+    no arithmetic and saves a kernel and a round trip through memory -- provided the
+    vectorized loop still reads contiguously (a matmul's B operand must keep its last dim).
+    A matmul's A operand may also be read through a reshape of a transpose (attention's
+    heads merged back: transpose then view), at the price of index arithmetic on scalar loads.
+    """
+    found = []
+    for pos, name in enumerate(node.inputs):
         if name in outputs or len(consumers.get(name, [])) != 1:
             continue
-        # Every other value of the group must stay inside it.
-        escapes = [v for v in g.values - {name}
-                   if v in outputs or any(c not in g.nodes for c in consumers.get(v, []))]
-        if escapes:
-            continue
-        if g.anchor_kind in (ops.FusionKind.OUT_FUSABLE, ops.FusionKind.REDUCTION):
-            if tuple(node.outputs[0].type.shape) != tuple(g.result.outputs[0].type.shape):
+        view = producers.get(name)
+        through_view = view is not None and ops.get(view.op).fusion == ops.FusionKind.VIEW
+        if through_view:
+            name = view.inputs[0]
+            if pos != 0 or name in outputs or len(consumers.get(name, [])) != 1:
                 continue
-        elif g.anchor_kind not in FUSABLE_INTO and g.anchor_kind != ops.FusionKind.INJECTIVE:
+        g = group_of.get(name)
+        if g is None or len(g.nodes) != 1 or g in found:
             continue
-        return g
-    return None
+        p = g.nodes[0]
+        if p.op == "to_nchwc" and node.op == "conv_nchwc" and pos == 0 and not through_view:
+            found.append(g)
+        elif p.op == "transpose" and node.op == "matmul":
+            perm = tuple(p.attrs["perm"])
+            if pos == 0 or perm[-1] == len(perm) - 1:
+                found.append(g)
+    return found
+
+
+def _groups_to_join(node, kind, group_of, consumers, outputs) -> list[Group]:
+    """The producer groups an elementwise node joins: all of them when their union has no
+    value used elsewhere (a diamond such as GELU's x * f(x) after a matmul), else one."""
+    if kind not in FUSABLE_INTO or len(node.outputs) != 1:
+        return []
+    candidates = []
+    for name in node.inputs:
+        g = group_of.get(name)
+        if g is not None and g not in candidates:
+            candidates.append(g)
+    closure = _producer_closure(candidates, node, group_of, consumers, outputs)
+    if len(closure) > 1 and _can_merge(closure, node, consumers, outputs):
+        return closure
+    if len(candidates) > 1 and _can_merge(candidates, node, consumers, outputs):
+        return candidates
+    for g in candidates:
+        if _can_merge([g], node, consumers, outputs):
+            return [g]
+    return []
+
+
+def _producer_closure(groups, node, group_of, consumers, outputs) -> list[Group]:
+    """``groups`` plus the groups they read from whose values are used only inside the
+    union (GELU's ``x`` feeds three branches that meet only at the last multiply)."""
+    union = list(groups)
+    changed = True
+    while changed:
+        changed = False
+        members = {id(n) for g in union for n in g.nodes} | {id(node)}
+        for g in list(union):
+            for n in g.nodes:
+                if ops.get(n.op).fusion not in FUSABLE_INTO:
+                    continue  # never pull producers into a heavy op's loads
+                for name in n.inputs:
+                    x = group_of.get(name)
+                    if x is None or x in union:
+                        continue
+                    if all(v not in outputs and all(id(c) in members or c in x.nodes for c in consumers.get(v, []))
+                           for v in x.values):
+                        union.append(x)
+                        changed = True
+    return union
+
+
+def _can_merge(groups: list[Group], node: Node, consumers, outputs) -> bool:
+    members = {id(n) for g in groups for n in g.nodes} | {id(node)}
+    for g in groups:
+        for v in g.values:
+            if v in outputs or any(id(c) not in members for c in consumers.get(v, [])):
+                return False  # a value would escape the kernel: it must stay materialized
+    heavy = [g for g in groups if g.anchor_kind in HEAVY]
+    if len(heavy) > 1:
+        return False
+    if heavy:
+        shape = tuple(heavy[0].result.outputs[0].type.shape)
+        if tuple(node.outputs[0].type.shape) != shape:
+            return False
+        return all(ops.get(n.op).fusion in FUSABLE_INTO and tuple(n.outputs[0].type.shape) == shape
+                   for g in groups if g is not heavy[0] for n in g.nodes)
+    return all(g.anchor_kind in FUSABLE_INTO or g.anchor_kind == ops.FusionKind.INJECTIVE for g in groups)

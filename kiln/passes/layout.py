@@ -124,7 +124,10 @@ def _blocked_operand(bld: _Builder, name: str, like: TensorType):
         return name if bld.original[name] == like and bld.block_of[name] == bld.block else None
     arr = bld.constants.get(name)
     if arr is None:
-        return None
+        # A plain tensor of the same shape (a residual branch that skipped the convs): block
+        # it too -- one to_nchwc, shared with any conv that reads it, instead of
+        # unblocking the other operand and blocking the result again.
+        return bld.to_blocked(name, bld.block) if bld.types[name] == like else None
     if arr.size == 1:
         return name
     a = arr.reshape((1,) * (4 - arr.ndim) + arr.shape) if arr.ndim <= 4 else None
