@@ -153,6 +153,21 @@ def _convert_conv(bld: _Builder, node: Node, kind: str) -> None:
     bld.blocked[out.name] = name
 
 
+def _convert_max_pool(bld: _Builder, node: Node) -> bool:
+    """A 2-D max pool of a blocked value (a ResNet stem) stays blocked."""
+    x = bld.blocked.get(node.inputs[0], node.inputs[0])
+    if (x not in bld.original or bld.block_of[x] != bld.block or len(node.outputs) != 1
+            or len(node.attrs.get("kernel_shape", ())) != 2 or node.attrs.get("storage_order", 0)):
+        return False
+    attrs = {k: node.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")
+             if k in node.attrs}
+    out = node.outputs[0]
+    name = bld.add("max_pool_nchwc", [x], attrs, out=bld.fresh(out.name))
+    bld.mark(name, out.type, bld.block)
+    bld.blocked[out.name] = name
+    return True
+
+
 def to_nchwc(graph: Graph, block: int) -> Graph:
     bld = _Builder(graph, block)
     outputs = {v.name for v in graph.outputs}
@@ -160,6 +175,8 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
         kind = _eligible_conv(node, bld.types, bld.constants, block)
         if kind:
             _convert_conv(bld, node, kind)
+            continue
+        if node.op == "max_pool" and node.outputs[0].name not in outputs and _convert_max_pool(bld, node):
             continue
         out = node.outputs[0]
         reads_blocked = any(bld.blocked.get(i, i) in bld.original for i in node.inputs if i)

@@ -105,3 +105,43 @@ def _conv_nchwc_compute(ins, outs, attrs):
 
 
 register("conv_nchwc", FusionKind.OUT_FUSABLE, _conv_nchwc_infer, _conv_nchwc_compute)
+
+
+# -- max pooling in NCHWc ---------------------------------------------------------------------
+
+def _max_pool_nchwc_infer(ins, attrs):
+    n, cb, h, w_, b = tuple(ins[0].shape)
+    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    strides, pb, pe, dil = window_attrs(attrs, 2, "max_pool_nchwc")
+    ceil = bool(attrs.get("ceil_mode", 0))
+    spatial = tuple(window_out_size(s, k, st, d, p0, p1, ceil)
+                    for s, k, st, d, p0, p1 in zip((h, w_), kernel, strides, dil, pb, pe))
+    if min(spatial) < 1:
+        raise ShapeError(f"max_pool_nchwc kernel {kernel} does not fit input {(h, w_)}")
+    return [TensorType((n, cb) + spatial + (b,), ins[0].dtype)]
+
+
+def _max_pool_nchwc_compute(ins, outs, attrs):
+    """Window maximum over H and W; taps outside the input are skipped (ONNX MaxPool)."""
+    from kiln.ir.compute import rmax
+    from kiln.ir.expr import Const, Select
+
+    x, o = ins[0], outs[0]
+    kernel = tuple(int(k) for k in attrs["kernel_shape"])
+    strides, pb, pe, dil = window_attrs(attrs, 2, "max_pool_nchwc")
+    size = x.shape[2:4]
+    lowest = Const(float("-inf"), x.dtype)
+
+    def body(n, cb, oh, ow, c):
+        def tap(a, b_):
+            pos = [scaled(sp, st) + scaled(k, d) - p for sp, st, k, d, p in
+                   zip((oh, ow), strides, (a, b_), dil, pb)]
+            inside = pos[0].ge(0).land(pos[0].lt(size[0])).land(pos[1].ge(0)).land(pos[1].lt(size[1]))
+            return Select(inside, x[n, cb, pos[0], pos[1], c], lowest)
+        return rmax(tap, kernel)
+
+    # the conv tile: output columns x the channel block, so the block is one vector
+    return [compute(o.name, o.shape, body, o.dtype, tag="pool", hints={"tile": (3, 4)})]
+
+
+register("max_pool_nchwc", FusionKind.OUT_FUSABLE, _max_pool_nchwc_infer, _max_pool_nchwc_compute)
