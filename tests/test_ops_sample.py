@@ -1,0 +1,101 @@
+"""GridSample, RoiAlign, Col2Im and CenterCropPad against ONNX Runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kiln.errors import UnsupportedOperatorError
+from kiln.frontend.onnx import from_onnx
+from tests.test_ops_shape import C, X, check, node_model
+from tests.util import BACKENDS, check_against_ort
+
+RNG = np.random.default_rng(3)
+backends = pytest.mark.parametrize("backend", BACKENDS)
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def grid(*shape):
+    return RNG.uniform(-1.2, 1.2, shape).astype(np.float32)  # some points outside [-1, 1]
+
+
+@backends
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align", [0, 1])
+def test_grid_sample_2d_opset16(backend, mode, padding, align):
+    check("GridSample", [X("x", randn(2, 3, 5, 6)), X("g", grid(2, 4, 7, 2))], backend,
+          {"mode": mode, "padding_mode": padding, "align_corners": align}, opset=16)
+
+
+@backends
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align", [0, 1])
+def test_grid_sample_3d(backend, mode, padding, align):
+    check("GridSample", [X("x", randn(1, 2, 3, 4, 5)), X("g", grid(1, 2, 3, 4, 3))], backend,
+          {"mode": mode, "padding_mode": padding, "align_corners": align}, opset=20)
+
+
+@backends
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("opset,ctm", [(10, None), (16, "half_pixel"), (16, "output_half_pixel")])
+@pytest.mark.parametrize("ratio", [2, 0])
+def test_roi_align(backend, mode, opset, ctm, ratio):
+    x = randn(2, 3, 8, 9)
+    rois = np.array([[0.5, 1.0, 6.0, 7.5], [2.0, 0.0, 8.5, 4.0], [1.0, 1.0, 1.5, 2.0]], np.float32)
+    bidx = np.array([0, 1, 1], np.int64)
+    attrs = {"mode": mode, "output_height": 3, "output_width": 2, "sampling_ratio": ratio,
+             "spatial_scale": 0.9} | ({"coordinate_transformation_mode": ctm} if ctm else {})
+    # sampling_ratio 0 sizes each ROI's grid from the ROI: Kiln needs the ROIs constant then
+    rois_spec = C("r", rois) if ratio == 0 else X("r", rois)
+    model, feeds = node_model("RoiAlign", [X("x", x), rois_spec, X("b", bidx)], attrs, opset=opset)
+    check_against_ort(model, feeds, backend, rtol=1e-4, atol=1e-5)
+
+
+def test_roi_align_adaptive_grid_with_runtime_rois_is_unsupported():
+    model, _ = node_model("RoiAlign", [X("x", randn(1, 1, 4, 4)), X("r", np.zeros((1, 4), np.float32)),
+                                       X("b", np.zeros(1, np.int64))], opset=16)
+    with pytest.raises(UnsupportedOperatorError, match="sampling_ratio"):
+        from_onnx(model)
+
+
+@backends
+@pytest.mark.parametrize("pooled,scale", [((2, 2), 1.0), ((3, 2), 0.5), ((4, 4), 0.25)])
+def test_max_roi_pool(backend, pooled, scale):
+    rois = np.array([[0, 0.4, 1.0, 6.0, 7.5], [1, 2.0, 0.0, 8.5, 4.0], [1, 3.0, 3.0, 3.0, 3.0],
+                     [0, 5.0, 2.0, 1.0, 1.0]], np.float32)
+    check("MaxRoiPool", [X("x", randn(2, 3, 8, 9)), X("r", rois)], backend,
+          {"pooled_shape": list(pooled), "spatial_scale": scale}, opset=7)
+
+
+COL2IM = [
+    ((1, 4, 9), [4, 4], [2, 2], {}),
+    ((2, 6, 6), [5, 4], [3, 2], {"strides": [2, 1], "pads": [1, 0, 1, 0]}),
+    ((1, 4, 4), [5, 5], [2, 2], {"dilations": [2, 2], "strides": [1, 1]}),
+    ((1, 8, 8), [3, 4, 5], [2, 2, 2], {"strides": [1, 2, 3], "pads": [0, 1, 0, 0, 0, 0]}),
+]
+
+
+@backends
+@pytest.mark.parametrize("shape,image,block,attrs", COL2IM)
+def test_col2im(backend, shape, image, block, attrs):
+    nd = len(image)
+    pads = attrs.get("pads", [0] * 2 * nd)
+    strides, dil = attrs.get("strides", [1] * nd), attrs.get("dilations", [1] * nd)
+    blocks = [(image[k] + pads[k] + pads[k + nd] - dil[k] * (block[k] - 1) - 1) // strides[k] + 1 for k in range(nd)]
+    shape = (shape[0], shape[1], int(np.prod(blocks)))
+    if shape[1] % int(np.prod(block)):
+        shape = (shape[0], int(np.prod(block)), shape[2])
+    check("Col2Im", [X("x", randn(*shape)), C("i", np.array(image, np.int64)), C("b", np.array(block, np.int64))],
+          backend, attrs, opset=18)
+
+
+@backends
+@pytest.mark.parametrize("target,axes", [([3, 4, 5], None), ([6, 9, 2], None), ([2, 9, 7], None),
+                                         ([4, 3], [0, 2]), ([7], [-1])])
+def test_center_crop_pad(backend, target, axes):
+    attrs = {} if axes is None else {"axes": axes}
+    check("CenterCropPad", [X("x", randn(5, 6, 4)), C("s", np.array(target, np.int64))], backend, attrs, opset=18)
