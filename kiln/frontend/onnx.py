@@ -33,13 +33,42 @@ _ONNX_DTYPES = {
 }
 
 
+def _dtype_name(elem_type: int) -> str:
+    if elem_type in onnx.TensorProto.DataType.values():
+        return onnx.TensorProto.DataType.Name(elem_type)
+    return str(elem_type)
+
+
+def _dtype_reason(names) -> str:
+    return (f"element type {', '.join(sorted(set(names)))} is not supported; Kiln supports "
+            f"{', '.join(d.value for d in _ONNX_DTYPES.values())}")
+
+
 def onnx_dtype(elem_type: int) -> DType:
+    """Kiln's dtype of an ONNX element type; a valid type Kiln lacks is unsupported, not invalid.
+
+    (``_check_dtypes`` reports such types per node before conversion; this is the backstop.)
+    """
     try:
         return _ONNX_DTYPES[elem_type]
     except KeyError:
-        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
-        raise ShapeError(f"ONNX element type {name} is not supported; expected one of "
-                         f"{', '.join(d.value for d in _ONNX_DTYPES.values())}") from None
+        name = _dtype_name(elem_type)
+        raise UnsupportedOperatorError([(f"element type {name}", 0, ["<value>"])],
+                                       reason=_dtype_reason([name])) from None
+
+
+class NeedsConstantError(UnsupportedOperatorError):
+    """A converter needs the value of something that is only known at run time.
+
+    Kiln compiles static shapes ahead of time, so values that fix a shape (axes, pads, a
+    Reshape target ...) must be constants. ``inputs`` names the graph inputs the value is
+    computed from: binding those to constants makes the model compilable, which is what
+    ``kiln.onnx_backend`` does when it specializes a model on its first inputs.
+    """
+
+    def __init__(self, unsupported, reason: str, inputs: Sequence[str]):
+        super().__init__(unsupported, reason=reason)
+        self.inputs = tuple(inputs)
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -68,11 +97,38 @@ def load_model(model) -> onnx.ModelProto:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise ModelLoadError(f"the ONNX checker rejected the model: {str(e).splitlines()[0]}") from None
+    return _infer_shapes(proto)
+
+
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference in strict mode (an inconsistent model is a ShapeError).
+
+    ONNX's strict inference of some function ops' bodies fails on valid models (for
+    example MeanVarianceNormalization at opset 13). When the failure is inside such a
+    function op, the non-strict result is used: Kiln's own shape rules still check every node.
+    """
+    import re
+
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
-    except Exception as e:
-        raise ShapeError(f"ONNX shape inference failed: {str(e).strip().splitlines()[-1]}") from None
-    return proto
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except Exception as e:  # noqa: BLE001  (onnx raises InferenceError and plain RuntimeErrors)
+        message = str(e).strip()
+    m = re.search(r"\(op_type:(\w+)", message)
+    if m and _is_function_op(m.group(1), proto):
+        try:
+            return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001
+            pass
+    raise ShapeError(f"ONNX shape inference failed: {message.splitlines()[-1]}")
+
+
+def _is_function_op(op_type: str, proto: onnx.ModelProto) -> bool:
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    try:
+        schema = onnx.defs.get_schema(op_type, opset)
+    except Exception:  # noqa: BLE001  (not a standard op)
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
 
 
 def _load_external_data(proto: onnx.ModelProto, base_dir: str) -> None:
@@ -111,6 +167,7 @@ class ConvertContext:
     def __init__(self, graph_inputs: Sequence[Value], constants: dict[str, np.ndarray], opset: int):
         self.opset = opset
         self.constants = constants
+        self.graph_inputs = {v.name for v in graph_inputs}
         self.types: dict[str, TensorType] = {v.name: v.type for v in graph_inputs}
         for k, v in constants.items():
             self.types[k] = TensorType(tuple(v.shape), DType.of(v.dtype))
@@ -149,9 +206,27 @@ class ConvertContext:
         name = self.input(i)
         v = self.constants.get(name)
         if v is None:
-            raise ShapeError(f"{self.node.op_type} node {self.node.name!r}: input {i} ({what}) must be "
-                             "a constant or computable from static shapes; got a run-time value")
+            sources = self.graph_inputs_of(name)
+            raise NeedsConstantError(
+                [(self.node.op_type, self.opset, [self.node.name or "<unnamed>"])],
+                f"input {i} ({what}) is a run-time value (from graph inputs {sorted(sources)}); Kiln "
+                "needs it constant (an initializer, or computable from static shapes)", sources)
         return v
+
+    def graph_inputs_of(self, name: str) -> set[str]:
+        """The graph inputs that value ``name`` is computed from (through emitted nodes)."""
+        producers = {o.name: n for n in self.nodes for o in n.outputs}
+        found, stack, seen = set(), [name], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in self.graph_inputs:
+                found.add(n)
+            elif n in producers:
+                stack.extend(i for i in producers[n].inputs if i)
+        return found
 
     def attr(self, name: str, default=None):
         for a in self.node.attribute:
@@ -237,6 +312,44 @@ def _check_supported(proto: onnx.ModelProto, opset: int) -> None:
         raise UnsupportedOperatorError([(op, ver, names) for (op, ver), names in missing.items()])
 
 
+# attributes that name an element type (Cast's "to", EyeLike's "dtype" ...)
+_DTYPE_ATTRS = ("to", "dtype", "output_dtype", "output_datatype", "stash_type")
+
+
+def _node_dtypes(node: onnx.NodeProto, elem: Mapping[str, int]) -> set[int]:
+    """Element types a node reads, writes or names in its attributes."""
+    types = {elem[n] for n in list(node.input) + list(node.output) if n in elem}
+    for a in node.attribute:
+        if a.name in _DTYPE_ATTRS and a.type == onnx.AttributeProto.INT:
+            types.add(a.i)
+        elif a.type == onnx.AttributeProto.TENSOR:
+            types.add(a.t.data_type)
+    return types
+
+
+def _check_dtypes(proto: onnx.ModelProto, opset: int) -> None:
+    """Every node touching an element type Kiln lacks (bfloat16, float8, int4, uint16/32/64,
+    string, complex ...) in one UnsupportedOperatorError, before anything is converted."""
+    g = proto.graph
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.output) + list(g.value_info)
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    elem.update({t.name: t.data_type for t in g.initializer})
+    bad: dict[str, list[str]] = {}
+    names: list[str] = []
+    for k, node in enumerate(g.node):
+        missing = {t for t in _node_dtypes(node, elem) if t not in _ONNX_DTYPES}
+        if missing:
+            bad.setdefault(node.op_type, []).append(node.name or f"<{node.op_type} #{k}>")
+            names += [_dtype_name(t) for t in missing]
+    for kind, values in (("graph input", g.input), ("graph output", g.output)):
+        for vi in values if not bad else ():  # only when no node reported it already
+            if vi.name in elem and elem[vi.name] not in _ONNX_DTYPES:
+                names.append(_dtype_name(elem[vi.name]))
+                bad.setdefault(kind, []).append(vi.name)
+    if bad:
+        raise UnsupportedOperatorError([(op, opset, ns) for op, ns in bad.items()], reason=_dtype_reason(names))
+
+
 def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
               dim_bounds: Mapping[str, tuple[int, int]] | None = None) -> Graph:
     """Convert an ONNX model (path or ModelProto) into a verified graph IR.
@@ -250,6 +363,7 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
         proto = _override_input_shapes(proto, input_shapes)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     _check_supported(proto, opset)
+    _check_dtypes(proto, opset)
 
     constants = {t.name: np.asarray(numpy_helper.to_array(t), order="C") for t in proto.graph.initializer}
     for arr in constants.values():
@@ -270,6 +384,9 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
             raise
         except (ValueError, IndexError, KeyError, TypeError) as e:
             raise ShapeError(f"{node.op_type} node {node.name!r} could not be converted: {e}") from None
+        except Exception as e:  # noqa: BLE001  (overflow, zero division ... in a converter or folding)
+            raise KilnError(f"{node.op_type} node {node.name!r}: internal error while converting "
+                            f"({type(e).__name__}: {e}); this is a bug in Kiln") from e
         for onnx_name, kiln_name in zip(node.output, outs):
             if onnx_name:
                 ctx.names[onnx_name] = kiln_name
@@ -305,6 +422,8 @@ def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs, dim_bou
         if src is None:
             raise ShapeError(f"graph output {vi.name!r} is never computed")
         if src in ctx.constants or src in input_names or src in renames:
+            if src == vi.name:  # a folded output keeps its name: the copy kernel needs it
+                src = ctx.add_const(ctx.constants.pop(src), "out")
             ctx.emit("identity", [src], out_names=[vi.name], fold=False)
         else:
             renames[src] = vi.name
@@ -337,7 +456,7 @@ def _override_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, Sequence
                     d.dim_param = n  # declared symbolic: a dynamic dim with bounds
                 else:
                     d.dim_value = int(n)
-    return onnx.shape_inference.infer_shapes(proto2, strict_mode=True, data_prop=True)
+    return _infer_shapes(proto2)
 
 
 def _c_ident(name: str) -> str:

@@ -28,4 +28,6 @@ def lookup(op_type: str, domain: str, opset: int) -> Callable | None:
     return best
 
 
-from kiln.frontend.onnx_ops import elementwise, nn, norm, pool, reduce, resize, shape  # noqa: E402,F401
+from kiln.frontend.onnx_ops import (  # noqa: E402,F401
+    attention, elementwise, math, nn, norm, normalize, pool, quant, recurrent, reduce, resize, sample, scatter,
+    shape)

@@ -175,3 +175,24 @@ def _dropout(ctx, node):
     if len(node.output) > 1 and node.output[1]:
         outs.append(ctx.add_const(np.ones(ctx.shape(x), dtype=bool), "mask"))
     return outs
+
+
+# Bitwise xor and not from ops Kiln has, exact for every integer type:
+# a ^ b == (a | b) - (a & b), and ~x == -1 - x (two's complement) or MAX - x (unsigned).
+
+@converter("BitwiseXor", since=18)
+def _bitwise_xor(ctx, node):
+    a, b = ctx.input(0), ctx.input(1)
+    both, either = ctx.emit("bitand", [a, b])[0], ctx.emit("bitor", [a, b])[0]
+    return ctx.emit("sub", [either, both], out_names=ctx.outputs())
+
+
+@converter("BitwiseNot", since=18)
+def _bitwise_not(ctx, node):
+    x = ctx.input(0)
+    dtype = ctx.type(x).dtype.np
+    if not np.issubdtype(dtype, np.integer):
+        ctx.fail(f"BitwiseNot needs an integer input; got {dtype}")
+    ones = ctx.add_const(np.asarray(np.iinfo(dtype).max if np.issubdtype(dtype, np.unsignedinteger) else -1,
+                                    dtype=dtype), "all_ones")
+    return ctx.emit("sub", [ones, x], out_names=ctx.outputs())

@@ -1,4 +1,6 @@
-"""Converters for BatchNormalization, InstanceNormalization, LayerNormalization, Softmax, LogSoftmax."""
+"""Converters for BatchNormalization (inference and training mode), InstanceNormalization,
+LayerNormalization, GroupNormalization, Softmax, LogSoftmax, and the losses built on them:
+NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,9 +24,9 @@ def _batch_norm(ctx, node):
     when the statistics are constants (the usual case), or built from elementwise ops.
     """
     if int(ctx.attr("training_mode", 0)):
-        ctx.fail("training_mode=1 is not supported; Kiln compiles inference graphs only")
+        return _batch_norm_training(ctx, node)
     if _used_extra_outputs(node):
-        ctx.fail(f"outputs {_used_extra_outputs(node)} (running or saved statistics) exist only in "
+        ctx.unsupported(f"outputs {_used_extra_outputs(node)} (running or saved statistics) exist only in "
                  "training; Kiln supports inference mode with the single output Y")
     x = ctx.input(0)
     xs = tuple(ctx.shape(x))
@@ -64,7 +66,36 @@ def _scale_shift_ops(ctx, gamma, beta, mean, var, eps, dtype, stat_shape):
             ctx.emit("reshape", [shift], {"shape": tuple(stat_shape)})[0])
 
 
-# -- InstanceNormalization / LayerNormalization ------------------------------------------------------
+def _batch_norm_training(ctx, node):
+    """training_mode=1: normalize with the batch's own statistics (mean and population
+    variance over every axis but 1); the optional outputs are the running statistics,
+    ``given * momentum + batch * (1 - momentum)``, as ONNX's reference computes them."""
+    x = ctx.input(0)
+    xs = static_shape(ctx, x, "BatchNormalization input")
+    gamma, beta, mean, var = (ctx.input(i) for i in range(1, 5))
+    eps, momentum = float(ctx.attr("epsilon", 1e-5)), float(ctx.attr("momentum", 0.9))
+    stat_shape = (xs[1],) + (1,) * (len(xs) - 2)
+    every_but_c = {"axes": (0,) + tuple(range(2, len(xs))), "keepdims": False}
+    batch_mean = ctx.emit("reduce_mean", [x], every_but_c)[0]
+    centered = ctx.emit("sub", [x, ctx.emit("reshape", [batch_mean], {"shape": stat_shape})[0]])[0]
+    batch_var = ctx.emit("reduce_mean", [ctx.emit("mul", [centered, centered])[0]], every_but_c)[0]
+    scale_n, shift_n = _scale_shift_ops(ctx, gamma, beta, batch_mean, batch_var, eps,
+                                        ctx.type(x).dtype.np, stat_shape)
+    outs = ctx.outputs()
+    result = ctx.emit("batch_norm", [x, scale_n, shift_n], out_names=outs[:1])
+    for k, (given, batch) in enumerate(((mean, batch_mean), (var, batch_var)), start=1):
+        if k < len(outs) and outs[k]:
+            if ctx.type(batch).dtype != ctx.type(given).dtype:
+                batch = ctx.emit("cast", [batch], {"to": ctx.type(given).dtype.value})[0]
+            kept = ctx.emit("mul", [given, _scalar(ctx, momentum, given)])[0]
+            new = ctx.emit("mul", [batch, _scalar(ctx, 1 - momentum, given)])[0]
+            result += ctx.emit("add", [kept, new], out_names=[outs[k]])
+        elif k < len(outs):
+            result.append("")
+    return result
+
+
+# -- InstanceNormalization / LayerNormalization / GroupNormalization ---------------------------------
 
 @converter("InstanceNormalization", since=1)
 def _instance_norm(ctx, node):
@@ -86,6 +117,41 @@ def _layer_norm(ctx, node):
                  outs[2] if len(outs) > 2 and outs[2] else ctx.fresh("ln_rstd")]
         result += ctx.emit("layer_norm_stats", [x], attrs, out_names=names)[:len(outs) - 1]
     return result
+
+
+@converter("GroupNormalization", since=18)
+def _group_norm(ctx, node):
+    """Normalize (N, G, C/G * spatial) over its last axis with layer_norm, then scale and shift
+    per channel (opset 21) or per group (opset 18, repeated over the group's channels)."""
+    x = ctx.input(0)
+    xs = static_shape(ctx, x, "GroupNormalization input")
+    groups, (n, c) = int(ctx.attr("num_groups", 0)), xs[:2]
+    if groups < 1 or c % groups:
+        ctx.fail(f"num_groups {groups} must divide the {c} channels of input {xs}")
+    dtype = ctx.type(x).dtype
+    wide = dtype.value == "float16" and int(ctx.attr("stash_type", 1)) == 1
+    if wide:  # stash_type=1: statistics in float32
+        x = ctx.emit("cast", [x], {"to": "float32"})[0]
+    size = (c // groups) * int(np.prod(xs[2:], dtype=np.int64))
+    flat = ctx.emit("reshape", [x], {"shape": (n, groups, size)})[0]
+    np_dt = ctx.type(x).dtype.np
+    unit = [ctx.add_const(np.ones(size, np_dt), "gn_one"), ctx.add_const(np.zeros(size, np_dt), "gn_zero")]
+    eps = float(ctx.attr("epsilon", 1e-5))
+    normed = ctx.emit("layer_norm", [flat] + unit, {"axis": 2, "epsilon": eps})[0]
+    y = ctx.emit("reshape", [normed], {"shape": xs})[0]
+    if wide:
+        y = ctx.emit("cast", [y], {"to": dtype.value})[0]
+    stat_shape = (c,) + (1,) * (len(xs) - 2)
+    scale, bias = (_per_channel(ctx, ctx.input(i), groups, c, stat_shape) for i in (1, 2))
+    return ctx.emit("add", [ctx.emit("mul", [y, scale])[0], bias], out_names=ctx.outputs())
+
+
+def _per_channel(ctx, v: str, groups: int, channels: int, stat_shape) -> str:
+    """A (C,) or, before opset 21, (G,) parameter as a (C, 1, ...) tensor."""
+    if ctx.shape(v) == (groups,) and groups != channels:
+        v = ctx.emit("reshape", [v], {"shape": (groups, 1)})[0]
+        v = ctx.emit("expand", [v], {"shape": (groups, channels // groups)})[0]
+    return ctx.emit("reshape", [v], {"shape": stat_shape})[0]
 
 
 # -- Softmax / LogSoftmax ---------------------------------------------------------------------------
@@ -114,3 +180,60 @@ def _softmax(kiln_op: str):
 
 converter("Softmax", since=1)(_softmax("softmax"))
 converter("LogSoftmax", since=1)(_softmax("log_softmax"))
+
+
+# -- NegativeLogLikelihoodLoss / SoftmaxCrossEntropyLoss ---------------------------------------------
+# Both decompose into gathers, a mask and reductions (the semantics of ONNX's reference):
+#   loss[n, d...] = -x[n, t[n, d...], d...] * w[t]   (0 where t == ignore_index; w = 1 unweighted)
+#   "mean" divides the sum by the sum of the weights that were applied (the count when unweighted).
+
+def _scalar(ctx, value, like: str) -> str:
+    return ctx.add_const(np.asarray(value, dtype=ctx.type(like).dtype.np), "loss_c")
+
+
+def _nll(ctx, logp: str, target: str, weight: str | None, out: str) -> str:
+    xs, ts = static_shape(ctx, logp, "loss input"), static_shape(ctx, target, "loss target")
+    if len(xs) < 2 or ts != xs[:1] + xs[2:]:
+        ctx.fail(f"expected input (N, C, d...) and target (N, d...); got {xs} and {ts}")
+    reduction, ignore = ctx.attr("reduction", "mean"), ctx.attr("ignore_index")
+    if reduction not in ("none", "sum", "mean"):
+        ctx.fail(f"reduction {reduction!r} is not none, sum or mean")
+    keep = None
+    if ignore is not None:  # ignored targets read class 0, then are masked out
+        keep = ctx.emit("ne", [target, _scalar(ctx, ignore, target)])[0]
+        target = ctx.emit("where", [keep, target, _scalar(ctx, 0, target)])[0]
+    index = ctx.emit("reshape", [target], {"shape": (xs[0], 1) + xs[2:]})[0]
+    picked = ctx.emit("gather_elements", [logp, index], {"axis": 1})[0]
+    loss = ctx.emit("neg", [ctx.emit("reshape", [picked], {"shape": ts})[0]])[0]
+    w = ctx.emit("gather", [weight, target], {"axis": 0})[0] if weight else None
+    if w:
+        loss = ctx.emit("mul", [loss, w])[0]
+    if keep:
+        zero = _scalar(ctx, 0, logp)
+        loss = ctx.emit("where", [keep, loss, zero])[0]
+        w = ctx.emit("where", [keep, w or _scalar(ctx, 1, logp), zero])[0]
+    if reduction == "none":
+        return ctx.emit("identity", [loss], out_names=[out])[0]
+    every = {"axes": tuple(range(len(ts))), "keepdims": False}
+    if reduction == "sum" or w is None:
+        op = "reduce_sum" if reduction == "sum" else "reduce_mean"
+        return ctx.emit(op, [loss], every, out_names=[out])[0]
+    total = ctx.emit("reduce_sum", [loss], every)[0]
+    return ctx.emit("div", [total, ctx.emit("reduce_sum", [w], every)[0]], out_names=[out])[0]
+
+
+@converter("NegativeLogLikelihoodLoss", since=12)
+def _nll_loss(ctx, node):
+    weight = ctx.input(2) if ctx.has_input(2) else None
+    return [_nll(ctx, ctx.input(0), ctx.input(1), weight, ctx.outputs()[0])]
+
+
+@converter("SoftmaxCrossEntropyLoss", since=12)
+def _softmax_cross_entropy(ctx, node):
+    """NLL of log_softmax over the class axis (1); the optional second output is log_softmax."""
+    outs = ctx.outputs()
+    log_prob_name = [outs[1]] if len(outs) > 1 and outs[1] else None
+    logp = ctx.emit("log_softmax", [ctx.input(0)], {"axis": 1}, out_names=log_prob_name)[0]
+    weight = ctx.input(2) if ctx.has_input(2) else None
+    loss = _nll(ctx, logp, ctx.input(1), weight, outs[0])
+    return [loss, logp] if log_prob_name else [loss]

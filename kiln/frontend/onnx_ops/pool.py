@@ -24,10 +24,15 @@ def _pool_attrs(ctx, node) -> dict:
 
 @converter("MaxPool", since=1)
 def _max_pool(ctx, node):
-    if len(node.output) > 1 and node.output[1]:
-        ctx.fail("the Indices output of MaxPool is not supported; Kiln computes only the pooled "
-                 "values Y (remove the second output or use ArgMax)")
-    return ctx.emit("max_pool", [ctx.input(0)], _pool_attrs(ctx, node), out_names=ctx.outputs())
+    attrs = _pool_attrs(ctx, node)
+    outs = ctx.outputs()
+    y = ctx.emit("max_pool", [ctx.input(0)], attrs, out_names=outs[:1])
+    if len(outs) > 1 and outs[1]:  # Indices: flat positions of the maxima in the input
+        order = int(ctx.attr("storage_order", 0))
+        if order and len(attrs["kernel_shape"]) != 2:
+            ctx.unsupported("storage_order=1 (column-major Indices) is supported for 2-D pools only")
+        y += ctx.emit("max_pool_indices", [ctx.input(0)], {**attrs, "storage_order": order}, out_names=outs[1:2])
+    return y
 
 
 @converter("AveragePool", since=1)

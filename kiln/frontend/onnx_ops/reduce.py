@@ -1,4 +1,4 @@
-"""Converters for reductions: Reduce*, ArgMax, ArgMin and CumSum.
+"""Converters for reductions: Reduce*, ArgMax, ArgMin, CumSum and CumProd.
 
 ``axes`` is an attribute up to opset 12 (ReduceSum) or 17 (the others) and an optional
 input after. Absent or empty axes reduce everything, unless ``noop_with_empty_axes`` is
@@ -60,10 +60,15 @@ converter("ArgMax", since=1)(_arg("argmax"))
 converter("ArgMin", since=1)(_arg("argmin"))
 
 
-@converter("CumSum", since=11)
-def _cumsum(ctx, node):
-    x = ctx.input(0)
-    axis = normalize_axis(ints(ctx.require_const(1, "axis"))[0], len(static_shape(ctx, x)))
-    attrs = {"axis": axis, "exclusive": bool(ctx.attr("exclusive", 0)),
-             "reverse": bool(ctx.attr("reverse", 0))}
-    return ctx.emit("cumsum", [x], attrs, out_names=ctx.outputs())
+def _scan(kiln_op: str):
+    def convert(ctx, node):
+        x = ctx.input(0)
+        axis = normalize_axis(ints(ctx.require_const(1, "axis"))[0], len(static_shape(ctx, x)))
+        attrs = {"axis": axis, "exclusive": bool(ctx.attr("exclusive", 0)),
+                 "reverse": bool(ctx.attr("reverse", 0))}
+        return ctx.emit(kiln_op, [x], attrs, out_names=ctx.outputs())
+    return convert
+
+
+converter("CumSum", since=11)(_scan("cumsum"))
+converter("CumProd", since=26)(_scan("cumprod"))

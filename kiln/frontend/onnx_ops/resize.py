@@ -31,7 +31,7 @@ def _scales_from_sizes(xs, sizes) -> list[float]:
 
 def _emit_resize(ctx, xs, sizes, scales, mode, coord, nearest, extra=None):
     if min(sizes) < 1:
-        ctx.fail(f"the output shape {tuple(sizes)} would be empty; input shape {xs}")
+        ctx.unsupported(f"the output shape {tuple(sizes)} would be empty; input shape {xs}")
     if mode == "bilinear":
         mode = "linear"
     if mode not in ("nearest", "linear", "cubic"):
@@ -101,10 +101,8 @@ def _keep_aspect_ratio(xs, sizes, axes, policy):
 def _resize_11(ctx, node):
     xs = static_shape(ctx, ctx.input(0), "Resize input")
     coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if coord == "tf_crop_and_resize":
-        ctx.fail("coordinate_transformation_mode 'tf_crop_and_resize' is not supported")
     if int(ctx.attr("antialias", 0)):
-        ctx.fail("antialias=1 is not supported")
+        ctx.unsupported("antialias=1 is not supported")
     axes = _norm_axes(ctx, xs, ctx.attr("axes") if ctx.opset >= 18 else None)
     policy = ctx.attr("keep_aspect_ratio_policy", "stretch") if ctx.opset >= 18 else "stretch"
     scales, sizes = _const_floats(ctx, 2, "scales"), _const_floats(ctx, 3, "sizes")
@@ -121,8 +119,23 @@ def _resize_11(ctx, node):
         out, scl = _sizes_from_scales(ctx, xs, _apply_axes(ctx, xs, scales, axes, lambda n: 1.0))
     extra = {"cubic_coeff_a": float(ctx.attr("cubic_coeff_a", -0.75)),
              "exclude_outside": int(ctx.attr("exclude_outside", 0))}
+    if coord == "tf_crop_and_resize":
+        extra["roi"] = _crop_box(ctx, xs, axes)
+        extra["extrapolation_value"] = float(ctx.attr("extrapolation_value", 0.0))
     return _emit_resize(ctx, xs, out, scl, ctx.attr("mode", "nearest"), coord,
                         ctx.attr("nearest_mode", "round_prefer_floor"), extra)
+
+
+def _crop_box(ctx, xs, axes) -> tuple[float, ...]:
+    """tf_crop_and_resize's ``roi`` for every axis: (starts..., ends...), 0 and 1 elsewhere."""
+    roi = _const_floats(ctx, 1, "roi")
+    if roi is None or len(roi) != 2 * len(axes):
+        ctx.fail(f"tf_crop_and_resize needs roi with 2 values per resized axis ({2 * len(axes)}); got {roi}")
+    rank = len(xs)
+    box = [0.0] * rank + [1.0] * rank
+    for k, a in enumerate(axes):
+        box[a], box[a + rank] = float(roi[k]), float(roi[k + len(axes)])
+    return tuple(box)
 
 
 # -- Upsample ----------------------------------------------------------------------------------------

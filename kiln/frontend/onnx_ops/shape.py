@@ -1,12 +1,13 @@
 """Converters for data-movement and indexing ops: Reshape, Flatten, Squeeze, Unsqueeze,
 Transpose, Concat, Split, Slice, Expand, Tile, Pad, DepthToSpace, SpaceToDepth, Gather,
-GatherElements, GatherND, OneHot, Trilu; and the ops known at compile time: Shape, Size,
-Constant, ConstantOfShape, Range, EyeLike.
+GatherElements, GatherND, OneHot, Trilu, ReverseSequence; and the ops known at compile
+time: Shape, Size, Constant, ConstantOfShape, Range, EyeLike.
 
 Reshape, Flatten, Squeeze and Unsqueeze all become the one ``reshape`` view op. Values that
 fix an output shape (shapes, starts, pads, repeats ...) must be constants. Shape and Size
 return constants, so the frontend folds Shape -> Gather -> Concat chains before these
-converters read them. Index tensors of the gathers may be run-time inputs.
+converters read them. Index tensors of the gathers may be run-time inputs. The window
+functions (HannWindow, HammingWindow, BlackmanWindow) of a constant size are constants too.
 """
 from __future__ import annotations
 
@@ -281,8 +282,8 @@ def _depth_to_space(ctx, node):
 
 @converter("SpaceToDepth", since=1)
 def _space_to_depth(ctx, node):
-    return ctx.emit("space_to_depth", [ctx.input(0)], {"blocksize": int(ctx.attr("blocksize"))},
-                    out_names=ctx.outputs())
+    attrs = {"blocksize": int(ctx.attr("blocksize")), "mode": ctx.attr("mode", "DCR")}
+    return ctx.emit("space_to_depth", [ctx.input(0)], attrs, out_names=ctx.outputs())
 
 
 # -- gathers, one_hot, trilu ------------------------------------------------------------------
@@ -360,7 +361,7 @@ def _constant(ctx, node):
         if v is not None:
             return [ctx.add_const(np.asarray(v, dtype=dtype), "const")]
     kinds = [a.name for a in node.attribute]
-    ctx.fail(f"constant kind {kinds} is not supported; expected value, value_float(s) or value_int(s)")
+    ctx.unsupported(f"constant kind {kinds} is not supported; expected value, value_float(s) or value_int(s)")
 
 
 @converter("ConstantOfShape", since=9)
@@ -397,3 +398,51 @@ def _eye_like(ctx, node):
         ctx.fail(f"input must be 2-D; got shape {shape}")
     dtype = onnx_dtype(ctx.attr("dtype")).np if ctx.attr("dtype") is not None else ctx.type(x).dtype.np
     return [ctx.add_const(np.eye(*shape, k=int(ctx.attr("k", 0)), dtype=dtype), "eye")]
+
+
+# Window functions of a constant size are constants (ONNX's reference formulas, in float64).
+_WINDOWS = {
+    "HannWindow": lambda n, m: np.sin(n * np.pi / m) ** 2,
+    "HammingWindow": lambda n, m: 25 / 46 - np.cos(n * np.pi * 2 / m) * (21 / 46),
+    "BlackmanWindow": lambda n, m: 0.42 - 0.5 * np.cos(n * np.pi * 2 / m) + 0.08 * np.cos(n * np.pi * 4 / m),
+}
+
+
+def _window(formula):
+    def convert(ctx, node):
+        from kiln.frontend.onnx import onnx_dtype
+
+        size = ints(ctx.require_const(0, "size"))[0]
+        dtype = onnx_dtype(int(ctx.attr("output_datatype", 1))).np
+        span = size if int(ctx.attr("periodic", 1)) else size - 1
+        with np.errstate(all="ignore"):  # size 1, symmetric: 0/0, as the reference computes it
+            values = formula(np.arange(size, dtype=np.float64), span)
+        return [ctx.add_const(values.astype(dtype), "window")]
+    return convert
+
+
+for _op, _formula in _WINDOWS.items():
+    converter(_op, since=17)(_window(_formula))
+
+
+@converter("ReverseSequence", since=10)
+def _reverse_sequence(ctx, node):
+    """out[b, t] = x[b, L[b] - 1 - t] for t < L[b], else x[b, t]: a gather_elements along the
+    time axis whose index is built from the (possibly run-time) lengths L."""
+    x, lens = ctx.input(0), ctx.input(1)
+    shape = static_shape(ctx, x)
+    batch_axis, time_axis = int(ctx.attr("batch_axis", 1)), int(ctx.attr("time_axis", 0))
+    if sorted((batch_axis, time_axis)) != [0, 1] or len(shape) < 2:
+        ctx.fail(f"batch_axis {batch_axis} and time_axis {time_axis} must be 0 and 1 of an input "
+                 f"of rank >= 2; got shape {shape}")
+    along = lambda axis, n: tuple(n if k == axis else 1 for k in range(len(shape)))  # noqa: E731
+    steps = shape[time_axis]
+    t = ctx.add_const(np.arange(steps, dtype=np.int64).reshape(along(time_axis, steps)), "rs_t")
+    if ctx.type(lens).dtype.value != "int64":
+        lens = ctx.emit("cast", [lens], {"to": "int64"})[0]
+    lens = ctx.emit("reshape", [lens], {"shape": along(batch_axis, shape[batch_axis])})[0]
+    one = ctx.add_const(np.asarray(1, np.int64), "rs_one")
+    flipped = ctx.emit("sub", [ctx.emit("sub", [lens, one])[0], t])[0]
+    index = ctx.emit("where", [ctx.emit("lt", [t, lens])[0], flipped, t])[0]
+    index = ctx.emit("expand", [index], {"shape": shape})[0]
+    return ctx.emit("gather_elements", [x, index], {"axis": time_axis}, out_names=ctx.outputs())

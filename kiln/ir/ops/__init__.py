@@ -92,4 +92,6 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
     return axis % rank if rank else 0
 
 
-from kiln.ir.ops import elementwise, indexing, nn, norm, pool, reduce, resize, shape  # noqa: E402,F401  (registers the families)
+from kiln.ir.ops import (  # noqa: E402,F401  (registers the families)
+    activation, attention, elementwise, indexing, linalg, nn, norm, normalize, pool, quant, reduce, resize,
+    sample, scatter, shape, sort)

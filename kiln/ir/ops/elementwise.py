@@ -19,11 +19,35 @@ def _same_type(ins, attrs):
     return [ins[0]]
 
 
+# C's fmax/fmin return the other operand when one is NaN; ONNX (numpy, ONNX Runtime)
+# propagates NaN through Max, Min, Relu, Clip ... so float max/min are selects.
+
+def _pick(op: str, a, b):
+    """``b`` where it wins (b > a for max, b < a for min) or is NaN, else ``a``: a NaN ``a``
+    loses every comparison and stays. A constant operand goes second, where it needs no NaN test."""
+    if isinstance(a, Const) and not isinstance(b, Const):
+        a, b = b, a
+    wins = b.gt(a) if op == "max" else b.lt(a)
+    if not (isinstance(b, Const) and not math.isnan(b.value)):
+        wins = wins.lor(Un("isnan", b, DType.bool))
+    return Select(wins, b, a)
+
+
+def nan_max(a, b):
+    """numpy.maximum: NaN when either operand is NaN."""
+    return _pick("max", a, b) if a.dtype.is_float else Bin("max", a, b, a.dtype)
+
+
+def nan_min(a, b):
+    """numpy.minimum: NaN when either operand is NaN."""
+    return _pick("min", a, b) if a.dtype.is_float else Bin("min", a, b, a.dtype)
+
+
 def _unary_expr(op: str, x, attrs):
     f32 = x.dtype
     c = lambda v: Const(float(v), f32)  # noqa: E731
     if op == "relu":
-        return Bin("max", x, c(0), f32)
+        return nan_max(x, c(0))
     if op == "leaky_relu":
         return Select(x.lt(c(0)), x * c(attrs.get("alpha", 0.01)), x)
     if op == "elu":
@@ -36,15 +60,15 @@ def _unary_expr(op: str, x, attrs):
         lo, hi = attrs.get("min"), attrs.get("max")
         y = x
         if lo is not None:
-            y = Bin("max", y, as_expr(lo, f32), f32)
+            y = nan_max(y, as_expr(lo, f32))
         if hi is not None:
-            y = Bin("min", y, as_expr(hi, f32), f32)
+            y = nan_min(y, as_expr(hi, f32))
         return y
     if op == "hard_sigmoid":
         a, b = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
-        return Bin("min", Bin("max", c(a) * x + c(b), c(0), f32), c(1), f32)
+        return nan_min(nan_max(c(a) * x + c(b), c(0)), c(1))
     if op == "hard_swish":
-        return x * Bin("min", Bin("max", x * c(1 / 6) + c(0.5), c(0), f32), c(1), f32)
+        return x * nan_min(nan_max(x * c(1 / 6) + c(0.5), c(0)), c(1))
     if op == "gelu":
         if attrs.get("approximate", "none") == "tanh":
             inner = c(math.sqrt(2 / math.pi)) * (x + c(0.044715) * x * x * x)
@@ -60,10 +84,11 @@ def _unary_expr(op: str, x, attrs):
         return Select(x.gt(c(attrs.get("alpha", 1.0))), x, c(0))
     if op == "celu":
         a = attrs.get("alpha", 1.0)
-        return Bin("max", x, c(0), f32) + Bin(
-            "min", c(0), c(a) * (Un("exp", x * c(1 / a), f32) - c(1)), f32)
+        return nan_max(x, c(0)) + nan_min(c(a) * (Un("exp", x * c(1 / a), f32) - c(1)), c(0))
     if op in ("isnan", "isinf", "not"):
         return Un(op, x, DType.bool)
+    if op == "sign" and f32.is_float:  # sign(NaN) is NaN
+        return Select(Un("isnan", x, DType.bool), x, Un("sign", x, f32))
     return Un(op, x, f32)
 
 
@@ -104,9 +129,22 @@ def _binary_infer(bool_out: bool):
     return infer
 
 
+def _float_mod(a, b):
+    """Python's (floored) modulo for floats, from C's truncated fmod: the result takes the
+    divisor's sign. fmod also gives NaN for a zero divisor and keeps x for an infinite one."""
+    r = Bin("fmod", a, b, a.dtype)
+    zero = Const(0.0, a.dtype)
+    wrong_sign = r.ne(zero).land(Bin("ne", r.lt(zero), b.lt(zero), DType.bool))
+    return Select(wrong_sign, r + b, r)
+
+
 def _binary_expr(op, a, b):
     if op == "pow":
         return Bin("pow", a, b, a.dtype)
+    if op in ("max", "min"):
+        return nan_max(a, b) if op == "max" else nan_min(a, b)
+    if op == "mod" and a.dtype.is_float:
+        return _float_mod(a, b)
     return Bin(op, a, b, DType.bool if op in COMPARE else a.dtype)
 
 
@@ -175,7 +213,11 @@ def _make_variadic(op: str, mean: bool = False):
         def body(*i):
             acc = ins[0][broadcast_index(ins[0], i)]
             for t in ins[1:]:
-                acc = Bin(op, acc, t[broadcast_index(t, i)], o.dtype)
+                b = t[broadcast_index(t, i)]
+                if op in ("max", "min"):
+                    acc = nan_max(acc, b) if op == "max" else nan_min(acc, b)
+                else:
+                    acc = Bin(op, acc, b, o.dtype)
             if mean:
                 acc = acc * Const(1.0 / len(ins), o.dtype)
             return acc

@@ -24,6 +24,14 @@ from kiln.ir.symbolic import dims_equal
 
 # -- shared helpers -------------------------------------------------------------------------
 
+def widen(e: Expr) -> Expr:
+    """float16 terms of a sum or product accumulate in float32 (rounded once at the end), as
+    numpy and ONNX Runtime do: a float16 accumulator loses a bit every few terms."""
+    from kiln.ir.expr import Cast
+
+    return Cast(e, DType.float32) if e.dtype is DType.float16 else e
+
+
 def static_shape(t: TensorType, what: str) -> tuple[int, ...]:
     """The shape of ``t`` as ints; raises ShapeError naming ``what`` for a symbolic shape."""
     if not t.is_static:
@@ -165,10 +173,10 @@ def _conv_compute(ins, outs, attrs):
         def term(ic, *k):
             ch = ic if group == 1 else (oc // ocg) * icg + ic
             pos = tuple(scaled(sp[i], strides[i]) + scaled(k[i], dil[i]) for i in range(nd))
-            return src[(n, ch) + pos] * w[(oc, ic) + tuple(k)]
+            return widen(src[(n, ch) + pos]) * widen(w[(oc, ic) + tuple(k)])
 
         acc = rsum(term, (icg,) + tuple(kernel))  # reduction order: (ic, k0, k1, ...)
-        return acc if bias is None else acc + bias[oc]
+        return acc if bias is None else acc + widen(bias[oc])
 
     stages.append(compute(o.name, o.shape, body, o.dtype, tag="conv", hints={"tile": (1, o.ndim - 1)}))
     return stages
@@ -226,11 +234,11 @@ def _conv_transpose_compute(ins, outs, attrs):
                     conds.append((t % s).eq(0))
                 conds += [t.ge(0), q.lt(x.shape[2 + i])]
                 pos.append(q)
-            val = x[(n, ch) + tuple(pos)] * w[(ch, ocl) + tuple(k)]
-            return Select(conj(conds), val, zero(o.dtype))
+            val = widen(x[(n, ch) + tuple(pos)]) * widen(w[(ch, ocl) + tuple(k)])
+            return Select(conj(conds), val, zero(val.dtype))
 
         acc = rsum(term, (icg,) + tuple(kernel))
-        return acc if bias is None else acc + bias[oc]
+        return acc if bias is None else acc + widen(bias[oc])
 
     return [compute(o.name, o.shape, body, o.dtype, tag="conv_transpose", hints={"tile": (1, o.ndim - 1)})]
 
@@ -270,7 +278,7 @@ def _matmul_compute(ins, outs, attrs):
 
     def body(*i):
         ba, bb = _batch_index(a, i[:-2]), _batch_index(b, i[:-2])
-        return rsum(lambda k: a[ba + (i[-2], k)] * b[bb + (k, i[-1])], kdim)
+        return rsum(lambda k: widen(a[ba + (i[-2], k)]) * widen(b[bb + (k, i[-1])]), kdim)
 
     return [compute(o.name, o.shape, body, o.dtype, tag="matmul", hints={"tile": (r - 2, r - 1)})]
 

@@ -1,4 +1,5 @@
-"""Pooling ops: max_pool, avg_pool (N-d windows), global_avg_pool, global_max_pool, lrn.
+"""Pooling ops: max_pool (and its indices), avg_pool (N-d windows), global_avg_pool,
+global_max_pool, lrn.
 
 Windowed pools reduce over the kernel window inside the output stage (tag ``"pool"``).
 Reads that may fall into padding are guarded by a Select inside the reduction; the test is
@@ -9,7 +10,8 @@ expression of the output index (no per-element counting loop).
 from __future__ import annotations
 
 from kiln.errors import ShapeError
-from kiln.ir.compute import compute, reduce_init, rmax, rsum
+from kiln.ir.compute import compute, reduce_init, rmax, rmin, rsum
+from kiln.ir.dtype import INDEX
 from kiln.ir.expr import Bin, Cast, Const, Expr, Select, idx
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
@@ -85,20 +87,76 @@ def _axes(x, o, attrs, what):
     return lead, kernel, axes
 
 
-def _max_pool_compute(ins, outs, attrs):
-    x, o = ins[0], outs[0]
-    lead, kernel, axes = _axes(x, o, attrs, "max_pool")
+def _taps(i, lead, axes, k):
+    """Input positions of window tap ``k`` for output index ``i``, and their bounds test."""
+    pos = [ax.pos(i[lead + j], k[j]) for j, ax in enumerate(axes)]
+    return pos, conj([c for ax, p in zip(axes, pos) for c in ax.bounds_conds(p, 0, ax.n)])
+
+
+def _max_body(x, lead, kernel, axes):
     lowest = Const(reduce_init("max", x.dtype), x.dtype)
 
     def body(*i):
         def tap(*k):
-            pos = [ax.pos(i[lead + j], k[j]) for j, ax in enumerate(axes)]
-            cond = conj([c for ax, p in zip(axes, pos) for c in ax.bounds_conds(p, 0, ax.n)])
+            pos, cond = _taps(i, lead, axes, k)
             v = x[tuple(i[:lead]) + tuple(pos)]
             return v if cond is None else Select(cond, v, lowest)
         return rmax(tap, kernel)
+    return body
 
-    return [compute(o.name, o.shape, body, o.dtype, tag="pool")]
+
+def _max_pool_compute(ins, outs, attrs):
+    x, o = ins[0], outs[0]
+    lead, kernel, axes = _axes(x, o, attrs, "max_pool")
+    return [compute(o.name, o.shape, _max_body(x, lead, kernel, axes), o.dtype, tag="pool")]
+
+
+def _max_pool_indices_infer(ins, attrs):
+    if int(attrs.get("storage_order", 0)) and len(attrs["kernel_shape"]) != 2:
+        raise ShapeError("max_pool_indices with storage_order=1 (column-major) needs a 2-D pool")
+    return [TensorType(_pool_infer("max_pool")(ins, attrs)[0].shape, INDEX)]
+
+
+def _max_pool_indices_compute(ins, outs, attrs):
+    """MaxPool's Indices: the flat input index of the first (scan-order) tap holding the
+    window's maximum; spatial dims row-major, or (h + w * H) for storage_order=1."""
+    x, o = ins[0], outs[0]
+    lead, kernel, axes = _axes(x, o, attrs, "max_pool")
+    best = compute(f"{o.name}__max", o.shape, _max_body(x, lead, kernel, axes), x.dtype, tag="pool",
+                   inline=False)
+    b, spatial = best.tensor, x.shape[lead:]
+    column = int(attrs.get("storage_order", 0)) == 1
+    past_end = idx(_prod(x.shape))  # no tap holds the max (never: every window has one)
+
+    def flat(i, pos):
+        base = idx(0)
+        for v, n in zip(i[:lead], x.shape[:lead]):
+            base = base * n + v
+        inner = pos[0] + pos[1] * spatial[0] if column else _row_major(pos, spatial)
+        return base * _prod(spatial) + inner
+
+    def body(*i):
+        def tap(*k):
+            pos, cond = _taps(i, lead, axes, k)
+            hit = x[tuple(i[:lead]) + tuple(pos)].eq(b[i])
+            return Select(hit if cond is None else cond.land(hit), flat(i, pos), past_end)
+        return rmin(tap, kernel)
+
+    return [best, compute(o.name, o.shape, body, INDEX, tag="pool")]
+
+
+def _row_major(pos, shape):
+    out = idx(0)
+    for p, n in zip(pos, shape):
+        out = out * n + p
+    return out
+
+
+def _prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
 
 
 def _avg_pool_compute(ins, outs, attrs):
@@ -138,6 +196,7 @@ def _avg_pool_compute(ins, outs, attrs):
 
 
 register("max_pool", FusionKind.OUT_FUSABLE, _pool_infer("max_pool"), _max_pool_compute)
+register("max_pool_indices", FusionKind.OPAQUE, _max_pool_indices_infer, _max_pool_indices_compute)
 register("avg_pool", FusionKind.OUT_FUSABLE, _pool_infer("avg_pool"), _avg_pool_compute)
 
 

@@ -1,5 +1,5 @@
 """Reductions: reduce_{sum,mean,max,min,prod,l1,l2,sum_square,log_sum,log_sum_exp},
-argmax/argmin, and cumsum (a prefix sum written as a masked reduction).
+argmax/argmin, and cumsum/cumprod (prefix scans written as masked reductions).
 
 Attributes are normalized by the frontend: ``axes`` is a sorted tuple of non-negative
 axes and ``keepdims`` a bool. Empty ``axes`` means "reduce nothing": only the per-element
@@ -14,6 +14,8 @@ from kiln.ir.expr import Bin, Cast, Const, Select, Un
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
 from kiln.ir.ops.shape import static_shape, zero
+
+from kiln.ir.ops.nn import widen
 
 _REDUCE = {"sum": rsum, "prod": rprod, "max": rmax, "min": rmin}
 
@@ -106,7 +108,7 @@ def _make_reduce(op: str):
             if not axes:  # noop_with_empty_axes: only the per-element parts
                 acc = pre(x[i])
             else:
-                acc = _REDUCE[kind](lambda *r: pre(x[input_index(x.ndim, axes, keep, i, r)]), extents)
+                acc = _REDUCE[kind](lambda *r: widen(pre(x[input_index(x.ndim, axes, keep, i, r)])), extents)
             return post(acc, count) if post else acc
 
         return [compute(o.name, o.shape, body, o.dtype, tag="reduce", hints={"reduce_axes": axes})]
@@ -192,8 +194,15 @@ def _cumsum_infer(ins, attrs):
     return [ins[0]]
 
 
-def _cumsum_compute(ins, outs, attrs):
-    """out[.., i, ..] = sum of x[.., r, ..] over r <= i (r < i exclusive; >= / > reversed)."""
+def _make_scan(kind: str):
+    def compute_fn(ins, outs, attrs):
+        return _scan_compute(kind, ins, outs, attrs)
+    return compute_fn
+
+
+def _scan_compute(kind, ins, outs, attrs):
+    """out[.., i, ..] = sum (or product) of x[.., r, ..] over r <= i (r < i exclusive; >= / >
+    reversed): a masked reduction whose excluded terms are the identity (0 or 1)."""
     x, o = ins[0], outs[0]
     axis, n = int(attrs["axis"]), x.shape[int(attrs["axis"])]
     exclusive, reverse = bool(attrs.get("exclusive", False)), bool(attrs.get("reverse", False))
@@ -203,11 +212,14 @@ def _cumsum_compute(ins, outs, attrs):
             return r.gt(i) if exclusive else r.ge(i)
         return r.lt(i) if exclusive else r.le(i)
 
+    identity = zero(o.dtype) if kind == "sum" else Const(1.0 if o.dtype.is_float else 1, o.dtype)
+
     def body(*i):
-        return rsum(lambda r: Select(included(r, i[axis]), x[i[:axis] + (r,) + i[axis + 1:]],
-                                     zero(o.dtype)), n)
+        return _REDUCE[kind](lambda r: Select(included(r, i[axis]), x[i[:axis] + (r,) + i[axis + 1:]],
+                                              identity), n)
 
     return [compute(o.name, o.shape, body, o.dtype, tag="reduce", hints={"scan_axis": axis})]
 
 
-register("cumsum", FusionKind.REDUCTION, _cumsum_infer, _cumsum_compute)
+register("cumsum", FusionKind.REDUCTION, _cumsum_infer, _make_scan("sum"))
+register("cumprod", FusionKind.REDUCTION, _cumsum_infer, _make_scan("prod"))

@@ -9,7 +9,10 @@ in the same operation order as ONNX Runtime, so nearest-neighbour picks agree ex
     half_pixel_symmetric  offset + (x + 0.5) / scale - 0.5
     pytorch_half_pixel    (x + 0.5) / scale - 0.5   if out > 1 else 0
     tf_half_pixel_for_nn  (x + 0.5) / scale
-    align_corners         x * (in - 1) / (out - 1)  if out > 1 else 0
+    align_corners         x * (in - 1) / (in * scale - 1)  if in * scale != 1 else 0
+    tf_crop_and_resize    start * (in - 1) + x * (end - start) * (in - 1) / (in * scale - 1),
+                          with the crop box (start, end) from ``roi``; outside the input the
+                          output is ``extrapolation_value``
     asymmetric            x / scale
 
 Axes with scale 1 are read directly, without a coordinate transform or interpolation terms.
@@ -28,7 +31,7 @@ from kiln.ir.ops.nn import conj, static_shape
 
 MODES = ("nearest", "linear", "cubic")
 COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "tf_half_pixel_for_nn",
-               "align_corners", "asymmetric")
+               "align_corners", "asymmetric", "tf_crop_and_resize")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "simple")
 
 
@@ -52,14 +55,25 @@ def _f32(v) -> float:
     return float(np.float32(v))
 
 
-def _orig_coord(x: Expr, mode: str, scale: float, n_in: int, n_out: int, dt) -> Expr:
+def _orig_coord(x: Expr, mode: str, scale: float, n_in: int, n_out: int, dt, roi=(0.0, 1.0)) -> Expr:
     """The input coordinate (float) that output index ``x`` maps to on one axis."""
     c = lambda v: Const(_f32(v), dt)  # noqa: E731
     xf = Cast(x, dt)
+    if mode == "tf_crop_and_resize":  # the crop box ``roi`` = (start, end), in [0, 1] units
+        start, end = roi
+        length = n_in * _f32(scale)
+        length = n_out if abs(length - n_out) < 1e-4 else length
+        if length == 1:
+            return c((end - start) * (n_in - 1) / 2 + start * (n_in - 1))
+        return c(start * (n_in - 1)) + xf * c((end - start) * (n_in - 1) / (length - 1))
     if mode == "asymmetric":
         return xf / c(scale)
     if mode == "align_corners":
-        return c(0) if n_out == 1 else xf * c(n_in - 1) / c(n_out - 1)
+        # ONNX's reference divides by (in * scale - 1), the unfloored output length, which is
+        # n_out whenever the size was given (or the scale divides evenly)
+        length = n_in * _f32(scale)
+        length = n_out if abs(length - n_out) < 1e-4 else length
+        return c(0) if length == 1 else xf * c(n_in - 1) / c(length - 1)
     if mode == "pytorch_half_pixel" and n_out == 1:
         return c(0)
     if mode == "tf_half_pixel_for_nn":
@@ -73,9 +87,9 @@ def _orig_coord(x: Expr, mode: str, scale: float, n_in: int, n_out: int, dt) -> 
     return centered
 
 
-def _is_identity(mode: str, scale: float, n_in: int, n_out: int) -> bool:
+def _is_identity(mode: str, scale: float, n_in: int, n_out: int, roi=(0.0, 1.0)) -> bool:
     """A scale of 1 maps each index to itself (ONNX Runtime skips the transform there too)."""
-    return n_in == n_out and _f32(scale) == 1.0
+    return n_in == n_out and _f32(scale) == 1.0 and (mode != "tf_crop_and_resize" or tuple(roi) == (0.0, 1.0))
 
 
 def _clamp_index(e: Expr, n: int) -> Expr:
@@ -101,12 +115,15 @@ def _axis_plans(x, o, attrs):
     """Per axis: None (identity) or the float expression builder of its source coordinate."""
     mode = attrs.get("coordinate_transformation_mode", "half_pixel")
     scales = [float(s) for s in attrs["scales"]]
+    rank = len(scales)
+    roi = [float(v) for v in attrs.get("roi") or [0.0] * rank + [1.0] * rank]
     plans = []
-    for n_in, n_out, s in zip(x.shape, o.shape, scales):
-        if _is_identity(mode, s, n_in, n_out):
+    for k, (n_in, n_out, s) in enumerate(zip(x.shape, o.shape, scales)):
+        box = (roi[k], roi[k + rank])
+        if _is_identity(mode, s, n_in, n_out, box):
             plans.append(None)
         else:
-            plans.append((mode, s, n_in, n_out))
+            plans.append((mode, s, n_in, n_out, box))
     return plans
 
 
@@ -120,8 +137,8 @@ def _nearest_body(x, o, attrs):
             if plan is None:
                 src.append(ax)
                 continue
-            mode, s, n_in, n_out = plan
-            orig = _orig_coord(ax, mode, s, n_in, n_out, x.dtype)
+            mode, s, n_in, n_out, box = plan
+            orig = _orig_coord(ax, mode, s, n_in, n_out, x.dtype, box)
             src.append(_nearest_index(orig, nearest, s < 1, n_in, x.dtype))
         return x[tuple(src)]
     return body
@@ -139,8 +156,8 @@ def _linear_body(x, o, attrs):
             if plan is None:
                 taps.append([(ax, None)])
                 continue
-            mode, s, n_in, n_out = plan
-            orig = _orig_coord(ax, mode, s, n_in, n_out, dt)
+            mode, s, n_in, n_out, box = plan
+            orig = _orig_coord(ax, mode, s, n_in, n_out, dt, box)
             xc = Bin("min", Bin("max", orig, Const(0.0, dt), dt), Const(float(n_in - 1), dt), dt)
             i0 = Cast(xc, INDEX)  # xc >= 0: truncation is floor
             i1 = Bin("min", i0 + 1, idx(n_in - 1), INDEX)
@@ -194,8 +211,8 @@ def _cubic_body(x, o, attrs):
             if plan is None:
                 taps.append([(ax, None)])
                 continue
-            mode, s, n_in, n_out = plan
-            orig = _orig_coord(ax, mode, s, n_in, n_out, dt)
+            mode, s, n_in, n_out, box = plan
+            orig = _orig_coord(ax, mode, s, n_in, n_out, dt, box)
             base = Cast(Un("floor", orig, dt), INDEX)
             r = orig - Cast(base, dt)
             ws = _cubic_coeffs(r, a, dt)
@@ -210,11 +227,35 @@ def _cubic_body(x, o, attrs):
     return body
 
 
+def _with_extrapolation(body, x, o, attrs):
+    """tf_crop_and_resize: an output whose source lies outside the input on any axis is
+    ``extrapolation_value`` (as TensorFlow's CropAndResize)."""
+    plans = _axis_plans(x, o, attrs)
+    value = Const(float(attrs.get("extrapolation_value", 0.0)), x.dtype)
+
+    def wrapped(*i):
+        outside = []
+        for ax, plan in zip(i, plans):
+            if plan is not None:
+                orig = _orig_coord(ax, *plan[:4], x.dtype, plan[4])
+                outside += [orig.lt(Const(0.0, x.dtype)), orig.gt(Const(float(plan[2] - 1), x.dtype))]
+        if not outside:
+            return body(*i)
+        cond = outside[0]
+        for c in outside[1:]:
+            cond = cond.lor(c)
+        return Select(cond, value, body(*i))
+    return wrapped
+
+
 def _resize_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
     mode = attrs.get("mode", "nearest")
     make = {"nearest": _nearest_body, "linear": _linear_body, "cubic": _cubic_body}[mode]
-    return [compute(o.name, o.shape, make(x, o, attrs), o.dtype)]
+    body = make(x, o, attrs)
+    if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+        body = _with_extrapolation(body, x, o, attrs)
+    return [compute(o.name, o.shape, body, o.dtype)]
 
 
 register("resize", FusionKind.INJECTIVE, _resize_infer, _resize_compute)

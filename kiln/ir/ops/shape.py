@@ -340,10 +340,14 @@ def _s2d_infer(ins, attrs):
 def _s2d_compute(ins, outs, attrs):
     x, o, b = ins[0], outs[0], attrs["blocksize"]
     c_in = x.shape[1]
+    dcr = attrs.get("mode", "DCR") == "DCR"
 
     def body(n, ch, y, xx):
-        # output channels are (block_y, block_x, c)
-        c, bx, by = ch % c_in, (ch // c_in) % b, ch // (c_in * b)
+        # DCR: output channels are (block_y, block_x, c); CRD (opset 28): (c, block_y, block_x)
+        if dcr:
+            c, bx, by = ch % c_in, (ch // c_in) % b, ch // (c_in * b)
+        else:
+            c, by, bx = ch // (b * b), (ch // b) % b, ch % b
         return x[n, c, y * b + by, xx * b + bx]
 
     return [compute(o.name, o.shape, body, o.dtype)]

@@ -1,0 +1,1 @@
+"""Helpers for testing Kiln against external suites (ONNX's node test cases)."""
