@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,17 +21,22 @@ PREFIX = "kiln_model"
 def _import(model, input_shapes=None, example_inputs=None, dim_bounds=None) -> Graph:
     if isinstance(model, Graph):
         return model
-    try:
-        import torch  # noqa: F401  (only to recognise modules; the torch frontend comes later)
-        is_module = isinstance(model, torch.nn.Module)
-    except ImportError:
-        is_module = False
-    if is_module:
-        raise KilnError("compiling a torch.nn.Module is not available in this version; "
-                        "export it to ONNX first (torch.onnx.export) and compile the .onnx file")
+    if _is_torch_module(model):
+        if input_shapes:
+            raise KilnError("input_shapes= applies to ONNX models; a torch.nn.Module takes its input "
+                            "shapes from example_inputs=")
+        from kiln.frontend.torch import from_torch
+
+        return from_torch(model, example_inputs)
     from kiln.frontend.onnx import from_onnx
 
     return from_onnx(model, input_shapes, dim_bounds)
+
+
+def _is_torch_module(model) -> bool:
+    """A module can only exist once torch is imported: never import torch just to check."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 class CompiledModel:
@@ -77,6 +83,30 @@ class CompiledModel:
                                       self.graph.dim_bounds)
         return self._runner
 
+    def profile(self, inputs: Mapping[str, np.ndarray], repeats: int = 10) -> list[dict]:
+        """Time each kernel (a build with -DKILN_PROFILE): the median-free mean over ``repeats``
+        runs, slowest first, with what the kernel computes."""
+        import ctypes
+
+        from kiln.targets.host import HostRunner, build_shared_library
+
+        lib = build_shared_library(self._files(), extra_flags=["-DKILN_PROFILE"])
+        runner = HostRunner(lib, PREFIX, self.graph.inputs, self.graph.outputs, self.result.plan.weights,
+                            self.result.plan.arena_size, self.graph.dim_bounds)
+        runner(inputs)  # warm up, then discard its times
+        kernels = self.result.kernels
+        times = (ctypes.c_double * max(len(kernels), 1))()
+        read = getattr(runner._lib, f"{PREFIX}_profile")
+        read(times)
+        for _ in range(repeats):
+            runner(inputs)
+        read(times)
+        producers = self.graph.producers()
+        rows = [{"kernel": k.name, "ms": times[i] / 1e6 / repeats,
+                 "ops": "+".join(producers[o].op for o in k.outputs if o in producers),
+                 "writes": ", ".join(k.outputs)} for i, k in enumerate(kernels)]
+        return sorted(rows, key=lambda r: -r["ms"])
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on a dict of name -> numpy array; returns a dict of output arrays."""
         return self.build()(inputs)
@@ -115,7 +145,11 @@ def _manifest(graph: Graph, target: str, plan) -> dict:
 def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence] | None = None,
             dim_bounds: Mapping[str, tuple[int, int]] | None = None, db=None,
             example_inputs=None) -> CompiledModel:
-    """Compile an ONNX model (path or ModelProto) for ``target``.
+    """Compile an ONNX model (path or ModelProto) or a ``torch.nn.Module`` for ``target``.
+
+    A module is exported with ``torch.export`` on ``example_inputs`` (a tuple of tensors or
+    numpy arrays, or a dict of keyword inputs); its graph inputs are named after the forward
+    arguments and its outputs ``output_0``, ``output_1``, ...
 
     Dynamic dims: a named input dim (ONNX ``dim_param``, or a name in ``input_shapes``)
     stays symbolic when ``dim_bounds`` gives its range, e.g. ``{"batch": (1, 8)}``; one
@@ -126,7 +160,13 @@ def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence]
         raise KilnError("tuning databases (db=) are not available in this version; compile without db")
     graph = _import(model, input_shapes, example_inputs, dim_bounds)
     _require_bounds(graph)
-    result = run_pipeline(graph, target=str(spec), prefix=PREFIX)
+    try:
+        result = run_pipeline(graph, target=str(spec), prefix=PREFIX)
+    except KilnError:
+        raise
+    except Exception as e:  # noqa: BLE001  (a bug in Kiln: still one clean error type for callers)
+        raise KilnError(f"internal error while compiling ({type(e).__name__}: {e}); this is a bug "
+                        "in Kiln, please report it with the model") from e
     return CompiledModel(result, str(spec))
 
 
@@ -142,7 +182,8 @@ def _require_bounds(graph: Graph) -> None:
                         "input_shapes={input: (dims...)} (CLI: --input-shape NAME=1,3,224,224)")
 
 
-def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after: str | None = None) -> str:
+def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after: str | None = None,
+            example_inputs=None) -> str:
     """Text report: the graph IR (or the IR after a named stage), kernels and memory.
 
     A model whose symbolic dims have no bounds is shown as imported (it cannot be planned)."""
@@ -150,7 +191,7 @@ def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after: str | 
     from kiln.passes.manager import check_stage
 
     check_stage(print_ir_after)
-    graph = _import(model, input_shapes, dim_bounds=dim_bounds)
+    graph = _import(model, input_shapes, example_inputs, dim_bounds=dim_bounds)
     if print_ir_after == "import":
         return format_graph(graph)
     try:

@@ -57,7 +57,8 @@ class CRenderer:
             s = s if ("e" in s or "." in s) else s + ".0"
             return f"{s}f" if dt is DType.float32 else (f"(_Float16){s}f" if dt is DType.float16 else s)
         if dt is DType.int64:
-            return f"INT64_C({int(v)})"
+            # INT64_C(-9223372036854775808) is a negated unsigned literal: use the macro
+            return "INT64_MIN" if int(v) == -(1 << 63) else f"INT64_C({int(v)})"
         return str(int(v))
 
     def fn(self, name: str, dtype: DType) -> str:
@@ -76,6 +77,10 @@ class CRenderer:
             return f"({self.expr(e.cond)} ? {self.expr(e.a)} : {self.expr(e.b)})"
         if isinstance(e, Cast):
             return f"(({self.ctype(e.dtype)})({self.expr(e.a)}))"
+        if isinstance(e, (Bin, Un)) and e.dtype is DType.float16:
+            # C evaluates _Float16 arithmetic and math functions in float; the cast rounds
+            # every op's result to float16, as numpy (ONNX's reference) does
+            return f"((_Float16){self.binary(e) if isinstance(e, Bin) else self.unary(e)})"
         if isinstance(e, Bin):
             return self.binary(e)
         if isinstance(e, Un):
@@ -85,6 +90,9 @@ class CRenderer:
     def binary(self, e: Bin) -> str:
         a, b = self.expr(e.a), self.expr(e.b)
         dt = e.a.dtype
+        if e.op == "pow" and dt.is_float and isinstance(e.b, Const) and e.b.value in (1.0, 2.0, 3.0):
+            # x**2 and x**3 as products: exact to rounding, and no powf call in a hot loop
+            return "(" + " * ".join([a] * int(e.b.value)) + ")"
         if e.op in ("min", "max", "pow", "fmod") and dt.is_float:
             return f"{self.fn(e.op, dt)}({a}, {b})"
         if e.op in ("min", "max"):
@@ -171,7 +179,10 @@ class CRenderer:
             b = s.buffer
             self.buffers[b.name] = b
             dims = "".join(f"[{n}]" for n in b.shape)
-            self.emit(f"{self.ctype(b.dtype)} {b.name}{dims};", depth)
+            # Aligned: gcc vectorizes tile accesses with aligned moves, and the default stack
+            # alignment of an OpenMP outlined function can be less than a vector.
+            align = " __attribute__((aligned(64)))" if b.shape else ""
+            self.emit(f"{self.ctype(b.dtype)} {b.name}{dims}{align};", depth)
             self.stmt(s.body, depth, in_parallel)
         elif isinstance(s, If):
             self.emit(f"if ({self.expr(s.cond)}) {{", depth)
@@ -207,6 +218,19 @@ C_PRELUDE = """\
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__GLIBC__) && defined(__x86_64__) && defined(__OPTIMIZE__)
+/* Let gcc vectorize loops that call float math: glibc's libmvec has SIMD versions of these
+ * (AVX2 and AVX-512, within 4 ulp), linked through -lm. glibc's own headers declare them
+ * only under -ffast-math, which Kiln does not use (it would change NaN and rounding rules). */
+#define KILN_SIMD __attribute__((simd("notinbranch")))
+KILN_SIMD float expf(float); KILN_SIMD float logf(float); KILN_SIMD float tanhf(float);
+KILN_SIMD float erff(float); KILN_SIMD float sinf(float); KILN_SIMD float cosf(float);
+KILN_SIMD float tanf(float); KILN_SIMD float asinf(float); KILN_SIMD float acosf(float);
+KILN_SIMD float atanf(float); KILN_SIMD float sinhf(float); KILN_SIMD float coshf(float);
+KILN_SIMD float asinhf(float); KILN_SIMD float acoshf(float); KILN_SIMD float atanhf(float);
+KILN_SIMD float log1pf(float); KILN_SIMD float expm1f(float); KILN_SIMD float powf(float, float);
+#endif
 
 static inline int64_t kiln_floordiv(int64_t a, int64_t b) {
   int64_t q = a / b;

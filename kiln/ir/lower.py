@@ -65,9 +65,17 @@ def _has_reduce(e: Expr) -> bool:
     return _first_reduce(e) is not None
 
 
-def _load_is_identity(load: Load, axes: Sequence[Var]) -> bool:
-    return len(load.indices) == len(axes) and all(
-        isinstance(i, Var) and i.name == a.name for i, a in zip(load.indices, axes))
+def _load_is_identity(load: Load, axes: Sequence[Var], shape: Sequence = ()) -> bool:
+    """The load reads element ``axes`` (a 0 on an extent-1 dim counts: broadcasting writes it)."""
+    if len(load.indices) != len(axes):
+        return False
+    for k, (i, a) in enumerate(zip(load.indices, axes)):
+        if isinstance(i, Var) and i.name == a.name:
+            continue
+        if isinstance(i, Const) and i.value == 0 and k < len(shape) and shape[k] == 1:
+            continue
+        return False
+    return True
 
 
 def inline_stages(stages: Sequence[Stage], keep: set[str]) -> list[Stage]:
@@ -95,7 +103,7 @@ def inline_stages(stages: Sequence[Stage], keep: set[str]) -> list[Stage]:
                 j, u = users[0]
                 uses = [x for x in walk(u.body) if isinstance(x, Load) and x.buffer == s.name]
                 if (_has_reduce(u.body) or u.shape != s.shape
-                        or not all(_load_is_identity(x, u.axes) for x in uses)):
+                        or not all(_load_is_identity(x, u.axes, u.shape) for x in uses)):
                     continue
             for j, u in users:
                 stages[j] = _inline_into(u, s)

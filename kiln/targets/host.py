@@ -68,11 +68,12 @@ def compiler_path() -> str:
     return path
 
 
-def build_shared_library(files: dict[str, str], main: str = "model.c") -> Path:
+def build_shared_library(files: dict[str, str], main: str = "model.c", extra_flags=()) -> Path:
     """Compile the given sources (name -> text) into a cached shared library."""
     cc = compiler_path()
+    flags = CFLAGS + list(extra_flags)
     h = hashlib.sha256()
-    h.update(" ".join([cc] + CFLAGS).encode())
+    h.update(" ".join([cc] + flags).encode())
     for name in sorted(files):
         h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
     digest = h.hexdigest()[:24]
@@ -83,7 +84,7 @@ def build_shared_library(files: dict[str, str], main: str = "model.c") -> Path:
         for name, text in files.items():
             Path(tmp, name).write_text(text)
         lib = Path(tmp, "lib.so")
-        cmd = [cc, *CFLAGS, "-o", str(lib), str(Path(tmp, main)), "-lm"]
+        cmd = [cc, *flags, "-o", str(lib), str(Path(tmp, main)), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ToolchainError(
