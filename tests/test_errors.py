@@ -142,3 +142,15 @@ def test_unknown_inspect_stage():
 def test_not_a_model():
     with pytest.raises(ModelLoadError, match="expected a path or onnx.ModelProto"):
         kiln.compile(12345)
+
+
+def test_integer_division_by_zero_does_not_crash():
+    """A zero (or -1 with INT_MIN) divisor read from a tensor must not trap the process."""
+    model = make_model([helper.make_node("Div", ["a", "b"], ["q"]), helper.make_node("Mod", ["a", "b"], ["r"])],
+                       [("a", np.int32, [4]), ("b", np.int32, [4])],
+                       [("q", np.int32, [4]), ("r", np.int32, [4])])
+    a = np.array([7, -7, np.iinfo(np.int32).min, 5], np.int32)
+    b = np.array([0, 2, -1, 0], np.int32)
+    out = kiln.compile(model).run({"a": a, "b": b})
+    assert out["q"][1] == -3 and out["r"][1] == 1  # the valid lanes are still right
+    assert out["q"][2] == np.iinfo(np.int32).min  # INT_MIN / -1 wraps, as numpy does

@@ -98,6 +98,12 @@ class CRenderer:
         if e.op in ("min", "max"):
             cmp = "<" if e.op == "min" else ">"
             return f"(({a}) {cmp} ({b}) ? ({a}) : ({b}))"
+        if e.op in ("div", "floordiv", "mod", "fmod") and not dt.is_float and _reads_memory(e.b):
+            # A divisor read from a tensor can be 0 (or -1 with INT_MIN): the CPU traps, and
+            # the whole process dies. Such lanes give 0 (and -a for -1) instead of a crash.
+            helper = {"div": "kiln_div", "fmod": "kiln_fmod"}.get(e.op, f"kiln_{e.op}")
+            by_minus_one = f"-({a})" if e.op in ("div", "floordiv") else "0"  # wraps under -fwrapv
+            return f"(({b}) == 0 ? 0 : (({b}) == -1 ? {by_minus_one} : {helper}({a}, {b})))"
         if e.op in ("floordiv", "mod"):
             if _nonneg(e.a) and _nonneg(e.b):
                 return f"({a} {'/' if e.op == 'floordiv' else '%'} {b})"
@@ -204,6 +210,13 @@ class CRenderer:
         return "\n".join(self.lines)
 
 
+def _reads_memory(e: Expr) -> bool:
+    """True when ``e`` depends on tensor data (index arithmetic never does)."""
+    from kiln.ir.expr import walk
+
+    return any(isinstance(x, Load) for x in walk(e))
+
+
 def _nonneg(e: Expr) -> bool:
     """True when an integer index expression can be shown to be >= 0 (loop vars are)."""
     c = affine_coeffs(e)
@@ -240,4 +253,6 @@ static inline int64_t kiln_mod(int64_t a, int64_t b) {
   int64_t r = a % b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
+static inline int64_t kiln_div(int64_t a, int64_t b) { return a / b; }
+static inline int64_t kiln_fmod(int64_t a, int64_t b) { return a % b; }
 """

@@ -24,7 +24,7 @@ from kiln.ir.symbolic import evaluate
 
 CC = os.environ.get("KILN_CC", "gcc")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
-          "-fno-math-errno", "-Wall", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
+          "-fno-math-errno", "-fwrapv", "-Wall", "-Wno-unused-variable", "-Wno-unknown-pragmas"]
 THREADS = os.cpu_count() or 1
 
 # libgomp's threads spin for a long while at every barrier before they sleep. On a busy
