@@ -27,6 +27,8 @@ static inline int64_t kiln_mod(int64_t a, int64_t b) {
   int64_t r = a % b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
+static inline int64_t kiln_div(int64_t a, int64_t b) { return a / b; }
+static inline int64_t kiln_fmod(int64_t a, int64_t b) { return a % b; }
 
 /* kernel_0: writes y (relu) */
 static void kernel_0(const float* restrict in0, const float* restrict in1, const float* restrict in2, float* restrict out0) {
