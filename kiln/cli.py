@@ -1,9 +1,10 @@
-"""The ``kiln`` command line: compile, run and inspect models.
+"""The ``kiln`` command line: compile, run, inspect and benchmark models.
 
     kiln compile MODEL --target T [-o DIR] [--input-shape NAME=1,3,224,224] [--dim-bound batch=1..8]
                  [--db DIR] [--emit c,h,...]
     kiln run MODEL|DIR --target T --inputs in.npz [--outputs out.npz]
     kiln inspect MODEL [--print-ir-after STAGE] [--input-shape NAME=...]
+    kiln bench MODEL --target host [--against ort,torch,tvm] [--repeats N] [--input-shape NAME=...]
 
 Every error Kiln raises on purpose (``KilnError``) prints as ``kiln: error: <message>`` on
 stderr with exit code 2 and no traceback. The compiler itself is imported inside each
@@ -158,13 +159,14 @@ target_option = click.option(
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the version and exit.")
 def cli() -> None:
-    """Kiln: compile ONNX models into self-contained C code and run it.
+    """Kiln: compile ONNX models into self-contained C code, run and benchmark it.
 
     \b
     Examples:
       kiln compile model.onnx --target host -o build/model
       kiln run build/model --target host --inputs in.npz --outputs out.npz
       kiln inspect model.onnx --print-ir-after fuse
+      kiln bench model.onnx --target host --against ort,tvm
     """
 
 
@@ -308,6 +310,55 @@ def inspect_cmd(model: str, print_ir_after: str | None, input_shapes, dim_bounds
     text = api.inspect(model, input_shapes=shapes, dim_bounds=dict(dim_bounds) or None,
                        print_ir_after=print_ir_after)
     click.echo(text, nl=not text.endswith("\n"))
+
+
+BENCH_PEERS = ("ort", "torch", "tvm")
+
+
+def _parse_against(value: str) -> list[str]:
+    peers = [p.strip().lower() for p in value.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in BENCH_PEERS]
+    if unknown:
+        raise click.BadParameter(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(BENCH_PEERS)}",
+                                 param_hint="'--against'")
+    return list(dict.fromkeys(peers))
+
+
+@cli.command("bench", short_help="Time a compiled model against ONNX Runtime, PyTorch or TVM.")
+@click.argument("model", metavar="MODEL")
+@target_option
+@click.option("--against", default="ort", show_default=True, metavar="PEERS",
+              help=f"Comma-separated peers to time beside Kiln: {', '.join(BENCH_PEERS)}. torch has no "
+                   "definition for an ONNX file and is reported as skipped; a missing package "
+                   "(e.g. apache-tvm) is reported as not installed.")
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed rounds; each runs every peer once, in a shuffled order (median reported).")
+@input_shape_option
+def bench_cmd(model: str, target: str, against: str, repeats: int, input_shapes) -> None:
+    """Compile MODEL (an .onnx file) and time it against other engines on random inputs.
+
+    Every engine uses 2 threads. Prints a markdown table: median and p10-p90 time, the
+    largest relative error against ONNX Runtime, and each peer's time relative to Kiln
+    (above 1: Kiln is faster).
+    """
+    peers = _parse_against(against)
+    shapes = _shapes(input_shapes)
+    if target != DEFAULT_TARGET:
+        raise KilnError(f"kiln bench times models on the host target only; got --target {target}")
+    from kiln import bench
+
+    workload = bench.onnx_workload(model, shapes)
+    workload.feeds()  # a symbolic input dim without --input-shape: one clear error, now
+    warning = bench.load_warning()
+    if warning:
+        click.echo(warning, err=True)
+    rows = bench.bench_workload(workload, bench.make_peers(["kiln", *peers], target),
+                                bench.Options(repeats=repeats), log=lambda s: click.echo(s, err=True))
+    click.echo(bench.markdown_table(rows))
+    for peer in peers:
+        click.echo(bench.ratio_summary(rows, peer, [workload.name]))
+    if not any(r.peer == "kiln" and r.ok for r in rows):
+        sys.exit(1)  # the table says why Kiln did not run; scripts should notice
 
 
 def main(argv: list[str] | None = None) -> None:
