@@ -169,7 +169,7 @@ class CRenderer:
             if s.kind == PARALLEL and not in_parallel:
                 self.emit(self.parallel_pragma, depth)
             elif s.kind == VECTORIZED:
-                self.emit(self.simd_pragma, depth)
+                self.emit(self.simd_pragma + self.reduction_clause(s), depth)
             elif s.kind == UNROLLED and isinstance(s.extent, int):
                 self.emit(f"#pragma GCC unroll {s.extent}", depth)
             v = s.var.name
@@ -196,6 +196,22 @@ class CRenderer:
             self.emit("}", depth)
         else:
             raise VerificationError(f"the C renderer cannot print {type(s).__name__}")
+
+    _REDUCTION_OPS = {"add": "+", "mul": "*", "max": "max", "min": "min"}
+
+    def reduction_clause(self, loop: For) -> str:
+        """`` reduction(+:acc)`` when a vectorized loop accumulates into a scalar: OpenMP then
+        may reassociate the sum (one partial sum per lane), which C alone forbids."""
+        body = loop.body
+        if not (isinstance(body, Store) and not body.indices and isinstance(body.value, Bin)):
+            return ""
+        buf = self.buffers.get(body.buffer)
+        op = self._REDUCTION_OPS.get(body.value.op)
+        first = body.value.a
+        if (buf is None or buf.scope != "local" or buf.shape or op is None
+                or not (isinstance(first, Load) and first.buffer == body.buffer and not first.indices)):
+            return ""
+        return f" reduction({op}:{body.buffer})"
 
     def render_func(self, f: Func, inputs: set[str], static: bool = True, symbols=()) -> str:
         """``static void name(const float* restrict a, float* restrict out, ..., int64_t batch)``."""

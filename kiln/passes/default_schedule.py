@@ -109,6 +109,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             _parallel_outer(sch, spatial, work)
         else:
             _injective(sch, spatial, work)
+    _vectorize_scalar_reductions(sch)
     return sch
 
 
@@ -146,6 +147,24 @@ def _parallel_outer(sch: Schedule, loops, work) -> None:
         name = sch.fuse(name, nxt)
         extent *= _static(n)
     sch.parallel(name)
+
+
+def _vectorize_scalar_reductions(sch: Schedule) -> None:
+    """Vectorize innermost reduction loops that accumulate into a scalar (softmax's max and
+    sum, layer norm's moments); the renderer turns them into SIMD reductions."""
+    from kiln.ir.loop import Store, walk_stmts
+
+    for loop in [x for x in walk_stmts(sch.func.body) if isinstance(x, For)]:
+        body = loop.body
+        if (loop.kind == "serial" and isinstance(body, Store) and not body.indices
+                and any(getattr(x, "buffer", None) == body.buffer for x in _loads_of(body.value))):
+            sch.vectorize(loop.var.name)
+
+
+def _loads_of(e):
+    from kiln.ir.expr import Load, walk
+
+    return [x for x in walk(e) if isinstance(x, Load)]
 
 
 def _injective(sch: Schedule, spatial, work) -> None:
