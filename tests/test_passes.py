@@ -246,3 +246,22 @@ def test_transpose_prologue_only_where_loads_stay_contiguous():
     )).verify()
     groups = [[n.op for n in grp.nodes] for grp in fuse(g)]
     assert groups == [["transpose"], ["transpose"], ["transpose", "matmul"]]
+
+
+def test_loop_ranges_remove_reshape_divisions():
+    from kiln.ir.expr import Bin, Const, Var
+    from kiln.ir.loop import Buffer, For, Func, Store
+    from kiln.passes.simplify_loops import simplify_loop_indices
+
+    I = DType.int64
+    r, ko, ki = Var("r"), Var("ko"), Var("ki")
+    flat = r * 768 + (ko * 64 + ki)
+    value = Bin("add", Bin("floordiv", flat, Const(64, I), I), Bin("mod", flat, Const(64, I), I), I)
+    body = For(r, 4, For(ko, 12, For(ki, 64, Store("out", (r, ko, ki), value))))
+    f = simplify_loop_indices(Func("k", (Buffer("out", (4, 12, 64), I),), body))
+    store = f.body.body.body.body
+    assert str(store.value) == "add(add(mul(r, 12), ko), ki)"
+    # without the ranges (ki could reach 64) nothing may change
+    body = For(r, 4, For(ko, 12, For(ki, 65, Store("out", (r, ko, ki), value))))
+    f = simplify_loop_indices(Func("k", (Buffer("out", (4, 12, 64), I),), body))
+    assert "floordiv" in str(f.body.body.body.body.value)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq
 from kiln.ir.schedule import Schedule
+from kiln.passes.simplify_loops import _terms, simplify_loop_indices
 
 PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
 TARGET_PARALLEL_EXTENT = 16   # fuse outer loops until there are this many parallel chunks
@@ -110,10 +111,38 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         else:
             _injective(sch, spatial, work)
     _vectorize_scalar_reductions(sch)
+    sch.func = simplify_loop_indices(sch.func)  # a cleanup, not a primitive: traces stay the same
     return sch
 
 
+def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> None:
+    """Split a reduction loop ``k`` by ``c`` when loads index with ``k // c`` or ``k % c``
+    (a tensor read through a reshape): ``simplify_loop_indices`` then removes the division
+    from the innermost loop."""
+    from kiln.ir.expr import walk
+    from kiln.ir.loop import Alloc, Store, walk_stmts
+
+    alloc = next((s for s in walk_stmts(sch._loop(first_spatial)) if isinstance(s, Alloc)), None)
+    if alloc is None or not isinstance(alloc.body, Seq) or len(alloc.body.stmts) < 2:
+        return
+    red = alloc.body.stmts[1]
+    loops = [s for s in walk_stmts(red) if isinstance(s, For)]
+    stores = [s for s in walk_stmts(red) if isinstance(s, Store)]
+    for loop in loops:
+        if not isinstance(loop.extent, int):
+            continue
+        for st in stores:
+            divisors = {int(x.b.value) for e in (st.value, *st.indices) for x in walk(e)
+                        if getattr(x, "op", None) in ("floordiv", "mod") and getattr(x.b, "value", None)
+                        and loop.var in (_terms(x.a) or {})}  # k itself divided, not k // 64 again
+            c = next((d for d in sorted(divisors) if 1 < d < loop.extent and loop.extent % d == 0), None)
+            if c:
+                sch.split(loop.var.name, c)
+                return
+
+
 def tile_reduction(sch: Schedule, spatial, tile, work, sizes: tuple[int, int]) -> None:
+    _split_reductions_at_index_divisors(sch, spatial[0][0])
     row_ax, col_ax = tile
     (row, row_n), (col, col_n) = spatial[row_ax], spatial[col_ax]
     ro, ri = sch.split(row, largest_divisor(row_n, sizes[0]))
