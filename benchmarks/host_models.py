@@ -88,16 +88,10 @@ class Row:
 
 
 def ort_session(model):
-    import onnxruntime as ort
+    """The same ONNX Runtime set-up as the workload suite (kiln/bench.py): no spinning."""
+    from kiln.bench import ort_session as suite_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = ORT_THREADS
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's pool threads otherwise spin between runs and starve Kiln's OpenMP threads on a
-    # 2-core machine (measured: Kiln 4 ms alone, 31 ms beside a spinning ORT session).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return suite_session(model, threads=ORT_THREADS)
 
 
 def max_rel_err(got: dict, want: dict) -> float:

@@ -349,30 +349,40 @@ def _simplify_bin(x: Bin) -> Expr:
     return x
 
 
-def affine_coeffs(e: Expr) -> dict[str, int] | None:
-    """``e`` as {var: coeff, "": const} when it is an affine integer form, else None."""
+def linear_terms(e: Expr) -> dict | None:
+    """An integer expression as {atom: coefficient} plus "" for the constant term.
+
+    Sums and products by constants are expanded; anything else (a variable, a division, a
+    load) is an opaque atom. None for float expressions."""
     if isinstance(e, Const) and not e.dtype.is_float:
         return {"": int(e.value)}
-    if isinstance(e, Var):
-        return {e.name: 1, "": 0}
     if isinstance(e, Bin) and e.op in ("add", "sub"):
-        ca, cb = affine_coeffs(e.a), affine_coeffs(e.b)
-        if ca is None or cb is None:
+        a, b = linear_terms(e.a), linear_terms(e.b)
+        if a is None or b is None:
             return None
         sign = 1 if e.op == "add" else -1
-        out = dict(ca)
-        for k, v in cb.items():
+        out = dict(a)
+        for k, v in b.items():
             out[k] = out.get(k, 0) + sign * v
         return out
     if isinstance(e, Bin) and e.op == "mul":
-        ca, cb = affine_coeffs(e.a), affine_coeffs(e.b)
-        if ca is None or cb is None:
-            return None
-        if set(cb) == {""}:
-            return {k: v * cb[""] for k, v in ca.items()}
-        if set(ca) == {""}:
-            return {k: v * ca[""] for k, v in cb.items()}
-    return None
+        for x, c in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(c, Const) and not c.dtype.is_float:
+                t = linear_terms(x)
+                return None if t is None else {k: v * int(c.value) for k, v in t.items()}
+    if e.dtype.is_float:
+        return None
+    return {e: 1, "": 0}
+
+
+def affine_coeffs(e: Expr) -> dict[str, int] | None:
+    """``e`` as {var name: coeff, "": const} when it is affine in variables, else None."""
+    terms = linear_terms(e)
+    if terms is None or any(k != "" and not isinstance(k, Var) for k in terms):
+        return None
+    out = {("" if k == "" else k.name): v for k, v in terms.items()}
+    out.setdefault("", 0)
+    return out
 
 
 def eval_const(e: Expr):
@@ -388,5 +398,5 @@ def ceil_div(a: int, b: int) -> int:
 __all__ = [
     "Expr", "Const", "Var", "Bin", "Un", "Select", "Cast", "Load", "Reduce", "fresh", "as_expr",
     "idx", "simplify", "substitute", "replace_loads", "free_vars", "loads", "walk", "map_children",
-    "affine_coeffs", "eval_const", "ceil_div", "UNARY_OPS", "COMPARE_OPS", "math",
+    "affine_coeffs", "linear_terms", "eval_const", "ceil_div", "UNARY_OPS", "COMPARE_OPS", "math",
 ]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq
 from kiln.ir.schedule import Schedule
-from kiln.passes.simplify_loops import _terms, simplify_loop_indices
+from kiln.ir.expr import linear_terms
+from kiln.passes.simplify_loops import simplify_loop_indices
 
 PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
 TARGET_PARALLEL_EXTENT = 16   # fuse outer loops until there are this many parallel chunks
@@ -134,7 +135,7 @@ def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> No
         for st in stores:
             divisors = {int(x.b.value) for e in (st.value, *st.indices) for x in walk(e)
                         if getattr(x, "op", None) in ("floordiv", "mod") and getattr(x.b, "value", None)
-                        and loop.var in (_terms(x.a) or {})}  # k itself divided, not k // 64 again
+                        and loop.var in (linear_terms(x.a) or {})}  # k itself divided, not k // 64 again
             c = next((d for d in sorted(divisors) if 1 < d < loop.extent and loop.extent % d == 0), None)
             if c:
                 sch.split(loop.var.name, c)

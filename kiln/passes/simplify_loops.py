@@ -7,31 +7,8 @@ the loop by 64 this pass removes them from the innermost loop.
 """
 from __future__ import annotations
 
-from kiln.ir.expr import Bin, Const, Expr, Var, map_children, simplify
+from kiln.ir.expr import Bin, Const, Expr, Var, linear_terms, map_children, simplify
 from kiln.ir.loop import Alloc, For, Func, If, Seq, Stmt, Store
-
-
-def _terms(e: Expr) -> dict | None:
-    """``e`` as {atom: coefficient} plus "" for the constant; atoms are opaque sub-expressions."""
-    if isinstance(e, Const) and not e.dtype.is_float:
-        return {"": int(e.value)}
-    if isinstance(e, Bin) and e.op in ("add", "sub"):
-        a, b = _terms(e.a), _terms(e.b)
-        if a is None or b is None:
-            return None
-        sign = 1 if e.op == "add" else -1
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = out.get(k, 0) + sign * v
-        return out
-    if isinstance(e, Bin) and e.op == "mul":
-        for x, c in ((e.a, e.b), (e.b, e.a)):
-            if isinstance(c, Const) and not c.dtype.is_float:
-                t = _terms(x)
-                return None if t is None else {k: v * int(c.value) for k, v in t.items()}
-    if e.dtype.is_float:
-        return None
-    return {e: 1, "": 0}
 
 
 def _rebuild(terms: dict, dtype) -> Expr:
@@ -52,7 +29,7 @@ def _split_div(e: Bin, ranges: dict[str, int]):
     if not (isinstance(e.b, Const) and not e.b.dtype.is_float) or int(e.b.value) <= 0:
         return None
     c = int(e.b.value)
-    terms = _terms(e.a)
+    terms = linear_terms(e.a)
     if terms is None:
         return None
     quot, rem, rem_max = {}, {}, 0
