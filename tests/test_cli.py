@@ -9,7 +9,6 @@ Three groups of tests:
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -25,9 +24,6 @@ from kiln.cli import cli, main
 from kiln.errors import KilnError, ModelLoadError
 from tests.conftest import require_toolchain
 from tests.util import make_model
-
-needs_api = pytest.mark.skipif(importlib.util.find_spec("kiln.api") is None,
-                               reason="kiln/api.py (kiln.compile) does not exist yet")
 
 W = np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32)
 B = np.array([0.1, 0.2, -0.3, 0.0], dtype=np.float32)
@@ -281,7 +277,6 @@ def test_inspect_unknown_stage(runner, fake_api, model_path):
 
 # -- end to end with the real compiler --------------------------------------------------------
 
-@needs_api
 def test_inspect_prints_graph_text(runner, model_path):
     result = runner.invoke(cli, ["inspect", str(model_path)])
     assert result.exit_code == 0, result.output
@@ -289,7 +284,6 @@ def test_inspect_prints_graph_text(runner, model_path):
     assert "%x" in result.output and "%y" in result.output
 
 
-@needs_api
 def test_inspect_bad_model_file(runner, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00\x01 definitely not protobuf \xff" * 10)
@@ -297,19 +291,16 @@ def test_inspect_bad_model_file(runner, tmp_path):
     assert_kiln_error(result, "bad.onnx")
 
 
-@needs_api
 def test_inspect_missing_model_file(runner, tmp_path):
     result = runner.invoke(cli, ["inspect", str(tmp_path / "missing.onnx")])
     assert_kiln_error(result, "missing.onnx")
 
 
-@needs_api
 def test_inspect_unknown_stage_lists_stages(runner, model_path):
     result = runner.invoke(cli, ["inspect", str(model_path), "--print-ir-after", "no_such_stage"])
     assert_kiln_error(result)
 
 
-@needs_api
 def test_compile_run_and_reload(runner, model_path, inputs_npz, tmp_path, tmp_cache):
     require_toolchain("gcc")
     out_dir = tmp_path / "build"
@@ -327,7 +318,6 @@ def test_compile_run_and_reload(runner, model_path, inputs_npz, tmp_path, tmp_ca
         np.testing.assert_allclose(np.load(out)["y"], reference(x), rtol=1e-6, atol=1e-6)
 
 
-@needs_api
 def test_compile_emit_headers_only(runner, model_path, tmp_path, tmp_cache):
     require_toolchain("gcc")
     out_dir = tmp_path / "headers"
@@ -337,7 +327,6 @@ def test_compile_emit_headers_only(runner, model_path, tmp_path, tmp_cache):
     assert files and all(p.suffix == ".h" for p in files)
 
 
-@needs_api
 def test_run_with_input_shape_override(runner, tmp_path, tmp_cache):
     require_toolchain("gcc")
     path = tmp_path / "sym.onnx"
@@ -351,7 +340,6 @@ def test_run_with_input_shape_override(runner, tmp_path, tmp_cache):
     np.testing.assert_allclose(np.load(out)["y"], reference(x), rtol=1e-6, atol=1e-6)
 
 
-@needs_api
 def test_run_missing_input_is_a_kiln_error(runner, model_path, tmp_path, tmp_cache):
     require_toolchain("gcc")
     npz = tmp_path / "wrong.npz"
