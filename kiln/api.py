@@ -13,7 +13,7 @@ from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph, TensorType, Value
 from kiln.passes.manager import PipelineResult, run_pipeline
 from kiln.ir.symbolic import parse_dim
-from kiln.targets import parse_target
+from kiln.targets import Target, get_target
 
 PREFIX = "kiln_model"
 
@@ -40,10 +40,11 @@ def _is_torch_module(model) -> bool:
 
 
 class CompiledModel:
-    """A model compiled for one target: run it, read its source, or export a C project."""
+    """A model compiled for one target: run it, read its source, or export its project."""
 
-    def __init__(self, result: PipelineResult, target: str):
-        self.target = target
+    def __init__(self, result: PipelineResult, target: "str | Target"):
+        self.target_impl = get_target(target)
+        self.target = str(self.target_impl)
         self.result = result
         self.graph = result.graph
         self._runner = None
@@ -64,35 +65,31 @@ class CompiledModel:
     def kernel_count(self) -> int:
         return len(self.result.kernels)
 
+    @property
+    def files(self) -> dict[str, str]:
+        """Every generated source file, by name."""
+        return dict(self.result.source.files)
+
     def source(self) -> str:
-        return self.result.source.model_c
+        """The main generated file (``model.c`` for C targets)."""
+        return self.result.source.files[self.result.source.main]
 
     def header(self) -> str:
-        return self.result.source.model_h
-
-    def _files(self) -> dict[str, str]:
-        return {"model.c": self.result.source.model_c, "model.h": self.result.source.model_h}
+        return self.result.source.files["model.h"]
 
     def build(self):
         if self._runner is None:
-            from kiln.targets.host import HostRunner, build_shared_library
-
-            lib = build_shared_library(self._files())
-            self._runner = HostRunner(lib, PREFIX, self.graph.inputs, self.graph.outputs,
-                                      self.result.plan.weights, self.result.plan.arena_size,
-                                      self.graph.dim_bounds)
+            self._runner = self.target_impl.runner(self)
         return self._runner
 
     def profile(self, inputs: Mapping[str, np.ndarray], repeats: int = 10) -> list[dict]:
         """Time each kernel (a build with -DKILN_PROFILE): the median-free mean over ``repeats``
-        runs, slowest first, with what the kernel computes."""
+        runs, slowest first, with what the kernel computes. Host target only."""
         import ctypes
 
-        from kiln.targets.host import HostRunner, build_shared_library
-
-        lib = build_shared_library(self._files(), extra_flags=["-DKILN_PROFILE"])
-        runner = HostRunner(lib, PREFIX, self.graph.inputs, self.graph.outputs, self.result.plan.weights,
-                            self.result.plan.arena_size, self.graph.dim_bounds)
+        if self.target_impl.name != "host":
+            raise KilnError(f"profile() times kernels on the host target; this model is compiled for {self.target}")
+        runner = self.target_impl.runner(self, extra_flags=["-DKILN_PROFILE"])
         runner(inputs)  # warm up, then discard its times
         kernels = self.result.kernels
         times = (ctypes.c_double * max(len(kernels), 1))()
@@ -112,34 +109,8 @@ class CompiledModel:
         return self.build()(inputs)
 
     def export(self, directory) -> Path:
-        """Write a self-contained C project (sources, weights, Makefile, manifest)."""
-        from kiln import __version__
-        from kiln.codegen.templates import render
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in self._files().items():
-            (out / name).write_text(text)
-        (out / "weights.bin").write_bytes(self.result.plan.weights)
-        manifest = _manifest(self.graph, self.target, self.result.plan)
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        ctx = dict(version=__version__, prefix=PREFIX, model_name=self.graph.name, target=self.target,
-                   weights_size=len(self.result.plan.weights),
-                   inputs=manifest["inputs"], outputs=manifest["outputs"])
-        (out / "Makefile").write_text(render("Makefile.j2", **ctx))
-        (out / "README.md").write_text(render("README.md.j2", **ctx))
-        return out
-
-
-def _manifest(graph: Graph, target: str, plan) -> dict:
-    def io(vals):
-        return [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape],
-                 "dtype": v.dtype.value} for v in vals]
-
-    return {"format": "kiln-export-1", "target": target, "prefix": PREFIX, "model": graph.name,
-            "inputs": io(graph.inputs), "outputs": io(graph.outputs),
-            "dim_bounds": {k: list(v) for k, v in graph.dim_bounds.items()},
-            "arena_size": plan.arena_size, "weights_size": len(plan.weights)}
+        """Write a self-contained project for the target (sources, weights, build files, manifest)."""
+        return self.target_impl.export(self, directory)
 
 
 def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence] | None = None,
@@ -155,19 +126,19 @@ def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence]
     stays symbolic when ``dim_bounds`` gives its range, e.g. ``{"batch": (1, 8)}``; one
     compiled model then runs every size in that range.
     """
-    spec = parse_target(target)
+    target_impl = get_target(target)
     if db is not None:
         raise KilnError("tuning databases (db=) are not available in this version; compile without db")
     graph = _import(model, input_shapes, example_inputs, dim_bounds)
     _require_bounds(graph)
     try:
-        result = run_pipeline(graph, target=str(spec), prefix=PREFIX)
+        result = run_pipeline(graph, target=target_impl, prefix=PREFIX)
     except KilnError:
         raise
     except Exception as e:  # noqa: BLE001  (a bug in Kiln: still one clean error type for callers)
         raise KilnError(f"internal error while compiling ({type(e).__name__}: {e}); this is a bug "
                         "in Kiln, please report it with the model") from e
-    return CompiledModel(result, str(spec))
+    return CompiledModel(result, target_impl)
 
 
 def _require_bounds(graph: Graph) -> None:
@@ -217,8 +188,8 @@ class _LoadedResult:
 
 def load(directory) -> CompiledModel:
     """Reload a directory written by ``export`` (host target) for running."""
-    from kiln.codegen.model import ModelSource
     from kiln.passes.memory_plan import MemoryPlan
+    from kiln.targets.base import ModelSource
 
     d = Path(directory)
     try:
@@ -236,9 +207,11 @@ def load(directory) -> CompiledModel:
 
     graph = Graph(vals(manifest["inputs"]), vals(manifest["outputs"]), (), {}, manifest["model"],
                   dim_bounds=bounds)
-    source = ModelSource((d / "model.c").read_text(), (d / "model.h").read_text(), manifest["prefix"])
+    source = ModelSource({"model.c": (d / "model.c").read_text(), "model.h": (d / "model.h").read_text()},
+                         "model.c", manifest["prefix"])
     plan = MemoryPlan({}, manifest["arena_size"], 0, (d / "weights.bin").read_bytes())
     cm = CompiledModel.__new__(CompiledModel)
-    cm.target, cm.graph, cm._runner = "host", graph, None
+    cm.target_impl, cm.graph, cm._runner = get_target("host"), graph, None
+    cm.target = "host"
     cm.result = _LoadedResult(source, plan)
     return cm

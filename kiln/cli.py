@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from kiln.errors import InputError, KilnError
+from kiln.targets import implemented, planned
 
 DEFAULT_TARGET = "host"
 
@@ -151,8 +152,8 @@ dim_bound_option = click.option(
          "then runs every size in the range; its arena is sized for the upper bound.")
 target_option = click.option(
     "--target", default=DEFAULT_TARGET, show_default=True, metavar="T",
-    help="Target to compile for. Implemented: host. Planned: arm64, cuda, webgpu, "
-         "cortex-m4, cortex-m7, cortex-m55.")
+    help=f"Target to compile for. Implemented: {', '.join(implemented())}."
+         + (f" Planned: {', '.join(planned())}." if planned() else ""))
 
 
 @click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})

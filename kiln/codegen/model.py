@@ -5,20 +5,12 @@ arrays, constants from the weights blob, everything else from the arena.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kiln.codegen.c import C_PRELUDE, CRenderer
 from kiln.codegen.templates import render
 from kiln.ir.graph import Graph
 from kiln.ir.loop import format_func
 from kiln.passes.memory_plan import MemoryPlan, Storage
-
-
-@dataclass
-class ModelSource:
-    model_c: str
-    model_h: str
-    prefix: str
+from kiln.targets.base import ModelSource
 
 
 def _pointer(storage: Storage, ctype: str, const: bool) -> str:
@@ -39,7 +31,10 @@ def _describe(kernel, graph: Graph) -> str:
 
 
 def generate_model(graph: Graph, kernels, plan: MemoryPlan, target: str = "host",
-                   renderer: CRenderer | None = None, prefix: str = "kiln_model") -> ModelSource:
+                   renderer: CRenderer | None = None, prefix: str = "kiln_model",
+                   prelude: str = C_PRELUDE) -> ModelSource:
+    """``model.c`` and ``model.h`` for a C-family target; ``renderer`` and ``prelude`` let a
+    target (NEON, C99 for microcontrollers) change how kernels are spelled."""
     from kiln import __version__
 
     renderer = renderer or CRenderer()
@@ -64,9 +59,9 @@ def generate_model(graph: Graph, kernels, plan: MemoryPlan, target: str = "host"
     common = dict(version=__version__, target=target, model_name=graph.name, prefix=prefix, symbols=bounds,
                   arena_size=plan.arena_size, weights_size=len(plan.weights),
                   inputs=io(graph.inputs), outputs=io(graph.outputs))
-    model_c = render("model.c.j2", prelude=C_PRELUDE, kernels=rendered, calls=calls, **common)
+    model_c = render("model.c.j2", prelude=prelude, kernels=rendered, calls=calls, **common)
     model_h = render("model.h.j2", guard=prefix.upper() + "_H", **common)
-    return ModelSource(model_c, model_h, prefix)
+    return ModelSource({"model.c": model_c, "model.h": model_h}, "model.c", prefix)
 
 
 def model_symbols(graph: Graph) -> list[str]:

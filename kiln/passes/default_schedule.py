@@ -31,6 +31,7 @@ class Capabilities:
     vector_bytes: int = 32
     vector_registers: int = 16
     threads: int = 2
+    nchwc: bool = True  # convolutions in blocked NCHW{lanes}c layout (CPUs with SIMD)
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.

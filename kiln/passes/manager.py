@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kiln.codegen.kernels import Kernel, build_kernels
-from kiln.codegen.model import ModelSource, generate_model, loop_ir_text
+from kiln.codegen.model import loop_ir_text
 from kiln.errors import KilnError
 from kiln.ir.graph import Graph, format_graph
 from kiln.ir.loop import format_func
@@ -24,6 +24,8 @@ from kiln.passes.fuse import Group, fuse
 from kiln.passes.layout import to_nchwc
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
+from kiln.targets import Target, get_target
+from kiln.targets.base import ModelSource
 
 GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("fold_constants", fold_constants),
@@ -54,9 +56,11 @@ def check_stage(name: str | None) -> None:
         raise KilnError(f"unknown pipeline stage {name!r}; expected one of: {', '.join(STAGES)}")
 
 
-def run_pipeline(graph: Graph, target: str = "host", print_after: str | None = None,
+def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str | None = None,
                  prefix: str = "kiln_model") -> PipelineResult:
     check_stage(print_after)
+    if isinstance(target, str):
+        target = get_target(target)
     snaps: dict[str, str] = {}
 
     def snap(name: str, text: Callable[[], str]):
@@ -64,12 +68,13 @@ def run_pipeline(graph: Graph, target: str = "host", print_after: str | None = N
             snaps[name] = text()
 
     snap("import", lambda: format_graph(graph))
-    caps = _capabilities(target)
+    caps = target.capabilities()
     for name, fn in GRAPH_PASSES:
         graph = fn(graph).verify()
         snap(name, lambda: format_graph(graph))
         if name == "dce":
-            graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
+            if caps.nchwc:
+                graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
             snap("layout", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))
@@ -78,20 +83,9 @@ def run_pipeline(graph: Graph, target: str = "host", print_after: str | None = N
     snap("schedule", lambda: loop_ir_text(kernels))
     plan = plan_memory(graph, kernels)
     snap("memory_plan", lambda: _plan_text(plan))
-    source = generate_model(graph, kernels, plan, target=target, prefix=prefix)
-    snap("codegen", lambda: source.model_c)
+    source = target.generate(graph, kernels, plan, prefix)
+    snap("codegen", lambda: source.files[source.main])
     return PipelineResult(graph, groups, kernels, plan, source, snaps)
-
-
-def _capabilities(target: str):
-    """The schedule-relevant facts of ``target`` (the host's are read off this machine)."""
-    if target.split(":")[0] == "host":
-        from kiln.targets.host import capabilities
-
-        return capabilities()
-    from kiln.passes.default_schedule import DEFAULT_CAPABILITIES
-
-    return DEFAULT_CAPABILITIES
 
 
 def _kernel_notes(groups) -> dict[str, str]:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from kiln.codegen.templates import numbered
 from kiln.errors import InputError, ToolchainError
 from kiln.ir.symbolic import evaluate
+from kiln.targets.base import ModelSource, Target, manifest
 
 CC = os.environ.get("KILN_CC", "gcc")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
@@ -188,3 +189,38 @@ def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
     raw = np.empty(nbytes + align, dtype=np.uint8)
     off = (-raw.ctypes.data) % align
     return raw[off: off + nbytes]
+
+
+class HostTarget(Target):
+    """This machine's CPU: C with OpenMP and the native vector ISA, loaded in process."""
+
+    name = "host"
+
+    def capabilities(self):
+        return capabilities()
+
+    def generate(self, graph, kernels, plan, prefix) -> ModelSource:
+        from kiln.codegen.model import generate_model
+
+        source = generate_model(graph, kernels, plan, target=str(self), prefix=prefix)
+        source.binaries["weights.bin"] = plan.weights
+        return source
+
+    def runner(self, compiled, extra_flags=()) -> HostRunner:
+        lib = build_shared_library(compiled.result.source.files, extra_flags=extra_flags)
+        return HostRunner(lib, compiled.result.source.prefix, compiled.graph.inputs, compiled.graph.outputs,
+                          compiled.result.plan.weights, compiled.result.plan.arena_size,
+                          compiled.graph.dim_bounds)
+
+    def export(self, compiled, directory) -> Path:
+        from kiln import __version__
+        from kiln.codegen.templates import render
+
+        out = super().export(compiled, directory)
+        info = manifest(compiled)
+        ctx = dict(version=__version__, prefix=info["prefix"], model_name=compiled.graph.name,
+                   target=str(self), weights_size=info["weights_size"],
+                   inputs=info["inputs"], outputs=info["outputs"])
+        (out / "Makefile").write_text(render("Makefile.j2", **ctx))
+        (out / "README.md").write_text(render("README.md.j2", **ctx))
+        return out
