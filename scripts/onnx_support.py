@@ -104,7 +104,7 @@ def per_op_section(results) -> list[str]:
 def _reason_group(detail: str) -> str:
     """Unsupported reasons, grouped: one line for all element types, one per missing op."""
     if "element type" in detail:
-        return "an element type Kiln lacks (bfloat16, float8, float4, int4/int2, uint16/32/64)"
+        return "an element type Kiln lacks (float8e8m0)"
     return detail
 
 

@@ -67,11 +67,11 @@ def test_quantize_int16_output_dtype(backend):
           {"output_dtype": TensorProto.INT16}, opset=21)
 
 
-def test_quantize_int4_is_unsupported():
+def test_quantize_to_int32_is_unsupported():
     from onnx import TensorProto
 
     model, _ = node_model("QuantizeLinear", [X("x", np.zeros((2, 2), np.float32)), C("s", np.array(1.0, np.float32))],
-                          {"output_dtype": TensorProto.INT4}, opset=21)
+                          {"output_dtype": TensorProto.INT32}, opset=21)
     with pytest.raises(UnsupportedOperatorError):
         from_onnx(model)
 

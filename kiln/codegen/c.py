@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from kiln.codegen import narrow_types
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
@@ -18,7 +21,8 @@ class CRenderer:
     type_map = {
         DType.float32: "float", DType.float64: "double", DType.float16: "_Float16",
         DType.int8: "int8_t", DType.int16: "int16_t", DType.int32: "int32_t", DType.int64: "int64_t",
-        DType.uint8: "uint8_t", DType.bool: "uint8_t",
+        DType.uint8: "uint8_t", DType.uint16: "uint16_t", DType.uint32: "uint32_t", DType.uint64: "uint64_t",
+        DType.bool: "uint8_t", **narrow_types.STORAGE_CTYPES,
     }
     infix = {
         "add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">",
@@ -27,7 +31,7 @@ class CRenderer:
     }
     # float math: name without the type suffix; "f" is appended for float32
     float_fn = {
-        "exp": "exp", "log": "log", "sqrt": "sqrt", "abs": "fabs", "tanh": "tanh", "erf": "erf",
+        "exp": "exp", "expm1": "expm1", "log": "log", "sqrt": "sqrt", "abs": "fabs", "tanh": "tanh", "erf": "erf",
         "floor": "floor", "ceil": "ceil", "round": "nearbyint", "sin": "sin", "cos": "cos",
         "tan": "tan", "asin": "asin", "acos": "acos", "atan": "atan", "sinh": "sinh", "cosh": "cosh",
         "asinh": "asinh", "acosh": "acosh", "atanh": "atanh", "pow": "pow", "min": "fmin",
@@ -38,15 +42,34 @@ class CRenderer:
 
     def __init__(self):
         self.lines: list[str] = []
+        self.narrow_used: set[DType] = set()  # narrow types whose helpers support_code() emits
 
     # -- types and literals --------------------------------------------------------------
     def ctype(self, dtype: DType) -> str:
+        """The type a buffer element is stored in."""
+        if dtype.is_narrow_float or dtype.is_narrow_int:
+            if not narrow_types.supported(dtype):
+                raise VerificationError(f"the C renderer has no support for element type {dtype}")
+            self.narrow_used.add(dtype)
         return self.type_map[dtype]
+
+    def vtype(self, dtype: DType) -> str:
+        """The type a value is computed in: float for bfloat16/float8/float4, int32 for int4/int2."""
+        if dtype.is_narrow_float or dtype.is_narrow_int:
+            self.ctype(dtype)
+            return narrow_types.value_ctype(dtype)
+        return self.ctype(dtype)
+
+    def support_code(self) -> str:
+        """Helpers the rendered kernels call (narrow-type conversions), to precede them."""
+        return narrow_types.support_code(self.narrow_used)
 
     def literal(self, c: Const) -> str:
         v, dt = c.value, c.dtype
         if dt is DType.bool:
             return "1" if v else "0"
+        if dt.is_narrow_float:
+            return self.literal(Const(float(np.asarray(v, dtype=dt.np).astype(np.float32)), DType.float32))
         if dt.is_float:
             v = float(v)
             if math.isnan(v):
@@ -63,7 +86,7 @@ class CRenderer:
 
     def fn(self, name: str, dtype: DType) -> str:
         base = self.float_fn[name]
-        return base + "f" if dtype in (DType.float32, DType.float16) else base
+        return base + "f" if dtype in (DType.float32, DType.float16) or dtype.is_narrow_float else base
 
     # -- expressions -------------------------------------------------------------------------
     def expr(self, e: Expr) -> str:
@@ -76,7 +99,12 @@ class CRenderer:
         if isinstance(e, Select):
             return f"({self.expr(e.cond)} ? {self.expr(e.a)} : {self.expr(e.b)})"
         if isinstance(e, Cast):
-            return f"(({self.ctype(e.dtype)})({self.expr(e.a)}))"
+            return self.cast(e)
+        if isinstance(e, (Bin, Un)) and (e.dtype.is_narrow_float or e.dtype.is_narrow_int):
+            # computed in float (int32); every result rounds (wraps) to the narrow type, as
+            # numpy with ml_dtypes (ONNX's reference) does op by op
+            self.vtype(e.dtype)
+            return narrow_types.narrow(e.dtype, self.binary(e) if isinstance(e, Bin) else self.unary(e))
         if isinstance(e, (Bin, Un)) and e.dtype is DType.float16:
             # C evaluates _Float16 arithmetic and math functions in float; the cast rounds
             # every op's result to float16, as numpy (ONNX's reference) does
@@ -86,6 +114,17 @@ class CRenderer:
         if isinstance(e, Un):
             return self.unary(e)
         raise VerificationError(f"the C renderer cannot print {type(e).__name__}")
+
+    def cast(self, e: Cast) -> str:
+        src, dst, a = e.a.dtype, e.dtype, self.expr(e.a)
+        if dst.is_narrow_float:
+            self.vtype(dst)
+            return narrow_types.narrow(dst, f"(float)({a})")
+        if dst.is_narrow_int:
+            self.vtype(dst)
+            wide = f"kiln_float_to_int64({a})" if src.is_float else f"(int64_t)({a})"
+            return narrow_types.narrow(dst, wide)
+        return f"(({self.vtype(dst)})({a}))"
 
     def binary(self, e: Bin) -> str:
         a, b = self.expr(e.a), self.expr(e.b)
@@ -98,6 +137,10 @@ class CRenderer:
         if e.op in ("min", "max"):
             cmp = "<" if e.op == "min" else ">"
             return f"(({a}) {cmp} ({b}) ? ({a}) : ({b}))"
+        if e.op in ("div", "floordiv", "mod", "fmod") and dt in _UNSIGNED:
+            # unsigned: C's own / and % are floor division and modulo; only 0 needs a guard
+            c_op = "/" if e.op in ("div", "floordiv") else "%"
+            return f"(({b}) == 0 ? 0 : ({a}) {c_op} ({b}))" if _reads_memory(e.b) else f"({a} {c_op} {b})"
         if e.op in ("div", "floordiv", "mod", "fmod") and not dt.is_float and _reads_memory(e.b):
             # A divisor read from a tensor can be 0 (or -1 with INT_MIN): the CPU traps, and
             # the whole process dies. Such lanes give 0 (and -a for -1) instead of a crash.
@@ -111,7 +154,7 @@ class CRenderer:
         if e.op == "fmod":
             return f"({a} % {b})"
         if e.op == "pow":
-            return f"(({self.ctype(dt)})pow((double)({a}), (double)({b})))"
+            return f"(({self.vtype(dt)})pow((double)({a}), (double)({b})))"
         if e.op == "xor":
             return f"(!({a}) != !({b}))"
         return f"({a} {self.infix[e.op]} {b})"
@@ -140,8 +183,14 @@ class CRenderer:
             return f"(({a}) < 0 ? -({a}) : ({a}))"
         return f"{self.fn(e.op, dt)}({a})"
 
+    def _encoded(self, buffer: str) -> bool:
+        """Narrow tensors are stored encoded; local scalars and tiles hold wide values."""
+        b = self.buffers[buffer]
+        return (b.dtype.is_narrow_float or b.dtype.is_narrow_int) and b.scope != "local"
+
     def load(self, e: Load) -> str:
-        return f"{e.buffer}{self.subscript(e.buffer, e.indices)}"
+        ref = f"{e.buffer}{self.subscript(e.buffer, e.indices)}"
+        return narrow_types.decode(self.buffers[e.buffer].dtype, ref) if self._encoded(e.buffer) else ref
 
     # -- buffers ------------------------------------------------------------------------------
     def subscript(self, name: str, indices) -> str:
@@ -180,7 +229,10 @@ class CRenderer:
             for x in s.stmts:
                 self.stmt(x, depth, in_parallel)
         elif isinstance(s, Store):
-            self.emit(f"{s.buffer}{self.subscript(s.buffer, s.indices)} = {self.expr(s.value)};", depth)
+            value, dt = self.expr(s.value), self.buffers[s.buffer].dtype
+            if self._encoded(s.buffer):
+                value = narrow_types.encode(dt, value)
+            self.emit(f"{s.buffer}{self.subscript(s.buffer, s.indices)} = {value};", depth)
         elif isinstance(s, Alloc):
             b = s.buffer
             self.buffers[b.name] = b
@@ -188,7 +240,8 @@ class CRenderer:
             # Aligned: gcc vectorizes tile accesses with aligned moves, and the default stack
             # alignment of an OpenMP outlined function can be less than a vector.
             align = " __attribute__((aligned(64)))" if b.shape else ""
-            self.emit(f"{self.ctype(b.dtype)} {b.name}{dims}{align};", depth)
+            ctype = self.vtype(b.dtype) if b.scope == "local" else self.ctype(b.dtype)
+            self.emit(f"{ctype} {b.name}{dims}{align};", depth)
             self.stmt(s.body, depth, in_parallel)
         elif isinstance(s, If):
             self.emit(f"if ({self.expr(s.cond)}) {{", depth)
@@ -206,6 +259,8 @@ class CRenderer:
         if not (isinstance(body, Store) and not body.indices and isinstance(body.value, Bin)):
             return ""
         buf = self.buffers.get(body.buffer)
+        if buf is not None and (buf.dtype.is_narrow_float or buf.dtype.is_narrow_int):
+            return ""  # every step rounds to the narrow type: the order of the sum matters
         op = self._REDUCTION_OPS.get(body.value.op)
         first = body.value.a
         if (buf is None or buf.scope != "local" or buf.shape or op is None
@@ -224,6 +279,9 @@ class CRenderer:
         self.stmt(f.body, 1)
         self.emit("}", 0)
         return "\n".join(self.lines)
+
+
+_UNSIGNED = frozenset({DType.uint8, DType.uint16, DType.uint32, DType.uint64})
 
 
 def _reads_memory(e: Expr) -> bool:

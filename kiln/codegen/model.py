@@ -59,7 +59,7 @@ def generate_model(graph: Graph, kernels, plan: MemoryPlan, target: str = "host"
     common = dict(version=__version__, target=target, model_name=graph.name, prefix=prefix, symbols=bounds,
                   arena_size=plan.arena_size, weights_size=len(plan.weights),
                   inputs=io(graph.inputs), outputs=io(graph.outputs))
-    model_c = render("model.c.j2", prelude=prelude, kernels=rendered, calls=calls, **common)
+    model_c = render("model.c.j2", prelude=prelude + renderer.support_code(), kernels=rendered, calls=calls, **common)
     model_h = render("model.h.j2", guard=prefix.upper() + "_H", **common)
     return ModelSource({"model.c": model_c, "model.h": model_h}, "model.c", prefix)
 

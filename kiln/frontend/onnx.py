@@ -29,7 +29,14 @@ _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT16: DType.float16, onnx.TensorProto.INT8: DType.int8,
     onnx.TensorProto.INT16: DType.int16, onnx.TensorProto.INT32: DType.int32,
     onnx.TensorProto.INT64: DType.int64, onnx.TensorProto.UINT8: DType.uint8,
-    onnx.TensorProto.BOOL: DType.bool,
+    onnx.TensorProto.BOOL: DType.bool, onnx.TensorProto.UINT16: DType.uint16,
+    onnx.TensorProto.UINT32: DType.uint32, onnx.TensorProto.UINT64: DType.uint64,
+    onnx.TensorProto.BFLOAT16: DType.bfloat16,
+    onnx.TensorProto.FLOAT8E4M3FN: DType.float8_e4m3fn, onnx.TensorProto.FLOAT8E4M3FNUZ: DType.float8_e4m3fnuz,
+    onnx.TensorProto.FLOAT8E5M2: DType.float8_e5m2, onnx.TensorProto.FLOAT8E5M2FNUZ: DType.float8_e5m2fnuz,
+    onnx.TensorProto.FLOAT4E2M1: DType.float4_e2m1fn,
+    onnx.TensorProto.INT4: DType.int4, onnx.TensorProto.UINT4: DType.uint4,
+    onnx.TensorProto.INT2: DType.int2, onnx.TensorProto.UINT2: DType.uint2,
 }
 
 
@@ -413,26 +420,43 @@ def _check_bound(name, bound) -> tuple[int, int]:
 
 
 def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs, dim_bounds) -> Graph:
-    """Name graph outputs as ONNX does; outputs that are constants or inputs get a copy kernel."""
+    """Name graph outputs as ONNX does.
+
+    A computed value takes the name of the (first) output it is; an output that is a
+    constant, a graph input or a value another output already claimed gets a copy kernel.
+    """
     input_names = {v.name for v in inputs}
-    renames: dict[str, str] = {}
+    output_names = {vi.name for vi in proto.graph.output}
+    renames: dict[str, str] = {}   # computed value -> the output name it takes
+    moved: dict[str, str] = {}     # folded output -> the new name of its constant
+    claimed: set[str] = set()
+    copies: list[tuple[str, str]] = []
     outputs = []
     for vi in proto.graph.output:
         src = ctx.names.get(vi.name)
         if src is None:
             raise ShapeError(f"graph output {vi.name!r} is never computed")
-        if src in ctx.constants or src in input_names or src in renames:
-            if src == vi.name:  # a folded output keeps its name: the copy kernel needs it
-                src = ctx.add_const(ctx.constants.pop(src), "out")
-            ctx.emit("identity", [src], out_names=[vi.name], fold=False)
+        if src in ctx.constants or src in input_names:
+            if src == vi.name and src in ctx.constants:
+                # a folded output keeps its name (the copy kernel writes it); the constant
+                # moves to a new name, which the nodes reading it read instead
+                moved[src] = ctx.add_const(ctx.constants.pop(src), "out")
+            copies.append((moved.get(src, src), vi.name))
+        elif src == vi.name and src not in claimed:
+            claimed.add(src)
+        elif src in claimed or src in output_names:
+            copies.append((src, vi.name))
         else:
             renames[src] = vi.name
-        outputs.append(Value(vi.name, ctx.types[ctx.names.get(vi.name, vi.name)]))
+            claimed.add(src)
+        outputs.append(Value(vi.name, ctx.types[src]))
     nodes = []
     for node in ctx.nodes:
-        nodes.append(Node(node.op, tuple(renames.get(n, n) for n in node.inputs),
+        nodes.append(Node(node.op, tuple(renames.get(n, n) for n in (moved.get(i, i) for i in node.inputs)),
                           tuple(Value(renames.get(o.name, o.name), o.type) for o in node.outputs),
                           node.attrs, node.name))
+    for src, out in copies:
+        nodes.append(Node("identity", (renames.get(src, src),), (Value(out, ctx.types[src]),), {}, "output"))
     used = {n for node in nodes for n in node.inputs}
     consts = {k: v for k, v in ctx.constants.items() if k in used}
     name = proto.graph.name or "model"

@@ -1,8 +1,16 @@
-"""Element types: one table from Kiln's names to numpy and C types."""
+"""Element types: one table from Kiln's names to numpy and C types.
+
+Besides numpy's own types, Kiln knows the narrow types of recent ONNX opsets through
+``ml_dtypes`` (which also gives their numpy arrays): bfloat16, the float8 and float4
+formats, and 4- and 2-bit integers. Those are *storage* types: a tensor holds one element
+per byte (per two bytes for bfloat16) and arithmetic happens in float32 (int32 for the
+small integers), rounded back to the narrow type where a result is stored or cast.
+"""
 from __future__ import annotations
 
 import enum
 
+import ml_dtypes  # noqa: F401  (registers its types with numpy, so np.dtype("bfloat16") works)
 import numpy as np
 
 from kiln.errors import ShapeError
@@ -17,7 +25,21 @@ class DType(enum.Enum):
     int32 = "int32"
     int64 = "int64"
     uint8 = "uint8"
+    uint16 = "uint16"
+    uint32 = "uint32"
+    uint64 = "uint64"
     bool = "bool"
+    # storage-only types (values named as ml_dtypes names them)
+    bfloat16 = "bfloat16"
+    float8_e4m3fn = "float8_e4m3fn"
+    float8_e4m3fnuz = "float8_e4m3fnuz"
+    float8_e5m2 = "float8_e5m2"
+    float8_e5m2fnuz = "float8_e5m2fnuz"
+    float4_e2m1fn = "float4_e2m1fn"
+    int4 = "int4"
+    uint4 = "uint4"
+    int2 = "int2"
+    uint2 = "uint2"
 
     @property
     def np(self) -> np.dtype:
@@ -29,7 +51,26 @@ class DType(enum.Enum):
 
     @property
     def is_float(self) -> bool:
-        return self in (DType.float32, DType.float64, DType.float16)
+        return self in (DType.float32, DType.float64, DType.float16) or self in _NARROW_FLOATS
+
+    @property
+    def is_narrow_float(self) -> bool:
+        """bfloat16, float8 and float4: stored narrow, computed in float32."""
+        return self in _NARROW_FLOATS
+
+    @property
+    def is_narrow_int(self) -> bool:
+        """4- and 2-bit integers: one element per byte (the low bits), computed in int32."""
+        return self in _NARROW_INTS
+
+    @property
+    def is_signed(self) -> bool:
+        return self.is_float or self in (DType.int8, DType.int16, DType.int32, DType.int64, DType.int4, DType.int2)
+
+    @property
+    def bits(self) -> int:
+        """Value bits: 4 for int4 (stored in a byte), 16 for bfloat16."""
+        return _NARROW_INT_BITS.get(self, self.itemsize * 8)
 
     @property
     def is_int(self) -> bool:
@@ -52,5 +93,10 @@ class DType(enum.Enum):
                 f"unsupported element type {x!r}; Kiln supports {', '.join(d.value for d in DType)}"
             ) from None
 
+
+_NARROW_FLOATS = frozenset({DType.bfloat16, DType.float8_e4m3fn, DType.float8_e4m3fnuz, DType.float8_e5m2,
+                            DType.float8_e5m2fnuz, DType.float4_e2m1fn})
+_NARROW_INT_BITS = {DType.int4: 4, DType.uint4: 4, DType.int2: 2, DType.uint2: 2}
+_NARROW_INTS = frozenset(_NARROW_INT_BITS)
 
 INDEX = DType.int64

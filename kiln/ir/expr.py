@@ -144,7 +144,7 @@ COMPARE_OPS = {"lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor"}
 UNARY_OPS = {
     "neg", "exp", "log", "sqrt", "abs", "tanh", "erf", "sigmoid", "floor", "ceil", "round",
     "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
-    "not", "isnan", "isinf", "sign", "reciprocal", "softplus",
+    "not", "isnan", "isinf", "sign", "reciprocal", "softplus", "expm1",
 }
 
 

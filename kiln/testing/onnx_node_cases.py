@@ -31,10 +31,9 @@ STATUSES = (PASS, UNSUPPORTED, WRONG, ERROR)
 COMPILED = "compiled"  # classify(execute=False): compiled, not run
 
 # The pass rate (of the non-excluded cases) that tests/test_onnx_conformance.py enforces:
-# a ratchet, raised as operators land (79.6 % with onnx 1.23.2 when it was last set). The
-# cases that need element types Kiln lacks (bfloat16, float8, float4, int4/int2,
-# uint16/32/64: 247 of 1777, 13.9 %) cap it at 86.1 % until Kiln grows those types.
-MIN_PASS_RATE = 0.79
+# a ratchet, raised as operators land (93.2 % with onnx 1.23.2 when it was last set, after
+# the narrow element types: bfloat16, float8, float4, int4/int2, uint16/32/64).
+MIN_PASS_RATE = 0.93
 
 # -- exclusions --------------------------------------------------------------------------------
 # Kiln compiles static dataflow graphs of tensors for inference. Cases that need something

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.frontend.onnx_ops import converter
+from kiln.ir.dtype import DType
 
 _UNARY = {
     "Neg": "neg", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Abs": "abs", "Tanh": "tanh",
@@ -150,16 +151,22 @@ def _where(ctx, node):
 def _cast(ctx, node):
     from kiln.frontend.onnx import onnx_dtype
 
-    to = onnx_dtype(ctx.attr("to"))
-    if ctx.type(ctx.input(0)).dtype == to:
-        return ctx.emit("identity", [ctx.input(0)], out_names=ctx.outputs())
-    return ctx.emit("cast", [ctx.input(0)], {"to": to.value}, out_names=ctx.outputs())
+    return _emit_cast(ctx, onnx_dtype(ctx.attr("to")))
 
 
 @converter("CastLike", since=15)
 def _cast_like(ctx, node):
-    to = ctx.type(ctx.input(1)).dtype
-    return ctx.emit("cast", [ctx.input(0)], {"to": to.value}, out_names=ctx.outputs())
+    return _emit_cast(ctx, ctx.type(ctx.input(1)).dtype)
+
+
+def _emit_cast(ctx, to):
+    """Cast and CastLike; ``saturate`` (opset 19, default 1) clamps casts to float8 formats."""
+    if ctx.type(ctx.input(0)).dtype == to:
+        return ctx.emit("identity", [ctx.input(0)], out_names=ctx.outputs())
+    attrs = {"to": to.value}
+    if to.is_narrow_float and to is not DType.bfloat16 and ctx.attr("saturate", 1):
+        attrs["saturate"] = 1
+    return ctx.emit("cast", [ctx.input(0)], attrs, out_names=ctx.outputs())
 
 
 @converter("Identity", since=1)

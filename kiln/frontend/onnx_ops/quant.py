@@ -3,8 +3,9 @@ ConvInteger, QLinearMatMul and QLinearConv.
 
 The QLinear ops become an integer op (int32 accumulation) followed by ``requantize`` with
 the multiplier ``a_scale * b_scale / y_scale`` built from graph ops (folded when the scales
-are constants, as in exported models). Kiln has int8, uint8 and int16 quantized types;
-int4/uint4/int2/uint16 and the float8/float4 formats are reported as unsupported.
+are constants, as in exported models). QuantizeLinear/DequantizeLinear take every quantized
+type of ONNX: 2/4/8/16-bit integers and the float8/float4 formats (the QLinear and
+*Integer ops take 8-bit integers).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import onnx
 from kiln.frontend.onnx_ops import converter
 from kiln.frontend.onnx_ops.nn import ints_attr, kernel_shape, resolve_pads, static_shape
 from kiln.ir.dtype import DType
+from kiln.ir.ops.quant import quantized_type
 from kiln.ir.ops import normalize_axis
 
 _QUANT_OUT = {onnx.TensorProto.UINT8: DType.uint8, onnx.TensorProto.INT8: DType.int8,
@@ -50,18 +52,18 @@ def _quantize(ctx, node):
     if zp is not None:
         out = ctx.type(zp).dtype
     elif out_attr:
-        out = _QUANT_OUT.get(out_attr)
-        if out is None:
-            ctx.unsupported(f"output_dtype {onnx.TensorProto.DataType.Name(out_attr)}: Kiln quantizes to "
-                            "uint8, int8 and int16")
+        from kiln.frontend.onnx import onnx_dtype
+
+        out = onnx_dtype(out_attr)
     else:
         out = DType.uint8
-    if out not in _QUANT_OUT.values():
-        ctx.unsupported(f"quantizing to {out}: Kiln quantizes to uint8, int8 and int16")
+    if not quantized_type(out) or out is DType.int32:
+        ctx.unsupported(f"quantizing to {out}: Kiln quantizes to 2/4/8/16-bit integers and float8/float4")
     precision = int(ctx.attr("precision", 0) or 0)
     if precision and precision not in _FLOATS:
         ctx.unsupported(f"precision {onnx.TensorProto.DataType.Name(precision)}")
-    attrs.update(dtype=out.value, precision=_FLOATS[precision].value if precision else None)
+    attrs.update(dtype=out.value, precision=_FLOATS[precision].value if precision else None,
+                 saturate=int(ctx.attr("saturate", 1)))
     return ctx.emit("quantize_linear", [x, scale] + ([zp] if zp else []), attrs, out_names=ctx.outputs())
 
 
@@ -69,6 +71,8 @@ def _quantize(ctx, node):
 def _dequantize(ctx, node):
     x, scale = ctx.input(0), ctx.input(1)
     zp = ctx.input(2) if ctx.has_input(2) else None
+    if not quantized_type(ctx.type(x).dtype):
+        ctx.unsupported(f"dequantizing {ctx.type(x).dtype}")
     attrs = _param_attrs(ctx, x, scale)
     out_attr = int(ctx.attr("output_dtype", 0) or 0)
     if out_attr and out_attr not in _FLOATS:

@@ -40,7 +40,7 @@ def _f(v, dt) -> Const:
 
 
 def _acc(dt: DType) -> DType:
-    return F32 if dt is DType.float16 else dt
+    return F32 if dt is DType.float16 or dt.is_narrow_float else dt
 
 
 # -- attention -------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def _bias(ins, attrs, dt):
 def _rounder(dt: DType):
     """Rounding to ``dt`` of a value computed in its working type (float32 for float16):
     float16 results are rounded after every operation, as numpy (the reference) does."""
-    if dt is DType.float16:
+    if dt is DType.float16 or dt.is_narrow_float:
         return lambda e: Cast(Cast(e, dt), F32)
     return lambda e: e
 
@@ -173,8 +173,13 @@ def _attention_compute(ins, outs, attrs):
     def e(b, h, i, j):
         return rs(Un("exp", rs(s_of(b, h, i, j) - safe_max(b, h, i)), ws))
 
-    total = compute(f"{y.name}__sum", row, lambda b, h, i, _: rs(rsum(lambda j: e(b, h, i, j), skv)),
-                    ws, tag="reduce", inline=False)
+    if sm.is_narrow_float:
+        # numpy (the reference) sums a bfloat16 row in bfloat16, rounding after every term
+        total = compute(f"{y.name}__sum", row, lambda b, h, i, _: rsum(lambda j: Cast(e(b, h, i, j), sm), skv),
+                        sm, tag="reduce", inline=False)
+    else:
+        total = compute(f"{y.name}__sum", row, lambda b, h, i, _: rs(rsum(lambda j: e(b, h, i, j), skv)),
+                        ws, tag="reduce", inline=False)
     t = total.tensor
 
     def p_body(b, h, i, j):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
+
 from kiln.errors import ShapeError
 from kiln.ir.compute import compute
 from kiln.ir.dtype import DType
@@ -52,7 +54,8 @@ def _unary_expr(op: str, x, attrs):
         return Select(x.lt(c(0)), x * c(attrs.get("alpha", 0.01)), x)
     if op == "elu":
         a = attrs.get("alpha", 1.0)
-        return Select(x.lt(c(0)), c(a) * (Un("exp", x, f32) - c(1)), x)
+        # expm1, as ONNX's reference: exact near 0, where exp(x) - 1 cancels
+        return Select(x.lt(c(0)), c(a) * Un("expm1", x, f32), x)
     if op == "selu":
         a, g = attrs.get("alpha", 1.67326319217681884765625), attrs.get("gamma", 1.05070102214813232421875)
         return Select(x.le(c(0)), c(g) * (c(a) * Un("exp", x, f32) - c(a)), c(g) * x)
@@ -84,7 +87,7 @@ def _unary_expr(op: str, x, attrs):
         return Select(x.gt(c(attrs.get("alpha", 1.0))), x, c(0))
     if op == "celu":
         a = attrs.get("alpha", 1.0)
-        return nan_max(x, c(0)) + nan_min(c(a) * (Un("exp", x * c(1 / a), f32) - c(1)), c(0))
+        return nan_max(x, c(0)) + nan_min(c(a) * Un("expm1", x / c(a), f32), c(0))
     if op in ("isnan", "isinf", "not"):
         return Un(op, x, DType.bool)
     if op == "sign" and f32.is_float:  # sign(NaN) is NaN
@@ -186,14 +189,20 @@ def _cast_infer(ins, attrs):
 
 def _cast_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
+    saturate = attrs.get("saturate", 0) and o.dtype.is_narrow_float
+    limit = float(ml_dtypes.finfo(o.dtype.np).max) if saturate else None
 
     def body(*i):
         v = x[i]
         if o.dtype is DType.bool:
             return v.ne(Const(0, v.dtype) if not v.dtype.is_float else Const(0.0, v.dtype))
-        if v.dtype.is_float and not o.dtype.is_float:
-            # C truncates toward zero on float -> int conversion, as ONNX Cast does.
-            return Cast(v, o.dtype)
+        if saturate:
+            # ONNX Cast(saturate=1) to float8 clamps to the finite range (NaN stays NaN);
+            # the comparisons are false for NaN, so the Selects pass it through
+            f = v if v.dtype is DType.float32 else Cast(v, DType.float32)
+            hi, lo = Const(limit, DType.float32), Const(-limit, DType.float32)
+            v = Select(f.gt(hi), hi, Select(f.lt(lo), lo, f))
+        # C truncates toward zero on float -> int conversion, as ONNX Cast does.
         return Cast(v, o.dtype)
 
     return [compute(o.name, o.shape, body, o.dtype)]

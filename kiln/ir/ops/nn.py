@@ -24,12 +24,20 @@ from kiln.ir.symbolic import dims_equal
 
 # -- shared helpers -------------------------------------------------------------------------
 
-def widen(e: Expr) -> Expr:
-    """float16 terms of a sum or product accumulate in float32 (rounded once at the end), as
-    numpy and ONNX Runtime do: a float16 accumulator loses a bit every few terms."""
+def widen_sum(e: Expr) -> Expr:
+    """float16 terms of a plain sum accumulate in float32, as numpy's pairwise sum does;
+    bfloat16 and float8 ones accumulate in their own type, as numpy sums ml_dtypes arrays."""
     from kiln.ir.expr import Cast
 
     return Cast(e, DType.float32) if e.dtype is DType.float16 else e
+
+
+def widen(e: Expr) -> Expr:
+    """float16 (and bfloat16, float8) terms of a sum or product accumulate in float32 (rounded once at the end), as
+    numpy and ONNX Runtime do: a float16 accumulator loses a bit every few terms."""
+    from kiln.ir.expr import Cast
+
+    return Cast(e, DType.float32) if e.dtype is DType.float16 or e.dtype.is_narrow_float else e
 
 
 def static_shape(t: TensorType, what: str) -> tuple[int, ...]:

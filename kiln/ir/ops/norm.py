@@ -12,7 +12,7 @@ from kiln.ir.compute import compute, rmax, rsum
 from kiln.ir.expr import Cast, Const, Un
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, normalize_axis, register
-from kiln.ir.ops.nn import static_shape, widen
+from kiln.ir.ops.nn import static_shape, widen_sum
 
 
 def _c(v, dtype) -> Const:
@@ -200,7 +200,7 @@ def _make_softmax(log: bool):
                      dt, tag="reduce", inline=False)
         m = mx.tensor
         sm = compute(f"{o.name}__sum", red_shape,
-                     lambda *i: rsum(lambda k: widen(Un("exp", x[at(i, k)] - m[i], dt)), n),
+                     lambda *i: rsum(lambda k: widen_sum(Un("exp", x[at(i, k)] - m[i], dt)), n),
                      dt, tag="reduce", inline=False)
         s = sm.tensor
         if log:

@@ -16,6 +16,8 @@ blocked (the input's shape with ``axis`` divided into blocks of ``block_size``).
 """
 from __future__ import annotations
 
+import ml_dtypes
+
 from kiln.errors import ShapeError
 from kiln.ir.compute import Tensor, compute, rmax, rmin, rsum
 from kiln.ir.dtype import DType
@@ -25,7 +27,14 @@ from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register
 from kiln.ir.ops.nn import conj, offset, scaled, static_shape, window_attrs, window_out_size
 
 QUANT_RANGES = {DType.uint8: (0, 255), DType.int8: (-128, 127), DType.int16: (-32768, 32767),
-                DType.int32: (-2**31, 2**31 - 1)}
+                DType.uint16: (0, 65535), DType.int32: (-2**31, 2**31 - 1), DType.int4: (-8, 7),
+                DType.uint4: (0, 15), DType.int2: (-2, 1), DType.uint2: (0, 3)}
+
+
+def quantized_type(dt: DType) -> bool:
+    """The types quantize_linear writes and dequantize_linear reads: the integers of
+    QUANT_RANGES, and the float8/float4 formats (scaled, saturated, not rounded to integers)."""
+    return dt in QUANT_RANGES or dt.is_narrow_float and dt is not DType.bfloat16
 I32, F32, F64 = DType.int32, DType.float32, DType.float64
 
 
@@ -76,13 +85,29 @@ def _check_params(x, scale, axis: int, block: int, what: str):
 
 # -- quantize_linear / dequantize_linear --------------------------------------------------------
 
+def _same_layout(zp_shape, scale_shape) -> bool:
+    """A zero point has the scale's shape; per tensor, any one-element shape ((), (1,)) will do."""
+    return tuple(zp_shape) == tuple(scale_shape) or (_size(zp_shape) == 1 and _size(scale_shape) == 1)
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _zp_index(zp, scale, pi):
+    return pi if zp.ndim == scale.ndim else (0,) * zp.ndim
+
 def _quantize_infer(ins, attrs):
     x, s = static_shape(ins[0], "quantize_linear input"), static_shape(ins[1], "quantize_linear scale")
     out = DType(attrs["dtype"])
-    if out not in (DType.uint8, DType.int8, DType.int16) or not ins[0].dtype.is_float:
-        raise ShapeError(f"quantize_linear maps floats to uint8/int8/int16; got {ins[0].dtype} -> {out}")
+    if not quantized_type(out) or out is DType.int32 or not ins[0].dtype.is_float:
+        raise ShapeError(f"quantize_linear maps floats to 2/4/8/16-bit integers or float8/float4; "
+                         f"got {ins[0].dtype} -> {out}")
     _check_params(x, s, int(attrs.get("axis", 1)), int(attrs.get("block_size", 0)), "quantize_linear")
-    if len(ins) > 2 and (ins[2].dtype != out or tuple(ins[2].shape) != s):
+    if len(ins) > 2 and (ins[2].dtype != out or not _same_layout(ins[2].shape, s)):
         raise ShapeError(f"quantize_linear zero point {ins[2]} must match the scale shape {s} and dtype {out}")
     return [TensorType(x, out)]
 
@@ -96,9 +121,18 @@ def _quantize_compute(ins, outs, attrs):
 
     def body(*i):
         pi = param_index(scale, i, axis, block)
-        v = Un("round", _as(x[i], ft) / _as(scale[pi], ft), ft)
+        v = _as(x[i], ft) / _as(scale[pi], ft)
+        if o.dtype.is_narrow_float:  # float8/float4: scaled, then a saturating cast
+            if zp is not None:
+                v = v + _as(zp[_zp_index(zp, scale, pi)], ft)
+            limit = float(ml_dtypes.finfo(o.dtype.np).max)
+            if not attrs.get("saturate", 1):
+                return Cast(v, o.dtype)
+            return Cast(Select(v.gt(_f(limit, ft)), _f(limit, ft),
+                               Select(v.lt(_f(-limit, ft)), _f(-limit, ft), v)), o.dtype)
+        v = Un("round", v, ft)
         if zp is not None:
-            v = v + _as(zp[pi], ft)
+            v = v + _as(zp[_zp_index(zp, scale, pi)], ft)
         lo, hi = QUANT_RANGES[o.dtype]
         return Cast(Bin("min", Bin("max", v, _f(lo, ft), ft), _f(hi, ft), ft), o.dtype)
 
@@ -110,11 +144,11 @@ register("quantize_linear", FusionKind.BROADCAST, _quantize_infer, _quantize_com
 
 def _dequantize_infer(ins, attrs):
     x, s = static_shape(ins[0], "dequantize_linear input"), static_shape(ins[1], "dequantize_linear scale")
-    if ins[0].dtype not in QUANT_RANGES or not ins[1].dtype.is_float:
-        raise ShapeError(f"dequantize_linear maps uint8/int8/int16/int32 to floats; got {ins[0].dtype} "
+    if not quantized_type(ins[0].dtype) or not ins[1].dtype.is_float:
+        raise ShapeError(f"dequantize_linear maps 2/4/8/16/32-bit integers and float8/float4 to floats; got {ins[0].dtype} "
                          f"with a {ins[1].dtype} scale")
     _check_params(x, s, int(attrs.get("axis", 1)), int(attrs.get("block_size", 0)), "dequantize_linear")
-    if len(ins) > 2 and (ins[2].dtype != ins[0].dtype or tuple(ins[2].shape) != s):
+    if len(ins) > 2 and (ins[2].dtype != ins[0].dtype or not _same_layout(ins[2].shape, s)):
         raise ShapeError(f"dequantize_linear zero point {ins[2]} must match the scale shape {s} and "
                          f"the input dtype {ins[0].dtype}")
     return [TensorType(x, DType(attrs["dtype"]))]
@@ -129,7 +163,8 @@ def _dequantize_compute(ins, outs, attrs):
 
     def body(*i):
         pi = param_index(scale, i, axis, block)
-        d = _as(x[i], I32) if zp is None else _as(x[i], I32) - _as(zp[pi], I32)
+        wide = F32 if x.dtype.is_float else I32
+        d = _as(x[i], wide) if zp is None else _as(x[i], wide) - _as(zp[_zp_index(zp, scale, pi)], wide)
         return _as(_as(d, ft) * _as(scale[pi], ft), o.dtype)
 
     return [compute(o.name, o.shape, body, o.dtype)]

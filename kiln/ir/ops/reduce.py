@@ -15,7 +15,7 @@ from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
 from kiln.ir.ops.shape import static_shape, zero
 
-from kiln.ir.ops.nn import widen
+from kiln.ir.ops.nn import widen_sum
 
 _REDUCE = {"sum": rsum, "prod": rprod, "max": rmax, "min": rmin}
 
@@ -108,7 +108,7 @@ def _make_reduce(op: str):
             if not axes:  # noop_with_empty_axes: only the per-element parts
                 acc = pre(x[i])
             else:
-                acc = _REDUCE[kind](lambda *r: widen(pre(x[input_index(x.ndim, axes, keep, i, r)])), extents)
+                acc = _REDUCE[kind](lambda *r: widen_sum(pre(x[input_index(x.ndim, axes, keep, i, r)])), extents)
             return post(acc, count) if post else acc
 
         return [compute(o.name, o.shape, body, o.dtype, tag="reduce", hints={"reduce_axes": axes})]
