@@ -1,0 +1,55 @@
+"""DFT: the twiddle matrix against numpy.fft, and the op against ONNX Runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from kiln.errors import UnsupportedOperatorError
+from kiln.frontend.onnx_ops.signal import dft_matrix
+from tests.util import BACKENDS, check_against_ort, kiln_run
+
+RNG = np.random.default_rng(21)
+
+
+@pytest.mark.parametrize("n_in,length", [(8, 8), (10, 10), (7, 12), (12, 7), (9, 9)])
+@pytest.mark.parametrize("channels,inverse,onesided", [  # onesided forward DFTs take real signals
+    (1, False, False), (2, False, False), (1, False, True), (1, True, False), (2, True, False),
+    (1, True, True), (2, True, True)])
+def test_dft_matrix_matches_numpy_fft(n_in, length, channels, inverse, onesided):
+    x = RNG.standard_normal((3, n_in, channels))
+    z = x[..., 0] + (1j * x[..., 1] if channels == 2 else 0)
+    if inverse and onesided:
+        want = np.fft.irfft(z, n=length, axis=1)[..., None]
+    else:
+        full = (np.fft.ifft if inverse else np.fft.fft)(z, n=length, axis=1)
+        full = full[:, : length // 2 + 1] if onesided else full
+        want = np.stack([full.real, full.imag], -1)
+    got = (x.reshape(3, -1) @ dft_matrix(n_in, channels, length, inverse, onesided)).reshape(want.shape)
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def dft_model(shape, axis, **attrs):
+    out = list(shape)
+    length = shape[axis]
+    out[axis] = length // 2 + 1 if attrs.get("onesided") else length
+    out[-1] = 2
+    node = helper.make_node("DFT", ["x"], ["y"], axis=axis, **attrs)
+    graph = helper.make_graph([node], "dft", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,axis,attrs", [((2, 16, 1), 1, {}), ((2, 16, 1), 1, {"onesided": 1}),
+                                              ((3, 5, 12, 2), 2, {}), ((4, 6, 2), 1, {})])
+def test_dft_against_ort(backend, shape, axis, attrs):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    check_against_ort(dft_model(shape, axis, **attrs), {"x": x}, backend, rtol=1e-4, atol=1e-4)
+
+
+def test_inverse_complex_dft_is_refused_cleanly():
+    with pytest.raises(UnsupportedOperatorError, match="inverse complex-to-complex DFT"):
+        kiln_run(dft_model((1, 8, 2), 1, inverse=1), {"x": np.zeros((1, 8, 2), np.float32)}, "host")
