@@ -362,6 +362,11 @@ def bench_cmd(model: str, target: str, against: str, repeats: int, input_shapes)
         sys.exit(1)  # the table says why Kiln did not run; scripts should notice
 
 
+from kiln.quantization.cli import register as _register_quantize  # noqa: E402
+
+_register_quantize(cli)  # kiln quantize
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``kiln``)."""
     cli.main(args=argv, prog_name="kiln")

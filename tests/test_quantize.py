@@ -221,3 +221,45 @@ def _output_scale(q: onnx.ModelProto) -> float:
     dqs = [n for n in q.graph.node if n.op_type == "DequantizeLinear"]
     dq = next((n for n in dqs if n.output[0] in outs), dqs[-1])
     return float(inits[dq.input[1]].reshape(-1)[0])
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+def _float_conv_model():
+    from examples.models import small_cnn
+
+    return small_cnn(image=8, channels=(4,))
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(activations="int16"), ["activation type", "'int16'", "int8, uint8"]),
+    (dict(weights="uint8"), ["weight type", "int8"]),
+    (dict(method="entropy"), ["calibration method", "minmax, percentile"]),
+    (dict(skip=["NoSuchNode"]), ["NoSuchNode", "neither node names nor op types"]),
+])
+def test_unsupported_schemes_are_listed(kw, words):
+    x = np.zeros((4, 1, 1, 8, 8), np.float32)
+    with pytest.raises(QuantizationError) as e:
+        kiln.quantize(_float_conv_model(), {"input": x}, **kw)
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("data,words", [
+    ({"image": np.zeros((4, 1, 1, 8, 8), np.float32)}, ["missing ['input']", "unexpected ['image']", "input: float32[1, 1, 8, 8]"]),
+    ({"input": np.zeros((4, 3, 8, 8), np.float32)}, ["shape (4, 3, 8, 8)", "input: float32[1, 1, 8, 8]"]),
+    ({"input": np.zeros((4, 1, 1, 8, 8), np.int64)}, ["dtype int64", "float32"]),
+])
+def test_calibration_data_is_checked(data, words):
+    with pytest.raises(QuantizationError) as e:
+        kiln.quantize(_float_conv_model(), data)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_calibration_npz_samples_along_the_batch_axis(tmp_path):
+    from kiln.quantization.calibration import load_calibration
+
+    np.savez(tmp_path / "c.npz", input=np.ones((5, 1, 8, 8), np.float32))
+    samples = load_calibration(tmp_path / "c.npz", _float_conv_model())
+    assert len(samples) == 5 and samples[0]["input"].shape == (1, 1, 8, 8)

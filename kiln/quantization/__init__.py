@@ -1,9 +1,17 @@
 """Quantization tooling: post-training quantization to QDQ ONNX (``ptq``), calibration
-data handling (``calibration``) and the per-layer error report (``report``).
+data handling (``calibration``), weight-only packing (``weight_only``) and the per-layer
+error report (``report``).
 
 The integer kernels themselves are graph ops (``kiln/ir/ops/qlinear.py``) made by the
 ``quantize`` pass (``kiln/passes/quantize.py``).
 """
-from kiln.quantization.ptq import quantize
+
+
+def quantize(model, calibration, output=None, **options):
+    """Post-training int8 quantization to a QDQ ONNX model; see ``kiln.quantization.ptq.quantize``."""
+    from kiln.quantization.ptq import quantize as _quantize
+
+    return _quantize(model, calibration, output, **options)
+
 
 __all__ = ["quantize"]
