@@ -14,4 +14,11 @@ def quantize(model, calibration, output=None, **options):
     return _quantize(model, calibration, output, **options)
 
 
-__all__ = ["quantize"]
+def quantize_weights(model, bits: int = 4, group_size: int = 32, **options):
+    """Weight-only int4/int8 MatMul/Gemm (MatMulNBits); see ``kiln.quantization.weight_only``."""
+    from kiln.quantization.weight_only import quantize_weights as _qw
+
+    return _qw(model, bits, group_size, **options)
+
+
+__all__ = ["quantize", "quantize_weights"]
