@@ -263,3 +263,20 @@ def test_calibration_npz_samples_along_the_batch_axis(tmp_path):
     np.savez(tmp_path / "c.npz", input=np.ones((5, 1, 8, 8), np.float32))
     samples = load_calibration(tmp_path / "c.npz", _float_conv_model())
     assert len(samples) == 5 and samples[0]["input"].shape == (1, 1, 8, 8)
+
+
+def test_inspect_quant_reports_every_quantized_activation(tmp_path):
+    from click.testing import CliRunner
+
+    from kiln.cli import cli
+
+    model, _ = qdq_conv()
+    onnx.save(model, tmp_path / "q.onnx")
+    res = CliRunner().invoke(cli, ["inspect", str(tmp_path / "q.onnx"), "--quant"])
+    assert res.exit_code == 0, res.output
+    rows = res.output.strip().splitlines()
+    assert "SQNR dB" in rows[0] and len(rows) == 3  # the input and the conv output
+    sqnr = [float(r.split()[2]) for r in rows[1:]]
+    steps = [float(r.split()[3]) for r in rows[1:]]
+    assert steps[0] <= 0.5 + 1e-6  # the input: rounding only
+    assert min(sqnr) > 20 and max(steps) < 4
