@@ -303,8 +303,18 @@ def _shapes_from_inputs(model: str, inputs: dict) -> dict | None:
               help="Print the IR after this pipeline stage (an unknown name lists the valid ones).")
 @input_shape_option
 @dim_bound_option
-def inspect_cmd(model: str, print_ir_after: str | None, input_shapes, dim_bounds) -> None:
+@click.option("--quant", is_flag=True,
+              help="For a QDQ model: per-layer quantization error (scale, SQNR, max error in steps).")
+@click.option("--inputs", "inputs_path", default=None, metavar="in.npz",
+              help="Inputs for --quant (default: seeded random normal values).")
+def inspect_cmd(model: str, print_ir_after: str | None, input_shapes, dim_bounds, quant: bool = False,
+                inputs_path: str | None = None) -> None:
     """Print the graph IR of MODEL with its kernel count and arena size."""
+    if quant:
+        from kiln.quantization.report import quant_report
+
+        click.echo(quant_report(model, _load_npz(inputs_path) if inputs_path else None))
+        return
     shapes = _shapes(input_shapes)
     import kiln.api as api
 
@@ -360,6 +370,11 @@ def bench_cmd(model: str, target: str, against: str, repeats: int, input_shapes)
         click.echo(bench.ratio_summary(rows, peer, [workload.name]))
     if not any(r.peer == "kiln" and r.ok for r in rows):
         sys.exit(1)  # the table says why Kiln did not run; scripts should notice
+
+
+from kiln.quantization.cli import register as _register_quantize  # noqa: E402
+
+_register_quantize(cli)  # kiln quantize
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,3 +57,8 @@ class ToolchainError(KilnError):
 
 class TargetError(KilnError):
     """The target string is unknown or malformed."""
+
+
+class QuantizationError(KilnError):
+    """A quantization request Kiln cannot honor: an unsupported scheme, or calibration data
+    whose names, shapes or dtypes do not match the model's inputs."""

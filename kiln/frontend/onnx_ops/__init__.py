@@ -30,4 +30,4 @@ def lookup(op_type: str, domain: str, opset: int) -> Callable | None:
 
 from kiln.frontend.onnx_ops import (  # noqa: E402,F401
     attention, elementwise, math, nn, norm, normalize, pool, quant, recurrent, reduce, resize, sample, scatter,
-    shape, signal)
+    shape, signal, weight_only)

@@ -78,7 +78,10 @@ def _dequantize(ctx, node):
     if out_attr and out_attr not in _FLOATS:
         ctx.unsupported(f"output_dtype {onnx.TensorProto.DataType.Name(out_attr)}")
     attrs["dtype"] = (_FLOATS[out_attr] if out_attr else ctx.type(scale).dtype).value
-    return ctx.emit("dequantize_linear", [x, scale] + ([zp] if zp else []), attrs, out_names=ctx.outputs())
+    # Not folded here even for constant weights: the quantize pass needs DQ(int8 weights) to
+    # build integer kernels; whatever it leaves is folded by the fold_constants pass.
+    return ctx.emit("dequantize_linear", [x, scale] + ([zp] if zp else []), attrs, out_names=ctx.outputs(),
+                    fold=False)
 
 
 @converter("DynamicQuantizeLinear", since=11)

@@ -1,0 +1,236 @@
+"""Integer kernels for quantized models: ``qconv``, ``qmatmul`` and ``qadd``.
+
+These are the ops the ``quantize`` pass (``kiln/passes/quantize.py``) makes out of
+DequantizeLinear -> Conv/MatMul/Gemm/Add -> QuantizeLinear patterns and out of
+QLinearConv/QLinearMatMul. Each is one graph op with integer semantics that every target
+lowers from the same compute definition:
+
+    acc[o]  = sum_k  xu[k] * w[o, k]                     uint8 x int8 -> int32
+    v       = (int64(acc + bias[o]) * mult[o] + 2^(shift[o]-1)) >> shift[o]
+    y       = clamp(v + y_zp, lo, hi)                    int8 / uint8
+
+- ``xu`` is the activation moved to uint8 by ``act_offset`` (128 for int8 activations,
+  0 for uint8): u8 x s8 is the operand pair of x86 VNNI ``vpdpbusd`` and of AVX2
+  ``vpmaddubsw``; gcc emits them for a dot product whose operands are both contiguous
+  along the reduction, which is how both ops lay out their reduction (weights packed
+  (O, ..., K) at compile time, activations in a uint8 staging buffer, channels last).
+  A target with signed dot products (NEON ``sdot``) can set ``act_offset`` 0 for int8.
+- ``bias`` already holds the zero-point terms: ``bias_q - (x_zp + act_offset) * sum_k w``,
+  so the inner loop has no zero-point arithmetic (weights are symmetric: zero point 0).
+- **Rounding**: ``mult`` (int32, normalized to [2^30, 2^31)) and ``shift`` encode the real
+  multiplier ``x_scale * w_scale[o] / y_scale`` as ``mult * 2^-shift``; adding
+  ``2^(shift-1)`` before the arithmetic shift rounds half up (towards +infinity).
+  ONNX Runtime rounds half to even in float32, so the two agree except on exact ties
+  and float32 rounding of the product: at most one quantization step apart.
+- ``lo``/``hi`` clamp in the quantized domain: the output type's range intersected with a
+  fused ReLU/Clip (quantizing is monotonic, so clamp-then-quantize equals
+  quantize-then-clamp at the quantized bounds).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.errors import ShapeError
+from kiln.ir.compute import compute, rsum
+from kiln.ir.dtype import DType
+from kiln.ir.expr import Bin, Cast, Const, Select
+from kiln.ir.graph import TensorType
+from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register
+from kiln.ir.ops.nn import conj, offset, static_shape, window_attrs, window_out_size
+
+I32, I64, U8 = DType.int32, DType.int64, DType.uint8
+QTYPES = (DType.int8, DType.uint8)
+
+
+def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mult, shift) int32 arrays with ``mult * 2^-shift == real`` to 31 significant bits.
+
+    ``mult`` is in [2^30, 2^31); ``shift`` is at most 62 so the int64 product of an int32
+    accumulator and ``mult`` cannot overflow. A zero multiplier gives (0, 1).
+    """
+    real = np.asarray(real, np.float64).reshape(-1)
+    if np.any(real < 0) or not np.all(np.isfinite(real)):
+        raise ShapeError(f"requantization multipliers must be finite and >= 0; got {real}")
+    mant, exp = np.frexp(real)                       # real = mant * 2^exp, mant in [0.5, 1)
+    mult = np.round(mant * (1 << 31)).astype(np.int64)
+    shift = (31 - exp).astype(np.int64)
+    carry = mult == (1 << 31)                        # rounding reached 2^31: renormalize
+    mult[carry] >>= 1
+    shift[carry] -= 1
+    too_small = shift > 62
+    mult[too_small] = np.round(real[too_small] * 2.0 ** 62).astype(np.int64)
+    shift[too_small] = 62
+    if np.any(shift < 1):
+        raise ShapeError(f"requantization multiplier {real.max()} is too large (>= 2^30)")
+    zero = real == 0
+    mult[zero], shift[zero] = 0, 1
+    return mult.astype(np.int32), shift.astype(np.int32)
+
+
+def requant(acc, bias, mult, shift, attrs, out: DType):
+    """The fixed-point epilogue (see the module docstring) of one int32 accumulator."""
+    v = Cast(acc + bias, I64) * Cast(mult, I64)
+    s = Cast(shift, I64)
+    v = Bin("shr", v + Bin("shl", Const(1, I64), s - Const(1, I64), I64), s, I64)
+    v = v + Const(int(attrs["y_zp"]), I64)
+    lo, hi = int(attrs["lo"]), int(attrs["hi"])
+    return Cast(Bin("min", Bin("max", v, Const(lo, I64), I64), Const(hi, I64), I64), out)
+
+
+def _check_epilogue(ins, n: int, what: str):
+    for t, name in zip(ins, ("bias", "mult", "shift")):
+        if t.dtype is not I32 or tuple(t.shape) != (n,):
+            raise ShapeError(f"{what} {name} must be int32 of shape ({n},); got {t}")
+
+
+def _check_attrs(attrs, what: str) -> DType:
+    out = DType(attrs["dtype"])
+    if out not in QTYPES:
+        raise ShapeError(f"{what} produces int8 or uint8; got {out}")
+    lo, hi = np.iinfo(out.np).min, np.iinfo(out.np).max
+    if not lo <= int(attrs["lo"]) <= int(attrs["hi"]) <= hi:
+        raise ShapeError(f"{what} clamp [{attrs['lo']}, {attrs['hi']}] is outside the {out} range")
+    if int(attrs.get("act_offset", 0)) not in (0, 128):
+        raise ShapeError(f"{what} act_offset must be 0 or 128; got {attrs['act_offset']}")
+    return out
+
+
+def _to_u8(v, off: int):
+    """An activation moved to the uint8 domain (int8 + 128), or as is."""
+    if not off:
+        return v
+    return Cast(Cast(v, I32) + Const(off, I32), U8)
+
+
+# -- qconv -------------------------------------------------------------------------------------------
+
+def _qconv_infer(ins, attrs):
+    x, w = static_shape(ins[0], "qconv input"), static_shape(ins[1], "qconv weights")
+    out = _check_attrs(attrs, "qconv")
+    if ins[0].dtype not in QTYPES or ins[1].dtype is not DType.int8:
+        raise ShapeError(f"qconv takes int8/uint8 activations and int8 weights; got {ins[0].dtype}, {ins[1].dtype}")
+    if len(x) != 4 or len(w) != 3:
+        raise ShapeError(f"qconv takes 2-D input (N, C, H, W) and packed weights (OC, KH, KW*C/group); "
+                         f"got {x} and {w}")
+    group, (kh, kw) = int(attrs.get("group", 1)), attrs["kernel"]
+    if group < 1 or w[0] % group or x[1] % group or w[1] != kh or w[2] != kw * (x[1] // group):
+        raise ShapeError(f"qconv weights {w} do not match input {x} with kernel {(kh, kw)} and group {group}")
+    _check_epilogue(ins[2:5], w[0], "qconv")
+    strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
+    sp = tuple(window_out_size(n, k, s, d, b, e) for n, k, s, d, b, e in zip(x[2:], (kh, kw), strides, dil, pb, pe))
+    if min(sp) < 1:
+        raise ShapeError(f"qconv kernel {(kh, kw)} does not fit input {x[2:]}")
+    return [TensorType((x[0], w[0]) + sp, out)]
+
+
+def _qconv_compute(ins, outs, attrs):
+    """Stage ``__xu``: the input, padded, channels last and in uint8, as (N, Hp, Wp*C): a
+    window row of a group is then contiguous, and with dilation 1 and one group the whole
+    (kw, c) window row is one run of KW*C bytes -- the reduction the vectorizer sees."""
+    x, w, bias, mult, shift = ins
+    o = outs[0]
+    n_, c_, h_, w_ = x.shape
+    (kh, kw), group = attrs["kernel"], int(attrs.get("group", 1))
+    strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
+    off = int(attrs.get("act_offset", 0))
+    pad_value = int(attrs["x_zp"]) + off
+    hp, wp = h_ + pb[0] + pe[0], w_ + pb[1] + pe[1]
+
+    def staged(n, h, wc):
+        ww, c = wc // c_, wc % c_
+        conds = []
+        for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1], w_)):
+            conds += ([v.ge(b)] if b else []) + ([v.lt(b + m)] if e else [])
+        val = _to_u8(x[n, c, offset(h, -pb[0]), offset(ww, -pb[1])], off)
+        return val if not conds else Select(conj(conds), val, Const(pad_value, U8))
+
+    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, U8, tag="pad", inline=False)
+    src = xu.tensor
+    icg, ocg = c_ // group, o.shape[1] // group
+
+    def body(n, oc, oh, ow):
+        base_h = oh * strides[0] if strides[0] != 1 else oh
+        base_w = (ow * strides[1] if strides[1] != 1 else ow) * c_
+        first = (oc // ocg) * icg if group > 1 else 0
+        if dil[1] == 1 and group == 1:
+            def term(r, j):  # (kw, c) flattened: one contiguous run
+                hh = base_h + (r * dil[0] if dil[0] != 1 else r)
+                return Cast(src[n, hh, base_w + j], I32) * Cast(w[oc, r, j], I32)
+            acc = rsum(term, (kh, kw * icg))
+        else:
+            def term(r, q, c):
+                hh = base_h + (r * dil[0] if dil[0] != 1 else r)
+                return (Cast(src[n, hh, base_w + q * (dil[1] * c_) + first + c], I32)
+                        * Cast(w[oc, r, q * icg + c], I32))
+            acc = rsum(term, (kh, kw, icg))
+        return requant(acc, bias[oc], mult[oc], shift[oc], attrs, o.dtype)
+
+    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot")]
+
+
+register("qconv", FusionKind.OUT_FUSABLE, _qconv_infer, _qconv_compute)
+
+
+# -- qmatmul -----------------------------------------------------------------------------------------
+
+def _qmatmul_infer(ins, attrs):
+    a, w = static_shape(ins[0], "qmatmul A"), static_shape(ins[1], "qmatmul weights")
+    out = _check_attrs(attrs, "qmatmul")
+    if ins[0].dtype not in QTYPES or ins[1].dtype is not DType.int8:
+        raise ShapeError(f"qmatmul takes int8/uint8 A and int8 weights; got {ins[0].dtype}, {ins[1].dtype}")
+    if len(a) < 2 or len(w) != 2 or a[-1] != w[1]:
+        raise ShapeError(f"qmatmul takes A (..., M, K) and packed weights (N, K); got {a} and {w}")
+    _check_epilogue(ins[2:5], w[0], "qmatmul")
+    return [TensorType(a[:-1] + (w[0],), out)]
+
+
+def _qmatmul_compute(ins, outs, attrs):
+    a, w, bias, mult, shift = ins
+    o = outs[0]
+    off = int(attrs.get("act_offset", 0))
+    k = a.shape[-1]
+    stages = []
+    if off:
+        au = compute(f"{o.name}__au", a.shape, lambda *i: _to_u8(a[i], off), U8, tag="pad", inline=False)
+        stages.append(au)
+        a = au.tensor
+
+    def body(*i):
+        acc = rsum(lambda r: Cast(a[i[:-1] + (r,)], I32) * Cast(w[i[-1], r], I32), k)
+        return requant(acc, bias[i[-1]], mult[i[-1]], shift[i[-1]], attrs, o.dtype)
+
+    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot")]
+
+
+register("qmatmul", FusionKind.OUT_FUSABLE, _qmatmul_infer, _qmatmul_compute)
+
+
+# -- qadd ----------------------------------------------------------------------------------------------
+
+def _qadd_infer(ins, attrs):
+    out = _check_attrs(attrs, "qadd")
+    a, b = static_shape(ins[0], "qadd A"), static_shape(ins[1], "qadd B")
+    if ins[0].dtype not in QTYPES or ins[1].dtype not in QTYPES:
+        raise ShapeError(f"qadd takes int8/uint8 operands; got {ins[0].dtype}, {ins[1].dtype}")
+    return [TensorType(broadcast_shapes(a, b), out)]
+
+
+def _qadd_compute(ins, outs, attrs):
+    """y = clamp(((a - a_zp) * ma + (b - b_zp) * mb + 2^(shift-1)) >> shift + y_zp)."""
+    a, b = ins
+    o = outs[0]
+    shift = int(attrs["shift"])
+
+    def centered(t, zp, m, i):
+        return (Cast(t[broadcast_index(t, i)], I64) - Const(int(zp), I64)) * Const(int(m), I64)
+
+    def body(*i):
+        v = centered(a, attrs["a_zp"], attrs["ma"], i) + centered(b, attrs["b_zp"], attrs["mb"], i)
+        v = Bin("shr", v + Const(1 << (shift - 1), I64), Const(shift, I64), I64) + Const(int(attrs["y_zp"]), I64)
+        return Cast(Bin("min", Bin("max", v, Const(int(attrs["lo"]), I64), I64), Const(int(attrs["hi"]), I64), I64),
+                    o.dtype)
+
+    return [compute(o.name, o.shape, body, o.dtype)]
+
+
+register("qadd", FusionKind.BROADCAST, _qadd_infer, _qadd_compute)

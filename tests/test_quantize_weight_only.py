@@ -1,0 +1,63 @@
+"""Weight-only int4/int8 matmuls: ``quantize_weights`` writes ONNX Runtime's MatMulNBits,
+Kiln compiles it to ``matmul_wq`` (weights repacked at compile time, per-group scale
+outside the inner loop) and matches ORT."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as TP, helper, numpy_helper as nh
+
+import kiln
+from kiln.errors import QuantizationError
+from kiln.quantization.weight_only import quantize_weights
+from tests.util import ort_run
+
+RNG = np.random.default_rng(1)
+
+
+def _linear(m, k, n, gemm=False):
+    w = RNG.standard_normal((n, k) if gemm else (k, n)).astype(np.float32)
+    inits = [nh.from_array(w, "w")]
+    if gemm:
+        inits.append(nh.from_array(RNG.standard_normal(n).astype(np.float32), "b"))
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    else:
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    g = helper.make_graph([node], "linear", [helper.make_tensor_value_info("x", TP.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [m, n])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("bits,group,symmetric,gemm", [
+    (4, 32, False, False), (4, 64, True, False), (4, 128, False, True), (8, 32, True, False), (8, 128, False, True),
+])
+def test_weight_only_matches_ort(bits, group, symmetric, gemm):
+    model = _linear(2, 256, 48, gemm)
+    q = quantize_weights(model, bits=bits, group_size=group, symmetric=symmetric)
+    assert [n.op_type for n in q.graph.node] == ["MatMulNBits"]
+    x = RNG.standard_normal((2, 256)).astype(np.float32)
+    cm = kiln.compile(q)
+    assert "matmul_wq" in {n.op for n in cm.graph.nodes}
+    got, want = cm.run({"x": x})["y"], ort_run(q, {"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_int4_weights_take_an_eighth_and_scale_is_hoisted():
+    model = _linear(1, 512, 64)
+    cm = kiln.compile(quantize_weights(model, bits=4, group_size=64))
+    node = next(n for n in cm.graph.nodes if n.op == "matmul_wq")
+    packed = cm.graph.constants[node.inputs[1]]
+    assert packed.dtype == np.uint8 and packed.shape == (64, 256)  # two weights per byte
+    src = cm.source()
+    body = src[src.index("#pragma omp simd reduction(+:"):]
+    inner = body[:body.index("}")]
+    assert "in2[" not in inner  # the group scale (in2) is applied outside the inner loop
+    assert "in2[" in body[:body.index("out0[")]
+
+
+@pytest.mark.parametrize("kw,words", [(dict(bits=3), ["3-bit", "4 and 8"]), (dict(group_size=48), ["group size 48"])])
+def test_weight_only_rejects_unsupported_schemes(kw, words):
+    with pytest.raises(QuantizationError) as e:
+        quantize_weights(_linear(1, 64, 8), **kw)
+    for w in words:
+        assert w in str(e.value)
