@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
@@ -92,3 +93,39 @@ def test_a_converter_crash_is_a_kiln_error(monkeypatch):
     monkeypatch.setitem(onnx_ops.CONVERTERS, ("", "Relu"), [(1, broken)])
     with pytest.raises(KilnError, match="internal error.*ZeroDivisionError"):
         kiln.compile(_unary_model("Relu"))
+
+
+def _aliasing_model(outputs):
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Reshape", ["y", "s"], ["z"]),
+             helper.make_node("Add", ["z", "z"], ["w"]), helper.make_node("Identity", ["z"], ["v"])]
+    shapes = {"w": [3, 4], "y": [2, 6], "z": [3, 4], "v": [3, 4], "x": [2, 6]}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [2, 6])],
+                              [helper.make_tensor_value_info(n, T.FLOAT, shapes[n]) for n in outputs],
+                              initializer=[onnx.numpy_helper.from_array(np.array([3, 4], np.int64), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("outputs", [["w", "y", "z"], ["v", "z", "y"], ["z", "v"], ["y", "w", "v", "z"]])
+def test_outputs_that_alias_each_other_or_views(outputs):
+    """Every output is its own tensor, also when one is a view (Reshape, Identity) of another."""
+    import kiln
+    from tests.util import ort_run
+
+    model = _aliasing_model(outputs)
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    want, got = ort_run(model, {"x": x}), kiln.compile(model).run({"x": x})
+    for k in outputs:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+
+
+def test_output_named_like_an_input_is_refused_cleanly():
+    import kiln
+    from kiln.errors import UnsupportedOperatorError
+
+    with pytest.raises(UnsupportedOperatorError, match="graph output 'x' is the graph input"):
+        kiln.compile(_aliasing_model(["w", "x"]))

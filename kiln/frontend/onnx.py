@@ -436,6 +436,11 @@ def _finish_graph(ctx: "ConvertContext", proto: onnx.ModelProto, inputs, dim_bou
         src = ctx.names.get(vi.name)
         if src is None:
             raise ShapeError(f"graph output {vi.name!r} is never computed")
+        if vi.name in input_names:
+            raise UnsupportedOperatorError(
+                [(f"graph output {vi.name!r}", 0, [vi.name])],
+                reason=f"graph output {vi.name!r} is the graph input of the same name; Kiln's outputs are "
+                       "tensors of their own: give the output another name (an Identity node)")
         if src in ctx.constants or src in input_names:
             if src == vi.name and src in ctx.constants:
                 # a folded output keeps its name (the copy kernel writes it); the constant
