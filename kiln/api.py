@@ -127,12 +127,15 @@ def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence]
     compiled model then runs every size in that range.
     """
     target_impl = get_target(target)
-    if db is not None:
-        raise KilnError("tuning databases (db=) are not available in this version; compile without db")
+    tuned = None
+    if db is not None:  # the best record of each kernel in a `kiln tune` database
+        from kiln.autotune.database import tuned_schedules
+
+        tuned = tuned_schedules(db, str(target_impl))
     graph = _import(model, input_shapes, example_inputs, dim_bounds)
     _require_bounds(graph)
     try:
-        result = run_pipeline(graph, target=target_impl, prefix=PREFIX)
+        result = run_pipeline(graph, target=target_impl, prefix=PREFIX, tuned=tuned)
     except KilnError:
         raise
     except Exception as e:  # noqa: BLE001  (a bug in Kiln: still one clean error type for callers)

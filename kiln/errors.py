@@ -57,3 +57,11 @@ class ToolchainError(KilnError):
 
 class TargetError(KilnError):
     """The target string is unknown or malformed."""
+
+
+class TuningError(KilnError):
+    """Autotuning could not proceed: a bad tuning database, cost model or search setting."""
+
+
+class TuningWarning(UserWarning):
+    """Something in a tuning run was skipped (a corrupt database line, a failed task) but the run goes on."""
