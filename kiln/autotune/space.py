@@ -234,10 +234,46 @@ class DesignSpace:
             sch.parallel(name)
 
 
+class Candidate:
+    """One point of a design space: its decisions, its trace and (lazily) its loop IR and features."""
+
+    __slots__ = ("decisions", "trace", "_func", "_features", "_base")
+
+    def __init__(self, decisions: dict, trace: list, func: Func | None = None, base: Func | None = None):
+        self.decisions, self.trace = decisions, trace
+        self._func, self._features, self._base = func, None, base
+
+    @classmethod
+    def of(cls, space: "DesignSpace", decisions: dict) -> "Candidate":
+        sch = space.apply(decisions)
+        return cls(dict(decisions), sch.trace, simplify_loop_indices(sch.func))
+
+    @property
+    def key(self) -> str:
+        return canonical(self.decisions)
+
+    @property
+    def func(self) -> Func:
+        if self._func is None:
+            if self._base is None:
+                raise TuningError("a candidate made from a trace alone needs the task's loop IR (base=)")
+            self._func = apply_trace(self._base, self.trace)
+        return self._func
+
+    @property
+    def features(self):
+        """Per-store feature matrix (``features.extract``), computed once."""
+        if self._features is None:
+            from kiln.autotune.features import extract
+
+            self._features = extract(self.func)
+        return self._features
+
+
 def apply_trace(func: Func, trace) -> Func:
     """Replay a tuning record on a kernel's unscheduled loop IR, as the compiler does."""
     sch = Schedule.replay(func, trace)
     return simplify_loop_indices(sch.func)
 
 
-__all__ = ["DesignSpace", "KNOBS", "apply_trace", "canonical", "divisors", "has_space"]
+__all__ = ["Candidate", "DesignSpace", "KNOBS", "apply_trace", "canonical", "divisors", "has_space"]
