@@ -1,7 +1,7 @@
 """Kiln: compile ONNX models into tuned kernels and self-contained C source."""
 __version__ = "0.1.0"
 
-from kiln.api import CompiledModel, compile, inspect, load  # noqa: E402
+from kiln.api import CompiledModel, compile, inspect, load, tune  # noqa: E402
 from kiln.errors import KilnError  # noqa: E402
 
-__all__ = ["compile", "inspect", "load", "CompiledModel", "KilnError", "__version__"]
+__all__ = ["compile", "inspect", "load", "tune", "CompiledModel", "KilnError", "__version__"]

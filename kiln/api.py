@@ -144,6 +144,18 @@ def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence]
     return CompiledModel(result, target_impl)
 
 
+def tune(model, target: str = "host", *, trials: int = 64, db="tuning", cost_model="xgb", **options):
+    """Tune the model's kernels on this machine; the best records go to the database ``db``.
+
+    Same as ``kiln tune``; ``kiln.compile(model, db=db)`` then applies them. Options:
+    ``search``, ``batch_size``, ``seed``, ``curve`` (a PNG path), ``progress``, ``measure``
+    (``kiln.autotune.measure.MeasureOptions``), ``input_shapes``, ``example_inputs``.
+    Returns a ``kiln.autotune.tuner.TuneResult``."""
+    from kiln.autotune.tuner import tune as _tune
+
+    return _tune(model, target, trials, db, cost_model=cost_model, **options)
+
+
 def _require_bounds(graph: Graph) -> None:
     """Every symbolic dim needs bounds (the arena is sized for them); never guess one."""
     from kiln.ir.symbolic import symbols_of

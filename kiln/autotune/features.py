@@ -252,7 +252,6 @@ def store_features(store: Store, loops: list[For], shapes: dict, locals_: dict) 
     for level in range(len(loops), -1, -1):
         inner = loops[level:]
         it = math.prod(_extent(lp) for lp in inner)
-        names = {lp.var.name for lp in inner}
         ub = 0.0
         for f in bufs:
             span = math.prod(_extent(lp) for lp in inner if lp.var.name in f["used"])
