@@ -345,3 +345,68 @@ def test_resume_after_kill_9(tmp_path):
                   measure=MeasureOptions(repeats=1, min_repeat_ms=0.1))
     assert result.trials == before + 2
     assert len(Database(db)) == before + 2  # earlier records kept, only the remainder measured
+
+
+# -- research kit ----------------------------------------------------------------------------
+
+def test_offline_metrics():
+    from kiln.autotune.dataset import kendall_tau, pairwise_accuracy, top_k_score
+
+    lat = [1.0, 2.0, None, 4.0]
+    assert pairwise_accuracy([3, 2, 9, 1], lat) == 1.0
+    assert pairwise_accuracy([1, 2, 9, 3], lat) == 0.0
+    assert kendall_tau([3, 2, 0, 1], lat) == pytest.approx(1.0)
+    assert top_k_score([1, 2, 0, 3], lat, 1) == 0.25 and top_k_score([1, 2, 0, 3], lat, 3) == 1.0
+
+
+def test_dataset_export_splits_and_evaluation(tmp_path):
+    from kiln.autotune.dataset import Dataset, evaluate
+
+    db = tmp_path / "db"
+    tune(mlp(), trials=10, db=str(db), cost_model="random", batch_size=5,
+         measure=MeasureOptions(repeats=1, min_repeat_ms=0.1))
+    ds = Dataset.from_databases({"mlp": mlp()}, db)
+    assert len(ds) == 10 and len(ds.tasks) == 2 and {t.model for t in ds.tasks} == {"mlp"}
+    ds.export(tmp_path / "data.npz")
+    back = Dataset.load(tmp_path / "data.npz")
+    assert len(back) == 10
+    for a, b in zip(ds.candidates, back.candidates):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.features, y.features)
+            assert x.decisions == y.decisions and x.trace == y.trace
+    assert back.latencies == ds.latencies
+    train, test = ds.split("within-task", seed=0)
+    assert len(train) + len(test) == 10 and len(test) >= 2
+    assert ds.split("within-task", seed=0)[1].latencies == test.latencies  # fixed by the seed
+    tr, te = ds.split("by-model", holdout="mlp")
+    assert len(te) == 10 and len(tr) == 0
+    tr, te = ds.split("by-task", test_fraction=0.5)
+    assert len(tr) + len(te) == 10
+    scores = evaluate(XGBModel(rounds=10), train, test)
+    for name in ("pairwise_accuracy", "top1", "top5", "a-peak@1", "a-peak@5"):
+        v = scores[name]
+        assert np.isnan(v) or 0.0 <= v <= 1.0, (name, v)
+    assert 0.0 < scores["a-peak@5"] <= 1.0
+    with pytest.raises(TuningError, match="unknown split"):
+        ds.split("by-moon")
+
+
+def test_custom_model_example_tunes(tmp_path):
+    model = load_cost_model("benchmarks.cost_models.custom_model:RidgeModel")
+    assert len(Path(ROOT / "benchmarks/cost_models/custom_model.py").read_text().split("class RidgeModel")[1]
+               .strip().splitlines()) <= 14
+    result = tune(mlp(), trials=4, db=str(tmp_path / "db"), cost_model=model, batch_size=2, population=8,
+                  generations=1, measure=MeasureOptions(repeats=1, min_repeat_ms=0.1))
+    assert result.trials == 4 and model.w is not None
+
+
+def test_search_curve_harness_smoke(tmp_path):
+    from benchmarks.cost_models import search_curves
+
+    search_curves.main(["--workload", "gemm", "--size", "32", "--trials", "4", "--batch-size", "2",
+                        "--seeds", "1", "--repeats", "1", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "curves.json").read_text())
+    (task,) = data["curves"]
+    assert set(data["curves"][task]) == {"xgb", "random-model", "random-search"}
+    assert all(len(run) == 4 for runs in data["curves"][task].values() for run in runs)
+    assert (tmp_path / "curves.png").exists() and "random-search" in (tmp_path / "summary.md").read_text()
