@@ -345,6 +345,7 @@ def test_resume_after_kill_9(tmp_path):
                   measure=MeasureOptions(repeats=1, min_repeat_ms=0.1))
     assert result.trials == before + 2
     assert len(Database(db)) == before + 2  # earlier records kept, only the remainder measured
+    assert not (db / "build").exists()  # the killed run's scratch builds are gone
 
 
 # -- research kit ----------------------------------------------------------------------------

@@ -101,6 +101,7 @@ class Measurer:
         self.options = options or MeasureOptions()
         self._own = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kiln_tune_"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.cc = compiler_path()
         self.flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
         self._refs: dict[str, tuple[Path, list[np.ndarray], float]] = {}

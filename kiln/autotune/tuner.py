@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -155,7 +156,10 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
             _warm_start(costs, st)
         states.append(st)
 
-    measurer = Measurer(measure)
+    # builds live under the database, so the next run clears what a killed run left behind
+    scratch = Path(db) / "build"
+    shutil.rmtree(scratch, ignore_errors=True)
+    measurer = Measurer(measure, workdir=str(scratch))
     total = sum(s.trials for s in states)
     curve_points: list[tuple[int, float]] = []
     try:
@@ -194,7 +198,7 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
             if progress:
                 progress(states, total, trials)
     finally:
-        measurer.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     _save_model(costs, Path(db))
     untuned = sum(s.task.weight * (s.default_latency or 0.0) for s in states if not s.failed)
     result = TuneResult(Path(db), task_rows(states), curve_points, total, untuned, estimated_latency(states))
