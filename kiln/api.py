@@ -127,18 +127,33 @@ def compile(model, target: str = "host", *, input_shapes: Mapping[str, Sequence]
     compiled model then runs every size in that range.
     """
     target_impl = get_target(target)
-    if db is not None:
-        raise KilnError("tuning databases (db=) are not available in this version; compile without db")
+    tuned = None
+    if db is not None:  # the best record of each kernel in a `kiln tune` database
+        from kiln.autotune.database import tuned_schedules
+
+        tuned = tuned_schedules(db, str(target_impl))
     graph = _import(model, input_shapes, example_inputs, dim_bounds)
     _require_bounds(graph)
     try:
-        result = run_pipeline(graph, target=target_impl, prefix=PREFIX)
+        result = run_pipeline(graph, target=target_impl, prefix=PREFIX, tuned=tuned)
     except KilnError:
         raise
     except Exception as e:  # noqa: BLE001  (a bug in Kiln: still one clean error type for callers)
         raise KilnError(f"internal error while compiling ({type(e).__name__}: {e}); this is a bug "
                         "in Kiln, please report it with the model") from e
     return CompiledModel(result, target_impl)
+
+
+def tune(model, target: str = "host", *, trials: int = 64, db="tuning", cost_model="xgb", **options):
+    """Tune the model's kernels on this machine; the best records go to the database ``db``.
+
+    Same as ``kiln tune``; ``kiln.compile(model, db=db)`` then applies them. Options:
+    ``search``, ``batch_size``, ``seed``, ``curve`` (a PNG path), ``progress``, ``measure``
+    (``kiln.autotune.measure.MeasureOptions``), ``input_shapes``, ``example_inputs``.
+    Returns a ``kiln.autotune.tuner.TuneResult``."""
+    from kiln.autotune.tuner import tune as _tune
+
+    return _tune(model, target, trials, db, cost_model=cost_model, **options)
 
 
 def _require_bounds(graph: Graph) -> None:

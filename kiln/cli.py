@@ -5,6 +5,7 @@
     kiln run MODEL|DIR --target T --inputs in.npz [--outputs out.npz]
     kiln inspect MODEL [--print-ir-after STAGE] [--input-shape NAME=...]
     kiln bench MODEL --target host [--against ort,torch,tvm] [--repeats N] [--input-shape NAME=...]
+    kiln tune MODEL --target host --trials N --db DIR [--cost-model xgb|random|pkg.mod:Class]
 
 Every error Kiln raises on purpose (``KilnError``) prints as ``kiln: error: <message>`` on
 stderr with exit code 2 and no traceback. The compiler itself is imported inside each
@@ -370,6 +371,44 @@ def bench_cmd(model: str, target: str, against: str, repeats: int, input_shapes)
         click.echo(bench.ratio_summary(rows, peer, [workload.name]))
     if not any(r.peer == "kiln" and r.ok for r in rows):
         sys.exit(1)  # the table says why Kiln did not run; scripts should notice
+
+
+@cli.command("tune", short_help="Tune a model's kernels on this machine into a tuning database.")
+@click.argument("model", metavar="MODEL")
+@target_option
+@click.option("--trials", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Measurements for the whole model, counting those already in the database "
+                   "(rerunning resumes).")
+@click.option("--db", metavar="DIR", required=True, help="Tuning database directory (created if missing).")
+@click.option("--cost-model", "cost_model", default="xgb", show_default=True, metavar="MODEL",
+              help="xgb, random, or a class pkg.mod:Class implementing kiln.autotune.cost_model.CostModel.")
+@click.option("--search", type=click.Choice(["evolutionary", "random"]), default="evolutionary",
+              show_default=True, help="evolutionary: guided by the cost model; random: pure random search.")
+@click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Candidates measured per round.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--curve", metavar="PNG", default=None,
+              help="Where to draw the tuning curve [default: DIR/tuning_curve.png].")
+@click.option("--quiet", is_flag=True, help="No live progress table.")
+@input_shape_option
+def tune_cmd(model: str, target: str, trials: int, db: str, cost_model: str, search: str, batch_size: int,
+             seed: int, curve: str | None, quiet: bool, input_shapes) -> None:
+    """Tune MODEL's kernels: measure candidate schedules, keep the best in DIR.
+
+    Then `kiln compile MODEL --db DIR` builds the model with the best records.
+    """
+    from kiln.autotune.progress import LiveTable
+    from kiln.autotune.tuner import tune
+
+    live = None if quiet else LiveTable()
+    try:
+        result = tune(model, target=target, trials=trials, db=db, cost_model=cost_model, search=search,
+                      batch_size=batch_size, seed=seed, progress=live, input_shapes=_shapes(input_shapes),
+                      curve=curve or str(Path(db) / "tuning_curve.png"))
+    finally:
+        if live is not None:
+            live.close()
+    click.echo(result.summary())
 
 
 from kiln.quantization.cli import register as _register_quantize  # noqa: E402

@@ -62,3 +62,11 @@ class TargetError(KilnError):
 class QuantizationError(KilnError):
     """A quantization request Kiln cannot honor: an unsupported scheme, or calibration data
     whose names, shapes or dtypes do not match the model's inputs."""
+
+
+class TuningError(KilnError):
+    """Autotuning could not proceed: a bad tuning database, cost model or search setting."""
+
+
+class TuningWarning(UserWarning):
+    """Something in a tuning run was skipped (a corrupt database line, a failed task) but the run goes on."""

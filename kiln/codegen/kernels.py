@@ -83,7 +83,9 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
 
 
 def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, TensorType],
-                 trace: list | None = None, caps: Capabilities = DEFAULT_CAPABILITIES) -> Kernel:
+                 trace: list | None = None, caps: Capabilities = DEFAULT_CAPABILITIES,
+                 tuned=None) -> Kernel:
+    """``tuned``: optional ``func -> trace or None`` (a tuning database's best records)."""
     stages, inputs, outputs, cname = group_stages(group, graph, types)
     out_c = {cname[n] for n in outputs}
     stages = inline_stages(stages, keep=out_c)
@@ -92,16 +94,37 @@ def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, Tensor
     params = [Buffer(cname[n], shape_exprs(types[n].shape), types[n].dtype) for n in inputs + outputs]
     params += [Buffer(s.name, s.shape, s.dtype) for s in temps]
     func = canonicalize(Func(name, tuple(params), seq(*(lower_stage(s) for s in stages))))
-    if trace is None:
-        sch = schedule_kernel(Schedule(func), stages, caps)
-    else:
-        sch = Schedule.replay(func, trace)
+    sch = _tuned_schedule(func, tuned) if trace is None and tuned is not None else None
+    if sch is None:
+        sch = schedule_kernel(Schedule(func), stages, caps) if trace is None else Schedule.replay(func, trace)
     temp_types = [(f"{name}.{s.name}", TensorType(shape_dims(s.shape), s.dtype)) for s in temps]
     symbols = sorted(set().union(*(symbols_of(types[n].shape) for n in inputs + outputs)))
     return Kernel(name, sch.func, inputs, outputs, temp_types, symbols, stages, sch.trace, func)
 
 
+def _tuned_schedule(func: Func, tuned) -> Schedule | None:
+    """The tuned schedule of a kernel, replayed as the tuner measured it; None without a record.
+    A record that no longer replays (a database from another Kiln version) falls back to the
+    default rules with a warning instead of failing the compile."""
+    import warnings
+
+    from kiln.errors import ScheduleError, TuningWarning
+    from kiln.passes.simplify_loops import simplify_loop_indices
+
+    record = tuned(func)
+    if record is None:
+        return None
+    try:
+        sch = Schedule.replay(func, record)
+    except ScheduleError as e:
+        warnings.warn(f"tuning record for {func.name} does not replay ({e}); using the default schedule",
+                      TuningWarning, stacklevel=2)
+        return None
+    sch.func = simplify_loop_indices(sch.func)
+    return sch
+
+
 def build_kernels(graph: Graph, groups: Sequence[Group],
-                  caps: Capabilities = DEFAULT_CAPABILITIES) -> list[Kernel]:
+                  caps: Capabilities = DEFAULT_CAPABILITIES, tuned=None) -> list[Kernel]:
     types = graph.value_types()
-    return [build_kernel(i, g, graph, types, caps=caps) for i, g in enumerate(groups)]
+    return [build_kernel(i, g, graph, types, caps=caps, tuned=tuned) for i, g in enumerate(groups)]

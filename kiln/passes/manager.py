@@ -59,7 +59,8 @@ def check_stage(name: str | None) -> None:
 
 
 def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str | None = None,
-                 prefix: str = "kiln_model") -> PipelineResult:
+                 prefix: str = "kiln_model", tuned=None) -> PipelineResult:
+    """``tuned``: optional ``func -> trace or None`` applying tuning records (``kiln.autotune``)."""
     check_stage(print_after)
     if isinstance(target, str):
         target = get_target(target)
@@ -80,7 +81,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
             snap("layout", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))
-    kernels = build_kernels(graph, groups, caps)
+    kernels = build_kernels(graph, groups, caps, tuned=tuned)
     snap("lower", lambda: "\n\n".join(format_func(k.unscheduled) for k in kernels))
     snap("schedule", lambda: loop_ir_text(kernels))
     plan = plan_memory(graph, kernels)

@@ -1,0 +1,241 @@
+"""Measurement: build and run candidate kernels in separate processes, and check them.
+
+Each candidate becomes a small executable (``templates/tune_harness.c.j2``): gcc builds
+it under a timeout, then it runs as its own process under a timeout, so a kernel that
+segfaults, loops forever or corrupts memory costs one trial and never the tuning run.
+The harness surrounds every buffer with guard zones and exits with ``OOB_STATUS`` when
+one was written. Before its time counts, a candidate's outputs must match those of the
+untuned kernel (the default schedule) on the same random inputs.
+
+Results carry an ``error`` kind: ``build``, ``timeout``, ``crash``, ``oob``, ``wrong``
+(or ``None`` when the candidate is valid and ``latency`` holds its median time).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kiln.codegen.c import C_PRELUDE, CRenderer
+from kiln.codegen.templates import render
+from kiln.errors import TuningError
+from kiln.ir.loop import Func
+from kiln.ir.schedule import Schedule
+from kiln.passes.default_schedule import schedule_kernel
+
+OOB_STATUS = 86
+GUARD_BYTES = 4096
+ERROR_KINDS = ("build", "timeout", "crash", "oob", "wrong")
+
+
+@dataclass
+class MeasureOptions:
+    build_timeout: float = 120.0   # seconds for gcc
+    run_timeout: float = 10.0      # seconds for one candidate's whole run
+    repeats: int = 3               # timed repeats; the median counts
+    min_repeat_ms: float = 2.0     # each repeat calls the kernel until it lasted this long
+    builders: int = 2              # parallel gcc processes
+    rtol: float = 1e-3             # output check against the untuned kernel
+    atol: float = 1e-4
+
+
+@dataclass
+class Result:
+    latency: float | None          # seconds per call (median of repeats); None when it failed
+    error: str | None = None       # one of ERROR_KINDS
+    detail: str = ""
+    costs: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def default_func(task) -> Func:
+    """The untuned kernel: the default rules, as the compiler applies them without a record."""
+    sch = schedule_kernel(Schedule(task.func), task.stages, task.caps)
+    return sch.func
+
+
+def harness_source(func: Func) -> str:
+    renderer = CRenderer()
+    inputs = {b.name for b in func.params if b.name.startswith("in")}
+    kernel = renderer.render_func(func, inputs, static=True)
+    params = [{"ctype": renderer.ctype(b.dtype)} for b in func.params]
+    sizes = [int(np.prod(b.shape, dtype=np.int64)) * b.dtype.itemsize for b in func.params]
+    return render("tune_harness.c.j2", prelude=C_PRELUDE, kernel=kernel, params=params,
+                  sizes=[max(s, 1) for s in sizes], guard=GUARD_BYTES, oob_status=OOB_STATUS,
+                  input_indices=[i for i, b in enumerate(func.params) if b.name in inputs],
+                  output_indices=[i for i, b in enumerate(func.params) if b.name.startswith("out")])
+
+
+def random_inputs(func: Func, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for b in func.params:
+        if not b.name.startswith("in"):
+            continue
+        dt = b.dtype.np
+        if dt.kind == "f":
+            arrays.append(rng.uniform(-1, 1, b.shape).astype(dt))
+        elif dt.kind == "b":
+            arrays.append(rng.integers(0, 2, b.shape).astype(dt))
+        else:
+            arrays.append(rng.integers(0, 4, b.shape).astype(dt))
+    return arrays
+
+
+class Measurer:
+    """Builds and runs candidates of one task at a time; keeps the reference outputs per task."""
+
+    def __init__(self, options: MeasureOptions | None = None, workdir: str | None = None):
+        from kiln.targets.host import CFLAGS, compiler_path
+
+        self.options = options or MeasureOptions()
+        self._own = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kiln_tune_"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cc = compiler_path()
+        self.flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
+        self._refs: dict[str, tuple[Path, list[np.ndarray], float]] = {}
+        self._count = 0
+
+    def close(self) -> None:
+        if self._own:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one candidate ----------------------------------------------------------------------
+    def _build(self, func: Func, name: str) -> tuple[Path | None, str]:
+        d = self.workdir / name
+        d.mkdir(parents=True, exist_ok=True)
+        src = d / "harness.c"
+        src.write_text(harness_source(func))
+        exe = d / "harness"
+        try:
+            proc = subprocess.run([self.cc, *self.flags, "-o", str(exe), str(src), "-lm"],
+                                  capture_output=True, text=True, timeout=self.options.build_timeout)
+        except subprocess.TimeoutExpired:
+            return None, f"gcc took longer than {self.options.build_timeout:.0f} s"
+        if proc.returncode != 0:
+            return None, proc.stderr.strip()[-2000:]
+        return exe, ""
+
+    def _run(self, exe: Path, inputs_file: Path, outputs_file: Path, threads: int) -> Result:
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(threads, 1)))
+        env.setdefault("GOMP_SPINCOUNT", "1000")
+        cmd = [str(exe), str(inputs_file), str(outputs_file), str(self.options.min_repeat_ms),
+               str(self.options.repeats)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.options.run_timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return Result(None, "timeout", f"ran longer than {self.options.run_timeout:.1f} s")
+        if proc.returncode == OOB_STATUS:
+            return Result(None, "oob", proc.stderr.strip())
+        if proc.returncode != 0:
+            why = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+            return Result(None, "crash", f"{why}: {proc.stderr.strip()[-500:]}")
+        costs = [float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("time ")]
+        if not costs:
+            return Result(None, "crash", "the harness printed no timings")
+        return Result(statistics.median(costs), None, "", costs)
+
+    # -- per task -----------------------------------------------------------------------
+    def reference(self, task) -> tuple[list[np.ndarray], float]:
+        """Outputs and latency of the untuned kernel on the task's random inputs (cached)."""
+        if task.key in self._refs:
+            _, outs, lat = self._refs[task.key]
+            return outs, lat
+        func = default_func(task)
+        inputs = random_inputs(func)
+        inputs_file = self.workdir / f"{task.key}.inputs.bin"
+        with open(inputs_file, "wb") as f:
+            for a in inputs:
+                f.write(np.ascontiguousarray(a).tobytes())
+        exe, err = self._build(func, f"{task.key}_ref")
+        if exe is None:
+            raise TuningError(f"the untuned kernel of task {task.name} does not build:\n{err}")
+        out_file = exe.parent / "outputs.bin"
+        res = self._run(exe, inputs_file, out_file, task.caps.threads)
+        if not res.ok:
+            raise TuningError(f"the untuned kernel of task {task.name} failed ({res.error}: {res.detail})")
+        outs = self._read_outputs(func, out_file)
+        self._refs[task.key] = (inputs_file, outs, res.latency)
+        return outs, res.latency
+
+    @staticmethod
+    def _read_outputs(func: Func, path: Path) -> list[np.ndarray]:
+        data = path.read_bytes()
+        outs, off = [], 0
+        for b in func.params:
+            if b.name.startswith("out"):
+                n = int(np.prod(b.shape, dtype=np.int64)) * b.dtype.itemsize
+                outs.append(np.frombuffer(data[off: off + n], dtype=b.dtype.np).reshape(b.shape))
+                off += n
+        return outs
+
+    def measure(self, task, funcs: list[Func]) -> list[Result]:
+        """Build (in parallel) and run (one at a time, for quiet timings) scheduled candidates."""
+        ref_outs, _ = self.reference(task)
+        inputs_file = self._refs[task.key][0]
+        names = []
+        for _ in funcs:
+            self._count += 1
+            names.append(f"c{self._count}")
+        with ThreadPoolExecutor(max_workers=max(self.options.builders, 1)) as pool:
+            built = list(pool.map(self._build, funcs, names))
+        results = []
+        for func, (exe, err) in zip(funcs, built):
+            if exe is None:
+                results.append(Result(None, "build", err))
+                continue
+            out_file = exe.parent / "outputs.bin"
+            res = self._run(exe, inputs_file, out_file, task.caps.threads)
+            if res.ok:
+                res = self._check(func, out_file, ref_outs, res)
+            shutil.rmtree(exe.parent, ignore_errors=True)
+            results.append(res)
+        return results
+
+    def _check(self, func: Func, out_file: Path, ref_outs, res: Result) -> Result:
+        try:
+            outs = self._read_outputs(func, out_file)
+        except (OSError, ValueError) as e:
+            return Result(None, "wrong", f"outputs unreadable: {e}")
+        for k, (got, want) in enumerate(zip(outs, ref_outs)):
+            if got.shape != want.shape:
+                return Result(None, "wrong", f"output {k} has {got.size} elements; expected {want.size}")
+            if want.dtype.kind == "f":
+                scale = float(np.max(np.abs(want))) if want.size else 0.0
+                bad = ~np.isclose(got, want, rtol=self.options.rtol, atol=self.options.atol * max(scale, 1.0),
+                                  equal_nan=True)
+            else:
+                bad = got != want
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                return Result(None, "wrong", f"output {k} differs from the untuned kernel at flat index {i}: "
+                                              f"{got.flat[i]!r} vs {want.flat[i]!r} ({int(bad.sum())} elements)")
+        return res
+
+
+def schedule_of(task, trace) -> Func:
+    """The scheduled loop IR of a candidate trace, replayed as the compiler replays records."""
+    from kiln.autotune.space import apply_trace
+
+    return apply_trace(task.func, trace)
+
+
+__all__ = ["Measurer", "MeasureOptions", "Result", "default_func", "harness_source", "random_inputs",
+           "schedule_of", "ERROR_KINDS", "OOB_STATUS"]

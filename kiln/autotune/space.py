@@ -1,0 +1,279 @@
+"""Rule-generated design spaces: what the tuner may choose for one task.
+
+The rule for a GEMM-like stage (a reduction with a ``tile`` hint: matmul, convolution,
+pooling) is the default schedule with its constants opened up, in the manner of Ansor's
+multi-level tiling:
+
+    spatial loops ... row, col  ->  ... row_o_o, col_o_o | row_o_i, col_o_i | k.. k_o, k_i | row_i, col_i
+                                     (parallel, fused)     (cache block)      (reduction)    (register tile)
+
+Knobs (a *decision* is a value for each):
+- ``row_tile``, ``col_tile``   the register tile (divisors: no tail guards);
+- ``row_block``, ``col_block`` the second tiling level, tiles per cache block;
+- ``k_split``, ``unroll_k``    split the innermost reduction loop and unroll its inner part;
+- ``unroll_rows``, ``vectorize`` unroll the tile rows, vectorize the tile columns;
+- ``parallel``                 fuse outer loops until this many chunks run in parallel (0: serial).
+
+Other nests of the kernel (a convolution's padding, injective epilogues) keep the
+default rule. Knobs depend on earlier ones (a block is a divisor of the tiles left), so
+sampling picks them in order and a mutation re-picks the knobs it invalidated.
+A candidate's schedule is a trace of ``Schedule`` primitives: ``apply_trace`` replays it
+exactly as the compiler does when it applies a tuning record.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+from kiln.errors import TuningError
+from kiln.ir.compute import Stage
+from kiln.ir.loop import Alloc, For, Func, Seq, walk_stmts
+from kiln.ir.schedule import Schedule
+from kiln.passes import default_schedule as rules
+from kiln.passes.simplify_loops import simplify_loop_indices
+
+KNOBS = ("row_tile", "col_tile", "row_block", "col_block", "k_split", "unroll_k",
+         "unroll_rows", "vectorize", "parallel")
+MAX_ROW_TILE, MAX_COL_TILE, MAX_BLOCK, MAX_K_SPLIT = 16, 64, 16, 16
+PARALLEL_CHOICES = (0, 2, 4, 16, 64)
+
+
+def divisors(n: int, limit: int) -> tuple[int, ...]:
+    return tuple(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _nests(func: Func):
+    body = func.body
+    return list(body.stmts) if isinstance(body, Seq) else [body]
+
+
+def _tiled_stage(func: Func, stages: list[Stage]) -> int | None:
+    """Index of the last GEMM-like stage when the kernel has the shape the rule needs."""
+    nests = _nests(func)
+    if len(nests) != len(stages):
+        return None
+    for i in reversed(range(len(stages))):
+        st = stages[i]
+        if st.has_reduce and "tile" in st.hints and all(isinstance(d, int) for d in st.shape):
+            loops = rules._nest_names(nests[i])
+            if len(loops) >= len(st.shape) and all(isinstance(e, int) for _, e in loops):
+                return i
+    return None
+
+
+def has_space(func: Func, stages: list[Stage]) -> bool:
+    return _tiled_stage(func, stages) is not None
+
+
+def _reduction_loops(sch: Schedule, innermost_spatial: str) -> list[tuple[str, int]]:
+    """The reduction loops under the scalar accumulator of a lowered reduction."""
+    alloc = next((s for s in walk_stmts(sch._loop(innermost_spatial)) if isinstance(s, Alloc)), None)
+    if alloc is None or not isinstance(alloc.body, Seq) or len(alloc.body.stmts) < 3:
+        return []
+    nest = alloc.body.stmts[1]
+    return rules._nest_names(nest) if isinstance(nest, For) else []
+
+
+def canonical(decisions: dict) -> str:
+    """One string per decision, for deduplication and database lookups."""
+    return json.dumps({k: decisions[k] for k in sorted(decisions)}, sort_keys=True)
+
+
+@dataclass
+class DesignSpace:
+    """The knobs of one task, with sampling, mutation and application."""
+
+    func: Func
+    stages: list[Stage]
+    caps: rules.Capabilities = rules.DEFAULT_CAPABILITIES
+
+    def __post_init__(self):
+        idx = _tiled_stage(self.func, self.stages)
+        if idx is None:
+            raise TuningError("this kernel has no design space: it needs a static-shape reduction with "
+                              "a tile hint (matmul, convolution or pooling)")
+        self.index = idx
+        st = self.stages[idx]
+        loops = rules._nest_names(_nests(self.func)[idx])
+        self.spatial = loops[: len(st.shape)]
+        row_ax, col_ax = st.hints["tile"]
+        self.row_n, self.col_n = self.spatial[row_ax][1], self.spatial[col_ax][1]
+        probe = Schedule(self.func)  # the reduction loop the rule splits, after the index split
+        rules._split_reductions_at_index_divisors(probe, self.spatial[0][0])
+        red = _reduction_loops(probe, self.spatial[-1][0])
+        self.k_n = red[-1][1] if red else 1
+
+    # -- the domain of each knob, given the knobs before it ----------------------------
+    def domain(self, knob: str, d: dict) -> tuple:
+        if knob == "row_tile":
+            return divisors(self.row_n, MAX_ROW_TILE)
+        if knob == "col_tile":
+            return divisors(self.col_n, MAX_COL_TILE)
+        if knob == "row_block":
+            return divisors(self.row_n // d["row_tile"], MAX_BLOCK)
+        if knob == "col_block":
+            return divisors(self.col_n // d["col_tile"], MAX_BLOCK)
+        if knob == "k_split":
+            return divisors(self.k_n, MAX_K_SPLIT)
+        if knob == "unroll_k":
+            return (False, True) if d["k_split"] > 1 else (False,)
+        if knob in ("unroll_rows", "vectorize"):
+            return (False, True)
+        if knob == "parallel":
+            return PARALLEL_CHOICES
+        raise TuningError(f"unknown knob {knob!r}; the knobs are {', '.join(KNOBS)}")
+
+    def size(self) -> int:
+        """Number of distinct decisions (counted by enumerating the dependent domains)."""
+        total = 0
+        for rt in self.domain("row_tile", {}):
+            for ct in self.domain("col_tile", {}):
+                d = {"row_tile": rt, "col_tile": ct}
+                n = len(self.domain("row_block", d)) * len(self.domain("col_block", d))
+                n *= sum(len(self.domain("unroll_k", {"k_split": k})) for k in self.domain("k_split", d))
+                total += n * 4 * len(PARALLEL_CHOICES)
+        return total
+
+    def default(self) -> dict:
+        """The decisions of the untuned rule (default_schedule.tile_reduction)."""
+        rows, cols = self.caps.tile(self.stages[self.index].dtype.itemsize)
+        work = rules._size(self.stages[self.index].shape) * rules._reduce_work(self.stages[self.index])
+        return {"row_tile": rules.largest_divisor(self.row_n, rows),
+                "col_tile": rules.largest_divisor(self.col_n, cols), "row_block": 1, "col_block": 1,
+                "k_split": 1, "unroll_k": False, "unroll_rows": True, "vectorize": True,
+                "parallel": rules.TARGET_PARALLEL_EXTENT if work >= rules.PARALLEL_MIN_WORK else 0}
+
+    def sample(self, rng: random.Random) -> dict:
+        d: dict = {}
+        for knob in KNOBS:
+            d[knob] = rng.choice(self.domain(knob, d))
+        return d
+
+    def mutate(self, decisions: dict, rng: random.Random) -> dict:
+        """Change one knob to another value of its domain; re-pick later knobs it invalidated."""
+        d = dict(decisions)
+        options = [k for k in KNOBS if len(self.domain(k, d)) > 1]
+        if not options:
+            return d
+        knob = rng.choice(options)
+        d[knob] = rng.choice([v for v in self.domain(knob, d) if v != d[knob]])
+        for later in KNOBS[KNOBS.index(knob) + 1:]:
+            if d[later] not in self.domain(later, d):
+                d[later] = rng.choice(self.domain(later, d))
+        return d
+
+    def validate(self, decisions: dict) -> dict:
+        d: dict = {}
+        for knob in KNOBS:
+            if knob not in decisions or decisions[knob] not in self.domain(knob, d):
+                raise TuningError(f"decision {knob}={decisions.get(knob)!r} is outside the design space "
+                                  f"(expected one of {self.domain(knob, d)})")
+            d[knob] = decisions[knob]
+        return d
+
+    # -- application ------------------------------------------------------------------------
+    def apply(self, decisions: dict) -> Schedule:
+        """Schedule the task with ``decisions``; the Schedule's trace is the tuning record."""
+        d = self.validate(decisions)
+        sch = Schedule(self.func)
+        for i, nest in enumerate(_nests(self.func)):
+            st = self.stages[i]
+            loops = rules._nest_names(nest)
+            spatial = loops[: len(st.shape)]
+            if not spatial:
+                continue
+            work = rules._size(st.shape) * rules._reduce_work(st)
+            if i == self.index:
+                self._tile(sch, spatial, st.hints["tile"], d)
+            elif st.has_reduce and "tile" in st.hints:
+                rules.tile_reduction(sch, spatial, st.hints["tile"], work, self.caps.tile(st.dtype.itemsize))
+            elif st.has_reduce:
+                rules._parallel_outer(sch, spatial, work)
+            else:
+                rules._injective(sch, spatial, work)
+        rules._vectorize_scalar_reductions(sch)
+        return sch
+
+    def _tile(self, sch: Schedule, spatial, tile, d: dict) -> None:
+        rules._split_reductions_at_index_divisors(sch, spatial[0][0])
+        if d["k_split"] > 1:
+            red = _reduction_loops(sch, spatial[-1][0])
+            _, k_inner = sch.split(red[-1][0], d["k_split"])
+            if d["unroll_k"]:
+                sch.unroll(k_inner)
+        row, col = spatial[tile[0]][0], spatial[tile[1]][0]
+        ro, ri = sch.split(row, d["row_tile"])
+        co, ci = sch.split(col, d["col_tile"])
+        outer = [ro if n == row else co if n == col else n for n, _ in spatial]
+        block = []
+        if d["row_block"] > 1:
+            ro2, rb = sch.split(ro, d["row_block"])
+            outer[outer.index(ro)] = ro2
+            block.append(rb)
+        if d["col_block"] > 1:
+            co2, cb = sch.split(co, d["col_block"])
+            outer[outer.index(co)] = co2
+            block.append(cb)
+        order = outer + block + [ri, ci]
+        sch.reorder(*order)
+        sch.decompose_reduction(ri)
+        if d["unroll_rows"]:
+            sch.unroll(ri)
+        if d["vectorize"]:
+            for name in (ci, ci + "_init", ci + "_wb"):
+                sch.vectorize(name)
+        if d["parallel"]:
+            extents = [sch._loop(n).extent for n in outer]
+            name, extent = outer[0], extents[0]
+            for nxt, n in zip(outer[1:], extents[1:]):
+                if extent >= d["parallel"]:
+                    break
+                name = sch.fuse(name, nxt)
+                extent *= n
+            sch.parallel(name)
+
+
+class Candidate:
+    """One point of a design space: its decisions, its trace and (lazily) its loop IR and features."""
+
+    __slots__ = ("decisions", "trace", "_func", "_features", "_base")
+
+    def __init__(self, decisions: dict, trace: list, func: Func | None = None, base: Func | None = None):
+        self.decisions, self.trace = decisions, trace
+        self._func, self._features, self._base = func, None, base
+
+    @classmethod
+    def of(cls, space: "DesignSpace", decisions: dict) -> "Candidate":
+        sch = space.apply(decisions)
+        return cls(dict(decisions), sch.trace, simplify_loop_indices(sch.func))
+
+    @property
+    def key(self) -> str:
+        return canonical(self.decisions)
+
+    @property
+    def func(self) -> Func:
+        if self._func is None:
+            if self._base is None:
+                raise TuningError("a candidate made from a trace alone needs the task's loop IR (base=)")
+            self._func = apply_trace(self._base, self.trace)
+        return self._func
+
+    @property
+    def features(self):
+        """Per-store feature matrix (``features.extract``), computed once."""
+        if self._features is None:
+            from kiln.autotune.features import extract
+
+            self._features = extract(self.func)
+        return self._features
+
+
+def apply_trace(func: Func, trace) -> Func:
+    """Replay a tuning record on a kernel's unscheduled loop IR, as the compiler does."""
+    sch = Schedule.replay(func, trace)
+    return simplify_loop_indices(sch.func)
+
+
+__all__ = ["Candidate", "DesignSpace", "KNOBS", "apply_trace", "canonical", "divisors", "has_space"]
