@@ -99,21 +99,10 @@ class EvolutionarySearch:
                     c = r
             batch.append(c)
             chosen.add(c.key)
-        while len(batch) < size:  # the population ran dry: fill with random samples
-            r = self._random_unmeasured(chosen)
-            if r is None:
-                break
-            batch.append(r)
-            chosen.add(r.key)
-        return batch
+        return self._fill_random(batch, chosen, size)  # the population ran dry: random samples
 
-
-class RandomSearch(EvolutionarySearch):
-    """Unmeasured random samples, no model: the baseline of the search-efficiency benchmark."""
-
-    def next_batch(self, task, measured: set[str], best: list[dict], size: int) -> list[Candidate]:
-        chosen = set(measured)
-        batch = []
+    def _fill_random(self, batch: list[Candidate], chosen: set[str], size: int) -> list[Candidate]:
+        """``batch`` topped up to ``size`` with random candidates not in ``chosen``."""
         while len(batch) < size:
             c = self._random_unmeasured(chosen)
             if c is None:
@@ -121,6 +110,13 @@ class RandomSearch(EvolutionarySearch):
             batch.append(c)
             chosen.add(c.key)
         return batch
+
+
+class RandomSearch(EvolutionarySearch):
+    """Unmeasured random samples, no model: the baseline of the search-efficiency benchmark."""
+
+    def next_batch(self, task, measured: set[str], best: list[dict], size: int) -> list[Candidate]:
+        return self._fill_random([], set(measured), size)
 
 
 __all__ = ["EvolutionarySearch", "RandomSearch"]
