@@ -12,8 +12,8 @@ import numpy as np
 
 from kiln.codegen import narrow_types
 from kiln.errors import VerificationError
-from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
+from kiln.ir.dtype import INDEX, DType
+from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs, as_expr, simplify
 from kiln.ir.loop import PARALLEL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq, Stmt, Store
 
 
@@ -201,9 +201,8 @@ class CRenderer:
             return "[0]"
         flat = None
         for i, n in zip(indices, buf.shape):
-            s = self.expr(i)
-            flat = s if flat is None else f"({flat}) * {self.dim(n)} + {s}"
-        return f"[{flat}]"
+            flat = i if flat is None else Bin("add", Bin("mul", flat, as_expr(n, INDEX), INDEX), i, INDEX)
+        return f"[{self.expr(simplify(flat))}]"
 
     def dim(self, n) -> str:
         """An extent or stride: a literal, or an expression of the run-time dim symbols."""

@@ -324,6 +324,12 @@ def _simplify_bin(x: Bin) -> Expr:
             return a
         if cb is not None and isinstance(a, Bin) and a.op == "add" and _int_const(a.b) is not None:
             return _simplify_bin(Bin("add", a.a, Const(a.b.value + cb, x.dtype), x.dtype))
+        # (y // c) * c + y % c == y for every integer y and c != 0 (floor semantics): what
+        # flattening the indices of a fused (split) loop gives back
+        if (isinstance(a, Bin) and a.op == "mul" and isinstance(a.a, Bin) and a.a.op == "floordiv"
+                and isinstance(b, Bin) and b.op == "mod" and a.a.a == b.a
+                and _int_const(a.b) is not None and _int_const(a.b) == _int_const(a.a.b) == _int_const(b.b) != 0):
+            return b.a
     if op == "sub" and cb == 0:
         return a
     if op == "mul":

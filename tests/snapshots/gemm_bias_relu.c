@@ -46,14 +46,14 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
         for (int64_t i0_i = 0; i0_i < 6; ++i0_i) {
           #pragma omp simd
           for (int64_t i1_i = 0; i1_i < 16; ++i1_i) {
-            acc0[i0_i][i1_i] = (acc0[i0_i][i1_i] + (in0[(((i0_o * INT64_C(6)) + i0_i)) * 8 + i2] * in1[(i2) * 16 + ((i1_o * INT64_C(16)) + i1_i)]));
+            acc0[i0_i][i1_i] = (acc0[i0_i][i1_i] + (in0[((((i0_o * INT64_C(6)) + i0_i) * INT64_C(8)) + i2)] * in1[((i2 * INT64_C(16)) + ((i1_o * INT64_C(16)) + i1_i))]));
           }
         }
       }
       for (int64_t i0_i_wb = 0; i0_i_wb < 6; ++i0_i_wb) {
         #pragma omp simd
         for (int64_t i1_i_wb = 0; i1_i_wb < 16; ++i1_i_wb) {
-          out0[(((i0_o * INT64_C(6)) + i0_i_wb)) * 16 + ((i1_o * INT64_C(16)) + i1_i_wb)] = ((0.0f > (acc0[i0_i_wb][i1_i_wb] + in2[((i1_o * INT64_C(16)) + i1_i_wb)])) ? 0.0f : (acc0[i0_i_wb][i1_i_wb] + in2[((i1_o * INT64_C(16)) + i1_i_wb)]));
+          out0[((((i0_o * INT64_C(6)) + i0_i_wb) * INT64_C(16)) + ((i1_o * INT64_C(16)) + i1_i_wb))] = ((0.0f > (acc0[i0_i_wb][i1_i_wb] + in2[((i1_o * INT64_C(16)) + i1_i_wb)])) ? 0.0f : (acc0[i0_i_wb][i1_i_wb] + in2[((i1_o * INT64_C(16)) + i1_i_wb)]));
         }
       }
     }
