@@ -172,13 +172,17 @@ class Schedule:
         if not reads:
             raise ScheduleError(f"compute_at: {buffer!r} is not read inside loop {loop!r}")
         inner = {s.var.name: s.extent for s in walk_stmts(target.body) if isinstance(s, For)}
-        loops, store = _nest_loops(nest)
+        loops, inner_body = _nest_loops(nest)
+        store = _result_store(inner_body, buffer)
         if store is None or len(loops) != len(store.indices) or any(
                 not (isinstance(i, Var) and i.name == v.var.name) for i, v in zip(store.indices, loops)):
             raise ScheduleError(f"compute_at: {buffer!r} nest must store at its own loop variables")
         mapping, new_loops = {}, []
         for dim, lp in enumerate(loops):
             lo, ext = _region(reads, dim, inner, lp.extent)
+            if ext == 1 and self._within(lo, lp.extent):
+                mapping[lp.var.name] = simplify(lo)  # one index, always in range: no loop, no guard
+                continue
             v = Var(f"{lp.var.name}_{loop}")
             mapping[lp.var.name] = simplify(lo + v)
             new_loops.append((v, ext, lp.extent, mapping[lp.var.name]))
@@ -192,6 +196,18 @@ class Schedule:
         target = self._loop(loop)
         self._replace_loop(loop, replace(target, body=seq(body, target.body)))
         self._record("compute_at", buffer=buffer, loop=loop)
+
+    def _within(self, index: Expr, extent) -> bool:
+        """True when ``index`` is a loop variable (or a constant) known to lie in [0, extent)."""
+        if isinstance(index, Const):
+            return isinstance(extent, int) and 0 <= int(index.value) < extent
+        if not isinstance(index, Var):
+            return False
+        loop = next((s for s in walk_stmts(self.func.body) if isinstance(s, For) and s.var.name == index.name), None)
+        if loop is None:
+            return False
+        return loop.extent == extent or (isinstance(loop.extent, int) and isinstance(extent, int)
+                                         and loop.extent <= extent)
 
     def cache_write(self, buffer: str, loop: str) -> str:
         """Inside ``loop``, write ``buffer`` into a local tile, then copy the tile out."""
@@ -298,6 +314,18 @@ def _nest_loops(s: Stmt) -> tuple[list[For], Stmt]:
         loops.append(s)
         s = s.body
     return loops, s
+
+
+def _result_store(s: Stmt, buffer: str) -> Store | None:
+    """The store of ``buffer`` that ends a nest's body: the body itself, or the last store of
+    a reduction's scoped accumulator (``alloc acc: init; for k: acc += ...; buffer[i] = acc``)."""
+    if isinstance(s, Store):
+        return s if s.buffer == buffer else None
+    if isinstance(s, Alloc):
+        return _result_store(s.body, buffer)
+    if isinstance(s, Seq) and s.stmts:
+        return _result_store(s.stmts[-1], buffer)
+    return None
 
 
 def _innermost_body(s: Stmt) -> Stmt:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq
-from kiln.ir.schedule import Schedule
+from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
 from kiln.passes.simplify_loops import simplify_loop_indices
 
@@ -100,6 +100,8 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     body = sch.func.body
     nests = list(body.stmts) if isinstance(body, Seq) else [body]
     plans = [(_nest_names(n), st) for n, st in zip(nests, stages)]
+    if _row_wise(sch, plans, caps):
+        plans = []
     for loops, st in plans:
         rank = len(st.shape)
         spatial = loops[:rank]
@@ -115,6 +117,38 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     _vectorize_scalar_reductions(sch)
     sch.func = simplify_loop_indices(sch.func)  # a cleanup, not a primitive: traces stay the same
     return sch
+
+
+def _row_wise(sch: Schedule, plans, caps: Capabilities) -> bool:
+    """Softmax, layer norm and their kin: row reductions (max, sum, mean, variance) feeding
+    an elementwise output over the same rows. Each row's reductions move into the output's
+    row loop (``compute_at``): one parallel loop over rows, each row read while in cache,
+    instead of one pass over the whole tensor per stage."""
+    if len(plans) < 2:
+        return False
+    *reductions, (out_loops, out) = plans
+    rank = len(out.shape)
+    if out.has_reduce or rank < 2 or len(out_loops) < rank:
+        return False
+    row_shapes = (tuple(out.shape[:-1]) + (1,), tuple(out.shape[:-1]))  # kept dims or not
+    if not all(st.has_reduce and tuple(st.shape) in row_shapes for _, st in reductions):
+        return False
+    rows, (last, last_n) = out_loops[: rank - 1], out_loops[rank - 1]
+    saved = sch.func, list(sch.trace)
+    try:
+        for _, st in reversed(reductions):  # each lands first in the row loop: reversed keeps their order
+            sch.compute_at(st.name, rows[-1][0])
+    except ScheduleError:  # a read the region analysis cannot bound: one pass per stage instead
+        sch.func, sch.trace = saved
+        return False
+    if _static(last_n) >= 4 and not isinstance(sch._loop(last).body, For):
+        sch.vectorize(last)
+    name = rows[0][0]
+    for nxt, _ in rows[1:]:
+        name = sch.fuse(name, nxt)
+    if _size(out.shape) * (len(reductions) + 1) >= PARALLEL_MIN_WORK:
+        sch.parallel(name)
+    return True
 
 
 def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> None:
