@@ -378,3 +378,47 @@ def test_tvm_ffi_bad_tensors(gemm):
     for args, exc, match in cases:
         with pytest.raises(exc, match=match):
             f(*args)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def test_cli_compile_kernel(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from kiln.cli import cli
+
+    require_toolchain("gcc")
+    onnx.save(mlp_model(), tmp_path / "mlp.onnx")
+    out = tmp_path / "k"
+    result = CliRunner().invoke(cli, ["compile", str(tmp_path / "mlp.onnx"), "--kernel", "t_cli_mid",
+                                      "--nodes", "1:4", "--tvm-ffi", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {"libt_cli_mid.so", "libt_cli_mid_tvm_ffi.so", "t_cli_mid.h", "manifest.json"} <= \
+        {p.name for p in out.iterdir()}
+    assert "-lt_cli_mid" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["inputs"]] == ["h0"] and "nodes [1, 4)" in manifest["origin"]
+    import tvm_ffi
+
+    h0 = RNG.standard_normal((4, 32)).astype(np.float32)
+    y = np.empty((4, 8), np.float32)
+    tvm_ffi.load_module(str(out / "libt_cli_mid_tvm_ffi.so")).t_cli_mid(h0, y)
+    np.testing.assert_allclose(y, np.maximum(h0 + B1, 0) @ W2, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_kernel_errors(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from kiln.cli import cli
+
+    onnx.save(mlp_model(), tmp_path / "mlp.onnx")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["compile", str(tmp_path / "mlp.onnx"), "--nodes", "1:4"])
+    assert result.exit_code == 2 and "add --kernel NAME" in result.output
+    result = runner.invoke(cli, ["compile", str(tmp_path / "mlp.onnx"), "--kernel", "k", "--nodes", "x"])
+    assert result.exit_code == 2 and "expected START:STOP" in result.output
+    result = runner.invoke(cli, ["compile", str(tmp_path / "mlp.onnx"), "--kernel", "k", "--nodes", "2:9"])
+    assert result.exit_code == 2 and "kiln: error: nodes=(2, 9) is outside the model's 5 nodes" in result.output
+    assert "--kernel NAME" in runner.invoke(cli, ["compile", "--help"]).output
