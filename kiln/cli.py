@@ -1,7 +1,7 @@
 """The ``kiln`` command line: compile, run, inspect and benchmark models.
 
     kiln compile MODEL --target T [-o DIR] [--input-shape NAME=1,3,224,224] [--dim-bound batch=1..8]
-                 [--db DIR] [--emit c,h,...]
+                 [--db DIR] [--emit c,h,...] [--kernel NAME [--nodes START:STOP] [--tvm-ffi]]
     kiln run MODEL|DIR --target T --inputs in.npz [--outputs out.npz]
     kiln inspect MODEL [--print-ir-after STAGE] [--input-shape NAME=...]
     kiln bench MODEL --target host [--against ort,torch,tvm] [--repeats N] [--input-shape NAME=...]
@@ -168,6 +168,7 @@ def cli() -> None:
       kiln run build/model --target host --inputs in.npz --outputs out.npz
       kiln inspect model.onnx --print-ir-after fuse
       kiln bench model.onnx --target host --against ort,tvm
+      kiln compile model.onnx --kernel block --nodes 3:7 --tvm-ffi -o out/   (a kernel library)
     """
 
 

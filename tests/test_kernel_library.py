@@ -422,3 +422,21 @@ def test_cli_kernel_errors(tmp_path):
     result = runner.invoke(cli, ["compile", str(tmp_path / "mlp.onnx"), "--kernel", "k", "--nodes", "2:9"])
     assert result.exit_code == 2 and "kiln: error: nodes=(2, 9) is outside the model's 5 nodes" in result.output
     assert "--kernel NAME" in runner.invoke(cli, ["compile", "--help"]).output
+
+
+# -- snapshots of the generated wrappers --------------------------------------------------------
+
+def test_snapshot_wrappers(monkeypatch):
+    from kiln.kernel.tvm_ffi import wrapper_source
+    from kiln.passes.default_schedule import Capabilities
+    from kiln.targets import host
+    from tests.test_codegen import check_snapshot
+
+    monkeypatch.setattr(host, "capabilities", lambda: Capabilities(32, 16, 2))  # schedules as on AVX2
+    lib = kiln.kernel("Add", inputs={"input.1": ((2, 3), "float32"), "bias": np.arange(3, dtype=np.float32)},
+                      name="snap_add")
+    files = lib.files
+    check_snapshot("kernel_snap_add.h", files["snap_add.h"])
+    check_snapshot("kernel_snap_add.c", files["snap_add.c"])
+    check_snapshot("kernel_snap_add_tvm_ffi.c", wrapper_source(lib))
+    assert "const float* input_1, float* output" in files["snap_add.h"]  # C names for ONNX names

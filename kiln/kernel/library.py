@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -155,7 +156,7 @@ class KernelLibrary:
         files[f"{self.name}.c"] = render("kernel.c.j2", weights_size=len(self.weights),
                                          weights_storage=max(len(self.weights), 1),
                                          weights_literal=c_bytes(self.weights),
-                                         manifest_literal=c_string(manifest_text), **ctx)
+                                         manifest_literal=c_string(json.dumps(self.manifest())), **ctx)
         files["manifest.json"] = manifest_text + "\n"
         return files
 
@@ -171,8 +172,7 @@ class KernelLibrary:
         out = Path(directory) if directory is not None else _cache_directory(files, extra_flags)
         out.mkdir(parents=True, exist_ok=True)
         for fname, text in files.items():
-            if not (out / fname).exists() or (out / fname).read_text() != text:
-                (out / fname).write_text(text)
+            write_if_changed(out / fname, text)
         lib = out / f"lib{self.name}.so"
         sources = ["model.c", f"{self.name}.c"]
         compile_library(out, sources, lib, list(extra_flags))
@@ -216,6 +216,16 @@ class KernelLibrary:
         return f"<kiln kernel {self.name}({sig(self.inputs)}) -> ({sig(self.outputs)})>"
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Write atomically, and not at all when unchanged: processes building one cached library
+    at once (pytest-xdist workers) never see a half-written source, and gcc is not rerun."""
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _cache_directory(files: dict[str, str], extra_flags) -> Path:
     from kiln.targets.host import cache_dir
 
@@ -250,7 +260,8 @@ def compile_library(directory: Path, sources: list[str], output: Path, extra_fla
                 n = int(m.group(2))
                 excerpt = f"\n\n--- {m.group(1)} ---\n" + "\n".join(lines[max(0, n - 5): n + 4])
             raise ToolchainError(f"the C compiler rejected the kernel library:\n{proc.stderr.strip()}{excerpt}")
-        shutil.move(str(tmp_lib), output.with_suffix(".tmp"))
-        output.with_suffix(".tmp").replace(output)
-    stamp.write_text(key)
+        staged = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        shutil.move(str(tmp_lib), staged)
+        staged.replace(output)
+    write_if_changed(stamp, key)
     return output

@@ -35,7 +35,7 @@ def wrapper_source(library) -> str:
 def build_tvm_ffi(library, directory: Path, extra_flags=()) -> Path:
     """Compile ``lib<name>_tvm_ffi.so`` in ``directory`` (where ``library.build`` wrote the sources),
     linked against libtvm_ffi with an rpath, so that it loads from any process."""
-    from kiln.kernel.library import compile_library
+    from kiln.kernel.library import compile_library, write_if_changed
 
     libinfo = _libinfo()
     include = libinfo.find_include_path()
@@ -43,9 +43,7 @@ def build_tvm_ffi(library, directory: Path, extra_flags=()) -> Path:
     libdir = str(Path(libinfo.find_libtvm_ffi()).parent)
     source = f"{library.name}_tvm_ffi.c"
     text = wrapper_source(library)
-    path = Path(directory) / source
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    write_if_changed(Path(directory) / source, text)
     out = Path(directory) / f"lib{library.name}_tvm_ffi.so"
     flags = [f"-I{include}", f"-I{dlpack}", *extra_flags]
     return compile_library(Path(directory), ["model.c", f"{library.name}.c", source], out, flags,
