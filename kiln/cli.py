@@ -1,7 +1,7 @@
 """The ``kiln`` command line: compile, run, inspect and benchmark models.
 
     kiln compile MODEL --target T [-o DIR] [--input-shape NAME=1,3,224,224] [--dim-bound batch=1..8]
-                 [--db DIR] [--emit c,h,...]
+                 [--db DIR] [--emit c,h,...] [--kernel NAME [--nodes START:STOP] [--tvm-ffi]]
     kiln run MODEL|DIR --target T --inputs in.npz [--outputs out.npz]
     kiln inspect MODEL [--print-ir-after STAGE] [--input-shape NAME=...]
     kiln bench MODEL --target host [--against ort,torch,tvm] [--repeats N] [--input-shape NAME=...]
@@ -169,6 +169,7 @@ def cli() -> None:
       kiln run build/model --target host --inputs in.npz --outputs out.npz
       kiln inspect model.onnx --print-ir-after fuse
       kiln bench model.onnx --target host --against ort,tvm
+      kiln compile model.onnx --kernel block --nodes 3:7 --tvm-ffi -o out/   (a kernel library)
     """
 
 
@@ -184,9 +185,25 @@ def cli() -> None:
 @click.option("--emit", metavar="KINDS", default=None,
               help="Comma-separated kinds of file to write, e.g. c,h (default: the whole "
                    f"project). Kinds: {', '.join(EMIT_KINDS)}.")
+@click.option("--kernel", "kernel_name", metavar="NAME", default=None,
+              help="Build a kernel library instead of a project: libNAME.so with a plain C ABI, "
+                   "NAME.h and manifest.json (see kiln.kernel).")
+@click.option("--nodes", metavar="START:STOP", default=None,
+              help="With --kernel: compile only the model's nodes START..STOP-1 (graph order).")
+@click.option("--tvm-ffi", "tvm_ffi", is_flag=True, default=False,
+              help="With --kernel: also build libNAME_tvm_ffi.so, loadable by tvm_ffi.load_module.")
 def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_bounds, db: str | None,
-                emit: str | None) -> None:
-    """Compile MODEL (an .onnx file) and write a self-contained source project."""
+                emit: str | None, kernel_name: str | None = None, nodes: str | None = None,
+                tvm_ffi: bool = False) -> None:
+    """Compile MODEL (an .onnx file) and write a self-contained source project.
+
+    With --kernel NAME, write a kernel library for other runtimes instead (C ABI, DLPack,
+    PyTorch custom op, TVM-FFI): e.g. kiln compile mlp.onnx --kernel mlp --nodes 0:3 -o out/
+    """
+    if kernel_name is not None or nodes is not None or tvm_ffi:
+        from kiln.kernel.cli import compile_kernel
+
+        return compile_kernel(model, kernel_name, output, _shapes(input_shapes), db, nodes, tvm_ffi, emit)
     kinds = _parse_emit(emit)
     shapes = _shapes(input_shapes)
     import kiln.api as api

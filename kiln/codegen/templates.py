@@ -17,8 +17,8 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render(name: str, **context) -> str:
-    return environment().get_template(name).render(**context)
+def render(template_name: str, /, **context) -> str:
+    return environment().get_template(template_name).render(**context)
 
 
 def numbered(source: str) -> str:
