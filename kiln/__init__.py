@@ -3,9 +3,8 @@ __version__ = "0.1.0"
 
 from kiln.api import CompiledModel, compile, inspect, load, tune  # noqa: E402
 from kiln.errors import KilnError  # noqa: E402
+from kiln.kernel import KernelLibrary, kernel  # noqa: E402  (tuned kernels for other runtimes)
 from kiln.quantization import quantize, quantize_weights  # noqa: E402
-
-from kiln.kernel import KernelLibrary, kernel  # noqa: E402  (kiln.kernel: tuned kernels for other runtimes)
 
 __all__ = ["compile", "inspect", "kernel", "load", "quantize", "quantize_weights", "tune", "CompiledModel",
            "KernelLibrary", "KilnError", "__version__"]
