@@ -184,10 +184,17 @@ def cli() -> None:
 @click.option("--emit", metavar="KINDS", default=None,
               help="Comma-separated kinds of file to write, e.g. c,h (default: the whole "
                    f"project). Kinds: {', '.join(EMIT_KINDS)}.")
+@click.option("--sram-budget", "sram_budget", metavar="SIZE", default=None,
+              help="Microcontroller targets: the most RAM the arena may use, e.g. 256K; a model that "
+                   "needs more is refused.")
 def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_bounds, db: str | None,
-                emit: str | None) -> None:
+                emit: str | None, sram_budget: str | None = None) -> None:
     """Compile MODEL (an .onnx file) and write a self-contained source project."""
     kinds = _parse_emit(emit)
+    if sram_budget is not None:  # a target option: cortex-m4 -> cortex-m4:sram=256K
+        if not target.startswith("cortex-m"):
+            raise KilnError(f"--sram-budget applies to microcontroller targets (cortex-m*); got --target {target}")
+        target = f"{target}{',' if ':' in target else ':'}sram={sram_budget}"
     shapes = _shapes(input_shapes)
     import kiln.api as api
 
@@ -198,6 +205,7 @@ def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_b
     seconds = time.perf_counter() - t0
     written = _export(compiled, out_dir, kinds)
     click.echo(f"compiled {model} for {target} in {seconds:.2f} s -> {out_dir}/")
+    click.echo(f"  memory: {compiled.result.plan.summary()}")
     for path in written:
         click.echo(f"  {path.relative_to(out_dir)}  ({path.stat().st_size} bytes)")
 
