@@ -205,7 +205,9 @@ def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_b
     seconds = time.perf_counter() - t0
     written = _export(compiled, out_dir, kinds)
     click.echo(f"compiled {model} for {target} in {seconds:.2f} s -> {out_dir}/")
-    click.echo(f"  memory: {compiled.result.plan.summary()}")
+    plan = getattr(getattr(compiled, "result", None), "plan", None)
+    if plan is not None:
+        click.echo(f"  memory: {plan.summary()}")
     for path in written:
         click.echo(f"  {path.relative_to(out_dir)}  ({path.stat().st_size} bytes)")
 
