@@ -21,7 +21,7 @@ from dataclasses import replace
 from kiln.codegen.c import CRenderer
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Load, Var, affine_coeffs, substitute
+from kiln.ir.expr import Bin, Cast, Const, Load, affine_coeffs, substitute
 from kiln.ir.loop import SERIAL, For, Store
 
 _DOT_TYPES = {DType.int8: "s8", DType.uint8: "u8"}
@@ -123,9 +123,6 @@ class C99Renderer(CRenderer):
                                               DType.int64)
         return flat if flat is not None else Const(0, DType.int64)
 
-    def support_code(self) -> str:
-        return super().support_code()
-
 
 C99_PRELUDE = """\
 #include <stdint.h>
@@ -151,4 +148,4 @@ def c99_prelude(uses_float: bool, uses_dot: bool) -> str:
     return text + ('#include "kiln_dsp.h"\n' if uses_dot else "")
 
 
-__all__ = ["C99Renderer", "c99_prelude", "Var"]
+__all__ = ["C99Renderer", "c99_prelude"]
