@@ -13,9 +13,9 @@ BENCH_ARGS ?=
 
 # External tools the test suite runs, as `command:debian-package` pairs. Issues that add a
 # target append here (e.g. aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user).
-TOOLCHAINS := gcc:gcc
+TOOLCHAINS := gcc:gcc arm-none-eabi-gcc:gcc-arm-none-eabi qemu-system-arm:qemu-system-arm
 # Debian packages that provide no command of their own but are needed too (e.g. newlib).
-TOOLCHAIN_EXTRA_PACKAGES :=
+TOOLCHAIN_EXTRA_PACKAGES := libnewlib-arm-none-eabi
 
 .PHONY: demo test bench clean toolchains venv
 

@@ -192,9 +192,12 @@ def cli() -> None:
               help="With --kernel: compile only the model's nodes START..STOP-1 (graph order).")
 @click.option("--tvm-ffi", "tvm_ffi", is_flag=True, default=False,
               help="With --kernel: also build libNAME_tvm_ffi.so, loadable by tvm_ffi.load_module.")
+@click.option("--sram-budget", "sram_budget", metavar="SIZE", default=None,
+              help="Microcontroller targets: the most RAM the arena may use, e.g. 256K; a model that "
+                   "needs more is refused.")
 def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_bounds, db: str | None,
                 emit: str | None, kernel_name: str | None = None, nodes: str | None = None,
-                tvm_ffi: bool = False) -> None:
+                tvm_ffi: bool = False, sram_budget: str | None = None) -> None:
     """Compile MODEL (an .onnx file) and write a self-contained source project.
 
     With --kernel NAME, write a kernel library for other runtimes instead (C ABI, DLPack,
@@ -205,6 +208,10 @@ def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_b
 
         return compile_kernel(model, kernel_name, output, _shapes(input_shapes), db, nodes, tvm_ffi, emit)
     kinds = _parse_emit(emit)
+    if sram_budget is not None:  # a target option: cortex-m4 -> cortex-m4:sram=256K
+        if not target.startswith("cortex-m"):
+            raise KilnError(f"--sram-budget applies to microcontroller targets (cortex-m*); got --target {target}")
+        target = f"{target}{',' if ':' in target else ':'}sram={sram_budget}"
     shapes = _shapes(input_shapes)
     import kiln.api as api
 
@@ -215,6 +222,9 @@ def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_b
     seconds = time.perf_counter() - t0
     written = _export(compiled, out_dir, kinds)
     click.echo(f"compiled {model} for {target} in {seconds:.2f} s -> {out_dir}/")
+    plan = getattr(getattr(compiled, "result", None), "plan", None)
+    if plan is not None:
+        click.echo(f"  memory: {plan.summary()}")
     for path in written:
         click.echo(f"  {path.relative_to(out_dir)}  ({path.stat().st_size} bytes)")
 

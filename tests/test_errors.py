@@ -130,8 +130,11 @@ def test_input_shape_for_unknown_name():
 def test_unknown_and_planned_targets():
     with pytest.raises(TargetError, match="unknown target"):
         kiln.compile(relu_model(), target="z80")
-    with pytest.raises(TargetError, match="not implemented"):
-        kiln.compile(relu_model(), target="cortex-m4")
+    from kiln.targets import planned
+
+    for name in planned()[:1]:  # a registered name whose module does not exist yet
+        with pytest.raises(TargetError, match="not implemented"):
+            kiln.compile(relu_model(), target=name)
 
 
 def test_unknown_inspect_stage():

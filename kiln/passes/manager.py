@@ -71,6 +71,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
             snaps[name] = text()
 
     snap("import", lambda: format_graph(graph))
+    graph = target.prepare_graph(graph).verify()  # a target's own graph rewrites (integer I/O on MCUs)
     caps = target.capabilities()
     for name, fn in GRAPH_PASSES:
         graph = fn(graph).verify()
@@ -84,7 +85,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
     kernels = build_kernels(graph, groups, caps, tuned=tuned)
     snap("lower", lambda: "\n\n".join(format_func(k.unscheduled) for k in kernels))
     snap("schedule", lambda: loop_ir_text(kernels))
-    plan = plan_memory(graph, kernels)
+    plan = target.plan_memory(graph, kernels)
     snap("memory_plan", lambda: _plan_text(plan))
     source = target.generate(graph, kernels, plan, prefix)
     snap("codegen", lambda: source.files[source.main])

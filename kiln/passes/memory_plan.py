@@ -19,8 +19,8 @@ from kiln.ir.graph import Graph
 ALIGN = 64
 
 
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+def _align(n: int, align: int = ALIGN) -> int:
+    return (n + align - 1) // align * align
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def view_roots(graph: Graph) -> dict[str, str]:
     return root
 
 
-def plan_memory(graph: Graph, kernels) -> MemoryPlan:
+def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
+    """``align``: byte alignment of every tensor (64 on hosts: a cache line; 16 on MCUs)."""
     roots = view_roots(graph)
     types = graph.value_types()
     storage: dict[str, Storage] = {}
@@ -64,7 +65,7 @@ def plan_memory(graph: Graph, kernels) -> MemoryPlan:
 
     blob = bytearray()
     for name, arr in graph.constants.items():
-        off = _align(len(blob))
+        off = _align(len(blob), align)
         blob.extend(b"\0" * (off - len(blob)))
         blob.extend(np.ascontiguousarray(arr).tobytes())
         storage[name] = Storage("weights", off)
@@ -86,7 +87,7 @@ def plan_memory(graph: Graph, kernels) -> MemoryPlan:
             if r in intervals:
                 intervals[r][1] = max(intervals[r][1], step)
 
-    offsets, arena_size = _greedy_by_size(intervals, sizes)
+    offsets, arena_size = _greedy_by_size(intervals, sizes, align)
     for name, off in offsets.items():
         storage[name] = Storage("arena", off)
     for alias, r in roots.items():
@@ -98,12 +99,12 @@ def plan_memory(graph: Graph, kernels) -> MemoryPlan:
                       {n: (a, b, sizes[n]) for n, (a, b) in intervals.items()})
 
 
-def _greedy_by_size(intervals, sizes):
+def _greedy_by_size(intervals, sizes, align: int = ALIGN):
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, start, end)
     offsets = {}
     for name in sorted(intervals, key=lambda n: (-sizes[n], intervals[n][0], n)):
         start, end = intervals[name]
-        size = _align(max(sizes[name], 1))
+        size = _align(max(sizes[name], 1), align)
         conflicts = sorted((o, s) for o, s, a, b in placed if not (b < start or end < a))
         off = 0
         for o, s in conflicts:

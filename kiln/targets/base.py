@@ -69,6 +69,16 @@ class Target:
 
         return DEFAULT_CAPABILITIES
 
+    def prepare_graph(self, graph: "Graph") -> "Graph":
+        """A target's own rewrite of the imported graph, before the graph passes (none here)."""
+        return graph
+
+    def plan_memory(self, graph: "Graph", kernels: list) -> "MemoryPlan":
+        """Where every tensor lives; targets may change the alignment or check a budget."""
+        from kiln.passes.memory_plan import plan_memory
+
+        return plan_memory(graph, kernels)
+
     def generate(self, graph: "Graph", kernels: list, plan: "MemoryPlan", prefix: str) -> ModelSource:
         raise NotImplementedError
 

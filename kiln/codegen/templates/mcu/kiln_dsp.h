@@ -1,0 +1,77 @@
+/* kiln_dsp.h -- 8-bit dot products for Cortex-M, written for Kiln (CMSIS-style names).
+ *
+ * kiln_dot_<a><b>(a, b, n) = sum_i a[i] * b[i] in int32, for u8/s8 operands.
+ *  - Cortex-M4/M7 (__ARM_FEATURE_DSP): four bytes per load, widened to two pairs of
+ *    16-bit lanes with __SXTB16/__UXTB16 (the odd bytes through a rotate by 8) and summed
+ *    with __SMLAD, two multiply-accumulates per instruction. Lane pairing is the same on
+ *    both operands, so the sum is exact.
+ *  - Cortex-M55 (__ARM_FEATURE_MVE, -mcpu=cortex-m55): Helium, eight bytes widened to
+ *    int16 lanes per load and VMLADAVA (multiply, add across lanes, accumulate).
+ *  - anything else: plain C.
+ * Only integer instructions: no floating point on the int8 path. */
+#ifndef KILN_DSP_H
+#define KILN_DSP_H
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#include <arm_mve.h>
+#define KILN_DOT_IMPL "helium"
+#elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define KILN_DOT_IMPL "dsp"
+#define __SXTB16(x) __sxtb16(x)
+#define __UXTB16(x) __uxtb16(x)
+#define __SMLAD(x, y, acc) __smlad((x), (y), (acc))
+#define __ROR8(x) (((x) >> 8) | ((x) << 24))
+static inline uint32_t kiln_read_u32(const void* p) {  /* unaligned load; one LDR on M4/M7 */
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+#else
+#define KILN_DOT_IMPL "c"
+#endif
+
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+/* u8 fits in an int16 lane as is (0..255): load widening to u16 and reinterpret. */
+#define KILN_DOT_MVE(name, ta, tb, LA, LB)                                                    \
+  static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
+    int32_t acc = 0, i = 0;                                                                  \
+    for (; i + 8 <= n; i += 8) acc = vmladavaq_s16(acc, LA(a + i), LB(b + i));               \
+    for (; i < n; ++i) acc += (int32_t)a[i] * (int32_t)b[i];                                 \
+    return acc;                                                                              \
+  }
+#define KILN_LD_U8(p) vreinterpretq_s16_u16(vldrbq_u16(p))
+#define KILN_LD_S8(p) vldrbq_s16(p)
+KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8)
+KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8)
+KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8)
+#elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#define KILN_DOT_DSP(name, ta, tb, XA, XB)                                                    \
+  static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
+    int32_t acc = 0, i = 0;                                                                  \
+    for (; i + 4 <= n; i += 4) {                                                             \
+      uint32_t va = kiln_read_u32(a + i), vb = kiln_read_u32(b + i);                          \
+      acc = __SMLAD(XA(va), XB(vb), acc);                 /* bytes 0 and 2 */                \
+      acc = __SMLAD(XA(__ROR8(va)), XB(__ROR8(vb)), acc); /* bytes 1 and 3 */                \
+    }                                                                                        \
+    for (; i < n; ++i) acc += (int32_t)a[i] * (int32_t)b[i];                                 \
+    return acc;                                                                              \
+  }
+KILN_DOT_DSP(kiln_dot_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
+KILN_DOT_DSP(kiln_dot_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
+KILN_DOT_DSP(kiln_dot_u8u8, uint8_t, uint8_t, __UXTB16, __UXTB16)
+#else
+#define KILN_DOT_C(name, ta, tb)                                                              \
+  static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
+    int32_t acc = 0;                                                                         \
+    for (int32_t i = 0; i < n; ++i) acc += (int32_t)a[i] * (int32_t)b[i];                    \
+    return acc;                                                                              \
+  }
+KILN_DOT_C(kiln_dot_u8s8, uint8_t, int8_t)
+KILN_DOT_C(kiln_dot_s8s8, int8_t, int8_t)
+KILN_DOT_C(kiln_dot_u8u8, uint8_t, uint8_t)
+#endif
+
+#endif /* KILN_DSP_H */

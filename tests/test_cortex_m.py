@@ -1,0 +1,244 @@
+"""Cortex-M targets: C99 generation (no compiler), the generated project built with
+arm-none-eabi-gcc (-Wall -Wextra -Werror -std=c99) and run under qemu-system-arm.
+
+- float fallback: small_cnn on the M4 matches ONNX Runtime;
+- int8: the digits CNN (trained on sklearn's digits, quantized by kiln.quantize) on the
+  M4, M7 and M55 matches Kiln's host int8 output exactly and keeps its accuracy; its
+  object code has no floating-point instruction and uses SMLAD (M4/M7) or Helium (M55);
+- the arena against its lower bound, ``--sram-budget``, bad inputs.
+Instruction counts (deterministic under ``-icount``) are printed: run with ``-s``.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP, helper, numpy_helper as nh
+
+import kiln
+from kiln.errors import KilnError, TargetError, VerificationError
+from tests.conftest import require_toolchain
+from tests.test_codegen import check_snapshot
+from tests.util import make_model, ort_run
+
+
+def _tiny_qdq() -> onnx.ModelProto:
+    """conv3x3(1->4)-relu, global-free flatten, gemm(4*4*4 -> 3), quantized from fixed data."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32) * 0.5
+    fw = rng.standard_normal((3, 64)).astype(np.float32) * 0.2
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "tiny_q", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 3])],
+                          initializer=[nh.from_array(w, "w"), nh.from_array(np.full(4, 0.1, np.float32), "b"),
+                                       nh.from_array(fw, "fw"), nh.from_array(np.zeros(3, np.float32), "fb")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    cal = rng.random((16, 1, 4, 4)).astype(np.float32)
+    return kiln.quantize(m, {"x": cal}, method="minmax")
+
+
+# -- generation, no compiler ----------------------------------------------------------------------------
+
+def test_int8_model_has_integer_io_and_no_float():
+    cm = kiln.compile(_tiny_qdq(), target="cortex-m4")
+    assert [v.dtype.value for v in cm.graph.inputs] == ["uint8"]
+    assert [v.dtype.value for v in cm.graph.outputs] == ["uint8"]
+    c, h = cm.files["model.c"], cm.files["model.h"]
+    assert "float" not in c and "math.h" not in c and "#pragma omp" not in c and "int64_t i" not in c
+    assert "kiln_dot_u8s8(" in c
+    assert "#define KILN_TINY_Q_ARENA_SIZE" in h and "KILN_TINY_Q_INPUT_X_SCALE" in h
+    assert "KILN_TINY_Q_OUTPUT_Y_ZERO_POINT" in h
+    assert "int kiln_tiny_q_run(const kiln_tiny_q_inputs* inputs" in h
+    assert "__attribute__((aligned(16)))" in cm.files["weights.c"]
+    check_snapshot("cortex_m4_tiny_q_model.c", c)
+
+
+def test_nodsp_option_keeps_plain_loops():
+    c = kiln.compile(_tiny_qdq(), target="cortex-m4:nodsp").files["model.c"]
+    assert "kiln_dot" not in c and "kiln_dsp.h" not in c
+
+
+def test_arena_is_planned_with_16_byte_alignment():
+    from examples.models import small_cnn
+
+    cm = kiln.compile(small_cnn(), target="cortex-m4")
+    plan = cm.result.plan
+    assert plan.arena_size <= 1.05 * plan.lower_bound
+    assert all(s.index % 16 == 0 for s in plan.storage.values() if s.kind == "arena")
+    assert f"#define KILN_SMALL_CNN_ARENA_SIZE {plan.arena_size}" in cm.files["model.h"]
+
+
+def test_sram_budget_refuses_a_model_that_does_not_fit():
+    from examples.models import small_cnn
+    from kiln.targets.cortex_m import SramBudgetError
+
+    with pytest.raises(SramBudgetError, match=r"needs an arena of \d+ bytes .* budget of 65536 bytes"):
+        kiln.compile(small_cnn(), target="cortex-m4:sram=64K")
+    assert kiln.compile(small_cnn(), target="cortex-m7:sram=1M").arena_size <= 1 << 20
+
+
+def test_bad_target_options_and_float16_are_refused():
+    with pytest.raises(TargetError, match="cannot read the size"):
+        kiln.compile(_tiny_qdq(), target="cortex-m4:sram=lots")
+    with pytest.raises(TargetError, match="does not know the option"):
+        kiln.compile(_tiny_qdq(), target="cortex-m4:+mve")
+    x16 = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float16, [4])], [("y", np.float16, [4])])
+    with pytest.raises(KilnError, match="float16 has no C99 spelling"):
+        kiln.compile(x16, target="cortex-m4")
+    assert issubclass(VerificationError, KilnError)
+
+
+def test_cli_compile_writes_the_project_and_checks_the_budget(tmp_path):
+    from click.testing import CliRunner
+
+    from examples.models import small_cnn
+    from kiln.cli import cli
+
+    onnx.save(small_cnn(), tmp_path / "m.onnx")
+    res = CliRunner().invoke(cli, ["compile", str(tmp_path / "m.onnx"), "--target", "cortex-m4",
+                                   "-o", str(tmp_path / "out"), "--sram-budget", "256K"])
+    assert res.exit_code == 0, res.output
+    for name in ("model.h", "model.c", "weights.c", "Makefile", "README.md", "link.ld", "startup.c", "main.c"):
+        assert (tmp_path / "out" / name).exists(), name
+    res = CliRunner().invoke(cli, ["compile", str(tmp_path / "m.onnx"), "--target", "cortex-m4",
+                                   "-o", str(tmp_path / "o2"), "--sram-budget", "16K"])
+    assert res.exit_code == 2 and "SRAM budget of 16384 bytes" in res.output
+    res = CliRunner().invoke(cli, ["compile", str(tmp_path / "m.onnx"), "--target", "host",
+                                   "-o", str(tmp_path / "o3"), "--sram-budget", "16K"])
+    assert res.exit_code == 2 and "microcontroller targets" in res.output
+
+
+# -- built and run under QEMU ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def arm():
+    require_toolchain("arm-none-eabi-gcc")
+    require_toolchain("qemu-system-arm")
+
+
+def _float_ops(directory) -> list[str]:
+    """Floating-point instructions and soft-float calls in the model's object code."""
+    dis = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main", str(directory / "model.o")],
+                         capture_output=True, text=True, check=True).stdout
+    return (re.findall(r"\tv\w*\.f(?:16|32|64)\b", dis) + re.findall(r"\tv(?:mov|ldr|str)\s+s\d", dis)
+            + re.findall(r"<(__aeabi_[fd]\w*)>", dis))
+
+
+def test_small_cnn_float_on_m4_matches_onnxruntime(arm):
+    from examples.models import small_cnn
+
+    m = small_cnn()
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    cm = kiln.compile(m, target="cortex-m4")
+    runner = cm.build()
+    got = runner({"input": x})["logits"]
+    np.testing.assert_allclose(got, ort_run(m, {"input": x})["logits"], rtol=1e-4, atol=1e-4)
+    sizes = runner.sizes()
+    print(f"small_cnn float cortex-m4: {runner.instructions[0]} instructions, arena {cm.arena_size} "
+          f"(lower bound {cm.result.plan.lower_bound}), model code {sizes['model_code']} B")
+    assert runner.instructions[0] > 0
+
+
+def test_tiny_int8_on_m4_has_no_floating_point(arm):
+    cm = kiln.compile(_tiny_qdq(), target="cortex-m4")
+    runner = cm.build()
+    assert _float_ops(runner.directory) == []
+    dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(runner.directory / "model.o")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "smlad" in dis and "sxtb16" in dis
+
+
+def test_instruction_counts_are_deterministic(arm):
+    cm = kiln.compile(_tiny_qdq(), target="cortex-m4")
+    runner = cm.build()
+    x = {"x": np.arange(16, dtype=np.uint8).reshape(1, 1, 4, 4) * 9}
+    runner.run_batch([x, x])
+    first = list(runner.last_ticks)
+    runner.run_batch([x, x])
+    assert first == runner.last_ticks and first[0] == first[1] and first[0] > 0
+
+
+def test_wrong_inputs_are_refused_before_qemu(arm):
+    from kiln.errors import InputError
+
+    cm = kiln.compile(_tiny_qdq(), target="cortex-m4")
+    with pytest.raises(InputError, match="dtype"):
+        cm.run({"x": np.zeros((1, 1, 4, 4), np.float32)})
+    with pytest.raises(InputError, match="missing"):
+        cm.run({})
+
+
+# -- the digits CNN, int8, on all three cores ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_q():
+    pytest.importorskip("torch")
+    datasets = pytest.importorskip("sklearn.datasets")
+    from tests.test_quantize_digits import _onnx, _train
+
+    d = datasets.load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(x))
+    train, test = perm[:1400], perm[1400:]
+    q = kiln.quantize(_onnx(_train(x[train], y[train])), {"image": x[train][:256]}, method="minmax")
+    return q, x[test], y[test]
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7", "cortex-m55"])
+def test_digits_int8_matches_host_exactly_and_keeps_accuracy(arm, digits_q, target):
+    from kiln.frontend.onnx import from_onnx
+    from kiln.passes.integer_io import integer_io
+
+    q, x, y = digits_q
+    cm = kiln.compile(q, target=target)
+    p = cm.target_impl.io_quant["image"]
+    xq = np.clip(np.round(x / p.scale) + p.zero_point, 0, 255).astype(np.uint8)
+    feeds = [{"image": xq[i:i + 1]} for i in range(len(xq))]
+    runner = cm.build()
+    outs = runner.run_batch(feeds)
+    host = kiln.compile(integer_io(from_onnx(q))[0], target="host")
+    mismatched = sum(not np.array_equal(o["logits"], host.run(f)["logits"]) for o, f in zip(outs, feeds))
+    accuracy = float(np.mean([int(np.argmax(o["logits"])) == t for o, t in zip(outs, y)]))
+    sizes = runner.sizes()
+    print(f"digits int8 {target}: accuracy {accuracy:.4f} on {len(y)} images; "
+          f"{int(np.median(runner.instructions))} instructions per inference (median); arena {cm.arena_size} "
+          f"(lower bound {cm.result.plan.lower_bound}); model code {sizes['model_code']} B, weights {sizes['weights']} B")
+    assert mismatched == 0
+    assert accuracy > 0.95
+    assert _float_ops(runner.directory) == []
+    if target == "cortex-m55":
+        dis = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main", str(runner.directory / "model.o")],
+                             capture_output=True, text=True, check=True).stdout
+        assert "vmlava" in dis   # Helium multiply-accumulate across lanes
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_ds_cnn_int8_matches_host_exactly(arm, target):
+    """Keyword spotting DS-CNN (49x10 input), int8 by kiln.quantize; its global average pool
+    stays a float op between dequantize and quantize (no integer pooling kernel yet)."""
+    from examples.mcu_models import ds_cnn
+    from kiln.frontend.onnx import from_onnx
+    from kiln.passes.integer_io import integer_io
+
+    rng = np.random.default_rng(1)
+    q = kiln.quantize(ds_cnn(), {"input": rng.standard_normal((32, 1, 49, 10)).astype(np.float32)}, method="minmax")
+    cm = kiln.compile(q, target=target)
+    assert {"qconv", "qmatmul"} <= {n.op for n in cm.graph.nodes}
+    p = cm.target_impl.io_quant["input"]
+    xs = rng.standard_normal((2, 1, 1, 49, 10)).astype(np.float32)
+    feeds = [{"input": np.clip(np.round(x / p.scale) + p.zero_point, 0, 255).astype(np.uint8)} for x in xs]
+    runner = cm.build()
+    outs = runner.run_batch(feeds)
+    host = kiln.compile(integer_io(from_onnx(q))[0], target="host")
+    assert all(np.array_equal(o["logits"], host.run(f)["logits"]) for o, f in zip(outs, feeds))
+    sizes = runner.sizes()
+    print(f"ds_cnn int8 {target}: {runner.instructions[0]} instructions per inference; arena {cm.arena_size} "
+          f"(lower bound {cm.result.plan.lower_bound}); model code {sizes['model_code']} B, weights {sizes['weights']} B")
+    assert cm.arena_size <= 1.05 * cm.result.plan.lower_bound
+    assert sizes["model_code"] < 8 * 1024
