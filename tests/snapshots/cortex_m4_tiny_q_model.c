@@ -31,7 +31,7 @@ extern const int32_t kiln_tiny_q_w7[3];
 static void kernel_0(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0, uint8_t* restrict out0__xu) {
   for (int32_t i0_i1_f = 0; i0_i1_f < 6; ++i0_i1_f) {
     for (int32_t i2 = 0; i2 < 6; ++i2) {
-      out0__xu[((0) * 6 + i0_i1_f) * 6 + i2] = (((((i0_i1_f >= INT64_C(1)) && (i0_i1_f < INT64_C(5))) && (i2 >= INT64_C(1))) && (i2 < INT64_C(5))) ? in0[(((0) * 1 + 0) * 4 + (i0_i1_f + -1)) * 4 + (i2 + -1)] : 0);
+      out0__xu[((i0_i1_f * 6) + i2)] = (((((i0_i1_f >= INT64_C(1)) && (i0_i1_f < INT64_C(5))) && (i2 >= INT64_C(1))) && (i2 < INT64_C(5))) ? in0[(((i0_i1_f + -1) * 4) + (i2 + -1))] : 0);
     }
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
@@ -43,7 +43,7 @@ static void kernel_0(const uint8_t* restrict in0, const int8_t* restrict in1, co
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 6) + (i5 + i7)) * 6) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[(((i3) * 4 + i4) * 4 + i5) * 4 + i6] = ((uint8_t)((((((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) > (INT64_C(0)) ? ((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) : (INT64_C(0)))) < (INT64_C(255)) ? ((((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) > (INT64_C(0)) ? ((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) : (INT64_C(0)))) : (INT64_C(255)))));
+          out0[((((((i3 * 4) + i4) * 4) + i5) * 4) + i6)] = ((uint8_t)((((((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) > (INT64_C(0)) ? ((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) : (INT64_C(0)))) < (INT64_C(255)) ? ((((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) > (INT64_C(0)) ? ((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) + (INT64_C(1) << (((int64_t)(in4[i4])) - INT64_C(1)))) >> ((int64_t)(in4[i4])))) : (INT64_C(0)))) : (INT64_C(255)))));
         }
       }
     }
@@ -57,7 +57,7 @@ static void kernel_1(const uint8_t* restrict in0, const int8_t* restrict in1, co
       int32_t acc0;
       acc0 = 0;
       acc0 = acc0 + kiln_dot_u8s8(&in0[((i0 * 64) + 0)], &in1[((i1 * 64) + 0)], 64);
-      out0[(i0) * 3 + i1] = ((uint8_t)(((((((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) > (INT64_C(0)) ? (((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) : (INT64_C(0)))) < (INT64_C(255)) ? (((((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) > (INT64_C(0)) ? (((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) : (INT64_C(0)))) : (INT64_C(255)))));
+      out0[((i0 * 3) + i1)] = ((uint8_t)(((((((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) > (INT64_C(0)) ? (((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) : (INT64_C(0)))) < (INT64_C(255)) ? (((((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) > (INT64_C(0)) ? (((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) + (INT64_C(1) << (((int64_t)(in4[i1])) - INT64_C(1)))) >> ((int64_t)(in4[i1]))) + INT64_C(74))) : (INT64_C(0)))) : (INT64_C(255)))));
     }
   }
 }
