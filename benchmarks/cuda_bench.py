@@ -236,7 +236,7 @@ def main(argv=None) -> int:
             image = 64 if args.quick else 224
             module = resnet_torch().eval().half()
             x = torch.randn(batch, 3, image, image).half()
-            feeds = {"x": x.numpy()}
+            feeds = {"input": x.numpy()}  # nn.Sequential.forward(input)
             bench.model(f"resnet50_like_b{batch}", module, feeds, module, [x], example_inputs=(x,))
         jobs.append(resnet)
     for job in jobs:
