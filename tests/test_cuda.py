@@ -257,3 +257,14 @@ def test_gpu_compute_sanitizer_memcheck_clean(name, tmp_path):
     proc = subprocess.run([sanitizer, "--tool", "memcheck", "--error-exitcode", "3", sys.executable, str(script)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "ERROR SUMMARY: 0 errors" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_cli_compile_target_cuda_writes_the_project(tmp_path):
+    model = tmp_path / "gbr.onnx"
+    onnx.save(gemm_bias_relu(), model)
+    out = tmp_path / "proj"
+    proc = subprocess.run([sys.executable, "-m", "kiln.cli", "compile", str(model), "--target", "cuda", "-o", str(out)],
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, proc.stderr
+    assert "__global__" in (out / "model.cu").read_text()
+    assert "CUDA" in (out / "CMakeLists.txt").read_text()
