@@ -13,7 +13,10 @@ BENCH_ARGS ?=
 
 # External tools the test suite runs, as `command:debian-package` pairs. Issues that add a
 # target append here (e.g. aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user).
-TOOLCHAINS := gcc:gcc arm-none-eabi-gcc:gcc-arm-none-eabi qemu-system-arm:qemu-system-arm
+TOOLCHAINS := gcc:gcc cmake:cmake arm-none-eabi-gcc:gcc-arm-none-eabi qemu-system-arm:qemu-system-arm
+# Tools no Debian package provides here (nvcc: NVIDIA's CUDA toolkit under /usr/local/cuda, on
+# every machine per DESIGN.md); `make toolchains` fails with a hint when one is missing.
+VENDOR_TOOLCHAINS := nvcc
 # Debian packages that provide no command of their own but are needed too (e.g. newlib).
 TOOLCHAIN_EXTRA_PACKAGES := libnewlib-arm-none-eabi
 
@@ -60,6 +63,9 @@ toolchains:
 	    exit 1; \
 	  fi; \
 	fi
+	@for tool in $(VENDOR_TOOLCHAINS); do \
+	  command -v "$$tool" >/dev/null 2>&1 || { echo "toolchains: $$tool is missing: install NVIDIA's CUDA toolkit (https://developer.nvidia.com/cuda-downloads) and put its bin/ on PATH" >&2; exit 1; }; \
+	done
 	@gcc --version | head -n 1
 
 test: $(VENV)/.installed-test toolchains

@@ -26,7 +26,8 @@ TOOLCHAIN_PACKAGES = {
     "qemu-aarch64": "qemu-user",
     "arm-none-eabi-gcc": "gcc-arm-none-eabi",
     "qemu-system-arm": "qemu-system-arm",
-    "nvcc": "nvidia-cuda-toolkit",
+    "nvcc": "nvidia-cuda-toolkit",  # here NVIDIA's own toolkit (/usr/local/cuda): Makefile VENDOR_TOOLCHAINS
+    "cmake": "cmake",
     "chromium": "chromium",
 }
 
