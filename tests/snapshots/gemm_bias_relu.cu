@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(256) kernel_0(const float* __restrict__ in0, c
         float v_ = 0.0f;
         if (i0 < M_ && kf_ < K_) {
           const int64_t i2 = kf_;
-          v_ = (float)(in0[(i0) * 8 + i2]);
+          v_ = (float)(in0[((i0 * INT64_C(8)) + i2)]);
         }
         As_[kk_][oo_] = v_;
       }
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(256) kernel_0(const float* __restrict__ in0, c
         float v_ = 0.0f;
         if (i1 < N_ && kf_ < K_) {
           const int64_t i2 = kf_;
-          v_ = (float)(in1[(i2) * 16 + i1]);
+          v_ = (float)(in1[((i2 * INT64_C(16)) + i1)]);
         }
         Bs_[kk_][oo_] = v_;
       }
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(256) kernel_0(const float* __restrict__ in0, c
         const int64_t i1 = n0_ + tx_ + 16 * j_;
         if (i0 < M_ && i1 < N_) {
           float acc0 = (float)(c_[i_][j_]);
-          out0[(i0) * 16 + i1] = ((0.0f > (acc0 + in2[i1])) ? 0.0f : (acc0 + in2[i1]));
+          out0[((i0 * INT64_C(16)) + i1)] = ((0.0f > (acc0 + in2[i1])) ? 0.0f : (acc0 + in2[i1]));
         }
       }
     }

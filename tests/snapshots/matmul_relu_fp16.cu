@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(128) kernel_0(const __half* __restrict__ in0, 
         float v_ = 0.0f;
         if (i0 < M_ && kf_ < K_) {
           const int64_t i2 = kf_;
-          v_ = (float)(((float)(__half2float(in0[(i0) * 64 + i2]))));
+          v_ = (float)(((float)(__half2float(in0[((i0 * INT64_C(64)) + i2)]))));
         }
         As_[oo_][kk_] = __float2half(v_);
       }
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(128) kernel_0(const __half* __restrict__ in0, 
         float v_ = 0.0f;
         if (i1 < N_ && kf_ < K_) {
           const int64_t i2 = kf_;
-          v_ = (float)(((float)(__half2float(in1[(i2) * 96 + i1]))));
+          v_ = (float)(((float)(__half2float(in1[((i2 * INT64_C(96)) + i1)]))));
         }
         Bs_[kk_][oo_] = __float2half(v_);
       }
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(128) kernel_0(const __half* __restrict__ in0, 
       const int64_t i1 = n0_ + e_ % 64;
       if (i0 < M_ && i1 < N_) {
         float acc0 = (float)(Cs_[e_ / 64][e_ % 64]);
-        out0[(i0) * 96 + i1] = __float2half(((0.0f > __half2float(__float2half((float)(acc0)))) ? 0.0f : __half2float(__float2half((float)(acc0)))));
+        out0[((i0 * INT64_C(96)) + i1)] = __float2half(((0.0f > __half2float(__float2half((float)(acc0)))) ? 0.0f : __half2float(__float2half((float)(acc0)))));
       }
     }
     __syncthreads();  /* Cs_ is rewritten by the next batch entry */
