@@ -70,7 +70,7 @@ def harness_source(func: Func) -> str:
     kernel = renderer.render_func(func, inputs, static=True)
     params = [{"ctype": renderer.ctype(b.dtype)} for b in func.params]
     sizes = [int(np.prod(b.shape, dtype=np.int64)) * b.dtype.itemsize for b in func.params]
-    return render("tune_harness.c.j2", prelude=C_PRELUDE, kernel=kernel, params=params,
+    return render("tune_harness.c.j2", prelude=C_PRELUDE + renderer.support_code(), kernel=kernel, params=params,
                   sizes=[max(s, 1) for s in sizes], guard=GUARD_BYTES, oob_status=OOB_STATUS,
                   input_indices=[i for i, b in enumerate(func.params) if b.name in inputs],
                   output_indices=[i for i, b in enumerate(func.params) if b.name.startswith("out")])

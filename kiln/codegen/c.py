@@ -43,6 +43,7 @@ class CRenderer:
     def __init__(self):
         self.lines: list[str] = []
         self.narrow_used: set[DType] = set()  # narrow types whose helpers support_code() emits
+        self.helpers_used: set[str] = set()   # other helpers (_HELPERS) support_code() emits
 
     # -- types and literals --------------------------------------------------------------
     def ctype(self, dtype: DType) -> str:
@@ -62,7 +63,8 @@ class CRenderer:
 
     def support_code(self) -> str:
         """Helpers the rendered kernels call (narrow-type conversions), to precede them."""
-        return narrow_types.support_code(self.narrow_used)
+        code = "".join(_HELPERS[h] for h in sorted(self.helpers_used))
+        return code + narrow_types.support_code(self.narrow_used)
 
     def literal(self, c: Const) -> str:
         v, dt = c.value, c.dtype
@@ -132,7 +134,12 @@ class CRenderer:
         if e.op == "pow" and dt.is_float and isinstance(e.b, Const) and e.b.value in (1.0, 2.0, 3.0):
             # x**2 and x**3 as products: exact to rounding, and no powf call in a hot loop
             return "(" + " * ".join([a] * int(e.b.value)) + ")"
-        if e.op in ("min", "max", "pow", "fmod") and dt.is_float:
+        if e.op in ("min", "max") and dt.is_float:
+            # NaN-propagating, as numpy and ONNX (C's fmaxf drops NaN, and does not vectorize)
+            double = dt is DType.float64
+            self.helpers_used.add("minmax_d" if double else "minmax_f")
+            return f"kiln_{e.op}{'_d' if double else 'f'}({a}, {b})"
+        if e.op in ("pow", "fmod") and dt.is_float:
             return f"{self.fn(e.op, dt)}({a}, {b})"
         if e.op in ("min", "max"):
             cmp = "<" if e.op == "min" else ">"
@@ -277,6 +284,8 @@ class CRenderer:
         if (buf is None or buf.scope != "local" or buf.shape or op is None
                 or not (isinstance(first, Load) and first.buffer == body.buffer and not first.indices)):
             return ""
+        if op in ("max", "min") and buf.dtype in (DType.float32, DType.float64):
+            op = f"kiln_r{op}{'_d' if buf.dtype is DType.float64 else 'f'}"  # NaN-propagating (C_PRELUDE)
         return f" reduction({op}:{body.buffer})"
 
     def render_func(self, f: Func, inputs: set[str], static: bool = True, symbols=()) -> str:
@@ -291,6 +300,15 @@ class CRenderer:
         self.emit("}", 0)
         return "\n".join(self.lines)
 
+
+# Helpers emitted (by ``support_code``) only when a kernel calls them. max/min return the
+# first operand when it is NaN or wins, else the second: NaN propagates from either side.
+_HELPERS = {
+    "minmax_f": "static inline float kiln_maxf(float a, float b) { return (a > b || a != a) ? a : b; }\n"
+                "static inline float kiln_minf(float a, float b) { return (a < b || a != a) ? a : b; }\n",
+    "minmax_d": "static inline double kiln_max_d(double a, double b) { return (a > b || a != a) ? a : b; }\n"
+                "static inline double kiln_min_d(double a, double b) { return (a < b || a != a) ? a : b; }\n",
+}
 
 _UNSIGNED = frozenset({DType.uint8, DType.uint16, DType.uint32, DType.uint64})
 
@@ -329,6 +347,12 @@ KILN_SIMD float atanf(float); KILN_SIMD float sinhf(float); KILN_SIMD float cosh
 KILN_SIMD float asinhf(float); KILN_SIMD float acoshf(float); KILN_SIMD float atanhf(float);
 KILN_SIMD float log1pf(float); KILN_SIMD float expm1f(float); KILN_SIMD float powf(float, float);
 #endif
+
+/* max/min reductions that keep NaN (the helpers are defined with the kernels that use them) */
+#pragma omp declare reduction(kiln_rmaxf : float : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(kiln_rminf : float : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
+#pragma omp declare reduction(kiln_rmax_d : double : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(kiln_rmin_d : double : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
 
 static inline int64_t kiln_floordiv(int64_t a, int64_t b) {
   int64_t q = a / b;

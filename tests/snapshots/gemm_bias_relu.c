@@ -19,6 +19,12 @@ KILN_SIMD float asinhf(float); KILN_SIMD float acoshf(float); KILN_SIMD float at
 KILN_SIMD float log1pf(float); KILN_SIMD float expm1f(float); KILN_SIMD float powf(float, float);
 #endif
 
+/* max/min reductions that keep NaN (the helpers are defined with the kernels that use them) */
+#pragma omp declare reduction(kiln_rmaxf : float : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(kiln_rminf : float : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
+#pragma omp declare reduction(kiln_rmax_d : double : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(kiln_rmin_d : double : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
+
 static inline int64_t kiln_floordiv(int64_t a, int64_t b) {
   int64_t q = a / b;
   return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
