@@ -15,6 +15,10 @@ from kiln.ir.expr import Expr, Var, map_children, simplify, substitute
 
 SERIAL, PARALLEL, VECTORIZED, UNROLLED = "serial", "parallel", "vectorized", "unrolled"
 LOOP_KINDS = (SERIAL, PARALLEL, VECTORIZED, UNROLLED)
+# GPU axes (kiln/passes/gpu_schedule.py): a loop bound to the workgroup index or to the
+# invocation index inside a workgroup runs once per workgroup / invocation, not serially.
+GPU_BLOCK, GPU_THREAD = "gpu.block", "gpu.thread"
+GPU_LOOP_KINDS = (GPU_BLOCK, GPU_THREAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,7 @@ __all__ = [
     "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Func", "seq", "walk_stmts", "map_stmt",
     "map_exprs", "subst_stmt", "find_loop", "loop_names", "format_stmt", "format_func",
     "SERIAL", "PARALLEL", "VECTORIZED", "UNROLLED", "LOOP_KINDS", "map_children",
+    "GPU_BLOCK", "GPU_THREAD", "GPU_LOOP_KINDS",
 ]
 
 

@@ -1,0 +1,159 @@
+"""The WebGPU target: WGSL compute shaders, run from Python through ``wgpu`` and in browsers.
+
+From Python the shaders run through the ``wgpu`` package (wgpu-native): on a machine without
+a GPU its adapter is Mesa's lavapipe (a Vulkan driver on the CPU, Debian
+``mesa-vulkan-drivers``); on an NVIDIA machine, the NVIDIA Vulkan driver. ``export`` writes the
+browser bundle: ``model.js`` (an ES module: ``await KilnModel.load(url)`` then
+``await model.run({input: Float32Array})``), one ``.wgsl`` file per kernel, ``weights.bin``
+and an ``index.html`` demo.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from kiln.codegen.templates import numbered
+from kiln.errors import InputError, ToolchainError
+from kiln.targets.base import ModelSource, Target, manifest
+
+
+class WebGPUTarget(Target):
+    """WGSL kernels: one storage arena, a weights buffer, one dispatch per loop nest."""
+
+    name = "webgpu"
+
+    def capabilities(self):
+        from kiln.passes.default_schedule import Capabilities
+
+        # The CPU schedule is not used for the shaders (gpu_schedule rebinds the unscheduled
+        # loops); plain NCHW keeps convolutions in the layout the GPU rules expect.
+        return Capabilities(vector_bytes=16, vector_registers=16, threads=1, nchwc=False)
+
+    def generate(self, graph, kernels, plan, prefix) -> ModelSource:
+        from kiln.codegen.wgsl_model import build_webgpu_model
+
+        model = build_webgpu_model(graph, kernels)
+        files = {k.file: k.source for k in model.kernels}
+        files["model.js"] = _render_bundle("model.js.j2", graph, model)
+        files["index.html"] = _render_bundle("index.html.j2", graph, model)
+        source = ModelSource(files, model.kernels[0].file if model.kernels else "model.js", prefix)
+        source.binaries["weights.bin"] = model.plan.weights.tobytes()
+        source.webgpu = model  # the runner reads the table; not a file
+        return source
+
+    def runner(self, compiled):
+        return WebGPURunner(compiled.result.source.webgpu, compiled.result.source.files, compiled.graph)
+
+    def export(self, compiled, directory) -> Path:
+        out = super().export(compiled, directory)
+        return out
+
+
+def _render_bundle(template: str, graph, model) -> str:
+    from kiln import __version__
+    from kiln.codegen.templates import render
+
+    return render(template, version=__version__, model_name=graph.name,
+                  table=json.dumps(model.table(), indent=1), kernel_count=len(model.kernels))
+
+
+# -- running through wgpu ---------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def device():
+    """The wgpu device (lavapipe without a GPU), with the adapter's largest buffer limits."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # the Vulkan loader complains without one
+    try:
+        import wgpu
+    except ImportError as e:
+        raise ToolchainError("the webgpu target runs through the 'wgpu' package: pip install wgpu "
+                             f"({e})") from None
+    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    if adapter is None:
+        raise ToolchainError("wgpu found no WebGPU adapter: install a Vulkan driver (Debian "
+                             "'mesa-vulkan-drivers' for lavapipe on the CPU, plus 'libvulkan1')")
+    lim = adapter.limits
+    limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                  "max-compute-workgroup-storage-size") if k in lim}
+    return adapter.request_device_sync(required_limits=limits)
+
+
+class WebGPURunner:
+    """Runs the model table on the wgpu device: write inputs, dispatch in order, read outputs."""
+
+    def __init__(self, model, files: dict[str, str], graph):
+        import wgpu
+
+        self.model, self.graph = model, graph
+        self.dev = dev = device()
+        arena_bytes = max(model.plan.arena_words, 1) * 4
+        limit = dev.limits["max-storage-buffer-binding-size"]
+        if arena_bytes > limit or model.plan.weights.nbytes > limit:
+            raise ToolchainError(f"the model needs a {arena_bytes}-byte arena and {model.plan.weights.nbytes} "
+                                 f"bytes of weights; this WebGPU device binds at most {limit} bytes")
+        S = wgpu.BufferUsage
+        self.arena = dev.create_buffer(size=arena_bytes, usage=S.STORAGE | S.COPY_SRC | S.COPY_DST)
+        self.weights = dev.create_buffer_with_data(data=model.plan.weights.tobytes(), usage=S.STORAGE)
+        layout = dev.create_bind_group_layout(entries=[
+            {"binding": 0, "visibility": wgpu.ShaderStage.COMPUTE,
+             "buffer": {"type": wgpu.BufferBindingType.storage}},
+            {"binding": 1, "visibility": wgpu.ShaderStage.COMPUTE,
+             "buffer": {"type": wgpu.BufferBindingType.read_only_storage}}])
+        self.bind_group = dev.create_bind_group(layout=layout, entries=[
+            {"binding": 0, "resource": {"buffer": self.arena}},
+            {"binding": 1, "resource": {"buffer": self.weights}}])
+        playout = dev.create_pipeline_layout(bind_group_layouts=[layout])
+        self.steps = []
+        for k in model.kernels:
+            module = _shader(dev, files[k.file], k.file)
+            for d in k.dispatches:
+                try:
+                    pipe = dev.create_compute_pipeline(layout=playout,
+                                                       compute={"module": module, "entry_point": d.name})
+                except Exception as e:  # noqa: BLE001  (wgpu raises its own error types)
+                    raise ToolchainError(f"WebGPU rejected entry point {d.name} of {k.file}: {e}") from None
+                self.steps.append((pipe, d.grid()))
+
+    def __call__(self, feeds: Mapping) -> dict[str, np.ndarray]:
+        from kiln.codegen.wgsl_model import from_words, to_words
+        from kiln.targets.host import check_inputs
+
+        arrays, _ = check_inputs(self.graph.inputs, feeds)
+        q = self.dev.queue
+        for spec, a in zip(self.model.inputs, arrays):
+            q.write_buffer(self.arena, spec["offset"] * 4, to_words(a).tobytes())
+        enc = self.dev.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        cpass.set_bind_group(0, self.bind_group)
+        for pipe, grid in self.steps:
+            cpass.set_pipeline(pipe)
+            cpass.dispatch_workgroups(*grid)
+        cpass.end()
+        q.submit([enc.finish()])
+        outs = {}
+        for v, spec in zip(self.graph.outputs, self.model.outputs):
+            raw = q.read_buffer(self.arena, spec["offset"] * 4, _pad4(spec["size"]))
+            words = np.frombuffer(raw, np.uint32)[: spec["size"]]
+            outs[v.name] = from_words(words, v.dtype, tuple(spec["shape"]))
+        return outs
+
+
+def _pad4(n: int) -> int:
+    """Byte count of ``n`` words rounded so copies stay 4-byte aligned (and never zero)."""
+    return max(n, 1) * 4
+
+
+def _shader(dev, source: str, name: str):
+    try:
+        return dev.create_shader_module(code=source, label=name)
+    except Exception as e:  # noqa: BLE001
+        raise ToolchainError(f"WebGPU rejected the generated shader {name}:\n{e}\n\n--- {name} ---\n"
+                             f"{numbered(source)}") from None
+
+
+__all__ = ["WebGPUTarget", "WebGPURunner", "device"]
