@@ -49,9 +49,13 @@ class WGSLRenderer:
     }
     workgroup_size_builtin = "lid"
 
-    def __init__(self, bases: dict[str, tuple[str, int]]):
-        """``bases``: parameter buffer name -> (``"arena"`` or ``"weights"``, word offset)."""
+    def __init__(self, bases: dict[str, tuple[str, int]], chunk_words: int = 1 << 25):
+        """``bases``: parameter buffer name -> (``"arena"`` or ``"weights"``, word offset).
+
+        Weights are split into bindings ``weights0``, ``weights1``, ... of ``chunk_words``
+        words each (a binding is limited to 128 MiB by default)."""
         self.bases = bases
+        self.chunk_words = chunk_words
         self.lines: list[str] = []
         self.buffers: dict[str, Buffer] = {}
 
@@ -69,11 +73,13 @@ class WGSLRenderer:
             return "true" if v else "false"
         if dt.is_float:
             v = float(v)
-            if math.isnan(v) or math.isinf(v):  # no inf/NaN literals in WGSL: spell the bits
-                return f"bitcast<f32>({struct.unpack('<I', struct.pack('<f', v))[0]:#010x}u)"
+            if math.isnan(v) or math.isinf(v):
+                # WGSL has no inf/NaN literals, and Tint rejects them from constant folding
+                # (even bitcast<f32>(0x7f800000u)): a function call is not a const-expression
+                return f"kiln_f32_bits({struct.unpack('<I', struct.pack('<f', v))[0]:#010x}u)"
             f = struct.unpack("<f", struct.pack("<f", v))[0] if abs(v) < 3.4028234663852886e38 else v
             if abs(f) > 3.4028234663852886e38:
-                return "bitcast<f32>(0x7f800000u)" if f > 0 else "bitcast<f32>(0xff800000u)"
+                return "kiln_f32_bits(0x7f800000u)" if f > 0 else "kiln_f32_bits(0xff800000u)"
             s = repr(f)
             s = s if ("e" in s or "." in s or "inf" in s) else s + ".0"
             return f"f32({s})" if s.startswith("-") else s + "f"
@@ -92,6 +98,14 @@ class WGSLRenderer:
             s = self.expr(i)
             flat = s if flat is None else f"({flat}) * {n} + {s}"
         flat = flat or "0"
+        if region == "weights":
+            n = 1
+            for d in buf.shape:
+                n *= d
+            first, last = base // self.chunk_words, (base + max(n, 1) - 1) // self.chunk_words
+            if first != last:  # a tensor across two bindings: pick the binding per element
+                return f"kiln_weight({base} + {flat})"
+            region, base = f"weights{first}", base - first * self.chunk_words
         return f"{region}[{base} + {flat}]" if base else f"{region}[{flat}]"
 
     def load(self, e: Load) -> str:
@@ -267,9 +281,23 @@ def _nonneg(e: Expr) -> bool:
     return False
 
 
+def bindings(weight_chunks: int, chunk_words: int = 1 << 25) -> str:
+    """The storage bindings every kernel declares (the same layout for all kernels)."""
+    lines = ["@group(0) @binding(0) var<storage, read_write> arena: array<u32>;"]
+    lines += [f"@group(0) @binding({c + 1}) var<storage, read> weights{c}: array<u32>;"
+              for c in range(max(weight_chunks, 1))]
+    if weight_chunks > 1:
+        lines.append("fn kiln_weight(i: i32) -> u32 {")
+        for c in range(weight_chunks - 1):
+            lines.append(f"  if (i < {(c + 1) * chunk_words}) {{ return weights{c}[i - {c * chunk_words}]; }}")
+        last = weight_chunks - 1
+        lines.append(f"  return weights{last}[i - {last * chunk_words}];")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
 WGSL_PRELUDE = """\
-@group(0) @binding(0) var<storage, read_write> arena: array<u32>;
-@group(0) @binding(1) var<storage, read> weights: array<u32>;
+fn kiln_f32_bits(b: u32) -> f32 { return bitcast<f32>(b); }
 
 fn kiln_floordiv(a: i32, b: i32) -> i32 {
   if (b == 0) { return 0; }
@@ -286,7 +314,7 @@ fn kiln_fmod_floor(a: f32, b: f32) -> f32 { return a - b * floor(a / b); }
 fn kiln_pow(x: f32, y: f32) -> f32 {
   let m = pow(abs(x), y);
   if (x >= 0.0) { return m; }
-  if (fract(y) != 0.0) { return bitcast<f32>(0x7fc00000u); }
+  if (fract(y) != 0.0) { return kiln_f32_bits(0x7fc00000u); }
   return select(m, -m, fract(y * 0.5) != 0.0);
 }
 // tanh through exp overflows to NaN on some drivers for |x| > ~44; tanh(15) is 1 in f32

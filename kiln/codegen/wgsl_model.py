@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln.codegen.templates import render
-from kiln.codegen.wgsl import WGSL_PRELUDE, WGSLRenderer
+from kiln.codegen.wgsl import WGSL_PRELUDE, WGSLRenderer, bindings
 from kiln.errors import KilnError, ShapeError
 from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph
@@ -26,6 +26,7 @@ from kiln.passes.gpu_schedule import Dispatch, schedule_dispatches
 from kiln.passes.memory_plan import _greedy_by_size, view_roots
 
 WORD_ALIGN = 64  # words (256 bytes): any region can also be bound on its own in WebGPU
+CHUNK_WORDS = 1 << 25  # 128 MiB: WebGPU's default maxStorageBufferBindingSize
 UNSUPPORTED = (DType.float64,)
 
 
@@ -62,12 +63,18 @@ class WordPlan:
     storage: dict[str, tuple[str, int]]  # value -> ("arena" | "weights", word offset)
     arena_words: int
     weights: np.ndarray                  # uint32 words
+    chunk_words: int = CHUNK_WORDS       # weights are bound in chunks of this many words
+
+    @property
+    def weight_chunks(self) -> list[np.ndarray]:
+        w = self.weights
+        return [w[i: i + self.chunk_words] for i in range(0, max(w.size, 1), self.chunk_words)]
 
     def offset(self, name: str) -> int:
         return self.storage[name][1]
 
 
-def plan_words(graph: Graph, kernels) -> WordPlan:
+def plan_words(graph: Graph, kernels, chunk_words: int = CHUNK_WORDS) -> WordPlan:
     types = graph.value_types()
     roots = view_roots(graph)
     storage: dict[str, tuple[str, int]] = {}
@@ -105,7 +112,10 @@ def plan_words(graph: Graph, kernels) -> WordPlan:
     for alias, r in roots.items():
         if r in storage and alias not in storage:
             storage[alias] = storage[r]
-    return WordPlan(storage, off + size, weights)
+    if off + size > chunk_words:
+        raise KilnError(f"the model needs {(off + size) * 4} bytes of activations at once; a WebGPU "
+                        f"storage binding holds at most {chunk_words * 4} bytes by default")
+    return WordPlan(storage, off + size, weights, chunk_words)
 
 
 @dataclass
@@ -129,6 +139,7 @@ class WebGPUModel:
         """What a runner needs, as plain JSON-able data (``model.js`` embeds it)."""
         return {
             "arenaWords": self.plan.arena_words, "weightsWords": int(self.plan.weights.size),
+            "weightChunks": [int(c.size) for c in self.plan.weight_chunks],
             "inputs": self.inputs, "outputs": self.outputs,
             "kernels": [{"name": k.name, "file": k.file,
                          "dispatches": [{"entry": d.name, "grid": list(d.grid())} for d in k.dispatches]}
@@ -157,11 +168,11 @@ def build_webgpu_model(graph: Graph, kernels, tiling: bool = False) -> WebGPUMod
     for k in kernels:
         bases = {b.name: plan.storage[name] for b, name in zip(k.unscheduled.params, k.params)}
         dispatches = schedule_dispatches(k.unscheduled, k.stages, tiling=tiling)
-        renderer = WGSLRenderer(bases)
+        renderer = WGSLRenderer(bases, plan.chunk_words)
         entries = [renderer.render_entry(d.func, d.workgroup_size) for d in dispatches]
         ops_ = "+".join(producers[o].op for o in k.outputs if o in producers)
         comment = f"{k.name}: writes {', '.join(k.outputs)} ({ops_})"
-        source = render("kernel.wgsl.j2", comment=comment, prelude=WGSL_PRELUDE, entries=entries,
+        source = render("kernel.wgsl.j2", comment=comment, prelude=bindings(len(plan.weight_chunks), plan.chunk_words) + WGSL_PRELUDE, entries=entries,
                         params=[{"name": b.name, "value": name, "region": bases[b.name][0],
                                  "offset": bases[b.name][1], "dtype": b.dtype.value,
                                  "shape": list(b.shape)} for b, name in zip(k.unscheduled.params, k.params)])

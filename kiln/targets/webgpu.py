@@ -93,20 +93,21 @@ class WebGPURunner:
         self.dev = dev = device()
         arena_bytes = max(model.plan.arena_words, 1) * 4
         limit = dev.limits["max-storage-buffer-binding-size"]
-        if arena_bytes > limit or model.plan.weights.nbytes > limit:
-            raise ToolchainError(f"the model needs a {arena_bytes}-byte arena and {model.plan.weights.nbytes} "
-                                 f"bytes of weights; this WebGPU device binds at most {limit} bytes")
+        if max(arena_bytes, model.plan.chunk_words * 4) > limit:
+            raise ToolchainError(f"the model binds {max(arena_bytes, model.plan.chunk_words * 4)} bytes at once; "
+                                 f"this WebGPU device binds at most {limit} bytes")
         S = wgpu.BufferUsage
         self.arena = dev.create_buffer(size=arena_bytes, usage=S.STORAGE | S.COPY_SRC | S.COPY_DST)
-        self.weights = dev.create_buffer_with_data(data=model.plan.weights.tobytes(), usage=S.STORAGE)
-        layout = dev.create_bind_group_layout(entries=[
-            {"binding": 0, "visibility": wgpu.ShaderStage.COMPUTE,
-             "buffer": {"type": wgpu.BufferBindingType.storage}},
-            {"binding": 1, "visibility": wgpu.ShaderStage.COMPUTE,
-             "buffer": {"type": wgpu.BufferBindingType.read_only_storage}}])
+        chunks = model.plan.weight_chunks
+        self.weights = [dev.create_buffer_with_data(data=_nonempty(c).tobytes(), usage=S.STORAGE) for c in chunks]
+        storage = {"binding": 0, "visibility": wgpu.ShaderStage.COMPUTE,
+                   "buffer": {"type": wgpu.BufferBindingType.storage}}
+        layout = dev.create_bind_group_layout(entries=[storage] + [
+            {"binding": i + 1, "visibility": wgpu.ShaderStage.COMPUTE,
+             "buffer": {"type": wgpu.BufferBindingType.read_only_storage}} for i in range(len(chunks))])
         self.bind_group = dev.create_bind_group(layout=layout, entries=[
-            {"binding": 0, "resource": {"buffer": self.arena}},
-            {"binding": 1, "resource": {"buffer": self.weights}}])
+            {"binding": 0, "resource": {"buffer": self.arena}}] + [
+            {"binding": i + 1, "resource": {"buffer": b}} for i, b in enumerate(self.weights)])
         playout = dev.create_pipeline_layout(bind_group_layouts=[layout])
         self.steps = []
         for k in model.kernels:
@@ -141,6 +142,10 @@ class WebGPURunner:
             words = np.frombuffer(raw, np.uint32)[: spec["size"]]
             outs[v.name] = from_words(words, v.dtype, tuple(spec["shape"]))
         return outs
+
+
+def _nonempty(words: np.ndarray) -> np.ndarray:
+    return words if words.size else np.zeros(1, np.uint32)
 
 
 def _pad4(n: int) -> int:
