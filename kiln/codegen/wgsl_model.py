@@ -26,7 +26,9 @@ from kiln.passes.gpu_schedule import Dispatch, schedule_dispatches
 from kiln.passes.memory_plan import _greedy_by_size, view_roots
 
 WORD_ALIGN = 64  # words (256 bytes): any region can also be bound on its own in WebGPU
-CHUNK_WORDS = 1 << 25  # 128 MiB: WebGPU's default maxStorageBufferBindingSize
+BINDING_WORDS = 1 << 25  # 128 MiB: WebGPU's default maxStorageBufferBindingSize
+CHUNK_WORDS = BINDING_WORDS  # weights are bound in chunks of at most this many words
+MAX_STORAGE_BINDINGS = 8  # WebGPU's default maxStorageBuffersPerShaderStage: the arena + 7 weight chunks
 UNSUPPORTED = (DType.float64,)
 
 
@@ -74,7 +76,8 @@ class WordPlan:
         return self.storage[name][1]
 
 
-def plan_words(graph: Graph, kernels, chunk_words: int = CHUNK_WORDS) -> WordPlan:
+def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPlan:
+    chunk_words = chunk_words or CHUNK_WORDS
     types = graph.value_types()
     roots = view_roots(graph)
     storage: dict[str, tuple[str, int]] = {}
@@ -112,10 +115,15 @@ def plan_words(graph: Graph, kernels, chunk_words: int = CHUNK_WORDS) -> WordPla
     for alias, r in roots.items():
         if r in storage and alias not in storage:
             storage[alias] = storage[r]
-    if off + size > chunk_words:
+    if off + size > BINDING_WORDS:
         raise KilnError(f"the model needs {(off + size) * 4} bytes of activations at once; a WebGPU "
-                        f"storage binding holds at most {chunk_words * 4} bytes by default")
-    return WordPlan(storage, off + size, weights, chunk_words)
+                        f"storage binding holds at most {BINDING_WORDS * 4} bytes by default")
+    plan = WordPlan(storage, off + size, weights, chunk_words)
+    if len(plan.weight_chunks) + 1 > MAX_STORAGE_BINDINGS:
+        raise KilnError(f"the model has {weights.size * 4} bytes of weights: {len(plan.weight_chunks)} bindings of "
+                        f"{chunk_words * 4} bytes, but WebGPU guarantees only {MAX_STORAGE_BINDINGS - 1} beside "
+                        "the arena")
+    return plan
 
 
 @dataclass

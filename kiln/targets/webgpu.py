@@ -93,9 +93,10 @@ class WebGPURunner:
         self.dev = dev = device()
         arena_bytes = max(model.plan.arena_words, 1) * 4
         limit = dev.limits["max-storage-buffer-binding-size"]
-        if max(arena_bytes, model.plan.chunk_words * 4) > limit:
-            raise ToolchainError(f"the model binds {max(arena_bytes, model.plan.chunk_words * 4)} bytes at once; "
-                                 f"this WebGPU device binds at most {limit} bytes")
+        widest = max(arena_bytes, max(c.nbytes for c in model.plan.weight_chunks))
+        if widest > limit:
+            raise ToolchainError(f"the model binds {widest} bytes at once; this WebGPU device binds at most "
+                                 f"{limit} bytes")
         S = wgpu.BufferUsage
         self.arena = dev.create_buffer(size=arena_bytes, usage=S.STORAGE | S.COPY_SRC | S.COPY_DST)
         chunks = model.plan.weight_chunks

@@ -1,0 +1,259 @@
+"""The WebGPU target through wgpu (lavapipe without a GPU): models against ONNX Runtime,
+the GPU schedule, the generated WGSL (snapshot), the bundle files and bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import kiln
+from examples import models
+from kiln.errors import InputError, KilnError, ScheduleError, ShapeError
+from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, For, If, walk_stmts
+from tests.conftest import require_webgpu
+from tests.test_codegen import check_snapshot, gemm_bias_relu
+from tests.test_light_models import LIGHT_DIR, _inputs
+from tests.test_models import CASES
+from tests.util import assert_close, make_model, ort_run
+
+
+@pytest.fixture(scope="module")
+def wgpu_device():
+    return require_webgpu()
+
+
+# -- tier 1: the GPU schedule and the renderer, no device -----------------------------------
+
+def test_gpu_schedule_binds_every_nest_with_guards():
+    from kiln.passes.gpu_schedule import schedule_dispatches
+
+    m = kiln.compile(models.bert_encoder(layers=1, hidden=64, heads=4, seq=16, ffn=128), target="webgpu")
+    softmax = next(k for k in m.result.kernels if len(k.stages) == 3)  # max, sum, normalize
+    dispatches = schedule_dispatches(softmax.unscheduled, softmax.stages)
+    assert len(dispatches) == 3
+    for d in dispatches:
+        loops = [s for s in walk_stmts(d.func.body) if isinstance(s, For)]
+        assert [lp.kind for lp in loops[:2]] == [GPU_BLOCK, GPU_THREAD]
+        assert d.workgroups * d.workgroup_size >= loops[0].extent * loops[1].extent
+        assert d.trace[-2:] == [{"prim": "bind", "args": {"loop": loops[0].var.name, "axis": GPU_BLOCK}},
+                                {"prim": "bind", "args": {"loop": loops[1].var.name, "axis": GPU_THREAD}}]
+
+
+def test_gpu_schedule_guards_a_tail():
+    """100 elements on workgroups of 64: the second workgroup's last 28 invocations do nothing."""
+    from kiln.passes.gpu_schedule import schedule_dispatches
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [100])],
+                       [("y", np.float32, [100])])
+    k = kiln.compile(model, target="webgpu").result.kernels[0]
+    (d,) = schedule_dispatches(k.unscheduled, k.stages)
+    assert (d.workgroups, d.workgroup_size) == (2, 64)
+    guards = [s for s in walk_stmts(d.func.body) if isinstance(s, If)]
+    assert len(guards) == 1 and "100" in str(guards[0].cond)
+
+
+def test_gpu_schedule_grid_stays_within_dimension_limit():
+    from kiln.passes.gpu_schedule import MAX_WORKGROUPS_X, Dispatch
+
+    d = Dispatch("k", None, workgroups=MAX_WORKGROUPS_X * 3 + 5, workgroup_size=64)
+    x, y, z = d.grid()
+    assert x <= MAX_WORKGROUPS_X and x * y >= d.workgroups and z == 1
+
+
+def test_bind_rejects_an_unknown_axis():
+    from kiln.ir.schedule import Schedule
+
+    k = kiln.compile(gemm_bias_relu(), target="webgpu").result.kernels[0]
+    sch = Schedule(k.unscheduled)
+    with pytest.raises(ScheduleError, match="unknown GPU axis"):
+        sch.bind(sch.loops()[0], "warp.z")
+
+
+def test_wgsl_literals_have_no_inf_or_out_of_range_constants():
+    from kiln.codegen.wgsl import WGSLRenderer
+    from kiln.ir.dtype import DType
+    from kiln.ir.expr import Const
+
+    r = WGSLRenderer({})
+    assert r.literal(Const(float("-inf"), DType.float32)) == "kiln_f32_bits(0xff800000u)"
+    assert r.literal(Const(float("nan"), DType.float32)).startswith("kiln_f32_bits(")
+    assert r.literal(Const(-(1 << 63), DType.int64)) == "i32(-2147483647 - 1)"
+    assert r.literal(Const(-2.5, DType.float32)) == "f32(-2.5)"
+    assert r.literal(Const(3, DType.int64)) == "3i"
+
+
+def test_snapshot_wgsl_gemm_bias_relu():
+    m = kiln.compile(gemm_bias_relu(), target="webgpu")
+    assert m.kernel_count == 1
+    check_snapshot("gemm_bias_relu.wgsl", m.files["kernel_0.wgsl"])
+
+
+def test_export_writes_the_browser_bundle(tmp_path):
+    m = kiln.compile(models.small_cnn(), target="webgpu")
+    out = m.export(tmp_path / "bundle")
+    names = {p.name for p in out.iterdir()}
+    assert {"model.js", "index.html", "weights.bin", "manifest.json"} <= names
+    assert {f"kernel_{i}.wgsl" for i in range(m.kernel_count)} <= names
+    js = (out / "model.js").read_text()
+    assert "export class KilnModel" in js and "static async load(" in js and "async run(inputs)" in js
+    table = json.loads(js[js.index("const TABLE = ") + len("const TABLE = "): js.index(";\n", js.index("const TABLE"))])
+    assert (out / "weights.bin").stat().st_size == table["weightsWords"] * 4 == 4 * sum(table["weightChunks"])
+    assert [k["file"] for k in table["kernels"]] == [f"kernel_{i}.wgsl" for i in range(m.kernel_count)]
+    assert 'import { KilnModel } from \'./model.js\'' in (out / "index.html").read_text()
+
+
+def test_cli_compile_webgpu(tmp_path):
+    from click.testing import CliRunner
+
+    from kiln.cli import cli
+
+    path = tmp_path / "m.onnx"
+    onnx.save(gemm_bias_relu(), path)
+    r = CliRunner().invoke(cli, ["compile", str(path), "--target", "webgpu", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "b" / "model.js").exists() and (tmp_path / "b" / "kernel_0.wgsl").exists()
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+
+def test_dynamic_dims_are_refused_with_a_hint():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, ["n", 4])],
+                       [("y", np.float32, ["n", 4])])
+    with pytest.raises(KilnError, match="static shapes.*input_shapes"):
+        kiln.compile(model, target="webgpu", dim_bounds={"n": (1, 8)})
+    m = kiln.compile(model, target="webgpu", input_shapes={"x": (3, 4)})  # the fix the message names
+    assert m.kernel_count == 1
+
+
+def test_float64_is_refused():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float64, [4])],
+                       [("y", np.float64, [4])])
+    with pytest.raises(KilnError, match="64-bit float"):
+        kiln.compile(model, target="webgpu")
+
+
+def test_too_many_weight_bindings_is_refused(monkeypatch):
+    from kiln.codegen import wgsl_model
+
+    monkeypatch.setattr(wgsl_model, "CHUNK_WORDS", 1000)
+    with pytest.raises(KilnError, match="bindings of 4000 bytes"):
+        kiln.compile(models.small_cnn(), target="webgpu")
+
+
+def test_unknown_target_option():
+    with pytest.raises(KilnError, match="does not know the option"):
+        kiln.compile(gemm_bias_relu(), target="webgpu:+f64")
+
+
+def test_run_checks_inputs(wgpu_device):
+    m = kiln.compile(gemm_bias_relu(), target="webgpu")
+    with pytest.raises(InputError, match="missing"):
+        m.run({"z": np.zeros((12, 8), np.float32)})
+    with pytest.raises(InputError, match="shape"):
+        m.run({"x": np.zeros((8, 12), np.float32)})
+    with pytest.raises(InputError, match="dtype"):
+        m.run({"x": np.zeros((12, 8), np.float64)})
+
+
+def test_to_words_refuses_float64():
+    from kiln.codegen.wgsl_model import to_words
+
+    with pytest.raises(ShapeError, match="float32"):
+        to_words(np.zeros(3, np.float64))
+
+
+# -- tier 3: models on lavapipe against ONNX Runtime -------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_model_matches_ort(name, wgpu_device):
+    model = CASES[name]()
+    feeds = models.example_inputs(model, seed=1)
+    got = kiln.compile(model, target="webgpu").run(feeds)
+    assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)
+
+
+def test_bert_mask_changes_output(wgpu_device):
+    model = CASES["bert_encoder_masked"]()
+    feeds = models.example_inputs(model, seed=2)
+    mask = next(k for k, v in feeds.items() if v.ndim == 2)
+    half = dict(feeds, **{mask: np.concatenate([np.ones((1, 8), np.float32), np.zeros((1, 8), np.float32)], 1)})
+    m = kiln.compile(model, target="webgpu")
+    a, b = m.run(dict(feeds, **{mask: np.ones_like(feeds[mask])})), m.run(half)
+    out = next(iter(a))
+    assert not np.allclose(a[out], b[out])
+    assert_close(b, ort_run(model, half), rtol=1e-3, atol=1e-4)
+
+
+def test_weights_split_across_bindings(wgpu_device, monkeypatch):
+    """Weights larger than one binding go into several; a tensor across two still reads right."""
+    from kiln.codegen import wgsl_model
+
+    monkeypatch.setattr(wgsl_model, "CHUNK_WORDS", 6000)  # not a multiple of the 64-word alignment
+    model = models.small_cnn()
+    m = kiln.compile(model, target="webgpu")
+    assert len(m.result.source.webgpu.plan.weight_chunks) == 6
+    assert any("kiln_weight(" in text for name, text in m.files.items() if name.endswith(".wgsl"))
+    feeds = models.example_inputs(model, seed=3)
+    assert_close(m.run(feeds), ort_run(model, feeds), rtol=1e-3, atol=1e-4)
+
+
+def _elementwise_model():
+    """Ops whose WGSL needs care: erf, tanh of large values, pow with a negative base, float
+    mod, integer floor division and mod with negative operands, comparisons, casts."""
+    nodes = [
+        helper.make_node("Erf", ["x"], ["erf"]),
+        helper.make_node("Tanh", ["big"], ["tanh"]),
+        helper.make_node("Pow", ["x", "three"], ["cube"]),
+        helper.make_node("Pow", ["x", "e"], ["pow_int"]),
+        helper.make_node("Mod", ["x", "d"], ["fmod"], fmod=1),
+        helper.make_node("Mod", ["i", "j"], ["imod"]),
+        helper.make_node("Div", ["i", "j"], ["idiv"]),
+        helper.make_node("Greater", ["x", "d"], ["gt"]),
+        helper.make_node("Cast", ["gt"], ["gtf"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Sigmoid", ["big"], ["sig"]),
+        helper.make_node("ReduceMax", ["x"], ["rmax"], keepdims=0),
+    ]
+    f, i64 = np.float32, np.int64
+    return make_model(nodes, [("x", f, [64]), ("big", f, [64]), ("i", i64, [64])],
+                      [("erf", f, [64]), ("tanh", f, [64]), ("cube", f, [64]), ("pow_int", f, [64]),
+                       ("fmod", f, [64]), ("imod", i64, [64]), ("idiv", i64, [64]), ("gtf", f, [64]),
+                       ("sig", f, [64]), ("rmax", f, [])],
+                      initializers=[("three", np.array(3.0, f)), ("e", np.array([2.0, 3.0] * 32, f)),
+                                    ("d", np.full(64, 0.7, f)), ("j", np.array([3, -3, 5, -7] * 16, i64))])
+
+
+def test_elementwise_semantics_match_ort(wgpu_device):
+    model = _elementwise_model()
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.uniform(-3, 3, 64).astype(np.float32),
+             "big": rng.uniform(-100, 100, 64).astype(np.float32),
+             "i": rng.integers(-50, 50, 64).astype(np.int64)}
+    got = kiln.compile(model, target="webgpu").run(feeds)
+    want = ort_run(model, feeds)
+    for k in want:
+        assert got[k].dtype == want[k].dtype, k
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# The light zoo on lavapipe: the five that run in seconds every time (AlexNet and ZFNet-512 have
+# 240 and 350 MB of weights: split across bindings); densenet121, resnet50, inception_v2 and vgg19
+# take 20-125 s each on 2 shared cores.
+# KILN_WEBGPU_LIGHT=all runs all nine.
+LIGHT_SUBSET = ["bvlc_alexnet", "inception_v1", "shufflenet", "squeezenet", "zfnet512"]
+LIGHT_ALL = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet",
+             "squeezenet", "vgg19", "zfnet512"]
+
+
+@pytest.mark.parametrize("name", LIGHT_ALL if os.environ.get("KILN_WEBGPU_LIGHT") == "all" else LIGHT_SUBSET)
+def test_light_model_matches_ort(name, wgpu_device):
+    model = onnx.load(os.path.join(LIGHT_DIR, f"light_{name}.onnx"))
+    feeds = _inputs(model)
+    want = ort_run(model, feeds)
+    got = kiln.compile(model, target="webgpu").run(feeds)
+    for k in want:
+        scale = float(np.abs(want[k]).max()) or 1.0
+        assert_close({k: got[k]}, {k: want[k]}, rtol=1e-3, atol=1e-4 * scale)
