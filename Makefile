@@ -14,8 +14,11 @@ BENCH_ARGS ?=
 # External tools the test suite runs, as `command:debian-package` pairs. Issues that add a
 # target append here (e.g. aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user).
 TOOLCHAINS := gcc:gcc
+TOOLCHAINS += chromium:chromium
 # Debian packages that provide no command of their own but are needed too (e.g. newlib).
 TOOLCHAIN_EXTRA_PACKAGES :=
+# webgpu: lavapipe (Vulkan on the CPU) for the wgpu package, and the Vulkan loader
+TOOLCHAIN_EXTRA_PACKAGES += mesa-vulkan-drivers libvulkan1
 
 .PHONY: demo test bench clean toolchains venv
 
