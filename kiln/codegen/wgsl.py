@@ -22,7 +22,7 @@ import struct
 from kiln.errors import UnsupportedOperatorError, VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
-from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Buffer, For, Func, If, Seq, Stmt, Store
+from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -108,10 +108,14 @@ class WGSLRenderer:
             region, base = f"weights{first}", base - first * self.chunk_words
         return f"{region}[{base} + {flat}]" if base else f"{region}[{flat}]"
 
+    def scoped(self, name: str) -> str:
+        """A workgroup buffer is module-scope in WGSL: prefixed with its entry point's name."""
+        return f"{self.entry}_{name}" if self.buffers[name].scope == "shared" else name
+
     def load(self, e: Load) -> str:
         buf = self.buffers[e.buffer]
-        if buf.scope == "local":
-            return e.buffer + "".join(f"[{self.expr(i)}]" for i in e.indices)
+        if buf.scope in ("local", "shared"):
+            return self.scoped(e.buffer) + "".join(f"[{self.expr(i)}]" for i in e.indices)
         w = self.word(e.buffer, e.indices)
         t = self.wtype(buf.dtype)
         if t == "bool":
@@ -121,8 +125,8 @@ class WGSLRenderer:
     def store(self, s: Store) -> str:
         buf = self.buffers[s.buffer]
         v = self.expr(s.value)
-        if buf.scope == "local":
-            return f"{s.buffer}{''.join(f'[{self.expr(i)}]' for i in s.indices)} = {v};"
+        if buf.scope in ("local", "shared"):
+            return f"{self.scoped(s.buffer)}{''.join(f'[{self.expr(i)}]' for i in s.indices)} = {v};"
         if self.bases[s.buffer][0] != "arena":
             raise VerificationError(f"kernel stores into read-only buffer {s.buffer!r}")
         if self.wtype(buf.dtype) == "bool":
@@ -251,8 +255,13 @@ class WGSLRenderer:
             t = self.wtype(b.dtype)
             for n in reversed(b.shape):
                 t = f"array<{t}, {n}>"
-            self.emit(f"var {b.name}: {t};", depth)
+            if b.scope == "shared":
+                self.shared.append(f"var<workgroup> {self.scoped(b.name)}: {t};")
+            else:
+                self.emit(f"var {b.name}: {t};", depth)
             self.stmt(s.body, depth)
+        elif isinstance(s, Barrier):
+            self.emit("workgroupBarrier();", depth)
         elif isinstance(s, If):
             self.emit(f"if ({self.expr(s.cond)}) {{", depth)
             self.stmt(s.then, depth + 1)
@@ -262,14 +271,14 @@ class WGSLRenderer:
 
     def render_entry(self, f: Func, workgroup_size: int) -> str:
         """One ``@compute`` entry point; the bound loops become built-in ids."""
-        self.lines = []
+        self.lines, self.shared, self.entry = [], [], f.name
         self.buffers = {b.name: b for b in f.params}
         self.emit(f"@compute @workgroup_size({workgroup_size})", 0)
         self.emit(f"fn {f.name}(@builtin(workgroup_id) wg: vec3<u32>, "
                   "@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {", 0)
         self.stmt(f.body, 1)
         self.emit("}", 0)
-        return "\n".join(self.lines)
+        return "\n".join(self.shared + self.lines)
 
 
 def _nonneg(e: Expr) -> bool:

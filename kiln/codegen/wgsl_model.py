@@ -160,7 +160,7 @@ def _io(values, plan: WordPlan) -> list[dict]:
              "offset": plan.offset(v.name), "size": int(v.type.size)} for v in values]
 
 
-def build_webgpu_model(graph: Graph, kernels, tiling: bool = False) -> WebGPUModel:
+def build_webgpu_model(graph: Graph, kernels, tiling: bool = True) -> WebGPUModel:
     if graph.dim_bounds or not all(v.type.is_static for v in graph.inputs):
         raise KilnError(f"the webgpu target compiles static shapes; the model has dynamic dims "
                         f"{sorted(graph.dim_bounds)}: pass input_shapes={{input: (dims...)}} "

@@ -64,7 +64,7 @@ def _spatial(nest: Stmt, rank: int) -> list[For]:
     return loops
 
 
-def schedule_dispatches(func: Func, stages: list[Stage], *, tiling: bool = False,
+def schedule_dispatches(func: Func, stages: list[Stage], *, tiling: bool = True,
                         workgroup_size: int = WORKGROUP_SIZE) -> list[Dispatch]:
     """The dispatches of one kernel (its unscheduled loop IR and its stages), in order."""
     nests = _nests(func)
