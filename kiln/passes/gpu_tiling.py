@@ -138,6 +138,7 @@ def tile_gemm(func: Func, stage: Stage):
                 pos, lim, idx = col0 + j, cols, (kk, j)
                 var = col.var.name
             k = k0 * TILE_K + kk
+            idx = tuple(simplify(x) for x in idx)
             mapping = {**outer, **red_index(k), var: pos}
             value = simplify(substitute(operand, mapping))
             out.append(Store(buf.name, idx, Const(0.0, DType.float32)))
