@@ -160,13 +160,28 @@ def test_cli_compile_webgpu(tmp_path):
 
 # -- bad inputs ---------------------------------------------------------------------------------
 
-def test_dynamic_dims_are_refused_with_a_hint():
-    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, ["n", 4])],
-                       [("y", np.float32, ["n", 4])])
-    with pytest.raises(KilnError, match="static shapes.*input_shapes"):
-        kiln.compile(model, target="webgpu", dim_bounds={"n": (1, 8)})
-    m = kiln.compile(model, target="webgpu", input_shapes={"x": (3, 4)})  # the fix the message names
-    assert m.kernel_count == 1
+def test_dynamic_dims_reach_kernels_through_a_uniform():
+    from tests.test_dynamic_shapes import BOUNDS, attention_block
+
+    m = kiln.compile(attention_block(), target="webgpu", dim_bounds=BOUNDS)
+    src = m.files["kernel_0.wgsl"]
+    assert "var<uniform> kiln_dims: KilnDims;" in src and "let dim0 = kiln_dims.d[0][0];  // batch" in src
+    table = m.result.source.webgpu.table()
+    assert table["symbols"] == ["batch", "seq"] and table["inputs"][0]["shape"] == ['d["batch"]', 'd["seq"]', 32]
+
+
+def test_dynamic_attention_runs_every_size_in_bounds(wgpu_device):
+    from tests.test_dynamic_shapes import BOUNDS, _feeds, attention_block
+
+    model = attention_block()
+    m = kiln.compile(model, target="webgpu", dim_bounds=BOUNDS)
+    for batch, seq in [(1, 1), (3, 17), (8, 128)]:
+        feeds = _feeds(batch, seq, seed=batch)
+        got = m.run(feeds)
+        assert got["y"].shape == (batch, seq, 32)
+        assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)
+    with pytest.raises(InputError, match="expected 1..8"):
+        m.run(_feeds(9, 4, seed=0))
 
 
 def test_float64_is_refused():

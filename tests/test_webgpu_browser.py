@@ -55,3 +55,19 @@ def test_bundle_rejects_wrong_input_length(tmp_path):
     feeds = {k: np.zeros(7, np.float32) for k in models.example_inputs(model, seed=4)}
     with pytest.raises(KilnError, match="has 7 elements; expected"):
         run_in_browser(bundle, feeds, browser=chromium, timeout=120)
+
+
+def test_dynamic_bundle_in_chromium(tmp_path):
+    """Dynamic batch and sequence dims: one bundle, run at a size inside its bounds."""
+    from kiln.testing.browser import run_in_browser
+    from tests.test_dynamic_shapes import BOUNDS, _feeds, attention_block
+
+    chromium = require_toolchain("chromium")
+    model = attention_block()
+    bundle = kiln.compile(model, target="webgpu", dim_bounds=BOUNDS).export(tmp_path / "bundle")
+    feeds = _feeds(3, 17, seed=5)
+    got, _ = run_in_browser(bundle, feeds, browser=chromium, dims={"batch": 3, "seq": 17})
+    assert got["y"].shape == (3, 17, 32)
+    assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)
+    with pytest.raises(KilnError, match=r"dim 'seq' must be an integer in 1..128; got 200"):
+        run_in_browser(bundle, feeds, browser=chromium, dims={"batch": 3, "seq": 200}, timeout=120)

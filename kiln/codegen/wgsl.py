@@ -49,13 +49,14 @@ class WGSLRenderer:
     }
     workgroup_size_builtin = "lid"
 
-    def __init__(self, bases: dict[str, tuple[str, int]], chunk_words: int = 1 << 25):
+    def __init__(self, bases: dict[str, tuple[str, int]], chunk_words: int = 1 << 25, symbols=()):
         """``bases``: parameter buffer name -> (``"arena"`` or ``"weights"``, word offset).
 
         Weights are split into bindings ``weights0``, ``weights1``, ... of ``chunk_words``
         words each (a binding is limited to 128 MiB by default)."""
         self.bases = bases
         self.chunk_words = chunk_words
+        self.symbols = list(symbols)  # dynamic dims: read from the kiln_dims uniform as dim0, dim1, ...
         self.lines: list[str] = []
         self.buffers: dict[str, Buffer] = {}
 
@@ -96,7 +97,7 @@ class WGSLRenderer:
         flat = None
         for i, n in zip(indices, buf.shape):
             s = self.expr(i)
-            flat = s if flat is None else f"({flat}) * {n} + {s}"
+            flat = s if flat is None else f"({flat}) * {self.dim(n)} + {s}"
         flat = flat or "0"
         if region == "weights":
             n = 1
@@ -111,6 +112,10 @@ class WGSLRenderer:
     def scoped(self, name: str) -> str:
         """A workgroup buffer is module-scope in WGSL: prefixed with its entry point's name."""
         return f"{self.entry}_{name}" if self.buffers[name].scope == "shared" else name
+
+    def dim(self, n) -> str:
+        """An extent or stride: a literal, or an expression of the dynamic dims."""
+        return str(n) if isinstance(n, int) else self.expr(n)
 
     def load(self, e: Load) -> str:
         buf = self.buffers[e.buffer]
@@ -138,7 +143,7 @@ class WGSLRenderer:
         if isinstance(e, Const):
             return self.literal(e)
         if isinstance(e, Var):
-            return e.name
+            return f"dim{self.symbols.index(e.name)}" if e.name in self.symbols else e.name
         if isinstance(e, Load):
             return self.load(e)
         if isinstance(e, Select):
@@ -231,17 +236,14 @@ class WGSLRenderer:
     def stmt(self, s: Stmt, depth: int):
         if isinstance(s, For) and s.kind == GPU_BLOCK:
             self.emit(f"let {s.var.name} = i32(wg.x + wg.y * nwg.x);", depth)
-            self.emit(f"if ({s.var.name} >= {s.extent}) {{ return; }}", depth)
+            self.emit(f"if ({s.var.name} >= {self.dim(s.extent)}) {{ return; }}", depth)
             self.stmt(s.body, depth)
         elif isinstance(s, For) and s.kind == GPU_THREAD:
             self.emit(f"let {s.var.name} = i32(lid.x);", depth)
             self.stmt(s.body, depth)
         elif isinstance(s, For):
-            if not isinstance(s.extent, int):
-                raise VerificationError(f"loop {s.var.name} has the symbolic extent {s.extent}; "
-                                        "the WGSL renderer needs static extents")
             v = s.var.name
-            self.emit(f"for (var {v} = 0; {v} < {s.extent}; {v}++) {{", depth)
+            self.emit(f"for (var {v} = 0; {v} < {self.dim(s.extent)}; {v}++) {{", depth)
             self.stmt(s.body, depth + 1)
             self.emit("}", depth)
         elif isinstance(s, Seq):
@@ -276,6 +278,8 @@ class WGSLRenderer:
         self.emit(f"@compute @workgroup_size({workgroup_size})", 0)
         self.emit(f"fn {f.name}(@builtin(workgroup_id) wg: vec3<u32>, "
                   "@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {", 0)
+        for i, name in enumerate(self.symbols):
+            self.emit(f"let dim{i} = kiln_dims.d[{i // 4}][{i % 4}];  // {name}", 1)
         self.stmt(f.body, 1)
         self.emit("}", 0)
         return "\n".join(self.shared + self.lines)
@@ -290,9 +294,15 @@ def _nonneg(e: Expr) -> bool:
     return False
 
 
-def bindings(weight_chunks: int, chunk_words: int = 1 << 25) -> str:
-    """The storage bindings every kernel declares (the same layout for all kernels)."""
+DIMS_BINDING = 8  # the uniform of dynamic dim values, after the arena and <= 7 weight chunks
+
+
+def bindings(weight_chunks: int, chunk_words: int = 1 << 25, symbols=()) -> str:
+    """The bindings every kernel declares (the same layout for all kernels of a model)."""
     lines = ["@group(0) @binding(0) var<storage, read_write> arena: array<u32>;"]
+    if symbols:
+        lines += [f"struct KilnDims {{ d: array<vec4<i32>, {-(-len(symbols) // 4)}> }}",
+                  f"@group(0) @binding({DIMS_BINDING}) var<uniform> kiln_dims: KilnDims;"]
     lines += [f"@group(0) @binding({c + 1}) var<storage, read> weights{c}: array<u32>;"
               for c in range(max(weight_chunks, 1))]
     if weight_chunks > 1:

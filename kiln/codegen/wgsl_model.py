@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import json
+
 import numpy as np
 
 from kiln.codegen.templates import render
@@ -76,15 +78,22 @@ class WordPlan:
         return self.storage[name][1]
 
 
+def _max_size(t, bounds) -> int:
+    """Elements of a tensor type at the upper bounds of its dim symbols."""
+    return t.max_nbytes(bounds) // t.dtype.itemsize
+
+
 def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPlan:
+    """Word offsets of every value; dynamic dims count at their upper bounds."""
     chunk_words = chunk_words or CHUNK_WORDS
+    bounds = graph.dim_bounds
     types = graph.value_types()
     roots = view_roots(graph)
     storage: dict[str, tuple[str, int]] = {}
     off = 0
     for v in list(graph.inputs) + list(graph.outputs):
         storage[v.name] = ("arena", off)
-        off += _words(v.type.size)
+        off += _words(_max_size(v.type, bounds))
     chunks, woff = [], 0
     for name, arr in graph.constants.items():
         w = to_words(arr)
@@ -101,10 +110,10 @@ def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPla
             r = roots.get(name, name)
             if r not in storage:
                 intervals.setdefault(r, [step, step])
-                sizes[r] = _words(types[r].size)
+                sizes[r] = _words(_max_size(types[r], bounds))
         for name, t in k.temps:
             intervals[name] = [step, step]
-            sizes[name] = _words(t.size)
+            sizes[name] = _words(_max_size(t, bounds))
         for name in k.inputs:
             r = roots.get(name, name)
             if r in intervals:
@@ -142,11 +151,14 @@ class WebGPUModel:
     inputs: list[dict]
     outputs: list[dict]
     traces: dict[str, list] = field(default_factory=dict)
+    symbols: list[str] = field(default_factory=list)     # dynamic dims, in kiln_dims order
+    dim_bounds: dict = field(default_factory=dict)
 
     def table(self) -> dict:
         """What a runner needs, as plain JSON-able data (``model.js`` embeds it)."""
         return {
             "arenaWords": self.plan.arena_words, "weightsWords": int(self.plan.weights.size),
+            "symbols": self.symbols, "dimBounds": {k: list(self.dim_bounds[k]) for k in self.symbols},
             "weightChunks": [int(c.size) for c in self.plan.weight_chunks],
             "inputs": self.inputs, "outputs": self.outputs,
             "kernels": [{"name": k.name, "file": k.file,
@@ -155,16 +167,27 @@ class WebGPUModel:
         }
 
 
-def _io(values, plan: WordPlan) -> list[dict]:
-    return [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": v.dtype.value,
-             "offset": plan.offset(v.name), "size": int(v.type.size)} for v in values]
+def _io(values, plan: WordPlan, bounds) -> list[dict]:
+    """Inputs/outputs for runners; a dynamic dim is a JavaScript expression over ``d`` (the
+    dim values by name), e.g. ``d["batch"] * 4``."""
+    return [{"name": v.name, "shape": [d if isinstance(d, int) else _js(d) for d in v.shape],
+             "dtype": v.dtype.value, "offset": plan.offset(v.name), "size": _max_size(v.type, bounds)}
+            for v in values]
+
+
+def _js(dim) -> str:
+    import sympy
+
+    syms = sorted(dim.free_symbols, key=lambda x: x.name)
+    marks = {x: sympy.Symbol(f"KILNDIM{i}X", integer=True, positive=True) for i, x in enumerate(syms)}
+    text = sympy.jscode(dim.subs(marks))
+    for x, m in marks.items():
+        text = text.replace(m.name, f"d[{json.dumps(x.name)}]")
+    return text
 
 
 def build_webgpu_model(graph: Graph, kernels, tiling: bool = True) -> WebGPUModel:
-    if graph.dim_bounds or not all(v.type.is_static for v in graph.inputs):
-        raise KilnError(f"the webgpu target compiles static shapes; the model has dynamic dims "
-                        f"{sorted(graph.dim_bounds)}: pass input_shapes={{input: (dims...)}} "
-                        "(CLI: --input-shape NAME=1,3,224,224)")
+    symbols = sorted(graph.dim_bounds)
     for v in list(graph.inputs) + list(graph.outputs):
         if v.dtype in UNSUPPORTED:
             raise ShapeError(f"{'input' if v in graph.inputs else 'output'} {v.name!r} is {v.dtype}; "
@@ -175,18 +198,20 @@ def build_webgpu_model(graph: Graph, kernels, tiling: bool = True) -> WebGPUMode
     out, traces = [], {}
     for k in kernels:
         bases = {b.name: plan.storage[name] for b, name in zip(k.unscheduled.params, k.params)}
-        dispatches = schedule_dispatches(k.unscheduled, k.stages, tiling=tiling)
-        renderer = WGSLRenderer(bases, plan.chunk_words)
+        dispatches = schedule_dispatches(k.unscheduled, k.stages, tiling=tiling, bounds=graph.dim_bounds)
+        renderer = WGSLRenderer(bases, plan.chunk_words, symbols)
         entries = [renderer.render_entry(d.func, d.workgroup_size) for d in dispatches]
         ops_ = "+".join(producers[o].op for o in k.outputs if o in producers)
         comment = f"{k.name}: writes {', '.join(k.outputs)} ({ops_})"
-        source = render("kernel.wgsl.j2", comment=comment, prelude=bindings(len(plan.weight_chunks), plan.chunk_words) + WGSL_PRELUDE, entries=entries,
+        source = render("kernel.wgsl.j2", comment=comment, prelude=bindings(len(plan.weight_chunks), plan.chunk_words, symbols) + WGSL_PRELUDE, entries=entries,
                         params=[{"name": b.name, "value": name, "region": bases[b.name][0],
                                  "offset": bases[b.name][1], "dtype": b.dtype.value,
                                  "shape": list(b.shape)} for b, name in zip(k.unscheduled.params, k.params)])
         out.append(WebGPUKernel(k.name, f"{k.name}.wgsl", source, dispatches, comment))
         traces[k.name] = [d.trace for d in dispatches]
-    return WebGPUModel(out, plan, _io(graph.inputs, plan), _io(graph.outputs, plan), traces)
+    bounds = graph.dim_bounds
+    return WebGPUModel(out, plan, _io(graph.inputs, plan, bounds), _io(graph.outputs, plan, bounds), traces,
+                       symbols, dict(bounds))
 
 
 __all__ = ["WebGPUKernel", "WebGPUModel", "WordPlan", "build_webgpu_model", "from_words", "plan_words",

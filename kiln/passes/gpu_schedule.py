@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from kiln.errors import ScheduleError
 from kiln.ir.compute import Stage
-from kiln.ir.expr import Var
+from kiln.ir.dtype import INDEX
+from kiln.ir.expr import Const, Var, eval_const, substitute
 from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, For, Func, Seq, Stmt
 from kiln.ir.schedule import Schedule
 from kiln.passes.simplify_loops import simplify_loop_indices
@@ -65,8 +66,11 @@ def _spatial(nest: Stmt, rank: int) -> list[For]:
 
 
 def schedule_dispatches(func: Func, stages: list[Stage], *, tiling: bool = True,
-                        workgroup_size: int = WORKGROUP_SIZE) -> list[Dispatch]:
-    """The dispatches of one kernel (its unscheduled loop IR and its stages), in order."""
+                        workgroup_size: int = WORKGROUP_SIZE, bounds=None) -> list[Dispatch]:
+    """The dispatches of one kernel (its unscheduled loop IR and its stages), in order.
+
+    ``bounds`` (symbol -> (lo, hi)) sizes the grid of a nest with dynamic extents: it is
+    launched for the upper bounds and its workgroups past the actual extent return at once."""
     nests = _nests(func)
     if len(nests) != len(stages):
         raise ScheduleError(f"{func.name}: {len(nests)} loop nests for {len(stages)} stages")
@@ -79,18 +83,26 @@ def schedule_dispatches(func: Func, stages: list[Stage], *, tiling: bool = True,
             from kiln.passes.gpu_tiling import tile_gemm
 
             dispatch = tile_gemm(sub, stage)
-        out.append(dispatch or bind_elementwise(sub, len(stage.shape), workgroup_size))
+        out.append(dispatch or bind_elementwise(sub, len(stage.shape), workgroup_size, bounds))
     return out
 
 
-def bind_elementwise(func: Func, rank: int, workgroup_size: int = WORKGROUP_SIZE) -> Dispatch:
+def upper_extent(extent, bounds) -> int:
+    """An extent at the upper bounds of its dim symbols."""
+    if isinstance(extent, int):
+        return extent
+    hi = {k: Const(v[1], INDEX) for k, v in (bounds or {}).items()}
+    value = eval_const(substitute(extent, hi))
+    if value is None:
+        raise ScheduleError(f"extent {extent} has symbols without bounds ({sorted(hi)} are bounded)")
+    return int(value)
+
+
+def bind_elementwise(func: Func, rank: int, workgroup_size: int = WORKGROUP_SIZE, bounds=None) -> Dispatch:
     """One invocation per output element: fuse the spatial loops, split, bind."""
     loops = _spatial(func.body, rank)
     if len(loops) != rank:
         raise ScheduleError(f"{func.name}: expected {rank} spatial loops, found {len(loops)}")
-    if any(not isinstance(lp.extent, int) for lp in loops):
-        raise ScheduleError(f"{func.name}: the WebGPU schedule needs static extents; "
-                            f"got {[str(lp.extent) for lp in loops]}")
     if not loops:  # a scalar result: one invocation
         func = func.with_body(For(Var("s0"), 1, func.body))
         loops = [func.body]
@@ -100,7 +112,7 @@ def bind_elementwise(func: Func, rank: int, workgroup_size: int = WORKGROUP_SIZE
         fused = sch.fuse(fused, lp.var.name)
     total = 1
     for lp in loops:
-        total *= lp.extent
+        total *= upper_extent(lp.extent, bounds)
     size = min(workgroup_size, total)
     outer, inner = sch.split(fused, size)
     sch.bind(outer, GPU_BLOCK)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from kiln.codegen.templates import numbered
+from kiln.codegen.wgsl import DIMS_BINDING
+from kiln.ir.symbolic import evaluate
 from kiln.errors import InputError, ToolchainError
 from kiln.targets.base import ModelSource, Target, manifest
 
@@ -59,7 +61,8 @@ def _render_bundle(template: str, graph, model) -> str:
     from kiln.codegen.templates import render
 
     return render(template, version=__version__, model_name=graph.name,
-                  table=json.dumps(model.table(), indent=1), kernel_count=len(model.kernels))
+                  table=json.dumps(model.table(), indent=1), kernel_count=len(model.kernels),
+                  dims_binding=DIMS_BINDING)
 
 
 # -- running through wgpu ---------------------------------------------------------------------
@@ -103,12 +106,19 @@ class WebGPURunner:
         self.weights = [dev.create_buffer_with_data(data=_nonempty(c).tobytes(), usage=S.STORAGE) for c in chunks]
         storage = {"binding": 0, "visibility": wgpu.ShaderStage.COMPUTE,
                    "buffer": {"type": wgpu.BufferBindingType.storage}}
-        layout = dev.create_bind_group_layout(entries=[storage] + [
+        entries = [storage] + [
             {"binding": i + 1, "visibility": wgpu.ShaderStage.COMPUTE,
-             "buffer": {"type": wgpu.BufferBindingType.read_only_storage}} for i in range(len(chunks))])
-        self.bind_group = dev.create_bind_group(layout=layout, entries=[
-            {"binding": 0, "resource": {"buffer": self.arena}}] + [
-            {"binding": i + 1, "resource": {"buffer": b}} for i, b in enumerate(self.weights)])
+             "buffer": {"type": wgpu.BufferBindingType.read_only_storage}} for i in range(len(chunks))]
+        resources = [{"binding": 0, "resource": {"buffer": self.arena}}] + [
+            {"binding": i + 1, "resource": {"buffer": b}} for i, b in enumerate(self.weights)]
+        self.dims = None
+        if model.symbols:  # dynamic dims: a uniform of vec4<i32>, written before each run
+            self.dims = dev.create_buffer(size=16 * -(-len(model.symbols) // 4), usage=S.UNIFORM | S.COPY_DST)
+            entries.append({"binding": DIMS_BINDING, "visibility": wgpu.ShaderStage.COMPUTE,
+                            "buffer": {"type": wgpu.BufferBindingType.uniform}})
+            resources.append({"binding": DIMS_BINDING, "resource": {"buffer": self.dims}})
+        layout = dev.create_bind_group_layout(entries=entries)
+        self.bind_group = dev.create_bind_group(layout=layout, entries=resources)
         playout = dev.create_pipeline_layout(bind_group_layouts=[layout])
         self.steps = []
         for k in model.kernels:
@@ -125,8 +135,12 @@ class WebGPURunner:
         from kiln.codegen.wgsl_model import from_words, to_words
         from kiln.targets.host import check_inputs
 
-        arrays, _ = check_inputs(self.graph.inputs, feeds)
+        arrays, dims = check_inputs(self.graph.inputs, feeds, self.graph.dim_bounds)
         q = self.dev.queue
+        if self.dims is not None:
+            values = np.zeros(4 * -(-len(self.model.symbols) // 4), np.int32)
+            values[: len(self.model.symbols)] = [dims[n] for n in self.model.symbols]
+            q.write_buffer(self.dims, 0, values.tobytes())
         for spec, a in zip(self.model.inputs, arrays):
             q.write_buffer(self.arena, spec["offset"] * 4, to_words(a).tobytes())
         enc = self.dev.create_command_encoder()
@@ -139,9 +153,10 @@ class WebGPURunner:
         q.submit([enc.finish()])
         outs = {}
         for v, spec in zip(self.graph.outputs, self.model.outputs):
-            raw = q.read_buffer(self.arena, spec["offset"] * 4, _pad4(spec["size"]))
-            words = np.frombuffer(raw, np.uint32)[: spec["size"]]
-            outs[v.name] = from_words(words, v.dtype, tuple(spec["shape"]))
+            shape = tuple(evaluate(d, dims) for d in v.shape)
+            size = int(np.prod(shape, dtype=np.int64))
+            raw = q.read_buffer(self.arena, spec["offset"] * 4, _pad4(size))
+            outs[v.name] = from_words(np.frombuffer(raw, np.uint32)[:size], v.dtype, shape)
         return outs
 
 

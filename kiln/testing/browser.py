@@ -72,13 +72,17 @@ def chromium_path() -> str:
 
 
 def run_in_browser(bundle_dir, inputs: dict[str, np.ndarray], timeout: float = 180.0,
-                   browser: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+                   browser: str | None = None, dims: dict[str, int] | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Outputs of the bundle's model on ``inputs`` as computed by headless Chromium's WebGPU,
-    and the page's report (``ms``: mean run time in the browser, ``log``: Chromium's stderr)."""
+    and the page's report (``ms``: mean run time in the browser, ``log``: Chromium's stderr).
+    ``dims`` gives the values of a dynamic model's dims (else the page uses the upper bounds)."""
     bundle_dir = Path(bundle_dir)
     table = json.loads((bundle_dir / "manifest.json").read_text())
-    payload = json.dumps({k: np.asarray(v).astype(np.float64 if np.asarray(v).dtype.kind == "f" else np.int64)
-                          .reshape(-1).tolist() for k, v in inputs.items()}).encode()
+    data = {k: np.asarray(v).astype(np.float64 if np.asarray(v).dtype.kind == "f" else np.int64)
+            .reshape(-1).tolist() for k, v in inputs.items()}
+    if dims:
+        data["__dims"] = dict(dims)
+    payload = json.dumps(data).encode()
     state = {"done": threading.Event(), "result": None}
     handler = partial(_Handler, directory=str(bundle_dir), state=state, extra={"__inputs.json": payload})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -111,7 +115,7 @@ def run_in_browser(bundle_dir, inputs: dict[str, np.ndarray], timeout: float = 1
         raise KilnError(f"the bundle failed in Chromium: {result['error']}\n--- Chromium log ---\n{text[-4000:]}")
     outs = {}
     for spec in table["outputs"]:
-        shape = [int(d) for d in spec["shape"]]
+        shape = [int(d) for d in result["shapes"][spec["name"]]]
         outs[spec["name"]] = np.asarray(result["outputs"][spec["name"]], dtype=np.float64).astype(
             spec["dtype"]).reshape(shape)
     result["log"] = text
