@@ -139,7 +139,7 @@ def test_export_writes_the_browser_bundle(tmp_path):
     assert {"model.js", "index.html", "weights.bin", "manifest.json"} <= names
     assert {f"kernel_{i}.wgsl" for i in range(m.kernel_count)} <= names
     js = (out / "model.js").read_text()
-    assert "export class KilnModel" in js and "static async load(" in js and "async run(inputs)" in js
+    assert "export class KilnModel" in js and "static async load(" in js and "async run(inputs, dims = {})" in js
     table = json.loads(js[js.index("const TABLE = ") + len("const TABLE = "): js.index(";\n", js.index("const TABLE"))])
     assert (out / "weights.bin").stat().st_size == table["weightsWords"] * 4 == 4 * sum(table["weightChunks"])
     assert [k["file"] for k in table["kernels"]] == [f"kernel_{i}.wgsl" for i in range(m.kernel_count)]
