@@ -156,6 +156,10 @@ def test_cli_compile_webgpu(tmp_path):
     r = CliRunner().invoke(cli, ["compile", str(path), "--target", "webgpu", "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "b" / "model.js").exists() and (tmp_path / "b" / "kernel_0.wgsl").exists()
+    r = CliRunner().invoke(cli, ["compile", str(path), "--target", "webgpu", "-o", str(tmp_path / "w"),
+                                 "--emit", "wgsl"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["kernel_0.wgsl"]
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
@@ -197,6 +201,14 @@ def test_too_many_weight_bindings_is_refused(monkeypatch):
     monkeypatch.setattr(wgsl_model, "CHUNK_WORDS", 1000)
     with pytest.raises(KilnError, match="bindings of 4000 bytes"):
         kiln.compile(models.small_cnn(), target="webgpu")
+
+
+def test_float64_inside_a_model_is_refused():
+    nodes = [helper.make_node("Cast", ["x"], ["d"], to=onnx.TensorProto.DOUBLE),
+             helper.make_node("Exp", ["d"], ["e"]), helper.make_node("Cast", ["e"], ["y"], to=onnx.TensorProto.FLOAT)]
+    model = make_model(nodes, [("x", np.float32, [4])], [("y", np.float32, [4])])
+    with pytest.raises(KilnError, match="64-bit float"):
+        kiln.compile(model, target="webgpu")
 
 
 def test_unknown_target_option():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import struct
 
-from kiln.errors import UnsupportedOperatorError, VerificationError
+from kiln.errors import ShapeError, VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
 from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store
@@ -63,9 +63,8 @@ class WGSLRenderer:
     # -- types and literals --------------------------------------------------------------
     def wtype(self, dtype: DType) -> str:
         if dtype not in self.type_map:
-            raise UnsupportedOperatorError(
-                [(f"{dtype} tensor", 0, ["(WebGPU)"])],
-                "WGSL has no 64-bit floats; the webgpu target computes float32, float16 (in f32) and integer tensors")
+            raise ShapeError(f"a kernel computes in {dtype}; WGSL has no 64-bit floats (the webgpu target "
+                             "takes float32, float16 (computed in f32), integer and bool tensors)")
         return self.type_map[dtype]
 
     def literal(self, c: Const) -> str:

@@ -13,15 +13,14 @@ import functools
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
 from kiln.codegen.templates import numbered
 from kiln.codegen.wgsl import DIMS_BINDING
 from kiln.ir.symbolic import evaluate
-from kiln.errors import InputError, ToolchainError
-from kiln.targets.base import ModelSource, Target, manifest
+from kiln.errors import ToolchainError
+from kiln.targets.base import ModelSource, Target
 
 
 class WebGPUTarget(Target):
@@ -45,15 +44,11 @@ class WebGPUTarget(Target):
         files["index.html"] = _render_bundle("index.html.j2", graph, model)
         source = ModelSource(files, model.kernels[0].file if model.kernels else "model.js", prefix)
         source.binaries["weights.bin"] = model.plan.weights.tobytes()
-        source.webgpu = model  # the runner reads the table; not a file
+        source.webgpu = model  # the model table the runner walks (an attribute, not a file)
         return source
 
     def runner(self, compiled):
         return WebGPURunner(compiled.result.source.webgpu, compiled.result.source.files, compiled.graph)
-
-    def export(self, compiled, directory) -> Path:
-        out = super().export(compiled, directory)
-        return out
 
 
 def _render_bundle(template: str, graph, model) -> str:
