@@ -351,3 +351,23 @@ def test_light_model_matches_ort(name, wgpu_device):
     for k in want:
         scale = float(np.abs(want[k]).max()) or 1.0
         assert_close({k: got[k]}, {k: want[k]}, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_io_dtypes_round_trip(wgpu_device):
+    """int64 indices, float16 and bool tensors cross the one-word-per-element boundary intact."""
+    f, h = np.float32, np.float16
+    nodes = [helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0),
+             helper.make_node("Add", ["a", "b"], ["sum16"]),
+             helper.make_node("Greater", ["rows", "zero"], ["positive"]),
+             helper.make_node("Mul", ["idx", "idx"], ["sq"])]
+    rng = np.random.default_rng(7)
+    model = make_model(nodes, [("table", f, [10, 6]), ("idx", np.int64, [5]), ("a", h, [8]), ("b", h, [8])],
+                       [("rows", f, [5, 6]), ("sum16", h, [8]), ("positive", np.bool_, [5, 6]),
+                        ("sq", np.int64, [5])], initializers=[("zero", np.array(0.0, f))])
+    feeds = {"table": rng.standard_normal((10, 6)).astype(f), "idx": np.array([9, 0, -1, 3, 3], np.int64),
+             "a": rng.standard_normal(8).astype(h), "b": rng.standard_normal(8).astype(h)}
+    got = kiln.compile(model, target="webgpu").run(feeds)
+    want = ort_run(model, feeds)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        np.testing.assert_allclose(got[k].astype(np.float64), want[k].astype(np.float64), rtol=1e-3, err_msg=k)
