@@ -6,10 +6,11 @@ renderer/wgsl.py). WGSL differs from C where it matters for correctness:
 - no 64-bit or 8-bit integers, no f64: every element is stored as one 32-bit word
   (:mod:`kiln.codegen.wgsl_model` converts at the edges), integers compute in ``i32``,
   float16 computes in ``f32``; float64 is refused at compile time;
-- two storage buffers serve every kernel: ``arena`` (read-write words holding inputs,
-  outputs and intermediates at offsets from the WebGPU memory plan) and ``weights``
-  (read-only words), read through ``bitcast`` -- so a kernel never needs more bindings
-  than a browser's default limits allow, whatever its number of operands;
+- the same bindings serve every kernel: ``arena`` (read-write words holding inputs,
+  outputs and intermediates at offsets from the WebGPU memory plan), ``weights0..N``
+  (read-only words, 128 MiB each) and, for dynamic dims, the ``kiln_dims`` uniform; values
+  are read through ``bitcast`` -- so a kernel never needs more bindings than a browser's
+  default limits allow, whatever its number of operands;
 - no ternary (``select(f, t, c)`` has the condition last), no ``erf``, ``pow`` undefined
   for a negative base, and a compiler may assume no inf/NaN literals: these go through the
   small helper functions in :data:`WGSL_PRELUDE`.

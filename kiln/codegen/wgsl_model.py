@@ -3,8 +3,8 @@
 Every tensor element is one 32-bit word on the device (WGSL has no 8- or 64-bit integers and
 no f64), so the host memory plan's byte offsets do not apply: this module plans its own,
 in words, with the same liveness rule (greedy by size over kernel intervals). The arena holds
-the graph inputs and outputs first, then the intermediates; constants live in a separate
-read-only ``weights`` buffer. ``to_words``/``from_words`` are the conversions at the edge,
+the graph inputs and outputs first, then the intermediates; constants live in separate
+read-only ``weights`` buffers (128 MiB bindings). Dynamic dims count at their upper bounds. ``to_words``/``from_words`` are the conversions at the edge,
 mirrored by ``model.js`` in the browser.
 
 The model table (:class:`WebGPUModel`) lists, per kernel, its WGSL file and its dispatches
