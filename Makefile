@@ -14,11 +14,14 @@ BENCH_ARGS ?=
 # External tools the test suite runs, as `command:debian-package` pairs. Issues that add a
 # target append here (e.g. aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user).
 TOOLCHAINS := gcc:gcc cmake:cmake arm-none-eabi-gcc:gcc-arm-none-eabi qemu-system-arm:qemu-system-arm
+TOOLCHAINS += chromium:chromium
 # Tools no Debian package provides here (nvcc: NVIDIA's CUDA toolkit under /usr/local/cuda, on
 # every machine per DESIGN.md); `make toolchains` fails with a hint when one is missing.
 VENDOR_TOOLCHAINS := nvcc
 # Debian packages that provide no command of their own but are needed too (e.g. newlib).
 TOOLCHAIN_EXTRA_PACKAGES := libnewlib-arm-none-eabi
+# webgpu: lavapipe (Vulkan on the CPU) for the wgpu package, and the Vulkan loader
+TOOLCHAIN_EXTRA_PACKAGES += mesa-vulkan-drivers libvulkan1
 
 .PHONY: demo test bench clean toolchains venv
 

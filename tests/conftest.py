@@ -83,3 +83,18 @@ def tmp_cache(tmp_path, monkeypatch):
     cache.mkdir()
     monkeypatch.setenv("KILN_CACHE_DIR", str(cache))
     return cache
+
+
+def require_webgpu():
+    """The wgpu device (lavapipe on a machine without a GPU); skips (fails in CI) without one."""
+    message = None
+    try:
+        from kiln.targets.webgpu import device
+
+        return device()
+    except Exception as e:  # noqa: BLE001  (no package, no Vulkan loader, no driver)
+        message = (f"no WebGPU device through wgpu ({e}); install the 'wgpu' package and the Debian "
+                   "packages 'mesa-vulkan-drivers' and 'libvulkan1'")
+    if toolchains_required():
+        pytest.fail(message + "; KILN_REQUIRE_TOOLCHAINS=1 makes a missing toolchain an error", pytrace=False)
+    pytest.skip(message)

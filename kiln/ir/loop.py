@@ -15,6 +15,10 @@ from kiln.ir.expr import Expr, Var, map_children, simplify, substitute
 
 SERIAL, PARALLEL, VECTORIZED, UNROLLED = "serial", "parallel", "vectorized", "unrolled"
 LOOP_KINDS = (SERIAL, PARALLEL, VECTORIZED, UNROLLED)
+# GPU axes (kiln/passes/gpu_schedule.py): a loop bound to the workgroup index or to the
+# invocation index inside a workgroup runs once per workgroup / invocation, not serially.
+GPU_BLOCK, GPU_THREAD = "gpu.block", "gpu.thread"
+GPU_LOOP_KINDS = (GPU_BLOCK, GPU_THREAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +26,7 @@ class Buffer:
     name: str
     shape: tuple[int, ...]
     dtype: DType
-    scope: str = "global"  # global (a kernel parameter) | local (registers / stack)
+    scope: str = "global"  # global (a kernel parameter) | local (registers / stack) | shared (GPU workgroup)
 
 
 class Stmt:
@@ -59,6 +63,12 @@ class Alloc(Stmt):
 class If(Stmt):
     cond: Expr
     then: Stmt
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier(Stmt):
+    """Every invocation of a GPU workgroup waits here until all have arrived, and their
+    writes to ``shared`` (workgroup) buffers are visible. Only inside a ``gpu.thread`` loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +169,8 @@ def format_stmt(s: Stmt, indent: int = 0) -> str:
         return f"{pad}alloc {b.name}: {b.dtype}{list(b.shape)} ({b.scope})\n" + format_stmt(s.body, indent)
     if isinstance(s, If):
         return f"{pad}if {s.cond}:\n" + format_stmt(s.then, indent + 1)
+    if isinstance(s, Barrier):
+        return f"{pad}barrier"
     return f"{pad}<{type(s).__name__}>"
 
 
@@ -168,9 +180,10 @@ def format_func(f: Func) -> str:
 
 
 __all__ = [
-    "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Func", "seq", "walk_stmts", "map_stmt",
+    "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Barrier", "Func", "seq", "walk_stmts", "map_stmt",
     "map_exprs", "subst_stmt", "find_loop", "loop_names", "format_stmt", "format_func",
     "SERIAL", "PARALLEL", "VECTORIZED", "UNROLLED", "LOOP_KINDS", "map_children",
+    "GPU_BLOCK", "GPU_THREAD", "GPU_LOOP_KINDS",
 ]
 
 

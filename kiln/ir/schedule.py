@@ -5,7 +5,7 @@ creates, so a trace (a list of ``{"prim": ..., "args": ...}``) serializes to JSO
 replays on a freshly lowered kernel: a tuning record is such a trace.
 
 Primitives: split, reorder, fuse, parallel, vectorize, unroll, compute_inline,
-compute_at, cache_write, decompose_reduction.
+compute_at, cache_write, decompose_reduction, bind (GPU axes).
 """
 from __future__ import annotations
 
@@ -127,6 +127,15 @@ class Schedule:
     def unroll(self, loop: str) -> None:
         self._set_kind(loop, UNROLLED)
         self._record("unroll", loop=loop)
+
+    def bind(self, loop: str, axis: str) -> None:
+        """Run ``loop`` on a GPU axis (``gpu.block`` or ``gpu.thread``) instead of serially."""
+        from kiln.ir.loop import GPU_LOOP_KINDS
+
+        if axis not in GPU_LOOP_KINDS:
+            raise ScheduleError(f"bind: unknown GPU axis {axis!r}; expected one of {', '.join(GPU_LOOP_KINDS)}")
+        self._set_kind(loop, axis)
+        self._record("bind", loop=loop, axis=axis)
 
     # -- producer/consumer primitives --------------------------------------------------------
     def _producer_nest(self, buffer: str) -> tuple[int, Stmt]:

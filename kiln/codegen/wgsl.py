@@ -1,0 +1,354 @@
+"""WGSL renderer: loop IR with GPU-bound loops -> WebGPU compute shaders.
+
+A class with a type table and an op table, like the C renderer (and tinygrad's
+renderer/wgsl.py). WGSL differs from C where it matters for correctness:
+
+- no 64-bit or 8-bit integers, no f64: every element is stored as one 32-bit word
+  (:mod:`kiln.codegen.wgsl_model` converts at the edges), integers compute in ``i32``,
+  float16 computes in ``f32``; float64 is refused at compile time;
+- the same bindings serve every kernel: ``arena`` (read-write words holding inputs,
+  outputs and intermediates at offsets from the WebGPU memory plan), ``weights0..N``
+  (read-only words, 128 MiB each) and, for dynamic dims, the ``kiln_dims`` uniform; values
+  are read through ``bitcast`` -- so a kernel never needs more bindings than a browser's
+  default limits allow, whatever its number of operands;
+- no ternary (``select(f, t, c)`` has the condition last), no ``erf``, ``pow`` undefined
+  for a negative base, and a compiler may assume no inf/NaN literals: these go through the
+  small helper functions in :data:`WGSL_PRELUDE`.
+"""
+from __future__ import annotations
+
+import math
+import struct
+
+from kiln.errors import ShapeError, VerificationError
+from kiln.ir.dtype import DType
+from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
+from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store
+
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+class WGSLRenderer:
+    # element type while computing; storage is always one u32 word per element
+    type_map = {
+        DType.float32: "f32", DType.float16: "f32",
+        DType.int8: "i32", DType.int16: "i32", DType.int32: "i32", DType.int64: "i32", DType.uint8: "i32",
+        DType.bool: "bool",
+    }
+    infix = {
+        "add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">",
+        "ge": ">=", "eq": "==", "ne": "!=", "and": "&&", "or": "||", "bitand": "&", "bitor": "|",
+        "fmod": "%",
+    }
+    # float unary ops that WGSL has as builtins under the same meaning
+    float_fn = {
+        "exp": "exp", "log": "log", "sqrt": "sqrt", "abs": "abs", "floor": "floor", "ceil": "ceil",
+        "round": "round",  # half to even, as C's nearbyint under the default rounding mode
+        "sin": "sin", "cos": "cos", "tan": "tan", "asin": "asin", "acos": "acos", "atan": "atan",
+        "sinh": "sinh", "cosh": "cosh", "asinh": "asinh", "acosh": "acosh", "atanh": "atanh",
+        "erf": "kiln_erf", "tanh": "kiln_tanh", "isnan": "kiln_isnan", "isinf": "kiln_isinf",
+    }
+    workgroup_size_builtin = "lid"
+
+    def __init__(self, bases: dict[str, tuple[str, int]], chunk_words: int = 1 << 25, symbols=()):
+        """``bases``: parameter buffer name -> (``"arena"`` or ``"weights"``, word offset).
+
+        Weights are split into bindings ``weights0``, ``weights1``, ... of ``chunk_words``
+        words each (a binding is limited to 128 MiB by default)."""
+        self.bases = bases
+        self.chunk_words = chunk_words
+        self.symbols = list(symbols)  # dynamic dims: read from the kiln_dims uniform as dim0, dim1, ...
+        self.lines: list[str] = []
+        self.buffers: dict[str, Buffer] = {}
+
+    # -- types and literals --------------------------------------------------------------
+    def wtype(self, dtype: DType) -> str:
+        if dtype not in self.type_map:
+            raise ShapeError(f"a kernel computes in {dtype}; WGSL has no 64-bit floats (the webgpu target "
+                             "takes float32, float16 (computed in f32), integer and bool tensors)")
+        return self.type_map[dtype]
+
+    def literal(self, c: Const) -> str:
+        v, dt = c.value, c.dtype
+        if dt is DType.bool:
+            return "true" if v else "false"
+        if dt.is_float:
+            v = float(v)
+            if math.isnan(v) or math.isinf(v):
+                # WGSL has no inf/NaN literals, and Tint rejects them from constant folding
+                # (even bitcast<f32>(0x7f800000u)): a function call is not a const-expression
+                return f"kiln_f32_bits({struct.unpack('<I', struct.pack('<f', v))[0]:#010x}u)"
+            f = struct.unpack("<f", struct.pack("<f", v))[0] if abs(v) < 3.4028234663852886e38 else v
+            if abs(f) > 3.4028234663852886e38:
+                return "kiln_f32_bits(0x7f800000u)" if f > 0 else "kiln_f32_bits(0xff800000u)"
+            s = repr(f)
+            s = s if ("e" in s or "." in s or "inf" in s) else s + ".0"
+            return f"f32({s})" if s.startswith("-") else s + "f"
+        v = max(I32_MIN, min(I32_MAX, int(v)))  # int64 limits (reduction identities) saturate to i32
+        if v == I32_MIN:
+            return "i32(-2147483647 - 1)"
+        return f"i32({v})" if v < 0 else f"{v}i"
+
+    # -- storage access ------------------------------------------------------------------------
+    def word(self, name: str, indices) -> str:
+        """The ``arena[...]``/``weights[...]`` word holding element ``indices`` of a parameter."""
+        region, base = self.bases[name]
+        buf = self.buffers[name]
+        flat = None
+        for i, n in zip(indices, buf.shape):
+            s = self.expr(i)
+            flat = s if flat is None else f"({flat}) * {self.dim(n)} + {s}"
+        flat = flat or "0"
+        if region == "weights":
+            n = 1
+            for d in buf.shape:
+                n *= d
+            first, last = base // self.chunk_words, (base + max(n, 1) - 1) // self.chunk_words
+            if first != last:  # a tensor across two bindings: pick the binding per element
+                return f"kiln_weight({base} + {flat})"
+            region, base = f"weights{first}", base - first * self.chunk_words
+        return f"{region}[{base} + {flat}]" if base else f"{region}[{flat}]"
+
+    def scoped(self, name: str) -> str:
+        """A workgroup buffer is module-scope in WGSL: prefixed with its entry point's name."""
+        return f"{self.entry}_{name}" if self.buffers[name].scope == "shared" else name
+
+    def dim(self, n) -> str:
+        """An extent or stride: a literal, or an expression of the dynamic dims."""
+        return str(n) if isinstance(n, int) else self.expr(n)
+
+    def load(self, e: Load) -> str:
+        buf = self.buffers[e.buffer]
+        if buf.scope in ("local", "shared"):
+            return self.scoped(e.buffer) + "".join(f"[{self.expr(i)}]" for i in e.indices)
+        w = self.word(e.buffer, e.indices)
+        t = self.wtype(buf.dtype)
+        if t == "bool":
+            return f"({w} != 0u)"
+        return f"bitcast<{t}>({w})"
+
+    def store(self, s: Store) -> str:
+        buf = self.buffers[s.buffer]
+        v = self.expr(s.value)
+        if buf.scope in ("local", "shared"):
+            return f"{self.scoped(s.buffer)}{''.join(f'[{self.expr(i)}]' for i in s.indices)} = {v};"
+        if self.bases[s.buffer][0] != "arena":
+            raise VerificationError(f"kernel stores into read-only buffer {s.buffer!r}")
+        if self.wtype(buf.dtype) == "bool":
+            return f"{self.word(s.buffer, s.indices)} = select(0u, 1u, {v});"
+        return f"{self.word(s.buffer, s.indices)} = bitcast<u32>({v});"
+
+    # -- expressions -------------------------------------------------------------------------
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Const):
+            return self.literal(e)
+        if isinstance(e, Var):
+            return f"dim{self.symbols.index(e.name)}" if e.name in self.symbols else e.name
+        if isinstance(e, Load):
+            return self.load(e)
+        if isinstance(e, Select):
+            return f"select({self.expr(e.b)}, {self.expr(e.a)}, {self.expr(e.cond)})"
+        if isinstance(e, Cast):
+            return self.cast(self.expr(e.a), e.a.dtype, e.dtype)
+        if isinstance(e, Bin):
+            return self.binary(e)
+        if isinstance(e, Un):
+            return self.unary(e)
+        raise VerificationError(f"the WGSL renderer cannot print {type(e).__name__}")
+
+    def cast(self, a: str, src: DType, dst: DType) -> str:
+        s, d = self.wtype(src), self.wtype(dst)
+        if d == "bool":
+            zero = "0.0" if s == "f32" else "0"
+            return a if s == "bool" else f"({a} != {zero})"
+        if s == "bool":
+            return f"select({'0.0' if d == 'f32' else '0'}, {'1.0' if d == 'f32' else '1'}, {a})"
+        if dst in (DType.uint8, DType.int8, DType.int16):
+            # wrap to the narrow type as C does (values are kept sign- or zero-extended in i32)
+            v = a if s == "i32" else f"i32({a})"
+            if dst is DType.uint8:
+                return f"({v} & 255)"
+            shift = 24 if dst is DType.int8 else 16
+            return f"(({v} << {shift}u) >> {shift}u)"
+        return a if s == d else f"{d}({a})"
+
+    def binary(self, e: Bin) -> str:
+        a, b = self.expr(e.a), self.expr(e.b)
+        dt = e.a.dtype
+        fl = dt.is_float
+        if e.op == "pow":
+            if fl and isinstance(e.b, Const) and e.b.value in (1.0, 2.0, 3.0):
+                return "(" + " * ".join([a] * int(e.b.value)) + ")"
+            return f"kiln_pow({a}, {b})" if fl else f"i32(kiln_pow(f32({a}), f32({b})))"
+        if e.op in ("min", "max"):
+            return f"{e.op}({a}, {b})"
+        if e.op == "xor":
+            return f"({a} != {b})"
+        if e.op in ("shl", "shr"):
+            return f"({a} {'<<' if e.op == 'shl' else '>>'} u32({b}))"
+        if not fl and e.op in ("div", "fmod"):
+            # integer division by zero is defined in WGSL, but not as the host's 0
+            return f"select({a} {'/' if e.op == 'div' else '%'} {b}, 0, {b} == 0)"
+        if not fl and e.op in ("floordiv", "mod"):
+            if _nonneg(e.a) and _nonneg(e.b):
+                return f"({a} {'/' if e.op == 'floordiv' else '%'} {b})"
+            return f"kiln_{e.op}({a}, {b})"
+        if fl and e.op == "floordiv":
+            return f"floor({a} / {b})"
+        if fl and e.op == "mod":  # Python-style float mod: the sign of the divisor
+            return f"kiln_fmod_floor({a}, {b})"
+        if e.op not in self.infix:
+            raise VerificationError(f"the WGSL renderer has no rule for binary op {e.op!r}")
+        return f"({a} {self.infix[e.op]} {b})"
+
+    def unary(self, e: Un) -> str:
+        a, dt = self.expr(e.a), e.a.dtype
+        t = self.wtype(dt)
+        one = "1.0" if t == "f32" else "1"
+        if e.op == "neg":
+            return f"(-{a})"
+        if e.op == "not":
+            return f"(!{a})"
+        if e.op == "sigmoid":
+            return f"({one} / ({one} + exp(-{a})))"
+        if e.op == "softplus":
+            return f"kiln_softplus({a})"
+        if e.op == "reciprocal":
+            return f"({one} / {a})"
+        if e.op == "sign":
+            z = "0.0" if t == "f32" else "0"
+            return f"select(select({z}, -{one}, {a} < {z}), {one}, {a} > {z})"
+        if e.op == "abs" and t == "i32":
+            return f"abs({a})"
+        if e.op in ("isnan", "isinf") and t != "f32":
+            return "false"
+        if e.op in ("floor", "ceil", "round") and t == "i32":
+            return a
+        if e.op not in self.float_fn:
+            raise VerificationError(f"the WGSL renderer has no rule for unary op {e.op!r}")
+        call = f"{self.float_fn[e.op]}({a if t == 'f32' else f'f32({a})'})"
+        return call if t == "f32" or e.op in ("isnan", "isinf") else f"i32({call})"
+
+    # -- statements -----------------------------------------------------------------------------
+    def emit(self, line: str, depth: int):
+        self.lines.append("  " * depth + line)
+
+    def stmt(self, s: Stmt, depth: int):
+        if isinstance(s, For) and s.kind == GPU_BLOCK:
+            self.emit(f"let {s.var.name} = i32(wg.x + wg.y * nwg.x);", depth)
+            self.emit(f"if ({s.var.name} >= {self.dim(s.extent)}) {{ return; }}", depth)
+            self.stmt(s.body, depth)
+        elif isinstance(s, For) and s.kind == GPU_THREAD:
+            self.emit(f"let {s.var.name} = i32(lid.x);", depth)
+            self.stmt(s.body, depth)
+        elif isinstance(s, For):
+            v = s.var.name
+            self.emit(f"for (var {v} = 0; {v} < {self.dim(s.extent)}; {v}++) {{", depth)
+            self.stmt(s.body, depth + 1)
+            self.emit("}", depth)
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                self.stmt(x, depth)
+        elif isinstance(s, Store):
+            self.emit(self.store(s), depth)
+        elif isinstance(s, Alloc):
+            b = s.buffer
+            self.buffers[b.name] = b
+            t = self.wtype(b.dtype)
+            for n in reversed(b.shape):
+                t = f"array<{t}, {n}>"
+            if b.scope == "shared":
+                self.shared.append(f"var<workgroup> {self.scoped(b.name)}: {t};")
+            else:
+                self.emit(f"var {b.name}: {t};", depth)
+            self.stmt(s.body, depth)
+        elif isinstance(s, Barrier):
+            self.emit("workgroupBarrier();", depth)
+        elif isinstance(s, If):
+            self.emit(f"if ({self.expr(s.cond)}) {{", depth)
+            self.stmt(s.then, depth + 1)
+            self.emit("}", depth)
+        else:
+            raise VerificationError(f"the WGSL renderer cannot print {type(s).__name__}")
+
+    def render_entry(self, f: Func, workgroup_size: int) -> str:
+        """One ``@compute`` entry point; the bound loops become built-in ids."""
+        self.lines, self.shared, self.entry = [], [], f.name
+        self.buffers = {b.name: b for b in f.params}
+        self.emit(f"@compute @workgroup_size({workgroup_size})", 0)
+        self.emit(f"fn {f.name}(@builtin(workgroup_id) wg: vec3<u32>, "
+                  "@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {", 0)
+        for i, name in enumerate(self.symbols):
+            self.emit(f"let dim{i} = kiln_dims.d[{i // 4}][{i % 4}];  // {name}", 1)
+        self.stmt(f.body, 1)
+        self.emit("}", 0)
+        return "\n".join(self.shared + self.lines)
+
+
+def _nonneg(e: Expr) -> bool:
+    c = affine_coeffs(e)
+    if c is not None:
+        return all(v >= 0 for v in c.values())
+    if isinstance(e, Bin) and e.op in ("floordiv", "mod", "mul", "add", "min", "max"):
+        return _nonneg(e.a) and _nonneg(e.b)
+    return False
+
+
+DIMS_BINDING = 8  # the uniform of dynamic dim values, after the arena and <= 7 weight chunks
+
+
+def bindings(weight_chunks: int, chunk_words: int = 1 << 25, symbols=()) -> str:
+    """The bindings every kernel declares (the same layout for all kernels of a model)."""
+    lines = ["@group(0) @binding(0) var<storage, read_write> arena: array<u32>;"]
+    if symbols:
+        lines += [f"struct KilnDims {{ d: array<vec4<i32>, {-(-len(symbols) // 4)}> }}",
+                  f"@group(0) @binding({DIMS_BINDING}) var<uniform> kiln_dims: KilnDims;"]
+    lines += [f"@group(0) @binding({c + 1}) var<storage, read> weights{c}: array<u32>;"
+              for c in range(max(weight_chunks, 1))]
+    if weight_chunks > 1:
+        lines.append("fn kiln_weight(i: i32) -> u32 {")
+        for c in range(weight_chunks - 1):
+            lines.append(f"  if (i < {(c + 1) * chunk_words}) {{ return weights{c}[i - {c * chunk_words}]; }}")
+        last = weight_chunks - 1
+        lines.append(f"  return weights{last}[i - {last * chunk_words}];")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+WGSL_PRELUDE = """\
+fn kiln_f32_bits(b: u32) -> f32 { return bitcast<f32>(b); }
+
+fn kiln_floordiv(a: i32, b: i32) -> i32 {
+  if (b == 0) { return 0; }
+  let q = a / b;
+  return select(q, q - 1, q * b != a && ((a < 0) != (b < 0)));
+}
+fn kiln_mod(a: i32, b: i32) -> i32 {
+  if (b == 0) { return 0; }
+  let r = a % b;
+  return select(r, r + b, r != 0 && ((r < 0) != (b < 0)));
+}
+fn kiln_fmod_floor(a: f32, b: f32) -> f32 { return a - b * floor(a / b); }
+// pow(x, y) is exp2(y * log2(x)) in WGSL: undefined for x < 0. Integer exponents keep the sign.
+fn kiln_pow(x: f32, y: f32) -> f32 {
+  let m = pow(abs(x), y);
+  if (x >= 0.0) { return m; }
+  if (fract(y) != 0.0) { return kiln_f32_bits(0x7fc00000u); }
+  return select(m, -m, fract(y * 0.5) != 0.0);
+}
+// tanh through exp overflows to NaN on some drivers for |x| > ~44; tanh(15) is 1 in f32
+fn kiln_tanh(x: f32) -> f32 { return tanh(clamp(x, -15.0, 15.0)); }
+fn kiln_softplus(x: f32) -> f32 { return select(log(1.0 + exp(x)), x, x > 20.0); }
+fn kiln_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn kiln_isinf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
+// WGSL has no erf: 1 - erfc(x), with erfc from a Chebyshev fit (Numerical Recipes' erfcc,
+// fractional error below 1.2e-7 everywhere).
+fn kiln_erf(x: f32) -> f32 {
+  let z = abs(x);
+  let t = 1.0 / (1.0 + 0.5 * z);
+  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277)))))))));
+  return select(r - 1.0, 1.0 - r, x >= 0.0);
+}
+"""

@@ -1,0 +1,218 @@
+"""The WebGPU model: word memory plan, one ``.wgsl`` file per kernel, and the model table.
+
+Every tensor element is one 32-bit word on the device (WGSL has no 8- or 64-bit integers and
+no f64), so the host memory plan's byte offsets do not apply: this module plans its own,
+in words, with the same liveness rule (greedy by size over kernel intervals). The arena holds
+the graph inputs and outputs first, then the intermediates; constants live in separate
+read-only ``weights`` buffers (128 MiB bindings). Dynamic dims count at their upper bounds. ``to_words``/``from_words`` are the conversions at the edge,
+mirrored by ``model.js`` in the browser.
+
+The model table (:class:`WebGPUModel`) lists, per kernel, its WGSL file and its dispatches
+(entry point and workgroup grid) in launch order: the Python runner and ``model.js`` both
+just walk it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import json
+
+import numpy as np
+
+from kiln.codegen.templates import render
+from kiln.codegen.wgsl import WGSL_PRELUDE, WGSLRenderer, bindings
+from kiln.errors import KilnError, ShapeError
+from kiln.ir.dtype import DType
+from kiln.ir.graph import Graph
+from kiln.passes.gpu_schedule import Dispatch, schedule_dispatches
+from kiln.passes.memory_plan import _greedy_by_size, view_roots
+
+WORD_ALIGN = 64  # words (256 bytes): any region can also be bound on its own in WebGPU
+BINDING_WORDS = 1 << 25  # 128 MiB: WebGPU's default maxStorageBufferBindingSize
+CHUNK_WORDS = BINDING_WORDS  # weights are bound in chunks of at most this many words
+MAX_STORAGE_BINDINGS = 8  # WebGPU's default maxStorageBuffersPerShaderStage: the arena + 7 weight chunks
+UNSUPPORTED = (DType.float64,)
+
+
+def _words(n: int) -> int:
+    return (max(n, 1) + WORD_ALIGN - 1) // WORD_ALIGN * WORD_ALIGN
+
+
+def to_words(a: np.ndarray) -> np.ndarray:
+    """A tensor as device words: f32 bits, i32 for every integer type, 0/1 for bool."""
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.float32:
+        return a.reshape(-1).view(np.uint32)
+    if a.dtype == np.float16:
+        return a.astype(np.float32).reshape(-1).view(np.uint32)
+    if a.dtype == np.bool_:
+        return a.astype(np.uint32).reshape(-1)
+    if a.dtype.kind in "iu":
+        info = np.iinfo(np.int32)
+        return np.clip(a, info.min, info.max).astype(np.int32).reshape(-1).view(np.uint32)
+    raise ShapeError(f"the webgpu target stores float32, float16, integer and bool tensors; got {a.dtype}")
+
+
+def from_words(w: np.ndarray, dtype: DType, shape) -> np.ndarray:
+    w = np.ascontiguousarray(w, dtype=np.uint32)
+    if dtype.is_float:
+        return w.view(np.float32).astype(dtype.np).reshape(shape)
+    if dtype is DType.bool:
+        return (w != 0).reshape(shape)
+    return w.view(np.int32).astype(dtype.np).reshape(shape)
+
+
+@dataclass
+class WordPlan:
+    storage: dict[str, tuple[str, int]]  # value -> ("arena" | "weights", word offset)
+    arena_words: int
+    weights: np.ndarray                  # uint32 words
+    chunk_words: int = CHUNK_WORDS       # weights are bound in chunks of this many words
+
+    @property
+    def weight_chunks(self) -> list[np.ndarray]:
+        w = self.weights
+        return [w[i: i + self.chunk_words] for i in range(0, max(w.size, 1), self.chunk_words)]
+
+    def offset(self, name: str) -> int:
+        return self.storage[name][1]
+
+
+def _max_size(t, bounds) -> int:
+    """Elements of a tensor type at the upper bounds of its dim symbols."""
+    return t.max_nbytes(bounds) // t.dtype.itemsize
+
+
+def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPlan:
+    """Word offsets of every value; dynamic dims count at their upper bounds."""
+    chunk_words = chunk_words or CHUNK_WORDS
+    bounds = graph.dim_bounds
+    types = graph.value_types()
+    roots = view_roots(graph)
+    storage: dict[str, tuple[str, int]] = {}
+    off = 0
+    for v in list(graph.inputs) + list(graph.outputs):
+        storage[v.name] = ("arena", off)
+        off += _words(_max_size(v.type, bounds))
+    chunks, woff = [], 0
+    for name, arr in graph.constants.items():
+        w = to_words(arr)
+        storage[name] = ("weights", woff)
+        pad = _words(w.size) - w.size
+        chunks += [w, np.zeros(pad, np.uint32)]
+        woff += w.size + pad
+    weights = np.concatenate(chunks) if chunks else np.zeros(WORD_ALIGN, np.uint32)
+
+    intervals: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    for step, k in enumerate(kernels):
+        for name in k.outputs:
+            r = roots.get(name, name)
+            if r not in storage:
+                intervals.setdefault(r, [step, step])
+                sizes[r] = _words(_max_size(types[r], bounds))
+        for name, t in k.temps:
+            intervals[name] = [step, step]
+            sizes[name] = _words(_max_size(t, bounds))
+        for name in k.inputs:
+            r = roots.get(name, name)
+            if r in intervals:
+                intervals[r][1] = max(intervals[r][1], step)
+    offsets, size = _greedy_by_size(intervals, sizes)
+    for name, o in offsets.items():
+        storage[name] = ("arena", off + o)
+    for alias, r in roots.items():
+        if r in storage and alias not in storage:
+            storage[alias] = storage[r]
+    if off + size > BINDING_WORDS:
+        raise KilnError(f"the model needs {(off + size) * 4} bytes of activations at once; a WebGPU "
+                        f"storage binding holds at most {BINDING_WORDS * 4} bytes by default")
+    plan = WordPlan(storage, off + size, weights, chunk_words)
+    if len(plan.weight_chunks) + 1 > MAX_STORAGE_BINDINGS:
+        raise KilnError(f"the model has {weights.size * 4} bytes of weights: {len(plan.weight_chunks)} bindings of "
+                        f"{chunk_words * 4} bytes, but WebGPU guarantees only {MAX_STORAGE_BINDINGS - 1} beside "
+                        "the arena")
+    return plan
+
+
+@dataclass
+class WebGPUKernel:
+    name: str
+    file: str
+    source: str
+    dispatches: list[Dispatch]
+    comment: str = ""
+
+
+@dataclass
+class WebGPUModel:
+    kernels: list[WebGPUKernel]
+    plan: WordPlan
+    inputs: list[dict]
+    outputs: list[dict]
+    traces: dict[str, list] = field(default_factory=dict)
+    symbols: list[str] = field(default_factory=list)     # dynamic dims, in kiln_dims order
+    dim_bounds: dict = field(default_factory=dict)
+
+    def table(self) -> dict:
+        """What a runner needs, as plain JSON-able data (``model.js`` embeds it)."""
+        return {
+            "arenaWords": self.plan.arena_words, "weightsWords": int(self.plan.weights.size),
+            "symbols": self.symbols, "dimBounds": {k: list(self.dim_bounds[k]) for k in self.symbols},
+            "weightChunks": [int(c.size) for c in self.plan.weight_chunks],
+            "inputs": self.inputs, "outputs": self.outputs,
+            "kernels": [{"name": k.name, "file": k.file,
+                         "dispatches": [{"entry": d.name, "grid": list(d.grid())} for d in k.dispatches]}
+                        for k in self.kernels],
+        }
+
+
+def _io(values, plan: WordPlan, bounds) -> list[dict]:
+    """Inputs/outputs for runners; a dynamic dim is a JavaScript expression over ``d`` (the
+    dim values by name), e.g. ``d["batch"] * 4``."""
+    return [{"name": v.name, "shape": [d if isinstance(d, int) else _js(d) for d in v.shape],
+             "dtype": v.dtype.value, "offset": plan.offset(v.name), "size": _max_size(v.type, bounds)}
+            for v in values]
+
+
+def _js(dim) -> str:
+    import sympy
+
+    syms = sorted(dim.free_symbols, key=lambda x: x.name)
+    marks = {x: sympy.Symbol(f"KILNDIM{i}X", integer=True, positive=True) for i, x in enumerate(syms)}
+    text = sympy.jscode(dim.subs(marks))
+    for x, m in marks.items():
+        text = text.replace(m.name, f"d[{json.dumps(x.name)}]")
+    return text
+
+
+def build_webgpu_model(graph: Graph, kernels, tiling: bool = True) -> WebGPUModel:
+    symbols = sorted(graph.dim_bounds)
+    for v in list(graph.inputs) + list(graph.outputs):
+        if v.dtype in UNSUPPORTED:
+            raise ShapeError(f"{'input' if v in graph.inputs else 'output'} {v.name!r} is {v.dtype}; "
+                             "WGSL has no 64-bit floats (the webgpu target takes float32, float16, "
+                             "integer and bool tensors)")
+    plan = plan_words(graph, kernels)
+    producers = graph.producers()
+    out, traces = [], {}
+    for k in kernels:
+        bases = {b.name: plan.storage[name] for b, name in zip(k.unscheduled.params, k.params)}
+        dispatches = schedule_dispatches(k.unscheduled, k.stages, tiling=tiling, bounds=graph.dim_bounds)
+        renderer = WGSLRenderer(bases, plan.chunk_words, symbols)
+        entries = [renderer.render_entry(d.func, d.workgroup_size) for d in dispatches]
+        ops_ = "+".join(producers[o].op for o in k.outputs if o in producers)
+        comment = f"{k.name}: writes {', '.join(k.outputs)} ({ops_})"
+        source = render("kernel.wgsl.j2", comment=comment, prelude=bindings(len(plan.weight_chunks), plan.chunk_words, symbols) + WGSL_PRELUDE, entries=entries,
+                        params=[{"name": b.name, "value": name, "region": bases[b.name][0],
+                                 "offset": bases[b.name][1], "dtype": b.dtype.value,
+                                 "shape": list(b.shape)} for b, name in zip(k.unscheduled.params, k.params)])
+        out.append(WebGPUKernel(k.name, f"{k.name}.wgsl", source, dispatches, comment))
+        traces[k.name] = [d.trace for d in dispatches]
+    bounds = graph.dim_bounds
+    return WebGPUModel(out, plan, _io(graph.inputs, plan, bounds), _io(graph.outputs, plan, bounds), traces,
+                       symbols, dict(bounds))
+
+
+__all__ = ["WebGPUKernel", "WebGPUModel", "WordPlan", "build_webgpu_model", "from_words", "plan_words",
+           "to_words"]

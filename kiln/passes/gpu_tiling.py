@@ -1,0 +1,186 @@
+"""GPU rule for matmul and convolution nests: workgroup-memory tiling with register tiles.
+
+A nest of the form (what ``lower`` produces for every ``tile``-hinted stage)::
+
+    for <spatial loops>:                 # one per output dim; ``row`` and ``col`` from the hint
+      acc = init
+      for <reduction loops>: acc = acc + X * Y     # X free of ``col``, Y free of ``row``
+      <epilogue stores reading acc>
+
+becomes one workgroup per ``TILE_ROWS x TILE_COLS`` output tile (and per index of the other
+spatial dims), with ``THREADS`` invocations that each own a ``MICRO x MICRO`` register tile.
+The reduction loops are flattened into one index ``k``; per step of ``TILE_K`` the workgroup
+copies the ``X`` tile (rows x k) and the ``Y`` tile (k x cols) into workgroup memory --
+evaluating X and Y there, so padding, strides and fused prologues come along -- waits at a
+barrier, and accumulates from workgroup memory. Every global read and write is guarded by
+the tensor's bounds; out-of-range tile slots hold zero. Barriers sit only in uniform control
+flow (loops with constant bounds), as WGSL requires.
+
+Nests of any other form, integer reductions, or problems too small to fill a tile keep the
+one-invocation-per-element rule (:func:`kiln.passes.gpu_schedule.bind_elementwise`).
+"""
+from __future__ import annotations
+
+from kiln.ir.compute import Stage
+from kiln.ir.dtype import INDEX, DType
+from kiln.ir.expr import Bin, Const, Expr, Load, Var, free_vars, simplify, substitute
+from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Store, seq,
+                          subst_stmt)
+from kiln.ir.schedule import _index_scalar
+
+TILE_ROWS, TILE_COLS, TILE_K = 32, 32, 8
+THREADS_X, THREADS_Y = 8, 8                     # 64 invocations: 8 x 8, each 4 x 4 outputs
+MICRO_ROWS, MICRO_COLS = TILE_ROWS // THREADS_Y, TILE_COLS // THREADS_X
+MIN_OUTPUTS, MIN_K = 512, 16                    # below these one invocation per element wins
+
+
+def _c(v: int) -> Const:
+    return Const(v, INDEX)
+
+
+def _and(a: Expr, b: Expr) -> Expr:
+    return Bin("and", a, b, DType.bool)
+
+
+def _match(func: Func, stage: Stage):
+    """(spatial loops, acc buffer, init value, reduction loops, X, Y, epilogue) or None."""
+    rank = len(stage.shape)
+    loops, cur = [], func.body
+    while isinstance(cur, For) and len(loops) < rank:
+        loops.append(cur)
+        cur = cur.body
+    if len(loops) != rank or rank < 2 or not isinstance(cur, Alloc) or cur.buffer.shape != ():
+        return None
+    acc = cur.buffer
+    parts = cur.body.stmts if isinstance(cur.body, Seq) else ()
+    if acc.dtype is not DType.float32 or len(parts) < 3:
+        return None
+    init, red = parts[0], parts[1]
+    if not (isinstance(init, Store) and init.buffer == acc.name and not init.indices and isinstance(red, For)):
+        return None
+    red_loops, update = [], red
+    while isinstance(update, For):
+        red_loops.append(update)
+        update = update.body
+    if not (isinstance(update, Store) and update.buffer == acc.name and not update.indices):
+        return None
+    v = update.value
+    if not (isinstance(v, Bin) and v.op == "add" and v.a == Load(acc.name, (), acc.dtype)
+            and isinstance(v.b, Bin) and v.b.op == "mul"):
+        return None
+    if any(not isinstance(lp.extent, int) for lp in loops + red_loops):
+        return None
+    return loops, acc, init.value, red_loops, v.b.a, v.b.b, seq(*parts[2:])
+
+
+def tile_gemm(func: Func, stage: Stage):
+    """The tiled dispatch for ``func`` (one matmul/conv nest), or None when the rule does not apply."""
+    from kiln.passes.gpu_schedule import Dispatch
+
+    m = _match(func, stage)
+    if m is None:
+        return None
+    loops, acc, init, red_loops, x, y, epilogue = m
+    row_ax, col_ax = stage.hints["tile"]
+    row, col = loops[row_ax], loops[col_ax]
+    if row.var.name in free_vars(y) and col.var.name in free_vars(x):
+        x, y = y, x
+    if col.var.name in free_vars(x) or row.var.name in free_vars(y):
+        return None
+    if any(isinstance(e, Load) and e.buffer == acc.name for e in _loads(x) + _loads(y)):
+        return None
+    rows, cols = row.extent, col.extent
+    k_total = 1
+    for lp in red_loops:
+        k_total *= lp.extent
+    if rows * cols < MIN_OUTPUTS or k_total < MIN_K:
+        return None
+
+    others = [lp for i, lp in enumerate(loops) if i not in (row_ax, col_ax)]
+    n_row, n_col = -(-rows // TILE_ROWS), -(-cols // TILE_COLS)
+    n_other = 1
+    for lp in others:
+        n_other *= lp.extent
+    blocks = n_other * n_row * n_col
+
+    b, t, k0 = Var("blk"), Var("tid"), Var("k0")
+    col0 = (b % n_col) * TILE_COLS
+    row0 = ((b // n_col) % n_row) * TILE_ROWS
+    rest: Expr = b // (n_col * n_row)
+    outer: dict[str, Expr] = {}
+    for lp in reversed(others):  # row-major over the other spatial dims
+        outer[lp.var.name] = rest % lp.extent
+        rest = rest // lp.extent
+
+    def red_index(k: Expr) -> dict[str, Expr]:
+        out, r = {}, k
+        for lp in reversed(red_loops):
+            out[lp.var.name] = r % lp.extent
+            r = r // lp.extent
+        return out
+
+    sx = Buffer("tile_x", (TILE_ROWS, TILE_K), DType.float32, "shared")
+    sy = Buffer("tile_y", (TILE_K, TILE_COLS), DType.float32, "shared")
+    threads = THREADS_X * THREADS_Y
+
+    def fill(buf: Buffer, operand: Expr, per_thread: int, along_rows: bool) -> list:
+        """Each invocation copies ``per_thread`` slots of ``buf``, consecutive threads on
+        consecutive ``k`` (X) or columns (Y) so global reads are contiguous where the tensor is."""
+        out = []
+        for step in range(per_thread):
+            e = t + step * threads
+            if along_rows:   # X tile: [row][k]
+                i, kk = e // TILE_K, e % TILE_K
+                pos, lim, idx = row0 + i, rows, (i, kk)
+                var = row.var.name
+            else:            # Y tile: [k][col]
+                kk, j = e // TILE_COLS, e % TILE_COLS
+                pos, lim, idx = col0 + j, cols, (kk, j)
+                var = col.var.name
+            k = k0 * TILE_K + kk
+            idx = tuple(simplify(x) for x in idx)
+            mapping = {**outer, **red_index(k), var: pos}
+            value = simplify(substitute(operand, mapping))
+            out.append(Store(buf.name, idx, Const(0.0, DType.float32)))
+            out.append(If(simplify(_and(pos.lt(_c(lim)), k.lt(_c(k_total)))), Store(buf.name, idx, value)))
+        return out
+
+    ty, tx = t // THREADS_X, t % THREADS_X
+    i_v, j_v, kk_v = Var("mi"), Var("mj"), Var("kk")
+    acc_tile = Buffer(acc.name, (MICRO_ROWS, MICRO_COLS), acc.dtype, "local")
+    ij = (i_v, j_v)
+
+    def over_tile(stmt, suffix=""):
+        iv, jv = Var("mi" + suffix), Var("mj" + suffix)
+        stmt = subst_stmt(stmt, {"mi": iv, "mj": jv}) if suffix else stmt
+        return For(iv, MICRO_ROWS, For(jv, MICRO_COLS, stmt))
+
+    init_tile = over_tile(Store(acc.name, ij, init), "_init")
+    mac = Store(acc.name, ij, Load(acc.name, ij, acc.dtype) + Load(sx.name, (ty * MICRO_ROWS + i_v, kk_v), sx.dtype)
+                * Load(sy.name, (kk_v, tx * MICRO_COLS + j_v), sy.dtype))
+    k_steps = -(-k_total // TILE_K)
+    main = For(k0, k_steps, seq(
+        *fill(sx, x, TILE_ROWS * TILE_K // threads, True),
+        *fill(sy, y, TILE_COLS * TILE_K // threads, False),
+        Barrier(),
+        For(kk_v, TILE_K, over_tile(mac)),
+        Barrier()))
+    out_row, out_col = row0 + ty * MICRO_ROWS + i_v, col0 + tx * MICRO_COLS + j_v
+    wb = _index_scalar(epilogue, acc.name, ij)
+    wb = subst_stmt(wb, {**outer, row.var.name: out_row, col.var.name: out_col})
+    write = over_tile(If(simplify(_and(out_row.lt(_c(rows)), out_col.lt(_c(cols)))), wb), "_wb")
+    body = Alloc(sx, Alloc(sy, Alloc(acc_tile, seq(init_tile, main, write))))
+    body = For(b, blocks, For(t, threads, body, GPU_THREAD), GPU_BLOCK)
+    trace = [{"prim": "gpu_tile_gemm", "args": {"row": row.var.name, "col": col.var.name,
+                                                "tile": [TILE_ROWS, TILE_COLS, TILE_K], "threads": threads}}]
+    return Dispatch(func.name, func.with_body(body), blocks, threads, trace,
+                    shared_bytes=4 * (TILE_ROWS + TILE_COLS) * TILE_K)
+
+
+def _loads(e: Expr) -> list[Load]:
+    from kiln.ir.expr import walk
+
+    return [x for x in walk(e) if isinstance(x, Load)]
+
+
+__all__ = ["tile_gemm", "TILE_ROWS", "TILE_COLS", "TILE_K"]

@@ -1,0 +1,175 @@
+"""The WebGPU target: WGSL compute shaders, run from Python through ``wgpu`` and in browsers.
+
+From Python the shaders run through the ``wgpu`` package (wgpu-native): on a machine without
+a GPU its adapter is Mesa's lavapipe (a Vulkan driver on the CPU, Debian
+``mesa-vulkan-drivers``); on an NVIDIA machine, the NVIDIA Vulkan driver. ``export`` writes the
+browser bundle: ``model.js`` (an ES module: ``await KilnModel.load(url)`` then
+``await model.run({input: Float32Array})``), one ``.wgsl`` file per kernel, ``weights.bin``
+and an ``index.html`` demo.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from kiln.codegen.templates import numbered
+from kiln.codegen.wgsl import DIMS_BINDING
+from kiln.ir.symbolic import evaluate
+from kiln.errors import ToolchainError
+from kiln.targets.base import ModelSource, Target
+
+
+class WebGPUTarget(Target):
+    """WGSL kernels: one storage arena, a weights buffer, one dispatch per loop nest."""
+
+    name = "webgpu"
+
+    def capabilities(self):
+        from kiln.passes.default_schedule import Capabilities
+
+        # The CPU schedule is not used for the shaders (gpu_schedule rebinds the unscheduled
+        # loops); plain NCHW keeps convolutions in the layout the GPU rules expect.
+        return Capabilities(vector_bytes=16, vector_registers=16, threads=1, nchwc=False)
+
+    def generate(self, graph, kernels, plan, prefix) -> ModelSource:
+        from kiln.codegen.wgsl_model import build_webgpu_model
+
+        model = build_webgpu_model(graph, kernels)
+        files = {k.file: k.source for k in model.kernels}
+        files["model.js"] = _render_bundle("model.js.j2", graph, model)
+        files["index.html"] = _render_bundle("index.html.j2", graph, model)
+        source = ModelSource(files, model.kernels[0].file if model.kernels else "model.js", prefix)
+        source.binaries["weights.bin"] = model.plan.weights.tobytes()
+        source.webgpu = model  # the model table the runner walks (an attribute, not a file)
+        return source
+
+    def runner(self, compiled):
+        return WebGPURunner(compiled.result.source.webgpu, compiled.result.source.files, compiled.graph)
+
+
+def _render_bundle(template: str, graph, model) -> str:
+    from kiln import __version__
+    from kiln.codegen.templates import render
+
+    return render(template, version=__version__, model_name=graph.name,
+                  table=json.dumps(model.table(), indent=1), kernel_count=len(model.kernels),
+                  dims_binding=DIMS_BINDING)
+
+
+# -- running through wgpu ---------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def device():
+    """The wgpu device (lavapipe without a GPU), with the adapter's largest buffer limits."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # the Vulkan loader complains without one
+    try:
+        import wgpu
+    except ImportError as e:
+        raise ToolchainError("the webgpu target runs through the 'wgpu' package: pip install wgpu "
+                             f"({e})") from None
+    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    if adapter is None:
+        raise ToolchainError("wgpu found no WebGPU adapter: install a Vulkan driver (Debian "
+                             "'mesa-vulkan-drivers' for lavapipe on the CPU, plus 'libvulkan1')")
+    lim = adapter.limits
+    limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
+                                  "max-compute-workgroup-storage-size") if k in lim}
+    return adapter.request_device_sync(required_limits=limits)
+
+
+class WebGPURunner:
+    """Runs the model table on the wgpu device: write inputs, dispatch in order, read outputs."""
+
+    def __init__(self, model, files: dict[str, str], graph):
+        import wgpu
+
+        self.model, self.graph = model, graph
+        self.dev = dev = device()
+        arena_bytes = max(model.plan.arena_words, 1) * 4
+        limit = dev.limits["max-storage-buffer-binding-size"]
+        widest = max(arena_bytes, max(c.nbytes for c in model.plan.weight_chunks))
+        if widest > limit:
+            raise ToolchainError(f"the model binds {widest} bytes at once; this WebGPU device binds at most "
+                                 f"{limit} bytes")
+        S = wgpu.BufferUsage
+        self.arena = dev.create_buffer(size=arena_bytes, usage=S.STORAGE | S.COPY_SRC | S.COPY_DST)
+        chunks = model.plan.weight_chunks
+        self.weights = [dev.create_buffer_with_data(data=_nonempty(c).tobytes(), usage=S.STORAGE) for c in chunks]
+        storage = {"binding": 0, "visibility": wgpu.ShaderStage.COMPUTE,
+                   "buffer": {"type": wgpu.BufferBindingType.storage}}
+        entries = [storage] + [
+            {"binding": i + 1, "visibility": wgpu.ShaderStage.COMPUTE,
+             "buffer": {"type": wgpu.BufferBindingType.read_only_storage}} for i in range(len(chunks))]
+        resources = [{"binding": 0, "resource": {"buffer": self.arena}}] + [
+            {"binding": i + 1, "resource": {"buffer": b}} for i, b in enumerate(self.weights)]
+        self.dims = None
+        if model.symbols:  # dynamic dims: a uniform of vec4<i32>, written before each run
+            self.dims = dev.create_buffer(size=16 * -(-len(model.symbols) // 4), usage=S.UNIFORM | S.COPY_DST)
+            entries.append({"binding": DIMS_BINDING, "visibility": wgpu.ShaderStage.COMPUTE,
+                            "buffer": {"type": wgpu.BufferBindingType.uniform}})
+            resources.append({"binding": DIMS_BINDING, "resource": {"buffer": self.dims}})
+        layout = dev.create_bind_group_layout(entries=entries)
+        self.bind_group = dev.create_bind_group(layout=layout, entries=resources)
+        playout = dev.create_pipeline_layout(bind_group_layouts=[layout])
+        self.steps = []
+        for k in model.kernels:
+            module = _shader(dev, files[k.file], k.file)
+            for d in k.dispatches:
+                try:
+                    pipe = dev.create_compute_pipeline(layout=playout,
+                                                       compute={"module": module, "entry_point": d.name})
+                except Exception as e:  # noqa: BLE001  (wgpu raises its own error types)
+                    raise ToolchainError(f"WebGPU rejected entry point {d.name} of {k.file}: {e}") from None
+                self.steps.append((pipe, d.grid()))
+
+    def __call__(self, feeds: Mapping) -> dict[str, np.ndarray]:
+        from kiln.codegen.wgsl_model import from_words, to_words
+        from kiln.targets.host import check_inputs
+
+        arrays, dims = check_inputs(self.graph.inputs, feeds, self.graph.dim_bounds)
+        q = self.dev.queue
+        if self.dims is not None:
+            values = np.zeros(4 * -(-len(self.model.symbols) // 4), np.int32)
+            values[: len(self.model.symbols)] = [dims[n] for n in self.model.symbols]
+            q.write_buffer(self.dims, 0, values.tobytes())
+        for spec, a in zip(self.model.inputs, arrays):
+            q.write_buffer(self.arena, spec["offset"] * 4, to_words(a).tobytes())
+        enc = self.dev.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        cpass.set_bind_group(0, self.bind_group)
+        for pipe, grid in self.steps:
+            cpass.set_pipeline(pipe)
+            cpass.dispatch_workgroups(*grid)
+        cpass.end()
+        q.submit([enc.finish()])
+        outs = {}
+        for v, spec in zip(self.graph.outputs, self.model.outputs):
+            shape = tuple(evaluate(d, dims) for d in v.shape)
+            size = int(np.prod(shape, dtype=np.int64))
+            raw = q.read_buffer(self.arena, spec["offset"] * 4, _pad4(size))
+            outs[v.name] = from_words(np.frombuffer(raw, np.uint32)[:size], v.dtype, shape)
+        return outs
+
+
+def _nonempty(words: np.ndarray) -> np.ndarray:
+    return words if words.size else np.zeros(1, np.uint32)
+
+
+def _pad4(n: int) -> int:
+    """Byte count of ``n`` words rounded so copies stay 4-byte aligned (and never zero)."""
+    return max(n, 1) * 4
+
+
+def _shader(dev, source: str, name: str):
+    try:
+        return dev.create_shader_module(code=source, label=name)
+    except Exception as e:  # noqa: BLE001
+        raise ToolchainError(f"WebGPU rejected the generated shader {name}:\n{e}\n\n--- {name} ---\n"
+                             f"{numbered(source)}") from None
+
+
+__all__ = ["WebGPUTarget", "WebGPURunner", "device"]
