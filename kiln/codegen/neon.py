@@ -100,6 +100,17 @@ class NeonRenderer(CRenderer):
             return
         super().stmt(s, depth, in_parallel)
 
+    def vector_lanes(self, loop: For) -> int:
+        """Lanes the vectorizer would use for ``loop`` (1: it stays scalar), printing nothing.
+        ``self.buffers`` must know the buffers the loop touches (the static cost model asks)."""
+        saved, stats = self.lines, dict(self.stats)
+        self.lines = []
+        try:
+            ok = self.vector_loop(loop, 0)
+        finally:
+            self.lines, self.stats = saved, stats
+        return self.vector_types[self.buffers[loop.body.buffer].dtype].lanes if ok else 1
+
     def scalar_loop(self, s: For, depth: int, in_parallel: bool, start: str | None = None):
         v = s.var.name
         init = f"int64_t {v} = 0" if start is None else ""

@@ -90,45 +90,57 @@ def build_static_binary(files: dict[str, str], sources: list[str], flags: list[s
     return out
 
 
-class QemuRunner:
-    """Runs a static AArch64 build of a model under ``qemu-aarch64``, tensors through files."""
+class FileRunner:
+    """Runs a built model driver (``arm_main.c``) as a process, every tensor through files.
 
-    def __init__(self, binary: Path, inputs, outputs, weights: bytes, dim_bounds=None, cpu: str = "max"):
+    ``launcher`` goes before the program: ``[qemu-aarch64, -cpu, max]`` for an AArch64 build,
+    nothing for a host build. ``weights=None`` passes ``-``: the weights compiled into the
+    program (an exported project's driver)."""
+
+    def __init__(self, binary: Path, inputs, outputs, weights: bytes | None, dim_bounds=None,
+                 launcher: list[str] | None = None, env: dict | None = None):
         self.binary = Path(binary)
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.dim_bounds = dict(dim_bounds or {})
         self.symbols = sorted(self.dim_bounds)
         self.weights = weights
-        self.cpu = cpu
-        self.qemu = tool_path(QEMU)
+        self.launcher = list(launcher or [])
+        self.env = env
 
     def command(self, workdir: Path, out_sizes) -> list[str]:
-        args = [str(workdir / "weights.bin"), str(workdir / "dims.bin")]
+        args = ["-" if self.weights is None else str(workdir / "weights.bin"), str(workdir / "dims.bin")]
         args += [str(workdir / f"in_{i}.bin") for i in range(len(self.inputs))]
         args += [f"{workdir / f'out_{i}.bin'}:{n}" for i, n in enumerate(out_sizes)]
-        return [self.qemu, "-cpu", self.cpu, str(self.binary), *args]
+        return [*self.launcher, str(self.binary), *args]
 
     def __call__(self, feeds: Mapping) -> dict[str, np.ndarray]:
         arrays, dims = check_inputs(self.inputs, feeds, self.dim_bounds)
         shapes = [tuple(int(evaluate(d, dims)) for d in v.shape) for v in self.outputs]
         sizes = [int(np.prod(s, dtype=np.int64)) * v.dtype.itemsize for s, v in zip(shapes, self.outputs)]
-        with tempfile.TemporaryDirectory(prefix="kiln_qemu_") as tmp:
+        where = " ".join(self.launcher[:1]) or "the host"
+        with tempfile.TemporaryDirectory(prefix="kiln_run_") as tmp:
             work = Path(tmp)
-            (work / "weights.bin").write_bytes(self.weights)
+            if self.weights is not None:
+                (work / "weights.bin").write_bytes(self.weights)
             np.array([dims[s] for s in self.symbols], dtype="<i8").tofile(work / "dims.bin")
             for i, a in enumerate(arrays):
                 a.tofile(work / f"in_{i}.bin")
             try:
                 proc = subprocess.run(self.command(work, sizes), capture_output=True, text=True,
-                                      timeout=RUN_TIMEOUT_S)
+                                      timeout=RUN_TIMEOUT_S, env=self.env)
             except subprocess.TimeoutExpired:
-                raise ToolchainError(f"the arm64 model ran longer than {RUN_TIMEOUT_S:.0f} s under qemu-aarch64 "
+                raise ToolchainError(f"the model ran longer than {RUN_TIMEOUT_S:.0f} s on {where} "
                                      "(KILN_QEMU_TIMEOUT sets the limit)") from None
             if proc.returncode != 0:
-                raise ToolchainError(f"the arm64 model exited with status {proc.returncode} under qemu-aarch64:"
+                raise ToolchainError(f"the model exited with status {proc.returncode} on {where}:"
                                      f"\n{proc.stderr.strip()[-2000:]}")
             return {v.name: np.fromfile(work / f"out_{i}.bin", dtype=v.dtype.np).reshape(shape)
                     for i, (v, shape) in enumerate(zip(self.outputs, shapes))}
+
+
+def qemu_launcher(cpu: str = "max") -> list[str]:
+    """``qemu-aarch64 -cpu max``: user-mode emulation of a CPU with every extension (fp16, dotprod)."""
+    return [tool_path(QEMU), "-cpu", cpu]
 
 
 class Arm64Target(Target):
@@ -182,10 +194,11 @@ class Arm64Target(Target):
             flags.append("-fopenmp")
         return build_static_binary(compiled.result.source.files, ["model.c", "arm_main.c"], flags)
 
-    def runner(self, compiled) -> QemuRunner:
+    def runner(self, compiled) -> FileRunner:
+        launcher = qemu_launcher()  # before building: a missing qemu is reported first
         binary = self.build(compiled)
-        return QemuRunner(binary, compiled.graph.inputs, compiled.graph.outputs, compiled.result.plan.weights,
-                          compiled.graph.dim_bounds)
+        return FileRunner(binary, compiled.graph.inputs, compiled.graph.outputs, compiled.result.plan.weights,
+                          compiled.graph.dim_bounds, launcher=launcher)
 
     def export(self, compiled, directory) -> Path:
         from kiln.targets.arm_export import write_cmake_project
