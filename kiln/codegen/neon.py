@@ -136,7 +136,7 @@ class NeonRenderer(CRenderer):
             self._vec_var, self._vt, self._aliases = v, vt, {}
             self._unconditional = _unconditional_loads(body.value, v)
             value = self._as_vector(self.vexpr(body.value))
-            target = f"&{body.buffer}{self.subscript(body.buffer, body.indices)}"
+            target = f"{self._cast_ptr(vt, False)}&{body.buffer}{self.subscript(body.buffer, body.indices)}"
         except NotVectorizable:
             return False
         n, name, lanes = self.dim(loop.extent), v.name, vt.lanes
@@ -200,6 +200,13 @@ class NeonRenderer(CRenderer):
             raise NotVectorizable("the loop variable is not a unit-stride index")
         return True
 
+    @staticmethod
+    def _cast_ptr(vt: VectorType, const: bool) -> str:
+        """arm_neon.h takes ``__fp16*`` for half precision; Kiln's buffers are ``_Float16*``."""
+        if vt.elem is not DType.float16:
+            return ""
+        return "(const float16_t*)" if const else "(float16_t*)"
+
     def _as_vector(self, x: _V) -> str:
         if x.kind == "vector":
             return x.code
@@ -224,10 +231,14 @@ class NeonRenderer(CRenderer):
         if isinstance(e, Load):
             if e.dtype is not vt.elem or self._lane_offset(e.indices, v) is None:
                 raise NotVectorizable("load")
-            return _V("vector", f"vld1q_{vt.suffix}(&{e.buffer}{self.subscript(e.buffer, e.indices)})")
+            return _V("vector", f"vld1q_{vt.suffix}({self._cast_ptr(vt, True)}&{e.buffer}{self.subscript(e.buffer, e.indices)})")
         if isinstance(e, Cast):
             if e.dtype is e.a.dtype:
                 return self.vexpr(e.a)
+            if (e.dtype is DType.float32 and vt is F32X4 and isinstance(e.a, Load) and e.a.dtype is DType.float16
+                    and self._lane_offset(e.a.indices, v)):
+                # a widening load (fcvtl, base ARMv8): fp16 tensors with fp32 accumulation
+                return _V("vector", f"vcvt_f32_f16(vld1_f16((const float16_t*)&{e.a.buffer}{self.subscript(e.a.buffer, e.a.indices)}))")
             raise NotVectorizable("conversion")
         if isinstance(e, Select):
             return self._select(e)
@@ -240,6 +251,9 @@ class NeonRenderer(CRenderer):
         if isinstance(e, Bin) and e.op == "ne" and e.a.dtype is vt.elem:
             a, b = self._as_vector(self.vexpr(e.a)), self._as_vector(self.vexpr(e.b))
             return _V("mask", f"vmvnq_{vt.mask_suffix}(vceqq_{vt.suffix}({a}, {b}))")
+        if isinstance(e, Un) and e.op == "isnan" and e.a.dtype is vt.elem:
+            a = self._as_vector(self.vexpr(e.a))  # NaN is the one value unequal to itself
+            return _V("mask", f"vmvnq_{vt.mask_suffix}(vceqq_{vt.suffix}({a}, {a}))")
         if isinstance(e, Un) and e.op == "not" and e.dtype is DType.bool:
             return _V("mask", f"vmvnq_{vt.mask_suffix}({self._as_mask(self.vexpr(e.a))})")
         if e.dtype is not vt.elem:
