@@ -14,6 +14,8 @@ BENCH_ARGS ?=
 # External tools the test suite runs, as `command:debian-package` pairs. Issues that add a
 # target append here (e.g. aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user).
 TOOLCHAINS := gcc:gcc
+# arm64 target: cross compiler, binutils (objdump in the NEON test), user-mode qemu, CMake for the export
+TOOLCHAINS += aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu aarch64-linux-gnu-objdump:binutils-aarch64-linux-gnu qemu-aarch64:qemu-user cmake:cmake
 # Debian packages that provide no command of their own but are needed too (e.g. newlib).
 TOOLCHAIN_EXTRA_PACKAGES :=
 
