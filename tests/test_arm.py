@@ -249,3 +249,16 @@ def test_model_error_code_is_reported(tmp_cache):
                      launcher=runner.launcher)
     with pytest.raises(ToolchainError, match="exited with status 11"):
         bad(_feeds(9, 4, seed=0))
+
+
+def test_openmp_build_links_static_libgomp(tmp_cache, monkeypatch):
+    """KILN_ARM_OPENMP=1: parallel loops become OpenMP threads, libgomp linked statically."""
+    need_arm()
+    monkeypatch.setenv("KILN_ARM_OPENMP", "1")
+    model = models.resnet_style(18, image=32)
+    compiled = kiln.compile(model, target="arm64")
+    assert "KILN_PARALLEL_FOR\n" in compiled.source()
+    binary = compiled.build().binary
+    assert b"GOMP_parallel" in binary.read_bytes()
+    feeds = models.example_inputs(model, seed=5)
+    assert_close(compiled.run(feeds), ort_run(model, feeds), rtol=1e-3, atol=1e-4)
