@@ -262,3 +262,21 @@ def test_openmp_build_links_static_libgomp(tmp_cache, monkeypatch):
     assert b"GOMP_parallel" in binary.read_bytes()
     feeds = models.example_inputs(model, seed=5)
     assert_close(compiled.run(feeds), ort_run(model, feeds), rtol=1e-3, atol=1e-4)
+
+
+def test_snapshot_neon_gemm_bias_relu():
+    """arm64's capabilities are fixed (not read from this machine): the source is stable."""
+    from tests.test_codegen import check_snapshot, gemm_bias_relu
+
+    m = kiln.compile(gemm_bias_relu(), target="arm64")
+    assert m.kernel_count == 1
+    check_snapshot("neon_gemm_bias_relu.c", m.source())
+
+
+def test_rejected_source_is_a_toolchain_error_with_the_lines(tmp_cache):
+    require_toolchain("aarch64-linux-gnu-gcc")
+    from kiln.targets.arm import build_static_binary
+
+    files = {"model.c": "int ok(void) { return 0; }\nint broken(void) { return undeclared; }\n"}
+    with pytest.raises(ToolchainError, match=r"(?s)rejected the generated code.*2 \| int broken"):
+        build_static_binary(files, ["model.c"], [])

@@ -24,7 +24,7 @@ from typing import Callable
 
 from kiln.codegen.c import C_PRELUDE, CRenderer
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, free_vars, linear_terms, walk
+from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, children, free_vars, linear_terms, walk
 from kiln.ir.loop import PARALLEL, UNROLLED, VECTORIZED, For, Store
 
 
@@ -316,17 +316,11 @@ def _unconditional_loads(e: Expr, v: Var) -> set[Load]:
         if isinstance(x, Select) and v.name in free_vars(x.cond):
             go(x.cond)  # a per-lane condition: its branches are not read for every lane
             return
-        for c in _children(x):
+        for c in children(x):
             go(c)
 
     go(e)
     return out
-
-
-def _children(e: Expr):
-    from kiln.ir.expr import children
-
-    return children(e)
 
 
 NEON_PRELUDE = """\
