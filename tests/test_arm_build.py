@@ -222,3 +222,37 @@ def test_make_test_installs_the_arm_toolchains():
     line = " ".join(x for x in makefile.splitlines() if x.startswith("TOOLCHAINS "))
     for tool in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-objdump", "qemu-aarch64", "cmake"):
         assert f"{tool}:{TOOLCHAIN_PACKAGES[tool]}" in line, tool
+
+
+def test_cli_run_on_arm64(tmp_path, tmp_cache):
+    """`kiln run MODEL --target arm64` compiles, runs under qemu and writes the outputs."""
+    require_toolchain("aarch64-linux-gnu-gcc")
+    require_toolchain("qemu-aarch64")
+    import onnx
+
+    from kiln.cli import cli
+
+    model = models.small_cnn()
+    onnx.save(model, str(tmp_path / "cnn.onnx"))
+    feeds = models.example_inputs(model, seed=6)
+    np.savez(tmp_path / "in.npz", **feeds)
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "cnn.onnx"), "--target", "arm64", "--inputs",
+                                      str(tmp_path / "in.npz"), "--outputs", str(tmp_path / "out.npz")])
+    assert result.exit_code == 0, result.output
+    got = dict(np.load(tmp_path / "out.npz"))
+    assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)
+
+
+def test_sanitized_host_build_catches_an_overrun(tmp_path):
+    """The harness can fail: a tail loop made to read one element too far is reported."""
+    from kiln.errors import ToolchainError
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [10])],
+                       [("y", np.float32, [10])])
+    compiled = kiln.compile(model, target="arm64")
+    assert "for (; i0 < 10; ++i0)" in compiled.source()  # two vectors, then lanes 8 and 9
+    compiled.result.source.files["model.c"] = compiled.source().replace("for (; i0 < 10; ++i0)",
+                                                                        "for (; i0 <= 10; ++i0)")
+    run = dict(sanitized_runs(compiled, tmp_path))["address"]
+    with pytest.raises(ToolchainError, match="heap-buffer-overflow"):
+        run({"x": np.ones(10, np.float32)})
