@@ -15,6 +15,8 @@ BENCH_ARGS ?=
 # target append here (e.g. aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64:qemu-user).
 TOOLCHAINS := gcc:gcc cmake:cmake arm-none-eabi-gcc:gcc-arm-none-eabi qemu-system-arm:qemu-system-arm
 TOOLCHAINS += chromium:chromium
+# arm64 target: cross compiler, binutils (objdump in the NEON test), user-mode qemu
+TOOLCHAINS += aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu aarch64-linux-gnu-objdump:binutils-aarch64-linux-gnu qemu-aarch64:qemu-user
 # Tools no Debian package provides here (nvcc: NVIDIA's CUDA toolkit under /usr/local/cuda, on
 # every machine per DESIGN.md); `make toolchains` fails with a hint when one is missing.
 VENDOR_TOOLCHAINS := nvcc

@@ -24,6 +24,9 @@ TOOLCHAIN_PACKAGES = {
     "cc": "gcc",
     "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu",
     "qemu-aarch64": "qemu-user",
+    "aarch64-linux-gnu-objdump": "binutils-aarch64-linux-gnu",
+    "aarch64-linux-gnu-nm": "binutils-aarch64-linux-gnu",
+    "cmake": "cmake",
     "arm-none-eabi-gcc": "gcc-arm-none-eabi",
     "qemu-system-arm": "qemu-system-arm",
     "nvcc": "nvidia-cuda-toolkit",  # here NVIDIA's own toolkit (/usr/local/cuda): Makefile VENDOR_TOOLCHAINS
