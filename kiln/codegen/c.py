@@ -349,10 +349,12 @@ KILN_SIMD float log1pf(float); KILN_SIMD float expm1f(float); KILN_SIMD float po
 #endif
 
 /* max/min reductions that keep NaN (the helpers are defined with the kernels that use them) */
+#ifdef _OPENMP
 #pragma omp declare reduction(kiln_rmaxf : float : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
 #pragma omp declare reduction(kiln_rminf : float : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
 #pragma omp declare reduction(kiln_rmax_d : double : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
 #pragma omp declare reduction(kiln_rmin_d : double : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
+#endif
 
 static inline int64_t kiln_floordiv(int64_t a, int64_t b) {
   int64_t q = a / b;

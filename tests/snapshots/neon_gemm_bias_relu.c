@@ -30,6 +30,14 @@ KILN_SIMD float asinhf(float); KILN_SIMD float acoshf(float); KILN_SIMD float at
 KILN_SIMD float log1pf(float); KILN_SIMD float expm1f(float); KILN_SIMD float powf(float, float);
 #endif
 
+/* max/min reductions that keep NaN (the helpers are defined with the kernels that use them) */
+#ifdef _OPENMP
+#pragma omp declare reduction(kiln_rmaxf : float : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(kiln_rminf : float : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
+#pragma omp declare reduction(kiln_rmax_d : double : omp_out = (omp_out > omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(kiln_rmin_d : double : omp_out = (omp_out < omp_in || omp_out != omp_out) ? omp_out : omp_in) initializer(omp_priv = INFINITY)
+#endif
+
 static inline int64_t kiln_floordiv(int64_t a, int64_t b) {
   int64_t q = a / b;
   return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
@@ -55,13 +63,13 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
         #pragma GCC unroll 6
         for (int64_t i0_i = 0; i0_i < 6; ++i0_i) {
           for (int64_t i1_i = 0; i1_i < 8; i1_i += 4) {
-            vst1q_f32(&acc0[i0_i][i1_i], vfmaq_f32(vld1q_f32(&acc0[i0_i][i1_i]), vdupq_n_f32(in0[(((i0_o * INT64_C(6)) + i0_i)) * 8 + i2]), vld1q_f32(&in1[(i2) * 16 + ((i1_o * INT64_C(8)) + i1_i)])));
+            vst1q_f32(&acc0[i0_i][i1_i], vfmaq_f32(vld1q_f32(&acc0[i0_i][i1_i]), vdupq_n_f32(in0[((((i0_o * INT64_C(6)) + i0_i) * INT64_C(8)) + i2)]), vld1q_f32(&in1[((i2 * INT64_C(16)) + ((i1_o * INT64_C(8)) + i1_i))])));
           }
         }
       }
       for (int64_t i0_i_wb = 0; i0_i_wb < 6; ++i0_i_wb) {
         for (int64_t i1_i_wb = 0; i1_i_wb < 8; i1_i_wb += 4) {
-          vst1q_f32(&out0[(((i0_o * INT64_C(6)) + i0_i_wb)) * 16 + ((i1_o * INT64_C(8)) + i1_i_wb)], vbslq_f32(vcgtq_f32(vdupq_n_f32(0.0f), vaddq_f32(vld1q_f32(&acc0[i0_i_wb][i1_i_wb]), vld1q_f32(&in2[((i1_o * INT64_C(8)) + i1_i_wb)]))), vdupq_n_f32(0.0f), vaddq_f32(vld1q_f32(&acc0[i0_i_wb][i1_i_wb]), vld1q_f32(&in2[((i1_o * INT64_C(8)) + i1_i_wb)]))));
+          vst1q_f32(&out0[((((i0_o * INT64_C(6)) + i0_i_wb) * INT64_C(16)) + ((i1_o * INT64_C(8)) + i1_i_wb))], vbslq_f32(vcgtq_f32(vdupq_n_f32(0.0f), vaddq_f32(vld1q_f32(&acc0[i0_i_wb][i1_i_wb]), vld1q_f32(&in2[((i1_o * INT64_C(8)) + i1_i_wb)]))), vdupq_n_f32(0.0f), vaddq_f32(vld1q_f32(&acc0[i0_i_wb][i1_i_wb]), vld1q_f32(&in2[((i1_o * INT64_C(8)) + i1_i_wb)]))));
         }
       }
     }
