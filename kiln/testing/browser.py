@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -98,6 +99,14 @@ def run_in_browser(bundle_dir, inputs: dict[str, np.ndarray], timeout: float = 1
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             finished = state["done"].wait(timeout)
+            # the page POSTs its result before Chromium's log has the console line: give the
+            # log a moment (a loaded machine delays it) before the browser is killed
+            deadline = time.monotonic() + 10
+            while finished and time.monotonic() < deadline:
+                log.seek(0)
+                if "KILN_RESULT" in log.read():
+                    break
+                time.sleep(0.1)
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)  # the browser and the helpers it started
