@@ -289,3 +289,25 @@ def test_split_index_recombines():
         assert (v // k) * k + v % k == v
 
     holds()
+
+
+def test_invariant_loads_leave_the_vector_loop():
+    """Before: out[r, i] = x[r, i] - m[r] in a vectorized i loop. Expected: m[r] read once into
+    a local scalar before the loop; a load under a Select branch and a written buffer stay."""
+    from kiln.ir.expr import Const, Load, Select, Var
+    from kiln.ir.loop import VECTORIZED, Alloc, Buffer, For, Func, Store, format_func, walk_stmts
+    from kiln.passes.hoist_loads import hoist_invariant_loads
+
+    f32 = DType.float32
+    r, i = Var("r"), Var("i")
+    x, m, g, out = (Buffer("x", (4, 8), f32), Buffer("m", (4,), f32), Buffer("g", (4,), f32),
+                    Buffer("out", (4, 8), f32))
+    picked = Select(i.lt(Const(4, DType.int64)), Load("x", (r, i), f32), Load("g", (r,), f32))  # g: some lanes
+    value = picked - Load("m", (r,), f32)
+    body = For(r, 4, For(i, 8, Store("out", (r, i), value), VECTORIZED))
+    after = hoist_invariant_loads(Func("k", (x, m, g, out), body))
+    allocs = [s.buffer.name for s in walk_stmts(after.body) if isinstance(s, Alloc)]
+    assert allocs == ["m_h1"], format_func(after)
+    loop = next(s for s in walk_stmts(after.body) if isinstance(s, For) and s.var.name == "i")
+    loads = {x_.buffer for x_ in walk(loop.body.value) if isinstance(x_, Load)}
+    assert loads == {"x", "m_h1", "g"}

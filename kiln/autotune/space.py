@@ -31,7 +31,7 @@ from kiln.ir.compute import Stage
 from kiln.ir.loop import Alloc, For, Func, Seq, walk_stmts
 from kiln.ir.schedule import Schedule
 from kiln.passes import default_schedule as rules
-from kiln.passes.simplify_loops import simplify_loop_indices
+from kiln.passes.hoist_loads import cleanup_loops
 
 KNOBS = ("row_tile", "col_tile", "row_block", "col_block", "k_split", "unroll_k",
          "unroll_rows", "vectorize", "parallel")
@@ -246,7 +246,7 @@ class Candidate:
     @classmethod
     def of(cls, space: "DesignSpace", decisions: dict) -> "Candidate":
         sch = space.apply(decisions)
-        return cls(dict(decisions), sch.trace, simplify_loop_indices(sch.func))
+        return cls(dict(decisions), sch.trace, cleanup_loops(sch.func))
 
     @property
     def key(self) -> str:
@@ -273,7 +273,7 @@ class Candidate:
 def apply_trace(func: Func, trace) -> Func:
     """Replay a tuning record on a kernel's unscheduled loop IR, as the compiler does."""
     sch = Schedule.replay(func, trace)
-    return simplify_loop_indices(sch.func)
+    return cleanup_loops(sch.func)
 
 
 __all__ = ["Candidate", "DesignSpace", "KNOBS", "apply_trace", "canonical", "divisors", "has_space"]

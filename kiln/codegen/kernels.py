@@ -109,7 +109,7 @@ def _tuned_schedule(func: Func, tuned) -> Schedule | None:
     import warnings
 
     from kiln.errors import ScheduleError, TuningWarning
-    from kiln.passes.simplify_loops import simplify_loop_indices
+    from kiln.passes.hoist_loads import cleanup_loops
 
     record = tuned(func)
     if record is None:
@@ -120,7 +120,7 @@ def _tuned_schedule(func: Func, tuned) -> Schedule | None:
         warnings.warn(f"tuning record for {func.name} does not replay ({e}); using the default schedule",
                       TuningWarning, stacklevel=2)
         return None
-    sch.func = simplify_loop_indices(sch.func)
+    sch.func = cleanup_loops(sch.func)
     return sch
 
 

@@ -18,7 +18,7 @@ from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
-from kiln.passes.simplify_loops import simplify_loop_indices
+from kiln.passes.hoist_loads import cleanup_loops
 
 PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
 TARGET_PARALLEL_EXTENT = 16   # fuse outer loops until there are this many parallel chunks
@@ -115,7 +115,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         else:
             _injective(sch, spatial, work)
     _vectorize_scalar_reductions(sch)
-    sch.func = simplify_loop_indices(sch.func)  # a cleanup, not a primitive: traces stay the same
+    sch.func = cleanup_loops(sch.func)
     return sch
 
 

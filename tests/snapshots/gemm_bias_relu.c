@@ -52,9 +52,11 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
       for (int64_t i2 = 0; i2 < 8; ++i2) {
         #pragma GCC unroll 6
         for (int64_t i0_i = 0; i0_i < 6; ++i0_i) {
+          float in0_h1;
+          in0_h1 = in0[((((i0_o * INT64_C(6)) + i0_i) * INT64_C(8)) + i2)];
           #pragma omp simd
           for (int64_t i1_i = 0; i1_i < 16; ++i1_i) {
-            acc0[i0_i][i1_i] = (acc0[i0_i][i1_i] + (in0[((((i0_o * INT64_C(6)) + i0_i) * INT64_C(8)) + i2)] * in1[((i2 * INT64_C(16)) + ((i1_o * INT64_C(16)) + i1_i))]));
+            acc0[i0_i][i1_i] = (acc0[i0_i][i1_i] + (in0_h1 * in1[((i2 * INT64_C(16)) + ((i1_o * INT64_C(16)) + i1_i))]));
           }
         }
       }

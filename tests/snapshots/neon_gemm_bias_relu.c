@@ -62,8 +62,10 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
       for (int64_t i2 = 0; i2 < 8; ++i2) {
         #pragma GCC unroll 6
         for (int64_t i0_i = 0; i0_i < 6; ++i0_i) {
+          float in0_h1;
+          in0_h1 = in0[((((i0_o * INT64_C(6)) + i0_i) * INT64_C(8)) + i2)];
           for (int64_t i1_i = 0; i1_i < 8; i1_i += 4) {
-            vst1q_f32(&acc0[i0_i][i1_i], vfmaq_f32(vld1q_f32(&acc0[i0_i][i1_i]), vdupq_n_f32(in0[((((i0_o * INT64_C(6)) + i0_i) * INT64_C(8)) + i2)]), vld1q_f32(&in1[((i2 * INT64_C(16)) + ((i1_o * INT64_C(8)) + i1_i))])));
+            vst1q_f32(&acc0[i0_i][i1_i], vfmaq_f32(vld1q_f32(&acc0[i0_i][i1_i]), vdupq_n_f32(in0_h1), vld1q_f32(&in1[((i2 * INT64_C(16)) + ((i1_o * INT64_C(8)) + i1_i))])));
           }
         }
       }
