@@ -161,11 +161,15 @@ target_option = click.option(
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the version and exit.")
 def cli() -> None:
-    """Kiln: compile ONNX models into self-contained C code, run and benchmark it.
+    """Kiln: compile ONNX models into tuned kernels and self-contained source for CPUs, Arm
+    (NEON), NVIDIA GPUs (CUDA), browsers (WebGPU) and microcontrollers (C99); run, tune,
+    quantize and benchmark them.
 
     \b
     Examples:
       kiln compile model.onnx --target host -o build/model
+      kiln compile model.onnx --target cortex-m4 --sram-budget 256K -o build/mcu
+      kiln tune model.onnx --target host --trials 256 --db tuning/
       kiln run build/model --target host --inputs in.npz --outputs out.npz
       kiln inspect model.onnx --print-ir-after fuse
       kiln bench model.onnx --target host --against ort,tvm
