@@ -30,7 +30,6 @@ TOOLCHAIN_PACKAGES = {
     "arm-none-eabi-gcc": "gcc-arm-none-eabi",
     "qemu-system-arm": "qemu-system-arm",
     "nvcc": "nvidia-cuda-toolkit",  # here NVIDIA's own toolkit (/usr/local/cuda): Makefile VENDOR_TOOLCHAINS
-    "cmake": "cmake",
     "chromium": "chromium",
 }
 
