@@ -20,7 +20,6 @@ projects are single-threaded unless configured with ``-DKILN_OPENMP=ON``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ import numpy as np
 from kiln.errors import ToolchainError
 from kiln.ir.symbolic import evaluate
 from kiln.targets.base import ModelSource, Target
+from kiln.targets.build_cache import build_cached, source_digest
 from kiln.targets.host import _excerpt, cache_dir, check_inputs
 
 CC = os.environ.get("KILN_ARM_CC", "aarch64-linux-gnu-gcc")
@@ -68,26 +68,19 @@ def build_static_binary(files: dict[str, str], sources: list[str], flags: list[s
     """Cross-compile ``sources`` (names in ``files``) into a cached static AArch64 executable."""
     cc = tool_path(CC)
     cmd_flags = CFLAGS + list(flags) + ["-static"]
-    h = hashlib.sha256(" ".join([cc, *cmd_flags, *sources]).encode())
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    out = cache_dir() / f"kiln_arm64_{h.hexdigest()[:24]}"
-    if out.exists():
-        return out
-    with tempfile.TemporaryDirectory(prefix="kiln_arm_build_") as tmp:
-        for name, text in files.items():
-            Path(tmp, name).write_text(text)
-        exe = Path(tmp, "model_main")
-        cmd = [cc, *cmd_flags, "-o", str(exe), *[str(Path(tmp, s)) for s in sources], "-lm"]
+    out = cache_dir() / f"kiln_arm64_{source_digest([cc, *cmd_flags, *sources], files)}"
+
+    def compile_in(tmp: Path) -> Path:
+        exe = tmp / "model_main"
+        cmd = [cc, *cmd_flags, "-o", str(exe), *[str(tmp / s) for s in sources], "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise ToolchainError(
                 f"{CC} rejected the generated code ({' '.join(cmd_flags)}):\n{proc.stderr.strip()[:4000]}\n\n"
                 f"--- model.c ---\n{_excerpt(files['model.c'], proc.stderr)}")
-        tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
-        shutil.move(str(exe), tmp_out)
-        os.replace(tmp_out, out)  # atomic: concurrent builds of one model are safe
-    return out
+        return exe
+
+    return build_cached(out, files, compile_in, prefix="kiln_arm_build_")
 
 
 class FileRunner:

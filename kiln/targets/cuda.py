@@ -13,12 +13,10 @@ arrays from ``run_device``; ``time`` measures with CUDA events.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from kiln.codegen.templates import numbered
 from kiln.errors import InputError, TargetError, ToolchainError
 from kiln.ir.symbolic import evaluate
 from kiln.targets.base import ModelSource, Target, manifest
+from kiln.targets.build_cache import build_cached, source_digest
 from kiln.targets.host import cache_dir, check_inputs
 
 NVCC = os.environ.get("KILN_NVCC", "nvcc")
@@ -54,13 +53,6 @@ def nvcc_path() -> str:
     return path
 
 
-def _digest(files: dict[str, str], cmd: list[str]) -> str:
-    h = hashlib.sha256(" ".join(cmd).encode())
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    return h.hexdigest()[:24]
-
-
 def nvcc_build(files: dict[str, str], archs=ARCHS, kind: str = "shared", main: str = "model.cu") -> Path:
     """Compile ``main`` with nvcc, cached by hash: ``shared`` is a loadable library,
     ``object`` an object file (the CI check: both archs in one call), ``ptx``/``cubin``
@@ -77,23 +69,17 @@ def nvcc_build(files: dict[str, str], archs=ARCHS, kind: str = "shared", main: s
         arch_flags = gencode_flags(archs)
     cmd = [nvcc, *NVCC_FLAGS, *arch_flags, *mode[kind]]
     suffix = {"shared": ".so", "object": ".o", "ptx": ".ptx", "cubin": ".cubin"}[kind]
-    out = cache_dir() / f"kiln_cuda_{_digest(files, cmd)}{suffix}"
-    if out.exists():
-        return out
-    with tempfile.TemporaryDirectory(prefix="kiln_nvcc_") as tmp:
-        for name, text in files.items():
-            Path(tmp, name).parent.mkdir(parents=True, exist_ok=True)
-            Path(tmp, name).write_text(text)
-        target = Path(tmp, "out" + suffix)
-        proc = subprocess.run([*cmd, "-o", str(target), str(Path(tmp, main))], capture_output=True,
-                              text=True, cwd=tmp)
+    out = cache_dir() / f"kiln_cuda_{source_digest(cmd, files)}{suffix}"
+
+    def compile_in(tmp: Path) -> Path:
+        target = tmp / ("out" + suffix)
+        proc = subprocess.run([*cmd, "-o", str(target), str(tmp / main)], capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0:
             raise ToolchainError(f"nvcc rejected the generated code:\n{proc.stderr.strip()[:4000]}\n\n"
                                  f"--- {main} ---\n{_excerpt(files[main], proc.stderr)}")
-        tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
-        shutil.move(str(target), tmp_out)
-        os.replace(tmp_out, out)
-    return out
+        return target
+
+    return build_cached(out, files, compile_in, prefix="kiln_nvcc_")
 
 
 def _excerpt(source: str, stderr: str, context: int = 4) -> str:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from kiln.codegen.templates import numbered
 from kiln.errors import InputError, ToolchainError
 from kiln.ir.symbolic import evaluate
 from kiln.targets.base import ModelSource, Target, manifest
+from kiln.targets.build_cache import build_cached, source_digest
 
 CC = os.environ.get("KILN_CC", "gcc")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
@@ -73,28 +72,18 @@ def build_shared_library(files: dict[str, str], main: str = "model.c", extra_fla
     """Compile the given sources (name -> text) into a cached shared library."""
     cc = compiler_path()
     flags = CFLAGS + list(extra_flags)
-    h = hashlib.sha256()
-    h.update(" ".join([cc] + flags).encode())
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    digest = h.hexdigest()[:24]
-    out = cache_dir() / f"libkiln_{digest}.so"
-    if out.exists():
-        return out
-    with tempfile.TemporaryDirectory(prefix="kiln_build_") as tmp:
-        for name, text in files.items():
-            Path(tmp, name).write_text(text)
-        lib = Path(tmp, "lib.so")
-        cmd = [cc, *flags, "-o", str(lib), str(Path(tmp, main)), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+    out = cache_dir() / f"libkiln_{source_digest([cc, *flags], files)}.so"
+
+    def compile_in(tmp: Path) -> Path:
+        lib = tmp / "lib.so"
+        proc = subprocess.run([cc, *flags, "-o", str(lib), str(tmp / main), "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise ToolchainError(
                 f"{CC} rejected the generated code:\n{proc.stderr.strip()}\n\n"
                 f"--- {main} ---\n{_excerpt(files[main], proc.stderr)}")
-        tmp_out = out.with_suffix(f".{os.getpid()}.tmp")
-        shutil.move(str(lib), tmp_out)
-        os.replace(tmp_out, out)  # atomic: concurrent builds of one model are safe
-    return out
+        return lib
+
+    return build_cached(out, files, compile_in)
 
 
 def _excerpt(source: str, stderr: str, context: int = 4) -> str:
