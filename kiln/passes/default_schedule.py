@@ -32,6 +32,7 @@ class Capabilities:
     vector_registers: int = 16
     threads: int = 2
     nchwc: bool = True  # convolutions in blocked NCHW{lanes}c layout (CPUs with SIMD)
+    pack_matmul: bool = True  # matmul B in column panels of the register tile's width (CPUs)
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -109,7 +110,8 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             continue
         work = _size(st.shape) * _reduce_work(st)
         if st.has_reduce and "tile" in st.hints:
-            tile_reduction(sch, spatial, st.hints["tile"], work, caps.tile(st.dtype.itemsize))
+            tile_reduction(sch, spatial, st.hints["tile"], work, caps.tile(st.dtype.itemsize),
+                           panel_outer=bool(st.hints.get("panel_outer")))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)
         else:
@@ -177,15 +179,19 @@ def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> No
                 return
 
 
-def tile_reduction(sch: Schedule, spatial, tile, work, sizes: tuple[int, int]) -> None:
+def tile_reduction(sch: Schedule, spatial, tile, work, sizes: tuple[int, int],
+                   panel_outer: bool = False) -> None:
+    """``panel_outer``: the column-tile loop runs outside the row-tile loop (a packed B
+    panel stays in cache while the row tiles stream past it)."""
     _split_reductions_at_index_divisors(sch, spatial[0][0])
     row_ax, col_ax = tile
     (row, row_n), (col, col_n) = spatial[row_ax], spatial[col_ax]
     ro, ri = sch.split(row, largest_divisor(row_n, sizes[0]))
     co, ci = sch.split(col, largest_divisor(col_n, sizes[1]))
+    first, second = (co, ro) if panel_outer else (ro, co)
     order = []
     for name, _ in spatial:
-        order.append(ro if name == row else co if name == col else name)
+        order.append(first if name == row else second if name == col else name)
     order += [ri, ci]
     sch.reorder(*order)
     sch.decompose_reduction(ri)

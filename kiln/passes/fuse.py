@@ -100,9 +100,9 @@ def _prologues(node, group_of, consumers, producers, outputs) -> list[Group]:
         p = g.nodes[0]
         if p.op == "to_nchwc" and node.op == "conv_nchwc" and pos == 0 and not through_view:
             found.append(g)
-        elif p.op == "transpose" and node.op == "matmul":
+        elif p.op == "transpose" and node.op in ("matmul", "matmul_packed"):
             perm = tuple(p.attrs["perm"])
-            if pos == 0 or perm[-1] == len(perm) - 1:
+            if pos == 0 or (node.op == "matmul" and perm[-1] == len(perm) - 1):
                 found.append(g)
     return found
 

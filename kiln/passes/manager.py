@@ -22,6 +22,7 @@ from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_alge
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.layout import to_nchwc
+from kiln.passes.pack_matmul import pack_matmuls
 from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
@@ -38,7 +39,8 @@ GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("materialize_outputs", materialize_output_views),
 ]
 _GRAPH_STAGES = [n for n, _ in GRAPH_PASSES]
-# "layout" (NCHWc for convolutions) runs after "dce": it needs the target's vector width.
+# "layout" (NCHWc for convolutions, matmul B in panels) runs after "dce": it needs the
+# target's vector width.
 STAGES = (["import"] + _GRAPH_STAGES[: _GRAPH_STAGES.index("dce") + 1] + ["layout"]
           + _GRAPH_STAGES[_GRAPH_STAGES.index("dce") + 1:] + ["fuse", "lower", "schedule", "memory_plan", "codegen"])
 
@@ -79,6 +81,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
         if name == "dce":
             if caps.nchwc:
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
+            if caps.pack_matmul:
+                graph = pack_matmuls(graph, caps.tile()[1]).verify()
             snap("layout", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))

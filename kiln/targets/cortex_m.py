@@ -94,7 +94,7 @@ class CortexMTarget(Target):
     def capabilities(self):
         from kiln.passes.default_schedule import Capabilities
 
-        return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False)
+        return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False, pack_matmul=False)
 
     def prepare_graph(self, graph):
         from kiln.passes.integer_io import integer_io

@@ -202,7 +202,7 @@ class CudaTarget(Target):
 
         # the CPU rules still run (the tuner's traces replay on them), but the CUDA
         # renderer plans from the unscheduled loop IR; no NCHWc layout on a GPU
-        return Capabilities(vector_bytes=16, vector_registers=32, threads=1, nchwc=False)
+        return Capabilities(vector_bytes=16, vector_registers=32, threads=1, nchwc=False, pack_matmul=False)
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.cuda import generate_cuda_model

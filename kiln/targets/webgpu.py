@@ -33,7 +33,7 @@ class WebGPUTarget(Target):
 
         # The CPU schedule is not used for the shaders (gpu_schedule rebinds the unscheduled
         # loops); plain NCHW keeps convolutions in the layout the GPU rules expect.
-        return Capabilities(vector_bytes=16, vector_registers=16, threads=1, nchwc=False)
+        return Capabilities(vector_bytes=16, vector_registers=16, threads=1, nchwc=False, pack_matmul=False)
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.wgsl_model import build_webgpu_model

@@ -51,8 +51,8 @@ static inline int64_t kiln_fmod(int64_t a, int64_t b) { return a % b; }
 
 /* kernel_0: writes y (relu) */
 static void kernel_0(const float* restrict in0, const float* restrict in1, const float* restrict in2, float* restrict out0) {
-  for (int64_t i0_o = 0; i0_o < 2; ++i0_o) {
-    for (int64_t i1_o = 0; i1_o < 2; ++i1_o) {
+  for (int64_t i1_o = 0; i1_o < 2; ++i1_o) {
+    for (int64_t i0_o = 0; i0_o < 2; ++i0_o) {
       float acc0[6][8] __attribute__((aligned(64)));
       for (int64_t i0_i_init = 0; i0_i_init < 6; ++i0_i_init) {
         for (int64_t i1_i_init = 0; i1_i_init < 8; i1_i_init += 4) {
@@ -65,7 +65,7 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
           float in0_h1;
           in0_h1 = in0[((((i0_o * INT64_C(6)) + i0_i) * INT64_C(8)) + i2)];
           for (int64_t i1_i = 0; i1_i < 8; i1_i += 4) {
-            vst1q_f32(&acc0[i0_i][i1_i], vfmaq_f32(vld1q_f32(&acc0[i0_i][i1_i]), vdupq_n_f32(in0_h1), vld1q_f32(&in1[((i2 * INT64_C(16)) + ((i1_o * INT64_C(8)) + i1_i))])));
+            vst1q_f32(&acc0[i0_i][i1_i], vfmaq_f32(vld1q_f32(&acc0[i0_i][i1_i]), vdupq_n_f32(in0_h1), vld1q_f32(&in1[((((i1_o * INT64_C(8)) + i2) * INT64_C(8)) + i1_i)])));
           }
         }
       }
@@ -99,7 +99,7 @@ int kiln_model_run(void* const* inputs, void* const* outputs, const void* weight
   const char* W = (const char*)weights;
   char* A = (char*)arena;
   (void)W; (void)A; (void)dims;
-  KILN_TIMED(0, kernel_0((const float*)inputs[0], (const float*)(W + 0), (const float*)(W + 512), (float*)outputs[0]));
+  KILN_TIMED(0, kernel_0((const float*)inputs[0], (const float*)(W + 64), (const float*)(W + 0), (float*)outputs[0]));
   return 0;
 }
 

@@ -1,0 +1,76 @@
+"""Pack matmul B operands into column panels (``kiln/ir/ops/packed.py`` says why).
+
+A ``matmul`` whose B has a static N that is a multiple of the register tile's column count
+(two vectors: 32 floats with AVX-512, 16 with AVX2, 8 with NEON) and spans more than one
+panel becomes ``matmul_packed``:
+- constant B (weights): packed here, at compile time, into a new constant;
+- computed B: a ``pack_panels`` node packs it at run time, only when the matmul is large
+  enough for the copy (K x N) to pay for itself against the M x K x N multiply-adds, and
+  B's rows are long enough to thrash L1 when read with their row stride.
+Results are bit-identical: the multiply-adds are the same, in the same order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir import ops
+from kiln.ir.dtype import DType
+from kiln.ir.graph import Graph, Node, Value
+from kiln.ir.ops import packed as _packed_ops  # noqa: F401  (registers the packed ops)
+
+# A computed B is packed only when each panel is reused by at least this many rows of A ...
+RUNTIME_PACK_MIN_ROWS = 64
+# ... and a row of B is at least this long: shorter rows sit in few cache lines anyway.
+RUNTIME_PACK_MIN_ROW_BYTES = 2048
+
+PACKABLE_DTYPES = (DType.float32,)
+
+
+def pack_panels(b: np.ndarray, panel: int) -> np.ndarray:
+    """(..., K, N) -> (..., N/panel, K, panel), as the ``pack_panels`` op computes it."""
+    *batch, k, n = b.shape
+    split = b.reshape(*batch, k, n // panel, panel)
+    return np.ascontiguousarray(np.moveaxis(split, -2, -3))
+
+
+def _packable(node: Node, types, constants, panel: int) -> str | None:
+    """"constant" or "runtime" when ``node`` should use packed B, else None."""
+    if node.op != "matmul":
+        return None
+    a, b = types[node.inputs[0]], types[node.inputs[1]]
+    n = b.shape[-1]
+    if b.dtype not in PACKABLE_DTYPES or not isinstance(n, int) or n % panel or n <= panel:
+        return None
+    if node.inputs[1] in constants:
+        return "constant"
+    m, k = a.shape[-2], b.shape[-2]
+    if (isinstance(m, int) and m >= RUNTIME_PACK_MIN_ROWS and isinstance(k, int)
+            and n * b.dtype.itemsize >= RUNTIME_PACK_MIN_ROW_BYTES):
+        return "runtime"
+    return None
+
+
+def pack_matmuls(graph: Graph, panel: int) -> Graph:
+    types = graph.value_types()
+    constants = dict(graph.constants)
+    nodes: list[Node] = []
+    packed_of: dict[str, str] = {}  # B -> its packed value (several matmuls may share one B)
+    for node in graph.nodes:
+        kind = _packable(node, types, constants, panel)
+        if kind is None:
+            nodes.append(node)
+            continue
+        b = node.inputs[1]
+        if b not in packed_of:
+            name = f"{b}__panels{panel}"
+            if kind == "constant":
+                constants[name] = pack_panels(constants[b], panel)
+            else:
+                t = ops.infer_types("pack_panels", [types[b]], {"panel": panel})[0]
+                nodes.append(Node("pack_panels", (b,), (Value(name, t),), {"panel": panel}))
+            packed_of[b] = name
+        nodes.append(Node("matmul_packed", (node.inputs[0], packed_of[b]), node.outputs,
+                          {"panel": panel}, node.name))
+    used = {i for n in nodes for i in n.inputs}
+    return graph.replace(nodes=tuple(nodes), constants={k: v for k, v in constants.items() if k in used})
+

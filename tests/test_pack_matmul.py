@@ -1,0 +1,138 @@
+"""The pack_matmul pass: matmul B in column panels (Before/Expected), and its numerics."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import kiln
+from kiln.errors import ShapeError
+from kiln.ir import ops
+from kiln.ir.dtype import DType
+from kiln.ir.graph import Graph, Node, TensorType, Value
+from kiln.passes.fuse import fuse
+from kiln.passes.pack_matmul import pack_matmuls, pack_panels
+from kiln.targets.host import HostTarget
+from tests.test_passes import assert_graph_equal
+
+F = DType.float32
+
+
+def V(name, *shape, dtype=F):
+    return Value(name, TensorType(tuple(shape), dtype))
+
+
+def N(op, ins, outs, **attrs):
+    return Node(op, tuple(ins), tuple(outs), attrs)
+
+
+def test_pack_panels_layout():
+    b = np.arange(3 * 8, dtype=np.float32).reshape(3, 8)
+    p = pack_panels(b, 4)
+    assert p.shape == (2, 3, 4)
+    for panel in range(2):
+        np.testing.assert_array_equal(p[panel], b[:, panel * 4:(panel + 1) * 4])
+
+
+def test_constant_weight_is_packed_at_compile_time():
+    w = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
+    before = Graph((V("x", 4, 8),), (V("y", 4, 32),), (N("matmul", ["x", "w"], [V("y", 4, 32)]),), {"w": w})
+    expected = Graph((V("x", 4, 8),), (V("y", 4, 32),),
+                     (N("matmul_packed", ["x", "w__panels16"], [V("y", 4, 32)], panel=16),),
+                     {"w__panels16": pack_panels(w, 16)})
+    assert_graph_equal(pack_matmuls(before.verify(), 16).verify(), expected)
+
+
+def test_computed_b_gets_one_pack_node_shared_by_its_matmuls():
+    shape_b = (64, 512)
+    before = Graph((V("a", 64, 64), V("c", 64, 64), V("b", *shape_b)), (V("y", 64, 512), V("z", 64, 512)), (
+        N("matmul", ["a", "b"], [V("y", 64, 512)]),
+        N("matmul", ["c", "b"], [V("z", 64, 512)]),
+    ))
+    expected = Graph(before.inputs, before.outputs, (
+        N("pack_panels", ["b"], [V("b__panels32", 16, 64, 32)], panel=32),
+        N("matmul_packed", ["a", "b__panels32"], [V("y", 64, 512)], panel=32),
+        N("matmul_packed", ["c", "b__panels32"], [V("z", 64, 512)], panel=32),
+    ))
+    assert_graph_equal(pack_matmuls(before.verify(), 32).verify(), expected)
+
+
+@pytest.mark.parametrize("a_shape,b_shape,dtype,why", [
+    ((4, 8), (8, 24), F, "N not a multiple of the panel"),
+    ((4, 8), (8, 16), F, "a single panel: nothing to gain"),
+    ((8, 64), (64, 512), F, "computed B with too few rows of A to pay for the copy"),
+    ((128, 64), (64, 64), F, "computed B with short rows"),
+    ((64, 64), (64, 512), DType.float64, "not float32"),
+])
+def test_matmuls_left_alone(a_shape, b_shape, dtype, why):
+    m, n = a_shape[0], b_shape[1]
+    g = Graph((V("a", *a_shape, dtype=dtype), V("b", *b_shape, dtype=dtype)), (V("y", m, n, dtype=dtype),),
+              (N("matmul", ["a", "b"], [V("y", m, n, dtype=dtype)]),)).verify()
+    assert pack_matmuls(g, 16).nodes == g.nodes, why
+
+
+def test_packed_matmul_keeps_epilogues_and_a_transpose_prologue():
+    w = np.ones((8, 32), np.float32)
+    g = Graph((V("x", 8, 4),), (V("y", 4, 32),), (
+        N("transpose", ["x"], [V("xt", 4, 8)], perm=(1, 0)),
+        N("matmul", ["xt", "w"], [V("h", 4, 32)]),
+        N("relu", ["h"], [V("y", 4, 32)]),
+    ), {"w": w}).verify()
+    groups = [[n.op for n in grp.nodes] for grp in fuse(pack_matmuls(g, 16).verify())]
+    assert groups == [["transpose", "matmul_packed", "relu"]]
+
+
+def test_bad_packed_shapes_are_refused():
+    with pytest.raises(ShapeError, match="panel width 16"):
+        ops.infer_types("pack_panels", [TensorType((8, 24), F)], {"panel": 16})
+    with pytest.raises(ShapeError, match="inner dimensions differ"):
+        ops.infer_types("matmul_packed", [TensorType((4, 8), F), TensorType((2, 9, 16), F)], {"panel": 16})
+
+
+# -- numerics: bit-identical to the unpacked kernel ------------------------------------------------
+
+def _matmul_model(m, k, n, batch=(), const_b=False, seed=0):
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal((*batch, k, n)).astype(np.float32)
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [*batch, m, k])]
+    inits = []
+    if const_b:
+        inits.append(onnx.numpy_helper.from_array(b, "b"))
+    else:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, [*batch, k, n]))
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"]), helper.make_node("Relu", ["y"], ["z"])],
+                          "mm", inputs, [helper.make_tensor_value_info("z", TensorProto.FLOAT, [*batch, m, n])],
+                          inits)
+    feeds = {"a": rng.standard_normal((*batch, m, k)).astype(np.float32)}
+    if not const_b:
+        feeds["b"] = b
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), feeds, b
+
+
+def _ops(compiled) -> set[str]:
+    return {n.op for n in compiled.graph.nodes}
+
+
+class _Unpacked(HostTarget):
+    def capabilities(self):
+        return dataclasses.replace(super().capabilities(), pack_matmul=False)
+
+
+@pytest.mark.parametrize("m,k,n,batch,const_b", [
+    (64, 96, 512, (), False),       # runtime pack
+    (24, 40, 96, (), True),         # packed weights, rows not a multiple of the tile
+    (64, 32, 512, (3,), False),     # batched, B per batch
+    (5, 64, 256, (2,), True),       # batched A, packed batched weights
+])
+def test_packed_matmul_is_bit_identical_to_unpacked(m, k, n, batch, const_b):
+    model, feeds, b = _matmul_model(m, k, n, batch, const_b)
+    packed = kiln.compile(model, target="host")
+    assert "matmul_packed" in _ops(packed)
+    plain = kiln.compile(model, target=_Unpacked())
+    assert "matmul_packed" not in _ops(plain)
+    got, want = packed.run(feeds)["z"], plain.run(feeds)["z"]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, np.maximum(feeds["a"] @ b, 0), rtol=1e-4, atol=1e-4)
