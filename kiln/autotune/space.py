@@ -187,7 +187,7 @@ class DesignSpace:
             if i == self.index:
                 self._tile(sch, spatial, st.hints["tile"], d)
             elif st.has_reduce and "tile" in st.hints:
-                rules.tile_reduction(sch, spatial, st.hints["tile"], work, self.caps.tile(st.dtype.itemsize))
+                rules.tile_reduction(sch, spatial, st.hints, work, self.caps.tile(st.dtype.itemsize))
             elif st.has_reduce:
                 rules._parallel_outer(sch, spatial, work)
             else:

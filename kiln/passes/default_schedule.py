@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.ir.compute import Stage
-from kiln.ir.loop import For, Seq
+from kiln.ir.loop import For, Seq, walk_stmts
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
 from kiln.passes.hoist_loads import cleanup_loops
@@ -103,15 +103,21 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     plans = [(_nest_names(n), st) for n, st in zip(nests, stages)]
     if _row_wise(sch, plans, caps):
         plans = []
+    # A conv's padded input (its own stage) is computed row by row inside the conv's loops
+    # instead of in a pass of its own: written and read back while still in L1.
+    pads = {nxt.name: (loops, st) for (loops, st), (_, nxt) in zip(plans, plans[1:])
+            if st.tag == "pad" and "pad_at" in nxt.hints}
+    moved = {st.name for _, st in pads.values()}
     for loops, st in plans:
+        if st.name in moved:
+            continue
         rank = len(st.shape)
         spatial = loops[:rank]
         if not spatial:
             continue
         work = _size(st.shape) * _reduce_work(st)
         if st.has_reduce and "tile" in st.hints:
-            tile_reduction(sch, spatial, st.hints["tile"], work, caps.tile(st.dtype.itemsize),
-                           panel_outer=bool(st.hints.get("panel_outer")))
+            tile_reduction(sch, spatial, st.hints, work, caps.tile(st.dtype.itemsize), pad=pads.get(st.name))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)
         else:
@@ -179,27 +185,65 @@ def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> No
                 return
 
 
-def tile_reduction(sch: Schedule, spatial, tile, work, sizes: tuple[int, int],
-                   panel_outer: bool = False) -> None:
-    """``panel_outer``: the column-tile loop runs outside the row-tile loop (a packed B
-    panel stays in cache while the row tiles stream past it)."""
+def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, int], pad=None) -> None:
+    """Register tile of ``sizes`` (rows, columns) over the axes ``hints["tile"]`` names.
+
+    Optional hints:
+    - ``panel_outer``: the column-tile loop runs outside the row-tile loop (a packed B
+      panel stays in cache while the row tiles stream past it);
+    - ``col_block_axis``: the axis that counts blocks of the column axis (a blocked conv's
+      output-channel blocks). When one block is narrower than the tile's columns, the tile
+      takes several blocks: each input value loaded then feeds more accumulators;
+    - ``pad_at``: the axis in whose loop the padded input ``pad`` (its (loops, stage), from
+      the kernel's stage before) is computed, only the rows that iteration reads.
+    """
     _split_reductions_at_index_divisors(sch, spatial[0][0])
-    row_ax, col_ax = tile
+    row_ax, col_ax = hints["tile"]
     (row, row_n), (col, col_n) = spatial[row_ax], spatial[col_ax]
     ro, ri = sch.split(row, largest_divisor(row_n, sizes[0]))
-    co, ci = sch.split(col, largest_divisor(col_n, sizes[1]))
-    first, second = (co, ro) if panel_outer else (ro, co)
+    col_tile = largest_divisor(col_n, sizes[1])
+    co, ci = sch.split(col, col_tile)
+    blocks, block_ax = None, hints.get("col_block_axis")
+    if block_ax is not None and col_tile == col_n and isinstance(col_n, int):
+        per_tile = largest_divisor(spatial[block_ax][1], max(sizes[1] // col_n, 1))
+        if per_tile > 1:
+            bo, blocks = sch.split(spatial[block_ax][0], per_tile)
+    first, second = (co, ro) if hints.get("panel_outer") else (ro, co)
     order = []
-    for name, _ in spatial:
-        order.append(first if name == row else second if name == col else name)
-    order += [ri, ci]
+    for k, (name, _) in enumerate(spatial):
+        order.append(first if name == row else second if name == col else bo if blocks and k == block_ax else name)
+    tile = [ri, blocks, ci] if blocks else [ri, ci]
+    order += tile
     sch.reorder(*order)
     sch.decompose_reduction(ri)
     sch.unroll(ri)
+    if blocks:
+        sch.unroll(blocks)
     for name in (ci, ci + "_init", ci + "_wb"):
         sch.vectorize(name)
-    outer = [(n, e) for n, e in zip(order[:-2], _extents(sch, order[:-2]))]
+    outer = [(n, e) for n, e in zip(order[:-len(tile)], _extents(sch, order[:-len(tile)]))]
+    if pad is not None:
+        at = spatial[hints["pad_at"]][0]
+        if _pad_inside(sch, pad, at):
+            outer = outer[: [n for n, _ in outer].index(at) + 1]  # loops inside `at` no longer nest perfectly
     _parallel_outer(sch, outer, work)
+
+
+def _pad_inside(sch: Schedule, pad, loop: str) -> bool:
+    """compute_at the pad stage into ``loop`` and vectorize its innermost loop there; if
+    the region cannot be bounded, schedule it as a pass of its own and return False."""
+    loops, st = pad
+    try:
+        sch.compute_at(st.name, loop)
+    except ScheduleError:
+        spatial = loops[: len(st.shape)]
+        _injective(sch, spatial, _size(st.shape))
+        return False
+    inner = [x for x in walk_stmts(sch._loop(loop).body) if isinstance(x, For)]
+    moved = [x for x in inner if x.var.name.endswith("_" + loop)]
+    if moved and _static(moved[-1].extent) >= 4 and not isinstance(moved[-1].body, For):
+        sch.vectorize(moved[-1].var.name)
+    return True
 
 
 def _extents(sch: Schedule, names) -> list[int]:

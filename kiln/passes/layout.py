@@ -20,6 +20,23 @@ from kiln.ir.graph import Graph, Node, TensorType, Value
 from kiln.ir.ops import layout as _layout_ops  # noqa: F401  (registers the NCHWc ops)
 
 
+MIN_BLOCK = 4  # narrower channel blocks than 4 lanes do not vectorize usefully
+
+
+def channel_block(channels, block: int) -> int | None:
+    """The channel block for ``channels``: the vector width, or a narrower power of two
+    that divides the count (MobileNet's 24 and 40 channels: 8 lanes of a 16-lane machine),
+    or None (the tensor stays NCHW)."""
+    if not isinstance(channels, int):
+        return None
+    b = block
+    while b >= MIN_BLOCK:
+        if channels % b == 0:
+            return b
+        b //= 2
+    return None
+
+
 def _eligible_conv(node: Node, types, constants, block: int) -> str | None:
     """"dense" or "depthwise" when ``node`` can run blocked, else None."""
     if node.op != "conv" or node.inputs[1] not in constants:
@@ -30,19 +47,20 @@ def _eligible_conv(node: Node, types, constants, block: int) -> str | None:
     if len(node.inputs) > 2 and node.inputs[2] and node.inputs[2] not in constants:
         return None
     c, oc, group = x.shape[1], w.shape[0], int(node.attrs.get("group", 1))
-    if not isinstance(c, int) or oc % block:
+    if not isinstance(c, int) or channel_block(oc, block) is None:
         return None
-    if group == 1 and (c % block == 0 or c < block):
+    if group == 1 and (channel_block(c, block) is not None or c < block):
         return "dense"
-    if group == c == oc and w.shape[1] == 1 and c % block == 0:
+    if group == c == oc and w.shape[1] == 1:
         return "depthwise"
     return None
 
 
 def input_block(channels: int, block: int) -> int:
-    """The input's channel block: the vector width, or all channels of a narrow input (the
-    RGB stem: (N, 1, H, W, 3), so the convolution still vectorizes over output channels)."""
-    return block if channels % block == 0 else channels
+    """The input's channel block: the vector width (or a narrower one that divides the
+    count), or all channels of a narrow input (the RGB stem: (N, 1, H, W, 3), so the
+    convolution still vectorizes over output channels)."""
+    return channel_block(channels, block) or channels
 
 
 def pack_dense(w: np.ndarray, b: int, bi: int | None = None) -> np.ndarray:
@@ -118,28 +136,41 @@ class _Builder:
         return self.plain[name]
 
 
-def _blocked_operand(bld: _Builder, name: str, like: TensorType):
-    """``name`` as an operand of a blocked elementwise op shaped like ``like``, or None."""
+def _blocked_operand(bld: _Builder, name: str, like: TensorType, block: int):
+    """``name`` as an operand of a blocked elementwise op shaped like ``like`` and stored in
+    channel blocks of ``block``, or None."""
     if name in bld.original:
-        return name if bld.original[name] == like and bld.block_of[name] == bld.block else None
+        return name if bld.original[name] == like and bld.block_of[name] == block else None
     arr = bld.constants.get(name)
     if arr is None:
         # A plain tensor of the same shape (a residual branch that skipped the convs): block
         # it too -- one to_nchwc, shared with any conv that reads it, instead of
         # unblocking the other operand and blocking the result again.
-        return bld.to_blocked(name, bld.block) if bld.types[name] == like else None
+        return bld.to_blocked(name, block) if bld.types[name] == like else None
     if arr.size == 1:
         return name
     a = arr.reshape((1,) * (4 - arr.ndim) + arr.shape) if arr.ndim <= 4 else None
     if a is None or any(n != 1 for k, n in enumerate(a.shape) if k != 1) or a.shape[1] != like.shape[1]:
         return None
-    return bld.const(pack_channel_vector(a.reshape(-1), bld.block)[None], "chan")
+    return bld.const(pack_channel_vector(a.reshape(-1), block)[None], "chan")
+
+
+def _stored_block(bld: _Builder, name: str, channels: int) -> int | None:
+    """The block ``name`` is stored in when it divides ``channels``: reading it as it is
+    saves a conversion."""
+    name = bld.blocked.get(name, name)
+    k = bld.block_of.get(name)
+    return k if k is not None and channels % k == 0 else None
 
 
 def _convert_conv(bld: _Builder, node: Node, kind: str) -> None:
-    b = bld.block
     w = bld.constants[node.inputs[1]]
-    bi = input_block(w.shape[1], b) if kind == "dense" else b
+    oc, c = w.shape[0], w.shape[1]
+    if kind == "dense":
+        b = channel_block(oc, bld.block)
+        bi = _stored_block(bld, node.inputs[0], c) or input_block(c, bld.block)
+    else:  # depthwise: one block on both sides
+        b = bi = _stored_block(bld, node.inputs[0], oc) or channel_block(oc, bld.block)
     packed = pack_dense(w, b, bi) if kind == "dense" else pack_depthwise(w, b)
     x = bld.blocked.get(node.inputs[0], node.inputs[0])
     inputs = [bld.to_blocked(x, bi), bld.const(packed, "w_nchwc")]
@@ -156,14 +187,14 @@ def _convert_conv(bld: _Builder, node: Node, kind: str) -> None:
 def _convert_max_pool(bld: _Builder, node: Node) -> bool:
     """A 2-D max pool of a blocked value (a ResNet stem) stays blocked."""
     x = bld.blocked.get(node.inputs[0], node.inputs[0])
-    if (x not in bld.original or bld.block_of[x] != bld.block or len(node.outputs) != 1
+    if (x not in bld.original or len(node.outputs) != 1
             or len(node.attrs.get("kernel_shape", ())) != 2 or node.attrs.get("storage_order", 0)):
         return False
     attrs = {k: node.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")
              if k in node.attrs}
     out = node.outputs[0]
     name = bld.add("max_pool_nchwc", [x], attrs, out=bld.fresh(out.name))
-    bld.mark(name, out.type, bld.block)
+    bld.mark(name, out.type, bld.block_of[x])
     bld.blocked[out.name] = name
     return True
 
@@ -184,10 +215,12 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
                 and ops.get(node.op).fusion in (ops.FusionKind.ELEMENTWISE, ops.FusionKind.BROADCAST)
                 and out.type.shape == next(bld.original[bld.blocked.get(i, i)] for i in node.inputs
                                            if bld.blocked.get(i, i) in bld.original).shape):
-            operands = [_blocked_operand(bld, bld.blocked.get(i, i), out.type) for i in node.inputs]
+            stored = next(bld.block_of[bld.blocked.get(i, i)] for i in node.inputs
+                          if bld.blocked.get(i, i) in bld.original)
+            operands = [_blocked_operand(bld, bld.blocked.get(i, i), out.type, stored) for i in node.inputs]
             if all(o is not None for o in operands):
                 name = bld.add(node.op, operands, node.attrs, out=bld.fresh(out.name))
-                bld.mark(name, out.type, block)
+                bld.mark(name, out.type, stored)
                 bld.blocked[out.name] = name
                 continue
         inputs = tuple(bld.to_plain(bld.blocked[i]) if i in bld.blocked else i for i in node.inputs)

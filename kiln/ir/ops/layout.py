@@ -100,7 +100,15 @@ def _conv_nchwc_compute(ins, outs, attrs):
             return acc if bias is None else acc + bias[ocb, 0, 0, oc]
 
     # Register tile: output columns (ow) x the channel block (one vector of lanes).
-    stages.append(compute(o.name, o.shape, body, o.dtype, tag="conv", hints={"tile": (3, 4)}))
+    # A dense conv's tile may span several output-channel blocks (axis 1): one broadcast input
+    # value then feeds two vectors of accumulators.
+    hints = {"tile": (3, 4)} if depthwise else {"tile": (3, 4), "col_block_axis": 1}
+    if stages and depthwise:
+        # The padded input is computed per output row (axis 2) inside the conv's loops, not
+        # in a pass of its own. Only for depthwise: a dense conv recomputes those rows for
+        # every output-channel block, which measured slower than the separate pass.
+        hints["pad_at"] = 2
+    stages.append(compute(o.name, o.shape, body, o.dtype, tag="conv", hints=hints))
     return stages
 
 

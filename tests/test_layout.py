@@ -1,0 +1,98 @@
+"""The NCHWc layout pass and the conv schedules it leads to: channel blocks per tensor,
+register tiles spanning several channel blocks, a depthwise conv's padding computed inside it."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import kiln
+from kiln.frontend.onnx import from_onnx as import_model
+from kiln.ir.loop import Alloc, For, Seq, Store, walk_stmts
+from kiln.passes.default_schedule import Capabilities
+from kiln.passes.fold_constants import fold_constants
+from kiln.passes.fuse import fuse
+from kiln.passes.layout import channel_block, to_nchwc
+from kiln.codegen.kernels import build_kernels
+
+
+@pytest.mark.parametrize("channels,block,expected", [
+    (64, 16, 16), (24, 16, 8), (40, 16, 8), (12, 16, 4), (6, 16, None), (3, 16, None), (24, 8, 8), ("n", 16, None),
+])
+def test_channel_block_is_the_widest_power_of_two_that_divides(channels, block, expected):
+    assert channel_block(channels, block) == expected
+
+
+def _conv(name, x, y, cin, cout, k, rng, group=1, pad=0):
+    w = (rng.standard_normal((cout, cin // group, k, k)) * 0.2).astype(np.float32)
+    b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+    node = helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y], group=group, pads=[pad] * 4)
+    return node, [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
+
+
+def _mobilenet_block(hw=10, cin=16, mid=24, cout=32):
+    """expand 1x1 (cin -> mid) + relu, depthwise 3x3 (mid) + relu, project 1x1 (mid -> cout):
+    ``mid`` = 24 is not a multiple of AVX-512's 16 lanes."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    for args in (("e", "x", "e", cin, mid, 1, rng), ("d", "er", "d", mid, mid, 3, rng, mid, 1),
+                 ("p", "dr", "y", mid, cout, 1, rng)):
+        n, i = _conv(*args)
+        nodes.append(n)
+        inits += i
+    nodes.insert(1, helper.make_node("Relu", ["e"], ["er"]))
+    nodes.insert(3, helper.make_node("Relu", ["d"], ["dr"]))
+    g = helper.make_graph(nodes, "mb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, hw, hw])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_narrow_channel_counts_stay_blocked_with_a_narrower_block():
+    graph = fold_constants(import_model(_mobilenet_block()))
+    blocked = to_nchwc(graph, 16).verify()
+    ops = [n.op for n in blocked.nodes]
+    assert ops == ["to_nchwc", "conv_nchwc", "relu", "conv_nchwc", "relu", "conv_nchwc", "from_nchwc"]
+    types = blocked.value_types()
+    blocks = [types[n.outputs[0].name].shape[-1] for n in blocked.nodes if n.op == "conv_nchwc"]
+    assert blocks == [8, 8, 16]  # 24 channels in blocks of 8, 32 in blocks of 16
+
+
+def test_mixed_channel_blocks_match_onnxruntime():
+    model = _mobilenet_block()
+    x = np.random.default_rng(1).standard_normal((1, 16, 10, 10)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = kiln.compile(model, target="host").run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _kernels(model, caps):
+    graph = to_nchwc(fold_constants(import_model(model)), caps.vector_bytes // 4).verify()
+    return graph, build_kernels(graph, fuse(graph), caps)
+
+
+AVX512 = Capabilities(vector_bytes=64, vector_registers=32, threads=2)
+
+
+def test_dense_conv_tile_spans_two_output_channel_blocks():
+    _, kernels = _kernels(_mobilenet_block(hw=16, cin=32, mid=32, cout=64), AVX512)
+    project = kernels[-2]  # the 1x1 conv 32 -> 64: 4 blocks of 16, a tile takes 2
+    tiles = [s.buffer.shape for s in walk_stmts(project.func.body) if isinstance(s, Alloc) and s.buffer.scope == "local"]
+    assert (8, 2, 16) in tiles
+
+
+def test_depthwise_padding_is_computed_inside_the_conv_loops():
+    graph, kernels = _kernels(_mobilenet_block(hw=16, cin=32, mid=32, cout=64), AVX512)
+    producers = graph.producers()
+    dw = next(k for k in kernels if any(producers[o].op == "relu" and any(
+        n.op == "conv_nchwc" and n.attrs.get("depthwise") for n in graph.nodes if n.outputs[0].name == producers[o].inputs[0])
+        for o in k.outputs))
+    body = dw.func.body
+    nests = body.stmts if isinstance(body, Seq) else (body,)
+    assert len(nests) == 1, "the pad stage should not be a pass of its own"
+    pad_stores = [s for s in walk_stmts(body) if isinstance(s, Store) and s.buffer.endswith("__pad")]
+    assert pad_stores
+    # the padded rows are written inside the parallel row loop, before the tiles read them
+    outer = nests[0]
+    assert isinstance(outer, For) and outer.kind == "parallel"
