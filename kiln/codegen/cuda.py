@@ -54,6 +54,7 @@ class CudaRenderer(CRenderer):
     # spread over threads by the launch plan instead
     parallel_pragma = ""
     simd_pragma = ""
+    own_fn = {}  # the device libm (libdevice) is vectorized already: call expf/tanhf directly
 
     def vtype(self, dtype: DType) -> str:
         # half values are computed in float, rounded to half after every op (as numpy,
