@@ -220,8 +220,8 @@ def test_digits_int8_matches_host_exactly_and_keeps_accuracy(arm, digits_q, targ
 
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
 def test_ds_cnn_int8_matches_host_exactly(arm, target):
-    """Keyword spotting DS-CNN (49x10 input), int8 by kiln.quantize; its global average pool
-    stays a float op between dequantize and quantize (no integer pooling kernel yet)."""
+    """Keyword spotting DS-CNN (49x10 input), int8 by kiln.quantize, global average pool
+    included (qglobal_avg_pool): no floating-point instruction in the model's object code."""
     from examples.mcu_models import ds_cnn
     from kiln.frontend.onnx import from_onnx
     from kiln.passes.integer_io import integer_io
@@ -229,7 +229,7 @@ def test_ds_cnn_int8_matches_host_exactly(arm, target):
     rng = np.random.default_rng(1)
     q = kiln.quantize(ds_cnn(), {"input": rng.standard_normal((32, 1, 49, 10)).astype(np.float32)}, method="minmax")
     cm = kiln.compile(q, target=target)
-    assert {"qconv", "qmatmul"} <= {n.op for n in cm.graph.nodes}
+    assert {"qconv", "qglobal_avg_pool", "qmatmul"} <= {n.op for n in cm.graph.nodes}
     p = cm.target_impl.io_quant["input"]
     xs = rng.standard_normal((2, 1, 1, 49, 10)).astype(np.float32)
     feeds = [{"input": np.clip(np.round(x / p.scale) + p.zero_point, 0, 255).astype(np.uint8)} for x in xs]
@@ -242,3 +242,5 @@ def test_ds_cnn_int8_matches_host_exactly(arm, target):
           f"(lower bound {cm.result.plan.lower_bound}); model code {sizes['model_code']} B, weights {sizes['weights']} B")
     assert cm.arena_size <= 1.05 * cm.result.plan.lower_bound
     assert sizes["model_code"] < 8 * 1024
+    assert _float_ops(runner.directory) == []
+    assert "math.h" not in cm.files["model.c"]
