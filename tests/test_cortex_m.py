@@ -328,3 +328,22 @@ def test_vww_mobilenet_int8_matches_host_exactly(arm, vww_q, target):
           f"(lower bound {cm.result.plan.lower_bound}); model code {sizes['model_code']} B, weights {sizes['weights']} B")
     assert cm.arena_size <= 1.05 * cm.result.plan.lower_bound
     assert _float_ops(runner.directory) == []
+
+
+def test_mcu_bench_measures_ds_cnn_on_m4(arm, capsys):
+    """benchmarks/mcu_bench.py end to end on one model and core (the full table is
+    docs/benchmarks/mcu.md): exact against the host, and the issue's size/arena goals."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mcu_bench.py"
+    spec = importlib.util.spec_from_file_location("mcu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--only", "ds_cnn", "--targets", "cortex-m4"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| DS-CNN")).split("|")
+    assert "DS-CNN" in row[1] and row[2].strip() == "cortex-m4" and "host int8 exact" in row[13]
+    assert int(row[4].replace(",", "")) == 2_656_768                       # MACs
+    assert float(row[8]) <= 1.05 and int(row[9].strip(" B").replace(",", "")) < 8 * 1024
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "resnet"])
