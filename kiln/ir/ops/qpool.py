@@ -122,8 +122,10 @@ def _qavg_compute(ins, outs, attrs):
                 dyn = c if dyn is None else dyn * c
         if not padded:   # no tap ever leaves the input: subtract the zero point once
             acc = acc - Const(int(attrs["x_zp"]) * int(np.prod(kernel)), I32)
-        if dyn is None:
-            ix = Const(const if by_count else 0, I64)
+        if not by_count:   # one multiplier: infer checked that every window has the same count
+            ix = Const(0, I64)
+        elif dyn is None:
+            ix = Const(const, I64)
         else:
             ix = dyn * const if const != 1 else dyn
         return _epilogue(acc, mult, shift, ix, attrs, o.dtype)
