@@ -220,8 +220,8 @@ def test_digits_int8_matches_host_exactly_and_keeps_accuracy(arm, digits_q, targ
 
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
 def test_ds_cnn_int8_matches_host_exactly(arm, target):
-    """Keyword spotting DS-CNN (49x10 input), int8 by kiln.quantize; its global average pool
-    stays a float op between dequantize and quantize (no integer pooling kernel yet)."""
+    """Keyword spotting DS-CNN (49x10 input), int8 by kiln.quantize, global average pool
+    included (qglobal_avg_pool): no floating-point instruction in the model's object code."""
     from examples.mcu_models import ds_cnn
     from kiln.frontend.onnx import from_onnx
     from kiln.passes.integer_io import integer_io
@@ -229,7 +229,7 @@ def test_ds_cnn_int8_matches_host_exactly(arm, target):
     rng = np.random.default_rng(1)
     q = kiln.quantize(ds_cnn(), {"input": rng.standard_normal((32, 1, 49, 10)).astype(np.float32)}, method="minmax")
     cm = kiln.compile(q, target=target)
-    assert {"qconv", "qmatmul"} <= {n.op for n in cm.graph.nodes}
+    assert {"qconv", "qglobal_avg_pool", "qmatmul"} <= {n.op for n in cm.graph.nodes}
     p = cm.target_impl.io_quant["input"]
     xs = rng.standard_normal((2, 1, 1, 49, 10)).astype(np.float32)
     feeds = [{"input": np.clip(np.round(x / p.scale) + p.zero_point, 0, 255).astype(np.uint8)} for x in xs]
@@ -242,3 +242,108 @@ def test_ds_cnn_int8_matches_host_exactly(arm, target):
           f"(lower bound {cm.result.plan.lower_bound}); model code {sizes['model_code']} B, weights {sizes['weights']} B")
     assert cm.arena_size <= 1.05 * cm.result.plan.lower_bound
     assert sizes["model_code"] < 8 * 1024
+    assert _float_ops(runner.directory) == []
+    assert "math.h" not in cm.files["model.c"]
+
+
+# -- integer pooling and softmax on the microcontroller ----------------------------------------------------
+
+def _pool_softmax_qdq(act=np.int8) -> onnx.ModelProto:
+    """Q -> DQ -> AveragePool 3x3 (padding not counted: a count-indexed multiplier table)
+    -> Q -> DQ -> Softmax over channels -> Q -> DQ."""
+    zx, zy = (np.array(-3, act), np.array(-128, act)) if act == np.int8 else (np.array(120, act), np.array(0, act))
+    inits = [nh.from_array(np.array(0.05, np.float32), "sx"), nh.from_array(zx, "zx"),
+             nh.from_array(np.array(0.03, np.float32), "sp"), nh.from_array(zx, "zp"),
+             nh.from_array(np.array(1 / 256, np.float32), "sy"), nh.from_array(zy, "zy")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("AveragePool", ["xd"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["p", "sp", "zp"], ["pq"]),
+             helper.make_node("DequantizeLinear", ["pq", "sp", "zp"], ["pd"]),
+             helper.make_node("Softmax", ["pd"], ["s"], axis=1),
+             helper.make_node("QuantizeLinear", ["s", "sy", "zy"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"])]
+    g = helper.make_graph(nodes, "pool_softmax", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 5, 6, 6])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 5, 6, 6])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("act", [np.int8, np.uint8], ids=["s8", "u8"])
+def test_integer_pool_and_softmax_on_m4_match_host_and_ort(arm, act):
+    from kiln.frontend.onnx import from_onnx
+    from kiln.passes.integer_io import integer_io
+
+    model = _pool_softmax_qdq(act)
+    cm = kiln.compile(model, target="cortex-m4")
+    assert {"qavg_pool", "qsoftmax"} <= {n.op for n in cm.graph.nodes}
+    rng = np.random.default_rng(3)
+    info = np.iinfo(act)
+    xs = [rng.integers(info.min, info.max + 1, (1, 5, 6, 6)).astype(act) for _ in range(3)]
+    runner = cm.build()
+    outs = runner.run_batch([{"x": x} for x in xs])
+    host = kiln.compile(integer_io(from_onnx(model))[0], target="host")
+    p = cm.target_impl.io_quant["x"]
+    for x, o in zip(xs, outs):
+        assert np.array_equal(o["y"], host.run({"x": x})["y"])
+        want = ort_run(model, {"x": ((x.astype(np.float32) - p.zero_point) * p.scale)})["y"]
+        got = (o["y"].astype(np.float32) - cm.target_impl.io_quant["y"].zero_point) / 256
+        # each op is within one step of ORT (tests/test_quantize_pool_softmax.py); a pool
+        # output one step (0.03) off moves a softmax output by up to 0.03/4 = 2/256
+        assert np.max(np.abs(got - want)) <= 2 / 256 + 1e-6
+    assert _float_ops(runner.directory) == []
+
+
+# -- MobileNetV1-0.25 visual wake words ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vww_q():
+    from examples.mcu_models import mobilenet_v1_vww
+
+    rng = np.random.default_rng(1)
+    return kiln.quantize(mobilenet_v1_vww(), {"input": rng.random((8, 3, 96, 96)).astype(np.float32)},
+                         method="minmax")
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_vww_mobilenet_int8_matches_host_exactly(arm, vww_q, target):
+    """MobileNetV1-0.25, 96x96x3, two classes, int8 end to end (28 qconv, integer global
+    average pool and softmax). One inference per core: about 49M instructions, a fraction
+    of a second under QEMU."""
+    from kiln.frontend.onnx import from_onnx
+    from kiln.passes.integer_io import integer_io
+
+    cm = kiln.compile(vww_q, target=target)
+    ops = [n.op for n in cm.graph.nodes]
+    assert ops.count("qconv") == 28 and {"qglobal_avg_pool", "qsoftmax"} <= set(ops)
+    p = cm.target_impl.io_quant["input"]
+    x = np.random.default_rng(2).random((1, 3, 96, 96)).astype(np.float32)
+    feeds = {"input": np.clip(np.round(x / p.scale) + p.zero_point, 0, 255).astype(np.uint8)}
+    runner = cm.build()
+    got = runner(feeds)["probs"]
+    host = kiln.compile(integer_io(from_onnx(vww_q))[0], target="host")
+    assert np.array_equal(got, host.run(feeds)["probs"])
+    assert int(got.astype(np.int32).sum()) in range(254, 258)   # probabilities in steps of 1/256
+    sizes = runner.sizes()
+    print(f"vww int8 {target}: {runner.instructions[0]} instructions per inference; arena {cm.arena_size} "
+          f"(lower bound {cm.result.plan.lower_bound}); model code {sizes['model_code']} B, weights {sizes['weights']} B")
+    assert cm.arena_size <= 1.05 * cm.result.plan.lower_bound
+    assert _float_ops(runner.directory) == []
+
+
+def test_mcu_bench_measures_ds_cnn_on_m4(arm, capsys):
+    """benchmarks/mcu_bench.py end to end on one model and core (the full table is
+    docs/benchmarks/mcu.md): exact against the host, and the issue's size/arena goals."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mcu_bench.py"
+    spec = importlib.util.spec_from_file_location("mcu_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--only", "ds_cnn", "--targets", "cortex-m4"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| DS-CNN")).split("|")
+    assert "DS-CNN" in row[1] and row[2].strip() == "cortex-m4" and "host int8 exact" in row[13]
+    assert int(row[4].replace(",", "")) == 2_656_768                       # MACs
+    assert float(row[8]) <= 1.05 and int(row[9].strip(" B").replace(",", "")) < 8 * 1024
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "resnet"])

@@ -6,6 +6,8 @@ express int8 arithmetic as float ops between DequantizeLinear and QuantizeLinear
     Q( [Relu|Clip]( Conv(DQ(x), DQ(w), DQ(b)) ) )          -> qconv
     Q( [Relu|Clip]( MatMul(DQ(a), DQ(w)) [+ DQ(b)] ) )      -> qmatmul   (Gemm too, transB or not)
     Q( [Relu]( Add(DQ(a), DQ(b)) ) )                        -> qadd
+    Q( AveragePool / GlobalAveragePool ( DQ(x) ) )          -> qavg_pool / qglobal_avg_pool
+    Q( Softmax( DQ(x) ) )                                   -> qsoftmax (exp table from x's scale)
     Q( MaxPool / Reshape / Transpose ( DQ(x) ) ), same scale -> the op on the integers
     Q( DQ(x) ), same scale and zero point                    -> x
 
@@ -251,6 +253,67 @@ def _same_params(m: Match, rw: Rewriter):
     return rw.emit(op.op, [p[0]], op.attrs)
 
 
+# -- average pooling and softmax (kiln/ir/ops/qpool.py, qsoftmax.py) ----------------------------------
+
+def _per_tensor_io(m: Match, rw: Rewriter):
+    """((sy, zy, out), (x, sx, zx)) of a DQ -> op -> Q match, per-tensor on both sides."""
+    q = _q_params(rw, m.root)
+    p = _dq_params(rw, m.nodes["dqx"])
+    if q is None or p is None or p[1].size != 1 or p[2].size != 1:
+        return None
+    return q, (p[0], float(p[1][0]), int(p[2][0]))
+
+
+def _qdq_avg_pool(m: Match, rw: Rewriter):
+    from kiln.ir.ops.qpool import MAX_TAPS, count_multipliers, window_counts
+
+    io = _per_tensor_io(m, rw)
+    if io is None:
+        return None
+    (sy, zy, out), (x, sx, zx) = io
+    op = m.nodes["op"]
+    shape = rw.type(x).shape
+    if not all(isinstance(d, int) for d in shape):
+        return None
+    attrs = dict(x_zp=zx, y_zp=zy, lo=int(np.iinfo(out.np).min), hi=int(np.iinfo(out.np).max), dtype=out.value)
+    if op.op == "global_avg_pool":
+        count = int(np.prod(shape[2:]))
+        if len(shape) < 3 or count > MAX_TAPS:
+            return None
+        mult, shift = count_multipliers(sx, sy, [count])
+        return rw.emit("qglobal_avg_pool", [x, rw.const(mult, "qmult"), rw.const(shift, "qshift")], attrs)
+    kernel = int(np.prod(op.attrs["kernel_shape"]))
+    counts = set(window_counts(shape, op.attrs).reshape(-1).tolist())
+    if kernel > MAX_TAPS or 0 in counts:
+        return None
+    table = sorted(counts) if len(counts) == 1 else range(kernel + 1)
+    mult, shift = count_multipliers(sx, sy, table)
+    attrs.update({k: op.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode",
+                                           "count_include_pad") if k in op.attrs})
+    return rw.emit("qavg_pool", [x, rw.const(mult, "qmult"), rw.const(shift, "qshift")], attrs)
+
+
+def _qdq_softmax(m: Match, rw: Rewriter):
+    from kiln.ir.ops import normalize_axis
+    from kiln.ir.ops.qsoftmax import exp_table, reciprocal_numerator
+
+    io = _per_tensor_io(m, rw)
+    if io is None:
+        return None
+    (sy, zy, out), (x, sx, _) = io
+    shape = rw.type(x).shape
+    axis = normalize_axis(int(m.nodes["op"].attrs.get("axis", -1)), len(shape), "softmax axis")
+    if not isinstance(shape[axis], int):
+        return None
+    tab = exp_table(sx, shape[axis])
+    rec = reciprocal_numerator(sy, tab[1]) if tab is not None else None
+    if rec is None:
+        return None
+    attrs = dict(axis=axis, numer=rec[0], frac_bits=rec[1], table_bits=tab[1], y_zp=zy,
+                 lo=int(np.iinfo(out.np).min), hi=int(np.iinfo(out.np).max), dtype=out.value)
+    return rw.emit("qsoftmax", [x, rw.const(tab[0], "qexp")], attrs)
+
+
 # -- QLinearConv / QLinearMatMul (conv_integer / matmul_integer + requantize) -------------------------
 
 def _qlinear(m: Match, rw: Rewriter):
@@ -328,6 +391,11 @@ def _movement_patterns():
         yield from _q(Op(op, _dq("dqx"), name="op"))
 
 
+def _pool_softmax_patterns():
+    for op in ("avg_pool", "global_avg_pool", "softmax"):
+        yield from _q(Op(op, _dq("dqx"), name="op"))
+
+
 def _qlinear_patterns():
     for op in ("conv_integer", "matmul_integer"):
         acc = Op(op, name="op")
@@ -340,6 +408,7 @@ RULES: list[Rule] = (
     + [(p, _qdq_matmul) for p in _matmul_patterns()]
     + [(p, _qdq_add) for p in _add_patterns()]
     + [(p, _same_params) for p in _movement_patterns()]
+    + [(p, _qdq_softmax if p.args[0].op == "softmax" else _qdq_avg_pool) for p in _pool_softmax_patterns()]
     + [(p, _qlinear) for p in _qlinear_patterns()]
 )
 

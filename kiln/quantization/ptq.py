@@ -28,7 +28,8 @@ ACTIVATION_TYPES = ("int8", "uint8")
 WEIGHT_TYPES = ("int8",)
 METHODS = ("minmax", "percentile")
 # ops whose QDQ form Kiln runs as integer kernels, or passes through exactly
-OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Relu", "Clip", "MaxPool", "Reshape", "Transpose", "Flatten")
+OP_TYPES = ("Conv", "MatMul", "Gemm", "Add", "Relu", "Clip", "MaxPool", "Reshape", "Transpose", "Flatten",
+            "AveragePool", "GlobalAveragePool", "Softmax")
 
 
 def _scheme_error(what: str, got, allowed) -> QuantizationError:
