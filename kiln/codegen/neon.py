@@ -72,8 +72,9 @@ class NeonRenderer(CRenderer):
 
     lowerings: list[Lowering] = []
 
-    def __init__(self, fp16: bool = False):
+    def __init__(self, fp16: bool = False, dotprod: bool = False):
         super().__init__()
+        self.dotprod = dotprod  # ARMv8.2 DotProd: lowerings may use sdot/udot (kiln/codegen/neon_int8.py)
         self.vector_types = {DType.float32: F32X4}
         if fp16:
             self.vector_types[DType.float16] = F16X8

@@ -161,9 +161,16 @@ class Arm64Target(Target):
         return Capabilities(vector_bytes=16, vector_registers=32, threads=threads, nchwc=True)
 
     def renderer(self):
+        import kiln.codegen.neon_int8  # noqa: F401 -- registers the int8 dot-product lowering
         from kiln.codegen.neon import NeonRenderer
 
-        return NeonRenderer(fp16=self.fp16)
+        return NeonRenderer(fp16=self.fp16, dotprod=self.dotprod)
+
+    def adapt_quantized(self, graph):
+        """int8 x int8 dot products (sdot, smull): integer kernels read int8 activations."""
+        from kiln.passes.signed_activations import stage_activations_signed
+
+        return stage_activations_signed(graph)
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln import __version__
