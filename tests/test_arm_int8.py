@@ -278,3 +278,22 @@ def test_int8_neon_source_passes_sanitizers_on_the_host(target, tmp_path):
     for sanitizer, run in sanitized_runs(compiled, tmp_path):
         for k, v in run(feeds).items():
             np.testing.assert_array_equal(v, want[k], err_msg=sanitizer)
+
+
+# -- the static cost knows the lowering ------------------------------------------------------------
+
+def test_static_cost_ranks_sdot_over_smull_over_scalar():
+    from dataclasses import replace
+
+    from kiln.ir.loop import SERIAL, map_stmt
+    from kiln.targets.arm_cost import ArmStaticCostModel, estimate
+
+    cm = kiln.compile(_qmatmul_model(k=512), target="arm64")
+    func = max((k.func for k in cm.result.kernels), key=lambda f: estimate(f).cycles)
+    serial = func.with_body(map_stmt(func.body, lambda s: replace(s, kind=SERIAL, body=map_stmt(s.body, lambda x: None))
+                                     if isinstance(s, For) and s.kind == VECTORIZED else None))
+    dot, wide, scalar = estimate(func, dotprod=True), estimate(func), estimate(serial, dotprod=True)
+    assert dot.compute_cycles < wide.compute_cycles < scalar.compute_cycles
+    assert dot.instructions["fma"] * 3 < wide.instructions["fma"]  # 1 sdot against smull + sadalp, x2
+    scores = ArmStaticCostModel(dotprod=True).predict(None, [serial, func])
+    assert scores[1] > scores[0]

@@ -53,6 +53,7 @@ class DotForm:
     step8: str
     step16: str | None = None
     instruction: str = ""  # what objdump shows in the loop (documentation and tests)
+    ops_per_16: int = 1    # NEON arithmetic instructions per 16 products (the static cost counts them)
 
 
 _S8_ZERO8 = "vdup_n_s8(0)"
@@ -62,23 +63,23 @@ DOT_FORMS: dict[tuple[DType, DType, bool], DotForm] = {
     (I8, I8, True): DotForm(
         "int32x4_t", "vdupq_n_s32(0)", "vaddvq_s32({acc})",
         step8=f"vdotq_s32({{acc}}, vcombine_s8(vld1_s8({{a}}), {_S8_ZERO8}), vcombine_s8(vld1_s8({{b}}), {_S8_ZERO8}))",
-        step16="vdotq_s32({acc}, vld1q_s8({a}), vld1q_s8({b}))", instruction="sdot"),
+        step16="vdotq_s32({acc}, vld1q_s8({a}), vld1q_s8({b}))", instruction="sdot", ops_per_16=1),
     (U8, U8, True): DotForm(
         "uint32x4_t", "vdupq_n_u32(0)", "(int32_t)vaddvq_u32({acc})",
         step8=f"vdotq_u32({{acc}}, vcombine_u8(vld1_u8({{a}}), {_U8_ZERO8}), vcombine_u8(vld1_u8({{b}}), {_U8_ZERO8}))",
-        step16="vdotq_u32({acc}, vld1q_u8({a}), vld1q_u8({b}))", instruction="udot"),
+        step16="vdotq_u32({acc}, vld1q_u8({a}), vld1q_u8({b}))", instruction="udot", ops_per_16=1),
     (I8, I8, False): DotForm(
         "int32x4_t", "vdupq_n_s32(0)", "vaddvq_s32({acc})",
-        step8="vpadalq_s16({acc}, vmull_s8(vld1_s8({a}), vld1_s8({b})))", instruction="smull"),
+        step8="vpadalq_s16({acc}, vmull_s8(vld1_s8({a}), vld1_s8({b})))", instruction="smull", ops_per_16=4),
     (U8, U8, False): DotForm(
         "uint32x4_t", "vdupq_n_u32(0)", "(int32_t)vaddvq_u32({acc})",
-        step8="vpadalq_u16({acc}, vmull_u8(vld1_u8({a}), vld1_u8({b})))", instruction="umull"),
+        step8="vpadalq_u16({acc}, vmull_u8(vld1_u8({a}), vld1_u8({b})))", instruction="umull", ops_per_16=4),
 }
 # uint8 x int8: int16 lanes (0..255 and -128..127 both fit), multiplied into int32
 _MIXED = DotForm(
     "int32x4_t", "vdupq_n_s32(0)", "vaddvq_s32({acc})",
     step8="vmlal_high_s16(vmlal_s16({acc}, vget_low_s16(kiln_wa), vget_low_s16(kiln_wb)), kiln_wa, kiln_wb)",
-    instruction="smlal")
+    instruction="smlal", ops_per_16=8)
 for _dot in (True, False):
     DOT_FORMS[(U8, I8, _dot)] = DOT_FORMS[(I8, U8, _dot)] = _MIXED
 
@@ -112,21 +113,31 @@ def match_int8_dot(loop: For):
     return None
 
 
-def lower_int8_dot(r: NeonRenderer, loop: For, depth: int) -> bool:
-    """The registered lowering (see the module docstring); False leaves ``loop`` to the others."""
+def lowered_form(r: NeonRenderer, loop: For) -> DotForm | None:
+    """The form :func:`lower_int8_dot` prints ``loop`` with, or None when it declines
+    (the static cost model asks this too)."""
     m = match_int8_dot(loop)
     if m is None:
-        return False
-    acc, a, b = m
+        return None
+    _, a, b = m
     form = dot_form(a.dtype, b.dtype, getattr(r, "dotprod", False))
-    static = isinstance(loop.extent, int)
-    if form is None or (static and loop.extent < 8):
-        return False
+    if form is None or (isinstance(loop.extent, int) and loop.extent < 8):
+        return None
     try:
         if not (r._lane_offset(a.indices, loop.var) and r._lane_offset(b.indices, loop.var)):
-            return False  # an operand that does not move with k: not a dot product
+            return None  # an operand that does not move with k: not a dot product
     except NotVectorizable:
-        return False  # a gather
+        return None  # a gather
+    return form
+
+
+def lower_int8_dot(r: NeonRenderer, loop: For, depth: int) -> bool:
+    """The registered lowering (see the module docstring); False leaves ``loop`` to the others."""
+    form = lowered_form(r, loop)
+    if form is None:
+        return False
+    acc, a, b = match_int8_dot(loop)
+    static = isinstance(loop.extent, int)
     name, n = loop.var.name, r.dim(loop.extent)
     pa = f"&{a.buffer}{r.subscript(a.buffer, a.indices)}"
     pb = f"&{b.buffer}{r.subscript(b.buffer, b.indices)}"
@@ -173,4 +184,4 @@ def _widen16(dt: DType, p: str) -> str:
 
 NeonRenderer.register_lowering(lower_int8_dot)
 
-__all__ = ["DOT_FORMS", "DotForm", "dot_form", "lower_int8_dot", "match_int8_dot"]
+__all__ = ["DOT_FORMS", "DotForm", "dot_form", "lower_int8_dot", "lowered_form", "match_int8_dot"]
