@@ -136,7 +136,9 @@ def test_fp16_vectors_only_with_the_option():
     src, stats = _render(fma_body, 16, fp16=False, dtype=DType.float16)
     assert "float16" not in src and stats["scalar_loops"] == 1
     src, stats = _render(fma_body, 16, fp16=True, dtype=DType.float16)
-    assert "vfmaq_f16(vld1q_f16((const float16_t*)&a[" in src and "v += 8" in src
+    assert "vld1q_f16((const float16_t*)&a[" in src and "v += 8" in src
+    # each fp16 op rounds, as the reference does: multiply, then add (no fused vfmaq_f16)
+    assert "vfmaq_f16" not in src and "vaddq_f16(vld1q_f16((const float16_t*)&a[" in src and "vmulq_f16(" in src
 
 
 def test_scalar_reduction_uses_a_vector_accumulator():
@@ -222,6 +224,26 @@ def test_fp16_model_under_qemu(target, tmp_cache):
         assert got[k].dtype == np.float16
         np.testing.assert_allclose(got[k].astype(np.float32), want[k].astype(np.float32), rtol=1e-3,
                                    atol=float(np.abs(want[k]).max()) * 2.0 ** -10)
+
+
+def test_fp16_arithmetic_rounds_each_op_as_the_reference(tmp_cache):
+    """With +fp16 elementwise ops run in float16x8_t (and native half scalars in the tail),
+    bit for bit equal to numpy's op-by-op fp16 and to the host build: no fused multiply-add
+    (the renderer keeps vmulq/vaddq apart, -ffp-contract=off keeps gcc from fusing them)."""
+    need_arm()
+    h, shape = np.float16, [4, 37]
+    nodes = [helper.make_node("Mul", ["p", "q"], ["m"]), helper.make_node("Add", ["m", "r"], ["a"]),
+             helper.make_node("Div", ["a", "q"], ["d"]), helper.make_node("Sqrt", ["p"], ["s"]),
+             helper.make_node("Sub", ["d", "s"], ["z"])]
+    model = make_model(nodes, [(n, h, shape) for n in "pqr"], [("z", h, shape)], [])
+    rng = np.random.default_rng(5)
+    feeds = {n: (np.abs(rng.standard_normal(shape)) * 3 + 0.1).astype(h) for n in "pqr"}
+    p, q, r = feeds["p"], feeds["q"], feeds["r"]
+    want = (p * q + r) / q - np.sqrt(p)  # numpy rounds every op to float16
+    compiled = kiln.compile(model, target="arm64:+fp16")
+    assert "vmulq_f16" in compiled.source() and "vfmaq_f16" not in compiled.source()
+    np.testing.assert_array_equal(compiled.run(feeds)["z"], want)
+    np.testing.assert_array_equal(kiln.compile(model).run(feeds)["z"], want)
 
 
 def test_dynamic_shapes_under_qemu(tmp_cache):

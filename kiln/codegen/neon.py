@@ -71,9 +71,16 @@ class NeonRenderer(CRenderer):
     vec_reduce = {"add": ("zero", "vaddvq"), "max": ("acc", "vmaxnmvq"), "min": ("acc", "vminnmvq")}
 
     lowerings: list[Lowering] = []
+    # Element types whose a + b*c becomes one fused multiply-add. fp32: gcc contracts the same
+    # expression on the host (-ffp-contract=fast), so host and NEON agree. fp16: not -- the
+    # reference (numpy, the C renderer's per-op casts) rounds the product to half precision
+    # before the add, and a fused vfmaq_f16 would round once (measured: 28 of 148 lanes of
+    # mul-add-div-sqrt differed by an ulp); vmulq_f16 then vaddq_f16 match it bit for bit.
+    contract_fma = frozenset({DType.float32})
 
-    def __init__(self, fp16: bool = False):
+    def __init__(self, fp16: bool = False, dotprod: bool = False):
         super().__init__()
+        self.dotprod = dotprod  # ARMv8.2 DotProd: lowerings may use sdot/udot (kiln/codegen/neon_int8.py)
         self.vector_types = {DType.float32: F32X4}
         if fp16:
             self.vector_types[DType.float16] = F16X8
@@ -258,7 +265,7 @@ class NeonRenderer(CRenderer):
             return _V("mask", f"vmvnq_{vt.mask_suffix}({self._as_mask(self.vexpr(e.a))})")
         if e.dtype is not vt.elem:
             raise NotVectorizable(f"{e.dtype} arithmetic")
-        if isinstance(e, Bin) and e.op == "add":
+        if isinstance(e, Bin) and e.op == "add" and vt.elem in self.contract_fma:
             for acc, prod in ((e.a, e.b), (e.b, e.a)):
                 if isinstance(prod, Bin) and prod.op == "mul":  # contract into one fused multiply-add
                     c = self._as_vector(self.vexpr(acc))

@@ -77,6 +77,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
     caps = target.capabilities()
     for name, fn in GRAPH_PASSES:
         graph = fn(graph).verify()
+        if name == "quantize":
+            graph = target.adapt_quantized(graph).verify()  # a target's variant of the integer ops
         snap(name, lambda: format_graph(graph))
         if name == "dce":
             if caps.nchwc:

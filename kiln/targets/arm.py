@@ -53,6 +53,14 @@ def march(options) -> str:
     return "-march=armv8.2-a+" + "+".join(ext) if ext else "-march=armv8-a"
 
 
+def arch_flags(options) -> list[str]:
+    """The architecture flags of a build: ``-march``, and with ``+fp16`` no floating-point
+    contraction. Native half arithmetic rounds each op to fp16 as the reference does, but gcc
+    would fuse a multiply and an add (even ``vmulq_f16`` + ``vaddq_f16``, which arm_neon.h
+    spells as vector operators) into one fmla that rounds once."""
+    return [march(options)] + (["-ffp-contract=off"] if "+fp16" in options else [])
+
+
 def tool_path(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -151,7 +159,7 @@ class Arm64Target(Target):
         return "+dotprod" in self.options
 
     def cflags(self) -> list[str]:
-        return [march(self.options)]
+        return arch_flags(self.options)
 
     def capabilities(self):
         from kiln.passes.default_schedule import Capabilities
@@ -161,9 +169,16 @@ class Arm64Target(Target):
         return Capabilities(vector_bytes=16, vector_registers=32, threads=threads, nchwc=True)
 
     def renderer(self):
+        import kiln.codegen.neon_int8  # noqa: F401 -- registers the int8 dot-product lowering
         from kiln.codegen.neon import NeonRenderer
 
-        return NeonRenderer(fp16=self.fp16)
+        return NeonRenderer(fp16=self.fp16, dotprod=self.dotprod)
+
+    def adapt_quantized(self, graph):
+        """int8 x int8 dot products (sdot, smull): integer kernels read int8 activations."""
+        from kiln.passes.signed_activations import stage_activations_signed
+
+        return stage_activations_signed(graph)
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln import __version__

@@ -72,11 +72,12 @@ def _trips(extent) -> int:
 
 
 class _Counter:
-    def __init__(self, func: Func, fp16: bool, core: ArmCore):
+    def __init__(self, func: Func, fp16: bool, core: ArmCore, dotprod: bool = False):
+        import kiln.codegen.neon_int8  # noqa: F401 -- the int8 lowering, as the arm64 target renders
         from kiln.codegen.neon import NeonRenderer
 
         self.core = core
-        self.renderer = NeonRenderer(fp16=fp16)
+        self.renderer = NeonRenderer(fp16=fp16, dotprod=dotprod)
         self.renderer.buffers = {b.name: b for b in func.params}
         self.globals = {b.name: b for b in func.params}
         self.mix = {"fma": 0.0, "div": 0.0, "math": 0.0, "load": 0.0, "store": 0.0, "integer": 0.0}
@@ -86,6 +87,8 @@ class _Counter:
         self.accesses: dict[str, list[tuple[float, float]]] = {}
 
     def stmt(self, s: Stmt, trips: float, loops: list[For], lanes: int = 1):
+        if isinstance(s, For) and s.kind == VECTORIZED and self.int8_dot(s, trips, loops):
+            return
         if isinstance(s, For):
             n = _trips(s.extent)
             vec = self.renderer.vector_lanes(s) if s.kind == VECTORIZED else 1
@@ -103,6 +106,24 @@ class _Counter:
             self.stmt(s.then, trips, loops, lanes)
         elif isinstance(s, Store):
             self.store(s, trips, loops, lanes)
+
+    def int8_dot(self, loop: For, trips: float, loops: list[For]) -> bool:
+        """An int8 reduction the NEON renderer prints with sdot (or smull + sadalp): its
+        instructions per 16 products, two 16-byte loads and the loop counter per step."""
+        from kiln.codegen.neon_int8 import lowered_form, match_int8_dot
+
+        form = lowered_form(self.renderer, loop)
+        if form is None:
+            return False
+        n = _trips(loop.extent)
+        steps = trips * n / 16
+        self.mix["fma"] += steps * form.ops_per_16
+        self.mix["load"] += 2 * steps
+        self.mix["integer"] += 3 * steps + 2 * trips  # addresses and counter; across-lanes add and tail
+        _, a, b = match_int8_dot(loop)
+        for ld in (a, b):
+            self._access(ld.buffer, ld.indices, trips * n, loops + [loop])
+        return True
 
     def store(self, s: Store, trips: float, loops: list[For], lanes: int):
         per = trips / lanes
@@ -173,9 +194,9 @@ def _feeds_add(mul: Expr, root: Expr) -> bool:
     return any(isinstance(x, Bin) and x.op in ("add", "sub") and (x.a is mul or x.b is mul) for x in walk(root))
 
 
-def estimate(func: Func, fp16: bool = False, core: ArmCore = DEFAULT_CORE) -> ArmCost:
-    """The static cost of one scheduled kernel on an arm64 core."""
-    c = _Counter(func, fp16, core)
+def estimate(func: Func, fp16: bool = False, core: ArmCore = DEFAULT_CORE, dotprod: bool = False) -> ArmCost:
+    """The static cost of one scheduled kernel on an arm64 core (``dotprod``: ``+dotprod``)."""
+    c = _Counter(func, fp16, core, dotprod)
     c.stmt(func.body, 1.0, [])
     m = c.mix
     compute = (m["fma"] / core.fma + m["div"] / core.div + m["load"] / core.load + m["store"] / core.store
@@ -192,18 +213,20 @@ class ArmStaticCostModel:
     attribute); ``predict`` returns one score per candidate, higher is faster
     (the inverse of the estimated seconds)."""
 
-    def __init__(self, core: ArmCore = DEFAULT_CORE, fp16: bool = False):
-        self.core, self.fp16 = core, fp16
+    def __init__(self, core: ArmCore = DEFAULT_CORE, fp16: bool = False, dotprod: bool = False):
+        self.core, self.fp16, self.dotprod = core, fp16, dotprod
 
     def predict(self, task, candidates) -> np.ndarray:
-        costs = [estimate(getattr(c, "func", c), self.fp16, self.core).seconds(self.core) for c in candidates]
+        costs = [estimate(getattr(c, "func", c), self.fp16, self.core, self.dotprod).seconds(self.core)
+                 for c in candidates]
         return np.array([1.0 / max(s, 1e-12) for s in costs])
 
     def update(self, task, candidates, results) -> None:
         """Measurements do not change a static model (a learned model trains on them instead)."""
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps({"kind": "arm-static", "fp16": self.fp16, "core": asdict(self.core)}))
+        Path(path).write_text(json.dumps({"kind": "arm-static", "fp16": self.fp16, "dotprod": self.dotprod,
+                                          "core": asdict(self.core)}))
 
     @classmethod
     def load(cls, path) -> "ArmStaticCostModel":
@@ -212,7 +235,7 @@ class ArmStaticCostModel:
         try:
             data = json.loads(Path(path).read_text())
             assert data.get("kind") == "arm-static"
-            return cls(ArmCore(**data["core"]), bool(data["fp16"]))
+            return cls(ArmCore(**data["core"]), bool(data["fp16"]), bool(data.get("dotprod", False)))
         except (OSError, ValueError, AssertionError, KeyError, TypeError) as e:
             raise KilnError(f"{path} is not a saved arm-static cost model ({type(e).__name__}: {e})") from None
 

@@ -38,7 +38,7 @@ def weights_c(prefix: str, data: bytes) -> tuple[str, str]:
 def write_cmake_project(target, compiled, out: Path) -> Path:
     from kiln import __version__
     from kiln.codegen.templates import render
-    from kiln.targets.arm import march
+    from kiln.targets.arm import arch_flags
 
     info = manifest(compiled)
     prefix = info["prefix"]
@@ -46,7 +46,7 @@ def write_cmake_project(target, compiled, out: Path) -> Path:
     (out / "weights.c").write_text(source)
     (out / "weights.h").write_text(header)
     ctx = dict(version=__version__, prefix=prefix, model_name=compiled.graph.name, target=str(target),
-               march=march(target.options), weights_size=info["weights_size"], inputs=info["inputs"],
+               march=" ".join(arch_flags(target.options)), weights_size=info["weights_size"], inputs=info["inputs"],
                outputs=info["outputs"])
     (out / "CMakeLists.txt").write_text(render("arm_CMakeLists.txt.j2", **ctx))
     (out / "cmake").mkdir(exist_ok=True)

@@ -73,6 +73,11 @@ class Target:
         """A target's own rewrite of the imported graph, before the graph passes (none here)."""
         return graph
 
+    def adapt_quantized(self, graph: "Graph") -> "Graph":
+        """A target's choice among equivalent integer kernels, right after the ``quantize``
+        pass (arm64 stages int8 activations for its signed dot products); none here."""
+        return graph
+
     def plan_memory(self, graph: "Graph", kernels: list) -> "MemoryPlan":
         """Where every tensor lives; targets may change the alignment or check a budget."""
         from kiln.passes.memory_plan import plan_memory

@@ -14,7 +14,10 @@ lowers from the same compute definition:
   ``vpmaddubsw``; gcc emits them for a dot product whose operands are both contiguous
   along the reduction, which is how both ops lay out their reduction (weights packed
   (O, ..., K) at compile time, activations in a uint8 staging buffer, channels last).
-  A target with signed dot products (NEON ``sdot``) can set ``act_offset`` 0 for int8.
+  A target with signed x signed dot products (NEON ``sdot``, ``smull``) stages int8 instead:
+  ``act_offset`` 0 for int8 activations and -128 for uint8 ones (``x - 128`` as int8), which
+  ``kiln/passes/signed_activations.py`` chooses for it; the staged domain is what
+  :func:`staged_dtype` says, and the bias term below absorbs whichever offset is used.
 - ``bias`` already holds the zero-point terms: ``bias_q - (x_zp + act_offset) * sum_k w``,
   so the inner loop has no zero-point arithmetic (weights are symmetric: zero point 0).
 - **Rounding**: ``mult`` (int32, normalized to [2^30, 2^31)) and ``shift`` encode the real
@@ -38,8 +41,19 @@ from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register
 from kiln.ir.ops.nn import conj, offset, static_shape, window_attrs, window_out_size
 
-I32, I64, U8 = DType.int32, DType.int64, DType.uint8
+I32, I64, U8, I8 = DType.int32, DType.int64, DType.uint8, DType.int8
 QTYPES = (DType.int8, DType.uint8)
+# (activation dtype, act_offset) -> the dtype the reduction reads activations in
+STAGED = {(U8, 0): U8, (I8, 128): U8, (I8, 0): I8, (U8, -128): I8}
+
+
+def staged_dtype(act: DType, off: int) -> DType:
+    """The element type of the activations the dot product reads (see the module docstring)."""
+    dom = STAGED.get((act, int(off)))
+    if dom is None:
+        raise ShapeError(f"act_offset {off} does not move {act} activations into uint8 or int8 "
+                         f"(expected 0 or 128 for int8, 0 or -128 for uint8)")
+    return dom
 
 
 def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,16 +104,16 @@ def _check_attrs(attrs, what: str) -> DType:
     lo, hi = np.iinfo(out.np).min, np.iinfo(out.np).max
     if not lo <= int(attrs["lo"]) <= int(attrs["hi"]) <= hi:
         raise ShapeError(f"{what} clamp [{attrs['lo']}, {attrs['hi']}] is outside the {out} range")
-    if int(attrs.get("act_offset", 0)) not in (0, 128):
-        raise ShapeError(f"{what} act_offset must be 0 or 128; got {attrs['act_offset']}")
+    if int(attrs.get("act_offset", 0)) not in (-128, 0, 128):
+        raise ShapeError(f"{what} act_offset must be -128, 0 or 128; got {attrs['act_offset']}")
     return out
 
 
-def _to_u8(v, off: int):
-    """An activation moved to the uint8 domain (int8 + 128), or as is."""
+def _to_domain(v, off: int, dom: DType):
+    """An activation moved to the staged domain (int8 + 128 as uint8, uint8 - 128 as int8), or as is."""
     if not off:
         return v
-    return Cast(Cast(v, I32) + Const(off, I32), U8)
+    return Cast(Cast(v, I32) + Const(off, I32), dom)
 
 
 # -- qconv -------------------------------------------------------------------------------------------
@@ -109,6 +123,7 @@ def _qconv_infer(ins, attrs):
     out = _check_attrs(attrs, "qconv")
     if ins[0].dtype not in QTYPES or ins[1].dtype is not DType.int8:
         raise ShapeError(f"qconv takes int8/uint8 activations and int8 weights; got {ins[0].dtype}, {ins[1].dtype}")
+    staged_dtype(ins[0].dtype, attrs.get("act_offset", 0))
     if len(x) != 4 or len(w) != 3:
         raise ShapeError(f"qconv takes 2-D input (N, C, H, W) and packed weights (OC, KH, KW*C/group); "
                          f"got {x} and {w}")
@@ -124,7 +139,8 @@ def _qconv_infer(ins, attrs):
 
 
 def _qconv_compute(ins, outs, attrs):
-    """Stage ``__xu``: the input, padded, channels last and in uint8, as (N, Hp, Wp*C): a
+    """Stage ``__xu``: the input, padded, channels last and in the staged domain (uint8, or
+    int8 for signed dot products; see :func:`staged_dtype`), as (N, Hp, Wp*C): a
     window row of a group is then contiguous, and with dilation 1 and one group the whole
     (kw, c) window row is one run of KW*C bytes -- the reduction the vectorizer sees."""
     x, w, bias, mult, shift = ins
@@ -133,6 +149,7 @@ def _qconv_compute(ins, outs, attrs):
     (kh, kw), group = attrs["kernel"], int(attrs.get("group", 1))
     strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
     off = int(attrs.get("act_offset", 0))
+    dom = staged_dtype(x.dtype, off)
     pad_value = int(attrs["x_zp"]) + off
     hp, wp = h_ + pb[0] + pe[0], w_ + pb[1] + pe[1]
 
@@ -141,10 +158,10 @@ def _qconv_compute(ins, outs, attrs):
         conds = []
         for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1], w_)):
             conds += ([v.ge(b)] if b else []) + ([v.lt(b + m)] if e else [])
-        val = _to_u8(x[n, c, offset(h, -pb[0]), offset(ww, -pb[1])], off)
-        return val if not conds else Select(conj(conds), val, Const(pad_value, U8))
+        val = _to_domain(x[n, c, offset(h, -pb[0]), offset(ww, -pb[1])], off, dom)
+        return val if not conds else Select(conj(conds), val, Const(pad_value, dom))
 
-    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, U8, tag="pad", inline=False)
+    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, dom, tag="pad", inline=False)
     src = xu.tensor
     icg, ocg = c_ // group, o.shape[1] // group
 
@@ -178,6 +195,7 @@ def _qmatmul_infer(ins, attrs):
     out = _check_attrs(attrs, "qmatmul")
     if ins[0].dtype not in QTYPES or ins[1].dtype is not DType.int8:
         raise ShapeError(f"qmatmul takes int8/uint8 A and int8 weights; got {ins[0].dtype}, {ins[1].dtype}")
+    staged_dtype(ins[0].dtype, attrs.get("act_offset", 0))
     if len(a) < 2 or len(w) != 2 or a[-1] != w[1]:
         raise ShapeError(f"qmatmul takes A (..., M, K) and packed weights (N, K); got {a} and {w}")
     _check_epilogue(ins[2:5], w[0], "qmatmul")
@@ -191,7 +209,8 @@ def _qmatmul_compute(ins, outs, attrs):
     k = a.shape[-1]
     stages = []
     if off:
-        au = compute(f"{o.name}__au", a.shape, lambda *i: _to_u8(a[i], off), U8, tag="pad", inline=False)
+        dom = staged_dtype(a.dtype, off)
+        au = compute(f"{o.name}__au", a.shape, lambda *i: _to_domain(a[i], off, dom), dom, tag="pad", inline=False)
         stages.append(au)
         a = au.tensor
 

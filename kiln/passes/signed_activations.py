@@ -1,0 +1,62 @@
+"""Integer kernels that read int8 activations: for targets whose dot products are signed.
+
+The ``quantize`` pass stages every ``qconv``/``qmatmul`` activation as uint8 (int8 inputs
+move by +128), the operand pair of x86's ``vpdpbusd`` (u8 x s8). Arm has no mixed-sign dot
+product before the I8MM extension: ``sdot`` (ARMv8.2 DotProd) and the widening ``smull``
+(base ARMv8) multiply int8 by int8. For such a target this pass moves the activations to
+int8 instead -- int8 inputs unchanged (``act_offset`` 0), uint8 inputs as ``x - 128``
+(``act_offset`` -128) -- and folds the change into the bias, which already carries the
+zero-point terms ``-(x_zp + act_offset) * sum_k w`` (see ``kiln/ir/ops/qlinear.py``):
+
+    sum_k (x - 128) * w  +  128 * sum_k w   ==   sum_k x * w
+
+The weight sums are compile-time constants, so the integers the kernel produces are the
+same as before, bit for bit; only the operand types of the inner product change.
+
+A target opts in from :meth:`Target.adapt_quantized` (kiln/targets/base.py), which the
+pipeline calls right after ``quantize``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir.dtype import DType
+from kiln.ir.ops.qlinear import staged_dtype
+from kiln.passes.rewrite import Any, Const, Match, Op, Rewriter, Rule, apply_rules
+
+# act_offset that stages each activation type as int8
+SIGNED_OFFSET = {DType.int8: 0, DType.uint8: -128}
+INT32 = np.iinfo(np.int32)
+
+
+def _to_signed(m: Match, rw: Rewriter) -> str | None:
+    node = m.nodes["op"]
+    act = rw.type(node.inputs[0]).dtype
+    old, new = int(node.attrs.get("act_offset", 0)), SIGNED_OFFSET[act]
+    if staged_dtype(act, old) is DType.int8:
+        return None  # already signed
+    w = m.arrays["w"].astype(np.int64)
+    wsum = w.reshape(w.shape[0], -1).sum(axis=1)
+    # bias = bias_q - (x_zp + off) * wsum: replace old's share of the offset by new's
+    bias = m.arrays["bias"].astype(np.int64) + (old - new) * wsum
+    if bias.min(initial=0) < INT32.min or bias.max(initial=0) > INT32.max:
+        return None  # the integer kernel as it is stays correct
+    attrs = dict(node.attrs, act_offset=new)
+    inputs = [node.inputs[0], node.inputs[1], rw.const(bias.astype(np.int32), "qbias"), *node.inputs[3:]]
+    return rw.emit(node.op, inputs, attrs)
+
+
+RULES: list[Rule] = [
+    (Op(op, Any("x"), Const("w"), Const("bias"), Const("mult"), Const("shift"), name="op"), _to_signed)
+    for op in ("qconv", "qmatmul")
+]
+
+
+def stage_activations_signed(graph):
+    """Rewrite every ``qconv``/``qmatmul`` to read int8 activations (see the module docstring)."""
+    if not any(n.op in ("qconv", "qmatmul") for n in graph.nodes):
+        return graph
+    return apply_rules(graph, RULES)
+
+
+__all__ = ["stage_activations_signed", "SIGNED_OFFSET", "RULES"]
