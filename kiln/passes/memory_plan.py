@@ -53,9 +53,33 @@ def view_roots(graph: Graph) -> dict[str, str]:
     return root
 
 
+def in_place_roots(graph: Graph) -> dict[str, str]:
+    """``view_roots`` plus the outputs of in-place ops (``insert_slice`` writes only its box
+    of ``dest``'s storage), which must share their ``dest``: a ``dest`` that is read by
+    anyone else, or lives outside the arena, cannot be overwritten and is refused."""
+    from kiln.errors import VerificationError
+    from kiln.ir.ops.region import IN_PLACE
+
+    root = view_roots(graph)
+    consumers = graph.consumers()
+    outside = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.constants)
+    for node in graph.nodes:
+        pos = IN_PLACE.get(node.op)
+        if pos is None or len(node.inputs) <= pos:
+            continue
+        dest = node.inputs[pos]
+        src = root.get(dest, dest)
+        if len(consumers.get(dest, [])) != 1 or src in outside or node.outputs[0].name in outside:
+            raise VerificationError(f"{node.op} {node.outputs[0].name!r} writes in place into {dest!r}, which is "
+                                    "read elsewhere or is a graph input, output or constant; expected a value "
+                                    "used by this node only")
+        root[node.outputs[0].name] = src
+    return root
+
+
 def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
     """``align``: byte alignment of every tensor (64 on hosts: a cache line; 16 on MCUs)."""
-    roots = view_roots(graph)
+    roots = in_place_roots(graph)
     types = graph.value_types()
     storage: dict[str, Storage] = {}
     for i, v in enumerate(graph.inputs):
