@@ -36,11 +36,13 @@ class MemoryPlan:
     lower_bound: int          # the largest total of tensors live at one time
     weights: bytes = b""
     intervals: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (start, end, bytes)
+    patching: object = None   # a PatchReport when the first layers run patch by patch
 
     def summary(self) -> str:
         ratio = self.arena_size / self.lower_bound if self.lower_bound else 1.0
-        return (f"arena {self.arena_size} bytes (lower bound {self.lower_bound}, "
+        text = (f"arena {self.arena_size} bytes (lower bound {self.lower_bound}, "
                 f"{ratio:.2f}x); weights {len(self.weights)} bytes")
+        return text + (f"; {self.patching.summary()}" if self.patching is not None else "")
 
 
 def view_roots(graph: Graph) -> dict[str, str]:
@@ -60,10 +62,13 @@ def in_place_roots(graph: Graph) -> dict[str, str]:
     from kiln.errors import VerificationError
     from kiln.ir.ops.region import IN_PLACE
 
-    root = view_roots(graph)
+    root: dict[str, str] = {}
     consumers = graph.consumers()
     outside = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.constants)
-    for node in graph.nodes:
+    for node in graph.nodes:  # in order, so a view of an in-place result finds the first buffer
+        if ops.get(node.op).fusion == ops.FusionKind.VIEW:
+            src = node.inputs[0]
+            root[node.outputs[0].name] = root.get(src, src)
         pos = IN_PLACE.get(node.op)
         if pos is None or len(node.inputs) <= pos:
             continue
