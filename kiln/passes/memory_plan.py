@@ -106,7 +106,7 @@ def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
         for name in k.outputs:
             r = roots.get(name, name)
             if r not in storage:
-                intervals.setdefault(r, [step, step])
+                intervals.setdefault(r, [step, step])[1] = step  # an in-place write extends its buffer's life
                 sizes[r] = types[r].max_nbytes(graph.dim_bounds)
         for name, t in k.temps:
             intervals[name] = [step, step]
