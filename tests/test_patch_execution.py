@@ -24,7 +24,8 @@ from kiln.ir.interp import run_graph
 from kiln.passes.patch_execution import PatchError, Window, parse_grid, patch_graph, stage_chain, stage_ends
 from tests.conftest import require_toolchain
 
-BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256))
+BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256))   # (stride, channels at width 1.0): the first four blocks
+VWW_BLOCKS = BLOCKS + ((1, 256), (2, 512)) + ((1, 512),) * 5 + ((2, 1024), (1, 1024))
 
 
 def mobilenet_v1(image=96, alpha=0.25, blocks=BLOCKS, classes=4, seed=0) -> onnx.ModelProto:
@@ -184,6 +185,20 @@ def test_planner_puts_every_patch_in_place_below_the_layer_by_layer_lower_bound(
           f"2x2 over 4 ops: arena {plan.arena_size}, +{100 * report.extra_macs:.1f}% MACs in the stage")
 
 
+def test_vww_mobilenet_v1_arena_falls_below_its_layer_by_layer_lower_bound():
+    """The full MobileNetV1-0.25 visual-wake-words shape (13 blocks, 96x96x3, int8): the
+    numbers in docs/microcontrollers.md (run with -s)."""
+    rng = np.random.default_rng(0)
+    q = kiln.quantize(mobilenet_v1(blocks=VWW_BLOCKS, classes=2),
+                      {"input": rng.random((4, 3, 96, 96)).astype(np.float32)}, method="minmax")
+    plain = kiln.compile(q, target="cortex-m4").result.plan
+    for option in ("sram=64K", "patch=2x2", "patch=3x3"):
+        plan = kiln.compile(q, target=f"cortex-m4:{option}").result.plan
+        print(f"VWW MobileNetV1-0.25 int8 cortex-m4:{option}: {plan.summary()}")
+        assert plan.arena_size < plain.lower_bound
+        assert plan.patching.arena_without == plain.arena_size
+
+
 # -- choosing under a budget ------------------------------------------------------------------------------
 
 def test_budget_patches_only_what_does_not_fit_and_reports_both_arenas(mbv1_q):
@@ -285,7 +300,8 @@ def test_int8_patched_on_cortex_m4_matches_host_exactly(mbv1_q, option):
     rep = cm.result.plan.patching
     print(f"mbv1 int8 cortex-m4 {option}: arena {cm.arena_size} vs layer by layer {plain.arena_size} "
           f"(lower bound {plain.result.plan.lower_bound}); {rep.grid[0]}x{rep.grid[1]} over {len(rep.stage)} ops, "
-          f"+{100 * rep.extra_macs:.1f}% stage MACs; instructions {patched_instr} vs {plain_runner.instructions[0]}")
+          f"+{100 * rep.extra_macs:.1f}% stage MACs; instructions {patched_instr} vs {plain_runner.instructions[0]}; "
+          f"model code {runner.sizes()['model_code']} B vs {plain_runner.sizes()['model_code']} B")
     assert cm.arena_size < plain.result.plan.lower_bound
 
 
@@ -298,3 +314,15 @@ def test_float_model_patched_on_cortex_m4_matches_host():
     assert cm.result.plan.patching is not None
     got = cm.build()(x)["logits"]
     np.testing.assert_allclose(got, kiln.compile(m, target="host").run(x)["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_snapshot_patched_int8_model_c():
+    """The generated model.c of a patched int8 model: per-patch slice and qconv kernels
+    (pads only at the border) and the insert_slice kernels writing their box in place."""
+    from tests.test_codegen import check_snapshot
+    from tests.test_cortex_m import _tiny_qdq
+
+    cm = kiln.compile(_tiny_qdq(), target="cortex-m4:patch=2x2")
+    c = cm.files["model.c"]
+    assert c.count("(insert_slice)") == 4 and "float" not in c
+    check_snapshot("cortex_m4_tiny_q_patch2x2_model.c", c)
