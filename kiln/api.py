@@ -169,7 +169,7 @@ def _require_bounds(graph: Graph) -> None:
 
 
 def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after: str | None = None,
-            example_inputs=None) -> str:
+            example_inputs=None, target: str = "host") -> str:
     """Text report: the graph IR (or the IR after a named stage), kernels and memory.
 
     A model whose symbolic dims have no bounds is shown as imported (it cannot be planned)."""
@@ -184,7 +184,7 @@ def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after: str | 
         _require_bounds(graph)
     except KilnError:
         return format_graph(graph)
-    result = run_pipeline(graph, print_after=print_ir_after, prefix=PREFIX)
+    result = run_pipeline(graph, target=target, print_after=print_ir_after, prefix=PREFIX)
     if print_ir_after:
         return result.snapshots[print_ir_after]
     from kiln.passes.manager import _kernel_notes

@@ -121,6 +121,17 @@ def _shapes(pairs) -> dict[str, tuple[int, ...]] | None:
     return shapes or None
 
 
+def _mcu_target(target: str, sram_budget: str | None, patch: str | None) -> str:
+    """--sram-budget and --patch are target options: cortex-m4 -> cortex-m4:sram=256K,patch=4x4."""
+    for flag, option, value in (("--sram-budget", "sram", sram_budget), ("--patch", "patch", patch)):
+        if value is None:
+            continue
+        if not target.startswith("cortex-m"):
+            raise KilnError(f"{flag} applies to microcontroller targets (cortex-m*); got --target {target}")
+        target = f"{target}{',' if ':' in target else ':'}{option}={value}"
+    return target
+
+
 def _parse_emit(value: str | None) -> list[str] | None:
     if not value:
         return None
@@ -198,10 +209,13 @@ def cli() -> None:
               help="With --kernel: also build libNAME_tvm_ffi.so, loadable by tvm_ffi.load_module.")
 @click.option("--sram-budget", "sram_budget", metavar="SIZE", default=None,
               help="Microcontroller targets: the most RAM the arena may use, e.g. 256K; a model that "
-                   "needs more is refused.")
+                   "needs more runs its first layers patch by patch if that fits, else it is refused.")
+@click.option("--patch", "patch", metavar="RxC", default=None,
+              help="Microcontroller targets: run the first layers patch by patch on this output grid, "
+                   "e.g. 4x4 (MCUNetV2-style; the stage with the smallest arena is taken).")
 def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_bounds, db: str | None,
                 emit: str | None, kernel_name: str | None = None, nodes: str | None = None,
-                tvm_ffi: bool = False, sram_budget: str | None = None) -> None:
+                tvm_ffi: bool = False, sram_budget: str | None = None, patch: str | None = None) -> None:
     """Compile MODEL (an .onnx file) and write a self-contained source project.
 
     With --kernel NAME, write a kernel library for other runtimes instead (C ABI, DLPack,
@@ -212,10 +226,7 @@ def compile_cmd(model: str, target: str, output: str | None, input_shapes, dim_b
 
         return compile_kernel(model, kernel_name, output, _shapes(input_shapes), db, nodes, tvm_ffi, emit)
     kinds = _parse_emit(emit)
-    if sram_budget is not None:  # a target option: cortex-m4 -> cortex-m4:sram=256K
-        if not target.startswith("cortex-m"):
-            raise KilnError(f"--sram-budget applies to microcontroller targets (cortex-m*); got --target {target}")
-        target = f"{target}{',' if ':' in target else ':'}sram={sram_budget}"
+    target = _mcu_target(target, sram_budget, patch)
     shapes = _shapes(input_shapes)
     import kiln.api as api
 
@@ -339,8 +350,14 @@ def _shapes_from_inputs(model: str, inputs: dict) -> dict | None:
               help="For a QDQ model: per-layer quantization error (scale, SQNR, max error in steps).")
 @click.option("--inputs", "inputs_path", default=None, metavar="in.npz",
               help="Inputs for --quant (default: seeded random normal values).")
+@target_option
+@click.option("--sram-budget", "sram_budget", metavar="SIZE", default=None,
+              help="As for compile: microcontroller arena budget (patches the first layers if needed).")
+@click.option("--patch", "patch", metavar="RxC", default=None,
+              help="As for compile: run the first layers patch by patch on this grid.")
 def inspect_cmd(model: str, print_ir_after: str | None, input_shapes, dim_bounds, quant: bool = False,
-                inputs_path: str | None = None) -> None:
+                inputs_path: str | None = None, target: str = DEFAULT_TARGET, sram_budget: str | None = None,
+                patch: str | None = None) -> None:
     """Print the graph IR of MODEL with its kernel count and arena size."""
     if quant:
         from kiln.quantization.report import quant_report
@@ -351,7 +368,7 @@ def inspect_cmd(model: str, print_ir_after: str | None, input_shapes, dim_bounds
     import kiln.api as api
 
     text = api.inspect(model, input_shapes=shapes, dim_bounds=dict(dim_bounds) or None,
-                       print_ir_after=print_ir_after)
+                       print_ir_after=print_ir_after, target=_mcu_target(target, sram_budget, patch))
     click.echo(text, nl=not text.endswith("\n"))
 
 

@@ -179,7 +179,7 @@ def fake_api(monkeypatch):
         api.calls.append(("load", str(directory)))
         return api.compiled
 
-    def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after=None):
+    def inspect(model, *, input_shapes=None, dim_bounds=None, print_ir_after=None, target="host"):
         api.calls.append(("inspect", str(model), input_shapes, print_ir_after))
         if print_ir_after not in (None, "fuse"):
             raise KilnError(f"unknown stage {print_ir_after!r}; valid stages: fuse")

@@ -51,6 +51,10 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
     consts = graph.constants
     scalars = {n: consts[n] for n in inputs if n in consts and consts[n].size == 1}
     inputs = [n for n in inputs if n not in scalars]
+    # An in-place op's destination (insert_slice's) shares the output's storage and is never
+    # read: it is no parameter (C's restrict forbids passing one buffer twice).
+    in_place = [n for n in inputs if n in _in_place_dests(group)]
+    inputs = [n for n in inputs if n not in in_place]
     outputs = [group.result.outputs[0].name] + [
         o.name for n in group.nodes[:-1] for o in n.outputs if o.name in {v.name for v in graph.outputs}]
     outputs += [o.name for o in group.result.outputs[1:]]
@@ -60,6 +64,8 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
     cname.update({n: f"v{k}" for k, n in enumerate(internal)})
     for k, n in enumerate(scalars):
         cname[n] = f"s{k}"
+    for k, n in enumerate(in_place):
+        cname[n] = f"d{k}"
 
     def handle(name):
         t = types[name]
@@ -80,6 +86,12 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
         from dataclasses import replace
         stages = [replace(s, body=replace_loads(s.body, sub)) for s in stages]
     return stages, inputs, outputs, cname
+
+
+def _in_place_dests(group: Group) -> set[str]:
+    from kiln.ir.ops.region import IN_PLACE
+
+    return {n.inputs[IN_PLACE[n.op]] for n in group.nodes if n.op in IN_PLACE and len(n.inputs) > IN_PLACE[n.op]}
 
 
 def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, TensorType],

@@ -129,6 +129,13 @@ def run_stages(stages: Sequence[Stage], buffers: Mapping[str, np.ndarray]) -> di
             env[ax.name] = np.arange(n, dtype=np.int64).reshape(shape)
         val = np.asarray(evaluate(st.body, env, bufs, nd))
         val = np.broadcast_to(val.reshape((1,) * (nd - val.ndim) + val.shape), st.shape)
+        if "store_offset" in st.hints:  # a region write (insert_slice): the box of a larger tensor
+            base = st.hints.get("store_base")
+            full = (np.array(bufs[base], dtype=st.dtype.np) if base
+                    else np.zeros(st.hints["store_shape"], dtype=st.dtype.np))
+            full[tuple(slice(a, a + n) for a, n in zip(st.hints["store_offset"], st.shape))] = val
+            bufs[st.name] = full
+            continue
         bufs[st.name] = np.array(val, dtype=st.dtype.np, order="C")
     return bufs
 

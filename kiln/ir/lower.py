@@ -55,7 +55,11 @@ def lower_store(buffer: str, indices: Sequence[Expr], value: Expr) -> Stmt:
 
 
 def lower_stage(stage: Stage) -> Stmt:
-    body = lower_store(stage.name, stage.axes, stage.body)
+    """A loop nest over ``stage.shape``; a region write (hint ``store_offset``, from
+    ``insert_slice``) stores into the box of a larger tensor at that offset."""
+    at = stage.hints.get("store_offset")
+    indices = stage.axes if not at else tuple(a if c == 0 else a + c for a, c in zip(stage.axes, at))
+    body = lower_store(stage.name, indices, stage.body)
     for var, extent in reversed(list(zip(stage.axes, stage.shape))):
         body = For(var, extent, body)
     return body

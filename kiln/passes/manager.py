@@ -1,7 +1,9 @@
 """The lowering pipeline: one readable list of named stages, run in order.
 
     import -> quantize -> fold_constants -> simplify -> cse -> algebraic -> dce -> layout -> materialize_outputs
-           -> fuse -> lower -> schedule -> memory_plan -> codegen
+           -> partition -> fuse -> lower -> schedule -> memory_plan -> codegen
+
+(``partition``: the target's own rewrite before fusion -- patch-based execution on MCUs.)
 
 ``print_after`` names a stage; its IR is captured as text (``kiln inspect
 --print-ir-after NAME``). Graph stages print the graph IR, ``fuse`` the graph with each
@@ -42,7 +44,8 @@ _GRAPH_STAGES = [n for n, _ in GRAPH_PASSES]
 # "layout" (NCHWc for convolutions, matmul B in panels) runs after "dce": it needs the
 # target's vector width.
 STAGES = (["import"] + _GRAPH_STAGES[: _GRAPH_STAGES.index("dce") + 1] + ["layout"]
-          + _GRAPH_STAGES[_GRAPH_STAGES.index("dce") + 1:] + ["fuse", "lower", "schedule", "memory_plan", "codegen"])
+          + _GRAPH_STAGES[_GRAPH_STAGES.index("dce") + 1:]
+          + ["partition", "fuse", "lower", "schedule", "memory_plan", "codegen"])
 
 
 @dataclass
@@ -86,6 +89,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
             if caps.pack_matmul:
                 graph = pack_matmuls(graph, caps.tile()[1]).verify()
             snap("layout", lambda: format_graph(graph))
+    graph = target.partition_graph(graph).verify()
+    snap("partition", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))
     kernels = build_kernels(graph, groups, caps, tuned=tuned)

@@ -36,11 +36,13 @@ class MemoryPlan:
     lower_bound: int          # the largest total of tensors live at one time
     weights: bytes = b""
     intervals: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (start, end, bytes)
+    patching: object = None   # a PatchReport when the first layers run patch by patch
 
     def summary(self) -> str:
         ratio = self.arena_size / self.lower_bound if self.lower_bound else 1.0
-        return (f"arena {self.arena_size} bytes (lower bound {self.lower_bound}, "
+        text = (f"arena {self.arena_size} bytes (lower bound {self.lower_bound}, "
                 f"{ratio:.2f}x); weights {len(self.weights)} bytes")
+        return text + (f"; {self.patching.summary()}" if self.patching is not None else "")
 
 
 def view_roots(graph: Graph) -> dict[str, str]:
@@ -53,9 +55,36 @@ def view_roots(graph: Graph) -> dict[str, str]:
     return root
 
 
+def in_place_roots(graph: Graph) -> dict[str, str]:
+    """``view_roots`` plus the outputs of in-place ops (``insert_slice`` writes only its box
+    of ``dest``'s storage), which must share their ``dest``: a ``dest`` that is read by
+    anyone else, or lives outside the arena, cannot be overwritten and is refused."""
+    from kiln.errors import VerificationError
+    from kiln.ir.ops.region import IN_PLACE
+
+    root: dict[str, str] = {}
+    consumers = graph.consumers()
+    outside = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.constants)
+    for node in graph.nodes:  # in order, so a view of an in-place result finds the first buffer
+        if ops.get(node.op).fusion == ops.FusionKind.VIEW:
+            src = node.inputs[0]
+            root[node.outputs[0].name] = root.get(src, src)
+        pos = IN_PLACE.get(node.op)
+        if pos is None or len(node.inputs) <= pos:
+            continue
+        dest = node.inputs[pos]
+        src = root.get(dest, dest)
+        if len(consumers.get(dest, [])) != 1 or src in outside or node.outputs[0].name in outside:
+            raise VerificationError(f"{node.op} {node.outputs[0].name!r} writes in place into {dest!r}, which is "
+                                    "read elsewhere or is a graph input, output or constant; expected a value "
+                                    "used by this node only")
+        root[node.outputs[0].name] = src
+    return root
+
+
 def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
     """``align``: byte alignment of every tensor (64 on hosts: a cache line; 16 on MCUs)."""
-    roots = view_roots(graph)
+    roots = in_place_roots(graph)
     types = graph.value_types()
     storage: dict[str, Storage] = {}
     for i, v in enumerate(graph.inputs):
@@ -77,7 +106,7 @@ def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
         for name in k.outputs:
             r = roots.get(name, name)
             if r not in storage:
-                intervals.setdefault(r, [step, step])
+                intervals.setdefault(r, [step, step])[1] = step  # an in-place write extends its buffer's life
                 sizes[r] = types[r].max_nbytes(graph.dim_bounds)
         for name, t in k.temps:
             intervals[name] = [step, step]

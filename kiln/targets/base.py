@@ -78,6 +78,11 @@ class Target:
         pass (arm64 stages int8 activations for its signed dot products); none here."""
         return graph
 
+    def partition_graph(self, graph: "Graph") -> "Graph":
+        """A target's rewrite of the optimized graph just before fusion, e.g. patch-based
+        execution of the first layers on microcontrollers (none here)."""
+        return graph
+
     def plan_memory(self, graph: "Graph", kernels: list) -> "MemoryPlan":
         """Where every tensor lives; targets may change the alignment or check a budget."""
         from kiln.passes.memory_plan import plan_memory

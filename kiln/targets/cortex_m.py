@@ -2,8 +2,10 @@
 under qemu-system-arm on the Arm MPS2/MPS3 boards.
 
 ``cortex-m4`` (MPS2 AN386), ``cortex-m7`` (MPS2 AN500), ``cortex-m55`` (MPS3 AN547).
-Options: ``sram=256K`` (a RAM budget for the arena: a model that needs more is refused
-with the numbers), ``nodsp`` (plain C dot products instead of SMLAD/Helium).
+Options: ``sram=256K`` (a RAM budget for the arena: a model that does not fit layer by
+layer runs its first layers patch by patch when that fits, and is refused with the
+numbers otherwise), ``patch=4x4`` (force patch-based execution with that grid, see
+``kiln.passes.patch_execution``), ``nodsp`` (plain C dot products instead of SMLAD/Helium).
 
 A quantized (QDQ) model gets integer inputs and outputs (``kiln.passes.integer_io``): the
 whole model then runs without floating point, and ``model.h`` gives the scales and zero
@@ -80,10 +82,16 @@ class CortexMTarget(Target):
 
     def __init__(self, options: tuple[str, ...] = ()):
         self.sram_budget = None
+        self.patch_grid = None     # forced by patch=RxC
+        self.patch_report = None   # what partition_graph chose
         rest = []
         for o in options:
             if o.startswith("sram="):
                 self.sram_budget = parse_size(o[len("sram="):])
+            elif o.startswith("patch="):
+                from kiln.passes.patch_execution import parse_grid
+
+                self.patch_grid = parse_grid(o[len("patch="):])
             else:
                 rest.append(o)
         super().__init__(tuple(rest))
@@ -102,17 +110,32 @@ class CortexMTarget(Target):
         graph, self.io_quant = integer_io(graph)
         return graph
 
+    def partition_graph(self, graph):
+        """Patch-based execution of the first layers when forced (``patch=``) or when the
+        layer-by-layer arena exceeds ``sram=`` (``kiln.passes.patch_search``)."""
+        from kiln.passes.memory_plan import plan_memory
+        from kiln.passes.patch_search import PatchBudgetError, choose_patching
+
+        try:
+            graph, self.patch_report = choose_patching(
+                graph, lambda g, ks: plan_memory(g, ks, align=ARENA_ALIGN), self.sram_budget, self.patch_grid)
+        except PatchBudgetError as e:
+            raise SramBudgetError(str(e)) from None
+        return graph
+
     def plan_memory(self, graph, kernels):
         from kiln.passes.memory_plan import plan_memory
 
         plan = plan_memory(graph, kernels, align=ARENA_ALIGN)
+        plan.patching = self.patch_report
         limit = self.board.ram_size - STACK_SIZE
         budget = self.sram_budget
         if budget is not None and plan.arena_size > budget:
             raise SramBudgetError(
                 f"model {graph.name!r} needs an arena of {plan.arena_size} bytes (lower bound {plan.lower_bound}: "
                 f"the largest set of tensors live at one time), more than the SRAM budget of {budget} bytes; "
-                "use a smaller input or model, or a larger budget (patch-based execution is not implemented yet)")
+                "use a smaller input or model, or a larger budget"
+                + (f" ({plan.patching.summary()})" if plan.patching is not None else ""))
         if plan.arena_size > limit:
             raise SramBudgetError(f"model {graph.name!r} needs an arena of {plan.arena_size} bytes; the "
                                   f"{self.board.name} board has {limit} bytes of RAM for it")

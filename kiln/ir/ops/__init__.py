@@ -96,3 +96,4 @@ from kiln.ir.ops import (  # noqa: E402,F401  (registers the families)
     activation, attention, elementwise, indexing, linalg, nn, norm, normalize, packed, pool, qlinear, qpool,
     qsoftmax, quant, reduce, resize,
     sample, scatter, shape, sort, weight_only)
+from kiln.ir.ops import region  # noqa: E402,F401  (insert_slice: patch-based execution)
