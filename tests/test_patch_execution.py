@@ -227,9 +227,9 @@ def test_forced_grid_and_refusal_list_what_was_tried(mbv1_q):
     cm = kiln.compile(q, target="cortex-m4:patch=4x4")
     assert cm.result.plan.patching.grid == (4, 4)
     assert cm.arena_size < cm.result.plan.patching.lower_bound_without
-    with pytest.raises(SramBudgetError, match=r"budget of 20480 bytes, and no patch-based execution fits.*"
+    with pytest.raises(SramBudgetError, match=r"budget of 12288 bytes, and no patch-based execution fits.*"
                                               r"2x2 patches: \d+ bytes at best .*8x8 patches"):
-        kiln.compile(q, target="cortex-m4:sram=20K")
+        kiln.compile(q, target="cortex-m4:sram=12K")
     with pytest.raises(PatchError, match="finer than every stage output"):
         kiln.compile(q, target="cortex-m4:patch=90x90")
 
