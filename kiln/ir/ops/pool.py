@@ -159,6 +159,21 @@ def _prod(shape) -> int:
     return out
 
 
+def window_taps(axes, i, lead: int, include_pad: bool):
+    """Taps of the window at output index ``i``: (the static part, the product of the
+    per-axis counts that vary with the position or None). Padding counts when
+    ``include_pad``; taps past the pads never do."""
+    const, dyn = 1, None
+    for j, ax in enumerate(axes):
+        lo, hi = (-ax.pb, ax.n + ax.pe) if include_pad else (0, ax.n)
+        c = ax.count(i[lead + j], lo, hi)
+        if isinstance(c, int):
+            const *= c
+        else:
+            dyn = c if dyn is None else dyn * c
+    return const, dyn
+
+
 def _avg_pool_compute(ins, outs, attrs):
     """Sum of the in-bounds taps divided by the tap count.
 
@@ -177,14 +192,7 @@ def _avg_pool_compute(ins, outs, attrs):
             v = x[tuple(i[:lead]) + tuple(pos)]
             return v if cond is None else Select(cond, v, zero(dt))
 
-        const, dyn = 1, None
-        for j, ax in enumerate(axes):
-            lo, hi = (-ax.pb, ax.n + ax.pe) if include_pad else (0, ax.n)
-            c = ax.count(i[lead + j], lo, hi)
-            if isinstance(c, int):
-                const *= c
-            else:
-                dyn = c if dyn is None else dyn * c
+        const, dyn = window_taps(axes, i, lead, include_pad)
         total = rsum(tap, kernel)
         if dyn is None:
             return total * Const(1.0 / const, dt)

@@ -31,7 +31,7 @@ from kiln.ir.expr import Bin, Cast, Const, Select
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
 from kiln.ir.ops.nn import batch_shape, window_attrs, window_out_size
-from kiln.ir.ops.pool import _axes, _pool_infer  # the float pools' window geometry, shared
+from kiln.ir.ops.pool import _axes, _pool_infer, window_taps  # the float pools' window geometry, shared
 from kiln.ir.ops.qlinear import QTYPES, _check_attrs, fixed_point, requant
 
 I32, I64 = DType.int32, DType.int64
@@ -112,14 +112,7 @@ def _qavg_compute(ins, outs, attrs):
 
         acc = rsum(tap, kernel)
         padded = any(ax.first < 0 or ax.last >= ax.n for ax in axes)
-        const, dyn = 1, None
-        for j, ax in enumerate(axes):
-            lo, hi = (-ax.pb, ax.n + ax.pe) if include_pad else (0, ax.n)
-            c = ax.count(i[lead + j], lo, hi)
-            if isinstance(c, int):
-                const *= c
-            else:
-                dyn = c if dyn is None else dyn * c
+        const, dyn = window_taps(axes, i, lead, include_pad)
         if not padded:   # no tap ever leaves the input: subtract the zero point once
             acc = acc - Const(int(attrs["x_zp"]) * int(np.prod(kernel)), I32)
         if not by_count:   # one multiplier: infer checked that every window has the same count
