@@ -18,6 +18,7 @@ from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
+from kiln.passes.dot_schedule import dot_axes, tile_dot_reduction
 from kiln.passes.hoist_loads import cleanup_loops
 
 PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
@@ -32,6 +33,9 @@ class Capabilities:
     vector_registers: int = 16
     threads: int = 2
     nchwc: bool = True  # convolutions in blocked NCHW{lanes}c layout (CPUs with SIMD)
+    # (rows, columns) of outputs computed together by an integer dot-product kernel; None:
+    # one dot product per output (see kiln/passes/dot_schedule.py)
+    dot_tile: tuple[int, int] | None = None
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -108,7 +112,9 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         if not spatial:
             continue
         work = _size(st.shape) * _reduce_work(st)
-        if st.has_reduce and "tile" in st.hints:
+        if st.has_reduce and caps.dot_tile and dot_axes(st):
+            _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile), work)
+        elif st.has_reduce and "tile" in st.hints:
             tile_reduction(sch, spatial, st.hints["tile"], work, caps.tile(st.dtype.itemsize))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)

@@ -165,7 +165,7 @@ def _qconv_compute(ins, outs, attrs):
             acc = rsum(term, (kh, kw, icg))
         return requant(acc, bias[oc], mult[oc], shift[oc], attrs, o.dtype)
 
-    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot")]
+    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]  # pixels x channels
 
 
 register("qconv", FusionKind.OUT_FUSABLE, _qconv_infer, _qconv_compute)
@@ -199,7 +199,7 @@ def _qmatmul_compute(ins, outs, attrs):
         acc = rsum(lambda r: Cast(a[i[:-1] + (r,)], I32) * Cast(w[i[-1], r], I32), k)
         return requant(acc, bias[i[-1]], mult[i[-1]], shift[i[-1]], attrs, o.dtype)
 
-    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot")]
+    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (o.ndim - 2, o.ndim - 1)})]
 
 
 register("qmatmul", FusionKind.OUT_FUSABLE, _qmatmul_infer, _qmatmul_compute)
