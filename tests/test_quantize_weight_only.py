@@ -42,6 +42,19 @@ def test_weight_only_matches_ort(bits, group, symmetric, gemm):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m,bits", [(1, 4), (4, 8), (6, 4), (16, 8)])
+def test_gemv_and_matmul_forms_match_ort(m, bits):
+    """Up to LANE_PARTIAL_MAX_ROWS rows the kernel keeps per-lane partial sums; above, one
+    sum per group: both forms against ONNX Runtime."""
+    from kiln.ir.ops.weight_only import LANE_PARTIAL_MAX_ROWS
+
+    q = quantize_weights(_linear(m, 512, 40), bits=bits, group_size=64)
+    x = RNG.standard_normal((m, 512)).astype(np.float32)
+    cm = kiln.compile(q)
+    assert ("__lanes" in cm.source()) == (m <= LANE_PARTIAL_MAX_ROWS)
+    np.testing.assert_allclose(cm.run({"x": x})["y"], ort_run(q, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_int4_weights_take_an_eighth_and_scale_is_hoisted():
     model = _linear(1, 512, 64)
     cm = kiln.compile(quantize_weights(model, bits=4, group_size=64))
@@ -49,10 +62,12 @@ def test_int4_weights_take_an_eighth_and_scale_is_hoisted():
     packed = cm.graph.constants[node.inputs[1]]
     assert packed.dtype == np.uint8 and packed.shape == (64, 256)  # two weights per byte
     src = cm.source()
-    body = src[src.index("#pragma omp simd reduction(+:"):]
-    inner = body[:body.index("}")]
-    assert "in2[" not in inner  # the group scale (in2) is applied outside the inner loop
-    assert "in2[" in body[:body.index("out0[")]
+    kernel = src[src.index("static void kernel_0"):]
+    kernel = kernel[:kernel.index("\n}\n")]
+    vector_loops = [part[:part.index("}")] for part in kernel.split("#pragma omp simd")[1:]]
+    assert vector_loops and "in2[" in kernel and "in3[" in kernel
+    for loop in vector_loops:  # group scale (in2) and zero point (in3): read once per group and row
+        assert "in2[" not in loop and "in3[" not in loop
 
 
 @pytest.mark.parametrize("kw,words", [(dict(bits=3), ["3-bit", "4 and 8"]), (dict(group_size=48), ["group size 48"])])

@@ -115,7 +115,9 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         if st.has_reduce and caps.dot_tile and dot_axes(st):
             _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile), work)
         elif st.has_reduce and "tile" in st.hints:
-            tile_reduction(sch, spatial, st.hints["tile"], work, caps.tile(st.dtype.itemsize))
+            rows, cols = caps.tile(st.dtype.itemsize)
+            rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries
+            tile_reduction(sch, spatial, st.hints["tile"], work, (rows, cols))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)
         else:
