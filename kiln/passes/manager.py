@@ -1,6 +1,6 @@
 """The lowering pipeline: one readable list of named stages, run in order.
 
-    import -> quantize -> fold_constants -> simplify -> cse -> algebraic -> dce -> layout -> materialize_outputs
+    import -> quantize -> integer_ops -> fold_constants -> simplify -> cse -> algebraic -> dce -> layout -> materialize_outputs
            -> fuse -> lower -> schedule -> memory_plan -> codegen
 
 ``print_after`` names a stage; its IR is captured as text (``kiln inspect
@@ -22,6 +22,7 @@ from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_alge
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.layout import to_nchwc
+from kiln.passes.integer_ops import pack_integer_ops
 from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
@@ -30,6 +31,7 @@ from kiln.targets.base import ModelSource
 
 GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("quantize", quantize_integer_ops),  # first: folding would turn DQ(int8 weights) into floats
+    ("integer_ops", pack_integer_ops),   # MatMulInteger/ConvInteger with constant weights: packed
     ("fold_constants", fold_constants),
     ("simplify", eliminate_identity),
     ("cse", eliminate_common_subexpressions),

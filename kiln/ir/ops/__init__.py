@@ -93,5 +93,5 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
 
 
 from kiln.ir.ops import (  # noqa: E402,F401  (registers the families)
-    activation, attention, elementwise, indexing, linalg, nn, norm, normalize, pool, qlinear, quant, reduce, resize,
-    sample, scatter, shape, sort, weight_only)
+    activation, attention, elementwise, indexing, integer_acc, linalg, nn, norm, normalize, pool, qlinear, quant, reduce,
+    resize, sample, scatter, shape, sort, weight_only)

@@ -124,16 +124,22 @@ def _qconv_infer(ins, attrs):
 
 
 def _qconv_compute(ins, outs, attrs):
-    """Stage ``__xu``: the input, padded, channels last and in uint8, as (N, Hp, Wp*C): a
-    window row of a group is then contiguous, and with dilation 1 and one group the whole
-    (kw, c) window row is one run of KW*C bytes -- the reduction the vectorizer sees."""
     x, w, bias, mult, shift = ins
     o = outs[0]
+    pad = Const(int(attrs["x_zp"]) + int(attrs.get("act_offset", 0)), U8)
+    return conv_dot_stages(x, w, o, attrs, pad, lambda acc, oc: requant(acc, bias[oc], mult[oc], shift[oc], attrs,
+                                                                       o.dtype))
+
+
+def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
+    """Stage ``__xu``: the input, padded with ``pad_value`` (its zero point in uint8), channels
+    last and in uint8, as (N, Hp, Wp*C): a window row of a group is then contiguous, and
+    with dilation 1 and one group the whole (kw, c) window row is one run of KW*C bytes --
+    the reduction the vectorizer sees. Then ``o = epilogue(acc, oc)`` per output."""
     n_, c_, h_, w_ = x.shape
     (kh, kw), group = attrs["kernel"], int(attrs.get("group", 1))
     strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
     off = int(attrs.get("act_offset", 0))
-    pad_value = int(attrs["x_zp"]) + off
     hp, wp = h_ + pb[0] + pe[0], w_ + pb[1] + pe[1]
 
     def staged(n, h, wc):
@@ -142,7 +148,7 @@ def _qconv_compute(ins, outs, attrs):
         for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1], w_)):
             conds += ([v.ge(b)] if b else []) + ([v.lt(b + m)] if e else [])
         val = _to_u8(x[n, c, offset(h, -pb[0]), offset(ww, -pb[1])], off)
-        return val if not conds else Select(conj(conds), val, Const(pad_value, U8))
+        return val if not conds else Select(conj(conds), val, pad_value)
 
     xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, U8, tag="pad", inline=False)
     src = xu.tensor
@@ -163,7 +169,7 @@ def _qconv_compute(ins, outs, attrs):
                 return (Cast(src[n, hh, base_w + q * (dil[1] * c_) + first + c], I32)
                         * Cast(w[oc, r, q * icg + c], I32))
             acc = rsum(term, (kh, kw, icg))
-        return requant(acc, bias[oc], mult[oc], shift[oc], attrs, o.dtype)
+        return epilogue(acc, oc)
 
     return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]  # pixels x channels
 
@@ -187,7 +193,13 @@ def _qmatmul_infer(ins, attrs):
 def _qmatmul_compute(ins, outs, attrs):
     a, w, bias, mult, shift = ins
     o = outs[0]
-    off = int(attrs.get("act_offset", 0))
+    return matmul_dot_stages(a, w, o, int(attrs.get("act_offset", 0)),
+                             lambda acc, n: requant(acc, bias[n], mult[n], shift[n], attrs, o.dtype))
+
+
+def matmul_dot_stages(a, w, o, off: int, epilogue):
+    """``o[.., m, n] = epilogue(sum_k au[.., m, k] * w[n, k], n)``; ``au``: ``a`` moved to
+    uint8 by ``off`` in a staging buffer (stage ``__au``) when ``off`` is not 0."""
     k = a.shape[-1]
     stages = []
     if off:
@@ -197,7 +209,7 @@ def _qmatmul_compute(ins, outs, attrs):
 
     def body(*i):
         acc = rsum(lambda r: Cast(a[i[:-1] + (r,)], I32) * Cast(w[i[-1], r], I32), k)
-        return requant(acc, bias[i[-1]], mult[i[-1]], shift[i[-1]], attrs, o.dtype)
+        return epilogue(acc, i[-1])
 
     return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (o.ndim - 2, o.ndim - 1)})]
 
