@@ -56,18 +56,35 @@ def test_gemv_and_matmul_forms_match_ort(m, bits):
 
 
 def test_int4_weights_take_an_eighth_and_scale_is_hoisted():
-    model = _linear(1, 512, 64)
-    cm = kiln.compile(quantize_weights(model, bits=4, group_size=64))
-    node = next(n for n in cm.graph.nodes if n.op == "matmul_wq")
+    """N = 64 is a multiple of the column block: the weights are repacked (N/T, K/2, T) and the
+    kernel is ``matmul_wq_cols``; a group's scale and offset are indexed by the group loop,
+    never by the loop inside a group (gcc keeps them in registers across the group)."""
+    import re
+
+    from kiln.ir.ops.weight_only_cols import COLUMN_BLOCK
+
+    model = _linear(1, 2048, 64)
+    cm = kiln.compile(quantize_weights(model, bits=4, group_size=32))
+    node = next(n for n in cm.graph.nodes if n.op == "matmul_wq_cols")
     packed = cm.graph.constants[node.inputs[1]]
-    assert packed.dtype == np.uint8 and packed.shape == (64, 256)  # two weights per byte
+    assert packed.dtype == np.uint8 and packed.shape == (64 // COLUMN_BLOCK, 1024, COLUMN_BLOCK)
+    assert packed.nbytes * 8 == 2048 * 64 * 4                      # an eighth of the fp32 bytes
     src = cm.source()
     kernel = src[src.index("static void kernel_0"):]
-    kernel = kernel[:kernel.index("\n}\n")]
-    vector_loops = [part[:part.index("}")] for part in kernel.split("#pragma omp simd")[1:]]
-    assert vector_loops and "in2[" in kernel and "in3[" in kernel
-    for loop in vector_loops:  # group scale (in2) and zero point (in3): read once per group and row
-        assert "in2[" not in loop and "in3[" not in loop
+    within_group = re.search(r"for \(int64_t (\w+) = 0; \1 < 16; ", kernel).group(1)  # 32 / 2 bytes
+    group = re.search(r"for \(int64_t (\w+) = 0; \1 < 64; ", kernel).group(1)          # 2048 / 32 groups
+    params = re.findall(r"in[23]\[([^\]]*)\]", kernel)
+    assert params and all(group in ix and not re.search(rf"\b{within_group}\b", ix) for ix in params)
+
+
+@pytest.mark.parametrize("m,n,bits,group,gemm", [
+    (1, 64, 4, 32, False), (1, 96, 8, 64, False), (5, 64, 4, 128, True), (3, 32, 8, 32, True)])
+def test_column_blocked_kernel_matches_ort(m, n, bits, group, gemm):
+    q = quantize_weights(_linear(m, 256, n, gemm), bits=bits, group_size=group)
+    x = RNG.standard_normal((m, 256)).astype(np.float32)
+    cm = kiln.compile(q)
+    assert "matmul_wq_cols" in {nd.op for nd in cm.graph.nodes}
+    np.testing.assert_allclose(cm.run({"x": x})["y"], ort_run(q, {"x": x})["y"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kw,words", [(dict(bits=3), ["3-bit", "4 and 8"]), (dict(group_size=48), ["group size 48"])])

@@ -117,6 +117,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         elif st.has_reduce and "tile" in st.hints:
             rows, cols = caps.tile(st.dtype.itemsize)
             rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries
+            cols = st.hints.get("tile_cols", cols)              # a layout blocked by columns
             tile_reduction(sch, spatial, st.hints["tile"], work, (rows, cols))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)

@@ -16,6 +16,10 @@ still gets the integer kernel, with the float requantize as its fused epilogue.
 Left as they are (exact, slower): weights that are not constants, a weight zero point that
 does not fit int8 after subtraction, per-row activation zero points, 1-D convolutions and
 batched constant weights.
+
+The same table moves weight-only matmuls (``matmul_wq``, from MatMulNBits) into the
+column-blocked layout of ``matmul_wq_cols`` (``kiln/ir/ops/weight_only_cols.py``) when the
+number of output columns is a multiple of the block: one more compile-time repacking.
 """
 from __future__ import annotations
 
@@ -78,14 +82,35 @@ def _conv(m: Match, rw: Rewriter):
     return rw.emit("qconv_i32", [x, rw.const(packed, "qweight"), rw.const(wsum.astype(np.int32), "qwsum"), za], attrs)
 
 
+def _weight_only_columns(m: Match, rw: Rewriter):
+    from kiln.ir.ops.weight_only_cols import COLUMN_BLOCK as T
+
+    x, packed, scale, zero = m.root.inputs
+    arrays = [rw.constants.get(v) for v in (packed, scale, zero)]
+    if any(a is None for a in arrays) or arrays[0].shape[0] % T:
+        return None
+    q, s, z = arrays
+    n = q.shape[0]
+
+    def blocked(a):  # (N, ...) -> (N/T, ..., T)
+        return np.ascontiguousarray(a.reshape(n // T, T, a.shape[1]).transpose(0, 2, 1))
+
+    offset = (-(s.astype(np.float64) * z.astype(np.float64))).astype(np.float32)
+    ins = [x, rw.const(blocked(q), "wq_cols"), rw.const(blocked(s.astype(np.float32)), "wq_scale"),
+           rw.const(blocked(offset), "wq_offset")]
+    return rw.emit("matmul_wq_cols", ins, dict(m.root.attrs))
+
+
 RULES: list[Rule] = [
     (Op("matmul_integer", single_use=False), _matmul),
     (Op("conv_integer", single_use=False), _conv),
+    (Op("matmul_wq", single_use=False), _weight_only_columns),
 ]
 
 
 def pack_integer_ops(graph: Graph) -> Graph:
-    """Rewrite constant-weight ``matmul_integer``/``conv_integer`` (see the module docstring)."""
-    if not any(n.op in ("matmul_integer", "conv_integer") for n in graph.nodes):
+    """Rewrite constant-weight ``matmul_integer``/``conv_integer``/``matmul_wq`` (see the module
+    docstring)."""
+    if not any(n.op in ("matmul_integer", "conv_integer", "matmul_wq") for n in graph.nodes):
         return graph
     return apply_rules(graph, RULES)

@@ -94,4 +94,4 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
 
 from kiln.ir.ops import (  # noqa: E402,F401  (registers the families)
     activation, attention, elementwise, indexing, integer_acc, linalg, nn, norm, normalize, pool, qlinear, quant, reduce,
-    resize, sample, scatter, shape, sort, weight_only)
+    resize, sample, scatter, shape, sort, weight_only, weight_only_cols)
