@@ -18,7 +18,7 @@ from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
-from kiln.passes.dot_schedule import dot_axes, tile_dot_reduction
+from kiln.passes.dot_schedule import copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
 from kiln.passes.hoist_loads import cleanup_loops
 
 PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
@@ -121,6 +121,10 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             tile_reduction(sch, spatial, st.hints["tile"], work, (rows, cols))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)
+        elif "runs" in st.hints:
+            copy_in_runs(sch, spatial, st.hints["runs"], work)
+        elif "channels_last" in st.hints and caps.dot_tile:
+            stage_channels_last(sch, spatial, st.hints["channels_last"], work)
         else:
             _injective(sch, spatial, work)
     _vectorize_scalar_reductions(sch)

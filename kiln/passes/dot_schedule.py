@@ -59,3 +59,42 @@ def tile_dot_reduction(sch: Schedule, spatial, axes: tuple[int, int], tile: tupl
     for name in (ri, ci, ri + "_init", ci + "_init", ri + "_wb", ci + "_wb"):
         sch.unroll(name)
     return [(n, sch._loop(n).extent) for n in order[:-2]]
+
+
+def copy_in_runs(sch: Schedule, spatial, run: int, work: int) -> None:
+    """A staging copy whose last axis is made of contiguous runs of ``run`` elements (the
+    ``runs`` hint of an im2col stage): split it so the inner loop copies one run with plain
+    indices (vectorized, a memcpy), everything outside fused and run in parallel."""
+    from kiln.passes.default_schedule import PARALLEL_MIN_WORK
+
+    last, n = spatial[-1]
+    if not isinstance(n, int) or n % run:
+        return
+    outer, inner = sch.split(last, run)
+    sch.vectorize(inner)
+    name = spatial[0][0]
+    for nxt, _ in spatial[1:-1]:
+        name = sch.fuse(name, nxt)
+    name = sch.fuse(name, outer) if len(spatial) > 1 else outer
+    if work >= PARALLEL_MIN_WORK:
+        sch.parallel(name)
+
+
+def stage_channels_last(sch: Schedule, spatial, channels: int, work: int) -> None:
+    """The NCHW -> padded NHWC staging of an integer convolution (``channels_last`` hint:
+    its last axis is W*C). In storage order the loop reads the NCHW input with a stride of
+    H*W bytes per element, a cache line per byte; split W*C into (W, C) and loop over
+    channels outside pixels, so each inner loop reads one contiguous input row and writes
+    with a stride of C into a staging row that stays in L1."""
+    from kiln.passes.default_schedule import PARALLEL_MIN_WORK
+
+    last, n = spatial[-1]
+    if not isinstance(n, int) or n % channels or len(spatial) < 2:
+        return
+    w, c = sch.split(last, channels)
+    sch.reorder(*[name for name, _ in spatial[:-1]], c, w)
+    name = spatial[0][0]
+    for nxt, _ in spatial[1:-1]:
+        name = sch.fuse(name, nxt)
+    if work >= PARALLEL_MIN_WORK:
+        sch.parallel(name)

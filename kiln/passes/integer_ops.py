@@ -114,3 +114,19 @@ def pack_integer_ops(graph: Graph) -> Graph:
     if not any(n.op in ("matmul_integer", "conv_integer", "matmul_wq") for n in graph.nodes):
         return graph
     return apply_rules(graph, RULES)
+
+
+def _im2col(m: Match, rw: Rewriter):
+    if m.root.attrs.get("im2col"):
+        return None
+    return rw.emit(m.root.op, list(m.root.inputs), {**m.root.attrs, "im2col": 1})
+
+
+def stage_windows(graph: Graph) -> Graph:
+    """Mark integer convolutions to copy each output pixel's window into one run (im2col, see
+    ``kiln/ir/ops/qlinear.py``). Only for targets that compute dot products in register tiles
+    (``Capabilities.dot_tile``): the copy costs KH times the input in memory, which a CPU with
+    megabytes of cache does not notice and a microcontroller's arena does."""
+    if not any(n.op in ("qconv", "qconv_i32") for n in graph.nodes):
+        return graph
+    return apply_rules(graph, [(Op("qconv", single_use=False), _im2col), (Op("qconv_i32", single_use=False), _im2col)])

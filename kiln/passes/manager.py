@@ -22,7 +22,7 @@ from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_alge
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.layout import to_nchwc
-from kiln.passes.integer_ops import pack_integer_ops
+from kiln.passes.integer_ops import pack_integer_ops, stage_windows
 from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
@@ -81,6 +81,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
         if name == "dce":
             if caps.nchwc:
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
+            if caps.dot_tile:
+                graph = stage_windows(graph).verify()
             snap("layout", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))

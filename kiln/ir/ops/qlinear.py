@@ -39,6 +39,9 @@ from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register
 from kiln.ir.ops.nn import conj, offset, static_shape, window_attrs, window_out_size
 
 I32, I64, U8 = DType.int32, DType.int64, DType.uint8
+# qconv with KH > 1 and attribute im2col (set for targets with a dot tile): each window copied
+# into one run (see _windows_in_one_run); False turns it off everywhere
+IM2COL = True
 QTYPES = (DType.int8, DType.uint8)
 
 
@@ -150,9 +153,13 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
         val = _to_u8(x[n, c, offset(h, -pb[0]), offset(ww, -pb[1])], off)
         return val if not conds else Select(conj(conds), val, pad_value)
 
-    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, U8, tag="pad", inline=False)
+    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, U8, tag="pad", inline=False,
+                 hints={"channels_last": c_})
     src = xu.tensor
     icg, ocg = c_ // group, o.shape[1] // group
+
+    if IM2COL and attrs.get("im2col") and kh > 1 and dil[1] == 1 and group == 1:
+        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * c_), c_, strides, dil, epilogue)]
 
     def body(n, oc, oh, ow):
         base_h = oh * strides[0] if strides[0] != 1 else oh
@@ -172,6 +179,51 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
         return epilogue(acc, oc)
 
     return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]  # pixels x channels
+
+
+RUN_ALIGN = 32  # window rows padded to a multiple of this many bytes (a 256-bit vector)
+
+
+def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue):
+    """im2col: stage ``__win`` (N, OH, OW, KH*R) copies each output pixel's KH window rows
+    (KW*C bytes each) next to each other, so the whole window is one contiguous run and the
+    dot product is one loop. (A loop per window row makes gcc close its vector accumulators
+    with horizontal sums after every row.)
+
+    A row of KW*C bytes that is not a multiple of ``RUN_ALIGN`` (the 7x7 stem: 21 bytes) is
+    padded with zeros to R bytes, and the weights likewise in a small stage ``__wpad``
+    (OC, KH*R) rebuilt per call: a 147-byte window left gcc a 19-byte scalar remainder per
+    accumulator that cost more than the 224-byte padded dot product."""
+    kh, run = window
+    n_, _, oh_, ow_ = o.shape
+    row = -(-run // RUN_ALIGN) * RUN_ALIGN
+    padded = row != run
+
+    def copy(n, oh, ow, k):
+        r, j = k // row, k % row
+        base_h = oh * strides[0] if strides[0] != 1 else oh
+        base_w = (ow * strides[1] if strides[1] != 1 else ow) * channels
+        val = src[n, base_h + (r * dil[0] if dil[0] != 1 else r), base_w + j]
+        return Select(j.lt(run), val, Const(0, U8)) if padded else val
+
+    win = compute(f"{o.name}__win", (n_, oh_, ow_, kh * row), copy, U8, tag="pad", hints={"runs": row},
+                  inline=False)
+    stages = [win]
+    weight = lambda oc, k: w[oc, k // run, k % run]  # noqa: E731
+    if padded:
+        def wcopy(oc, k):
+            r, j = k // row, k % row
+            return Select(j.lt(run), w[oc, r, j], Const(0, w.dtype))
+        wpad = compute(f"{o.name}__wpad", (w.shape[0], kh * row), wcopy, w.dtype, tag="pad",
+                       hints={"runs": row}, inline=False)
+        stages.append(wpad)
+        weight = lambda oc, k: wpad.tensor[oc, k]  # noqa: E731
+
+    def body(n, oc, oh, ow):
+        acc = rsum(lambda k: Cast(win.tensor[n, oh, ow, k], I32) * Cast(weight(oc, k), I32), kh * row)
+        return epilogue(acc, oc)
+
+    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]
 
 
 register("qconv", FusionKind.OUT_FUSABLE, _qconv_infer, _qconv_compute)
