@@ -42,17 +42,49 @@ def test_weight_only_matches_ort(bits, group, symmetric, gemm):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m,bits", [(1, 4), (4, 8), (6, 4), (16, 8)])
+def test_gemv_and_matmul_forms_match_ort(m, bits):
+    """Up to LANE_PARTIAL_MAX_ROWS rows the kernel keeps per-lane partial sums; above, one
+    sum per group: both forms against ONNX Runtime."""
+    from kiln.ir.ops.weight_only import LANE_PARTIAL_MAX_ROWS
+
+    q = quantize_weights(_linear(m, 512, 40), bits=bits, group_size=64)
+    x = RNG.standard_normal((m, 512)).astype(np.float32)
+    cm = kiln.compile(q)
+    assert ("__lanes" in cm.source()) == (m <= LANE_PARTIAL_MAX_ROWS)
+    np.testing.assert_allclose(cm.run({"x": x})["y"], ort_run(q, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_int4_weights_take_an_eighth_and_scale_is_hoisted():
-    model = _linear(1, 512, 64)
-    cm = kiln.compile(quantize_weights(model, bits=4, group_size=64))
-    node = next(n for n in cm.graph.nodes if n.op == "matmul_wq")
+    """N = 64 is a multiple of the column block: the weights are repacked (N/T, K/2, T) and the
+    kernel is ``matmul_wq_cols``; a group's scale and offset are indexed by the group loop,
+    never by the loop inside a group (gcc keeps them in registers across the group)."""
+    import re
+
+    from kiln.ir.ops.weight_only_cols import COLUMN_BLOCK
+
+    model = _linear(1, 2048, 64)
+    cm = kiln.compile(quantize_weights(model, bits=4, group_size=32))
+    node = next(n for n in cm.graph.nodes if n.op == "matmul_wq_cols")
     packed = cm.graph.constants[node.inputs[1]]
-    assert packed.dtype == np.uint8 and packed.shape == (64, 256)  # two weights per byte
+    assert packed.dtype == np.uint8 and packed.shape == (64 // COLUMN_BLOCK, 1024, COLUMN_BLOCK)
+    assert packed.nbytes * 8 == 2048 * 64 * 4                      # an eighth of the fp32 bytes
     src = cm.source()
-    body = src[src.index("#pragma omp simd reduction(+:"):]
-    inner = body[:body.index("}")]
-    assert "in2[" not in inner  # the group scale (in2) is applied outside the inner loop
-    assert "in2[" in body[:body.index("out0[")]
+    kernel = src[src.index("static void kernel_0"):]
+    within_group = re.search(r"for \(int64_t (\w+) = 0; \1 < 16; ", kernel).group(1)  # 32 / 2 bytes
+    group = re.search(r"for \(int64_t (\w+) = 0; \1 < 64; ", kernel).group(1)          # 2048 / 32 groups
+    params = re.findall(r"in[23]\[([^\]]*)\]", kernel)
+    assert params and all(group in ix and not re.search(rf"\b{within_group}\b", ix) for ix in params)
+
+
+@pytest.mark.parametrize("m,n,bits,group,gemm", [
+    (1, 64, 4, 32, False), (1, 96, 8, 64, False), (5, 64, 4, 128, True), (3, 32, 8, 32, True)])
+def test_column_blocked_kernel_matches_ort(m, n, bits, group, gemm):
+    q = quantize_weights(_linear(m, 256, n, gemm), bits=bits, group_size=group)
+    x = RNG.standard_normal((m, 256)).astype(np.float32)
+    cm = kiln.compile(q)
+    assert "matmul_wq_cols" in {nd.op for nd in cm.graph.nodes}
+    np.testing.assert_allclose(cm.run({"x": x})["y"], ort_run(q, {"x": x})["y"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kw,words", [(dict(bits=3), ["3-bit", "4 and 8"]), (dict(group_size=48), ["group size 48"])])

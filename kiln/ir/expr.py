@@ -330,6 +330,13 @@ def _simplify_bin(x: Bin) -> Expr:
                 and isinstance(b, Bin) and b.op == "mod" and a.a.a == b.a
                 and _int_const(a.b) is not None and _int_const(a.b) == _int_const(a.a.b) == _int_const(b.b) != 0):
             return b.a
+        # (p + y // c) * c + y % c == p * c + y: the same, one level down (a row-major index
+        # whose last two dims are read through one flat axis, as im2col windows are)
+        if (isinstance(a, Bin) and a.op == "mul" and isinstance(a.a, Bin) and a.a.op == "add"
+                and isinstance(a.a.b, Bin) and a.a.b.op == "floordiv" and isinstance(b, Bin) and b.op == "mod"
+                and a.a.b.a == b.a and _int_const(a.b) is not None
+                and _int_const(a.b) == _int_const(a.a.b.b) == _int_const(b.b) != 0):
+            return _simplify_bin(Bin("add", _simplify_bin(Bin("mul", a.a.a, a.b, x.dtype)), b.a, x.dtype))
     if op == "sub" and cb == 0:
         return a
     if op == "mul":

@@ -18,6 +18,7 @@ from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq, walk_stmts
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
+from kiln.passes.dot_schedule import copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
 from kiln.passes.hoist_loads import cleanup_loops
 
 PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
@@ -33,6 +34,9 @@ class Capabilities:
     threads: int = 2
     nchwc: bool = True  # convolutions in blocked NCHW{lanes}c layout (CPUs with SIMD)
     pack_matmul: bool = True  # matmul B in column panels of the register tile's width (CPUs)
+    # (rows, columns) of outputs computed together by an integer dot-product kernel; None:
+    # one dot product per output (see kiln/passes/dot_schedule.py)
+    dot_tile: tuple[int, int] | None = None
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -116,10 +120,19 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         if not spatial:
             continue
         work = _size(st.shape) * _reduce_work(st)
-        if st.has_reduce and "tile" in st.hints:
-            tile_reduction(sch, spatial, st.hints, work, caps.tile(st.dtype.itemsize), pad=pads.get(st.name))
+        if st.has_reduce and caps.dot_tile and dot_axes(st):
+            _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile), work)
+        elif st.has_reduce and "tile" in st.hints:
+            rows, cols = caps.tile(st.dtype.itemsize)
+            rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries
+            cols = st.hints.get("tile_cols", cols)              # a layout blocked by columns
+            tile_reduction(sch, spatial, st.hints, work, (rows, cols), pad=pads.get(st.name))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)
+        elif "runs" in st.hints:
+            copy_in_runs(sch, spatial, st.hints["runs"], work)
+        elif "channels_last" in st.hints and caps.dot_tile:
+            stage_channels_last(sch, spatial, st.hints["channels_last"], work)
         else:
             _injective(sch, spatial, work)
     _vectorize_scalar_reductions(sch)

@@ -1,6 +1,6 @@
 """The lowering pipeline: one readable list of named stages, run in order.
 
-    import -> quantize -> fold_constants -> simplify -> cse -> algebraic -> dce -> layout -> materialize_outputs
+    import -> quantize -> integer_ops -> fold_constants -> simplify -> cse -> algebraic -> dce -> layout -> materialize_outputs
            -> partition -> fuse -> lower -> schedule -> memory_plan -> codegen
 
 (``partition``: the target's own rewrite before fusion -- patch-based execution on MCUs.)
@@ -24,6 +24,7 @@ from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_alge
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.layout import to_nchwc
+from kiln.passes.integer_ops import pack_integer_ops, stage_windows
 from kiln.passes.pack_matmul import pack_matmuls
 from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
@@ -33,6 +34,7 @@ from kiln.targets.base import ModelSource
 
 GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("quantize", quantize_integer_ops),  # first: folding would turn DQ(int8 weights) into floats
+    ("integer_ops", pack_integer_ops),   # MatMulInteger/ConvInteger with constant weights: packed
     ("fold_constants", fold_constants),
     ("simplify", eliminate_identity),
     ("cse", eliminate_common_subexpressions),
@@ -88,6 +90,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
             if caps.pack_matmul:
                 graph = pack_matmuls(graph, caps.tile()[1]).verify()
+            if caps.dot_tile:
+                graph = stage_windows(graph).verify()
             snap("layout", lambda: format_graph(graph))
     graph = target.partition_graph(graph).verify()
     snap("partition", lambda: format_graph(graph))

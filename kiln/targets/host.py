@@ -48,9 +48,9 @@ def capabilities() -> "Capabilities":
     except OSError:
         pass
     if " avx512f" in flags:
-        return Capabilities(vector_bytes=64, vector_registers=32, threads=THREADS)
+        return Capabilities(vector_bytes=64, vector_registers=32, threads=THREADS, dot_tile=(8, 4))
     if " avx2" in flags or " avx " in flags:
-        return Capabilities(vector_bytes=32, vector_registers=16, threads=THREADS)
+        return Capabilities(vector_bytes=32, vector_registers=16, threads=THREADS, dot_tile=(8, 2))
     return Capabilities(vector_bytes=16, vector_registers=16, threads=THREADS)
 
 

@@ -42,6 +42,9 @@ from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register
 from kiln.ir.ops.nn import conj, offset, static_shape, window_attrs, window_out_size
 
 I32, I64, U8, I8 = DType.int32, DType.int64, DType.uint8, DType.int8
+# qconv with KH > 1 and attribute im2col (set for targets with a dot tile): each window copied
+# into one run (see _windows_in_one_run); False turns it off everywhere
+IM2COL = True
 QTYPES = (DType.int8, DType.uint8)
 # (activation dtype, act_offset) -> the dtype the reduction reads activations in
 STAGED = {(U8, 0): U8, (I8, 128): U8, (I8, 0): I8, (U8, -128): I8}
@@ -139,18 +142,25 @@ def _qconv_infer(ins, attrs):
 
 
 def _qconv_compute(ins, outs, attrs):
-    """Stage ``__xu``: the input, padded, channels last and in the staged domain (uint8, or
-    int8 for signed dot products; see :func:`staged_dtype`), as (N, Hp, Wp*C): a
-    window row of a group is then contiguous, and with dilation 1 and one group the whole
-    (kw, c) window row is one run of KW*C bytes -- the reduction the vectorizer sees."""
     x, w, bias, mult, shift = ins
     o = outs[0]
+    off = int(attrs.get("act_offset", 0))
+    pad = Const(int(attrs["x_zp"]) + off, staged_dtype(x.dtype, off))
+    return conv_dot_stages(x, w, o, attrs, pad, lambda acc, oc: requant(acc, bias[oc], mult[oc], shift[oc], attrs,
+                                                                       o.dtype))
+
+
+def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
+    """Stage ``__xu``: the input, padded with ``pad_value`` (its zero point in the staged
+    domain), channels last and in the staged domain (uint8, or int8 for signed dot products;
+    see :func:`staged_dtype`), as (N, Hp, Wp*C): a window row of a group is then contiguous, and
+    with dilation 1 and one group the whole (kw, c) window row is one run of KW*C bytes --
+    the reduction the vectorizer sees. Then ``o = epilogue(acc, oc)`` per output."""
     n_, c_, h_, w_ = x.shape
     (kh, kw), group = attrs["kernel"], int(attrs.get("group", 1))
     strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
     off = int(attrs.get("act_offset", 0))
     dom = staged_dtype(x.dtype, off)
-    pad_value = int(attrs["x_zp"]) + off
     hp, wp = h_ + pb[0] + pe[0], w_ + pb[1] + pe[1]
 
     def staged(n, h, wc):
@@ -159,11 +169,15 @@ def _qconv_compute(ins, outs, attrs):
         for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1], w_)):
             conds += ([v.ge(b)] if b else []) + ([v.lt(b + m)] if e else [])
         val = _to_domain(x[n, c, offset(h, -pb[0]), offset(ww, -pb[1])], off, dom)
-        return val if not conds else Select(conj(conds), val, Const(pad_value, dom))
+        return val if not conds else Select(conj(conds), val, pad_value)
 
-    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, dom, tag="pad", inline=False)
+    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, dom, tag="pad", inline=False,
+                 hints={"channels_last": c_})
     src = xu.tensor
     icg, ocg = c_ // group, o.shape[1] // group
+
+    if IM2COL and attrs.get("im2col") and kh > 1 and dil[1] == 1 and group == 1:
+        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * c_), c_, strides, dil, epilogue)]
 
     def body(n, oc, oh, ow):
         base_h = oh * strides[0] if strides[0] != 1 else oh
@@ -180,9 +194,54 @@ def _qconv_compute(ins, outs, attrs):
                 return (Cast(src[n, hh, base_w + q * (dil[1] * c_) + first + c], I32)
                         * Cast(w[oc, r, q * icg + c], I32))
             acc = rsum(term, (kh, kw, icg))
-        return requant(acc, bias[oc], mult[oc], shift[oc], attrs, o.dtype)
+        return epilogue(acc, oc)
 
-    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot")]
+    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]  # pixels x channels
+
+
+RUN_ALIGN = 32  # window rows padded to a multiple of this many bytes (a 256-bit vector)
+
+
+def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue):
+    """im2col: stage ``__win`` (N, OH, OW, KH*R) copies each output pixel's KH window rows
+    (KW*C bytes each) next to each other, so the whole window is one contiguous run and the
+    dot product is one loop. (A loop per window row makes gcc close its vector accumulators
+    with horizontal sums after every row.)
+
+    A row of KW*C bytes that is not a multiple of ``RUN_ALIGN`` (the 7x7 stem: 21 bytes) is
+    padded with zeros to R bytes, and the weights likewise in a small stage ``__wpad``
+    (OC, KH*R) rebuilt per call: a 147-byte window left gcc a 19-byte scalar remainder per
+    accumulator that cost more than the 224-byte padded dot product."""
+    kh, run = window
+    n_, _, oh_, ow_ = o.shape
+    row = -(-run // RUN_ALIGN) * RUN_ALIGN
+    padded = row != run
+
+    def copy(n, oh, ow, k):
+        r, j = k // row, k % row
+        base_h = oh * strides[0] if strides[0] != 1 else oh
+        base_w = (ow * strides[1] if strides[1] != 1 else ow) * channels
+        val = src[n, base_h + (r * dil[0] if dil[0] != 1 else r), base_w + j]
+        return Select(j.lt(run), val, Const(0, src.dtype)) if padded else val
+
+    win = compute(f"{o.name}__win", (n_, oh_, ow_, kh * row), copy, src.dtype, tag="pad", hints={"runs": row},
+                  inline=False)
+    stages = [win]
+    weight = lambda oc, k: w[oc, k // run, k % run]  # noqa: E731
+    if padded:
+        def wcopy(oc, k):
+            r, j = k // row, k % row
+            return Select(j.lt(run), w[oc, r, j], Const(0, w.dtype))
+        wpad = compute(f"{o.name}__wpad", (w.shape[0], kh * row), wcopy, w.dtype, tag="pad",
+                       hints={"runs": row}, inline=False)
+        stages.append(wpad)
+        weight = lambda oc, k: wpad.tensor[oc, k]  # noqa: E731
+
+    def body(n, oc, oh, ow):
+        acc = rsum(lambda k: Cast(win.tensor[n, oh, ow, k], I32) * Cast(weight(oc, k), I32), kh * row)
+        return epilogue(acc, oc)
+
+    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]
 
 
 register("qconv", FusionKind.OUT_FUSABLE, _qconv_infer, _qconv_compute)
@@ -205,7 +264,13 @@ def _qmatmul_infer(ins, attrs):
 def _qmatmul_compute(ins, outs, attrs):
     a, w, bias, mult, shift = ins
     o = outs[0]
-    off = int(attrs.get("act_offset", 0))
+    return matmul_dot_stages(a, w, o, int(attrs.get("act_offset", 0)),
+                             lambda acc, n: requant(acc, bias[n], mult[n], shift[n], attrs, o.dtype))
+
+
+def matmul_dot_stages(a, w, o, off: int, epilogue):
+    """``o[.., m, n] = epilogue(sum_k au[.., m, k] * w[n, k], n)``; ``au``: ``a`` moved to
+    uint8 by ``off`` in a staging buffer (stage ``__au``) when ``off`` is not 0."""
     k = a.shape[-1]
     stages = []
     if off:
@@ -216,9 +281,9 @@ def _qmatmul_compute(ins, outs, attrs):
 
     def body(*i):
         acc = rsum(lambda r: Cast(a[i[:-1] + (r,)], I32) * Cast(w[i[-1], r], I32), k)
-        return requant(acc, bias[i[-1]], mult[i[-1]], shift[i[-1]], attrs, o.dtype)
+        return epilogue(acc, i[-1])
 
-    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot")]
+    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (o.ndim - 2, o.ndim - 1)})]
 
 
 register("qmatmul", FusionKind.OUT_FUSABLE, _qmatmul_infer, _qmatmul_compute)
