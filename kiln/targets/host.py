@@ -29,11 +29,14 @@ THREADS = os.cpu_count() or 1
 
 # libgomp's threads spin for a long while at every barrier before they sleep. On a busy
 # machine a spinning thread burns the time slice its partner needs: ResNet-18 measured
-# 520 ms with the default and 33-38 ms with a short spin (or OMP_WAIT_POLICY=passive) under
-# a load average of 5 on 2 cores. Keep a short spin unless the user chose a policy; libgomp
-# reads this when it is loaded, which is when the first kernel library is.
+# 520 ms with the default (300000) and 33-38 ms with 1000 under a load average of 5 on 2
+# cores. Too short a spin costs on a quiet machine instead: workers fall asleep between
+# kernels and waking a sleeping vCPU is slow (MobileNetV2, 55 kernels: 2.8-3.5 ms with 1000,
+# 2.45-2.5 ms with 30000; under three busy processes both measured 29-33 ms on ResNet-18).
+# Keep a moderate spin unless the user chose a policy; libgomp reads this when it is
+# loaded, which is when the first kernel library is.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "1000"
+    os.environ["GOMP_SPINCOUNT"] = "30000"
 
 
 @functools.lru_cache(maxsize=1)
