@@ -114,12 +114,20 @@ class Database:
 
     # -- reading ------------------------------------------------------------------------------
     def records(self, key: str | None = None, target: str | None = None) -> list[dict]:
+        """The search's measurements (not the untuned reference, see ``untuned``)."""
         if key is not None and target is not None:
-            return list(self._records.get((key, target), []))
+            return [r for r in self._records.get((key, target), []) if not r.get("untuned")]
         return [r for (k, t), rs in self._records.items() for r in rs
-                if (key is None or k == key) and (target is None or t == target)]
+                if (key is None or k == key) and (target is None or t == target) and not r.get("untuned")]
+
+    def untuned(self, key: str, target: str) -> dict | None:
+        """The record of the untuned kernel (the default schedule's trace and latency, measured
+        by the same harness as the candidates), if the tuner wrote one."""
+        return next((r for r in self._records.get((key, target), []) if r.get("untuned")), None)
 
     def best(self, key: str, target: str) -> dict | None:
+        """The fastest record, the untuned kernel included: a schedule the search found but that
+        measured slower than the default is never applied."""
         valid = [r for r in self._records.get((key, target), []) if r["error"] is None]
         return min(valid, key=lambda r: r["latency"]) if valid else None
 
@@ -128,7 +136,8 @@ class Database:
         return b["trace"] if b else None
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._records.values())
+        """Measurements of the search (the untuned references not counted)."""
+        return sum(1 for v in self._records.values() for r in v if not r.get("untuned"))
 
 
 def tuned_schedules(directory, target: str):

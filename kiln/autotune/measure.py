@@ -58,10 +58,13 @@ class Result:
         return self.error is None
 
 
+def default_schedule(task) -> Schedule:
+    """The untuned kernel's schedule: the default rules, as the compiler applies them without a record."""
+    return schedule_kernel(Schedule(task.func), task.stages, task.caps)
+
+
 def default_func(task) -> Func:
-    """The untuned kernel: the default rules, as the compiler applies them without a record."""
-    sch = schedule_kernel(Schedule(task.func), task.stages, task.caps)
-    return sch.func
+    return default_schedule(task).func
 
 
 def harness_source(func: Func) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kiln.autotune.cost_model import latencies_of, load_cost_model
 from kiln.autotune.database import Database
-from kiln.autotune.measure import MeasureOptions, Measurer
+from kiln.autotune.measure import MeasureOptions, Measurer, default_schedule
 from kiln.autotune.search import EvolutionarySearch, RandomSearch
 from kiln.autotune.space import Candidate, DesignSpace, canonical
 from kiln.autotune.tasks import Task, extract_tasks
@@ -166,6 +166,11 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
         for s in states:
             try:
                 _, s.default_latency = measurer.reference(s.task)
+                if database.untuned(s.task.key, target_name) is None:
+                    # the default schedule competes with the search's records in `best`
+                    database.commit([{"key": s.task.key, "target": target_name, "decisions": {},
+                                      "trace": default_schedule(s.task).trace, "latency": s.default_latency,
+                                      "error": None, "untuned": True}])
             except TuningError as e:
                 s.failed, s.done = str(e), True
                 warnings.warn(f"skipping task {s.task.name}: {e}", TuningWarning, stacklevel=2)
