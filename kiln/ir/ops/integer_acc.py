@@ -24,8 +24,8 @@ from kiln.ir.dtype import DType
 from kiln.ir.expr import Cast, Const
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
-from kiln.ir.ops.nn import static_shape, window_attrs, window_out_size
-from kiln.ir.ops.qlinear import QTYPES, conv_dot_stages, matmul_dot_stages
+from kiln.ir.ops.nn import static_shape
+from kiln.ir.ops.qlinear import QTYPES, conv_dot_out_shape, conv_dot_stages, matmul_dot_stages
 
 I32, U8 = DType.int32, DType.uint8
 
@@ -74,18 +74,9 @@ register("qmatmul_i32", FusionKind.OUT_FUSABLE, _qmatmul_infer, _qmatmul_compute
 
 def _qconv_infer(ins, attrs):
     x, w = static_shape(ins[0], "qconv_i32 input"), static_shape(ins[1], "qconv_i32 weights")
-    if len(x) != 4 or len(w) != 3:
-        raise ShapeError(f"qconv_i32 takes 2-D input (N, C, H, W) and packed weights (OC, KH, KW*C/group); "
-                         f"got {x} and {w}")
-    group, (kh, kw) = int(attrs.get("group", 1)), attrs["kernel"]
-    if group < 1 or w[0] % group or x[1] % group or w[1] != kh or w[2] != kw * (x[1] // group):
-        raise ShapeError(f"qconv_i32 weights {w} do not match input {x} with kernel {(kh, kw)} and group {group}")
+    shape = conv_dot_out_shape(x, w, attrs, "qconv_i32")
     _check(ins, w[0], "qconv_i32")
-    strides, pb, pe, dil = window_attrs(attrs, 2, "qconv_i32")
-    sp = tuple(window_out_size(n, k, s, d, b, e) for n, k, s, d, b, e in zip(x[2:], (kh, kw), strides, dil, pb, pe))
-    if min(sp) < 1:
-        raise ShapeError(f"qconv_i32 kernel {(kh, kw)} does not fit input {x[2:]}")
-    return [TensorType((x[0], w[0]) + sp, I32)]
+    return [TensorType(shape, I32)]
 
 
 def _qconv_compute(ins, outs, attrs):

@@ -127,18 +127,24 @@ def _qconv_infer(ins, attrs):
     if ins[0].dtype not in QTYPES or ins[1].dtype is not DType.int8:
         raise ShapeError(f"qconv takes int8/uint8 activations and int8 weights; got {ins[0].dtype}, {ins[1].dtype}")
     staged_dtype(ins[0].dtype, attrs.get("act_offset", 0))
+    _check_epilogue(ins[2:5], w[0], "qconv")
+    return [TensorType(conv_dot_out_shape(x, w, attrs, "qconv"), out)]
+
+
+def conv_dot_out_shape(x, w, attrs, what: str) -> tuple:
+    """(N, OC, OH, OW) of an integer convolution over x (N, C, H, W) with packed weights
+    (OC, KH, KW*C/group); a clear error for anything else."""
     if len(x) != 4 or len(w) != 3:
-        raise ShapeError(f"qconv takes 2-D input (N, C, H, W) and packed weights (OC, KH, KW*C/group); "
+        raise ShapeError(f"{what} takes 2-D input (N, C, H, W) and packed weights (OC, KH, KW*C/group); "
                          f"got {x} and {w}")
     group, (kh, kw) = int(attrs.get("group", 1)), attrs["kernel"]
     if group < 1 or w[0] % group or x[1] % group or w[1] != kh or w[2] != kw * (x[1] // group):
-        raise ShapeError(f"qconv weights {w} do not match input {x} with kernel {(kh, kw)} and group {group}")
-    _check_epilogue(ins[2:5], w[0], "qconv")
-    strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
+        raise ShapeError(f"{what} weights {w} do not match input {x} with kernel {(kh, kw)} and group {group}")
+    strides, pb, pe, dil = window_attrs(attrs, 2, what)
     sp = tuple(window_out_size(n, k, s, d, b, e) for n, k, s, d, b, e in zip(x[2:], (kh, kw), strides, dil, pb, pe))
     if min(sp) < 1:
-        raise ShapeError(f"qconv kernel {(kh, kw)} does not fit input {x[2:]}")
-    return [TensorType((x[0], w[0]) + sp, out)]
+        raise ShapeError(f"{what} kernel {(kh, kw)} does not fit input {x[2:]}")
+    return (x[0], w[0]) + sp
 
 
 def _qconv_compute(ins, outs, attrs):
