@@ -418,3 +418,30 @@ def test_search_curve_harness_smoke(tmp_path):
     assert set(data["curves"][task]) == {"xgb", "random-model", "random-search"}
     assert all(len(run) == 4 for runs in data["curves"][task].values() for run in runs)
     assert (tmp_path / "curves.png").exists() and "random-search" in (tmp_path / "summary.md").read_text()
+
+
+def test_space_contains_the_default_rules_for_packed_matmuls_and_blocked_convs():
+    """Panel order, several channel blocks per tile and a depthwise conv's padding computed in
+    its row loop are knobs of the space, and its default decisions are the untuned schedule."""
+    from tests.test_layout import _mobilenet_block
+
+    packed = mlp(n=8, k=32, m=64)  # N = 64: B packed in panels
+    models = [packed, _mobilenet_block(hw=16, cin=32, mid=32, cout=64)]
+    seen = set()
+    for t in [t for m in models for t in extract_tasks(m)]:
+        sp = DesignSpace(t.func, t.stages, t.caps)
+        d = sp.default()
+        assert format_func(Candidate.of(sp, d).func) == format_func(default_func(t)), t.name
+        seen.update(["panel_outer"] if d["panel_outer"] is True else [])
+        seen.update(["col_blocks"] if d["col_blocks"] > 1 else [])
+        seen.update("pad_at" for st in t.stages if "pad_at" in st.hints)
+        rng = random.Random(0)
+        for _ in range(5):  # sampled points with the new knobs build valid schedules
+            Candidate.of(sp, sp.sample(rng))
+    assert seen == {"panel_outer", "col_blocks", "pad_at"}
+
+
+def test_records_written_before_new_knobs_replay_as_they_were(tasks):
+    sp = DesignSpace(tasks[0].func, tasks[0].stages, tasks[0].caps)
+    old = {k: v for k, v in sp.default().items() if k not in ("panel_outer", "col_blocks")}
+    assert sp.validate(old)["panel_outer"] is False and sp.validate(old)["col_blocks"] == 1

@@ -12,7 +12,11 @@ Knobs (a *decision* is a value for each):
 - ``row_block``, ``col_block`` the second tiling level, tiles per cache block;
 - ``k_split``, ``unroll_k``    split the innermost reduction loop and unroll its inner part;
 - ``unroll_rows``, ``vectorize`` unroll the tile rows, vectorize the tile columns;
-- ``parallel``                 fuse outer loops until this many chunks run in parallel (0: serial).
+- ``parallel``                 fuse outer loops until this many chunks run in parallel (0: serial);
+- ``panel_outer``              the column-tile loop outside the row-tile loop (a packed B panel
+                               stays in cache while the row tiles pass);
+- ``col_blocks``               channel blocks per register tile, for a blocked conv whose column
+                               tile is one whole block (1 elsewhere).
 
 Other nests of the kernel (a convolution's padding, injective epilogues) keep the
 default rule. Knobs depend on earlier ones (a block is a divisor of the tiles left), so
@@ -34,8 +38,10 @@ from kiln.passes import default_schedule as rules
 from kiln.passes.hoist_loads import cleanup_loops
 
 KNOBS = ("row_tile", "col_tile", "row_block", "col_block", "k_split", "unroll_k",
-         "unroll_rows", "vectorize", "parallel")
-MAX_ROW_TILE, MAX_COL_TILE, MAX_BLOCK, MAX_K_SPLIT = 16, 64, 16, 16
+         "unroll_rows", "vectorize", "parallel", "panel_outer", "col_blocks")
+# knobs added after records were written: those records replay as they did, with these values
+LEGACY_DECISIONS = {"panel_outer": False, "col_blocks": 1}
+MAX_ROW_TILE, MAX_COL_TILE, MAX_BLOCK, MAX_K_SPLIT, MAX_COL_BLOCKS = 16, 64, 16, 16, 8
 PARALLEL_CHOICES = (0, 2, 4, 16, 64)
 
 
@@ -103,6 +109,8 @@ class DesignSpace:
         rules._split_reductions_at_index_divisors(probe, self.spatial[0][0])
         red = _reduction_loops(probe, self.spatial[-1][0])
         self.k_n = red[-1][1] if red else 1
+        self.block_ax = st.hints.get("col_block_axis")
+        self.block_n = self.spatial[self.block_ax][1] if self.block_ax is not None else 1
 
     # -- the domain of each knob, given the knobs before it ----------------------------
     def domain(self, knob: str, d: dict) -> tuple:
@@ -122,6 +130,12 @@ class DesignSpace:
             return (False, True)
         if knob == "parallel":
             return PARALLEL_CHOICES
+        if knob == "panel_outer":
+            return (False, True)
+        if knob == "col_blocks":
+            if self.block_ax is not None and d["col_tile"] == self.col_n and d["col_block"] == 1:
+                return divisors(self.block_n, MAX_COL_BLOCKS)
+            return (1,)
         raise TuningError(f"unknown knob {knob!r}; the knobs are {', '.join(KNOBS)}")
 
     def size(self) -> int:
@@ -132,17 +146,23 @@ class DesignSpace:
                 d = {"row_tile": rt, "col_tile": ct}
                 n = len(self.domain("row_block", d)) * len(self.domain("col_block", d))
                 n *= sum(len(self.domain("unroll_k", {"k_split": k})) for k in self.domain("k_split", d))
-                total += n * 4 * len(PARALLEL_CHOICES)
+                blocks = len(self.domain("col_blocks", dict(d, col_block=1)))
+                total += (n + blocks - 1) * 4 * len(PARALLEL_CHOICES) * 2
         return total
 
     def default(self) -> dict:
         """The decisions of the untuned rule (default_schedule.tile_reduction)."""
-        rows, cols = self.caps.tile(self.stages[self.index].dtype.itemsize)
-        work = rules._size(self.stages[self.index].shape) * rules._reduce_work(self.stages[self.index])
-        return {"row_tile": rules.largest_divisor(self.row_n, rows),
-                "col_tile": rules.largest_divisor(self.col_n, cols), "row_block": 1, "col_block": 1,
-                "k_split": 1, "unroll_k": False, "unroll_rows": True, "vectorize": True,
-                "parallel": rules.TARGET_PARALLEL_EXTENT if work >= rules.PARALLEL_MIN_WORK else 0}
+        st = self.stages[self.index]
+        rows, cols = self.caps.tile(st.dtype.itemsize)
+        work = rules._size(st.shape) * rules._reduce_work(st)
+        d = {"row_tile": rules.largest_divisor(self.row_n, rows),
+             "col_tile": rules.largest_divisor(self.col_n, cols), "row_block": 1, "col_block": 1,
+             "k_split": 1, "unroll_k": False, "unroll_rows": True, "vectorize": True,
+             "parallel": rules.TARGET_PARALLEL_EXTENT if work >= rules.PARALLEL_MIN_WORK else 0,
+             "panel_outer": bool(st.hints.get("panel_outer"))}
+        blocks = rules.largest_divisor(self.block_n, max(cols // self.col_n, 1)) if isinstance(self.col_n, int) else 1
+        d["col_blocks"] = blocks if blocks in self.domain("col_blocks", d) else 1
+        return d
 
     def sample(self, rng: random.Random) -> dict:
         d: dict = {}
@@ -164,6 +184,7 @@ class DesignSpace:
         return d
 
     def validate(self, decisions: dict) -> dict:
+        decisions = {**LEGACY_DECISIONS, **decisions}
         d: dict = {}
         for knob in KNOBS:
             if knob not in decisions or decisions[knob] not in self.domain(knob, d):
@@ -177,15 +198,19 @@ class DesignSpace:
         """Schedule the task with ``decisions``; the Schedule's trace is the tuning record."""
         d = self.validate(decisions)
         sch = Schedule(self.func)
-        for i, nest in enumerate(_nests(self.func)):
+        nests = _nests(self.func)
+        pad = None  # a depthwise conv's padded input, computed inside its loops as the default rule does
+        if self.index > 0 and self.stages[self.index - 1].tag == "pad" and "pad_at" in self.stages[self.index].hints:
+            pad = (rules._nest_names(nests[self.index - 1]), self.stages[self.index - 1])
+        for i, nest in enumerate(nests):
             st = self.stages[i]
             loops = rules._nest_names(nest)
             spatial = loops[: len(st.shape)]
-            if not spatial:
+            if not spatial or (pad is not None and i == self.index - 1):
                 continue
             work = rules._size(st.shape) * rules._reduce_work(st)
             if i == self.index:
-                self._tile(sch, spatial, st.hints["tile"], d)
+                self._tile(sch, spatial, st.hints["tile"], d, pad)
             elif st.has_reduce and "tile" in st.hints:
                 rules.tile_reduction(sch, spatial, st.hints, work, self.caps.tile(st.dtype.itemsize))
             elif st.has_reduce:
@@ -195,7 +220,7 @@ class DesignSpace:
         rules._vectorize_scalar_reductions(sch)
         return sch
 
-    def _tile(self, sch: Schedule, spatial, tile, d: dict) -> None:
+    def _tile(self, sch: Schedule, spatial, tile, d: dict, pad=None) -> None:
         rules._split_reductions_at_index_divisors(sch, spatial[0][0])
         if d["k_split"] > 1:
             red = _reduction_loops(sch, spatial[-1][0])
@@ -205,7 +230,12 @@ class DesignSpace:
         row, col = spatial[tile[0]][0], spatial[tile[1]][0]
         ro, ri = sch.split(row, d["row_tile"])
         co, ci = sch.split(col, d["col_tile"])
-        outer = [ro if n == row else co if n == col else n for n, _ in spatial]
+        blocks = None
+        if d["col_blocks"] > 1:
+            bo, blocks = sch.split(spatial[self.block_ax][0], d["col_blocks"])
+        first, second = (co, ro) if d["panel_outer"] else (ro, co)
+        outer = [first if n == row else second if n == col else bo if blocks and k == self.block_ax else n
+                 for k, (n, _) in enumerate(spatial)]
         block = []
         if d["row_block"] > 1:
             ro2, rb = sch.split(ro, d["row_block"])
@@ -215,14 +245,20 @@ class DesignSpace:
             co2, cb = sch.split(co, d["col_block"])
             outer[outer.index(co)] = co2
             block.append(cb)
-        order = outer + block + [ri, ci]
+        order = outer + block + ([ri, blocks, ci] if blocks else [ri, ci])
         sch.reorder(*order)
         sch.decompose_reduction(ri)
         if d["unroll_rows"]:
             sch.unroll(ri)
+        if blocks:
+            sch.unroll(blocks)
         if d["vectorize"]:
             for name in (ci, ci + "_init", ci + "_wb"):
                 sch.vectorize(name)
+        if pad is not None:
+            at = spatial[self.stages[self.index].hints["pad_at"]][0]
+            if rules._pad_inside(sch, pad, at) and at in outer:
+                outer = outer[: outer.index(at) + 1]  # loops inside `at` no longer nest perfectly
         if d["parallel"]:
             extents = [sch._loop(n).extent for n in outer]
             name, extent = outer[0], extents[0]
