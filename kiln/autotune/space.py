@@ -200,7 +200,7 @@ class DesignSpace:
         sch = Schedule(self.func)
         nests = _nests(self.func)
         pad = None  # a depthwise conv's padded input, computed inside its loops as the default rule does
-        if self.index > 0 and self.stages[self.index - 1].tag == "pad" and "pad_at" in self.stages[self.index].hints:
+        if self.index > 0 and rules.pad_computed_inside(self.stages[self.index - 1], self.stages[self.index]):
             pad = (rules._nest_names(nests[self.index - 1]), self.stages[self.index - 1])
         for i, nest in enumerate(nests):
             st = self.stages[i]

@@ -110,7 +110,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     # A conv's padded input (its own stage) is computed row by row inside the conv's loops
     # instead of in a pass of its own: written and read back while still in L1.
     pads = {nxt.name: (loops, st) for (loops, st), (_, nxt) in zip(plans, plans[1:])
-            if st.tag == "pad" and "pad_at" in nxt.hints}
+            if pad_computed_inside(st, nxt)}
     moved = {st.name for _, st in pads.values()}
     for loops, st in plans:
         if st.name in moved:
@@ -240,6 +240,11 @@ def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, 
         if _pad_inside(sch, pad, at):
             outer = outer[: [n for n, _ in outer].index(at) + 1]  # loops inside `at` no longer nest perfectly
     _parallel_outer(sch, outer, work)
+
+
+def pad_computed_inside(prev: Stage, st: Stage) -> bool:
+    """True when ``prev`` is ``st``'s padded input and ``st`` computes it in its own loops."""
+    return prev.tag == "pad" and "pad_at" in st.hints
 
 
 def _pad_inside(sch: Schedule, pad, loop: str) -> bool:
