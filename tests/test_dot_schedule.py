@@ -18,6 +18,18 @@ from tests.util import ort_run
 RNG = np.random.default_rng(11)
 
 
+@pytest.fixture(autouse=True)
+def row_major_weights(monkeypatch):
+    """These tests are about the row-major dot-product kernels (im2col, per-row, padded
+    window rows); the VNNI-panel kernels a VNNI host would choose are tests/test_vnni.py's."""
+    import dataclasses
+
+    import kiln.targets.host as host
+
+    caps = dataclasses.replace(host.capabilities(), vnni=False)
+    monkeypatch.setattr(host, "capabilities", lambda: caps)
+
+
 def _input(model) -> np.ndarray:
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     return (RNG.standard_normal(shape) * 1.5).astype(np.float32)

@@ -356,6 +356,10 @@ _HELPERS = {
              "  big = x < 0.0f ? -big : big;\n"
              "  return a < 0.625f ? small : big;\n"
              "}\n",
+    # 4 bytes as one int32 from any address (the VNNI tile's broadcast, kiln/codegen/x86.py);
+    # memcpy is the aliasing-safe spelling, one load after optimization
+    "load_u32": "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n"
+                "static inline int32_t kiln_load_u32(const void* p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }\n",
     "minmax_f": "static inline float kiln_maxf(float a, float b) { return (a > b || a != a) ? a : b; }\n"
                 "static inline float kiln_minf(float a, float b) { return (a < b || a != a) ? a : b; }\n",
     "minmax_d": "static inline double kiln_max_d(double a, double b) { return (a > b || a != a) ? a : b; }\n"

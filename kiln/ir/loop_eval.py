@@ -26,6 +26,11 @@ def run_func(func: Func, buffers: Mapping[str, np.ndarray]) -> dict[str, np.ndar
     return bufs
 
 
+def evaluate(e: Expr, env: Mapping[str, int]) -> int:
+    """The value of an index expression (no tensor loads) with its variables bound by ``env``."""
+    return _eval(e, env, {})
+
+
 def _eval(e: Expr, env, bufs):
     if isinstance(e, Const):
         return e.dtype.np.type(e.value)

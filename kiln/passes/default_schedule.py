@@ -37,6 +37,9 @@ class Capabilities:
     # (rows, columns) of outputs computed together by an integer dot-product kernel; None:
     # one dot product per output (see kiln/passes/dot_schedule.py)
     dot_tile: tuple[int, int] | None = None
+    # u8 x s8 dot products of 4 bytes per int32 lane (x86 AVX-512 VNNI ``vpdpbusd``): integer
+    # kernels take their weights in VNNI panels (kiln/passes/vnni_pack.py)
+    vnni: bool = False
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -121,7 +124,8 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             continue
         work = _size(st.shape) * _reduce_work(st)
         if st.has_reduce and caps.dot_tile and dot_axes(st):
-            _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile), work)
+            vnni = st.hints.get("vnni", 0) if caps.vnni else 0
+            _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile, vnni), work)
         elif st.has_reduce and "tile" in st.hints:
             rows, cols = caps.tile(st.dtype.itemsize)
             rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries

@@ -29,6 +29,7 @@ from kiln.passes.pack_matmul import pack_matmuls
 from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
+from kiln.passes.vnni_pack import pack_vnni
 from kiln.targets import Target, get_target
 from kiln.targets.base import ModelSource
 
@@ -92,6 +93,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
                 graph = pack_matmuls(graph, caps.tile()[1]).verify()
             if caps.dot_tile:
                 graph = stage_windows(graph).verify()
+            if caps.vnni:
+                graph = pack_vnni(graph).verify()
             snap("layout", lambda: format_graph(graph))
     graph = target.partition_graph(graph).verify()
     snap("partition", lambda: format_graph(graph))

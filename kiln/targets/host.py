@@ -51,7 +51,8 @@ def capabilities() -> "Capabilities":
     except OSError:
         pass
     if " avx512f" in flags:
-        return Capabilities(vector_bytes=64, vector_registers=32, threads=THREADS, dot_tile=(8, 4))
+        return Capabilities(vector_bytes=64, vector_registers=32, threads=THREADS, dot_tile=(8, 4),
+                            vnni=" avx512_vnni" in flags)
     if " avx2" in flags or " avx " in flags:
         return Capabilities(vector_bytes=32, vector_registers=16, threads=THREADS, dot_tile=(8, 2))
     return Capabilities(vector_bytes=16, vector_registers=16, threads=THREADS)
@@ -193,8 +194,9 @@ class HostTarget(Target):
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.model import generate_model
+        from kiln.codegen.x86 import X86Renderer
 
-        source = generate_model(graph, kernels, plan, target=str(self), prefix=prefix)
+        source = generate_model(graph, kernels, plan, target=str(self), prefix=prefix, renderer=X86Renderer())
         source.binaries["weights.bin"] = plan.weights
         return source
 

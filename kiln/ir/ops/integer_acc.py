@@ -25,7 +25,7 @@ from kiln.ir.expr import Cast, Const
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
 from kiln.ir.ops.nn import static_shape
-from kiln.ir.ops.qlinear import QTYPES, conv_dot_out_shape, conv_dot_stages, matmul_dot_stages
+from kiln.ir.ops.qlinear import QTYPES, conv_dot_out_shape, conv_dot_stages, logical_weights, matmul_dot_stages
 
 I32, U8 = DType.int32, DType.uint8
 
@@ -55,6 +55,7 @@ def _centered_acc(zp, wsum, off: int):
 
 def _qmatmul_infer(ins, attrs):
     a, w = static_shape(ins[0], "qmatmul_i32 A"), static_shape(ins[1], "qmatmul_i32 weights")
+    w = logical_weights(w, attrs, "qmatmul_i32")
     if len(a) < 2 or len(w) != 2 or a[-1] != w[1]:
         raise ShapeError(f"qmatmul_i32 takes A (..., M, K) and packed weights (N, K); got {a} and {w}")
     _check(ins, w[0], "qmatmul_i32")
@@ -64,7 +65,7 @@ def _qmatmul_infer(ins, attrs):
 def _qmatmul_compute(ins, outs, attrs):
     a, w, wsum, zp = ins
     off = 128 if a.dtype is DType.int8 else 0
-    return matmul_dot_stages(a, w, outs[0], off, _centered_acc(zp, wsum, off))
+    return matmul_dot_stages(a, w, outs[0], off, _centered_acc(zp, wsum, off), attrs)
 
 
 register("qmatmul_i32", FusionKind.OUT_FUSABLE, _qmatmul_infer, _qmatmul_compute)
@@ -74,6 +75,7 @@ register("qmatmul_i32", FusionKind.OUT_FUSABLE, _qmatmul_infer, _qmatmul_compute
 
 def _qconv_infer(ins, attrs):
     x, w = static_shape(ins[0], "qconv_i32 input"), static_shape(ins[1], "qconv_i32 weights")
+    w = logical_weights(w, attrs, "qconv_i32")
     shape = conv_dot_out_shape(x, w, attrs, "qconv_i32")
     _check(ins, w[0], "qconv_i32")
     return [TensorType(shape, I32)]

@@ -119,10 +119,35 @@ def _to_domain(v, off: int, dom: DType):
     return Cast(Cast(v, I32) + Const(off, I32), dom)
 
 
+def logical_weights(w_shape, attrs, what: str) -> tuple:
+    """The weights' shape as the op defines them -- (OC, KH, KW*C/group) or (N, K) -- also
+    when a target keeps them in VNNI panels (attribute ``vnni``: (O/16, K/4, 16, 4), see
+    ``kiln/passes/vnni_pack.py``; ``vnni_weights`` holds the defined shape)."""
+    lanes = attrs.get("vnni")
+    if not lanes:
+        return tuple(w_shape)
+    logical = tuple(int(d) for d in attrs["vnni_weights"])
+    o = logical[0]
+    if len(w_shape) != 4 or w_shape[0] * lanes != o or w_shape[2] != lanes or w_shape[3] != 4:
+        raise ShapeError(f"{what} weights in VNNI panels must be ({o // lanes}, K/4, {lanes}, 4) for {o} "
+                         f"outputs; got {tuple(w_shape)}")
+    return logical
+
+
+def weight_reader(w, attrs):
+    """``(o, k) -> w[o, k]`` over the flat reduction index ``k``, whatever the weights'
+    storage: (O, K) rows, or VNNI panels."""
+    lanes = attrs.get("vnni")
+    if lanes:
+        return lambda o, k: w[o // lanes, k // 4, o % lanes, k % 4]
+    return lambda o, k: w[o, k]
+
+
 # -- qconv -------------------------------------------------------------------------------------------
 
 def _qconv_infer(ins, attrs):
     x, w = static_shape(ins[0], "qconv input"), static_shape(ins[1], "qconv weights")
+    w = logical_weights(w, attrs, "qconv")
     out = _check_attrs(attrs, "qconv")
     if ins[0].dtype not in QTYPES or ins[1].dtype is not DType.int8:
         raise ShapeError(f"qconv takes int8/uint8 activations and int8 weights; got {ins[0].dtype}, {ins[1].dtype}")
@@ -183,13 +208,21 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
     icg, ocg = c_ // group, o.shape[1] // group
 
     if IM2COL and attrs.get("im2col") and kh > 1 and dil[1] == 1 and group == 1:
-        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * c_), c_, strides, dil, epilogue)]
+        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * c_), c_, strides, dil, epilogue, attrs)]
+    hints = _dot_hints(attrs, (3, 1))  # pixels x channels
 
     def body(n, oc, oh, ow):
         base_h = oh * strides[0] if strides[0] != 1 else oh
         base_w = (ow * strides[1] if strides[1] != 1 else ow) * c_
         first = (oc // ocg) * icg if group > 1 else 0
-        if dil[1] == 1 and group == 1:
+        if attrs.get("vnni"):  # window rows of whole 4-byte groups read in place (vnni_pack)
+            weight, run = weight_reader(w, attrs), kw * icg
+
+            def term(r, j):
+                hh = base_h + (r * dil[0] if dil[0] != 1 else r)
+                return Cast(src[n, hh, base_w + j], I32) * Cast(weight(oc, r * run + j), I32)
+            acc = rsum(term, (kh, run)) if kh > 1 else rsum(lambda j: term(0, j), run)
+        elif dil[1] == 1 and group == 1:
             def term(r, j):  # (kw, c) flattened: one contiguous run
                 hh = base_h + (r * dil[0] if dil[0] != 1 else r)
                 return Cast(src[n, hh, base_w + j], I32) * Cast(w[oc, r, j], I32)
@@ -202,13 +235,18 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
             acc = rsum(term, (kh, kw, icg))
         return epilogue(acc, oc)
 
-    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]  # pixels x channels
+    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=hints)]
+
+
+def _dot_hints(attrs, axes) -> dict:
+    """The ``qdot`` stage's schedule hints: (rows, columns) axes, and the VNNI panel width."""
+    return {"dot": axes, **({"vnni": int(attrs["vnni"])} if attrs.get("vnni") else {})}
 
 
 RUN_ALIGN = 32  # window rows padded to a multiple of this many bytes (a 256-bit vector)
 
 
-def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue):
+def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue, attrs):
     """im2col: stage ``__win`` (N, OH, OW, KH*R) copies each output pixel's KH window rows
     (KW*C bytes each) next to each other, so the whole window is one contiguous run and the
     dot product is one loop. (A loop per window row makes gcc close its vector accumulators
@@ -234,7 +272,9 @@ def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue):
                   inline=False)
     stages = [win]
     weight = lambda oc, k: w[oc, k // run, k % run]  # noqa: E731
-    if padded:
+    if attrs.get("vnni"):  # panels hold the padded rows already
+        weight = weight_reader(w, attrs)
+    elif padded:
         def wcopy(oc, k):
             r, j = k // row, k % row
             return Select(j.lt(run), w[oc, r, j], Const(0, w.dtype))
@@ -247,7 +287,7 @@ def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue):
         acc = rsum(lambda k: Cast(win.tensor[n, oh, ow, k], I32) * Cast(weight(oc, k), I32), kh * row)
         return epilogue(acc, oc)
 
-    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (3, 1)})]
+    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=_dot_hints(attrs, (3, 1)))]
 
 
 register("qconv", FusionKind.OUT_FUSABLE, _qconv_infer, _qconv_compute)
@@ -257,6 +297,7 @@ register("qconv", FusionKind.OUT_FUSABLE, _qconv_infer, _qconv_compute)
 
 def _qmatmul_infer(ins, attrs):
     a, w = static_shape(ins[0], "qmatmul A"), static_shape(ins[1], "qmatmul weights")
+    w = logical_weights(w, attrs, "qmatmul")
     out = _check_attrs(attrs, "qmatmul")
     if ins[0].dtype not in QTYPES or ins[1].dtype is not DType.int8:
         raise ShapeError(f"qmatmul takes int8/uint8 A and int8 weights; got {ins[0].dtype}, {ins[1].dtype}")
@@ -271,10 +312,10 @@ def _qmatmul_compute(ins, outs, attrs):
     a, w, bias, mult, shift = ins
     o = outs[0]
     return matmul_dot_stages(a, w, o, int(attrs.get("act_offset", 0)),
-                             lambda acc, n: requant(acc, bias[n], mult[n], shift[n], attrs, o.dtype))
+                             lambda acc, n: requant(acc, bias[n], mult[n], shift[n], attrs, o.dtype), attrs)
 
 
-def matmul_dot_stages(a, w, o, off: int, epilogue):
+def matmul_dot_stages(a, w, o, off: int, epilogue, attrs):
     """``o[.., m, n] = epilogue(sum_k au[.., m, k] * w[n, k], n)``; ``au``: ``a`` moved to
     uint8 by ``off`` in a staging buffer (stage ``__au``) when ``off`` is not 0."""
     k = a.shape[-1]
@@ -285,11 +326,13 @@ def matmul_dot_stages(a, w, o, off: int, epilogue):
         stages.append(au)
         a = au.tensor
 
+    weight = weight_reader(w, attrs)
+
     def body(*i):
-        acc = rsum(lambda r: Cast(a[i[:-1] + (r,)], I32) * Cast(w[i[-1], r], I32), k)
+        acc = rsum(lambda r: Cast(a[i[:-1] + (r,)], I32) * Cast(weight(i[-1], r), I32), k)
         return epilogue(acc, i[-1])
 
-    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints={"dot": (o.ndim - 2, o.ndim - 1)})]
+    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=_dot_hints(attrs, (o.ndim - 2, o.ndim - 1)))]
 
 
 register("qmatmul", FusionKind.OUT_FUSABLE, _qmatmul_infer, _qmatmul_compute)

@@ -1,0 +1,189 @@
+"""The host's C renderer with x86 intrinsics for the one loop nest gcc cannot vectorize well:
+the register tile of an integer dot-product kernel whose weights are in VNNI panels
+(``kiln/passes/vnni_pack.py``).
+
+The default schedule (``kiln/passes/dot_schedule.py``) leaves that tile as
+
+    for k < K:                                  (K a multiple of 4)
+      for r < R (unrolled):  for c < C (unrolled):          (C a multiple of 16)
+        acc[r][c] = acc[r][c] + int32(x[.. r .., k]) * int32(w[.. c .., k])
+
+with ``x`` uint8 and ``w`` int8 read from panels where 16 consecutive ``c`` times 4
+consecutive ``k`` are 64 contiguous bytes. gcc would vectorize it lane by lane (widen,
+multiply, add); this prints it as one ``vpdpbusd`` per (row, panel) and 4 steps of ``k``:
+the 4 activation bytes of a row broadcast to every lane, the accumulators held in
+registers for the whole reduction:
+
+    acc_r_p = dpbusd(acc_r_p, broadcast32(&x[r, k]), load512(&w[16 p, k]))
+
+Integer addition is exact and the lanes are the same sums in another order, so the result
+equals the scalar loop's. Before printing, the renderer checks on the index expressions
+themselves (evaluated at several points) that the bytes it loads as a block are the ones
+the loop reads; a nest that does not match is printed as plain C. The intrinsic form sits
+under ``#if defined(__AVX512VNNI__)`` with the plain loop in ``#else``, so the source
+builds and computes the same on any x86 machine.
+"""
+from __future__ import annotations
+
+from kiln.codegen.c import CRenderer
+from kiln.ir.dtype import DType
+from kiln.ir.expr import Bin, Cast, Load, Var, free_vars
+from kiln.ir.loop import For, Store, UNROLLED
+from kiln.ir.loop_eval import evaluate
+
+I8, U8, I32 = DType.int8, DType.uint8, DType.int32
+LANES = 16           # int32 lanes of a zmm register
+MAX_ACCUMULATORS = 24  # of 32 zmm registers: the rest hold weights and the broadcast
+
+
+class X86Renderer(CRenderer):
+    """``CRenderer`` plus the VNNI register tile (see the module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stats = {"vnni_tiles": 0}
+
+    def stmt(self, s, depth: int, in_parallel: bool = False):
+        if isinstance(s, For):
+            tile = match_vnni_tile(s, self.buffers)
+            if tile is not None:
+                self._vnni_tile(s, tile, depth, in_parallel)
+                return
+        super().stmt(s, depth, in_parallel)
+
+    def _vnni_tile(self, loop: For, tile: "VnniTile", depth: int, in_parallel: bool) -> None:
+        k = loop.var.name
+        rows, panels = tile.rows, tile.panels
+
+        def ref(load: Load, var: Var, value: int) -> str:
+            idx = tuple(_bind(i, var.name, value) for i in load.indices)
+            return f"&{load.buffer}{self.subscript(load.buffer, idx)}"
+
+        def acc(r: int, p: int) -> str:
+            return f"&{tile.acc}[{r}][{p * LANES}]"
+
+        self.emit("#if defined(__AVX512VNNI__)", 0)
+        self.emit("{", depth)
+        for r in range(rows):
+            self.emit(" ".join(f"__m512i kiln_acc_{r}_{p} = _mm512_loadu_si512((const void*){acc(r, p)});"
+                               for p in range(panels)), depth + 1)
+        self.emit(f"for (int64_t {k} = 0; {k} < {loop.extent}; {k} += 4) {{", depth + 1)
+        for p in range(panels):
+            self.emit(f"const __m512i kiln_w_{p} = _mm512_loadu_si512((const void*){ref(tile.w, tile.c, p * LANES)});",
+                      depth + 2)
+        for r in range(rows):
+            self.emit(f"{{ const __m512i kiln_x = _mm512_set1_epi32(kiln_load_u32({ref(tile.x, tile.r, r)}));",
+                      depth + 2)
+            for p in range(panels):
+                self.emit(f"  kiln_acc_{r}_{p} = _mm512_dpbusd_epi32(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", depth + 2)
+            self.emit("}", depth + 2)
+        self.emit("}", depth + 1)
+        for r in range(rows):
+            self.emit(" ".join(f"_mm512_storeu_si512((void*){acc(r, p)}, kiln_acc_{r}_{p});"
+                               for p in range(panels)), depth + 1)
+        self.emit("}", depth)
+        self.emit("#else", 0)
+        super().stmt(loop, depth, in_parallel)
+        self.emit("#endif", 0)
+        self.helpers_used.add("load_u32")
+        self.stats["vnni_tiles"] += 1
+
+
+class VnniTile:
+    """What the printer needs: the accumulator buffer, the two operand loads and the loop
+    variables of rows and columns."""
+
+    __slots__ = ("acc", "x", "w", "r", "c", "rows", "panels")
+
+    def __init__(self, acc, x, w, r, c, rows, panels):
+        self.acc, self.x, self.w, self.r, self.c, self.rows, self.panels = acc, x, w, r, c, rows, panels
+
+
+def _operand(e) -> Load | None:
+    if isinstance(e, Cast) and e.dtype is I32 and isinstance(e.a, Load) and e.a.dtype in (I8, U8):
+        return e.a
+    return None
+
+
+def match_vnni_tile(loop: For, buffers) -> VnniTile | None:
+    """The tile when ``loop`` is the nest of the module docstring, its accesses verified."""
+    if not (isinstance(loop.extent, int) and loop.extent >= 4 and loop.extent % 4 == 0):
+        return None
+    outer = loop.body
+    if not (isinstance(outer, For) and outer.kind == UNROLLED and isinstance(outer.body, For)):
+        return None
+    inner = outer.body
+    body = inner.body
+    if inner.kind != UNROLLED or not isinstance(body, Store) or not all(
+            isinstance(n, int) for n in (outer.extent, inner.extent)):
+        return None
+    r, c = outer.var, inner.var
+    rows, cols = outer.extent, inner.extent
+    if cols % LANES or rows * (cols // LANES) > MAX_ACCUMULATORS:
+        return None
+    acc_buf = buffers.get(body.buffer)
+    if (acc_buf is None or acc_buf.scope != "local" or acc_buf.dtype is not I32
+            or body.indices != (r, c) or tuple(acc_buf.shape) != (rows, cols)):
+        return None
+    value = body.value
+    acc = Load(body.buffer, body.indices, I32)
+    if not (isinstance(value, Bin) and value.op == "add" and value.a == acc and isinstance(value.b, Bin)
+            and value.b.op == "mul"):
+        return None
+    pair = [_operand(value.b.a), _operand(value.b.b)]
+    if None in pair:
+        return None
+    by_type = {ld.dtype: ld for ld in pair}
+    x, w = by_type.get(U8), by_type.get(I8)
+    if x is None or w is None:
+        return None
+    xv = set().union(*(free_vars(i) for i in x.indices))
+    wv = set().union(*(free_vars(i) for i in w.indices))
+    if c.name in xv or r.name in wv:
+        return None
+    if not _blocks_match(loop, x, w, r, c, rows, cols, buffers):
+        return None
+    return VnniTile(body.buffer, x, w, r, c, rows, cols // LANES)
+
+
+def _bind(e, name: str, value: int):
+    from kiln.ir.expr import Const, simplify, substitute
+
+    return simplify(substitute(e, {name: Const(value, DType.int64)}))
+
+
+def _flat(load: Load, env: dict, buffers) -> int:
+    shape = buffers[load.buffer].shape
+    flat = 0
+    for i, n in zip(load.indices, shape):
+        flat = flat * n + int(evaluate(i, env))
+    return flat
+
+
+def _blocks_match(loop: For, x: Load, w: Load, r: Var, c: Var, rows: int, cols: int, buffers) -> bool:
+    """x: 4 contiguous bytes at every (row, k); w: 64 contiguous bytes -- 16 columns x 4
+    steps -- at every (panel, k). Checked at the first, second and last k step, with the
+    enclosing loops' variables at 0 and at 1."""
+    k = loop.var.name
+    others = (set().union(*(free_vars(i) for i in x.indices + w.indices)) - {k, r.name, c.name})
+    steps = sorted({0, 4, loop.extent - 4})
+    try:
+        for base in (0, 1):
+            env0 = {name: base for name in others}
+            for k0 in steps:
+                for row in range(rows):
+                    first = _flat(x, {**env0, k: k0, r.name: row}, buffers)
+                    if any(_flat(x, {**env0, k: k0 + j, r.name: row}, buffers) != first + j for j in range(4)):
+                        return False
+                for p in range(cols // LANES):
+                    first = _flat(w, {**env0, k: k0, c.name: p * LANES}, buffers)
+                    for lane in range(4 * LANES):
+                        at = {**env0, k: k0 + lane % 4, c.name: p * LANES + lane // 4}
+                        if _flat(w, at, buffers) != first + lane:
+                            return False
+    except Exception:  # an index that does not evaluate (a load inside an index): not this nest
+        return False
+    return True
+
+
+__all__ = ["X86Renderer", "match_vnni_tile"]
