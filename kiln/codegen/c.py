@@ -356,10 +356,15 @@ _HELPERS = {
              "  big = x < 0.0f ? -big : big;\n"
              "  return a < 0.625f ? small : big;\n"
              "}\n",
-    # 4 bytes as one int32 from any address (the VNNI tile's broadcast, kiln/codegen/x86.py);
-    # memcpy is the aliasing-safe spelling, one load after optimization
-    "load_u32": "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n"
-                "static inline int32_t kiln_load_u32(const void* p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }\n",
+    # The VNNI register tile (kiln/codegen/x86.py): 4 bytes as one int32 from any address
+    # (memcpy is the aliasing-safe spelling, one load after optimization), and vpdpbusd as
+    # one instruction that updates its accumulator in place. Through the intrinsic gcc 12
+    # copied every accumulator to a fresh register and back at each step and spilled two:
+    # 84 extra moves per 16 vpdpbusd in a ResNet 3x3 conv, none with the asm.
+    "vnni": "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n"
+            "static inline int32_t kiln_load_u32(const void* p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }\n"
+            "#define KILN_DPBUSD(acc, u8x4, s8x4) "
+            "__asm__(\"vpdpbusd %2, %1, %0\" : \"+v\"(acc) : \"v\"(u8x4), \"v\"(s8x4))\n",
     "minmax_f": "static inline float kiln_maxf(float a, float b) { return (a > b || a != a) ? a : b; }\n"
                 "static inline float kiln_minf(float a, float b) { return (a < b || a != a) ? a : b; }\n",
     "minmax_d": "static inline double kiln_max_d(double a, double b) { return (a > b || a != a) ? a : b; }\n"

@@ -16,6 +16,9 @@ registers for the whole reduction:
 
     acc_r_p = dpbusd(acc_r_p, broadcast32(&x[r, k]), load512(&w[16 p, k]))
 
+(``vpdpbusd`` is printed as inline asm, ``KILN_DPBUSD``: the intrinsic made gcc 12 copy
+every accumulator through a second register at each step; see ``_HELPERS["vnni"]``.)
+
 Integer addition is exact and the lanes are the same sums in another order, so the result
 equals the scalar loop's. Before printing, the renderer checks on the index expressions
 themselves (evaluated at several points) that the bytes it loads as a block are the ones
@@ -75,7 +78,7 @@ class X86Renderer(CRenderer):
             self.emit(f"{{ const __m512i kiln_x = _mm512_set1_epi32(kiln_load_u32({ref(tile.x, tile.r, r)}));",
                       depth + 2)
             for p in range(panels):
-                self.emit(f"  kiln_acc_{r}_{p} = _mm512_dpbusd_epi32(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", depth + 2)
+                self.emit(f"  KILN_DPBUSD(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", depth + 2)
             self.emit("}", depth + 2)
         self.emit("}", depth + 1)
         for r in range(rows):
@@ -85,7 +88,7 @@ class X86Renderer(CRenderer):
         self.emit("#else", 0)
         super().stmt(loop, depth, in_parallel)
         self.emit("#endif", 0)
-        self.helpers_used.add("load_u32")
+        self.helpers_used.add("vnni")
         self.stats["vnni_tiles"] += 1
 
 
