@@ -53,8 +53,9 @@ def tile_dot_reduction(sch: Schedule, spatial, axes: tuple[int, int], tile: tupl
     ``vnni``: the weights are in VNNI panels of that many columns (kiln/passes/vnni_pack.py);
     the tile is ``VNNI_ROWS`` x two panels (one when the columns are an odd number of
     panels), which the host renderer prints as broadcast-activation ``vpdpbusd`` steps with
-    the accumulators in registers. Its write-back loops run columns outside rows, rows
-    vectorized: an NCHW output row of the tile is then one contiguous store."""
+    the accumulators in registers. Its write-back (the requantizing epilogue) is vectorized
+    over the tile's 32 columns: gcc 12 vectorizes an int64 epilogue narrowing to bytes only
+    with at least 32 iterations (8 rows were too few), and reads the accumulators in rows."""
     from kiln.passes.default_schedule import largest_divisor
 
     (row, row_n), (col, col_n) = spatial[axes[0]], spatial[axes[1]]
@@ -68,8 +69,7 @@ def tile_dot_reduction(sch: Schedule, spatial, axes: tuple[int, int], tile: tupl
     for name in (ri, ci, ri + "_init", ci + "_init"):
         sch.unroll(name)
     if vnni:
-        sch.reorder(ci + "_wb", ri + "_wb")
-        sch.vectorize(ri + "_wb")
+        sch.vectorize(ci + "_wb")
     else:
         sch.unroll(ri + "_wb")
         sch.unroll(ci + "_wb")

@@ -18,9 +18,9 @@ host renderer prints that tile with intrinsics (``kiln/codegen/x86.py``); the co
 definition reads the same panel (``kiln/ir/ops/qlinear.py``, ``vnni`` attribute), so every
 other path (the loop interpreter, a machine without VNNI) computes the same integers.
 
-K is the reduction the kernel loops over: the im2col window padded to whole 32-byte rows
-for convolutions with KH > 1 (the padding weights are zeros), the KW*C run of a 1-row
-kernel, K of a matmul. Left as they are: grouped or dilated convolutions, K not a multiple
+K is the reduction the kernel loops over: KH window rows of KW*C bytes read in place when
+KW*C is whole 4-byte groups; otherwise (the RGB stem) the im2col window with its rows padded
+to whole groups (zero weights in the padding); K of a matmul. Left as they are: grouped or dilated convolutions, K not a multiple
 of 4, output counts not a multiple of 16, non-constant weights.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def pack_vnni_panels(w: np.ndarray) -> np.ndarray:
 def conv_reduction(w_shape, attrs) -> int | None:
     """The reduction length a ``qconv`` with packed weights (OC, KH, KW*C) loops over, or
     None when its reduction is not one contiguous run (grouped, dilated)."""
-    from kiln.ir.ops.qlinear import IM2COL, RUN_ALIGN
+    from kiln.ir.ops.qlinear import IM2COL, window_row
 
     _, kh, run = w_shape
     _, _, _, dil = window_attrs(attrs, 2, "qconv")
@@ -53,7 +53,7 @@ def conv_reduction(w_shape, attrs) -> int | None:
     if kh == 1 or run % GROUP == 0:
         return kh * run
     if IM2COL and attrs.get("im2col"):
-        return kh * (-(-run // RUN_ALIGN) * RUN_ALIGN)
+        return kh * window_row(run, {"vnni": LANES})
     return None
 
 

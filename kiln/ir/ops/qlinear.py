@@ -22,7 +22,8 @@ lowers from the same compute definition:
   so the inner loop has no zero-point arithmetic (weights are symmetric: zero point 0).
 - **Rounding**: ``mult`` (int32, normalized to [2^30, 2^31)) and ``shift`` encode the real
   multiplier ``x_scale * w_scale[o] / y_scale`` as ``mult * 2^-shift``; adding
-  ``2^(shift-1)`` before the arithmetic shift rounds half up (towards +infinity).
+  ``2^(shift-1)`` before the arithmetic shift rounds half up (towards +infinity) (computed
+  as ``((v >> (shift-1)) + 1) >> 1``, the same integer; see :func:`requant`).
   ONNX Runtime rounds half to even in float32, so the two agree except on exact ties
   and float32 rounding of the product: at most one quantization step apart.
 - ``lo``/``hi`` clamp in the quantized domain: the output type's range intersected with a
@@ -88,7 +89,12 @@ def requant(acc, bias, mult, shift, attrs, out: DType):
     """The fixed-point epilogue (see the module docstring) of one int32 accumulator."""
     v = Cast(acc + bias, I64) * Cast(mult, I64)
     s = Cast(shift, I64)
-    v = Bin("shr", v + Bin("shl", Const(1, I64), s - Const(1, I64), I64), s, I64)
+    # (v + 2^(s-1)) >> s, spelled ((v >> (s-1)) + 1) >> 1: the same integer for every v and
+    # s >= 1 (write v = q 2^(s-1) + r, 0 <= r < 2^(s-1): both are floor((q+1)/2)), without
+    # shifting a constant by a per-channel amount -- which gcc 12 does not vectorize, and
+    # so left every requantizing epilogue scalar.
+    one = Const(1, I64)
+    v = Bin("shr", Bin("shr", v, s - one, I64) + one, one, I64)
     v = v + Const(int(attrs["y_zp"]), I64)
     lo, hi = int(attrs["lo"]), int(attrs["hi"])
     return Cast(Bin("min", Bin("max", v, Const(lo, I64), I64), Const(hi, I64), I64), out)
@@ -246,6 +252,14 @@ def _dot_hints(attrs, axes) -> dict:
 RUN_ALIGN = 32  # window rows padded to a multiple of this many bytes (a 256-bit vector)
 
 
+def window_row(run: int, attrs) -> int:
+    """Bytes one im2col window row takes: ``run`` padded to ``RUN_ALIGN`` for gcc's vector
+    dot product, or to whole 4-byte groups for the VNNI tile, which has no scalar remainder
+    to avoid (the 7x7 stem's 21-byte rows: 24 bytes, not 32 -- a third fewer multiply-adds)."""
+    align = 4 if attrs.get("vnni") else RUN_ALIGN
+    return -(-run // align) * align
+
+
 def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue, attrs):
     """im2col: stage ``__win`` (N, OH, OW, KH*R) copies each output pixel's KH window rows
     (KW*C bytes each) next to each other, so the whole window is one contiguous run and the
@@ -258,7 +272,7 @@ def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue, att
     accumulator that cost more than the 224-byte padded dot product."""
     kh, run = window
     n_, _, oh_, ow_ = o.shape
-    row = -(-run // RUN_ALIGN) * RUN_ALIGN
+    row = window_row(run, attrs)
     padded = row != run
 
     def copy(n, oh, ow, k):
