@@ -151,8 +151,12 @@ class CRenderer:
         if e.op in ("pow", "fmod") and dt.is_float:
             return f"{self.fn(e.op, dt)}({a}, {b})"
         if e.op in ("min", "max"):
-            cmp = "<" if e.op == "min" else ">"
-            return f"(({a}) {cmp} ({b}) ? ({a}) : ({b}))"
+            # a function, not ``a > b ? a : b``: a clamp nests these, and the spelled-out form
+            # repeats its operands (a requantizing epilogue's expression 8 times), which also
+            # kept gcc 12 from if-converting and vectorizing the loop ("control flow in loop")
+            ctype = self.vtype(dt)
+            self.helpers_used.add(f"minmax_{ctype}")
+            return f"kiln_{e.op}_{ctype}({a}, {b})"
         if e.op in ("div", "floordiv", "mod", "fmod") and dt in _UNSIGNED:
             # unsigned: C's own / and % are floor division and modulo; only 0 needs a guard
             c_op = "/" if e.op in ("div", "floordiv") else "%"
@@ -372,6 +376,12 @@ _HELPERS = {
 }
 
 _UNSIGNED = frozenset({DType.uint8, DType.uint16, DType.uint32, DType.uint64})
+
+
+for _ct in ("int8_t", "int16_t", "int32_t", "int64_t", "uint8_t", "uint16_t", "uint32_t", "uint64_t"):
+    _HELPERS[f"minmax_{_ct}"] = (
+        f"static inline {_ct} kiln_max_{_ct}({_ct} a, {_ct} b) {{ return a > b ? a : b; }}\n"
+        f"static inline {_ct} kiln_min_{_ct}({_ct} a, {_ct} b) {{ return a < b ? a : b; }}\n")
 
 
 def _reads_memory(e: Expr) -> bool:
