@@ -202,3 +202,32 @@ def test_tile_compiles_to_vpdpbusd_with_broadcast_activations(tmp_path):
                           str(tmp_path / "model.c")], capture_output=True, text=True, check=True).stdout
     assert len(re.findall(r"\bvpdpbusd\b[^\n]*zmm", asm)) >= 16
     assert re.search(r"vpbroadcastd", asm)
+
+
+# -- integer max pools read padded rows (kiln/ir/ops/pool.py, ``pad_rows``) --------------------
+
+def _int_pool_model(dtype, kernel, strides, pads, dilations=(1, 1), ceil=0, shape=(1, 5, 17, 15)):
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=list(kernel), strides=list(strides),
+                            pads=list(pads), dilations=list(dilations), ceil_mode=ceil)
+    elem = TP.UINT8 if dtype == np.uint8 else TP.INT8
+    rnd = np.ceil if ceil else np.floor
+    out = [int(rnd((n + pads[i] + pads[i + 2] - (k - 1) * d - 1) / s)) + 1
+           for i, (n, k, s, d) in enumerate(zip(shape[2:], kernel, strides, dilations))]
+    g = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", elem, list(shape))],
+                          [helper.make_tensor_value_info("y", elem, list(shape[:2]) + out)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("dtype, kernel, strides, pads, dilations, ceil", [
+    (np.uint8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0),     # ResNet's stem pool
+    (np.int8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),      # int8: pads hold -128, ceil mode
+    (np.int8, (2, 3), (1, 2), (0, 1, 1, 2), (2, 1), 0),      # asymmetric pads, dilation
+    (np.uint8, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),     # no padding at all
+])
+def test_integer_max_pool_reads_padded_rows_and_matches_ort(dtype, kernel, strides, pads, dilations, ceil):
+    model = _int_pool_model(dtype, kernel, strides, pads, dilations, ceil)
+    info = np.iinfo(dtype)
+    x = {"x": RNG.integers(info.min, info.max + 1, (1, 5, 17, 15)).astype(dtype)}
+    cm = kiln.compile(model)
+    assert "__xp" in cm.source()                             # the padded copy, no bounds test per tap
+    np.testing.assert_array_equal(cm.run(x)["y"], ort_run(model, x)["y"])

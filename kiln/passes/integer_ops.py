@@ -122,11 +122,20 @@ def _im2col(m: Match, rw: Rewriter):
     return rw.emit(m.root.op, list(m.root.inputs), {**m.root.attrs, "im2col": 1})
 
 
+def _pad_rows(m: Match, rw: Rewriter):
+    x = rw.type(m.root.inputs[0])
+    if m.root.attrs.get("pad_rows") or x.dtype.is_float or len(x.shape) != 4 or len(m.root.outputs) != 1:
+        return None
+    return rw.emit("max_pool", list(m.root.inputs), {**m.root.attrs, "pad_rows": 1})
+
+
 def stage_windows(graph: Graph) -> Graph:
     """Mark integer convolutions to copy each output pixel's window into one run (im2col, see
-    ``kiln/ir/ops/qlinear.py``). Only for targets that compute dot products in register tiles
-    (``Capabilities.dot_tile``): the copy costs KH times the input in memory, which a CPU with
-    megabytes of cache does not notice and a microcontroller's arena does."""
-    if not any(n.op in ("qconv", "qconv_i32") for n in graph.nodes):
+    ``kiln/ir/ops/qlinear.py``), and integer 2-D max pools to read a padded copy of their
+    input rows (``kiln/ir/ops/pool.py``). Only for targets that compute dot products in register
+    tiles (``Capabilities.dot_tile``): the copies cost memory, which a CPU with megabytes of
+    cache does not notice and a microcontroller's arena does."""
+    if not any(n.op in ("qconv", "qconv_i32", "max_pool") for n in graph.nodes):
         return graph
-    return apply_rules(graph, [(Op("qconv", single_use=False), _im2col), (Op("qconv_i32", single_use=False), _im2col)])
+    return apply_rules(graph, [(Op("qconv", single_use=False), _im2col), (Op("qconv_i32", single_use=False), _im2col),
+                               (Op("max_pool", single_use=False), _pad_rows)])

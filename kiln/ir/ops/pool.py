@@ -108,7 +108,37 @@ def _max_body(x, lead, kernel, axes):
 def _max_pool_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
     lead, kernel, axes = _axes(x, o, attrs, "max_pool")
+    if attrs.get("pad_rows") and x.ndim == 4 and len(kernel) == 2:
+        return _max_pool_padded_rows(x, o, lead, kernel, axes)
     return [compute(o.name, o.shape, _max_body(x, lead, kernel, axes), o.dtype, tag="pool")]
+
+
+def _max_pool_padded_rows(x, o, lead, kernel, axes):
+    """The CPU form of a 2-D max pool (attribute ``pad_rows``, set by
+    ``kiln/passes/integer_ops.py`` for integer pools): the input padded with the type's
+    lowest value in a stage of its own, which the schedule computes row by row inside the
+    pool's row loop (``pad_at``), and the pool reading it with no bounds test, its window
+    taps outside a vector of output columns (``tile``). Testing the bounds per tap inside a
+    3-tap vector loop cost 0.55 ms on ResNet-18's 64 x 112 x 112 uint8 pool."""
+    lowest = Const(reduce_init("max", x.dtype), x.dtype)
+    ext = tuple(ax.last + ax.pb + 1 for ax in axes)  # padded rows/columns any window reads
+
+    def padded(n, c, qh, qw):
+        pos = [offset(q, -ax.pb) for q, ax in zip((qh, qw), axes)]
+        cond = conj([cc for ax, p in zip(axes, pos) for cc in ax.bounds_conds(p, 0, ax.n)])
+        v = x[n, c, pos[0], pos[1]]
+        return v if cond is None else Select(cond, v, lowest)
+
+    xp = compute(f"{o.name}__xp", tuple(x.shape[:2]) + ext, padded, x.dtype, tag="pad", inline=False)
+
+    def body(n, c, oh, ow):
+        def tap(kh, kw):
+            return xp.tensor[n, c, scaled(oh, axes[0].s) + scaled(kh, axes[0].d),
+                             scaled(ow, axes[1].s) + scaled(kw, axes[1].d)]
+        return rmax(tap, kernel)
+
+    pool = compute(o.name, o.shape, body, o.dtype, tag="pool", hints={"tile": (2, 3), "tile_rows": 1, "pad_at": 2})
+    return [xp, pool]
 
 
 def _max_pool_indices_infer(ins, attrs):
