@@ -129,6 +129,7 @@ def warm_tvm_imports() -> None:
     """MetaSchedule's first TuneContext imports TVM's tensor intrinsics (parsing hundreds of
     TVMScript functions: 15-40 s, longer the more modules are loaded). A fixed import cost,
     not search: done here, before the tuning clock starts and before Kiln's imports."""
+    import psutil  # noqa: F401  (MetaSchedule's search needs it; apache-tvm does not declare it)
     import tvm.s_tir.meta_schedule  # noqa: F401
     import tvm.s_tir.tensor_intrin  # noqa: F401
     from tvm.relax.frontend.onnx import from_onnx  # noqa: F401
@@ -436,6 +437,8 @@ def write_markdown(path: Path, args, argv, results, loads) -> None:
         f"- timing: kiln.bench, {args.repeats} interleaved rounds, median; outputs checked against ONNX Runtime "
         f"(max rel err <= {RTOL:g})",
         "- TVM/Kiln above 1: tuned Kiln is faster. Tuning minutes: wall time of `tune_relax` and `kiln.tune`.",
+        "- tasks tuned: the tasks the budget reached. The others run each tool's untuned code: Kiln's default "
+        "schedule rules; for TVM, `compile_relax`'s unscheduled TIR (it applies no DLight rules on CPUs).",
         "",
         markdown_table(results),
         "",
@@ -484,9 +487,19 @@ def parse_args(argv):
     return args
 
 
+def old_databases(work_dir: Path, names) -> list[str]:
+    """Databases a previous run left in ``work_dir``: both tuners would resume from them."""
+    dirs = [work_dir / f"{name}-{tool}" for name in names for tool in ("metaschedule", "kiln")]
+    return [d.name for d in dirs if d.is_dir() and any(d.iterdir())]
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.work_dir and (used := old_databases(Path(args.work_dir), args.names)):
+        print(f"error: {args.work_dir} already holds tuning databases ({', '.join(used)}); both tools must start "
+              "from empty ones for an equal budget: give a fresh --work-dir", file=sys.stderr)
+        return 2
     try:
         warm_tvm_imports()
     except ImportError as e:

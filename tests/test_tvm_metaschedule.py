@@ -126,3 +126,12 @@ def test_table_shows_failures_and_missing_values():
     assert lines[2] == "| gemm | 2.000 | 1.000 | 2.00 | 3.000 | 1.5 | 0.5 | 1 of 1 / 1 of 1 | 1.0e-07 / 0.0e+00 |  |"
     assert lines[3] == ("| conv | — | 1.500 | — | — | — | — | — / — | — / — | "
                         "MetaSchedule tuning failed: ValueError: x \\| y |")
+
+
+def test_refuses_a_work_dir_with_old_databases(tmp_path, capsys):
+    """Both tuners resume from what their database holds: a reused one breaks the equal budget."""
+    old = tmp_path / "gemm-kiln"
+    old.mkdir()
+    (old / "records.jsonl").write_text("{}\n")
+    assert T.main(["--quick", "--workloads", "gemm", "--work-dir", str(tmp_path)]) == 2
+    assert "already holds tuning databases (gemm-kiln)" in capsys.readouterr().err
