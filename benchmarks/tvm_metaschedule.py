@@ -401,7 +401,8 @@ def markdown_table(results) -> str:
     for r in results:
         lines.append(f"| {r.workload} | {_ms(r.tvm_ms)} | {_ms(r.kiln_ms)} | {fmt_ratio(r.ratio)} | "
                      f"{_ms(r.untuned_ms)} | {_min(r.tvm_tune_s)} | {_min(r.kiln_tune_s)} | "
-                     f"{_tasks(r.tvm_tuned, r.tvm_tasks)} / {_tasks(r.kiln_tuned, r.kiln_tasks)} | {_err(r.tvm_err)} / {_err(r.kiln_err)} | "
+                     f"{_tasks(r.tvm_tuned, r.tvm_tasks)} / {_tasks(r.kiln_tuned, r.kiln_tasks)} | "
+                     f"{_err(r.tvm_err)} / {_err(r.kiln_err)} | "
                      f"{_cell(r.notes, 300)} |")
     return "\n".join(lines)
 
