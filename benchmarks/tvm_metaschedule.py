@@ -14,7 +14,9 @@ measured between two cost-model updates):
 - MetaSchedule (``tvm.s_tir.meta_schedule``): ONNX -> Relax (``from_onnx``, weights bound as
   constants), the passes ``compile_relax`` runs before it applies a database (so that the
   database keys match), ``tune_relax`` (XGB cost model, evolutionary search, gradient task
-  scheduler) into a JSON database under ``--work-dir``, then ``compile_relax`` with it. Its
+  scheduler) into a JSON database under ``--work-dir``, then ``compile_relax`` with it; by
+  default with Relax's CPU weight prepacking (``--no-ms-prepack``: off): the constant weights
+  are layout-free, so a schedule may choose their layout, folded at compile time. Its
   LocalBuilder gets ``--workers`` processes and a ``--build-timeout`` (the 30 s default
   killed every build on 2 busy cores); target: ``kiln.bench.tvm_target()`` plus
   ``num-cores`` = 2, which MetaSchedule requires.
@@ -150,9 +152,11 @@ def relax_module(workload):
                                      relax.transform.CanonicalizeBindings()])(mod)
 
 
-def fused_for_tuning(mod, target):
+def fused_for_tuning(mod, target, prepack: bool = False):
     """The passes ``compile_relax`` applies before ``MetaScheduleApplyDatabase``: tuning must
-    see the same fused PrimFuncs, or the database has no record for what is compiled."""
+    see the same fused PrimFuncs, or the database has no record for what is compiled.
+    ``prepack``: mark the constant weights layout-free (as Relax's static_shape_tuning_pipeline
+    does with cpu_weight_prepack), so that schedules may choose their weight layout."""
     import tvm
     from tvm import relax
     from tvm.relax import pipeline
@@ -160,6 +164,8 @@ def fused_for_tuning(mod, target):
     seq = [*pipeline.library_dispatch_passes(target), relax.transform.LegalizeOps(),
            relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
            relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    if prepack:
+        seq.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.transform.Sequential(seq)(mod)
 
@@ -173,6 +179,7 @@ class MsOptions:
     min_repeat_ms: int = 100     # MetaSchedule's EvaluatorConfig default
     seed: int = 0
     verbose: bool = False        # MetaSchedule's INFO log on the console
+    prepack: bool = True         # schedules choose the constant weights' layout (see fused_for_tuning)
 
 
 @dataclass
@@ -188,7 +195,7 @@ def tune_metaschedule(workload, trials: int, work_dir: Path, opts: MsOptions) ->
     import tvm.s_tir.meta_schedule as ms
 
     target = ms_target()
-    fused = fused_for_tuning(relax_module(workload), target)
+    fused = fused_for_tuning(relax_module(workload), target, opts.prepack)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     # MetaSchedule's console handler takes this logger's level, which its previous run left at DEBUG
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.INFO if opts.verbose else logging.WARNING)
@@ -205,18 +212,39 @@ def tune_metaschedule(workload, trials: int, work_dir: Path, opts: MsOptions) ->
     return MsTuning(db, len(tasks), tuned, seconds)
 
 
-def applied_records(database, workload) -> int:
-    """How many PrimFuncs ``compile_relax`` takes from ``database``: the same fusion, then
-    MetaScheduleApplyDatabase, counting the functions it marks scheduled."""
+def apply_database(database, workload, prepack: bool):
+    """The fused module with the database's schedules applied (``MetaScheduleApplyDatabase``,
+    as ``compile_relax`` does), and how many PrimFuncs took one."""
     import tvm
     from tvm import relax
 
     target = ms_target()
-    fused = fused_for_tuning(relax_module(workload), target)
+    fused = fused_for_tuning(relax_module(workload), target, prepack)
     with target, database, tvm.transform.PassContext(opt_level=3):
         applied = relax.transform.MetaScheduleApplyDatabase()(fused)
-    return sum(1 for f in applied.functions.values()
-               if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False))
+    count = sum(1 for f in applied.functions.values()
+                if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False))
+    return applied, count
+
+
+def compile_with_database(database, workload, prepack: bool):
+    """A Relax VM executable. Without ``prepack``: ``compile_relax``. With it, the tail of
+    Relax's static_shape_tuning_pipeline: the weight-layout rewrites the schedules chose are
+    split out of the kernels and folded into the constants at compile time, then relax.build
+    (whose default CPU pipeline repeats the fusion: a no-op on the fused module, as when
+    static_shape_tuning_pipeline's output goes to tvm.compile)."""
+    import tvm
+    import tvm.s_tir.meta_schedule as ms
+    from tvm import relax
+
+    target = ms_target()
+    if not prepack:
+        return ms.relax_integration.compile_relax(database, relax_module(workload), target, None)
+    applied, _ = apply_database(database, workload, prepack)
+    with target, tvm.transform.PassContext(opt_level=3):
+        mod = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                        relax.transform.FoldConstant()])(applied)
+        return relax.build(mod, target=target)
 
 
 class TunedTvmPeer:
@@ -224,22 +252,21 @@ class TunedTvmPeer:
 
     name = "tvm-ms"
 
-    def __init__(self, database):
-        self.database = database
+    def __init__(self, database, prepack: bool):
+        self.database, self.prepack = database, prepack
 
     def version(self) -> str:
         from kiln.bench import _dist_version
 
         return (f"apache-tvm {_dist_version('apache-tvm')} with apache-tvm-ffi {_dist_version('apache-tvm-ffi')} "
-                f"(MetaSchedule, compile_relax, TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']})")
+                f"(MetaSchedule, {'weight prepack' if self.prepack else 'compile_relax'}, "
+                f"TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']})")
 
     def prepare(self, workload):
         import tvm
-        import tvm.s_tir.meta_schedule as ms
         from tvm import relax
 
-        executable = ms.relax_integration.compile_relax(self.database, relax_module(workload), ms_target(), None)
-        vm = relax.VirtualMachine(executable, tvm.cpu())
+        vm = relax.VirtualMachine(compile_with_database(self.database, workload, self.prepack), tvm.cpu())
         feeds = workload.feeds()
         order = [vi.name for vi in workload.model().graph.input if vi.name in feeds]  # from_onnx's order
         args = [tvm.runtime.tensor(feeds[name]) for name in order]
@@ -329,11 +356,11 @@ def run_workload(workload, args, work_dir: Path, log) -> Result:
     try:
         ms = tune_metaschedule(workload, args.trials, work_dir / f"{workload.name}-metaschedule",
                                MsOptions(args.workers, args.build_timeout, args.run_timeout, args.batch_size,
-                                         args.min_repeat_ms, args.seed, args.verbose))
+                                         args.min_repeat_ms, args.seed, args.verbose, args.ms_prepack))
         ms_db, res.tvm_tasks, res.tvm_tuned, res.tvm_tune_s = ms.database, ms.tasks, ms.tuned, ms.seconds
         log(f"[{workload.name}] MetaSchedule: {args.trials} trials over {ms.tuned} of {ms.tasks} tasks, "
             f"{ms.seconds:.0f} s")
-        applied = applied_records(ms_db, workload)
+        _, applied = apply_database(ms_db, workload, args.ms_prepack)
         if applied != ms.tuned:  # then TVM would be timed (partly) untuned without anyone noticing
             notes.append(f"compile_relax applies {applied} MetaSchedule records for {ms.tuned} tuned tasks")
     except Exception as e:  # noqa: BLE001  (a failed tuner is a note in the table, not the end of the run)
@@ -349,7 +376,7 @@ def run_workload(workload, args, work_dir: Path, log) -> Result:
         notes.append(f"Kiln tuning failed: {B.describe(e)}")
         log(f"[{workload.name}] {notes[-1]}")
         kiln_db = None
-    peers = ([TunedTvmPeer(ms_db)] if ms_db is not None else []) + \
+    peers = ([TunedTvmPeer(ms_db, args.ms_prepack)] if ms_db is not None else []) + \
             ([TunedKilnPeer(kiln_db)] if kiln_db is not None else []) + [UntunedKilnPeer()]
     opts = B.Options(repeats=args.repeats, warmup=2, min_sample_s=args.min_sample_ms / 1e3)
     rows = {r.peer: r for r in B.bench_workload(workload, peers, opts, log=log)}
@@ -434,12 +461,13 @@ def write_markdown(path: Path, args, argv, results, loads) -> None:
         *[f"- {v}" for v in versions(args)],
         f"- budget: {args.trials} measured trials per workload for each tool (for the model, in all across its "
         f"tasks); {args.batch_size} candidates per batch; {args.workers} build worker(s) each; MetaSchedule "
-        f"LocalBuilder timeout {args.build_timeout:.0f} s, EvaluatorConfig min_repeat_ms {args.min_repeat_ms}",
+        f"LocalBuilder timeout {args.build_timeout:.0f} s, EvaluatorConfig min_repeat_ms {args.min_repeat_ms}, "
+        f"weight prepack {'on' if args.ms_prepack else 'off (compile_relax)'}",
         f"- timing: kiln.bench, {args.repeats} interleaved rounds, median; outputs checked against ONNX Runtime "
         f"(max rel err <= {RTOL:g})",
         "- TVM/Kiln above 1: tuned Kiln is faster. Tuning minutes: wall time of `tune_relax` and `kiln.tune`.",
         "- tasks tuned: the tasks the budget reached. The others run each tool's untuned code: Kiln's default "
-        "schedule rules; for TVM, `compile_relax`'s unscheduled TIR (it applies no DLight rules on CPUs).",
+        "schedule rules; for TVM, unscheduled TIR (Relax's CPU pipeline applies no DLight rules).",
         "",
         markdown_table(results),
         "",
@@ -466,6 +494,9 @@ def parse_args(argv):
     p.add_argument("--min-repeat-ms", type=int, help="MetaSchedule EvaluatorConfig (default 100, --quick 10)")
     p.add_argument("--repeats", type=int, help="timed rounds (default 10, --quick 3)")
     p.add_argument("--min-sample-ms", type=float, default=20.0, help="a sample repeats a fast call this long")
+    p.add_argument("--ms-prepack", action=argparse.BooleanOptionalAction, default=True,
+                   help="MetaSchedule may choose the constant weights' layout, folded at compile time "
+                        "(Relax's cpu_weight_prepack; default on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes, 4 trials, 3 rounds: a smoke run")
     p.add_argument("--work-dir", help="keep MetaSchedule's and Kiln's databases here (default: a temp dir)")
