@@ -362,7 +362,7 @@ def run_workload(workload, args, work_dir: Path, log) -> Result:
             f"{ms.seconds:.0f} s")
         _, applied = apply_database(ms_db, workload, args.ms_prepack)
         if applied != ms.tuned:  # then TVM would be timed (partly) untuned without anyone noticing
-            notes.append(f"compile_relax applies {applied} MetaSchedule records for {ms.tuned} tuned tasks")
+            notes.append(f"the TVM build applies {applied} MetaSchedule records for {ms.tuned} tuned tasks")
     except Exception as e:  # noqa: BLE001  (a failed tuner is a note in the table, not the end of the run)
         notes.append(f"MetaSchedule tuning failed: {B.describe(e)}")
         log(f"[{workload.name}] {notes[-1]}")
@@ -379,26 +379,32 @@ def run_workload(workload, args, work_dir: Path, log) -> Result:
     peers = ([TunedTvmPeer(ms_db, args.ms_prepack)] if ms_db is not None else []) + \
             ([TunedKilnPeer(kiln_db)] if kiln_db is not None else []) + [UntunedKilnPeer()]
     opts = B.Options(repeats=args.repeats, warmup=2, min_sample_s=args.min_sample_ms / 1e3)
-    rows = {r.peer: r for r in B.bench_workload(workload, peers, opts, log=log)}
+    add_timings(res, B.bench_workload(workload, peers, opts, log=log), notes)
+    res.notes = "; ".join(notes)
+    return res
+
+
+def add_timings(res: Result, rows, notes: list) -> None:
+    """The harness's rows (kiln.bench.Row) into ``res``: medians, errors against ONNX Runtime,
+    and TVM/Kiln only when both answers matched; what went wrong goes to ``notes``."""
+    by_peer = {r.peer: r for r in rows}
     for peer, prefix in (("tvm-ms", "tvm"), ("kiln", "kiln"), ("kiln-untuned", "untuned")):
-        row = rows.get(peer)
+        row = by_peer.get(peer)
         if row is None:
             continue
         if row.error:
             notes.append(f"{peer}: {row.error}")
             continue
         setattr(res, f"{prefix}_ms", row.median_ms)
+        matched = row.max_rel_err is not None and row.max_rel_err <= RTOL
         if prefix != "untuned":
             setattr(res, f"{prefix}_err", row.max_rel_err)
-            matched = row.max_rel_err is not None and row.max_rel_err <= RTOL
             setattr(res, f"{prefix}_matched", matched)
-            if not matched:
-                notes.append(f"{peer} does not match ONNX Runtime (max rel err {row.max_rel_err}, "
-                             f"{row.note or 'no reference'})")
-    if res.tvm_ms and res.kiln_ms:
+        if not matched:
+            notes.append(f"{peer} does not match ONNX Runtime (max rel err {row.max_rel_err}, "
+                         f"{row.note or 'no reference'})")
+    if res.tvm_matched and res.kiln_matched:  # no ratio of a wrong answer's time
         res.ratio = res.tvm_ms / res.kiln_ms
-    res.notes = "; ".join(notes)
-    return res
 
 
 # -- report --------------------------------------------------------------------------------

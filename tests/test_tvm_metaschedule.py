@@ -135,3 +135,27 @@ def test_refuses_a_work_dir_with_old_databases(tmp_path, capsys):
     (old / "records.jsonl").write_text("{}\n")
     assert T.main(["--quick", "--workloads", "gemm", "--work-dir", str(tmp_path)]) == 2
     assert "already holds tuning databases (gemm-kiln)" in capsys.readouterr().err
+
+
+def test_missing_metaschedule_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` now raises ImportError
+    assert T.main(["--quick", "--workloads", "gemm"]) == 2
+    err = capsys.readouterr().err
+    assert "TVM MetaSchedule is not importable" in err and "apache-tvm==0.27.0.post1" in err
+
+
+def test_a_wrong_answer_gets_no_ratio():
+    from kiln.bench import Row
+
+    res, notes = T.Result("gemm", "MatMul", 4), []
+    T.add_timings(res, [Row("gemm", "tvm-ms", median_ms=1.0, max_rel_err=0.5),
+                        Row("gemm", "kiln", median_ms=2.0, max_rel_err=1e-6),
+                        Row("gemm", "kiln-untuned", error="CompileError: boom")], notes)
+    assert (res.tvm_ms, res.kiln_ms, res.untuned_ms, res.ratio) == (1.0, 2.0, None, None)
+    assert (res.tvm_matched, res.kiln_matched) == (False, True)
+    assert notes == ["tvm-ms does not match ONNX Runtime (max rel err 0.5, no reference)",
+                     "kiln-untuned: CompileError: boom"]
+    res, notes = T.Result("gemm", "MatMul", 4), []
+    T.add_timings(res, [Row("gemm", "tvm-ms", median_ms=3.0, max_rel_err=0.0),
+                        Row("gemm", "kiln", median_ms=2.0, max_rel_err=1e-4)], notes)
+    assert res.ratio == 1.5 and notes == []
