@@ -12,7 +12,7 @@ the model: in all, across its tasks) and the same batch size (``--batch-size``: 
 measured between two cost-model updates):
 
 - MetaSchedule (``tvm.s_tir.meta_schedule``): ONNX -> Relax (``from_onnx``, weights bound as
-  constants), the passes ``compile_relax`` runs before it applies a database (so that the
+  constants, batch norms folded into the convs as Kiln folds them), the passes ``compile_relax`` runs before it applies a database (so that the
   database keys match), ``tune_relax`` (XGB cost model, evolutionary search, gradient task
   scheduler) into a JSON database under ``--work-dir``, then ``compile_relax`` with it; by
   default with Relax's CPU weight prepacking (``--no-ms-prepack``: off): the constant weights
