@@ -52,6 +52,20 @@ def require_toolchain(name: str, package: str | None = None) -> str:
     pytest.skip(message)
 
 
+def require_module(name: str, extra: str = "test"):
+    """``importlib.import_module(name)``; skips when it is missing, and fails in CI
+    (KILN_REQUIRE_TOOLCHAINS=1), whose ``extra`` installs it. Usable at module level."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        message = f"Python module {name!r} is not installed ({e}; pip install -e '.[{extra}]')"
+        if toolchains_required():
+            pytest.fail(message + "; KILN_REQUIRE_TOOLCHAINS=1 makes it an error", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
 @pytest.fixture(name="require_toolchain")
 def require_toolchain_fixture():
     """The ``require_toolchain`` function, for tests that prefer a fixture to an import."""

@@ -25,7 +25,7 @@ from kiln.ir.interp import run_graph
 from kiln.ir.loop import VECTORIZED, Alloc, Buffer, For, Func, Seq, Store
 from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.signed_activations import stage_activations_signed
-from tests.conftest import require_toolchain
+from tests.conftest import require_module, require_toolchain
 from tests.test_quantize import _ort_qdq, _output_scale, _qlinear_matmul_model, _steps, qdq_conv
 from tests.util import ort_run
 
@@ -192,8 +192,8 @@ def test_odd_reductions_and_mixed_sign_form_under_qemu(c, tmp_cache, monkeypatch
 
 def test_digits_cnn_int8_under_qemu(tmp_cache):
     need_arm()
-    pytest.importorskip("torch")
-    datasets = pytest.importorskip("sklearn.datasets")
+    require_module("torch")
+    datasets = require_module("sklearn.datasets")
     from tests.test_quantize_digits import _onnx, _train
 
     d = datasets.load_digits()

@@ -20,7 +20,7 @@ from onnx import TensorProto as TP, helper, numpy_helper as nh
 
 import kiln
 from kiln.errors import KilnError, TargetError, VerificationError
-from tests.conftest import require_toolchain
+from tests.conftest import require_module, require_toolchain
 from tests.test_codegen import check_snapshot
 from tests.util import make_model, ort_run
 
@@ -178,8 +178,8 @@ def test_wrong_inputs_are_refused_before_qemu(arm):
 
 @pytest.fixture(scope="module")
 def digits_q():
-    pytest.importorskip("torch")
-    datasets = pytest.importorskip("sklearn.datasets")
+    require_module("torch")
+    datasets = require_module("sklearn.datasets")
     from tests.test_quantize_digits import _onnx, _train
 
     d = datasets.load_digits()

@@ -13,10 +13,11 @@ import pytest
 from onnx import TensorProto as TP, helper, numpy_helper as nh
 
 import kiln
+from tests.conftest import require_module
 from tests.util import ort_run
 
-torch = pytest.importorskip("torch")
-datasets = pytest.importorskip("sklearn.datasets")
+torch = require_module("torch")
+datasets = require_module("sklearn.datasets")
 
 
 @pytest.fixture(scope="module")

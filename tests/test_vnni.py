@@ -20,7 +20,8 @@ from kiln.passes.vnni_pack import pack_vnni_panels
 from tests.util import ort_run
 
 RNG = np.random.default_rng(5)
-HAS_VNNI = host.capabilities().vnni
+# x86 flags that define __AVX512VNNI__ whatever machine runs the tests (the asm check)
+VNNI_FLAGS = ["-march=x86-64-v4", "-mavx512vnni"]
 
 
 def _conv_model(c, oc, k, hw, stride=1, pad=None, group=1, relu=True):
@@ -49,8 +50,11 @@ def _matmul_model(m, k, n):
     return kiln.quantize(model, {"x": RNG.standard_normal((3, m, k)).astype(np.float32)})
 
 
-def _no_vnni(monkeypatch):
-    caps = dataclasses.replace(host.capabilities(), vnni=False)
+def _host_caps(monkeypatch, vnni: bool):
+    """The host's capabilities with VNNI panels on or off, and an integer dot tile, whatever
+    this machine has: the panels, the tile's source and its plain-C ``#else`` branch are
+    then tested on any x86 host (a machine without VNNI runs the ``#else`` branch)."""
+    caps = dataclasses.replace(host.capabilities(), vnni=vnni, dot_tile=(8, 4))
     monkeypatch.setattr(host, "capabilities", lambda: caps)
 
 
@@ -72,9 +76,8 @@ def test_panel_layout_holds_each_weight_once_where_the_tile_reads_it():
 
 def _graph(model, vnni: bool, monkeypatch):
     """The optimized graph as the host compiles it, with or without VNNI panels."""
-    caps = dataclasses.replace(host.capabilities(), vnni=vnni, dot_tile=(8, 4))
     with monkeypatch.context() as m:
-        m.setattr(host, "capabilities", lambda: caps)
+        _host_caps(m, vnni)
         return kiln.compile(model).graph
 
 
@@ -116,8 +119,8 @@ def test_panel_weights_of_the_wrong_shape_are_a_clear_error():
 
 # -- the intrinsic tile ----------------------------------------------------------------------------
 
-@pytest.mark.skipif(not HAS_VNNI, reason="the host has no AVX-512 VNNI: integer weights stay row-major")
-def test_renderer_recognizes_the_tile_and_refuses_a_changed_weight_index():
+def test_renderer_recognizes_the_tile_and_refuses_a_changed_weight_index(monkeypatch):
+    _host_caps(monkeypatch, True)
     cm = kiln.compile(_matmul_model(16, 64, 32))
     func = next(k.func for k in cm.result.kernels if "KILN_DPBUSD(" in X86Renderer().render_func(k.func, set()))
     loops = [s for s in walk_stmts(func.body) if isinstance(s, For) and s.extent == 64]
@@ -167,11 +170,11 @@ CASES = [
 def test_panel_kernels_equal_row_major_kernels_and_ort(build, monkeypatch):
     model = build()
     x = _inputs(model)
+    _host_caps(monkeypatch, True)
     panels = kiln.compile(model)
-    if HAS_VNNI:
-        assert "KILN_DPBUSD(" in panels.source()
+    assert "KILN_DPBUSD(" in panels.source()
     got = panels.run(x)
-    _no_vnni(monkeypatch)
+    _host_caps(monkeypatch, False)
     rows = kiln.compile(model)
     assert "KILN_DPBUSD(" not in rows.source()
     want = rows.run(x)
@@ -182,9 +185,9 @@ def test_panel_kernels_equal_row_major_kernels_and_ort(build, monkeypatch):
         assert np.abs(got[name] - ref[name]).max() <= step * 1.01
 
 
-@pytest.mark.skipif(not HAS_VNNI, reason="the host has no AVX-512 VNNI: integer weights stay row-major")
-def test_plain_c_fallback_of_the_tile_computes_the_same(tmp_path):
+def test_plain_c_fallback_of_the_tile_computes_the_same(monkeypatch):
     """The ``#else`` branch (a machine without VNNI builds the same source) gives the same integers."""
+    _host_caps(monkeypatch, True)
     model = _conv_model(32, 32, 3, 10)
     cm = kiln.compile(model)
     x = _inputs(model)
@@ -194,11 +197,11 @@ def test_plain_c_fallback_of_the_tile_computes_the_same(tmp_path):
         np.testing.assert_array_equal(fast[k], plain[k])
 
 
-@pytest.mark.skipif(not HAS_VNNI, reason="the host has no AVX-512 VNNI")
-def test_tile_compiles_to_vpdpbusd_with_broadcast_activations(tmp_path):
+def test_tile_compiles_to_vpdpbusd_with_broadcast_activations(tmp_path, monkeypatch):
+    _host_caps(monkeypatch, True)
     cm = kiln.compile(_matmul_model(16, 128, 64))
     cm.export(tmp_path)
-    asm = subprocess.run(["gcc", "-O3", "-march=native", "-fopenmp", "-std=gnu11", "-fwrapv", "-S", "-o", "-",
+    asm = subprocess.run(["gcc", "-O3", *VNNI_FLAGS, "-fopenmp", "-std=gnu11", "-fwrapv", "-S", "-o", "-",
                           str(tmp_path / "model.c")], capture_output=True, text=True, check=True).stdout
     assert len(re.findall(r"\bvpdpbusd\b[^\n]*zmm", asm)) >= 16
     assert re.search(r"vpbroadcastd", asm)
@@ -224,7 +227,9 @@ def _int_pool_model(dtype, kernel, strides, pads, dilations=(1, 1), ceil=0, shap
     (np.int8, (2, 3), (1, 2), (0, 1, 1, 2), (2, 1), 0),      # asymmetric pads, dilation
     (np.uint8, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),     # no padding at all
 ])
-def test_integer_max_pool_reads_padded_rows_and_matches_ort(dtype, kernel, strides, pads, dilations, ceil):
+def test_integer_max_pool_reads_padded_rows_and_matches_ort(dtype, kernel, strides, pads, dilations, ceil,
+                                                            monkeypatch):
+    _host_caps(monkeypatch, False)  # any CPU with an integer dot tile
     model = _int_pool_model(dtype, kernel, strides, pads, dilations, ceil)
     info = np.iinfo(dtype)
     x = {"x": RNG.integers(info.min, info.max + 1, (1, 5, 17, 15)).astype(dtype)}
