@@ -28,9 +28,12 @@ builds and computes the same on any x86 machine.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kiln.codegen.c import CRenderer
+from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Load, Var, free_vars
+from kiln.ir.expr import Bin, Cast, Const, Load, Var, free_vars, simplify, substitute
 from kiln.ir.loop import For, Store, UNROLLED
 from kiln.ir.loop_eval import evaluate
 
@@ -92,14 +95,18 @@ class X86Renderer(CRenderer):
         self.stats["vnni_tiles"] += 1
 
 
+@dataclass(frozen=True, slots=True)
 class VnniTile:
     """What the printer needs: the accumulator buffer, the two operand loads and the loop
     variables of rows and columns."""
 
-    __slots__ = ("acc", "x", "w", "r", "c", "rows", "panels")
-
-    def __init__(self, acc, x, w, r, c, rows, panels):
-        self.acc, self.x, self.w, self.r, self.c, self.rows, self.panels = acc, x, w, r, c, rows, panels
+    acc: str
+    x: Load
+    w: Load
+    r: Var
+    c: Var
+    rows: int
+    panels: int
 
 
 def _operand(e) -> Load | None:
@@ -150,8 +157,6 @@ def match_vnni_tile(loop: For, buffers) -> VnniTile | None:
 
 
 def _bind(e, name: str, value: int):
-    from kiln.ir.expr import Const, simplify, substitute
-
     return simplify(substitute(e, {name: Const(value, DType.int64)}))
 
 
@@ -184,7 +189,7 @@ def _blocks_match(loop: For, x: Load, w: Load, r: Var, c: Var, rows: int, cols: 
                         at = {**env0, k: k0 + lane % 4, c.name: p * LANES + lane // 4}
                         if _flat(w, at, buffers) != first + lane:
                             return False
-    except Exception:  # an index that does not evaluate (a load inside an index): not this nest
+    except (KeyError, VerificationError):  # an index that reads a tensor: not this nest
         return False
     return True
 

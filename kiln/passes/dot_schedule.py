@@ -66,11 +66,10 @@ def tile_dot_reduction(sch: Schedule, spatial, axes: tuple[int, int], tile: tupl
     # VNNI: the column-tile loop outside the row tiles (a GEMM's rows come before its
     # columns), so one weight panel (32 x K bytes) stays in L1 while every row tile streams
     # past it, not all the weights past each row tile: GEMM 1024^3 3.8 -> 2.3 ms on one core
-    first, second = (co, ro) if vnni else (ro, co)
-    outer = [name for name, _ in spatial]
-    at_row, at_col = outer.index(row), outer.index(col)
-    outer[min(at_row, at_col)], outer[max(at_row, at_col)] = (
-        (first, second) if at_row < at_col else (co, ro))
+    outer = [ro if name == row else co if name == col else name for name, _ in spatial]
+    at_row, at_col = outer.index(ro), outer.index(co)
+    if vnni and at_row < at_col:
+        outer[at_row], outer[at_col] = co, ro
     order = outer + [ri, ci]
     sch.reorder(*order)
     sch.decompose_reduction(ri)

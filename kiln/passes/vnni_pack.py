@@ -20,8 +20,9 @@ other path (the loop interpreter, a machine without VNNI) computes the same inte
 
 K is the reduction the kernel loops over: KH window rows of KW*C bytes read in place when
 KW*C is whole 4-byte groups; otherwise (the RGB stem) the im2col window with its rows padded
-to whole groups (zero weights in the padding); K of a matmul. Left as they are: grouped or dilated convolutions, K not a multiple
-of 4, output counts not a multiple of 16, non-constant weights.
+to whole groups (zero weights in the padding); K of a matmul. Left as they are: grouped or
+dilated convolutions, K not a multiple of 4, output counts not a multiple of 16,
+non-constant weights.
 """
 from __future__ import annotations
 
@@ -43,7 +44,11 @@ def pack_vnni_panels(w: np.ndarray) -> np.ndarray:
 
 def conv_reduction(w_shape, attrs) -> int | None:
     """The reduction length a ``qconv`` with packed weights (OC, KH, KW*C) loops over, or
-    None when its reduction is not one contiguous run (grouped, dilated)."""
+    None when its reduction is not one contiguous run (grouped, dilated).
+
+    KH * KW*C when the window rows are whole 4-byte groups: the kernel reads each row in place
+    from the padded input, no im2col copy (whose KH-fold traffic then costs more than it
+    saves). Otherwise (the 7x7 RGB stem's 21-byte rows) the im2col window, rows padded."""
     from kiln.ir.ops.qlinear import IM2COL, window_row
 
     _, kh, run = w_shape
@@ -55,13 +60,6 @@ def conv_reduction(w_shape, attrs) -> int | None:
     if IM2COL and attrs.get("im2col"):
         return kh * window_row(run, {"vnni": LANES})
     return None
-
-
-def reads_window_rows(w_shape) -> bool:
-    """True when the VNNI kernel reads each window row straight from the padded input (rows
-    of whole 4-byte groups): no im2col copy, whose KH-fold traffic then costs more than it
-    saves. The 7x7 RGB stem (21-byte rows) keeps its padded window copy."""
-    return w_shape[2] % GROUP == 0
 
 
 def _conv_rows(w: np.ndarray, k: int) -> np.ndarray:
@@ -89,8 +87,8 @@ def _panel(m: Match, rw: Rewriter):
     ins = list(node.inputs)
     ins[1] = rw.const(pack_vnni_panels(flat), "qpanels")
     attrs = {**node.attrs, "vnni": LANES, "vnni_weights": tuple(w.shape)}
-    if node.op in ("qconv", "qconv_i32") and reads_window_rows(w.shape):
-        attrs.pop("im2col", None)
+    if node.op in ("qconv", "qconv_i32") and flat.shape[1] == w.shape[1] * w.shape[2]:
+        attrs.pop("im2col", None)  # unpadded rows: read in place (see conv_reduction)
     return rw.emit(node.op, ins, attrs)
 
 

@@ -285,10 +285,11 @@ def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue, att
     win = compute(f"{o.name}__win", (n_, oh_, ow_, kh * row), copy, src.dtype, tag="pad", hints={"runs": row},
                   inline=False)
     stages = [win]
-    weight = lambda oc, k: w[oc, k // run, k % run]  # noqa: E731
     if attrs.get("vnni"):  # panels hold the padded rows already
         weight = weight_reader(w, attrs)
-    elif padded:
+    elif not padded:
+        weight = lambda oc, k: w[oc, k // run, k % run]  # noqa: E731
+    else:
         def wcopy(oc, k):
             r, j = k // row, k % row
             return Select(j.lt(run), w[oc, r, j], Const(0, w.dtype))
