@@ -34,7 +34,7 @@ from kiln.codegen.c import CRenderer
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Load, Var, free_vars, simplify, substitute
-from kiln.ir.loop import For, Store, UNROLLED
+from kiln.ir.loop import For, SERIAL, Store, UNROLLED
 from kiln.ir.loop_eval import evaluate
 
 I8, U8, I32 = DType.int8, DType.uint8, DType.int32
@@ -48,16 +48,26 @@ class X86Renderer(CRenderer):
     def __init__(self):
         super().__init__()
         self.stats = {"vnni_tiles": 0}
+        self._plain = False  # printing a tile's #else branch: plain C all the way down
 
     def stmt(self, s, depth: int, in_parallel: bool = False):
-        if isinstance(s, For):
+        if isinstance(s, For) and not self._plain:
+            # a serial reduction loop around the tile (a convolution's window rows) runs
+            # inside the register block: the accumulators are loaded and stored once, not
+            # once per row (the 7x7 stem's rows are 7 steps of 4 bytes each)
+            if s.kind == SERIAL and isinstance(s.extent, int) and isinstance(s.body, For):
+                tile = match_vnni_tile(s.body, self.buffers)
+                if tile is not None:
+                    self._vnni_tile(s.body, tile, depth, in_parallel, around=s)
+                    return
             tile = match_vnni_tile(s, self.buffers)
             if tile is not None:
                 self._vnni_tile(s, tile, depth, in_parallel)
                 return
         super().stmt(s, depth, in_parallel)
 
-    def _vnni_tile(self, loop: For, tile: "VnniTile", depth: int, in_parallel: bool) -> None:
+    def _vnni_tile(self, loop: For, tile: "VnniTile", depth: int, in_parallel: bool,
+                   around: For | None = None) -> None:
         k = loop.var.name
         rows, panels = tile.rows, tile.panels
 
@@ -73,23 +83,34 @@ class X86Renderer(CRenderer):
         for r in range(rows):
             self.emit(" ".join(f"__m512i kiln_acc_{r}_{p} = _mm512_loadu_si512((const void*){acc(r, p)});"
                                for p in range(panels)), depth + 1)
-        self.emit(f"for (int64_t {k} = 0; {k} < {loop.extent}; {k} += 4) {{", depth + 1)
+        inner = depth + 1
+        if around is not None:
+            v = around.var.name
+            self.emit(f"for (int64_t {v} = 0; {v} < {around.extent}; ++{v}) {{", inner)
+            inner += 1
+        self.emit(f"for (int64_t {k} = 0; {k} < {loop.extent}; {k} += 4) {{", inner)
         for p in range(panels):
             self.emit(f"const __m512i kiln_w_{p} = _mm512_loadu_si512((const void*){ref(tile.w, tile.c, p * LANES)});",
-                      depth + 2)
+                      inner + 1)
         for r in range(rows):
             self.emit(f"{{ const __m512i kiln_x = _mm512_set1_epi32(kiln_load_u32({ref(tile.x, tile.r, r)}));",
-                      depth + 2)
+                      inner + 1)
             for p in range(panels):
-                self.emit(f"  KILN_DPBUSD(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", depth + 2)
-            self.emit("}", depth + 2)
-        self.emit("}", depth + 1)
+                self.emit(f"  KILN_DPBUSD(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", inner + 1)
+            self.emit("}", inner + 1)
+        self.emit("}", inner)
+        if around is not None:
+            self.emit("}", depth + 1)
         for r in range(rows):
             self.emit(" ".join(f"_mm512_storeu_si512((void*){acc(r, p)}, kiln_acc_{r}_{p});"
                                for p in range(panels)), depth + 1)
         self.emit("}", depth)
         self.emit("#else", 0)
-        super().stmt(loop, depth, in_parallel)
+        self._plain = True
+        try:
+            super().stmt(around or loop, depth, in_parallel)
+        finally:
+            self._plain = False
         self.emit("#endif", 0)
         self.helpers_used.add("vnni")
         self.stats["vnni_tiles"] += 1

@@ -24,6 +24,7 @@ from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_alge
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.layout import to_nchwc
+from kiln.passes.integer_layout import channels_last_integers
 from kiln.passes.integer_ops import pack_integer_ops, stage_windows
 from kiln.passes.pack_matmul import pack_matmuls
 from kiln.passes.quantize import quantize_integer_ops
@@ -95,6 +96,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
                 graph = stage_windows(graph).verify()
             if caps.vnni:
                 graph = pack_vnni(graph).verify()
+                graph = channels_last_integers(graph).verify()
             snap("layout", lambda: format_graph(graph))
     graph = target.partition_graph(graph).verify()
     snap("partition", lambda: format_graph(graph))

@@ -107,6 +107,8 @@ def _max_body(x, lead, kernel, axes):
 
 def _max_pool_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
+    if attrs.get("channels_last"):
+        return _max_pool_channels_last(x, o, attrs)
     lead, kernel, axes = _axes(x, o, attrs, "max_pool")
     if attrs.get("pad_rows") and x.ndim == 4 and len(kernel) == 2:
         return _max_pool_padded_rows(x, o, kernel, axes)
@@ -141,6 +143,51 @@ def _max_pool_padded_rows(x, o, kernel, axes):
 
     pool = compute(o.name, o.shape, body, o.dtype, tag="pool", hints={"tile": (2, 3), "tile_rows": 1, "pad_at": 2})
     return [xp, pool]
+
+
+# -- channels last ----------------------------------------------------------------------------------
+
+NHWC_TO_NCHW, NCHW_TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
+
+
+def _max_pool_infer(ins, attrs):
+    """max_pool's shapes; with attribute ``channels_last`` (a 2-D pool of an (N, H, W, C)
+    input, set by ``kiln/passes/integer_layout.py``) the same pool over the NHWC layout."""
+    if not attrs.get("channels_last"):
+        return _pool_infer("max_pool")(ins, attrs)
+    x = ins[0]
+    if len(x.shape) != 4 or len(attrs["kernel_shape"]) != 2:
+        raise ShapeError(f"max_pool with channels_last pools 2-D windows of an (N, H, W, C) input; "
+                         f"got input {tuple(x.shape)} and kernel_shape {tuple(attrs['kernel_shape'])}")
+    nchw = TensorType(tuple(x.shape[p] for p in NHWC_TO_NCHW), x.dtype)
+    out = _pool_infer("max_pool")([nchw], attrs)[0]
+    return [TensorType(tuple(out.shape[p] for p in NCHW_TO_NHWC), out.dtype)]
+
+
+class _NchwView:
+    """An NHWC tensor indexed as (n, c, h, w), so the NCHW pool body reads it unchanged."""
+
+    def __init__(self, t):
+        self.t, self.dtype, self.ndim = t, t.dtype, 4
+        self.shape = tuple(t.shape[p] for p in NHWC_TO_NCHW)
+
+    def __getitem__(self, i):
+        n, c, h, w = i
+        return self.t[n, h, w, c]
+
+
+def _max_pool_channels_last(x, o, attrs):
+    """An NHWC max pool: the channels are innermost and contiguous, so the window taps run
+    outside a vector of channels (``tile`` over (columns, channels)) and the bounds tests,
+    which depend on the pixel only, stay out of the vector loop -- no padded copy needed."""
+    view = _NchwView(x)
+    oshape = tuple(o.shape[p] for p in NHWC_TO_NCHW)
+    kernel, strides, pb, pe, dil, _ = _pool_params(view.shape, attrs, "max_pool")
+    axes = [_Axis(n, out, k, s_, d, b, e) for n, out, k, s_, d, b, e in
+            zip(view.shape[2:], oshape[2:], kernel, strides, dil, pb, pe)]
+    body = _max_body(view, 2, kernel, axes)
+    return [compute(o.name, o.shape, lambda n, oh, ow, c: body(n, c, oh, ow), o.dtype, tag="pool",
+                    hints={"tile": (2, 3), "tile_rows": 1})]
 
 
 def _max_pool_indices_infer(ins, attrs):
@@ -235,7 +282,7 @@ def _avg_pool_compute(ins, outs, attrs):
     return [compute(o.name, o.shape, body, o.dtype, tag="pool")]
 
 
-register("max_pool", FusionKind.OUT_FUSABLE, _pool_infer("max_pool"), _max_pool_compute)
+register("max_pool", FusionKind.OUT_FUSABLE, _max_pool_infer, _max_pool_compute)
 register("max_pool_indices", FusionKind.OPAQUE, _max_pool_indices_infer, _max_pool_indices_compute)
 register("avg_pool", FusionKind.OUT_FUSABLE, _pool_infer("avg_pool"), _avg_pool_compute)
 

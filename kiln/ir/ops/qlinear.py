@@ -162,12 +162,48 @@ def _qconv_infer(ins, attrs):
     return [TensorType(conv_dot_out_shape(x, w, attrs, "qconv"), out)]
 
 
+def nchw_shape(shape, channels_last) -> tuple:
+    """An activation shape as (N, C, H, W), whichever way it is stored (channels last:
+    (N, H, W, C), see ``kiln/passes/integer_layout.py``)."""
+    if channels_last and len(shape) == 4:
+        n, h, w, c = shape
+        return (n, c, h, w)
+    return tuple(shape)
+
+
+def input_channels_last(attrs) -> bool:
+    """Whether a ``qconv``'s input is NHWC: with ``channels_last`` unless ``nchw_input`` (the
+    RGB stem reads the NCHW image and writes NHWC)."""
+    return bool(attrs.get("channels_last")) and not attrs.get("nchw_input")
+
+
+def staged_channels(c: int, attrs) -> int:
+    """Channels per pixel in the staging buffer: ``c``, or ``staged_channels`` (the stem's 3
+    padded to 4 so its 7-pixel window rows are whole 4-byte groups, ``vnni_pack``)."""
+    return max(int(attrs.get("staged_channels") or c), c)
+
+
+def _output_stage(o, body, attrs):
+    """The ``qdot`` stage computing ``body(n, oc, oh, ow)`` into ``o``: NCHW, or with
+    ``channels_last`` NHWC -- output channels innermost, so the requantizing epilogue writes
+    each row of the register tile as one contiguous run of bytes."""
+    if not attrs.get("channels_last"):
+        return compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=_dot_hints(attrs, (3, 1)))
+    return compute(o.name, o.shape, lambda n, oh, ow, oc: body(n, oc, oh, ow), o.dtype, tag="qdot",
+                   hints=_dot_hints(attrs, (2, 3)))
+
+
 def conv_dot_out_shape(x, w, attrs, what: str) -> tuple:
     """(N, OC, OH, OW) of an integer convolution over x (N, C, H, W) with packed weights
-    (OC, KH, KW*C/group); a clear error for anything else."""
+    (OC, KH, KW*C/group) -- (N, OH, OW, OC) over (N, H, W, C) with attribute
+    ``channels_last`` -- and a clear error for anything else."""
     if len(x) != 4 or len(w) != 3:
         raise ShapeError(f"{what} takes 2-D input (N, C, H, W) and packed weights (OC, KH, KW*C/group); "
                          f"got {x} and {w}")
+    if attrs.get("channels_last"):  # (N, OH, OW, OC) out, from (N, H, W, C) unless nchw_input
+        plain = {k: v for k, v in attrs.items() if k not in ("channels_last", "nchw_input")}
+        n, c, oh, ow = conv_dot_out_shape(nchw_shape(x, input_channels_last(attrs)), w, plain, what)
+        return (n, oh, ow, c)
     group, (kh, kw) = int(attrs.get("group", 1)), attrs["kernel"]
     if group < 1 or w[0] % group or x[1] % group or w[1] != kh or w[2] != kw * (x[1] // group):
         raise ShapeError(f"{what} weights {w} do not match input {x} with kernel {(kh, kw)} and group {group}")
@@ -193,7 +229,9 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
     see :func:`staged_dtype`), as (N, Hp, Wp*C): a window row of a group is then contiguous, and
     with dilation 1 and one group the whole (kw, c) window row is one run of KW*C bytes --
     the reduction the vectorizer sees. Then ``o = epilogue(acc, oc)`` per output."""
-    n_, c_, h_, w_ = x.shape
+    last = input_channels_last(attrs)
+    n_, c_, h_, w_ = nchw_shape(x.shape, last)
+    cs = staged_channels(c_, attrs)  # channels per staged pixel (c_ and zero-weight padding)
     (kh, kw), group = attrs["kernel"], int(attrs.get("group", 1))
     strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
     off = int(attrs.get("act_offset", 0))
@@ -201,28 +239,29 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
     hp, wp = h_ + pb[0] + pe[0], w_ + pb[1] + pe[1]
 
     def staged(n, h, wc):
-        ww, c = wc // c_, wc % c_
-        conds = []
+        ww, c = wc // cs, wc % cs
+        conds = [c.lt(c_)] if cs != c_ else []
         for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1], w_)):
             conds += ([v.ge(b)] if b else []) + ([v.lt(b + m)] if e else [])
-        val = _to_domain(x[n, c, offset(h, -pb[0]), offset(ww, -pb[1])], off, dom)
+        hh, wi = offset(h, -pb[0]), offset(ww, -pb[1])
+        val = _to_domain(x[n, hh, wi, c] if last else x[n, c, hh, wi], off, dom)
         return val if not conds else Select(conj(conds), val, pad_value)
 
-    xu = compute(f"{o.name}__xu", (n_, hp, wp * c_), staged, dom, tag="pad", inline=False,
-                 hints={"channels_last": c_})
+    # an NCHW input is transposed while staged (``channels_last`` hint); an NHWC one is
+    # copied a pixel's channels at a time (``runs``)
+    xu = compute(f"{o.name}__xu", (n_, hp, wp * cs), staged, dom, tag="pad", inline=False,
+                 hints={"runs": cs} if last else {"channels_last": cs})
     src = xu.tensor
-    icg, ocg = c_ // group, o.shape[1] // group
+    icg, ocg = c_ // group, nchw_shape(o.shape, attrs.get("channels_last"))[1] // group
 
     if IM2COL and attrs.get("im2col") and kh > 1 and dil[1] == 1 and group == 1:
-        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * c_), c_, strides, dil, epilogue, attrs)]
-    hints = _dot_hints(attrs, (3, 1))  # pixels x channels
-
+        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * cs), cs, strides, dil, epilogue, attrs)]
     def body(n, oc, oh, ow):
         base_h = oh * strides[0] if strides[0] != 1 else oh
-        base_w = (ow * strides[1] if strides[1] != 1 else ow) * c_
+        base_w = (ow * strides[1] if strides[1] != 1 else ow) * cs
         first = (oc // ocg) * icg if group > 1 else 0
         if attrs.get("vnni"):  # window rows of whole 4-byte groups read in place (vnni_pack)
-            weight, run = weight_reader(w, attrs), kw * icg
+            weight, run = weight_reader(w, attrs), kw * (cs if group == 1 else icg)
 
             def term(r, j):
                 hh = base_h + (r * dil[0] if dil[0] != 1 else r)
@@ -236,12 +275,12 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
         else:
             def term(r, q, c):
                 hh = base_h + (r * dil[0] if dil[0] != 1 else r)
-                return (Cast(src[n, hh, base_w + q * (dil[1] * c_) + first + c], I32)
+                return (Cast(src[n, hh, base_w + q * (dil[1] * cs) + first + c], I32)
                         * Cast(w[oc, r, q * icg + c], I32))
             acc = rsum(term, (kh, kw, icg))
         return epilogue(acc, oc)
 
-    return [xu, compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=hints)]
+    return [xu, _output_stage(o, body, attrs)]
 
 
 def _dot_hints(attrs, axes) -> dict:
@@ -271,7 +310,7 @@ def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue, att
     (OC, KH*R) rebuilt per call: a 147-byte window left gcc a 19-byte scalar remainder per
     accumulator that cost more than the 224-byte padded dot product."""
     kh, run = window
-    n_, _, oh_, ow_ = o.shape
+    n_, _, oh_, ow_ = nchw_shape(o.shape, attrs.get("channels_last"))
     row = window_row(run, attrs)
     padded = row != run
 
@@ -302,7 +341,7 @@ def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue, att
         acc = rsum(lambda k: Cast(win.tensor[n, oh, ow, k], I32) * Cast(weight(oc, k), I32), kh * row)
         return epilogue(acc, oc)
 
-    return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=_dot_hints(attrs, (3, 1)))]
+    return stages + [_output_stage(o, body, attrs)]
 
 
 register("qconv", FusionKind.OUT_FUSABLE, _qconv_infer, _qconv_compute)

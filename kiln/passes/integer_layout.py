@@ -1,0 +1,119 @@
+"""Integer activations channels last (NHWC) between the convolutions of a VNNI host.
+
+A ``qconv`` whose weights are in VNNI panels (``kiln/passes/vnni_pack.py``) reads its input
+from a padded channels-last staging buffer and computes a register tile of 8 output pixels x
+32 output channels. With NCHW activations both ends of that kernel cost more than they should:
+
+- the staging copy transposes: it reads the input H*W bytes apart, one byte per channel;
+- the requantizing epilogue stores each tile row's 32 channel bytes H*W bytes apart, one
+  ``vpextrb`` per byte (a quarter of a ResNet-18 3x3 convolution's time, by ``perf``).
+
+This pass keeps the activations between such convolutions in NHWC instead (attribute
+``channels_last`` on ``qconv``, see ``kiln/ir/ops/qlinear.py``): the staging copy becomes a
+copy of whole pixels and the epilogue writes 32 contiguous bytes per row. Elementwise ops
+between them (the residual ``qadd``) run on NHWC operands as they are. Anything else that
+reads such a value (an integer 2-D max pool pools it as NHWC) -- the global average pool, a
+graph output -- gets it back through one ``transpose`` under its original name. A
+convolution whose input is NCHW (the image) reads it so and writes NHWC (``nchw_input``):
+its staging copy transposes anyway. So a ResNet pays one small transpose, of the last
+feature map before the classifier.
+
+Left as they are: grouped or dilated convolutions (no VNNI panels) and ``qconv_i32`` (its
+int32 output feeds float ops).
+"""
+from __future__ import annotations
+
+from kiln.ir import ops
+from kiln.ir.graph import Graph, Node, Value
+
+TO_NCHW = (0, 3, 1, 2)
+
+
+def _eligible_conv(node: Node, types) -> bool:
+    x = types[node.inputs[0]]
+    return (node.op == "qconv" and bool(node.attrs.get("vnni")) and not node.attrs.get("channels_last")
+            and len(node.outputs) == 1 and len(x.shape) == 4)
+
+
+def _eligible_pool(bld: "_Builder", node: Node) -> bool:
+    """An integer 2-D max pool of an NHWC value (a ResNet stem's): it pools NHWC as well."""
+    x = node.inputs[0]
+    return (node.op == "max_pool" and x in bld.nhwc and not bld.types[x].dtype.is_float
+            and len(node.outputs) == 1 and len(node.attrs.get("kernel_shape", ())) == 2
+            and not node.attrs.get("storage_order", 0))
+
+
+class _Builder:
+    def __init__(self, graph: Graph):
+        self.types = graph.value_types()
+        self.constants = graph.constants
+        self.nodes: list[Node] = []
+        self.nhwc: dict[str, str] = {}      # NCHW value -> the NHWC value holding it
+        self.restored: set[str] = set()     # NCHW values given back by a transpose already
+
+    def add(self, op: str, inputs, attrs, name: str) -> str:
+        t = ops.infer_types(op, [self.types[i] for i in inputs], attrs)[0]
+        self.types[name] = t
+        self.nodes.append(Node(op, tuple(inputs), (Value(name, t),), attrs))
+        return name
+
+    def plain(self, name: str) -> str:
+        """``name`` as NCHW under its own name (transposed back once, on first use)."""
+        if name in self.nhwc and name not in self.restored:
+            self.add("transpose", [self.nhwc[name]], {"perm": TO_NCHW}, name)
+            self.restored.add(name)
+        return name
+
+
+def _elementwise_operands(bld: _Builder, node: Node) -> list[str] | None:
+    """The NHWC operands of an elementwise node whose tensor inputs are all NHWC values of its
+    own shape (scalars as they are), or None. Nodes with an ``axis`` attribute are left alone:
+    their meaning depends on the layout."""
+    out = node.outputs[0]
+    if (len(node.outputs) != 1 or "axis" in node.attrs
+            or ops.get(node.op).fusion not in (ops.FusionKind.ELEMENTWISE, ops.FusionKind.BROADCAST)):
+        return None
+    operands, any_nhwc = [], False
+    for name in node.inputs:
+        arr = bld.constants.get(name)
+        if arr is not None and arr.size == 1:
+            operands.append(name)
+        elif name in bld.nhwc and bld.types[name].shape == out.type.shape:
+            operands.append(bld.nhwc[name])
+            any_nhwc = True
+        else:
+            return None
+    return operands if any_nhwc else None
+
+
+def channels_last_integers(graph: Graph) -> Graph:
+    """Run VNNI integer convolutions, and the elementwise ops between them, on NHWC
+    activations (see the module docstring)."""
+    if not any(_eligible_conv(n, graph.value_types()) for n in graph.nodes):
+        return graph
+    bld = _Builder(graph)
+    for node in graph.nodes:
+        out = node.outputs[0] if node.outputs else None
+        if _eligible_conv(node, bld.types):
+            x = node.inputs[0]
+            attrs = {**node.attrs, "channels_last": 1}
+            if x in bld.nhwc:
+                x = bld.nhwc[x]
+            else:  # an NCHW input (the image) is transposed by the conv's own staging copy
+                attrs["nchw_input"] = 1
+            bld.nhwc[out.name] = bld.add("qconv", [x, *node.inputs[1:]], attrs, f"{out.name}__nhwc")
+            continue
+        if _eligible_pool(bld, node):
+            attrs = {k: v for k, v in node.attrs.items() if k != "pad_rows"}
+            bld.nhwc[out.name] = bld.add("max_pool", [bld.nhwc[node.inputs[0]]], {**attrs, "channels_last": 1},
+                                         f"{out.name}__nhwc")
+            continue
+        operands = _elementwise_operands(bld, node)
+        if operands is not None:
+            bld.nhwc[out.name] = bld.add(node.op, operands, node.attrs, f"{out.name}__nhwc")
+            continue
+        inputs = tuple(bld.plain(i) if i else i for i in node.inputs)
+        bld.nodes.append(Node(node.op, inputs, node.outputs, node.attrs, node.name))
+    for v in graph.outputs:
+        bld.plain(v.name)
+    return graph.replace(nodes=tuple(bld.nodes))

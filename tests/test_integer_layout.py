@@ -1,0 +1,156 @@
+"""Integer activations channels last between VNNI convolutions (kiln/passes/integer_layout.py),
+the NHWC max pool, the RGB stem's channels staged as 4 (kiln/passes/vnni_pack.py) and the
+register tile that keeps its accumulators across a convolution's window rows
+(kiln/codegen/x86.py): the graph the pass makes, and the same integers as the NCHW kernels
+and ONNX Runtime."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from onnx import TensorProto as TP, helper, numpy_helper as nh
+
+import kiln
+from kiln.errors import ShapeError
+from kiln.ir import ops
+from kiln.ir.dtype import DType
+from kiln.ir.graph import TensorType
+from kiln.passes.vnni_pack import padded_channels
+from tests.test_vnni import _host_caps
+from tests.util import ort_run
+
+RNG = np.random.default_rng(11)
+
+
+def _residual_model(c=3, hw=16):
+    """stem 7x7/2 (3 -> 32) -> ReLU -> MaxPool 3x3/2 -> conv 3x3 -> ReLU -> conv 3x3 -> Add(pool)
+    -> ReLU -> GlobalAveragePool: a ResNet's first block in miniature, quantized by ORT's QDQ
+    quantizer (``kiln.quantize``)."""
+    def conv_w(oc, ic, k):
+        return nh.from_array((RNG.standard_normal((oc, ic, k, k)) * (1.0 / np.sqrt(ic * k * k))).astype(np.float32),
+                             f"w{oc}_{ic}_{k}_{RNG.integers(1 << 30)}")
+    w0, w1, w2 = conv_w(32, c, 7), conv_w(32, 32, 3), conv_w(32, 32, 3)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", w0.name], ["s"], strides=[2, 2], pads=[3] * 4), n("Relu", ["s"], ["sr"]),
+             n("MaxPool", ["sr"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4),
+             n("Conv", ["p", w1.name], ["a"], pads=[1] * 4), n("Relu", ["a"], ["ar"]),
+             n("Conv", ["ar", w2.name], ["b"], pads=[1] * 4), n("Add", ["b", "p"], ["r"]), n("Relu", ["r"], ["rr"]),
+             n("GlobalAveragePool", ["rr"], ["y"])]
+    g = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TP.FLOAT, [1, c, hw, hw])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 32, 1, 1])], initializer=[w0, w1, w2])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return kiln.quantize(model, {"x": RNG.standard_normal((4, c, hw, hw)).astype(np.float32)})
+
+
+def _run_both(model, monkeypatch):
+    x = {"x": RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    _host_caps(monkeypatch, True)
+    nhwc = kiln.compile(model)
+    _host_caps(monkeypatch, False)
+    nchw = kiln.compile(model)
+    return nhwc, nchw, x
+
+
+def test_pass_runs_the_block_channels_last_with_one_transpose_back(monkeypatch):
+    model = _residual_model()
+    _host_caps(monkeypatch, True)
+    g = kiln.compile(model).graph
+    # Expected: (op, layout attributes, output shape), in order
+    expected = [
+        ("quantize_linear", {}, (1, 3, 16, 16)),
+        ("qconv", {"channels_last": 1, "nchw_input": 1, "staged_channels": 4}, (1, 8, 8, 32)),
+        ("max_pool", {"channels_last": 1}, (1, 4, 4, 32)),
+        ("qconv", {"channels_last": 1}, (1, 4, 4, 32)),
+        ("qconv", {"channels_last": 1}, (1, 4, 4, 32)),
+        ("qadd", {}, (1, 4, 4, 32)),
+        ("transpose", {"perm": (0, 3, 1, 2)}, (1, 32, 4, 4)),
+    ]
+    got = [(nd.op, nd.outputs[0].type.shape) for nd in g.nodes]
+    assert [(op, shape) for op, _, shape in expected] == got[:len(expected)]
+    for (op, attrs, _), nd in zip(expected, g.nodes):
+        for key, value in attrs.items():
+            assert nd.attrs.get(key) == value, (op, key, nd.attrs)
+        if op == "qconv" and "nchw_input" not in attrs:
+            assert not nd.attrs.get("nchw_input")
+    assert [nd.op for nd in g.nodes].count("transpose") == 1
+    assert not any(nd.attrs.get("pad_rows") for nd in g.nodes)  # the NHWC pool needs no padded copy
+
+
+def test_channels_last_block_equals_nchw_kernels_and_ort(monkeypatch):
+    model = _residual_model()
+    nhwc, nchw, x = _run_both(model, monkeypatch)
+    assert "KILN_DPBUSD(" in nhwc.source() and "KILN_DPBUSD(" not in nchw.source()
+    got, want, ref = nhwc.run(x)["y"], nchw.run(x)["y"], ort_run(model, x)["y"]
+    np.testing.assert_array_equal(got, want)
+    step = np.abs(np.diff(np.unique(ref))).min(initial=1.0)
+    assert np.abs(got - ref).max() <= step * 1.01
+
+
+def test_plain_c_fallback_of_the_channels_last_block_computes_the_same(monkeypatch):
+    model = _residual_model()
+    nhwc, _, x = _run_both(model, monkeypatch)
+    plain = nhwc.target_impl.runner(nhwc, extra_flags=["-mno-avx512vnni"])(x)
+    np.testing.assert_array_equal(plain["y"], nhwc.run(x)["y"])
+
+
+def test_tile_keeps_its_accumulators_across_the_window_rows(monkeypatch):
+    """The kh loop is printed inside the register block: accumulators loaded once per tile."""
+    model = _residual_model()
+    _host_caps(monkeypatch, True)
+    src = kiln.compile(model).source()
+    blocks = re.findall(r"#if defined\(__AVX512VNNI__\)\n(.*?)#else", src, flags=re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        assert block.count("kiln_acc_0_0 = _mm512_loadu_si512") == 1
+        rows = re.search(r"for \(int64_t (\w+) = 0; \1 < (\d+); \+\+\1\) \{\n\s*for \(int64_t \w+ = 0; \w+ < \d+; \w+ \+= 4\)",
+                         block)
+        assert rows is not None and int(rows.group(2)) in (3, 7)
+
+
+@pytest.mark.parametrize("kernel, c, expected", [
+    ((7, 7), 3, 4),        # the RGB stem: 28-byte rows in place instead of 24-byte im2col rows
+    ((3, 3), 3, 4),        # 12 bytes either way: in place wins
+    ((5, 5), 1, None),     # grayscale: 20 bytes a row against 8 -- im2col stays
+    ((3, 3), 4, None),     # whole groups already
+    ((3, 3), 6, 8),        # 24 against 20 (<= 5/4)
+    ((7, 7), 5, None),     # 56 against 36
+])
+def test_stem_channels_are_padded_only_where_it_saves_work(kernel, c, expected):
+    attrs = {"kernel": kernel, "strides": (2, 2), "pads": (1, 1, 1, 1)}
+    assert padded_channels((16, kernel[0], kernel[1] * c), attrs) == expected
+
+
+def test_grouped_convolutions_keep_their_channels():
+    attrs = {"kernel": (3, 3), "group": 3}
+    assert padded_channels((6, 3, 9), attrs) is None
+
+
+def test_nhwc_max_pool_equals_the_nchw_pool(monkeypatch):
+    """The pool after a channels-last conv runs NHWC; the value is the same as the NCHW pool's."""
+    model = _residual_model()
+    nhwc, nchw, x = _run_both(model, monkeypatch)
+    pool = next(n for n in nhwc.graph.nodes if n.op == "max_pool")
+    assert pool.attrs["channels_last"] == 1
+    np.testing.assert_array_equal(nhwc.run(x)["y"], nchw.run(x)["y"])
+
+
+def test_channels_last_max_pool_rejects_a_non_2d_input():
+    t = TensorType((1, 8, 8), DType.uint8)
+    with pytest.raises(ShapeError, match=r"channels_last pools 2-D windows of an \(N, H, W, C\) input; "
+                                         r"got input \(1, 8, 8\)"):
+        ops.infer_types("max_pool", [t], {"kernel_shape": (2, 2), "channels_last": 1})
+
+
+def test_channels_last_qconv_shape_rule():
+    """(N, H, W, C) in, (N, OH, OW, OC) out; an NCHW input with ``nchw_input``."""
+    w = TensorType((16, 3, 3 * 8), DType.int8)
+    epi = [TensorType((16,), DType.int32)] * 3
+    attrs = {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "dtype": "uint8", "lo": 0, "hi": 255,
+             "y_zp": 0, "x_zp": 0, "channels_last": 1}
+    x = TensorType((1, 10, 12, 8), DType.uint8)
+    assert ops.infer_types("qconv", [x, w, *epi], attrs)[0].shape == (1, 5, 6, 16)
+    x_nchw = TensorType((1, 8, 10, 12), DType.uint8)
+    assert ops.infer_types("qconv", [x_nchw, w, *epi], {**attrs, "nchw_input": 1})[0].shape == (1, 5, 6, 16)
+    with pytest.raises(ShapeError, match="do not match input"):
+        ops.infer_types("qconv", [x_nchw, w, *epi], attrs)  # read as NHWC: 12 channels, not 8
