@@ -99,7 +99,8 @@ def test_tile_keeps_its_accumulators_across_the_window_rows(monkeypatch):
     model = _residual_model()
     _host_caps(monkeypatch, True)
     src = kiln.compile(model).source()
-    blocks = re.findall(r"#if defined\(__AVX512VNNI__\)\n(.*?)#else", src, flags=re.S)
+    blocks = [b for b in re.findall(r"#if defined\(__AVX512VNNI__\)\n(.*?)#else", src, flags=re.S)
+              if "KILN_DPBUSD(" in b]
     assert len(blocks) == 3
     for block in blocks:
         assert block.count("kiln_acc_0_0 = _mm512_loadu_si512") == 1
@@ -154,3 +155,65 @@ def test_channels_last_qconv_shape_rule():
     assert ops.infer_types("qconv", [x_nchw, w, *epi], {**attrs, "nchw_input": 1})[0].shape == (1, 5, 6, 16)
     with pytest.raises(ShapeError, match="do not match input"):
         ops.infer_types("qconv", [x_nchw, w, *epi], attrs)  # read as NHWC: 12 channels, not 8
+
+
+# -- the tile's write-back with intrinsics (kiln/codegen/x86_epilogue.py) ---------------------------
+
+def _kernel_stats(model, monkeypatch):
+    from kiln.codegen.x86 import X86Renderer
+
+    _host_caps(monkeypatch, True)
+    out = []
+    for k in kiln.compile(model).result.kernels:
+        r = X86Renderer()
+        r.render_func(k.func, set())
+        out.append(r.stats)
+    return out
+
+
+def test_requantizing_and_residual_epilogues_are_printed_with_intrinsics(monkeypatch):
+    """Every tile of the block (stem, conv, conv + residual qadd) writes back 16 lanes at a time."""
+    stats = _kernel_stats(_residual_model(), monkeypatch)
+    assert sum(s["vnni_tiles"] for s in stats) == 3
+    assert sum(s["vnni_epilogues"] for s in stats) == 3
+
+
+def test_a_float_epilogue_stays_plain_c(monkeypatch):
+    """A matmul whose write-back dequantizes to float is outside what the epilogue writer prints."""
+    from tests.test_vnni import _matmul_model
+
+    stats = _kernel_stats(_matmul_model(16, 64, 32), monkeypatch)
+    assert sum(s["vnni_tiles"] for s in stats) == 1
+    assert sum(s["vnni_epilogues"] for s in stats) == 0
+
+
+@pytest.mark.parametrize("op, a, b, dtype, expected", [
+    ("add", (0, 255), (-134, -134), DType.int64, (-134, 121)),
+    ("mul", (-134, 121), (806042808, 806042808), DType.int64, (-134 * 806042808, 121 * 806042808)),
+    ("mul", (-(1 << 31), (1 << 31) - 1), (1 << 31, 1 << 31), DType.int32, (-(1 << 31), (1 << 31) - 1)),  # may wrap
+    ("shr", (-1000, 1000), (1, 3), DType.int64, (-500, 500)),
+    ("shr", (8, 64), (2, 3), DType.int64, (1, 16)),
+    ("max", (-5, 300), (0, 0), DType.int64, (0, 300)),
+    ("min", (0, 300), (255, 255), DType.int64, (0, 255)),
+    ("shr", (0, 10), (-1, 3), DType.int64, (-(1 << 63), (1 << 63) - 1)),  # a negative count: no bound
+])
+def test_interval_bounds_of_epilogue_ops(op, a, b, dtype, expected):
+    from kiln.codegen.x86_epilogue import _interval
+
+    assert _interval(op, a, b, dtype) == expected
+
+
+def test_int64_product_of_wide_values_is_not_printed_as_vpmuldq():
+    """vpmuldq multiplies the low 32 bits: a factor that may not fit int32 must refuse the loop."""
+    from kiln.codegen.x86_epilogue import EpilogueWriter
+    from kiln.ir.expr import Bin, Cast, Load, Var
+
+    c = Var("c")
+    wide = Bin("add", Cast(Load("a", (c,), DType.int32), DType.int64), Cast(Load("b", (c,), DType.int32), DType.int64),
+               DType.int64)  # may exceed int32
+    w = EpilogueWriter("c", lambda e: f"&{e.buffer}[c]", str)
+    with pytest.raises(EpilogueWriter.Unsupported, match="wider than int32"):
+        w.value(Bin("mul", wide, wide, DType.int64))
+    ok = Bin("mul", Cast(Load("a", (c,), DType.int32), DType.int64), Cast(Load("b", (c,), DType.uint8), DType.int64),
+             DType.int64)
+    assert w.value(ok).hi is not None and any("_mm512_mul_epi32" in line for line in w.lines)

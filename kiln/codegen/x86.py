@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.codegen.c import CRenderer
+from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, match_epilogue
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Load, Var, free_vars, simplify, substitute
@@ -47,7 +48,7 @@ class X86Renderer(CRenderer):
 
     def __init__(self):
         super().__init__()
-        self.stats = {"vnni_tiles": 0}
+        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0}
         self._plain = False  # printing a tile's #else branch: plain C all the way down
 
     def stmt(self, s, depth: int, in_parallel: bool = False):
@@ -64,7 +65,45 @@ class X86Renderer(CRenderer):
             if tile is not None:
                 self._vnni_tile(s, tile, depth, in_parallel)
                 return
+            if self._tile_epilogue(s, depth, in_parallel):
+                return
         super().stmt(s, depth, in_parallel)
+
+    def _tile_epilogue(self, loop: For, depth: int, in_parallel: bool) -> bool:
+        """The write-back of a register tile with AVX-512 intrinsics (``x86_epilogue``);
+        False (nothing printed) when ``loop`` is not one or its expression is not supported."""
+        accs = [name for name, b in self.buffers.items()
+                if b.scope == "local" and b.dtype is I32 and len(b.shape) == 2]
+        if not any(match_epilogue(loop, acc, self.buffers) for acc in accs):
+            return False
+        inner = loop.body
+        store = inner.body
+
+        def ref(e) -> str:
+            return f"&{e.buffer}{self.subscript(e.buffer, e.indices)}"
+
+        writer = EpilogueWriter(inner.var.name, ref, self.expr)
+        try:
+            writer.store(self.buffers[store.buffer].dtype, ref(store), writer.value(store.value))
+        except EpilogueWriter.Unsupported:
+            return False
+        r, c = loop.var.name, inner.var.name
+        self.emit("#if defined(__AVX512VNNI__)", 0)
+        self.emit(f"for (int64_t {r} = 0; {r} < {loop.extent}; ++{r}) {{", depth)
+        self.emit(f"for (int64_t {c} = 0; {c} < {inner.extent}; {c} += {EPILOGUE_LANES}) {{", depth + 1)
+        for line in writer.lines:
+            self.emit(line, depth + 2)
+        self.emit("}", depth + 1)
+        self.emit("}", depth)
+        self.emit("#else", 0)
+        self._plain = True
+        try:
+            super().stmt(loop, depth, in_parallel)
+        finally:
+            self._plain = False
+        self.emit("#endif", 0)
+        self.stats["vnni_epilogues"] += 1
+        return True
 
     def _vnni_tile(self, loop: For, tile: "VnniTile", depth: int, in_parallel: bool,
                    around: For | None = None) -> None:
