@@ -1,5 +1,5 @@
 """Integer activations channels last between VNNI convolutions (kiln/passes/integer_layout.py),
-the NHWC max pool, the RGB stem's channels staged as 4 (kiln/passes/vnni_pack.py) and the
+the NHWC max pool, window rows read in place past their end (kiln/passes/vnni_pack.py), the
 register tile that keeps its accumulators across a convolution's window rows
 (kiln/codegen/x86.py): the graph the pass makes, and the same integers as the NCHW kernels
 and ONNX Runtime."""
@@ -16,7 +16,6 @@ from kiln.errors import ShapeError
 from kiln.ir import ops
 from kiln.ir.dtype import DType
 from kiln.ir.graph import TensorType
-from kiln.passes.vnni_pack import padded_channels
 from tests.test_vnni import _host_caps
 from tests.util import ort_run
 
@@ -59,7 +58,7 @@ def test_pass_runs_the_block_channels_last_with_one_transpose_back(monkeypatch):
     # Expected: (op, layout attributes, output shape), in order
     expected = [
         ("quantize_linear", {}, (1, 3, 16, 16)),
-        ("qconv", {"channels_last": 1, "nchw_input": 1, "staged_channels": 4}, (1, 8, 8, 32)),
+        ("qconv", {"channels_last": 1, "nchw_input": 1}, (1, 8, 8, 32)),
         ("max_pool", {"channels_last": 1}, (1, 4, 4, 32)),
         ("qconv", {"channels_last": 1}, (1, 4, 4, 32)),
         ("qconv", {"channels_last": 1}, (1, 4, 4, 32)),
@@ -109,22 +108,41 @@ def test_tile_keeps_its_accumulators_across_the_window_rows(monkeypatch):
         assert rows is not None and int(rows.group(2)) in (3, 7)
 
 
-@pytest.mark.parametrize("kernel, c, expected", [
-    ((7, 7), 3, 4),        # the RGB stem: 28-byte rows in place instead of 24-byte im2col rows
-    ((3, 3), 3, 4),        # 12 bytes either way: in place wins
-    ((5, 5), 1, None),     # grayscale: 20 bytes a row against 8 -- im2col stays
-    ((3, 3), 4, None),     # whole groups already
-    ((3, 3), 6, 8),        # 24 against 20 (<= 5/4)
-    ((7, 7), 5, None),     # 56 against 36
+@pytest.mark.parametrize("kernel, c, k", [
+    ((7, 7), 3, 7 * 24),   # the RGB stem: 21-byte rows read as 24, the last 3 bytes meet zero weights
+    ((3, 3), 3, 3 * 12),   # 9 -> 12
+    ((5, 5), 1, 5 * 8),    # grayscale: 5 -> 8
+    ((3, 3), 4, 3 * 12),   # whole groups already
+    ((1, 1), 6, 8),        # 1x1 over 6 channels: 8
 ])
-def test_stem_channels_are_padded_only_where_it_saves_work(kernel, c, expected):
+def test_window_rows_are_rounded_up_to_whole_groups(kernel, c, k):
+    from kiln.passes.vnni_pack import conv_reduction
+
     attrs = {"kernel": kernel, "strides": (2, 2), "pads": (1, 1, 1, 1)}
-    assert padded_channels((16, kernel[0], kernel[1] * c), attrs) == expected
+    assert conv_reduction((16, kernel[0], kernel[1] * c), attrs) == k
 
 
-def test_grouped_convolutions_keep_their_channels():
-    attrs = {"kernel": (3, 3), "group": 3}
-    assert padded_channels((6, 3, 9), attrs) is None
+def test_grouped_and_dilated_convolutions_have_no_single_run():
+    from kiln.passes.vnni_pack import conv_reduction
+
+    assert conv_reduction((6, 3, 9), {"kernel": (3, 3), "group": 3}) is None
+    assert conv_reduction((6, 3, 12), {"kernel": (3, 3), "dilations": (2, 2)}) is None
+
+
+@pytest.mark.parametrize("c, k, hw, stride", [(3, 7, 20, 2), (2, 7, 13, 1), (6, 3, 11, 2), (5, 3, 9, 1)])
+def test_over_reading_window_rows_compute_the_row_major_result(c, k, hw, stride, monkeypatch):
+    """Rows that are not whole 4-byte groups read into the next pixel or the padding column
+    after the row, against zero weights: the same integers as the kernels without panels."""
+    from tests.test_vnni import _conv_model, _inputs
+
+    model = _conv_model(c, 16, k, hw, stride=stride)
+    x = _inputs(model)
+    _host_caps(monkeypatch, True)
+    panels = kiln.compile(model)
+    assert "KILN_DPBUSD(" in panels.source()
+    _host_caps(monkeypatch, False)
+    np.testing.assert_array_equal(panels.run(x)[model.graph.output[0].name],
+                                  kiln.compile(model).run(x)[model.graph.output[0].name])
 
 
 def test_nhwc_max_pool_equals_the_nchw_pool(monkeypatch):

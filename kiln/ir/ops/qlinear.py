@@ -177,12 +177,6 @@ def input_channels_last(attrs) -> bool:
     return bool(attrs.get("channels_last")) and not attrs.get("nchw_input")
 
 
-def staged_channels(c: int, attrs) -> int:
-    """Channels per pixel in the staging buffer: ``c``, or ``staged_channels`` (the stem's 3
-    padded to 4 so its 7-pixel window rows are whole 4-byte groups, ``vnni_pack``)."""
-    return max(int(attrs.get("staged_channels") or c), c)
-
-
 def _output_stage(o, body, attrs):
     """The ``qdot`` stage computing ``body(n, oc, oh, ow)`` into ``o``: NCHW, or with
     ``channels_last`` NHWC -- output channels innermost, so the requantizing epilogue writes
@@ -228,20 +222,23 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
     domain), channels last and in the staged domain (uint8, or int8 for signed dot products;
     see :func:`staged_dtype`), as (N, Hp, Wp*C): a window row of a group is then contiguous, and
     with dilation 1 and one group the whole (kw, c) window row is one run of KW*C bytes --
-    the reduction the vectorizer sees. Then ``o = epilogue(acc, oc)`` per output."""
+    the reduction the vectorizer sees. A VNNI kernel whose rows are not whole 4-byte groups
+    reads past each row's end (``vnni_window_row``): padding columns after the row keep
+    those reads inside it. Then ``o = epilogue(acc, oc)`` per output."""
     last = input_channels_last(attrs)
     n_, c_, h_, w_ = nchw_shape(x.shape, last)
-    cs = staged_channels(c_, attrs)  # channels per staged pixel (c_ and zero-weight padding)
     (kh, kw), group = attrs["kernel"], int(attrs.get("group", 1))
     strides, pb, pe, dil = window_attrs(attrs, 2, "qconv")
     off = int(attrs.get("act_offset", 0))
     dom = staged_dtype(x.dtype, off)
     hp, wp = h_ + pb[0] + pe[0], w_ + pb[1] + pe[1]
+    row = vnni_window_row(w, attrs, kh, kw * c_)
+    extra = -(-(row - kw * c_) // c_)  # pixels of padding after each row for over-reading windows
 
     def staged(n, h, wc):
-        ww, c = wc // cs, wc % cs
-        conds = [c.lt(c_)] if cs != c_ else []
-        for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1], w_)):
+        ww, c = wc // c_, wc % c_
+        conds = []
+        for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1] + extra, w_)):
             conds += ([v.ge(b)] if b else []) + ([v.lt(b + m)] if e else [])
         hh, wi = offset(h, -pb[0]), offset(ww, -pb[1])
         val = _to_domain(x[n, hh, wi, c] if last else x[n, c, hh, wi], off, dom)
@@ -249,19 +246,19 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
 
     # an NCHW input is transposed while staged (``channels_last`` hint); an NHWC one is
     # copied a pixel's channels at a time (``runs``)
-    xu = compute(f"{o.name}__xu", (n_, hp, wp * cs), staged, dom, tag="pad", inline=False,
-                 hints={"runs": cs} if last else {"channels_last": cs})
+    xu = compute(f"{o.name}__xu", (n_, hp, (wp + extra) * c_), staged, dom, tag="pad", inline=False,
+                 hints={"runs": c_} if last else {"channels_last": c_})
     src = xu.tensor
     icg, ocg = c_ // group, nchw_shape(o.shape, attrs.get("channels_last"))[1] // group
 
     if IM2COL and attrs.get("im2col") and kh > 1 and dil[1] == 1 and group == 1:
-        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * cs), cs, strides, dil, epilogue, attrs)]
+        return [xu, *_windows_in_one_run(src, w, o, (kh, kw * c_), c_, strides, dil, epilogue, attrs)]
     def body(n, oc, oh, ow):
         base_h = oh * strides[0] if strides[0] != 1 else oh
-        base_w = (ow * strides[1] if strides[1] != 1 else ow) * cs
+        base_w = (ow * strides[1] if strides[1] != 1 else ow) * c_
         first = (oc // ocg) * icg if group > 1 else 0
         if attrs.get("vnni"):  # window rows of whole 4-byte groups read in place (vnni_pack)
-            weight, run = weight_reader(w, attrs), kw * (cs if group == 1 else icg)
+            weight, run = weight_reader(w, attrs), row
 
             def term(r, j):
                 hh = base_h + (r * dil[0] if dil[0] != 1 else r)
@@ -275,12 +272,22 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
         else:
             def term(r, q, c):
                 hh = base_h + (r * dil[0] if dil[0] != 1 else r)
-                return (Cast(src[n, hh, base_w + q * (dil[1] * cs) + first + c], I32)
+                return (Cast(src[n, hh, base_w + q * (dil[1] * c_) + first + c], I32)
                         * Cast(w[oc, r, q * icg + c], I32))
             acc = rsum(term, (kh, kw, icg))
         return epilogue(acc, oc)
 
     return [xu, _output_stage(o, body, attrs)]
+
+
+def vnni_window_row(w, attrs, kh: int, run: int) -> int:
+    """Bytes of one window row the VNNI kernel reads in place: the panels' reduction length
+    over KH -- KW*C, or KW*C rounded up to whole 4-byte groups (the RGB stem: 21 -> 24),
+    the extra bytes belonging to the next pixel (or to padding after the row) and meeting
+    zero weights. ``run`` (KW*C) when the kernel does not read VNNI panels."""
+    if not attrs.get("vnni") or int(attrs.get("group", 1)) != 1:
+        return run
+    return int(w.shape[1]) * 4 // kh
 
 
 def _dot_hints(attrs, axes) -> dict:
