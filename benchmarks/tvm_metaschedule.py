@@ -288,41 +288,6 @@ def tune_kiln(workload, trials: int, db: Path, workers: int, batch_size: int, se
     return len(result.tasks), sum(1 for t in result.tasks if t["trials"]), seconds
 
 
-class TunedKilnPeer:
-    """kiln.bench peer: ``kiln.compile(model, db=...)``; named ``kiln`` so that the harness's
-    ratios are against tuned Kiln."""
-
-    name = "kiln"
-
-    def __init__(self, db: Path):
-        self.db = db
-
-    def version(self) -> str:
-        import kiln
-
-        return f"kiln {kiln.__version__} (host, tuned, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
-
-    def prepare(self, workload):
-        import kiln
-
-        compiled = kiln.compile(workload.model(), target="host", db=str(self.db))
-        compiled.build()
-        feeds = workload.feeds()
-        return lambda: compiled.run(feeds)
-
-
-class UntunedKilnPeer:
-    name = "kiln-untuned"
-
-    def version(self) -> str:
-        return "kiln (host, untuned: the default schedule rules)"
-
-    def prepare(self, workload):
-        from kiln.bench import KilnPeer
-
-        return KilnPeer("host").prepare(workload)
-
-
 # -- one workload --------------------------------------------------------------------------
 
 @dataclass
@@ -377,7 +342,8 @@ def run_workload(workload, args, work_dir: Path, log) -> Result:
         log(f"[{workload.name}] {notes[-1]}")
         kiln_db = None
     peers = ([TunedTvmPeer(ms_db, args.ms_prepack)] if ms_db is not None else []) + \
-            ([TunedKilnPeer(kiln_db)] if kiln_db is not None else []) + [UntunedKilnPeer()]
+            ([B.KilnPeer("host", db=kiln_db)] if kiln_db is not None else []) + \
+            [B.KilnPeer("host", name="kiln-untuned")]
     opts = B.Options(repeats=args.repeats, warmup=2, min_sample_s=args.min_sample_ms / 1e3)
     add_timings(res, B.bench_workload(workload, peers, opts, log=log), notes)
     res.notes = "; ".join(notes)

@@ -158,20 +158,28 @@ def _dist_version(dist: str) -> str | None:
 
 
 class KilnPeer:
+    """``kiln.compile(model, target)``; with ``db`` the tuned records of that database applied
+    (named ``kiln`` still, unless ``name`` says otherwise, so ratios are against it)."""
+
     name = "kiln"
 
-    def __init__(self, target: str = "host"):
-        self.target = target
+    def __init__(self, target: str = "host", db=None, name: str | None = None):
+        self.target, self.db = target, db
+        if name:
+            self.name = name
 
     def version(self) -> str:
         import kiln
 
-        return f"kiln {kiln.__version__} (target {self.target}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})"
+        tuned = f", tuned records from {self.db}" if self.db is not None else ""
+        return (f"kiln {kiln.__version__} (target {self.target}{tuned}, "
+                f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})")
 
     def prepare(self, workload):
         import kiln
 
-        compiled = kiln.compile(workload.model(), target=self.target)
+        db = None if self.db is None else str(self.db)
+        compiled = kiln.compile(workload.model(), target=self.target, db=db)
         compiled.build()  # gcc runs here, not in the first timed call
         feeds = workload.feeds()
         return lambda: compiled.run(feeds)
