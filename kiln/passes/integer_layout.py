@@ -69,10 +69,10 @@ def _elementwise_operands(bld: _Builder, node: Node) -> list[str] | None:
     """The NHWC operands of an elementwise node whose tensor inputs are all NHWC values of its
     own shape (scalars as they are), or None. Nodes with an ``axis`` attribute are left alone:
     their meaning depends on the layout."""
-    out = node.outputs[0]
     if (len(node.outputs) != 1 or "axis" in node.attrs
             or ops.get(node.op).fusion not in (ops.FusionKind.ELEMENTWISE, ops.FusionKind.BROADCAST)):
         return None
+    out = node.outputs[0]
     operands, any_nhwc = [], False
     for name in node.inputs:
         arr = bld.constants.get(name)
@@ -89,7 +89,8 @@ def _elementwise_operands(bld: _Builder, node: Node) -> list[str] | None:
 def channels_last_integers(graph: Graph) -> Graph:
     """Run VNNI integer convolutions, and the elementwise ops between them, on NHWC
     activations (see the module docstring)."""
-    if not any(_eligible_conv(n, graph.value_types()) for n in graph.nodes):
+    types = graph.value_types()
+    if not any(_eligible_conv(n, types) for n in graph.nodes):
         return graph
     bld = _Builder(graph)
     for node in graph.nodes:

@@ -253,6 +253,7 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
 
     if IM2COL and attrs.get("im2col") and kh > 1 and dil[1] == 1 and group == 1:
         return [xu, *_windows_in_one_run(src, w, o, (kh, kw * c_), c_, strides, dil, epilogue, attrs)]
+
     def body(n, oc, oh, ow):
         base_h = oh * strides[0] if strides[0] != 1 else oh
         base_w = (ow * strides[1] if strides[1] != 1 else ow) * c_
