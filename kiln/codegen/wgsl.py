@@ -50,12 +50,14 @@ class WGSLRenderer:
     }
     workgroup_size_builtin = "lid"
 
-    def __init__(self, bases: dict[str, tuple[str, int]], chunk_words: int = 1 << 25, symbols=()):
+    def __init__(self, bases: dict[str, tuple[str, int]], chunk_words: int = 1 << 25, symbols=(), packed=()):
         """``bases``: parameter buffer name -> (``"arena"`` or ``"weights"``, word offset).
 
         Weights are split into bindings ``weights0``, ``weights1``, ... of ``chunk_words``
-        words each (a binding is limited to 128 MiB by default)."""
+        words each (a binding is limited to 128 MiB by default). ``packed``: 8-bit weight
+        parameters stored four elements to a word (``wgsl_model.to_packed_words``)."""
         self.bases = bases
+        self.packed = set(packed)
         self.chunk_words = chunk_words
         self.symbols = list(symbols)  # dynamic dims: read from the kiln_dims uniform as dim0, dim1, ...
         self.lines: list[str] = []
@@ -90,19 +92,26 @@ class WGSLRenderer:
         return f"i32({v})" if v < 0 else f"{v}i"
 
     # -- storage access ------------------------------------------------------------------------
-    def word(self, name: str, indices) -> str:
-        """The ``arena[...]``/``weights[...]`` word holding element ``indices`` of a parameter."""
-        region, base = self.bases[name]
+    def flat_index(self, name: str, indices) -> str:
         buf = self.buffers[name]
         flat = None
         for i, n in zip(indices, buf.shape):
             s = self.expr(i)
             flat = s if flat is None else f"({flat}) * {self.dim(n)} + {s}"
-        flat = flat or "0"
+        return flat or "0"
+
+    def word(self, name: str, indices, flat: str | None = None) -> str:
+        """The ``arena[...]``/``weights[...]`` word holding element ``indices`` of a parameter
+        (or the word at index ``flat``)."""
+        region, base = self.bases[name]
+        buf = self.buffers[name]
+        flat = flat if flat is not None else self.flat_index(name, indices)
         if region == "weights":
             n = 1
             for d in buf.shape:
                 n *= d
+            if name in self.packed:
+                n = -(-n // 4)
             first, last = base // self.chunk_words, (base + max(n, 1) - 1) // self.chunk_words
             if first != last:  # a tensor across two bindings: pick the binding per element
                 return f"kiln_weight({base} + {flat})"
@@ -121,6 +130,13 @@ class WGSLRenderer:
         buf = self.buffers[e.buffer]
         if buf.scope in ("local", "shared"):
             return self.scoped(e.buffer) + "".join(f"[{self.expr(i)}]" for i in e.indices)
+        if e.buffer in self.packed:  # four 8-bit elements per word: extract one, sign- or zero-extended
+            flat = self.flat_index(e.buffer, e.indices)
+            w = self.word(e.buffer, e.indices, flat=f"(({flat}) >> 2u)")
+            bits = f"u32((({flat}) & 3) * 8)"
+            if buf.dtype is DType.int8:
+                return f"extractBits(bitcast<i32>({w}), {bits}, 8u)"
+            return f"i32(extractBits({w}, {bits}, 8u))"
         w = self.word(e.buffer, e.indices)
         t = self.wtype(buf.dtype)
         if t == "bool":

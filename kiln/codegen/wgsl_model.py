@@ -1,7 +1,8 @@
 """The WebGPU model: word memory plan, one ``.wgsl`` file per kernel, and the model table.
 
 Every tensor element is one 32-bit word on the device (WGSL has no 8- or 64-bit integers and
-no f64), so the host memory plan's byte offsets do not apply: this module plans its own,
+no f64) -- except 8-bit constants (a quantized model's weights), packed four to a word and
+unpacked by the shader -- so the host memory plan's byte offsets do not apply: this module plans its own,
 in words, with the same liveness rule (greedy by size over kernel intervals). The arena holds
 the graph inputs and outputs first, then the intermediates; constants live in separate
 read-only ``weights`` buffers (128 MiB bindings). Dynamic dims count at their upper bounds. ``to_words``/``from_words`` are the conversions at the edge,
@@ -53,6 +54,18 @@ def to_words(a: np.ndarray) -> np.ndarray:
     raise ShapeError(f"the webgpu target stores float32, float16, integer and bool tensors; got {a.dtype}")
 
 
+PACKED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+def to_packed_words(a: np.ndarray) -> np.ndarray:
+    """An 8-bit constant as device words, four elements per word (element ``i`` in bits
+    ``8 * (i % 4)`` of word ``i // 4``, little-endian as WebGPU buffers are): a quantized
+    model's weights take a quarter of the space one word per element would."""
+    raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    pad = -raw.size % 4
+    return np.concatenate([raw, np.zeros(pad, np.uint8)]).view("<u4").astype(np.uint32)
+
+
 def from_words(w: np.ndarray, dtype: DType, shape) -> np.ndarray:
     w = np.ascontiguousarray(w, dtype=np.uint32)
     if dtype.is_float:
@@ -68,6 +81,7 @@ class WordPlan:
     arena_words: int
     weights: np.ndarray                  # uint32 words
     chunk_words: int = CHUNK_WORDS       # weights are bound in chunks of this many words
+    packed: set = field(default_factory=set)  # 8-bit constants stored four to a word
 
     @property
     def weight_chunks(self) -> list[np.ndarray]:
@@ -94,9 +108,13 @@ def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPla
     for v in list(graph.inputs) + list(graph.outputs):
         storage[v.name] = ("arena", off)
         off += _words(_max_size(v.type, bounds))
-    chunks, woff = [], 0
+    chunks, woff, packed = [], 0, set()
     for name, arr in graph.constants.items():
-        w = to_words(arr)
+        if arr.dtype in PACKED_DTYPES:
+            w = to_packed_words(arr)
+            packed.add(name)
+        else:
+            w = to_words(arr)
         storage[name] = ("weights", woff)
         pad = _words(w.size) - w.size
         chunks += [w, np.zeros(pad, np.uint32)]
@@ -127,7 +145,7 @@ def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPla
     if off + size > BINDING_WORDS:
         raise KilnError(f"the model needs {(off + size) * 4} bytes of activations at once; a WebGPU "
                         f"storage binding holds at most {BINDING_WORDS * 4} bytes by default")
-    plan = WordPlan(storage, off + size, weights, chunk_words)
+    plan = WordPlan(storage, off + size, weights, chunk_words, packed)
     if len(plan.weight_chunks) + 1 > MAX_STORAGE_BINDINGS:
         raise KilnError(f"the model has {weights.size * 4} bytes of weights: {len(plan.weight_chunks)} bindings of "
                         f"{chunk_words * 4} bytes, but WebGPU guarantees only {MAX_STORAGE_BINDINGS - 1} beside "
@@ -199,7 +217,8 @@ def build_webgpu_model(graph: Graph, kernels, tiling: bool = True) -> WebGPUMode
     for k in kernels:
         bases = {b.name: plan.storage[name] for b, name in zip(k.unscheduled.params, k.params)}
         dispatches = schedule_dispatches(k.unscheduled, k.stages, tiling=tiling, bounds=graph.dim_bounds)
-        renderer = WGSLRenderer(bases, plan.chunk_words, symbols)
+        packed = {b.name for b, name in zip(k.unscheduled.params, k.params) if name in plan.packed}
+        renderer = WGSLRenderer(bases, plan.chunk_words, symbols, packed)
         entries = [renderer.render_entry(d.func, d.workgroup_size) for d in dispatches]
         ops_ = "+".join(producers[o].op for o in k.outputs if o in producers)
         comment = f"{k.name}: writes {', '.join(k.outputs)} ({ops_})"

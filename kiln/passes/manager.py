@@ -83,7 +83,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
     graph = target.prepare_graph(graph).verify()  # a target's own graph rewrites (integer I/O on MCUs)
     caps = target.capabilities()
     for name, fn in GRAPH_PASSES:
-        graph = fn(graph).verify()
+        if name != "quantize" or target.fixed_point_requantization:
+            graph = fn(graph).verify()
         if name == "quantize":
             graph = target.adapt_quantized(graph).verify()  # a target's variant of the integer ops
         snap(name, lambda: format_graph(graph))

@@ -64,6 +64,13 @@ class Target:
         return f"<target {self}>"
 
     # -- what the pipeline asks -------------------------------------------------------------
+    # Whether the target computes the integer kernels' fixed-point requantization (an int64
+    # product of the int32 accumulator and a 31-bit multiplier, ``kiln/ir/ops/qlinear.py``).
+    # A target without 64-bit integers (WGSL) sets False: the ``quantize`` stage then leaves
+    # QDQ patterns as float (dequantize, op, quantize) -- the reference semantics -- instead
+    # of integer kernels whose products would wrap at 32 bits.
+    fixed_point_requantization = True
+
     def capabilities(self) -> "Capabilities":
         from kiln.passes.default_schedule import DEFAULT_CAPABILITIES
 

@@ -27,6 +27,10 @@ class WebGPUTarget(Target):
     """WGSL kernels: one storage arena, a weights buffer, one dispatch per loop nest."""
 
     name = "webgpu"
+    # WGSL has no 64-bit integers: QDQ models run as float (see Target); ConvInteger /
+    # MatMulInteger / QLinear* keep their exact int32 kernels, with 8-bit weights packed four
+    # to a word (kiln/codegen/wgsl_model.py)
+    fixed_point_requantization = False
 
     def capabilities(self):
         from kiln.passes.default_schedule import Capabilities
@@ -34,6 +38,17 @@ class WebGPUTarget(Target):
         # The CPU schedule is not used for the shaders (gpu_schedule rebinds the unscheduled
         # loops); plain NCHW keeps convolutions in the layout the GPU rules expect.
         return Capabilities(vector_bytes=16, vector_registers=16, threads=1, nchwc=False, pack_matmul=False)
+
+    def adapt_quantized(self, graph):
+        """QLinearConv/QLinearMatMul's float ``requantize`` in float32 (WGSL has no f64),
+        as ONNX Runtime computes it."""
+        from kiln.ir.graph import Node
+
+        if not any(n.op == "requantize" for n in graph.nodes):
+            return graph
+        return graph.replace(nodes=tuple(
+            Node(n.op, n.inputs, n.outputs, {**n.attrs, "float32": 1}, n.name) if n.op == "requantize" else n
+            for n in graph.nodes))
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.wgsl_model import build_webgpu_model

@@ -9,7 +9,8 @@
 - ``requantize``: an int32 accumulator times a float multiplier (a_scale * w_scale /
   y_scale), rounded half to even, plus the output zero point, saturated. It is an
   elementwise op, so it fuses into the integer kernel as its epilogue. As in the ONNX
-  reference the product is formed in float64.
+  reference the product is formed in float64; attribute ``float32`` forms it in float32, as
+  ONNX Runtime's kernels do (a target without float64, WebGPU, sets it).
 
 Scales and zero points are per tensor (one element), per axis (1-D along ``axis``) or
 blocked (the input's shape with ``axis`` divided into blocks of ``block_size``).
@@ -325,8 +326,10 @@ def _requantize_compute(ins, outs, attrs):
     acc, mult, zp = ins
     o = outs[0]
 
+    ft = F32 if attrs.get("float32") else F64
+
     def body(*i):
-        v = _as(acc[i], F64) * _as(mult[broadcast_index(mult, i)], F64) + _as(zp[broadcast_index(zp, i)], F64)
+        v = _as(acc[i], ft) * _as(mult[broadcast_index(mult, i)], ft) + _as(zp[broadcast_index(zp, i)], ft)
         return saturate_round(v, o.dtype)
 
     return [compute(o.name, o.shape, body, o.dtype)]

@@ -1,0 +1,106 @@
+"""Quantized models on the WebGPU target (lavapipe through wgpu).
+
+WGSL has no 64-bit integers, so the fixed-point requantization of Kiln's integer kernels
+cannot run there: QDQ models stay float (dequantize, op, quantize) and match ONNX Runtime;
+ConvInteger / MatMulInteger / QLinearConv keep their exact int32 kernels, with their 8-bit
+weights packed four to a word in ``weights.bin`` (``kiln/codegen/wgsl_model.py``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto as TP, helper, numpy_helper as nh
+
+import kiln
+from examples import models
+from kiln.codegen.wgsl_model import to_packed_words
+from tests.conftest import require_webgpu
+from tests.util import ort_run
+
+RNG = np.random.default_rng(17)
+
+
+@pytest.fixture(scope="module")
+def wgpu_device():
+    return require_webgpu()
+
+
+def _step(ref: np.ndarray) -> float:
+    return np.abs(np.diff(np.unique(ref))).min(initial=1.0)
+
+
+# -- tier 1: packing and the pipeline, no device ---------------------------------------------------
+
+def test_packed_words_hold_four_elements_little_endian():
+    a = np.array([1, -2, 3, -128, 127], np.int8)
+    w = to_packed_words(a)
+    assert w.dtype == np.uint32 and w.size == 2
+    assert int(w[0]) == 0x80_03_FE_01 and int(w[1]) == 0x7F
+    u = np.array([[255, 0], [7, 200]], np.uint8)
+    assert int(to_packed_words(u)[0]) == 0xC8_07_00_FF
+
+
+def test_qdq_model_stays_float_on_webgpu():
+    q = kiln.quantize(models.small_cnn(), {"input": RNG.standard_normal((4, 1, 28, 28)).astype(np.float32)})
+    ops = {n.op for n in kiln.compile(q, target="webgpu").graph.nodes}
+    assert not ops & {"qconv", "qmatmul", "qadd"}          # no int64 requantization in WGSL
+    assert {"qconv", "qmatmul"} & {n.op for n in kiln.compile(q, target="host").graph.nodes}
+
+
+def _qlinear_conv(oc=5, c=3):
+    w = RNG.integers(-128, 128, (oc, c, 3, 3)).astype(np.int8)
+    inits = [nh.from_array(np.array(0.03, np.float32), "xs"), nh.from_array(np.array(120, np.uint8), "xz"),
+             nh.from_array(w, "w"), nh.from_array(np.linspace(0.002, 0.01, oc).astype(np.float32), "ws"),
+             nh.from_array(np.zeros(oc, np.int8), "wz"), nh.from_array(np.array(0.05, np.float32), "ys"),
+             nh.from_array(np.array(100, np.uint8), "yz")]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])
+    g = helper.make_graph([node], "qlc", [helper.make_tensor_value_info("x", TP.UINT8, [1, c, 8, 8])],
+                          [helper.make_tensor_value_info("y", TP.UINT8, [1, oc, 8, 8])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def _matmul_integer(k=7, n=5, wtype=np.int8):
+    info = np.iinfo(wtype)
+    w = RNG.integers(info.min, info.max + 1, (k, n)).astype(wtype)
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w", "az", "wz"], ["y"])], "mmi",
+                          [helper.make_tensor_value_info("a", TP.UINT8, [3, k])],
+                          [helper.make_tensor_value_info("y", TP.INT32, [3, n])],
+                          initializer=[nh.from_array(w, "w"), nh.from_array(np.array(17, np.uint8), "az"),
+                                       nh.from_array(np.array(3 if wtype == np.uint8 else -2, wtype), "wz")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_8bit_weights_are_packed_in_the_bundle():
+    m = kiln.compile(_qlinear_conv(), target="webgpu")
+    plan = m.result.source.webgpu.plan
+    packed = [name for name in plan.packed if m.graph.constants[name].dtype == np.int8]
+    assert packed
+    w = m.graph.constants[packed[0]]
+    start = plan.offset(packed[0])
+    np.testing.assert_array_equal(plan.weights[start:start + -(-w.size // 4)], to_packed_words(w))
+    src = "\n".join(k.source for k in m.result.source.webgpu.kernels)
+    assert "extractBits(bitcast<i32>(" in src
+
+
+# -- tier 2: on the device ---------------------------------------------------------------------------
+
+def test_qdq_cnn_matches_ort(wgpu_device):
+    q = kiln.quantize(models.small_cnn(), {"input": RNG.standard_normal((4, 1, 28, 28)).astype(np.float32)})
+    x = {"input": RNG.standard_normal((1, 1, 28, 28)).astype(np.float32)}
+    got, ref = kiln.compile(q, target="webgpu").run(x), ort_run(q, x)
+    for k in ref:
+        assert np.abs(got[k] - ref[k]).max() <= _step(ref[k]) * 1.01
+
+
+def test_qlinear_conv_with_packed_weights_matches_ort(wgpu_device):
+    model = _qlinear_conv()
+    x = {"x": RNG.integers(0, 256, (1, 3, 8, 8)).astype(np.uint8)}
+    got, want = kiln.compile(model, target="webgpu").run(x)["y"], ort_run(model, x)["y"]
+    assert np.max(np.abs(got.astype(int) - want.astype(int))) <= 1
+
+
+@pytest.mark.parametrize("wtype", [np.int8, np.uint8], ids=["int8", "uint8"])
+def test_matmul_integer_with_packed_weights_is_exact(wtype, wgpu_device):
+    """7 x 5 = 35 weights: a partly filled last word; uint8 weights zero-extended, int8 sign-extended."""
+    model = _matmul_integer(wtype=wtype)
+    x = {"a": RNG.integers(0, 256, (3, 7)).astype(np.uint8)}
+    np.testing.assert_array_equal(kiln.compile(model, target="webgpu").run(x)["y"], ort_run(model, x)["y"])
