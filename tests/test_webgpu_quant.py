@@ -3,7 +3,8 @@
 WGSL has no 64-bit integers, so the fixed-point requantization of Kiln's integer kernels
 cannot run there: QDQ models stay float (dequantize, op, quantize) and match ONNX Runtime;
 ConvInteger / MatMulInteger / QLinearConv keep their exact int32 kernels, with their 8-bit
-weights packed four to a word in ``weights.bin`` (``kiln/codegen/wgsl_model.py``)."""
+weights packed four to a word in ``weights.bin`` (``kiln/codegen/wgsl_model.py``); float16
+weights are packed two to a word."""
 from __future__ import annotations
 
 import numpy as np
@@ -104,3 +105,33 @@ def test_matmul_integer_with_packed_weights_is_exact(wtype, wgpu_device):
     model = _matmul_integer(wtype=wtype)
     x = {"a": RNG.integers(0, 256, (3, 7)).astype(np.uint8)}
     np.testing.assert_array_equal(kiln.compile(model, target="webgpu").run(x)["y"], ort_run(model, x)["y"])
+
+
+# -- float16 weights, two to a word --------------------------------------------------------------------
+
+def _half_matmul(k=9, n=7):
+    w = (RNG.standard_normal((k, n)) * 3).astype(np.float16)
+    w[0, 0], w[1, 1] = np.float16(2047), np.float16(-6e-8)   # a large half and a subnormal
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "hmm",
+                          [helper.make_tensor_value_info("a", TP.FLOAT16, [2, k])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT16, [2, n])], initializer=[nh.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_float16_weights_are_packed_two_to_a_word():
+    m = kiln.compile(_half_matmul(), target="webgpu")
+    plan = m.result.source.webgpu.plan
+    (name,) = [n for n in plan.packed if m.graph.constants[n].dtype == np.float16]
+    w = m.graph.constants[name]
+    start = plan.offset(name)
+    words = plan.weights[start:start + -(-w.size // 2)]
+    np.testing.assert_array_equal(words.view(np.float16)[:w.size], w.reshape(-1))
+    assert "unpack2x16float(" in "\n".join(k.source for k in m.result.source.webgpu.kernels)
+
+
+def test_float16_weights_unpack_exactly(wgpu_device):
+    model = _half_matmul()
+    x = {"a": RNG.standard_normal((2, 9)).astype(np.float16)}
+    got = kiln.compile(model, target="webgpu").run(x)["y"]
+    host = kiln.compile(model, target="host").run(x)["y"]
+    np.testing.assert_array_equal(got, host)   # both compute in float32 from the same halves

@@ -54,8 +54,8 @@ class WGSLRenderer:
         """``bases``: parameter buffer name -> (``"arena"`` or ``"weights"``, word offset).
 
         Weights are split into bindings ``weights0``, ``weights1``, ... of ``chunk_words``
-        words each (a binding is limited to 128 MiB by default). ``packed``: 8-bit weight
-        parameters stored four elements to a word (``wgsl_model.to_packed_words``)."""
+        words each (a binding is limited to 128 MiB by default). ``packed``: 8-bit and float16
+        weight parameters stored four or two elements to a word (``wgsl_model.to_packed_words``)."""
         self.bases = bases
         self.packed = set(packed)
         self.chunk_words = chunk_words
@@ -111,7 +111,7 @@ class WGSLRenderer:
             for d in buf.shape:
                 n *= d
             if name in self.packed:
-                n = -(-n // 4)
+                n = -(-n // (4 // buf.dtype.itemsize))
             first, last = base // self.chunk_words, (base + max(n, 1) - 1) // self.chunk_words
             if first != last:  # a tensor across two bindings: pick the binding per element
                 return f"kiln_weight({base} + {flat})"
@@ -130,8 +130,12 @@ class WGSLRenderer:
         buf = self.buffers[e.buffer]
         if buf.scope in ("local", "shared"):
             return self.scoped(e.buffer) + "".join(f"[{self.expr(i)}]" for i in e.indices)
-        if e.buffer in self.packed:  # four 8-bit elements per word: extract one, sign- or zero-extended
+        if e.buffer in self.packed:
             flat = self.flat_index(e.buffer, e.indices)
+            if buf.dtype is DType.float16:  # two halves per word; unpack2x16float is core WGSL
+                w = self.word(e.buffer, e.indices, flat=f"(({flat}) >> 1u)")
+                return f"unpack2x16float({w})[({flat}) & 1]"
+            # four 8-bit elements per word: extract one, sign- or zero-extended
             w = self.word(e.buffer, e.indices, flat=f"(({flat}) >> 2u)")
             bits = f"u32((({flat}) & 3) * 8)"
             if buf.dtype is DType.int8:

@@ -1,8 +1,8 @@
 """The WebGPU model: word memory plan, one ``.wgsl`` file per kernel, and the model table.
 
 Every tensor element is one 32-bit word on the device (WGSL has no 8- or 64-bit integers and
-no f64) -- except 8-bit constants (a quantized model's weights), packed four to a word and
-unpacked by the shader -- so the host memory plan's byte offsets do not apply: this module plans its own,
+no f64) -- except 8-bit and float16 constants (a quantized or half-precision model's weights),
+packed four or two to a word and unpacked by the shader -- so the host memory plan's byte offsets do not apply: this module plans its own,
 in words, with the same liveness rule (greedy by size over kernel intervals). The arena holds
 the graph inputs and outputs first, then the intermediates; constants live in separate
 read-only ``weights`` buffers (128 MiB bindings). Dynamic dims count at their upper bounds. ``to_words``/``from_words`` are the conversions at the edge,
@@ -54,13 +54,16 @@ def to_words(a: np.ndarray) -> np.ndarray:
     raise ShapeError(f"the webgpu target stores float32, float16, integer and bool tensors; got {a.dtype}")
 
 
-PACKED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))
+# constants stored several to a word: 8-bit integers four, float16 two (little-endian, as
+# WebGPU buffers are); the shader unpacks them (``WGSLRenderer.load``)
+PACKED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.float16))
 
 
 def to_packed_words(a: np.ndarray) -> np.ndarray:
-    """An 8-bit constant as device words, four elements per word (element ``i`` in bits
-    ``8 * (i % 4)`` of word ``i // 4``, little-endian as WebGPU buffers are): a quantized
-    model's weights take a quarter of the space one word per element would."""
+    """An 8-bit or float16 constant as device words, ``4 / itemsize`` elements per word
+    (element ``i`` in the bits at ``8 * itemsize * (i % per_word)`` of word ``i // per_word``):
+    a quantized model's weights take a quarter, a float16 model's half, of the space one word
+    per element would."""
     raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     pad = -raw.size % 4
     return np.concatenate([raw, np.zeros(pad, np.uint8)]).view("<u4").astype(np.uint32)
