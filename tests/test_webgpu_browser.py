@@ -71,3 +71,23 @@ def test_dynamic_bundle_in_chromium(tmp_path):
     assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)
     with pytest.raises(KilnError, match=r"dim 'seq' must be an integer in 1..128; got 200"):
         run_in_browser(bundle, feeds, browser=chromium, dims={"batch": 3, "seq": 200}, timeout=120)
+
+
+def test_quantized_bundle_in_chromium(tmp_path):
+    """A QDQ CNN: its int8 weights ship packed four to a word and are dequantized inside the
+    convolutions (docs/webgpu.md); the page's outputs are within one quantization step of ORT."""
+    from kiln.testing.browser import run_in_browser
+
+    chromium = require_toolchain("chromium")
+    model = kiln.quantize(models.small_cnn(), {"input": np.stack(
+        [models.example_inputs(models.small_cnn(), seed=s)["input"][0] for s in range(4)])})
+    feeds = models.example_inputs(model, seed=4)
+    compiled = kiln.compile(model, target="webgpu")
+    bundle = compiled.export(tmp_path / "bundle")
+    assert (bundle / "weights.bin").stat().st_size < kiln.compile(models.small_cnn(), target="webgpu") \
+        .export(tmp_path / "float").joinpath("weights.bin").stat().st_size / 3
+    got, _ = run_in_browser(bundle, feeds, browser=chromium)
+    ref = ort_run(model, feeds)
+    for k, want in ref.items():
+        step = np.abs(np.diff(np.unique(want))).min(initial=1.0)
+        assert np.abs(got[k] - want).max() <= step * 1.01

@@ -135,3 +135,45 @@ def test_float16_weights_unpack_exactly(wgpu_device):
     got = kiln.compile(model, target="webgpu").run(x)["y"]
     host = kiln.compile(model, target="host").run(x)["y"]
     np.testing.assert_array_equal(got, host)   # both compute in float32 from the same halves
+
+
+# -- QDQ weights ship as int8 --------------------------------------------------------------------------
+
+def _qdq_cnn():
+    return kiln.quantize(models.small_cnn(), {"input": RNG.standard_normal((4, 1, 28, 28)).astype(np.float32)})
+
+
+def test_qdq_weights_stay_int8_and_are_dequantized_inside_the_conv():
+    """On WebGPU the dequantize of constant int8 weights is not folded (fold_constants'
+    ``dequantizes_packed_weights``): weights.bin holds the packed int8 weights, and each conv
+    reads its weights through the dequantize as a prologue (fuse.py), not from a float copy."""
+    m = kiln.compile(_qdq_cnn(), target="webgpu")
+    plan = m.result.source.webgpu.plan
+    assert any(m.graph.constants[n].dtype == np.int8 for n in plan.packed)
+    consts = set(m.graph.constants)
+    for g in m.result.groups:
+        ops = [n.op for n in g.nodes]
+        if any(n.op == "dequantize_linear" and n.inputs[0] in consts for n in g.nodes):
+            assert {"conv", "matmul"} & set(ops), ops   # never a kernel of its own
+    host = kiln.compile(_qdq_cnn(), target="host").graph
+    assert not any(n.op == "dequantize_linear" and host.constants.get(n.inputs[0]) is not None
+                   and host.constants[n.inputs[0]].dtype == np.int8 for n in host.nodes)
+
+
+def test_fold_constants_keeps_only_what_it_is_told_to():
+    from kiln.ir.dtype import DType
+    from kiln.ir.graph import Graph, Node, TensorType, Value
+    from kiln.passes.fold_constants import dequantizes_packed_weights, fold_constants
+
+    w8 = RNG.integers(-128, 128, (4, 3)).astype(np.int8)
+    consts = {"w8": w8, "s": np.array(0.5, np.float32), "z": np.array(0, np.int8), "c": np.ones((4, 3), np.float32)}
+    f32 = TensorType((4, 3), DType.float32)
+    nodes = (Node("dequantize_linear", ("w8", "s", "z"), (Value("wf", f32),), {"axis": 1}),
+             Node("add", ("c", "c"), (Value("c2", f32),), {}),
+             Node("add", ("wf", "c2"), (Value("y", f32),), {}))
+    g = Graph((), (Value("y", f32),), nodes, consts)
+    kept = fold_constants(g, keep=dequantizes_packed_weights)
+    assert [n.op for n in kept.nodes] == ["dequantize_linear", "add"]     # c + c folded, the dequantize kept
+    plain = fold_constants(g)
+    assert [n.op for n in plain.nodes] == ["add"] and plain.nodes[0].inputs == ("wf", "c2")  # only the output's node stays
+    assert plain.constants["wf"].dtype == np.float32

@@ -59,13 +59,23 @@ def _stage_work(stage) -> int:
     return n * r
 
 
-def fold_constants(graph: Graph) -> Graph:
-    """Replace every node whose inputs are constants by its (constant) outputs."""
+def dequantizes_packed_weights(node: Node, constants: Mapping[str, np.ndarray]) -> bool:
+    """A DequantizeLinear of a constant 8-bit tensor (a QDQ model's weights): a target that
+    stores such weights packed (WebGPU's ``weights.bin``) keeps it, so the int8 weights, not
+    four-times-larger floats, are what ships; the kernel dequantizes as it reads."""
+    x = constants.get(node.inputs[0]) if node.inputs else None
+    return node.op == "dequantize_linear" and x is not None and x.dtype.itemsize == 1
+
+
+def fold_constants(graph: Graph, keep=None) -> Graph:
+    """Replace every node whose inputs are constants by its (constant) outputs -- except those
+    ``keep(node, constants)`` says to leave (see ``dequantizes_packed_weights``)."""
     constants = dict(graph.constants)
     nodes = []
     outputs = {v.name for v in graph.outputs}
     for node in graph.nodes:
-        folded = None if any(o.name in outputs for o in node.outputs) else try_fold(node, constants)
+        kept = any(o.name in outputs for o in node.outputs) or (keep is not None and keep(node, constants))
+        folded = None if kept else try_fold(node, constants)
         if folded is None:
             nodes.append(node)
         else:

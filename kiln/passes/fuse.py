@@ -53,7 +53,7 @@ def fuse(graph: Graph, enabled: bool = True) -> list[Group]:
             target.anchor_kind = heavy[0].anchor_kind if heavy else joined[0].anchor_kind
             target.nodes = sorted((n for g in joined for n in g.nodes), key=lambda n: position[id(n)])
         elif enabled and kind == ops.FusionKind.OUT_FUSABLE:
-            joined = _prologues(node, group_of, consumers, producers, outputs)
+            joined = _prologues(node, group_of, consumers, producers, outputs, set(graph.constants))
             target.nodes = sorted((n for g in joined for n in g.nodes), key=lambda n: position[id(n)])
             target.nodes += [producers[i] for i in node.inputs if _is_view_between(i, producers, joined)]
         for g in joined:
@@ -75,7 +75,7 @@ def _is_view_between(name, producers, prologues) -> bool:
             and any(p.inputs[0] in g.values for g in prologues))
 
 
-def _prologues(node, group_of, consumers, producers, outputs) -> list[Group]:
+def _prologues(node, group_of, consumers, producers, outputs, constants=frozenset()) -> list[Group]:
     """Single-node data-movement groups that ``node`` (a matmul or conv) can read through.
 
     Their stage is only an index remapping, so inlining it into the heavy op's loads costs
@@ -83,6 +83,9 @@ def _prologues(node, group_of, consumers, producers, outputs) -> list[Group]:
     vectorized loop still reads contiguously (a matmul's B operand must keep its last dim).
     A matmul's A operand may also be read through a reshape of a transpose (attention's
     heads merged back: transpose then view), at the price of index arithmetic on scalar loads.
+    The dequantize of constant 8-bit weights, which only a target that keeps such weights
+    packed leaves unfolded (WebGPU), is read through as well: a subtract and a multiply per
+    weight load instead of a kernel that writes every float weight into the arena each run.
     """
     found = []
     for pos, name in enumerate(node.inputs):
@@ -99,6 +102,8 @@ def _prologues(node, group_of, consumers, producers, outputs) -> list[Group]:
             continue
         p = g.nodes[0]
         if p.op == "to_nchwc" and node.op == "conv_nchwc" and pos == 0 and not through_view:
+            found.append(g)
+        elif p.op == "dequantize_linear" and p.inputs[0] in constants and node.op in ("conv", "matmul", "gemm"):
             found.append(g)
         elif p.op == "transpose" and node.op in ("matmul", "matmul_packed"):
             perm = tuple(p.attrs["perm"])

@@ -21,7 +21,7 @@ from kiln.errors import KilnError
 from kiln.ir.graph import Graph, format_graph
 from kiln.ir.loop import format_func
 from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_algebra
-from kiln.passes.fold_constants import fold_constants
+from kiln.passes.fold_constants import dequantizes_packed_weights, fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.layout import to_nchwc
 from kiln.passes.integer_layout import channels_last_integers
@@ -83,7 +83,10 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
     graph = target.prepare_graph(graph).verify()  # a target's own graph rewrites (integer I/O on MCUs)
     caps = target.capabilities()
     for name, fn in GRAPH_PASSES:
-        if name != "quantize" or target.fixed_point_requantization:
+        if name == "fold_constants" and not target.fixed_point_requantization:
+            # QDQ stays float on such a target: keep its 8-bit weights (and their dequantize)
+            graph = fold_constants(graph, keep=dequantizes_packed_weights).verify()
+        elif name != "quantize" or target.fixed_point_requantization:
             graph = fn(graph).verify()
         if name == "quantize":
             graph = target.adapt_quantized(graph).verify()  # a target's variant of the integer ops

@@ -23,6 +23,14 @@ from kiln.errors import ToolchainError
 from kiln.targets.base import ModelSource, Target
 
 
+def _transposable_dequantize(dq, consumers, constants) -> bool:
+    """A per-tensor or per-axis dequantize of a constant 8-bit tensor read by one transpose."""
+    if dq is None or dq.op != "dequantize_linear" or dq.attrs.get("block_size"):
+        return False
+    x = constants.get(dq.inputs[0])
+    return x is not None and x.dtype.itemsize == 1 and len(consumers.get(dq.outputs[0].name, [])) == 1
+
+
 class WebGPUTarget(Target):
     """WGSL kernels: one storage arena, a weights buffer, one dispatch per loop nest."""
 
@@ -40,15 +48,31 @@ class WebGPUTarget(Target):
         return Capabilities(vector_bytes=16, vector_registers=16, threads=1, nchwc=False, pack_matmul=False)
 
     def adapt_quantized(self, graph):
-        """QLinearConv/QLinearMatMul's float ``requantize`` in float32 (WGSL has no f64),
-        as ONNX Runtime computes it."""
+        """QLinearConv/QLinearMatMul's float ``requantize`` in float32 (WGSL has no f64), as
+        ONNX Runtime computes it; and a transpose of dequantized 8-bit weights (Gemm's transB)
+        moved onto the weights themselves, so the dequantize can be read through by the
+        matmul (kiln/passes/fuse.py) and the weights ship as int8."""
         from kiln.ir.graph import Node
 
-        if not any(n.op == "requantize" for n in graph.nodes):
-            return graph
-        return graph.replace(nodes=tuple(
-            Node(n.op, n.inputs, n.outputs, {**n.attrs, "float32": 1}, n.name) if n.op == "requantize" else n
-            for n in graph.nodes))
+        consumers = graph.consumers()
+        producers = graph.producers()
+        constants = dict(graph.constants)
+        nodes = []
+        for n in graph.nodes:
+            if n.op == "requantize":
+                n = Node(n.op, n.inputs, n.outputs, {**n.attrs, "float32": 1}, n.name)
+            elif n.op == "transpose" and _transposable_dequantize(producers.get(n.inputs[0]), consumers, constants):
+                dq = producers[n.inputs[0]]
+                perm = tuple(int(p) for p in n.attrs["perm"])
+                name = f"{dq.inputs[0]}__t"
+                constants[name] = np.ascontiguousarray(constants[dq.inputs[0]].transpose(perm))
+                attrs = dict(dq.attrs)
+                if "axis" in attrs:
+                    attrs["axis"] = perm.index(int(attrs["axis"]) % len(perm))
+                n = Node("dequantize_linear", (name, *dq.inputs[1:]), n.outputs, attrs, n.name)
+            nodes.append(n)
+        used = {i for nd in nodes for i in nd.inputs}
+        return graph.replace(nodes=tuple(nodes), constants={k: v for k, v in constants.items() if k in used})
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.wgsl_model import build_webgpu_model
