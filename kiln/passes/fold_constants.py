@@ -64,7 +64,7 @@ def dequantizes_packed_weights(node: Node, constants: Mapping[str, np.ndarray]) 
     stores such weights packed (WebGPU's ``weights.bin``) keeps it, so the int8 weights, not
     four-times-larger floats, are what ships; the kernel dequantizes as it reads."""
     x = constants.get(node.inputs[0]) if node.inputs else None
-    return node.op == "dequantize_linear" and x is not None and x.dtype.itemsize == 1
+    return node.op == "dequantize_linear" and x is not None and x.dtype in (np.int8, np.uint8)
 
 
 def fold_constants(graph: Graph, keep=None) -> Graph:

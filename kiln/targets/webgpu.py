@@ -28,7 +28,7 @@ def _transposable_dequantize(dq, consumers, constants) -> bool:
     if dq is None or dq.op != "dequantize_linear" or dq.attrs.get("block_size"):
         return False
     x = constants.get(dq.inputs[0])
-    return x is not None and x.dtype.itemsize == 1 and len(consumers.get(dq.outputs[0].name, [])) == 1
+    return x is not None and x.dtype in (np.int8, np.uint8) and len(consumers.get(dq.outputs[0].name, [])) == 1
 
 
 class WebGPUTarget(Target):
