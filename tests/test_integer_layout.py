@@ -240,16 +240,10 @@ def test_int64_product_of_wide_values_is_not_printed_as_vpmuldq():
 def test_integer_graph_output_comes_back_nchw(monkeypatch):
     """A QLinearConv whose uint8 output is the graph output (batch 2): the NHWC conv's result
     is transposed back under the output's own name."""
+    from tests.util import qlinear_conv_model
+
     c, oc = 8, 16
-    w = RNG.integers(-100, 100, (oc, c, 3, 3)).astype(np.int8)
-    inits = [nh.from_array(np.array(0.03, np.float32), "xs"), nh.from_array(np.array(120, np.uint8), "xz"),
-             nh.from_array(w, "w"), nh.from_array(np.linspace(0.002, 0.01, oc).astype(np.float32), "ws"),
-             nh.from_array(np.zeros(oc, np.int8), "wz"), nh.from_array(np.array(0.07, np.float32), "ys"),
-             nh.from_array(np.array(100, np.uint8), "yz")]
-    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])
-    g = helper.make_graph([node], "qlc", [helper.make_tensor_value_info("x", TP.UINT8, [2, c, 9, 9])],
-                          [helper.make_tensor_value_info("y", TP.UINT8, [2, oc, 9, 9])], initializer=inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    model = qlinear_conv_model(RNG.integers(-100, 100, (oc, c, 3, 3)), batch=2, hw=9, y_scale=0.07)
     _host_caps(monkeypatch, True)
     cm = kiln.compile(model)
     assert any(n.op == "qconv" and n.attrs.get("channels_last") for n in cm.graph.nodes)

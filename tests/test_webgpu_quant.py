@@ -15,7 +15,7 @@ import kiln
 from examples import models
 from kiln.codegen.wgsl_model import to_packed_words
 from tests.conftest import require_webgpu
-from tests.util import ort_run
+from tests.util import ort_run, qlinear_conv_model
 
 RNG = np.random.default_rng(17)
 
@@ -48,15 +48,7 @@ def test_qdq_model_stays_float_on_webgpu():
 
 
 def _qlinear_conv(oc=5, c=3):
-    w = RNG.integers(-128, 128, (oc, c, 3, 3)).astype(np.int8)
-    inits = [nh.from_array(np.array(0.03, np.float32), "xs"), nh.from_array(np.array(120, np.uint8), "xz"),
-             nh.from_array(w, "w"), nh.from_array(np.linspace(0.002, 0.01, oc).astype(np.float32), "ws"),
-             nh.from_array(np.zeros(oc, np.int8), "wz"), nh.from_array(np.array(0.05, np.float32), "ys"),
-             nh.from_array(np.array(100, np.uint8), "yz")]
-    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])
-    g = helper.make_graph([node], "qlc", [helper.make_tensor_value_info("x", TP.UINT8, [1, c, 8, 8])],
-                          [helper.make_tensor_value_info("y", TP.UINT8, [1, oc, 8, 8])], initializer=inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return qlinear_conv_model(RNG.integers(-128, 128, (oc, c, 3, 3)), batch=1, hw=8)
 
 
 def _matmul_integer(k=7, n=5, wtype=np.int8):

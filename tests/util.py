@@ -64,3 +64,20 @@ def check_against_ort(model, inputs, backend, rtol=1e-3, atol=1e-4):
     got = kiln_run(model, inputs, backend)
     assert_close(got, want, rtol, atol)
     return got
+
+
+def qlinear_conv_model(w: np.ndarray, batch: int, hw: int, y_scale: float = 0.05) -> onnx.ModelProto:
+    """A 3x3 (pad 1) QLinearConv over uint8 (N, C, hw, hw) with the given int8 weights
+    (OC, C, 3, 3), per-channel weight scales, uint8 output: an integer model whose weights
+    and output stay integers in every backend."""
+    from onnx import TensorProto as TP, numpy_helper as nh
+
+    oc, c = w.shape[:2]
+    inits = [nh.from_array(np.array(0.03, np.float32), "xs"), nh.from_array(np.array(120, np.uint8), "xz"),
+             nh.from_array(w.astype(np.int8), "w"), nh.from_array(np.linspace(0.002, 0.01, oc).astype(np.float32), "ws"),
+             nh.from_array(np.zeros(oc, np.int8), "wz"), nh.from_array(np.array(y_scale, np.float32), "ys"),
+             nh.from_array(np.array(100, np.uint8), "yz")]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])
+    g = helper.make_graph([node], "qlc", [helper.make_tensor_value_info("x", TP.UINT8, [batch, c, hw, hw])],
+                          [helper.make_tensor_value_info("y", TP.UINT8, [batch, oc, hw, hw])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
