@@ -27,6 +27,7 @@ exactly as the compiler does when it applies a tuning record.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 
@@ -163,6 +164,23 @@ class DesignSpace:
         blocks = rules.largest_divisor(self.block_n, max(cols // self.col_n, 1)) if isinstance(self.col_n, int) else 1
         d["col_blocks"] = blocks if blocks in self.domain("col_blocks", d) else 1
         return d
+
+    def coordinates(self, decisions: dict) -> list[float]:
+        """The decisions as a point with every knob in [0, 1] (sizes on a log scale), for
+        measuring how far apart two candidates are."""
+        d = self.validate(decisions)
+        limits = {"row_tile": MAX_ROW_TILE, "col_tile": MAX_COL_TILE, "row_block": MAX_BLOCK,
+                  "col_block": MAX_BLOCK, "k_split": MAX_K_SPLIT, "col_blocks": MAX_COL_BLOCKS}
+        point = []
+        for knob in KNOBS:
+            v = d[knob]
+            if knob == "parallel":
+                point.append(PARALLEL_CHOICES.index(v) / (len(PARALLEL_CHOICES) - 1))
+            elif isinstance(v, bool):
+                point.append(float(v))
+            else:
+                point.append(math.log2(v) / math.log2(limits[knob]))
+        return point
 
     def sample(self, rng: random.Random) -> dict:
         d: dict = {}
