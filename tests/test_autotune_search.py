@@ -169,19 +169,26 @@ def _spread(sp, batch):
     return np.mean([np.linalg.norm(a - b) for a, b in itertools.combinations(pts, 2)])
 
 
-def test_first_batch_is_the_default_then_spread_samples_when_the_model_knows_nothing(tasks, space):
+def _knobs_changed(a, b):
+    return sum(a[k] != b[k] for k in a)
+
+
+def test_first_batch_is_the_default_its_neighbours_and_spread_samples_when_the_model_knows_nothing(tasks, space):
     t = tasks[0]
-    batch = EvolutionarySearch(space, NoPredict(), seed=0).next_batch(t, set(), [], 6)
-    assert batch[0].decisions == space.default()
-    assert len({c.key for c in batch}) == 6
-    # farther apart than plain random samples, on average over seeds (no timing involved)
-    spread = np.mean([_spread(space, EvolutionarySearch(space, NoPredict(), seed=s).next_batch(t, set(), [], 6)[1:])
+    batch = EvolutionarySearch(space, NoPredict(), seed=0).next_batch(t, set(), [], 9)
+    default = space.default()
+    assert batch[0].decisions == default
+    assert len({c.key for c in batch}) == 9
+    # half the rest: the default with one or two knobs changed (a mutation re-picks knobs it invalidates)
+    assert all(1 <= _knobs_changed(c.decisions, default) <= 4 for c in batch[1:5])
+    # the other half: farther apart than plain random samples, on average over seeds (no timing involved)
+    spread = np.mean([_spread(space, EvolutionarySearch(space, NoPredict(), seed=s).next_batch(t, set(), [], 9)[5:])
                       for s in range(5)])
-    plain = np.mean([_spread(space, RandomSearch(space, NoPredict(), seed=s).next_batch(t, set(), [], 5))
+    plain = np.mean([_spread(space, RandomSearch(space, NoPredict(), seed=s).next_batch(t, set(), [], 4))
                      for s in range(5)])
     assert spread > plain
     no_default = EvolutionarySearch(space, NoPredict(), seed=0, default_first=False).next_batch(t, set(), [], 6)
-    assert no_default[0].decisions != space.default()
+    assert all(_knobs_changed(c.decisions, default) > 2 for c in no_default)  # no default, no neighbours
     measured = {canonical(space.default())}  # resumed: the default was measured already
     again = EvolutionarySearch(space, NoPredict(), seed=0).next_batch(t, measured, [], 3)
     assert all(c.key not in measured for c in again)

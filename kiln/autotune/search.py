@@ -7,8 +7,11 @@ measure, in the manner of Ansor's sketch-policy search:
    (``DesignSpace.default()``, the untuned schedule) open the first batch
    (``default_first``), so the search never ends worse than the untuned kernel. While
    the task has no measurements and the model has learnt nothing (``trained`` False),
-   ranking by the model would be ranking by noise: the rest of that batch is random
-   samples spread over the space (farthest-point selection on the knobs) instead;
+   ranking by the model would be ranking by noise: the rest of that batch is, half,
+   neighbours of the default (one or two knobs changed: the rules are a good prior) and,
+   half, random samples spread over the space (farthest-point selection on the knobs).
+   With ``default_first=False`` neither the default nor its neighbours are measured
+   first (the default is only a member of the evolutionary population, ranked like any);
 1. a population from the best measured candidates (``init_best``) plus fresh random samples;
 2. ``generations`` rounds: the model scores the population, parents are drawn with
    probability rising with their rank, and each child is a parent with one or two knobs
@@ -79,6 +82,8 @@ class EvolutionarySearch:
             batch.append(default)
             chosen.add(default.key)
         if not best and not getattr(self.model, "trained", True):  # cold start: nothing to rank by
+            if self.default_first:
+                self._neighbours(default, batch, chosen, len(batch) + (size - len(batch)) // 2)
             return self._diverse_random(batch, chosen, size)
         pop = self.initial_population(best, default)
         members = list(pop.values())
@@ -119,6 +124,19 @@ class EvolutionarySearch:
             batch.append(c)
             chosen.add(c.key)
         return self._fill_random(batch, chosen, size)  # the population ran dry: random samples
+
+    def _neighbours(self, centre: Candidate, batch: list[Candidate], chosen: set[str], size: int) -> None:
+        """``batch`` topped up to ``size`` with unmeasured mutants of ``centre`` (one or two knobs)."""
+        for _ in range(20 * max(size - len(batch), 0)):
+            if len(batch) >= size:
+                return
+            d = self.space.mutate(centre.decisions, self.rng)
+            if self.rng.random() < 0.3:
+                d = self.space.mutate(d, self.rng)
+            if canonical(d) not in chosen:
+                c = self.candidate(d)
+                batch.append(c)
+                chosen.add(c.key)
 
     def _diverse_random(self, batch: list[Candidate], chosen: set[str], size: int, pool: int = 8) -> list[Candidate]:
         """``batch`` topped up to ``size`` with random samples spread over the space: from
