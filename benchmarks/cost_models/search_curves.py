@@ -133,7 +133,7 @@ def retime_holders(task, runs_holders: list[list[dict | None]], rounds: int, rep
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=["gemm", "resnet18"], default="gemm")
-    p.add_argument("--size", type=int, default=1024, help="GEMM size, or ResNet image size")
+    p.add_argument("--size", type=int, default=None, help="GEMM size (default 1024), or ResNet image size (224)")
     p.add_argument("--tasks", type=int, default=4, help="ResNet-18: the heaviest N convolution tasks")
     p.add_argument("--trials", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16)
@@ -146,6 +146,8 @@ def main(argv=None):
                    help="for method xgb-pretrained: random-search trials per other task to pretrain on")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "cost_models"))
     args = p.parse_args(argv)
+    if args.size is None:
+        args.size = 1024 if args.workload == "gemm" else 224
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     methods = args.methods.split(",")
