@@ -5,7 +5,7 @@
     kiln run MODEL|DIR --target T --inputs in.npz [--outputs out.npz]
     kiln inspect MODEL [--print-ir-after STAGE] [--input-shape NAME=...]
     kiln bench MODEL --target host [--against ort,torch,tvm] [--repeats N] [--input-shape NAME=...]
-    kiln tune MODEL --target host --trials N --db DIR [--cost-model xgb|random|pkg.mod:Class]
+    kiln tune MODEL --target host --trials N --db DIR [--cost-model xgb|xgb:MODEL.json|random|pkg.mod:Class]
 
 Every error Kiln raises on purpose (``KilnError``) prints as ``kiln: error: <message>`` on
 stderr with exit code 2 and no traceback. The compiler itself is imported inside each
@@ -429,7 +429,8 @@ def bench_cmd(model: str, target: str, against: str, repeats: int, input_shapes)
                    "(rerunning resumes).")
 @click.option("--db", metavar="DIR", required=True, help="Tuning database directory (created if missing).")
 @click.option("--cost-model", "cost_model", default="xgb", show_default=True, metavar="MODEL",
-              help="xgb, random, or a class pkg.mod:Class implementing kiln.autotune.cost_model.CostModel.")
+              help="xgb, xgb:MODEL.json (XGB starting from a model trained on other tasks), random, "
+                   "or a class pkg.mod:Class implementing kiln.autotune.cost_model.CostModel.")
 @click.option("--search", type=click.Choice(["evolutionary", "random"]), default="evolutionary",
               show_default=True, help="evolutionary: guided by the cost model; random: pure random search.")
 @click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=8, show_default=True,

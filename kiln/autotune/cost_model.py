@@ -20,6 +20,12 @@ custom objective -- squared error of the packed sum, weighted by the label so th
 fast candidates, the ones search cares about, are fitted best. ``objective="rank"``
 trains XGBoost's pairwise ranking objective within each task on the summed store features
 instead. Saved models are XGBoost JSON with the feature version and settings as attributes.
+
+Transfer: ``XGBModel(pretrained="other.json")`` (``--cost-model xgb:other.json``) starts
+from a model trained on other tasks -- a database's ``cost_model.json``, or one fitted on
+an exported dataset. It ranks candidates from the first batch on, and every retraining
+continues boosting from it (new trees fit what the pretrained ones get wrong on this
+task's measurements) instead of starting from nothing.
 """
 from __future__ import annotations
 
@@ -55,6 +61,12 @@ class CostModel(ABC):
 
     name = "custom"
 
+    @property
+    def trained(self) -> bool:
+        """False while the model has learnt nothing (its scores are noise): the search then
+        samples the space instead of ranking by it. Custom models are trusted by default."""
+        return True
+
     @abstractmethod
     def predict(self, task, candidates) -> np.ndarray:
         ...
@@ -84,6 +96,10 @@ class RandomModel(CostModel):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
+    @property
+    def trained(self) -> bool:
+        return False
+
     def predict(self, task, candidates) -> np.ndarray:
         return self.rng.uniform(size=len(candidates))
 
@@ -104,14 +120,22 @@ class XGBModel(CostModel):
     name = "xgb"
 
     def __init__(self, objective: str = "packsum", rounds: int = 60, max_depth: int = 8, eta: float = 0.2,
-                 seed: int = 0, nthread: int = 2):
+                 seed: int = 0, nthread: int = 2, pretrained=None):
         if objective not in ("packsum", "rank"):
             raise TuningError(f"XGBModel objective must be 'packsum' or 'rank', got {objective!r}")
         self.objective, self.rounds, self.max_depth, self.eta = objective, rounds, max_depth, eta
         self.seed, self.nthread = seed, nthread
         self.booster = None
+        self.base = None   # the pretrained booster every retraining continues from
         self._data: dict[str, tuple[list[np.ndarray], list[float | None]]] = {}
         self._rng = np.random.default_rng(seed)
+        if pretrained is not None:
+            self.load(pretrained)
+            self.base = self.booster
+
+    @property
+    def trained(self) -> bool:
+        return self.booster is not None
 
     @staticmethod
     def _xgb():
@@ -163,7 +187,7 @@ class XGBModel(CostModel):
             x = np.stack([g.sum(axis=0) for g in groups])
             order = np.argsort(np.asarray(qids), kind="stable")
             d = xgb.DMatrix(x[order], label=labels[order], qid=np.asarray(qids)[order])
-            self.booster = xgb.train(self._params(), d, num_boost_round=self.rounds)
+            self.booster = xgb.train(self._params(), d, num_boost_round=self.rounds, xgb_model=self.base)
             return
         x = np.concatenate(groups)
         owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
@@ -175,7 +199,8 @@ class XGBModel(CostModel):
             return (weight * residual)[owner], weight[owner]
 
         d = xgb.DMatrix(x, label=np.zeros(len(x), dtype=np.float32))
-        self.booster = xgb.train(self._params(), d, num_boost_round=self.rounds, obj=packsum_squared_error)
+        self.booster = xgb.train(self._params(), d, num_boost_round=self.rounds, obj=packsum_squared_error,
+                                 xgb_model=self.base)
 
     # -- prediction ---------------------------------------------------------------------------
     def predict(self, task, candidates) -> np.ndarray:
@@ -206,18 +231,26 @@ class XGBModel(CostModel):
     def load(self, path) -> None:
         xgb = self._xgb()
         path = Path(path)
-        if not path.exists():
-            raise TuningError(f"no saved cost model at {path}")
+        if not path.is_file():
+            raise TuningError(f"no saved cost model at {path}: expected an XGBoost JSON file written by "
+                              "XGBModel.save (kiln tune leaves one in its database as cost_model.json)")
         booster = xgb.Booster()
         try:
             booster.load_model(str(path))
         except xgb.core.XGBoostError as e:
-            raise TuningError(f"{path} is not an XGBoost JSON model: {e}") from None
+            raise TuningError(f"{path} is not an XGBoost JSON model (expected one written by XGBModel.save): "
+                              f"{str(e).splitlines()[0]}") from None
         version = booster.attr("kiln_feature_version")
         if version != FEATURE_VERSION:
             raise TuningError(f"{path} was trained on features {version!r}; this Kiln extracts "
-                              f"{FEATURE_VERSION!r}: retrain it")
-        self.objective = booster.attr("kiln_objective") or "packsum"
+                              f"{FEATURE_VERSION!r} ({N_FEATURES} per store): retrain it")
+        if booster.num_features() != N_FEATURES:
+            raise TuningError(f"{path} takes {booster.num_features()} features per store; expected {N_FEATURES} "
+                              f"({FEATURE_VERSION})")
+        objective = booster.attr("kiln_objective") or "packsum"
+        if objective not in ("packsum", "rank"):
+            raise TuningError(f"{path} was trained with objective {objective!r}; expected 'packsum' or 'rank'")
+        self.objective = objective
         self.booster = booster
 
     @classmethod
@@ -231,7 +264,8 @@ BUILTIN = {"xgb": XGBModel, "random": RandomModel}
 
 
 def load_cost_model(spec="xgb", seed: int = 0) -> CostModel:
-    """``xgb``, ``random``, ``pkg.mod:Class``, or a CostModel instance (returned as is)."""
+    """``xgb``, ``xgb:PATH`` (XGB starting from the model saved at PATH), ``random``,
+    ``pkg.mod:Class``, or a CostModel instance (returned as is)."""
     if isinstance(spec, CostModel):
         return spec
     if not isinstance(spec, str):
@@ -240,8 +274,12 @@ def load_cost_model(spec="xgb", seed: int = 0) -> CostModel:
         raise TuningError(f"cost model must be 'xgb', 'random', 'pkg.mod:Class' or a CostModel; got {spec!r}")
     if spec in BUILTIN:
         return BUILTIN[spec](seed=seed)
+    if spec.startswith("xgb:"):
+        if not spec[4:]:
+            raise TuningError("xgb: needs the path of a saved model after the colon (xgb:PATH.json)")
+        return XGBModel(seed=seed, pretrained=spec[4:])
     if ":" not in spec:
-        raise TuningError(f"unknown cost model {spec!r}; expected xgb, random or pkg.mod:Class")
+        raise TuningError(f"unknown cost model {spec!r}; expected xgb, xgb:PATH.json, random or pkg.mod:Class")
     mod_name, _, cls_name = spec.partition(":")
     try:
         cls = getattr(importlib.import_module(mod_name), cls_name)

@@ -9,9 +9,17 @@ untuned kernel (the default schedule) on the same random inputs.
 
 Results carry an ``error`` kind: ``build``, ``timeout``, ``crash``, ``oob``, ``wrong``
 (or ``None`` when the candidate is valid and ``latency`` holds its median time).
+
+Noise: on a shared machine one run of a kernel can be 10 % faster than the next for no
+reason the schedule explains. So a candidate that would become the task's new best
+(``measure(..., confirm_below=best)``) is run ``confirm`` more times before its time
+counts, and its latency is the median of all its runs: a single lucky run never defines
+the best. ``retime`` times a set of finished candidates in interleaved rounds (each round
+runs every candidate once), for comparisons that drift in the machine's speed must not bias.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import statistics
@@ -45,6 +53,7 @@ class MeasureOptions:
     builders: int = 2              # parallel gcc processes
     rtol: float = 1e-3             # output check against the untuned kernel
     atol: float = 1e-4
+    confirm: int = 2               # extra runs of a candidate that would become the new best
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Result:
     error: str | None = None       # one of ERROR_KINDS
     detail: str = ""
     costs: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)   # per-run medians when it was confirmed
 
     @property
     def ok(self) -> bool:
@@ -176,6 +186,9 @@ class Measurer:
         if not res.ok:
             raise TuningError(f"the untuned kernel of task {task.name} failed ({res.error}: {res.detail})")
         outs = self._read_outputs(func, out_file)
+        res = self._confirm(exe, inputs_file, task.caps.threads, res)  # the bar every candidate is held to
+        if not res.ok:
+            raise TuningError(f"the untuned kernel of task {task.name} failed ({res.error}: {res.detail})")
         self._refs[task.key] = (inputs_file, outs, res.latency)
         return outs, res.latency
 
@@ -190,18 +203,39 @@ class Measurer:
                 off += n
         return outs
 
-    def measure(self, task, funcs: list[Func]) -> list[Result]:
-        """Build (in parallel) and run (one at a time, for quiet timings) scheduled candidates."""
-        ref_outs, _ = self.reference(task)
-        inputs_file = self._refs[task.key][0]
+    def _build_all(self, funcs: list[Func]) -> list[tuple[Path | None, str]]:
         names = []
         for _ in funcs:
             self._count += 1
             names.append(f"c{self._count}")
         with ThreadPoolExecutor(max_workers=max(self.options.builders, 1)) as pool:
-            built = list(pool.map(self._build, funcs, names))
+            return list(pool.map(self._build, funcs, names))
+
+    def _confirm(self, exe: Path, inputs_file: Path, threads: int, res: Result) -> Result:
+        """``res`` run ``confirm`` more times; its latency becomes the median of all runs."""
+        runs = [res.latency]
+        costs = list(res.costs)
+        scratch = exe.parent / "confirm.bin"
+        for _ in range(self.options.confirm):
+            again = self._run(exe, inputs_file, scratch, threads)
+            if not again.ok:  # flaky: crashed or hung on a later run, so it never counts
+                return Result(None, again.error, f"on a confirming run: {again.detail}")
+            runs.append(again.latency)
+            costs += again.costs
+        return Result(statistics.median(runs), None, res.detail, costs, runs)
+
+    def measure(self, task, funcs: list[Func], confirm_below: float | None = None) -> list[Result]:
+        """Build (in parallel) and run (one at a time, for quiet timings) scheduled candidates.
+
+        ``confirm_below``: the task's best latency so far (None: no best yet). A valid
+        candidate measured faster than it is confirmed (``MeasureOptions.confirm`` more
+        runs, median of all), and the bar moves to its confirmed latency.
+        """
+        ref_outs, _ = self.reference(task)
+        inputs_file = self._refs[task.key][0]
         results = []
-        for func, (exe, err) in zip(funcs, built):
+        bar = math.inf if confirm_below is None else confirm_below
+        for func, (exe, err) in zip(funcs, self._build_all(funcs)):
             if exe is None:
                 results.append(Result(None, "build", err))
                 continue
@@ -209,9 +243,51 @@ class Measurer:
             res = self._run(exe, inputs_file, out_file, task.caps.threads)
             if res.ok:
                 res = self._check(func, out_file, ref_outs, res)
+            if res.ok and res.latency < bar and self.options.confirm > 0:
+                res = self._confirm(exe, inputs_file, task.caps.threads, res)
+                if res.ok:
+                    bar = min(bar, res.latency)
             shutil.rmtree(exe.parent, ignore_errors=True)
             results.append(res)
         return results
+
+    def retime(self, task, funcs: list[Func], rounds: int = 5) -> list[Result]:
+        """Time finished candidates in ``rounds`` interleaved rounds (every candidate once per
+        round, in a rotating order), checked against the untuned kernel; the latency is the
+        median over rounds. For judging which of several tuned kernels is really fastest."""
+        if not isinstance(rounds, int) or rounds < 1:
+            raise TuningError(f"rounds must be a positive integer, got {rounds!r}")
+        ref_outs, _ = self.reference(task)
+        inputs_file = self._refs[task.key][0]
+        built = self._build_all(funcs)
+        failed: dict[int, Result] = {i: Result(None, "build", err) for i, (exe, err) in enumerate(built) if exe is None}
+        runs: dict[int, list[Result]] = {i: [] for i in range(len(funcs)) if i not in failed}
+        try:
+            for r in range(rounds):
+                live = [i for i in runs if i not in failed]
+                shift = r % len(live) if live else 0
+                for i in live[shift:] + live[:shift]:  # no candidate always runs first
+                    exe = built[i][0]
+                    out_file = exe.parent / "outputs.bin"
+                    res = self._run(exe, inputs_file, out_file, task.caps.threads)
+                    if res.ok and r == 0:
+                        res = self._check(funcs[i], out_file, ref_outs, res)
+                    if not res.ok:
+                        failed[i] = res
+                    else:
+                        runs[i].append(res)
+        finally:
+            for exe, _ in built:
+                if exe is not None:
+                    shutil.rmtree(exe.parent, ignore_errors=True)
+        out = []
+        for i in range(len(funcs)):
+            if i in failed:
+                out.append(failed[i])
+                continue
+            lats = [x.latency for x in runs[i]]
+            out.append(Result(statistics.median(lats), None, "", [c for x in runs[i] for c in x.costs], lats))
+        return out
 
     def _check(self, func: Func, out_file: Path, ref_outs, res: Result) -> Result:
         try:

@@ -27,12 +27,13 @@ exactly as the compiler does when it applies a tuning record.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 
 from kiln.errors import TuningError
 from kiln.ir.compute import Stage
-from kiln.ir.loop import Alloc, For, Func, Seq, walk_stmts
+from kiln.ir.loop import Func, Seq
 from kiln.ir.schedule import Schedule
 from kiln.passes import default_schedule as rules
 from kiln.passes.hoist_loads import cleanup_loops
@@ -72,15 +73,6 @@ def has_space(func: Func, stages: list[Stage]) -> bool:
     return _tiled_stage(func, stages) is not None
 
 
-def _reduction_loops(sch: Schedule, innermost_spatial: str) -> list[tuple[str, int]]:
-    """The reduction loops under the scalar accumulator of a lowered reduction."""
-    alloc = next((s for s in walk_stmts(sch._loop(innermost_spatial)) if isinstance(s, Alloc)), None)
-    if alloc is None or not isinstance(alloc.body, Seq) or len(alloc.body.stmts) < 3:
-        return []
-    nest = alloc.body.stmts[1]
-    return rules._nest_names(nest) if isinstance(nest, For) else []
-
-
 def canonical(decisions: dict) -> str:
     """One string per decision, for deduplication and database lookups."""
     return json.dumps({k: decisions[k] for k in sorted(decisions)}, sort_keys=True)
@@ -107,7 +99,7 @@ class DesignSpace:
         self.row_n, self.col_n = self.spatial[row_ax][1], self.spatial[col_ax][1]
         probe = Schedule(self.func)  # the reduction loop the rule splits, after the index split
         rules._split_reductions_at_index_divisors(probe, self.spatial[0][0])
-        red = _reduction_loops(probe, self.spatial[-1][0])
+        red = rules.reduction_loops(probe, self.spatial[-1][0])
         self.k_n = red[-1][1] if red else 1
         self.block_ax = st.hints.get("col_block_axis")
         self.block_n = self.spatial[self.block_ax][1] if self.block_ax is not None else 1
@@ -151,18 +143,30 @@ class DesignSpace:
         return total
 
     def default(self) -> dict:
-        """The decisions of the untuned rule (default_schedule.tile_reduction)."""
+        """The decisions of the untuned rule (default_schedule.default_tiling)."""
         st = self.stages[self.index]
-        rows, cols = self.caps.tile(st.dtype.itemsize)
         work = rules._size(st.shape) * rules._reduce_work(st)
-        d = {"row_tile": rules.largest_divisor(self.row_n, rows),
-             "col_tile": rules.largest_divisor(self.col_n, cols), "row_block": 1, "col_block": 1,
-             "k_split": 1, "unroll_k": False, "unroll_rows": True, "vectorize": True,
-             "parallel": rules.TARGET_PARALLEL_EXTENT if work >= rules.PARALLEL_MIN_WORK else 0,
-             "panel_outer": bool(st.hints.get("panel_outer"))}
-        blocks = rules.largest_divisor(self.block_n, max(cols // self.col_n, 1)) if isinstance(self.col_n, int) else 1
-        d["col_blocks"] = blocks if blocks in self.domain("col_blocks", d) else 1
+        d = rules.default_tiling(self.spatial, st.hints, work, rules.tile_sizes(st, self.caps))
+        if d["col_blocks"] not in self.domain("col_blocks", d):
+            d["col_blocks"] = 1
         return d
+
+    def coordinates(self, decisions: dict) -> list[float]:
+        """The decisions as a point with every knob in [0, 1] (sizes on a log scale), for
+        measuring how far apart two candidates are."""
+        d = self.validate(decisions)
+        limits = {"row_tile": MAX_ROW_TILE, "col_tile": MAX_COL_TILE, "row_block": MAX_BLOCK,
+                  "col_block": MAX_BLOCK, "k_split": MAX_K_SPLIT, "col_blocks": MAX_COL_BLOCKS}
+        point = []
+        for knob in KNOBS:
+            v = d[knob]
+            if knob == "parallel":
+                point.append(PARALLEL_CHOICES.index(v) / (len(PARALLEL_CHOICES) - 1))
+            elif isinstance(v, bool):
+                point.append(float(v))
+            else:
+                point.append(math.log2(v) / math.log2(limits[knob]))
+        return point
 
     def sample(self, rng: random.Random) -> dict:
         d: dict = {}
@@ -210,64 +214,15 @@ class DesignSpace:
                 continue
             work = rules._size(st.shape) * rules._reduce_work(st)
             if i == self.index:
-                self._tile(sch, spatial, st.hints["tile"], d, pad)
+                rules.apply_tiling(sch, spatial, st.hints, d, pad)
             elif st.has_reduce and "tile" in st.hints:
-                rules.tile_reduction(sch, spatial, st.hints, work, self.caps.tile(st.dtype.itemsize))
+                rules.tile_reduction(sch, spatial, st.hints, work, rules.tile_sizes(st, self.caps))
             elif st.has_reduce:
                 rules._parallel_outer(sch, spatial, work)
             else:
                 rules._injective(sch, spatial, work)
         rules._vectorize_scalar_reductions(sch)
         return sch
-
-    def _tile(self, sch: Schedule, spatial, tile, d: dict, pad=None) -> None:
-        rules._split_reductions_at_index_divisors(sch, spatial[0][0])
-        if d["k_split"] > 1:
-            red = _reduction_loops(sch, spatial[-1][0])
-            _, k_inner = sch.split(red[-1][0], d["k_split"])
-            if d["unroll_k"]:
-                sch.unroll(k_inner)
-        row, col = spatial[tile[0]][0], spatial[tile[1]][0]
-        ro, ri = sch.split(row, d["row_tile"])
-        co, ci = sch.split(col, d["col_tile"])
-        blocks = None
-        if d["col_blocks"] > 1:
-            bo, blocks = sch.split(spatial[self.block_ax][0], d["col_blocks"])
-        first, second = (co, ro) if d["panel_outer"] else (ro, co)
-        outer = [first if n == row else second if n == col else bo if blocks and k == self.block_ax else n
-                 for k, (n, _) in enumerate(spatial)]
-        block = []
-        if d["row_block"] > 1:
-            ro2, rb = sch.split(ro, d["row_block"])
-            outer[outer.index(ro)] = ro2
-            block.append(rb)
-        if d["col_block"] > 1:
-            co2, cb = sch.split(co, d["col_block"])
-            outer[outer.index(co)] = co2
-            block.append(cb)
-        order = outer + block + ([ri, blocks, ci] if blocks else [ri, ci])
-        sch.reorder(*order)
-        sch.decompose_reduction(ri)
-        if d["unroll_rows"]:
-            sch.unroll(ri)
-        if blocks:
-            sch.unroll(blocks)
-        if d["vectorize"]:
-            for name in (ci, ci + "_init", ci + "_wb"):
-                sch.vectorize(name)
-        if pad is not None:
-            at = spatial[self.stages[self.index].hints["pad_at"]][0]
-            if rules._pad_inside(sch, pad, at) and at in outer:
-                outer = outer[: outer.index(at) + 1]  # loops inside `at` no longer nest perfectly
-        if d["parallel"]:
-            extents = [sch._loop(n).extent for n in outer]
-            name, extent = outer[0], extents[0]
-            for nxt, n in zip(outer[1:], extents[1:]):
-                if extent >= d["parallel"]:
-                    break
-                name = sch.fuse(name, nxt)
-                extent *= n
-            sch.parallel(name)
 
 
 class Candidate:

@@ -127,10 +127,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
             _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile, vnni), work)
         elif st.has_reduce and "tile" in st.hints:
-            rows, cols = caps.tile(st.dtype.itemsize)
-            rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries
-            cols = st.hints.get("tile_cols", cols)              # a layout blocked by columns
-            tile_reduction(sch, spatial, st.hints, work, (rows, cols), pad=pads.get(st.name))
+            tile_reduction(sch, spatial, st.hints, work, tile_sizes(st, caps), pad=pads.get(st.name))
         elif st.has_reduce:
             _parallel_outer(sch, spatial, work)
         elif "runs" in st.hints:
@@ -202,48 +199,107 @@ def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> No
                 return
 
 
-def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, int], pad=None) -> None:
-    """Register tile of ``sizes`` (rows, columns) over the axes ``hints["tile"]`` names.
+def tile_sizes(st: Stage, caps: Capabilities) -> tuple[int, int]:
+    """The register tile (rows, columns) the default rule aims for on this stage."""
+    rows, cols = caps.tile(st.dtype.itemsize)
+    rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries
+    cols = st.hints.get("tile_cols", cols)              # a layout blocked by columns
+    return rows, cols
 
-    Optional hints:
+
+def default_tiling(spatial, hints: dict, work, sizes: tuple[int, int]) -> dict:
+    """The decisions of the default tiling rule for a register tile of ``sizes``: the
+    constants that the tuner's design space (autotune/space.py) opens up as knobs."""
+    row_ax, col_ax = hints["tile"]
+    row_n, col_n = spatial[row_ax][1], spatial[col_ax][1]
+    col_tile = largest_divisor(col_n, sizes[1])
+    col_blocks, block_ax = 1, hints.get("col_block_axis")
+    if block_ax is not None and col_tile == col_n and isinstance(col_n, int):
+        col_blocks = largest_divisor(spatial[block_ax][1], max(sizes[1] // col_n, 1))
+    return {"row_tile": largest_divisor(row_n, sizes[0]), "col_tile": col_tile, "row_block": 1, "col_block": 1,
+            "k_split": 1, "unroll_k": False, "unroll_rows": True, "vectorize": True,
+            "parallel": TARGET_PARALLEL_EXTENT if work >= PARALLEL_MIN_WORK else 0,
+            "panel_outer": bool(hints.get("panel_outer")), "col_blocks": col_blocks}
+
+
+def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, int], pad=None) -> None:
+    """Register tile of ``sizes`` (rows, columns) over the axes ``hints["tile"]`` names:
+    ``apply_tiling`` with the default decisions."""
+    apply_tiling(sch, spatial, hints, default_tiling(spatial, hints, work, sizes), pad)
+
+
+def reduction_loops(sch: Schedule, innermost_spatial: str) -> list[tuple[str, int]]:
+    """The reduction loops under the scalar accumulator of a lowered reduction."""
+    from kiln.ir.loop import Alloc
+
+    alloc = next((s for s in walk_stmts(sch._loop(innermost_spatial)) if isinstance(s, Alloc)), None)
+    if alloc is None or not isinstance(alloc.body, Seq) or len(alloc.body.stmts) < 3:
+        return []
+    nest = alloc.body.stmts[1]
+    return _nest_names(nest) if isinstance(nest, For) else []
+
+
+def apply_tiling(sch: Schedule, spatial, hints: dict, d: dict, pad=None) -> None:
+    """Multi-level tiling of a GEMM-like nest, as ``d`` (a dict of the design space's knobs) says:
+
+        spatial loops ... row_o, col_o | row blocks, col blocks | k.. | row_i, col_i
+                          (parallel)     (``row_block``/``col_block``) (reduction) (register tile)
+
+    The reduction loops move outside the register tile (the tile lives in registers); the
+    innermost one is split by ``k_split`` (its inner part unrolled with ``unroll_k``). The
+    tile's rows are unrolled (``unroll_rows``), its columns vectorized (``vectorize``).
+
+    Hints:
     - ``panel_outer``: the column-tile loop runs outside the row-tile loop (a packed B
       panel stays in cache while the row tiles stream past it);
     - ``col_block_axis``: the axis that counts blocks of the column axis (a blocked conv's
       output-channel blocks). When one block is narrower than the tile's columns, the tile
-      takes several blocks: each input value loaded then feeds more accumulators;
+      takes ``col_blocks`` blocks: each input value loaded then feeds more accumulators;
     - ``pad_at``: the axis in whose loop the padded input ``pad`` (its (loops, stage), from
       the kernel's stage before) is computed, only the rows that iteration reads.
+    Outer loops are fused until ``parallel`` chunks run in parallel (0: serial).
     """
     _split_reductions_at_index_divisors(sch, spatial[0][0])
+    if d["k_split"] > 1:
+        red = reduction_loops(sch, spatial[-1][0])
+        _, k_inner = sch.split(red[-1][0], d["k_split"])
+        if d["unroll_k"]:
+            sch.unroll(k_inner)
     row_ax, col_ax = hints["tile"]
-    (row, row_n), (col, col_n) = spatial[row_ax], spatial[col_ax]
-    ro, ri = sch.split(row, largest_divisor(row_n, sizes[0]))
-    col_tile = largest_divisor(col_n, sizes[1])
-    co, ci = sch.split(col, col_tile)
+    row, col = spatial[row_ax][0], spatial[col_ax][0]
+    ro, ri = sch.split(row, d["row_tile"])
+    co, ci = sch.split(col, d["col_tile"])
     blocks, block_ax = None, hints.get("col_block_axis")
-    if block_ax is not None and col_tile == col_n and isinstance(col_n, int):
-        per_tile = largest_divisor(spatial[block_ax][1], max(sizes[1] // col_n, 1))
-        if per_tile > 1:
-            bo, blocks = sch.split(spatial[block_ax][0], per_tile)
-    first, second = (co, ro) if hints.get("panel_outer") else (ro, co)
-    order = []
-    for k, (name, _) in enumerate(spatial):
-        order.append(first if name == row else second if name == col else bo if blocks and k == block_ax else name)
+    if d["col_blocks"] > 1:
+        bo, blocks = sch.split(spatial[block_ax][0], d["col_blocks"])
+    first, second = (co, ro) if d["panel_outer"] else (ro, co)
+    outer = [first if n == row else second if n == col else bo if blocks and k == block_ax else n
+             for k, (n, _) in enumerate(spatial)]
+    block = []
+    if d["row_block"] > 1:
+        ro2, rb = sch.split(ro, d["row_block"])
+        outer[outer.index(ro)] = ro2
+        block.append(rb)
+    if d["col_block"] > 1:
+        co2, cb = sch.split(co, d["col_block"])
+        outer[outer.index(co)] = co2
+        block.append(cb)
     tile = [ri, blocks, ci] if blocks else [ri, ci]
-    order += tile
-    sch.reorder(*order)
+    sch.reorder(*outer, *block, *tile)
     sch.decompose_reduction(ri)
-    sch.unroll(ri)
+    if d["unroll_rows"]:
+        sch.unroll(ri)
     if blocks:
         sch.unroll(blocks)
-    for name in (ci, ci + "_init", ci + "_wb"):
-        sch.vectorize(name)
-    outer = [(n, e) for n, e in zip(order[:-len(tile)], _extents(sch, order[:-len(tile)]))]
+    if d["vectorize"]:
+        for name in (ci, ci + "_init", ci + "_wb"):
+            sch.vectorize(name)
     if pad is not None:
         at = spatial[hints["pad_at"]][0]
-        if _pad_inside(sch, pad, at):
-            outer = outer[: [n for n, _ in outer].index(at) + 1]  # loops inside `at` no longer nest perfectly
-    _parallel_outer(sch, outer, work)
+        if _pad_inside(sch, pad, at) and at in outer:
+            outer = outer[: outer.index(at) + 1]  # loops inside `at` no longer nest perfectly
+    if d["parallel"]:
+        _fuse_parallel(sch, list(zip(outer, _extents(sch, outer))), d["parallel"])
 
 
 def pad_computed_inside(prev: Stage, st: Stage) -> bool:
@@ -274,12 +330,18 @@ def _extents(sch: Schedule, names) -> list[int]:
 
 def _parallel_outer(sch: Schedule, loops, work) -> None:
     """Fuse leading loops until there is enough parallelism, then mark the loop parallel."""
-    if work < PARALLEL_MIN_WORK or not loops:
+    if work >= PARALLEL_MIN_WORK:
+        _fuse_parallel(sch, loops, TARGET_PARALLEL_EXTENT)
+
+
+def _fuse_parallel(sch: Schedule, loops, target: int) -> None:
+    """Fuse leading ``loops`` ((name, extent) pairs) until ``target`` chunks, mark it parallel."""
+    if not loops:
         return
     name, extent = loops[0]
     extent = _static(extent)
     for nxt, n in loops[1:]:
-        if extent >= TARGET_PARALLEL_EXTENT:
+        if extent >= target:
             break
         name = sch.fuse(name, nxt)
         extent *= _static(n)
