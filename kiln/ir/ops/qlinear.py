@@ -332,9 +332,7 @@ def _windows_in_one_run(src, w, o, window, channels, strides, dil, epilogue, att
     win = compute(f"{o.name}__win", (n_, oh_, ow_, kh * row), copy, src.dtype, tag="pad", hints={"runs": row},
                   inline=False)
     stages = [win]
-    if attrs.get("vnni"):  # panels hold the padded rows already
-        weight = weight_reader(w, attrs)
-    elif not padded:
+    if not padded:  # (VNNI kernels never stage im2col windows: vnni_pack reads rows in place)
         weight = lambda oc, k: w[oc, k // run, k % run]  # noqa: E731
     else:
         def wcopy(oc, k):
