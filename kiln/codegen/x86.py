@@ -95,6 +95,12 @@ class X86Renderer(CRenderer):
             self.emit(line, depth + 2)
         self.emit("}", depth + 1)
         self.emit("}", depth)
+        self._plain_fallback(loop, depth, in_parallel)
+        self.stats["vnni_epilogues"] += 1
+        return True
+
+    def _plain_fallback(self, loop: For, depth: int, in_parallel: bool) -> None:
+        """``#else``, ``loop`` as plain C (no intrinsics anywhere inside it), ``#endif``."""
         self.emit("#else", 0)
         self._plain = True
         try:
@@ -102,8 +108,6 @@ class X86Renderer(CRenderer):
         finally:
             self._plain = False
         self.emit("#endif", 0)
-        self.stats["vnni_epilogues"] += 1
-        return True
 
     def _vnni_tile(self, loop: For, tile: "VnniTile", depth: int, in_parallel: bool,
                    around: For | None = None) -> None:
@@ -144,13 +148,7 @@ class X86Renderer(CRenderer):
             self.emit(" ".join(f"_mm512_storeu_si512((void*){acc(r, p)}, kiln_acc_{r}_{p});"
                                for p in range(panels)), depth + 1)
         self.emit("}", depth)
-        self.emit("#else", 0)
-        self._plain = True
-        try:
-            super().stmt(around or loop, depth, in_parallel)
-        finally:
-            self._plain = False
-        self.emit("#endif", 0)
+        self._plain_fallback(around or loop, depth, in_parallel)
         self.helpers_used.add("vnni")
         self.stats["vnni_tiles"] += 1
 

@@ -25,10 +25,10 @@ from kiln.targets.base import ModelSource, Target
 
 def _transposable_dequantize(dq, consumers, constants) -> bool:
     """A per-tensor or per-axis dequantize of a constant 8-bit tensor read by one transpose."""
-    if dq is None or dq.op != "dequantize_linear" or dq.attrs.get("block_size"):
-        return False
-    x = constants.get(dq.inputs[0])
-    return x is not None and x.dtype in (np.int8, np.uint8) and len(consumers.get(dq.outputs[0].name, [])) == 1
+    from kiln.passes.fold_constants import dequantizes_packed_weights
+
+    return (dq is not None and not dq.attrs.get("block_size") and dequantizes_packed_weights(dq, constants)
+            and len(consumers.get(dq.outputs[0].name, [])) == 1)
 
 
 class WebGPUTarget(Target):
