@@ -220,7 +220,7 @@ class DesignSpace:
             elif st.has_reduce:
                 rules._parallel_outer(sch, spatial, work)
             else:
-                rules._injective(sch, spatial, work)
+                rules.schedule_injective(sch, spatial, st, work)
         rules._vectorize_scalar_reductions(sch)
         return sch
 

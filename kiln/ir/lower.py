@@ -128,8 +128,10 @@ def _inline_into(consumer: Stage, producer: Stage) -> Stage:
         return substitute(renamed, {a.name: i for a, i in zip(producer.axes, load.indices)})
 
     body = replace_loads(consumer.body, sub)
-    # The consumer inherits the producer's pattern when it absorbs a reduction (epilogue).
-    if _has_reduce(producer.body) and not _has_reduce(consumer.body):
+    # The consumer inherits the producer's pattern when it absorbs a reduction (epilogue),
+    # or a stage whose loops must be arranged its own way (a Winograd output transform).
+    if (_has_reduce(producer.body) or producer.tag == "winograd" and consumer.shape == producer.shape) \
+            and not _has_reduce(consumer.body):
         return replace(consumer, body=body, tag=producer.tag, hints=producer.hints)
     return replace(consumer, body=body)
 

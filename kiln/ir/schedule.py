@@ -4,7 +4,7 @@ Every primitive names loops by their variable name and returns the new names it
 creates, so a trace (a list of ``{"prim": ..., "args": ...}``) serializes to JSON and
 replays on a freshly lowered kernel: a tuning record is such a trace.
 
-Primitives: split, reorder, fuse, parallel, vectorize, unroll, compute_inline,
+Primitives: split, reorder, fuse, parallel, vectorize, unroll, expand, compute_inline,
 compute_at, cache_write, decompose_reduction, bind (GPU axes).
 """
 from __future__ import annotations
@@ -19,6 +19,9 @@ from kiln.ir.expr import (Const, Expr, Load, Var, affine_coeffs, ceil_div, repla
 from kiln.ir.loop import (PARALLEL, SERIAL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq,
                           Stmt, Store, find_loop, map_exprs, map_stmt, seq, stmt_children, subst_stmt,
                           walk_stmts)
+
+
+MAX_EXPAND = 64  # ``expand`` copies a loop body this many times at most
 
 
 class Schedule:
@@ -127,6 +130,18 @@ class Schedule:
     def unroll(self, loop: str) -> None:
         self._set_kind(loop, UNROLLED)
         self._record("unroll", loop=loop)
+
+    def expand(self, loop: str) -> None:
+        """Unroll ``loop`` in the IR itself: one copy of its body per iteration with the
+        variable replaced by its value, so selects on it resolve per copy (the cases of a
+        Winograd transform become straight-line code). Expand nested loops inner first."""
+        node = self._loop(loop)
+        if not isinstance(node.extent, int) or not 1 <= node.extent <= MAX_EXPAND:
+            raise ScheduleError(f"expand: loop {loop!r} has extent {node.extent}; expected a constant "
+                                f"from 1 to {MAX_EXPAND}")
+        copies = [subst_stmt(node.body, {loop: Const(k, node.var.dtype)}) for k in range(node.extent)]
+        self._replace_loop(loop, seq(*copies))
+        self._record("expand", loop=loop)
 
     def bind(self, loop: str, axis: str) -> None:
         """Run ``loop`` on a GPU axis (``gpu.block`` or ``gpu.thread``) instead of serially."""

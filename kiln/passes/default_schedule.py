@@ -40,6 +40,9 @@ class Capabilities:
     # u8 x s8 dot products of 4 bytes per int32 lane (x86 AVX-512 VNNI ``vpdpbusd``): integer
     # kernels take their weights in VNNI panels (kiln/passes/vnni_pack.py)
     vnni: bool = False
+    # 3x3 stride-1 float convolutions as Winograd transforms around batched GEMMs
+    # (kiln/passes/winograd.py)
+    winograd: bool = False
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -135,7 +138,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         elif "channels_last" in st.hints and caps.dot_tile:
             stage_channels_last(sch, spatial, st.hints["channels_last"], work)
         else:
-            _injective(sch, spatial, work)
+            schedule_injective(sch, spatial, st, work)
     _vectorize_scalar_reductions(sch)
     sch.func = cleanup_loops(sch.func)
     return sch
@@ -364,6 +367,47 @@ def _loads_of(e):
     from kiln.ir.expr import Load, walk
 
     return [x for x in walk(e) if isinstance(x, Load)]
+
+
+def schedule_injective(sch: Schedule, spatial, st: Stage, work) -> None:
+    """The rule for a stage without a reduction: a Winograd transform's own, or ``_injective``."""
+    if "winograd" in st.hints:
+        expand_cases(sch, spatial, st.hints["winograd"], work)
+    else:
+        _injective(sch, spatial, work)
+
+
+def expand_cases(sch: Schedule, spatial, hint: dict, work) -> None:
+    """A stage whose body is a select over cases of some axes (kiln/ir/ops/winograd.py):
+
+        outer loops (parallel) | vector axis (vectorized) | case axes (expanded)
+
+    ``hint``: ``expand`` the case axes -- whole, or split by ``expand_block`` and only the
+    inner parts expanded; ``vector`` the axis to vectorize, split by ``vector_block`` when
+    given. Each case then is straight-line code inside one vectorized loop, so the values
+    the cases share are loaded and combined once per vector."""
+    names = [n for n, _ in spatial]
+    outer, inner = list(names), []
+    for ax in hint["expand"]:
+        if hint.get("expand_block"):
+            o, i = sch.split(names[ax], hint["expand_block"])
+            outer[ax] = o
+        else:
+            i = names[ax]
+            outer.remove(i)
+        inner.append(i)
+    vec = names[hint["vector"]]
+    if hint.get("vector_block"):
+        vo, vec = sch.split(vec, hint["vector_block"])
+        outer[outer.index(names[hint["vector"]])] = vo
+    else:
+        outer.remove(vec)
+    sch.reorder(*outer, vec, *inner)
+    sch.vectorize(vec)
+    for i in reversed(inner):
+        sch.expand(i)
+    if work >= PARALLEL_MIN_WORK:
+        _fuse_parallel(sch, list(zip(outer, _extents(sch, outer))), TARGET_PARALLEL_EXTENT)
 
 
 def _injective(sch: Schedule, spatial, work) -> None:

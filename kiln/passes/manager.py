@@ -31,6 +31,7 @@ from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
 from kiln.passes.vnni_pack import pack_vnni
+from kiln.passes.winograd import winograd_convs
 from kiln.targets import Target, get_target
 from kiln.targets.base import ModelSource
 
@@ -96,6 +97,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
             if caps.pack_matmul:
                 graph = pack_matmuls(graph, caps.tile()[1]).verify()
+            if caps.winograd and caps.nchwc and caps.pack_matmul:
+                graph = winograd_convs(graph, caps.tile()[1]).verify()
             if caps.dot_tile:
                 graph = stage_windows(graph).verify()
             if caps.vnni:

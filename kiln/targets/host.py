@@ -52,10 +52,11 @@ def capabilities() -> "Capabilities":
         pass
     if " avx512f" in flags:
         return Capabilities(vector_bytes=64, vector_registers=32, threads=THREADS, dot_tile=(8, 4),
-                            vnni=" avx512_vnni" in flags)
+                            vnni=" avx512_vnni" in flags, winograd=True)
     if " avx2" in flags or " avx " in flags:
-        return Capabilities(vector_bytes=32, vector_registers=16, threads=THREADS, dot_tile=(8, 2))
-    return Capabilities(vector_bytes=16, vector_registers=16, threads=THREADS)
+        return Capabilities(vector_bytes=32, vector_registers=16, threads=THREADS, dot_tile=(8, 2),
+                            winograd=True)
+    return Capabilities(vector_bytes=16, vector_registers=16, threads=THREADS, winograd=True)
 
 
 def cache_dir() -> Path:
