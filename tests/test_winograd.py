@@ -23,7 +23,7 @@ from kiln.ir.schedule import Schedule
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.layout import to_nchwc
 from kiln.passes.pack_matmul import pack_matmuls, pack_panels
-from kiln.passes.winograd import unpack_dense, winograd_convs
+from kiln.passes.winograd import output_tile, unpack_dense, winograd_convs
 from kiln.targets import host
 
 RNG = np.random.default_rng(0)
@@ -80,7 +80,7 @@ def _blocked(model):
 
 
 def test_an_eligible_conv_becomes_transform_gemm_transform():
-    model = _conv_model(16, 32, 64)
+    model = _conv_model(32, 32, 64)
     before = _blocked(model)
     after = winograd_convs(before, PANEL).verify()
     assert [n.op for n in before.nodes] == ["to_nchwc", "conv_nchwc", "from_nchwc", "relu"]
@@ -89,35 +89,42 @@ def test_an_eligible_conv_becomes_transform_gemm_transform():
     conv = before.nodes[1]
     win, gemm, wout = after.nodes[1:4]
     assert win.inputs == conv.inputs[:1] and wout.outputs == conv.outputs  # same value, same NCHWc block
-    assert win.attrs == {"m": 4, "tiles": (4, 4), "pads": (1, 1, 1, 1)}
-    assert wout.attrs == {"m": 4, "tiles": (4, 4), "block": 16} and wout.inputs[1] == conv.inputs[2]
+    assert win.attrs == {"m": 4, "tiles": (8, 8), "pads": (1, 1, 1, 1)}
+    assert wout.attrs == {"m": 4, "tiles": (8, 8), "block": 16} and wout.inputs[1] == conv.inputs[2]
     types = after.value_types()
-    assert types[win.outputs[0].name].shape == (36, 16, 32) and types[gemm.outputs[0].name].shape == (36, 16, 64)
+    assert types[win.outputs[0].name].shape == (36, 64, 32) and types[gemm.outputs[0].name].shape == (36, 64, 64)
     w = np.asarray(model.graph.initializer[0].float_data or numpy_helper.to_array(model.graph.initializer[0]))
     np.testing.assert_array_equal(unpack_dense(before.constants[conv.inputs[1]]), w)
     np.testing.assert_array_equal(after.constants[gemm.inputs[1]], pack_panels(transform_weights(w, 4), PANEL))
     assert conv.inputs[1] not in after.constants  # the direct weights are gone
 
 
-@pytest.mark.parametrize("kwargs, m", [
-    ({"hw": 16}, 4),
-    ({"hw": 12}, 2),                  # 3 x 3 tiles of 4 are too few: 6 x 6 tiles of 2
-    ({"hw": 14}, 2),                  # 14 is not a multiple of 4
-    ({"hw": 16, "width": 14}, 2),     # both sides must divide
-    ({"hw": 6}, None),                # 9 tiles even with m = 2
-    ({"hw": 7}, None),                # no partial tiles
-    ({"hw": 16, "stride": 2}, None),
-    ({"hw": 16, "dilation": 2, "pads": (2, 2, 2, 2)}, None),
-    ({"hw": 16, "kernel": 1, "pads": (0, 0, 0, 0)}, None),
-    ({"hw": 16, "group": 32, "cout": 32}, None),  # depthwise
-    ({"hw": 16, "cout": 48}, None),   # 48 output channels: not whole GEMM panels of 32
-    ({"hw": 18, "pads": (0, 0, 0, 0)}, 4),
+@pytest.mark.parametrize("kwargs, plan", [
+    ({"hw": 32}, (4, (8, 8))),
+    ({"hw": 16}, (2, (8, 8))),              # 4 x 4 tiles of 4 are too few: 8 x 8 tiles of 2
+    ({"hw": 28}, (4, (7, 7))),
+    ({"hw": 14}, (2, (7, 7))),              # 14 is not a multiple of 4
+    ({"hw": 32, "width": 30}, (2, (16, 15))),  # both sides must divide
+    ({"hw": 15}, (2, (8, 8))),              # the grid overhangs the 15 x 15 output
+    ({"hw": 7, "batch": 2}, (2, (4, 4))),   # two images: 32 tiles
+    ({"hw": 7}, None),                      # 16 tiles: memory-bound
+    ({"hw": 32, "stride": 2}, None),
+    ({"hw": 32, "dilation": 2, "pads": (2, 2, 2, 2)}, None),
+    ({"hw": 32, "kernel": 1, "pads": (0, 0, 0, 0)}, None),
+    ({"hw": 32, "group": 32, "cout": 32}, None),  # depthwise
+    ({"hw": 32, "cout": 48}, None),         # 48 output channels: not whole GEMM panels of 32
+    ({"hw": 34, "pads": (0, 0, 0, 0)}, (4, (8, 8))),
 ])
-def test_tile_choice_and_convs_that_stay_direct(kwargs, m):
+def test_tile_choice_and_convs_that_stay_direct(kwargs, plan):
     kwargs = {"cin": 32, "cout": 64, **kwargs}
-    after = winograd_convs(_blocked(_conv_model(**kwargs)), PANEL)
+    before = _blocked(_conv_model(**kwargs))
+    conv = next(n for n in before.nodes if n.op == "conv_nchwc")
+    assert output_tile(conv, before.value_types(), before.constants, PANEL) == plan
+    after = winograd_convs(before, PANEL).verify()
     wout = [n for n in after.nodes if n.op == "winograd_output"]
-    assert [n.attrs["m"] for n in wout] == ([m] if m else [])
+    assert [(n.attrs["m"], n.attrs["tiles"]) for n in wout] == ([plan] if plan else [])
+    cropped = plan and plan[0] * plan[1][0] != conv.outputs[0].type.shape[2]
+    assert [n.op for n in after.nodes if n.op == "slice"] == (["slice"] if cropped else [])
 
 
 # -- schedule: cases expanded into straight-line code ---------------------------------------
@@ -172,11 +179,12 @@ def _ort(model, x):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"hw": 16, "cin": 32, "cout": 64},                                   # F(4x4), bias + ReLU epilogue
+    {"hw": 24, "cin": 32, "cout": 64},                                   # F(4x4), bias + ReLU epilogue
     {"hw": 14, "cin": 24, "cout": 32, "relu": False},                    # F(2x2); 24 channels in blocks of 8
-    {"hw": 18, "cin": 16, "cout": 32, "pads": (0, 0, 0, 0), "bias": False},  # valid conv: no pad stage
+    {"hw": 26, "cin": 16, "cout": 32, "pads": (0, 0, 0, 0), "bias": False},  # valid conv: no pad stage
     {"hw": 16, "width": 15, "cin": 16, "cout": 32, "pads": (1, 0, 1, 1)},    # asymmetric pads: 16 x 14
     {"hw": 8, "cin": 16, "cout": 32, "batch": 2},                        # tiles of two images
+    {"hw": 13, "cin": 16, "cout": 32},                                   # 7 x 7 tiles cropped to 13 x 13
 ])
 def test_winograd_convs_match_onnxruntime(kwargs, monkeypatch):
     _host(monkeypatch, True)
@@ -206,7 +214,7 @@ def _basic_block(hw=16, c=32):
 
 def test_residual_epilogue_runs_inside_the_expanded_output_transform(monkeypatch):
     _host(monkeypatch, True)
-    model = _basic_block()
+    model = _basic_block(hw=24)
     compiled = kiln.compile(model)
     producers = compiled.graph.producers()
     outs = [k for k in compiled.result.kernels
@@ -219,13 +227,13 @@ def test_residual_epilogue_runs_inside_the_expanded_output_transform(monkeypatch
         assert not _case_selects(s.value for s in stores)  # (ReLU's select on the sign stays)
         vec = [s for s in walk_stmts(k.func.body) if isinstance(s, For) and s.kind == "vectorized"]
         assert len(vec) == 1 and isinstance(vec[0].body, Seq)
-    x = RNG.standard_normal((1, 32, 16, 16)).astype(np.float32)
+    x = RNG.standard_normal((1, 32, 24, 24)).astype(np.float32)
     np.testing.assert_allclose(compiled.run({"x": x})["y"], _ort(model, x), rtol=1e-4, atol=1e-4)
 
 
 def test_the_generated_transforms_leave_no_case_selects(monkeypatch):
     _host(monkeypatch, True)
-    compiled = kiln.compile(_conv_model(16, 32, 64))
+    compiled = kiln.compile(_conv_model(24, 32, 64))
     source = compiled.source()
     inputs = [k for k in compiled.result.kernels if any(o.endswith("__wgin") for o in k.outputs)]
     assert len(inputs) == 1
@@ -233,3 +241,18 @@ def test_the_generated_transforms_leave_no_case_selects(monkeypatch):
     assert len(stores) == 36
     kernel = source.split(f"void {inputs[0].name}(")[1].split("\n}\n")[0]
     assert kernel.count("?") == 1  # the padding's select; the transform's cases are resolved
+
+
+def test_the_transform_gemms_are_tuned_and_the_records_apply(tmp_path, monkeypatch):
+    from kiln.autotune.measure import MeasureOptions
+
+    _host(monkeypatch, True)
+    model = _conv_model(24, 32, 64)
+    result = kiln.tune(model, trials=4, db=str(tmp_path), cost_model="random", batch_size=2,
+                       measure=MeasureOptions(repeats=1, min_repeat_ms=0.2))
+    assert result.trials == 4
+    compiled = kiln.compile(model, db=str(tmp_path))
+    gemm = [k for k in compiled.result.kernels if any(o.endswith("__wgmm") for o in k.outputs)]
+    assert len(gemm) == 1 and any(step["prim"] == "split" for step in gemm[0].trace)
+    x = RNG.standard_normal((1, 32, 24, 24)).astype(np.float32)
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], _ort(model, x), rtol=1e-4, atol=1e-4)

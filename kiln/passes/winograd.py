@@ -12,12 +12,12 @@ becomes
 (``kiln/ir/ops/winograd.py`` has the algebra). The epilogue the convolution took (ReLU,
 residual add) fuses into the output transform the same way.
 
-Which convolutions: the choice is by shape, from measurements on the host (AVX-512, one
-core, ResNet-18's layers; docs/benchmarks.md). The transformed weights are (m+2)^2 / 9
-times the direct ones (4x for F(4x4)) and every run streams them once, so a layer with
-few output tiles and many channels (ResNet-18's 7x7x512 stage: 4 tiles, 38 MB of
-transformed weights) is memory-bound and stays direct. F(4x4) where the output's sides are
-multiples of 4, F(2x2) where they are even, direct otherwise (no partial tiles).
+Which convolutions: the choice is by shape, from measurements on the host (AVX-512,
+ResNet-18's layers; docs/benchmarks.md). The transformed weights are (m+2)^2 / 9 times the
+direct ones (4x for F(4x4)) and every run streams them once, so a layer with few output
+tiles and many channels is memory-bound and stays direct (``MIN_TILES``). F(4x4) where
+the output's sides are multiples of 4, else F(2x2) where they are even, else F(2x2) over
+a grid one row or column larger than the output, cropped by a ``slice``.
 """
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ from kiln.ir.ops.winograd import alpha, transform_weights
 from kiln.passes.pack_matmul import pack_panels
 
 # A convolution goes Winograd only with at least this many output tiles: each transformed
-# weight is used once per tile, so tiles / 4 is the GEMMs' multiply-adds per weight byte,
-# and too few tiles also starve the GEMMs' register tiles (their rows).
-MIN_TILES = 16
+# weight is used once per tile, so tiles / 4 is the GEMMs' multiply-adds per weight byte.
+# ResNet-18's 7x7x512 convs as F(2x2) (16 tiles, 16.8 MB of transformed weights each) ran
+# faster alone (0.56 -> 0.42 ms, 2 threads) but slowed the whole network by 1.5 ms: there
+# the weights come from DRAM. 28x28 (49 tiles of F(4x4)) and 14x14 (49 of F(2x2)) gain.
+MIN_TILES = 32
 
 
 def unpack_dense(packed: np.ndarray) -> np.ndarray:
@@ -42,8 +44,12 @@ def unpack_dense(packed: np.ndarray) -> np.ndarray:
     return packed.transpose(0, 5, 1, 4, 2, 3).reshape(ocb * b, icb * bi, kh, kw)
 
 
-def output_tile(node: Node, types, constants, panel: int) -> int | None:
-    """The Winograd tile m for ``node``, or None when it stays a direct convolution."""
+def output_tile(node: Node, types, constants, panel: int) -> tuple[int, tuple[int, int]] | None:
+    """``(m, (tile rows, tile columns))`` for ``node``, or None when it stays a direct convolution.
+
+    Whole tiles first (F(4x4), then F(2x2)); else F(2x2) over a grid that overhangs the
+    output by one row or column (ResNet's 7x7 stage: 4 x 4 tiles for 49 outputs), which
+    ``winograd_output`` computes in full and a ``slice`` crops."""
     if node.op != "conv_nchwc" or node.attrs.get("depthwise") or node.inputs[1] not in constants:
         return None
     w = constants[node.inputs[1]]
@@ -53,14 +59,14 @@ def output_tile(node: Node, types, constants, panel: int) -> int | None:
     if strides != (1, 1) or dil != (1, 1):
         return None
     n, _, oh, ow, _ = types[node.outputs[0].name].shape
-    k = w.shape[0] * w.shape[5]
-    if not isinstance(n, int) or k % panel:
+    if not isinstance(n, int) or (w.shape[0] * w.shape[5]) % panel:
         return None
-    for m in (4, 2):
-        if oh % m or ow % m:
+    for m, whole in ((4, True), (2, True), (2, False)):
+        if whole and (oh % m or ow % m):
             continue
-        if n * (oh // m) * (ow // m) >= MIN_TILES:
-            return m
+        grid = (-(-oh // m), -(-ow // m))
+        if n * grid[0] * grid[1] >= MIN_TILES:
+            return m, grid
     return None
 
 
@@ -69,35 +75,38 @@ def winograd_convs(graph: Graph, panel: int) -> Graph:
     constants = dict(graph.constants)
     nodes: list[Node] = []
     for node in graph.nodes:
-        m = output_tile(node, types, constants, panel)
-        if m is None:
+        plan = output_tile(node, types, constants, panel)
+        if plan is None:
             nodes.append(node)
             continue
-        nodes += _rewrite(node, m, types, constants, panel)
+        nodes += _rewrite(node, *plan, types, constants, panel)
     used = {i for n in nodes for i in n.inputs}
     return graph.replace(nodes=tuple(nodes), constants={k: v for k, v in constants.items() if k in used})
 
 
-def _rewrite(node: Node, m: int, types, constants, panel: int) -> list[Node]:
+def _rewrite(node: Node, m: int, tiles: tuple[int, int], types, constants, panel: int) -> list[Node]:
     x, out = node.inputs[0], node.outputs[0]
-    n, _, oh, ow, block = out.type.shape
-    _, pads_begin, pads_end, _ = window_attrs(node.attrs, 2, "conv_nchwc")
-    tiles = (oh // m, ow // m)
+    n, kb, oh, ow, block = out.type.shape
+    _, (pt, pl), (pb, pr), _ = window_attrs(node.attrs, 2, "conv_nchwc")
+    # an overhanging grid reads zeros past the bottom and right edges
+    pb, pr = pb + tiles[0] * m - oh, pr + tiles[1] * m - ow
     w = unpack_dense(constants[node.inputs[1]])
     u = f"{node.inputs[1]}__winograd{m}"
     constants[u] = pack_panels(transform_weights(w, m), panel)
+    types[u] = TensorType(constants[u].shape, types[node.inputs[1]].dtype)
 
-    def value(name: str, op: str, inputs, attrs) -> tuple[Value, Node]:
+    def add(name: str, op: str, inputs, attrs) -> Node:
         t: TensorType = ops.infer_types(op, [types[i] for i in inputs], attrs)[0]
         types[name] = t
-        v = Value(name, t)
-        return v, Node(op, tuple(inputs), (v,), attrs)
+        return Node(op, tuple(inputs), (Value(name, t),), attrs)
 
-    types[u] = TensorType(constants[u].shape, types[node.inputs[1]].dtype)
-    v, transform_in = value(f"{out.name}__wgin", "winograd_input", [x],
-                            {"m": m, "tiles": tiles, "pads": tuple(pads_begin) + tuple(pads_end)})
-    t, gemm = value(f"{out.name}__wgmm", "matmul_packed", [v.name, u], {"panel": panel})
-    inputs = (t.name,) + tuple(i for i in node.inputs[2:3] if i)
-    transform_out = Node("winograd_output", inputs, node.outputs, {"m": m, "tiles": tiles, "block": block},
-                         node.name)
-    return [transform_in, gemm, transform_out]
+    transform_in = add(f"{out.name}__wgin", "winograd_input", [x], {"m": m, "tiles": tiles, "pads": (pt, pl, pb, pr)})
+    gemm = add(f"{out.name}__wgmm", "matmul_packed", [transform_in.outputs[0].name, u], {"panel": panel})
+    inputs = [gemm.outputs[0].name] + [i for i in node.inputs[2:3] if i]
+    attrs = {"m": m, "tiles": tiles, "block": block}
+    if tiles[0] * m == oh and tiles[1] * m == ow:
+        return [transform_in, gemm, Node("winograd_output", tuple(inputs), node.outputs, attrs, node.name)]
+    full = add(f"{out.name}__wgout", "winograd_output", inputs, attrs)
+    crop = Node("slice", (full.outputs[0].name,), node.outputs,
+                {"starts": (0,) * 5, "ends": (n, kb, oh, ow, block), "steps": (1,) * 5}, node.name)
+    return [transform_in, gemm, full, crop]
