@@ -84,15 +84,18 @@ def test_an_eligible_conv_becomes_transform_gemm_transform():
     before = _blocked(model)
     after = winograd_convs(before, PANEL).verify()
     assert [n.op for n in before.nodes] == ["to_nchwc", "conv_nchwc", "from_nchwc", "relu"]
-    assert [n.op for n in after.nodes] == ["to_nchwc", "winograd_input", "matmul_packed", "winograd_output",
-                                           "from_nchwc", "relu"]
+    assert [n.op for n in after.nodes] == ["to_nchwc", "winograd_input", "reshape", "matmul_packed", "reshape",
+                                           "winograd_output", "from_nchwc", "relu"]
     conv = before.nodes[1]
-    win, gemm, wout = after.nodes[1:4]
+    win, rows, gemm, tiles, wout = after.nodes[1:6]
     assert win.inputs == conv.inputs[:1] and wout.outputs == conv.outputs  # same value, same NCHWc block
     assert win.attrs == {"m": 4, "tiles": (8, 8), "pads": (1, 1, 1, 1)}
-    assert wout.attrs == {"m": 4, "tiles": (8, 8), "block": 16} and wout.inputs[1] == conv.inputs[2]
+    assert wout.attrs == {"m": 4, "tiles": (8, 8), "block": 16} and wout.inputs == (tiles.outputs[0].name, conv.inputs[2])
     types = after.value_types()
-    assert types[win.outputs[0].name].shape == (36, 64, 32) and types[gemm.outputs[0].name].shape == (36, 64, 64)
+    shapes = [types[n.outputs[0].name].shape for n in (win, rows, gemm, tiles)]
+    # (alpha^2, N, tile rows, tile columns, channel blocks, lanes) <-> (alpha^2, tiles, channels): views
+    assert shapes == [(36, 1, 8, 8, 2, 16), (36, 64, 32), (36, 64, 64), (36, 1, 8, 8, 4, 16)]
+    assert gemm.inputs[0] == rows.outputs[0].name and tiles.inputs == (gemm.outputs[0].name,)
     w = np.asarray(model.graph.initializer[0].float_data or numpy_helper.to_array(model.graph.initializer[0]))
     np.testing.assert_array_equal(unpack_dense(before.constants[conv.inputs[1]]), w)
     np.testing.assert_array_equal(after.constants[gemm.inputs[1]], pack_panels(transform_weights(w, 4), PANEL))

@@ -171,19 +171,23 @@ def idx(x) -> Expr:
 # -- generic traversal ------------------------------------------------------------
 
 def map_children(e: Expr, f: Callable[[Expr], Expr]) -> Expr:
-    """Rebuild ``e`` with ``f`` applied to each direct child expression."""
+    """Rebuild ``e`` with ``f`` applied to each direct child expression; ``e`` itself when
+    no child changes (shared subexpressions stay shared, which the memoized rewrites use)."""
     if isinstance(e, Bin):
-        return Bin(e.op, f(e.a), f(e.b), e.dtype)
-    if isinstance(e, Un):
-        return Un(e.op, f(e.a), e.dtype)
+        a, b = f(e.a), f(e.b)
+        return e if a is e.a and b is e.b else Bin(e.op, a, b, e.dtype)
+    if isinstance(e, (Un, Cast)):
+        a = f(e.a)
+        return e if a is e.a else (Un(e.op, a, e.dtype) if isinstance(e, Un) else Cast(a, e.dtype))
     if isinstance(e, Select):
-        return Select(f(e.cond), f(e.a), f(e.b))
-    if isinstance(e, Cast):
-        return Cast(f(e.a), e.dtype)
+        c, a, b = f(e.cond), f(e.a), f(e.b)
+        return e if c is e.cond and a is e.a and b is e.b else Select(c, a, b)
     if isinstance(e, Load):
-        return Load(e.buffer, tuple(f(i) for i in e.indices), e.dtype)
+        idx = tuple(f(i) for i in e.indices)
+        return e if all(n is o for n, o in zip(idx, e.indices)) else Load(e.buffer, idx, e.dtype)
     if isinstance(e, Reduce):
-        return Reduce(e.op, f(e.body), e.axes)
+        body = f(e.body)
+        return e if body is e.body else Reduce(e.op, body, e.axes)
     return e
 
 
@@ -210,29 +214,50 @@ def walk(e: Expr):
         stack.extend(reversed(children(x)))
 
 
-def substitute(e: Expr, mapping: Mapping[str, Expr]) -> Expr:
+def memoized(f: Callable[[Expr], Expr], memo: dict | None) -> Callable[[Expr], Expr]:
+    """``f`` computed once per expression object: a subexpression shared by many parents
+    (the tile values every case of a Winograd transform reads) is rewritten once and the
+    results stay shared. ``memo`` (id -> (expr, result); the expr keeps its id alive) may
+    span several calls, e.g. all the stores of one statement."""
+    if memo is None:
+        memo = {}
+
+    def go(x: Expr) -> Expr:
+        hit = memo.get(id(x))
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        out = f(x)
+        memo[id(x)] = (x, out)
+        return out
+
+    return go
+
+
+def substitute(e: Expr, mapping: Mapping[str, Expr], memo: dict | None = None) -> Expr:
     """Replace variables by name."""
     if not mapping:
         return e
 
-    def go(x: Expr) -> Expr:
+    def step(x: Expr) -> Expr:
         if isinstance(x, Var):
             return mapping.get(x.name, x)
         return map_children(x, go)
 
+    go = memoized(step, memo)
     return go(e)
 
 
 def replace_loads(e: Expr, f: Callable[[Load], Expr | None]) -> Expr:
     """Rewrite every Load (bottom-up); ``f`` returns a replacement or None to keep it."""
 
-    def go(x: Expr) -> Expr:
+    def step(x: Expr) -> Expr:
         x = map_children(x, go)
         if isinstance(x, Load):
             r = f(x)
             return x if r is None else r
         return x
 
+    go = memoized(step, None)
     return go(e)
 
 
@@ -274,14 +299,14 @@ def _int_const(e: Expr):
     return e.value if isinstance(e, Const) and not e.dtype.is_float and e.dtype is not DType.bool else None
 
 
-def simplify(e: Expr) -> Expr:
+def simplify(e: Expr, memo: dict | None = None) -> Expr:
     """Bottom-up constant folding and index-arithmetic identities.
 
     Only rewrites that hold exactly for the dtype are applied: float expressions are
     folded only where both operands are constants of an exact operation.
     """
 
-    def go(x: Expr) -> Expr:
+    def step(x: Expr) -> Expr:
         x = map_children(x, go)
         if isinstance(x, Bin):
             return _simplify_bin(x)
@@ -293,6 +318,7 @@ def simplify(e: Expr) -> Expr:
             return Const(int(x.a.value), x.dtype)
         return x
 
+    go = memoized(step, memo)
     return go(e)
 
 

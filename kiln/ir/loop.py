@@ -139,7 +139,9 @@ def map_exprs(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
 
 
 def subst_stmt(s: Stmt, mapping: dict[str, Expr]) -> Stmt:
-    return map_exprs(s, lambda e: simplify(substitute(e, mapping)))
+    # one memo per statement: subexpressions shared between stores are rewritten once
+    subst_memo, simplify_memo = {}, {}
+    return map_exprs(s, lambda e: simplify(substitute(e, mapping, subst_memo), simplify_memo))
 
 
 def find_loop(s: Stmt, name: str) -> For | None:

@@ -139,7 +139,8 @@ class Schedule:
         if not isinstance(node.extent, int) or not 1 <= node.extent <= MAX_EXPAND:
             raise ScheduleError(f"expand: loop {loop!r} has extent {node.extent}; expected a constant "
                                 f"from 1 to {MAX_EXPAND}")
-        copies = [subst_stmt(node.body, {loop: Const(k, node.var.dtype)}) for k in range(node.extent)]
+        copies = [map_exprs(node.body, lambda e, k=k: _specialize(e, loop, Const(k, node.var.dtype)))
+                  for k in range(node.extent)]
         self._replace_loop(loop, seq(*copies))
         self._record("expand", loop=loop)
 
@@ -325,6 +326,35 @@ class Schedule:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+def _specialize(e: Expr, var: str, value: Const) -> Expr:
+    """``e`` with ``var`` = ``value``, top down: a select whose condition becomes constant is
+    replaced by the branch taken before that branch is visited, so a chain of n cases costs
+    the case taken, not all n. Shared subexpressions are rewritten once."""
+    from kiln.ir.expr import Select, map_children
+    from kiln.passes.simplify_loops import simplify_expr
+
+    memo: dict[int, Expr] = {}
+
+    def go(x: Expr) -> Expr:
+        key = id(x)
+        if key in memo:
+            return memo[key]
+        if isinstance(x, Var):
+            out = value if x.name == var else x
+        elif isinstance(x, Select):
+            cond = simplify_expr(go(x.cond), {})  # (4*y_o + 2) % 4 == 2: true
+            if isinstance(cond, Const):
+                out = go(x.a if cond.value else x.b)
+            else:
+                out = Select(cond, go(x.a), go(x.b))
+        else:
+            out = map_children(x, go)
+        memo[key] = out
+        return out
+
+    return simplify(go(e))
+
 
 def _as_index(e) -> Expr:
     from kiln.ir.expr import idx

@@ -383,8 +383,7 @@ def expand_cases(sch: Schedule, spatial, hint: dict, work) -> None:
         outer loops (parallel) | vector axis (vectorized) | case axes (expanded)
 
     ``hint``: ``expand`` the case axes -- whole, or split by ``expand_block`` and only the
-    inner parts expanded; ``vector`` the axis to vectorize, split by ``vector_block`` when
-    given. Each case then is straight-line code inside one vectorized loop, so the values
+    inner parts expanded; ``vector`` the axis to vectorize. Each case then is straight-line code inside one vectorized loop, so the values
     the cases share are loaded and combined once per vector."""
     names = [n for n, _ in spatial]
     outer, inner = list(names), []
@@ -397,17 +396,13 @@ def expand_cases(sch: Schedule, spatial, hint: dict, work) -> None:
             outer.remove(i)
         inner.append(i)
     vec = names[hint["vector"]]
-    if hint.get("vector_block"):
-        vo, vec = sch.split(vec, hint["vector_block"])
-        outer[outer.index(names[hint["vector"]])] = vo
-    else:
-        outer.remove(vec)
+    outer.remove(vec)
     sch.reorder(*outer, vec, *inner)
     sch.vectorize(vec)
+    if work >= PARALLEL_MIN_WORK:  # before expanding: fusing rewrites one body, not one per case
+        _fuse_parallel(sch, list(zip(outer, _extents(sch, outer))), TARGET_PARALLEL_EXTENT)
     for i in reversed(inner):
         sch.expand(i)
-    if work >= PARALLEL_MIN_WORK:
-        _fuse_parallel(sch, list(zip(outer, _extents(sch, outer))), TARGET_PARALLEL_EXTENT)
 
 
 def _injective(sch: Schedule, spatial, work) -> None:

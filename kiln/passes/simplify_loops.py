@@ -7,7 +7,7 @@ the loop by 64 this pass removes them from the innermost loop.
 """
 from __future__ import annotations
 
-from kiln.ir.expr import Bin, Const, Expr, Var, linear_terms, map_children, simplify
+from kiln.ir.expr import Bin, Const, Expr, Var, linear_terms, map_children, memoized, simplify
 from kiln.ir.loop import Alloc, For, Func, If, Seq, Stmt, Store
 
 
@@ -52,8 +52,11 @@ def _split_div(e: Bin, ranges: dict[str, int]):
     return quot, rem
 
 
-def simplify_expr(e: Expr, ranges: dict[str, int]) -> Expr:
-    def go(x: Expr) -> Expr:
+def simplify_expr(e: Expr, ranges: dict[str, int], memos: tuple[dict, dict] | None = None) -> Expr:
+    """``memos``: reuse results for subexpressions met before under the same ``ranges``."""
+    memo, simplify_memo = memos or ({}, {})
+
+    def step(x: Expr) -> Expr:
         x = map_children(x, go)
         if isinstance(x, Bin) and x.op in ("floordiv", "mod") and not x.dtype.is_float:
             parts = _split_div(x, ranges)
@@ -61,25 +64,26 @@ def simplify_expr(e: Expr, ranges: dict[str, int]) -> Expr:
                 return simplify(_rebuild(parts[0] if x.op == "floordiv" else parts[1], x.dtype))
         return x
 
-    return simplify(go(e))
+    go = memoized(step, memo)
+    return simplify(go(e), simplify_memo)
 
 
 def simplify_loop_indices(func: Func) -> Func:
-    def visit(s: Stmt, ranges: dict[str, int]) -> Stmt:
+    def visit(s: Stmt, ranges: dict[str, int], memos) -> Stmt:
         if isinstance(s, For):
             inner = dict(ranges)
             if isinstance(s.extent, int):
                 inner[s.var.name] = s.extent
-            return For(s.var, s.extent, visit(s.body, inner), s.kind)
+            return For(s.var, s.extent, visit(s.body, inner, ({}, {})), s.kind)
         if isinstance(s, Seq):
-            return Seq(tuple(visit(x, ranges) for x in s.stmts))
+            return Seq(tuple(visit(x, ranges, memos) for x in s.stmts))
         if isinstance(s, Alloc):
-            return Alloc(s.buffer, visit(s.body, ranges))
+            return Alloc(s.buffer, visit(s.body, ranges, memos))
         if isinstance(s, If):
-            return If(simplify_expr(s.cond, ranges), visit(s.then, ranges))
+            return If(simplify_expr(s.cond, ranges, memos), visit(s.then, ranges, memos))
         if isinstance(s, Store):
-            return Store(s.buffer, tuple(simplify_expr(i, ranges) for i in s.indices),
-                         simplify_expr(s.value, ranges))
+            return Store(s.buffer, tuple(simplify_expr(i, ranges, memos) for i in s.indices),
+                         simplify_expr(s.value, ranges, memos))
         return s
 
-    return func.with_body(visit(func.body, {}))
+    return func.with_body(visit(func.body, {}, ({}, {})))

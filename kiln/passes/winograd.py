@@ -5,9 +5,9 @@ GEMM's B is packed in column panels as ``pack_matmul`` would). An eligible convo
 
     y = conv_nchwc(x, w, bias)
 becomes
-    v = winograd_input(x)                    (alpha^2, tiles, C)
-    t = matmul_packed(v, U)                  (alpha^2, tiles, K), U = G w G^T, packed at compile time
-    y = winograd_output(t, bias)             the same value, in the same NCHWc block
+    v = winograd_input(x)                    (alpha^2, N, TH, TW, C/bi, bi)
+    t = matmul_packed(reshape(v), U)         (alpha^2, N*TH*TW, K), U = G w G^T, packed at compile time
+    y = winograd_output(reshape(t), bias)    the same value, in the same NCHWc block
 
 (``kiln/ir/ops/winograd.py`` has the algebra). The epilogue the convolution took (ReLU,
 residual add) fuses into the output transform the same way.
@@ -101,12 +101,18 @@ def _rewrite(node: Node, m: int, tiles: tuple[int, int], types, constants, panel
         return Node(op, tuple(inputs), (Value(name, t),), attrs)
 
     transform_in = add(f"{out.name}__wgin", "winograd_input", [x], {"m": m, "tiles": tiles, "pads": (pt, pl, pb, pr)})
-    gemm = add(f"{out.name}__wgmm", "matmul_packed", [transform_in.outputs[0].name, u], {"panel": panel})
-    inputs = [gemm.outputs[0].name] + [i for i in node.inputs[2:3] if i]
+    v = transform_in.outputs[0]
+    a2, _, _, _, cb, bi = v.type.shape
+    operand = add(f"{v.name}__rows", "reshape", [v.name], {"shape": (a2, n * tiles[0] * tiles[1], cb * bi)})
+    gemm = add(f"{out.name}__wgmm", "matmul_packed", [operand.outputs[0].name, u], {"panel": panel})
+    product = add(f"{out.name}__wgmm__tiles", "reshape", [gemm.outputs[0].name],
+                  {"shape": (a2, n) + tiles + (kb, block)})
+    inputs = [product.outputs[0].name] + [i for i in node.inputs[2:3] if i]
     attrs = {"m": m, "tiles": tiles, "block": block}
     if tiles[0] * m == oh and tiles[1] * m == ow:
-        return [transform_in, gemm, Node("winograd_output", tuple(inputs), node.outputs, attrs, node.name)]
+        return [transform_in, operand, gemm, product,
+                Node("winograd_output", tuple(inputs), node.outputs, attrs, node.name)]
     full = add(f"{out.name}__wgout", "winograd_output", inputs, attrs)
     crop = Node("slice", (full.outputs[0].name,), node.outputs,
                 {"starts": (0,) * 5, "ends": (n, kb, oh, ow, block), "steps": (1,) * 5}, node.name)
-    return [transform_in, gemm, full, crop]
+    return [transform_in, operand, gemm, product, full, crop]

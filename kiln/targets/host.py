@@ -7,6 +7,7 @@ unchanged model only loads the cached library.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import os
 import shutil
@@ -189,9 +190,13 @@ class HostTarget(Target):
     """This machine's CPU: C with OpenMP and the native vector ISA, loaded in process."""
 
     name = "host"
+    # ``host:-winograd``: 3x3 convolutions stay direct (results closer to a direct
+    # convolution's rounding; for comparisons)
+    known_options = ("-winograd",)
 
     def capabilities(self):
-        return capabilities()
+        caps = capabilities()
+        return dataclasses.replace(caps, winograd=False) if "-winograd" in self.options else caps
 
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.model import generate_model

@@ -14,7 +14,9 @@ GEMM per transform coordinate ``e`` in 0..(m+2)^2:
     M[e, p, k] = sum_c V[e, p, c] U[e, c, k]   matmul_packed    (U = G g G^T, packed at compile time)
     Y[n, kb, y, x, k'] = (A^T M_{p,k} A)[y % m, x % m] + bias     winograd_output  (this module)
 
-with ``p`` the tile index (n, tile row, tile column). ``passes/winograd.py`` decides which
+with ``p`` the tile (image, tile row, tile column). The transforms keep p as three axes and
+the channels as (block, lane), so their loads index the loop variables directly; the GEMM
+sees them merged by reshapes (views, no copies). ``passes/winograd.py`` decides which
 convolutions take this route.
 
 The transforms are written out term by term (their coefficients are small integers, exact
@@ -112,7 +114,8 @@ def _grid(attrs) -> tuple[int, int]:
 
 
 def _input_infer(ins, attrs):
-    """x (N, C/bi, H, W, bi) -> V (alpha^2, N * TH * TW, C)."""
+    """x (N, C/bi, H, W, bi) -> V (alpha^2, N, TH, TW, C/bi, bi): a GEMM operand
+    (alpha^2, tiles, C) once the middle and last axes are merged (a view)."""
     m = _tile(attrs)
     n, cb, h, w, bi = tuple(ins[0].shape)
     th, tw = _grid(attrs)
@@ -122,30 +125,25 @@ def _input_infer(ins, attrs):
     if th * m != h + pt + pb - 2 or tw * m != w + pl + pr - 2:
         raise ShapeError(f"winograd_input: a {th}x{tw} grid of {m}x{m} tiles does not cover the "
                          f"{h + pt + pb - 2}x{w + pl + pr - 2} outputs of a 3x3 window on input {(h, w)}")
-    a = alpha(m)
-    return [TensorType((a * a, n * th * tw, cb * bi), ins[0].dtype)]
+    return [TensorType((alpha(m) ** 2, n, th, tw, cb, bi), ins[0].dtype)]
 
 
 def _input_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
     m = _tile(attrs)
     a, bt = alpha(m), MATRICES[m][0]
-    th, tw = _grid(attrs)
-    bi = x.shape[-1]
     pt, pl, pb, pr = (int(p) for p in attrs["pads"])
     # padded on every side the tile grid reaches: the transform reads without bounds tests
     stages = [pad_stage(f"{o.name}__pad", x, (pt, pl, 0), (pb, pr, 0))] if any((pt, pl, pb, pr)) else []
     src = stages[0].tensor if stages else x
 
-    def body(e, p, c):
-        n, t_row, t_col = p // (th * tw), (p // tw) % th, p % tw
-        cb, ci = c // bi, c % bi
-        tile = {(i, j): src[n, cb, t_row * m + i, t_col * m + j, ci] for i in range(a) for j in range(a)}
+    def body(e, n, row, col, cb, c):
+        tile = {(i, j): src[n, cb, row * m + i, col * m + j, c] for i in range(a) for j in range(a)}
         return _cases(e, [_two_sided(bt, tile, r, s) for r in range(a) for s in range(a)])
 
     # Loops: tiles and channel blocks outside, the channel block vectorized, the transform
     # coordinate expanded inside it.
-    hints = {"winograd": {"expand": (0,), "vector": 2, "vector_block": bi}}
+    hints = {"winograd": {"expand": (0,), "vector": 5}}
     return stages + [compute(o.name, o.shape, body, o.dtype, tag="winograd", hints=hints)]
 
 
@@ -155,31 +153,30 @@ register("winograd_input", FusionKind.OPAQUE, _input_infer, _input_compute)
 # -- output transform -----------------------------------------------------------------------
 
 def _output_infer(ins, attrs):
-    """M (alpha^2, N * TH * TW, K) [, bias (K/b, 1, 1, b)] -> Y (N, K/b, TH*m, TW*m, b)."""
-    m, b = _tile(attrs), int(attrs["block"])
-    e, p, k = tuple(ins[0].shape)
-    th, tw = _grid(attrs)
-    if e != alpha(m) ** 2 or not isinstance(p, int) or p % (th * tw) or not isinstance(k, int) or k % b:
-        raise ShapeError(f"winograd_output takes M ({alpha(m) ** 2}, N*{th}*{tw}, K) with K a multiple of "
-                         f"{b}; got {tuple(ins[0].shape)}")
-    return [TensorType((p // (th * tw), k // b, th * m, tw * m, b), ins[0].dtype)]
+    """M (alpha^2, N, TH, TW, K/b, b) [, bias (K/b, 1, 1, b)] -> Y (N, K/b, TH*m, TW*m, b)."""
+    m = _tile(attrs)
+    shape = tuple(ins[0].shape)
+    if len(shape) != 6 or shape[0] != alpha(m) ** 2 or shape[2:4] != _grid(attrs) or shape[5] != int(attrs["block"]):
+        raise ShapeError(f"winograd_output takes M ({alpha(m) ** 2}, N, {', '.join(map(str, _grid(attrs)))}, "
+                         f"K/{attrs['block']}, {attrs['block']}); got {shape}")
+    _, n, th, tw, kb, b = shape
+    return [TensorType((n, kb, th * m, tw * m, b), ins[0].dtype)]
 
 
 def _output_compute(ins, outs, attrs):
     mm, o = ins[0], outs[0]
     bias = ins[1] if len(ins) > 1 else None
-    m, b = _tile(attrs), int(attrs["block"])
+    m = _tile(attrs)
     a, at = alpha(m), MATRICES[m][2]
-    th, tw = _grid(attrs)
 
     def body(n, kb, y, x, k):
-        p = (n * th + y // m) * tw + x // m
-        tile = {(i, j): mm[i * a + j, p, kb * b + k] for i in range(a) for j in range(a)}
-        v = _cases((y % m) * m + x % m, [_two_sided(at, tile, r, s) for r in range(m) for s in range(m)])
+        tile = {(i, j): mm[i * a + j, n, y // m, x // m, kb, k] for i in range(a) for j in range(a)}
+        # by row, then by column: expanding the column loop resolves the inner selects alone
+        v = _cases(y % m, [_cases(x % m, [_two_sided(at, tile, r, s) for s in range(m)]) for r in range(m)])
         return v if bias is None else v + bias[kb, 0, 0, k]
 
     # Loops: tile rows and columns outside, the channel block vectorized, the m x m outputs
-    # of a tile unrolled inside it (their shared partial sums computed once).
+    # of a tile expanded inside it (their shared partial sums computed once).
     hints = {"winograd": {"expand": (2, 3), "expand_block": m, "vector": 4}}
     return [compute(o.name, o.shape, body, o.dtype, tag="winograd", hints=hints)]
 
