@@ -9,7 +9,8 @@ Runtime once tuned. Each model of the suite's ``models`` group (benchmarks/workl
 ResNet-18 and MobileNetV2 at 224x224, BERT and GPT with 2 layers at sequence 128) is tuned
 with ``kiln.tune(model, trials=N, db=DIR)`` -- the tuner resumes, so trials already in DIR
 count -- and then timed by the suite's harness (``kiln.bench``) side by side: Kiln with the
-tuned records, Kiln untuned (the default rules) and ONNX Runtime, 2 threads each,
+tuned records, Kiln untuned (the default rules), Kiln untuned with direct 3x3 convolutions
+(``host:-winograd``) and ONNX Runtime, 2 threads each,
 interleaved rounds, outputs checked against ONNX Runtime. Ratios above 1: Kiln is faster.
 
 Tuning measures kernels: run it on a quiet machine (check the load average first).
@@ -84,13 +85,16 @@ def ratios(rows: list[B.Row]) -> dict[str, dict[str, float]]:
             if "kiln-untuned" in med:
                 out[name].update({"ort/untuned": med["ort"] / med["kiln-untuned"],
                                   "untuned/tuned": med["kiln-untuned"] / med["kiln"]})
+            if "kiln-direct" in med:
+                out[name]["ort/direct"] = med["ort"] / med["kiln-direct"]
     return out
 
 
 def summary(by_model: dict[str, dict[str, float]]) -> list[str]:
     lines = []
     for key, label in (("ort/tuned", "ONNX Runtime / tuned Kiln"), ("ort/untuned", "ONNX Runtime / untuned Kiln"),
-                       ("untuned/tuned", "untuned / tuned Kiln")):
+                       ("untuned/tuned", "untuned / tuned Kiln"),
+                       ("ort/direct", "ONNX Runtime / untuned Kiln with direct 3x3 convolutions")):
         g = geomean([v[key] for v in by_model.values() if key in v])
         if g is not None:
             lines.append(f"geometric mean {label}: {g:.2f}")
@@ -115,9 +119,9 @@ def write_markdown(path: Path, argv, rows, tuning, loads, db: Path) -> None:
     lines += [f"| {name} | {trials} | {tuned} / {tasks} | {sec / 60:.1f} min |"
               for name, (trials, tasks, tuned, sec) in tuning.items()]
     lines += ["", "## Results", "", B.markdown_table(rows), "", "| model | ORT / tuned | ORT / untuned | "
-              "untuned / tuned |", "|---|---:|---:|---:|"]
+              "untuned / tuned | ORT / untuned direct |", "|---|---:|---:|---:|---:|"]
     for name, r in by_model.items():
-        cells = [f"{r[k]:.2f}" if k in r else "—" for k in ("ort/tuned", "ort/untuned", "untuned/tuned")]
+        cells = [f"{r[k]:.2f}" if k in r else "—" for k in ("ort/tuned", "ort/untuned", "untuned/tuned", "ort/direct")]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     lines += ["", "## Summary", "", *[f"- {line}" for line in summary(by_model)], ""]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,9 @@ def write_markdown(path: Path, argv, rows, tuning, loads, db: Path) -> None:
 
 
 def _peers(db: Path) -> list:
-    return [B.KilnPeer("host", db=db), B.KilnPeer("host", name="kiln-untuned"), B.OrtPeer()]
+    # kiln-direct: untuned with every 3x3 convolution direct (no Winograd), the rules before it
+    return [B.KilnPeer("host", db=db), B.KilnPeer("host", name="kiln-untuned"),
+            B.KilnPeer("host:-winograd", name="kiln-direct"), B.OrtPeer()]
 
 
 def main(argv=None) -> int:

@@ -14,9 +14,10 @@ def _row(workload, peer, ms, err=0.0):
 
 def test_ratios_and_verdict_from_rows():
     rows = [_row("a", "kiln", 2.0), _row("a", "kiln-untuned", 3.0), _row("a", "ort", 3.0),
+            _row("a", "kiln-direct", 6.0),
             _row("b", "kiln", 1.0), _row("b", "kiln-untuned", 1.0), _row("b", "ort", 1.2)]
     r = T.ratios(rows)
-    assert r["a"] == pytest.approx({"ort/tuned": 1.5, "ort/untuned": 1.0, "untuned/tuned": 1.5})
+    assert r["a"] == pytest.approx({"ort/tuned": 1.5, "ort/untuned": 1.0, "untuned/tuned": 1.5, "ort/direct": 0.5})
     assert r["b"]["ort/tuned"] == pytest.approx(1.2)
     lines = T.summary(r)
     assert lines[0] == f"geometric mean ONNX Runtime / tuned Kiln: {(1.5 * 1.2) ** 0.5:.2f}"
@@ -37,6 +38,7 @@ def test_smoke_run_tunes_times_and_writes(tmp_path):
                    "--out", str(out), "--write"]) == 0
     text = out.read_text()
     assert "| resnet18 | 4 |" in text and "ORT / tuned" in text and "issue 5 target" in text
+    assert "| resnet18 | kiln-direct |" in text and "ORT / untuned direct" in text
     assert any((tmp_path / "db").iterdir())  # the records the tuned peer applied
 
 

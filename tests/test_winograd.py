@@ -259,3 +259,11 @@ def test_the_transform_gemms_are_tuned_and_the_records_apply(tmp_path, monkeypat
     assert len(gemm) == 1 and any(step["prim"] == "split" for step in gemm[0].trace)
     x = RNG.standard_normal((1, 32, 24, 24)).astype(np.float32)
     np.testing.assert_allclose(compiled.run({"x": x})["y"], _ort(model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_host_minus_winograd_keeps_convs_direct():
+    model = _conv_model(24, 32, 64)
+    ops = {n.op for n in kiln.compile(model, target="host:-winograd").graph.nodes}
+    assert "conv_nchwc" in ops and "winograd_output" not in ops
+    with pytest.raises(kiln.errors.TargetError, match="accepted options: -winograd"):
+        kiln.compile(model, target="host:+winograd")
