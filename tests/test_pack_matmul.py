@@ -46,6 +46,17 @@ def test_constant_weight_is_packed_at_compile_time():
     assert_graph_equal(pack_matmuls(before.verify(), 16).verify(), expected)
 
 
+def test_constant_weight_with_a_partial_panel_is_padded_and_sliced():
+    w = np.random.default_rng(0).standard_normal((8, 40)).astype(np.float32)
+    before = Graph((V("x", 4, 8),), (V("y", 4, 40),), (N("matmul", ["x", "w"], [V("y", 4, 40)]),), {"w": w})
+    padded = np.concatenate([w, np.zeros((8, 8), np.float32)], axis=1)
+    expected = Graph((V("x", 4, 8),), (V("y", 4, 40),), (
+        N("matmul_packed", ["x", "w__panels16"], [V("y__panels", 4, 48)], panel=16),
+        N("slice", ["y__panels"], [V("y", 4, 40)], starts=(0, 0), ends=(4, 40), steps=(1, 1)),
+    ), {"w__panels16": pack_panels(padded, 16)})
+    assert_graph_equal(pack_matmuls(before.verify(), 16).verify(), expected)
+
+
 def test_computed_b_gets_one_pack_node_shared_by_its_matmuls():
     shape_b = (64, 512)
     before = Graph((V("a", 64, 64), V("c", 64, 64), V("b", *shape_b)), (V("y", 64, 512), V("z", 64, 512)), (
@@ -61,7 +72,7 @@ def test_computed_b_gets_one_pack_node_shared_by_its_matmuls():
 
 
 @pytest.mark.parametrize("a_shape,b_shape,dtype,why", [
-    ((4, 8), (8, 24), F, "N not a multiple of the panel"),
+    ((4, 8), (8, 24), F, "computed B, N not a multiple of the panel"),
     ((4, 8), (8, 16), F, "a single panel: nothing to gain"),
     ((8, 64), (64, 512), F, "computed B with too few rows of A to pay for the copy"),
     ((128, 64), (64, 64), F, "computed B with short rows"),
@@ -126,6 +137,8 @@ class _Unpacked(HostTarget):
     (24, 40, 96, (), True),         # packed weights, rows not a multiple of the tile
     (64, 32, 512, (3,), False),     # batched, B per batch
     (5, 64, 256, (2,), True),       # batched A, packed batched weights
+    (1, 64, 1000, (), True),        # a classifier: 1000 outputs, the last panel padded
+    (6, 48, 100, (2,), True),       # batched, padded
 ])
 def test_packed_matmul_is_bit_identical_to_unpacked(m, k, n, batch, const_b):
     model, feeds, b = _matmul_model(m, k, n, batch, const_b)
