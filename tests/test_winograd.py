@@ -267,3 +267,14 @@ def test_host_minus_winograd_keeps_convs_direct():
     assert "conv_nchwc" in ops and "winograd_output" not in ops
     with pytest.raises(kiln.errors.TargetError, match="accepted options: -winograd"):
         kiln.compile(model, target="host:+winograd")
+
+
+def test_snapshot_winograd_f2x2_conv(monkeypatch):
+    """The generated C of an F(2x2) convolution on an AVX2-class host (16-float panels)."""
+    from kiln.passes.default_schedule import Capabilities
+    from tests.test_codegen import check_snapshot
+
+    monkeypatch.setattr(host, "capabilities", lambda: Capabilities(32, 16, 2, winograd=True))
+    compiled = kiln.compile(_conv_model(12, 8, 16))
+    assert [n.attrs["m"] for n in compiled.graph.nodes if n.op == "winograd_output"] == [2]
+    check_snapshot("winograd_f2x2_conv.c", compiled.source())
