@@ -421,12 +421,17 @@ def test_search_curve_harness_smoke(tmp_path):
 
 
 def test_space_contains_the_default_rules_for_packed_matmuls_and_blocked_convs():
-    """Panel order, several channel blocks per tile and a depthwise conv's padding computed in
-    its row loop are knobs of the space, and its default decisions are the untuned schedule."""
+    """Panel order, several channel blocks per tile and an integer max pool's padding computed
+    in its row loop are knobs of the space, and its default decisions are the untuned schedule."""
+    from onnx import helper
+
     from tests.test_layout import _mobilenet_block
+    from tests.util import make_model
 
     packed = mlp(n=8, k=32, m=64)  # N = 64: B packed in panels
-    models = [packed, _mobilenet_block(hw=16, cin=32, mid=32, cout=64)]
+    pool = make_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4)],
+                      [("x", np.uint8, [1, 8, 32, 32])], [("y", np.uint8, [1, 8, 16, 16])])
+    models = [packed, _mobilenet_block(hw=16, cin=32, mid=32, cout=64), pool]
     seen = set()
     for t in [t for m in models for t in extract_tasks(m)]:
         sp = DesignSpace(t.func, t.stages, t.caps)

@@ -101,7 +101,10 @@ def _prologues(node, group_of, consumers, producers, outputs, constants=frozense
         if g is None or len(g.nodes) != 1 or g in found:
             continue
         p = g.nodes[0]
-        if p.op == "to_nchwc" and node.op == "conv_nchwc" and pos == 0 and not through_view:
+        if (p.op == "to_nchwc" and node.op == "conv_nchwc" and pos == 0 and not through_view
+                and not node.attrs.get("depthwise")):
+            # (a depthwise conv reads each tap in place, bounds-tested: through the
+            # conversion every tap would gather its channel block across NCHW planes)
             found.append(g)
         elif p.op == "dequantize_linear" and p.inputs[0] in constants and node.op in ("conv", "matmul", "gemm"):
             found.append(g)
