@@ -165,7 +165,9 @@ dim_bound_option = click.option(
 target_option = click.option(
     "--target", default=DEFAULT_TARGET, show_default=True, metavar="T",
     help=f"Target to compile for. Implemented: {', '.join(implemented())}."
-         + (f" Planned: {', '.join(planned())}." if planned() else ""))
+         + (f" Planned: {', '.join(planned())}." if planned() else "")
+         + " Options after a colon, e.g. arm64:+dotprod,+fp16 or host:-winograd (3x3 convolutions "
+           "stay direct).")
 
 
 @click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
