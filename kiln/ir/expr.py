@@ -388,6 +388,67 @@ def _simplify_bin(x: Bin) -> Expr:
     return x
 
 
+# -- simplification with loop ranges ----------------------------------------------------
+
+def _rebuild(terms: dict, dtype) -> Expr:
+    out: Expr | None = None
+    for atom, coef in terms.items():
+        if atom == "" or coef == 0:
+            continue
+        t = atom if coef == 1 else Bin("mul", atom, Const(coef, dtype), dtype)
+        out = t if out is None else Bin("add", out, t, dtype)
+    const = terms.get("", 0)
+    if out is None:
+        return Const(const, dtype)
+    return out if const == 0 else Bin("add", out, Const(const, dtype), dtype)
+
+
+def _split_div(e: Bin, ranges: dict[str, int]):
+    """(quotient, remainder) terms of ``e.a`` by the constant ``e.b`` when provably exact."""
+    if not (isinstance(e.b, Const) and not e.b.dtype.is_float) or int(e.b.value) <= 0:
+        return None
+    c = int(e.b.value)
+    terms = linear_terms(e.a)
+    if terms is None:
+        return None
+    quot, rem, rem_max = {}, {}, 0
+    for atom, coef in terms.items():
+        if atom == "":
+            continue
+        if coef % c == 0:
+            quot[atom] = coef // c
+        elif isinstance(atom, Var) and atom.name in ranges and coef > 0:
+            rem[atom] = coef
+            rem_max += coef * (ranges[atom.name] - 1)
+        else:
+            return None
+    const = terms.get("", 0)
+    if const < 0:
+        return None
+    quot[""], rem[""] = const // c, const % c
+    if rem_max + rem[""] >= c:
+        return None
+    return quot, rem
+
+
+def simplify_in_ranges(e: Expr, ranges: dict[str, int], memos: tuple[dict, dict] | None = None) -> Expr:
+    """``simplify`` knowing ``0 <= v < ranges[v]`` for loop variables: ``(12*r + k) // 12`` is
+    ``r`` and ``(12*r + k) % 12`` is ``k`` when ``k < 12`` (kiln/passes/simplify_loops.py).
+    ``memos``: reuse results for subexpressions met before under the same ``ranges``."""
+    memo, simplify_memo = memos or ({}, {})
+
+    def step(x: Expr) -> Expr:
+        x = map_children(x, go)
+        if isinstance(x, Bin) and x.op in ("floordiv", "mod") and not x.dtype.is_float:
+            parts = _split_div(x, ranges)
+            if parts is not None:
+                return simplify(_rebuild(parts[0] if x.op == "floordiv" else parts[1], x.dtype))
+        return x
+
+    go = memoized(step, memo)
+    return simplify(go(e), simplify_memo)
+
+
 def linear_terms(e: Expr) -> dict | None:
     """An integer expression as {atom: coefficient} plus "" for the constant term.
 

@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 from kiln.errors import ScheduleError
-from kiln.ir.expr import (Const, Expr, Load, Var, affine_coeffs, ceil_div, replace_loads, simplify,
-                          substitute, walk)
+from kiln.ir.expr import (Const, Expr, Load, Select, Var, affine_coeffs, ceil_div, map_children, replace_loads,
+                          simplify, simplify_in_ranges, substitute, walk)
 from kiln.ir.loop import (PARALLEL, SERIAL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq,
                           Stmt, Store, find_loop, map_exprs, map_stmt, seq, stmt_children, subst_stmt,
                           walk_stmts)
@@ -331,9 +331,6 @@ def _specialize(e: Expr, var: str, value: Const) -> Expr:
     """``e`` with ``var`` = ``value``, top down: a select whose condition becomes constant is
     replaced by the branch taken before that branch is visited, so a chain of n cases costs
     the case taken, not all n. Shared subexpressions are rewritten once."""
-    from kiln.ir.expr import Select, map_children
-    from kiln.passes.simplify_loops import simplify_expr
-
     memo: dict[int, Expr] = {}
 
     def go(x: Expr) -> Expr:
@@ -343,7 +340,7 @@ def _specialize(e: Expr, var: str, value: Const) -> Expr:
         if isinstance(x, Var):
             out = value if x.name == var else x
         elif isinstance(x, Select):
-            cond = simplify_expr(go(x.cond), {})  # (4*y_o + 2) % 4 == 2: true
+            cond = simplify_in_ranges(go(x.cond), {})  # (4*y_o + 2) % 4 == 2: true
             if isinstance(cond, Const):
                 out = go(x.a if cond.value else x.b)
             else:
