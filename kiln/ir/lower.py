@@ -130,8 +130,8 @@ def _inline_into(consumer: Stage, producer: Stage) -> Stage:
     body = replace_loads(consumer.body, sub)
     # The consumer inherits the producer's pattern when it absorbs a reduction (epilogue),
     # or a stage whose loops must be arranged its own way (a Winograd output transform).
-    if (_has_reduce(producer.body) or producer.tag == "winograd" and consumer.shape == producer.shape) \
-            and not _has_reduce(consumer.body):
+    own_loops = producer.tag == "winograd" and consumer.shape == producer.shape
+    if (_has_reduce(producer.body) or own_loops) and not _has_reduce(consumer.body):
         return replace(consumer, body=body, tag=producer.tag, hints=producer.hints)
     return replace(consumer, body=body)
 

@@ -383,8 +383,9 @@ def expand_cases(sch: Schedule, spatial, hint: dict, work) -> None:
         outer loops (parallel) | vector axis (vectorized) | case axes (expanded)
 
     ``hint``: ``expand`` the case axes -- whole, or split by ``expand_block`` and only the
-    inner parts expanded; ``vector`` the axis to vectorize. Each case then is straight-line code inside one vectorized loop, so the values
-    the cases share are loaded and combined once per vector."""
+    inner parts expanded; ``vector`` the axis to vectorize. Each case then is straight-line
+    code inside one vectorized loop, so the values the cases share are loaded and combined
+    once per vector."""
     names = [n for n, _ in spatial]
     outer, inner = list(names), []
     for ax in hint["expand"]:
