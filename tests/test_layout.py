@@ -98,3 +98,20 @@ def test_depthwise_padding_is_a_bounds_test_not_a_copy():
     model = _mobilenet_block(hw=16, cin=32, mid=32, cout=64)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(kiln.compile(model).run({"x": x})["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_rgb_stem_is_padded_plane_by_plane():
+    """A conv whose input block is all of its 3 channels pads (N, 1, C, H, W): the copy runs
+    along W, contiguous in the image it reads through the NCHWc conversion."""
+    rng = np.random.default_rng(3)
+    node, inits = _conv("s", "x", "y", 3, 32, 3, rng, pad=1)
+    node = helper.make_node("Conv", node.input, node.output, pads=[1] * 4, strides=[2, 2])
+    g = helper.make_graph([node], "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 20, 20])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 10, 10])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = kiln.compile(model)
+    pads = [(name, t.shape) for k in compiled.result.kernels for name, t in k.temps if name.endswith("__pad")]
+    assert [shape for _, shape in pads] == [(1, 1, 3, 22, 22)]
+    x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], want, rtol=1e-4, atol=1e-5)
