@@ -203,7 +203,7 @@ class DesignSpace:
         d = self.validate(decisions)
         sch = Schedule(self.func)
         nests = _nests(self.func)
-        pad = None  # a depthwise conv's padded input, computed inside its loops as the default rule does
+        pad = None  # an integer max pool's padded input, computed inside its loops as the default rule does
         if self.index > 0 and rules.pad_computed_inside(self.stages[self.index - 1], self.stages[self.index]):
             pad = (rules._nest_names(nests[self.index - 1]), self.stages[self.index - 1])
         for i, nest in enumerate(nests):

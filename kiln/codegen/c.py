@@ -223,6 +223,7 @@ class CRenderer:
         subscripts = self.__dict__.setdefault("_subscripts", {})
         cached = subscripts.get(key)
         if cached is None:  # a Winograd transform reads each tile value in many of its cases
+            # (the key holds the buffer's shape: one renderer prints many functions)
             flat = None
             for i, n in zip(indices, buf.shape):
                 flat = i if flat is None else Bin("add", Bin("mul", flat, as_expr(n, INDEX), INDEX), i, INDEX)
@@ -309,7 +310,6 @@ class CRenderer:
     def render_func(self, f: Func, inputs: set[str], static: bool = True, symbols=()) -> str:
         """``static void name(const float* restrict a, float* restrict out, ..., int64_t batch)``."""
         self.lines = []
-        self._subscripts: dict = {}  # (buffer, indices) -> its rendered subscript, per function
         self.buffers: dict[str, Buffer] = {b.name: b for b in f.params}
         params = ", ".join(
             [f"{'const ' if b.name in inputs else ''}{self.ctype(b.dtype)}* restrict {b.name}" for b in f.params]

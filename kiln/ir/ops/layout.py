@@ -68,17 +68,19 @@ def _conv_nchwc_infer(ins, attrs):
     return [TensorType((n, ocb) + spatial + (ws[-1],), ins[0].dtype)]  # the output block
 
 
+def _read_or_zero(x, lead: tuple, at, tail: tuple):
+    """``x[lead + at + tail]``, or 0 where the spatial position ``at`` (H, W) is outside ``x``."""
+    h, w = (x.shape[len(lead)], x.shape[len(lead) + 1])
+    inside = conj([at[0].ge(0), at[0].lt(h), at[1].ge(0), at[1].lt(w)])
+    return Select(inside, x[lead + tuple(at) + tail], Const(0.0, x.dtype))
+
+
 def _planar_pad(name: str, x, pb, pe):
     """x (N, 1, H, W, C) padded on H and W into (N, 1, C, H', W')."""
     n, cb, h, w, c = x.shape
     shape = (n, cb, c, h + pb[0] + pe[0], w + pb[1] + pe[1])
-
-    def body(i, j, k, r, q):
-        at = (r - pb[0], q - pb[1])
-        inside = conj([at[0].ge(0), at[0].lt(h), at[1].ge(0), at[1].lt(w)])
-        return Select(inside, x[i, j, at[0], at[1], k], Const(0.0, x.dtype))
-
-    return compute(name, shape, body, x.dtype, tag="pad", inline=False)
+    return compute(name, shape, lambda i, j, k, r, q: _read_or_zero(x, (i, j), (r - pb[0], q - pb[1]), (k,)),
+                   x.dtype, tag="pad", inline=False)
 
 
 def _conv_nchwc_compute(ins, outs, attrs):
@@ -92,14 +94,15 @@ def _conv_nchwc_compute(ins, outs, attrs):
     # per output its padded copy cost more than the tests (MobileNetV2, one core: 4.23-4.43
     # -> 4.03-4.25 ms; the 112 -> 56 stride-2 layer 0.16 -> 0.10 ms, ONNX Runtime 0.11,
     # where the rows computed inside its loops were 3 per output row, 2 of them new).
-    bounds_tested = depthwise and (any(pb) or any(pe))
+    padded = any(pb) or any(pe)
+    bounds_tested = depthwise and padded
     # An input whose block is all of a few channels (an RGB stem) is padded channel by
     # channel, (N, 1, C, H, W): the copy then runs along W, which its source (the image,
     # read through the NCHWc conversion) has contiguous; the conv broadcasts each input
     # value anyway, so the layout it reads costs nothing (one core: MobileNetV2's stem
     # 0.27 -> 0.15 ms, ONNX Runtime 0.17; ResNet-18's 1.11 -> 1.02 ms; results identical).
-    planar = not depthwise and w.shape[1] == 1 and w.shape[4] < 4 and (any(pb) or any(pe))
-    if (any(pb) or any(pe)) and not bounds_tested:
+    planar = not depthwise and w.shape[1] == 1 and w.shape[4] < 4 and padded
+    if padded and not bounds_tested:
         if planar:
             pad = _planar_pad(f"{o.name}__pad", x, pb, pe)
         else:
@@ -118,9 +121,7 @@ def _conv_nchwc_compute(ins, outs, attrs):
         def tap(n, cb, oh, ow, c, a, b_):
             if not bounds_tested:
                 return src[(n, cb) + pos((oh, ow), (a, b_)) + (c,)]
-            at = [p - begin for p, begin in zip(pos((oh, ow), (a, b_)), pb)]
-            inside = conj([at[0].ge(0), at[0].lt(x.shape[2]), at[1].ge(0), at[1].lt(x.shape[3])])
-            return Select(inside, x[(n, cb) + tuple(at) + (c,)], Const(0.0, x.dtype))
+            return _read_or_zero(x, (n, cb), [p - begin for p, begin in zip(pos((oh, ow), (a, b_)), pb)], (c,))
 
         def body(n, cb, oh, ow, c):
             acc = rsum(lambda a, b_: tap(n, cb, oh, ow, c, a, b_) * w[cb, a, b_, c], (kh, kw))
