@@ -9,6 +9,11 @@ appended; each batch of measurements is written and fsync'ed before the next bat
 measured, so ``kill -9`` loses at most the batch in flight. A line that does not parse
 (a torn last line after a kill, a hand edit) is skipped with a ``TuningWarning``; the
 next append starts on a fresh line. The compiler asks ``best_trace(key, target)``.
+
+Besides the search's measurements a task has two kinds of marked records: the untuned
+kernel's (``"untuned": true``, the default schedule as first measured) and verdicts
+(``"verified": true``), written when the tuner re-timed the fastest records beside the
+default at the end of a run; the newest verdict decides what the compiler applies.
 """
 from __future__ import annotations
 
@@ -29,6 +34,11 @@ def _valid_record(r) -> bool:
             and isinstance(r["decisions"], dict)
             and (r["latency"] is None or (isinstance(r["latency"], (int, float)) and r["latency"] > 0))
             and (r["error"] is None) == (r["latency"] is not None))
+
+
+def _measurement(r: dict) -> bool:
+    """A record of one search trial (not the untuned reference nor a verdict)."""
+    return not r.get("untuned") and not r.get("verified")
 
 
 def _valid_workload(w) -> bool:
@@ -114,20 +124,30 @@ class Database:
 
     # -- reading ------------------------------------------------------------------------------
     def records(self, key: str | None = None, target: str | None = None) -> list[dict]:
-        """The search's measurements (not the untuned reference, see ``untuned``)."""
+        """The search's measurements (not the untuned reference, see ``untuned``, nor the
+        verdicts, see ``verdict``)."""
         if key is not None and target is not None:
-            return [r for r in self._records.get((key, target), []) if not r.get("untuned")]
+            return [r for r in self._records.get((key, target), []) if _measurement(r)]
         return [r for (k, t), rs in self._records.items() for r in rs
-                if (key is None or k == key) and (target is None or t == target) and not r.get("untuned")]
+                if (key is None or k == key) and (target is None or t == target) and _measurement(r)]
 
     def untuned(self, key: str, target: str) -> dict | None:
         """The record of the untuned kernel (the default schedule's trace and latency, measured
         by the same harness as the candidates), if the tuner wrote one."""
         return next((r for r in self._records.get((key, target), []) if r.get("untuned")), None)
 
+    def verdict(self, key: str, target: str) -> dict | None:
+        """The newest verdict of the tuner's verification (``tuner.verify``): the schedule that
+        won when the fastest records were re-timed beside the default (``decisions`` {})."""
+        return next((r for r in reversed(self._records.get((key, target), [])) if r.get("verified")), None)
+
     def best(self, key: str, target: str) -> dict | None:
-        """The fastest record, the untuned kernel included: a schedule the search found but that
-        measured slower than the default is never applied."""
+        """The record the compiler applies: the newest verdict when the task was verified,
+        else the fastest record, the untuned kernel included (a schedule the search found but
+        that measured slower than the default is never applied)."""
+        verdict = self.verdict(key, target)
+        if verdict is not None:
+            return verdict
         valid = [r for r in self._records.get((key, target), []) if r["error"] is None]
         return min(valid, key=lambda r: r["latency"]) if valid else None
 
@@ -137,7 +157,7 @@ class Database:
 
     def __len__(self) -> int:
         """Measurements of the search (the untuned references not counted)."""
-        return sum(1 for v in self._records.values() for r in v if not r.get("untuned"))
+        return sum(1 for v in self._records.values() for r in v if _measurement(r))
 
 
 def tuned_schedules(directory, target: str):

@@ -54,6 +54,7 @@ class MeasureOptions:
     rtol: float = 1e-3             # output check against the untuned kernel
     atol: float = 1e-4
     confirm: int = 2               # extra runs of a candidate that would become the new best
+    cold_weights: bool = True      # evict the task's weights from the caches before each timed call
 
 
 @dataclass
@@ -78,7 +79,9 @@ def default_func(task) -> Func:
     return default_schedule(task).func
 
 
-def harness_source(func: Func) -> str:
+def harness_source(func: Func, cold=()) -> str:
+    """The measurement program of ``func``; ``cold``: names of parameters (the model's
+    weights) evicted from the caches before each timed call."""
     renderer = X86Renderer()  # the host's renderer: the tuner times what compile builds
     inputs = {b.name for b in func.params if b.name.startswith("in")}
     kernel = renderer.render_func(func, inputs, static=True)
@@ -87,7 +90,8 @@ def harness_source(func: Func) -> str:
     return render("tune_harness.c.j2", prelude=C_PRELUDE + renderer.support_code(), kernel=kernel, params=params,
                   sizes=[max(s, 1) for s in sizes], guard=GUARD_BYTES, oob_status=OOB_STATUS,
                   input_indices=[i for i, b in enumerate(func.params) if b.name in inputs],
-                  output_indices=[i for i, b in enumerate(func.params) if b.name.startswith("out")])
+                  output_indices=[i for i, b in enumerate(func.params) if b.name.startswith("out")],
+                  cold=[i for i, b in enumerate(func.params) if b.name in set(cold)])
 
 
 def random_inputs(func: Func, seed: int = 0) -> list[np.ndarray]:
@@ -132,11 +136,14 @@ class Measurer:
         self.close()
 
     # -- one candidate ----------------------------------------------------------------------
-    def _build(self, func: Func, name: str) -> tuple[Path | None, str]:
+    def _cold(self, task) -> tuple[str, ...]:
+        return tuple(getattr(task, "weights", ())) if self.options.cold_weights else ()
+
+    def _build(self, func: Func, name: str, cold=()) -> tuple[Path | None, str]:
         d = self.workdir / name
         d.mkdir(parents=True, exist_ok=True)
         src = d / "harness.c"
-        src.write_text(harness_source(func))
+        src.write_text(harness_source(func, cold))
         exe = d / "harness"
         try:
             proc = subprocess.run([self.cc, *self.flags, "-o", str(exe), str(src), "-lm"],
@@ -178,7 +185,7 @@ class Measurer:
         with open(inputs_file, "wb") as f:
             for a in inputs:
                 f.write(np.ascontiguousarray(a).tobytes())
-        exe, err = self._build(func, f"{task.key}_ref")
+        exe, err = self._build(func, f"{task.key}_ref", self._cold(task))
         if exe is None:
             raise TuningError(f"the untuned kernel of task {task.name} does not build:\n{err}")
         out_file = exe.parent / "outputs.bin"
@@ -203,13 +210,13 @@ class Measurer:
                 off += n
         return outs
 
-    def _build_all(self, funcs: list[Func]) -> list[tuple[Path | None, str]]:
+    def _build_all(self, funcs: list[Func], cold=()) -> list[tuple[Path | None, str]]:
         names = []
         for _ in funcs:
             self._count += 1
             names.append(f"c{self._count}")
         with ThreadPoolExecutor(max_workers=max(self.options.builders, 1)) as pool:
-            return list(pool.map(self._build, funcs, names))
+            return list(pool.map(self._build, funcs, names, [cold] * len(funcs)))
 
     def _confirm(self, exe: Path, inputs_file: Path, threads: int, res: Result) -> Result:
         """``res`` run ``confirm`` more times; its latency becomes the median of all runs."""
@@ -235,7 +242,7 @@ class Measurer:
         inputs_file = self._refs[task.key][0]
         results = []
         bar = math.inf if confirm_below is None else confirm_below
-        for func, (exe, err) in zip(funcs, self._build_all(funcs)):
+        for func, (exe, err) in zip(funcs, self._build_all(funcs, self._cold(task))):
             if exe is None:
                 results.append(Result(None, "build", err))
                 continue
@@ -259,7 +266,7 @@ class Measurer:
             raise TuningError(f"rounds must be a positive integer, got {rounds!r}")
         ref_outs, _ = self.reference(task)
         inputs_file = self._refs[task.key][0]
-        built = self._build_all(funcs)
+        built = self._build_all(funcs, self._cold(task))
         failed: dict[int, Result] = {i: Result(None, "build", err) for i, (exe, err) in enumerate(built) if exe is None}
         runs: dict[int, list[Result]] = {i: [] for i in range(len(funcs)) if i not in failed}
         try:

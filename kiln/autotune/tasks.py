@@ -71,6 +71,10 @@ class Task:
     flops: int = 0
     desc: str = ""                  # what it computes, for people ("Conv+Relu 1x64x56x56")
     kernels: list[str] = field(default_factory=list)  # kernel names in the model
+    # parameters holding the model's constants: a model run finds them in memory, not in
+    # the caches (a network's weights outgrow the last-level cache), so the measurement
+    # harness evicts them before each timed call (MeasureOptions.cold_weights)
+    weights: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -107,8 +111,10 @@ def extract_tasks(model, target="host", *, input_shapes=None, example_inputs=Non
             continue
         ops_ = "+".join(dict.fromkeys(n.op for n in group.nodes)) or k.name
         shape = "x".join(str(d) for d in k.stages[-1].shape) if k.stages else ""
+        weights = tuple(p.name for p, value in zip(func.params, k.inputs) if value in result.graph.constants)
         tasks[key] = Task(key, str(target_impl), normalized(func), list(k.stages), caps,
-                          flops=count_flops(func), desc=f"{ops_} {shape}".strip(), kernels=[k.name])
+                          flops=count_flops(func), desc=f"{ops_} {shape}".strip(), kernels=[k.name],
+                          weights=weights)
     if not tasks:
         raise TuningError("the model has no tunable kernels (no static-shape GEMM-like, convolution "
                           "or pooling reductions); compile it without tuning")

@@ -11,6 +11,12 @@ Task scheduler (a simplified form of Ansor's gradient scheduler): every task get
 batch first, heaviest first; after that the next batch goes to the task whose estimated
 latency reduction is largest -- weight x current best latency x its recent relative
 improvement (at least 1/(rounds+1), so no task is starved for ever).
+
+Verification (``verify_top``): the fastest of hundreds of noisy measurements is partly the
+luckiest (the winner's curse), so at the end of a run each task's ``verify_top`` fastest
+records are re-timed beside the default schedule in interleaved rounds, and the verdict --
+a record only when it beats the default by more than ``VERIFY_MARGIN`` -- is what the
+compiler applies. These re-timings are not trials of the budget.
 """
 from __future__ import annotations
 
@@ -24,13 +30,14 @@ from pathlib import Path
 
 from kiln.autotune.cost_model import latencies_of, load_cost_model
 from kiln.autotune.database import Database
-from kiln.autotune.measure import MeasureOptions, Measurer, default_schedule
+from kiln.autotune.measure import MeasureOptions, Measurer, default_schedule, schedule_of
 from kiln.autotune.search import EvolutionarySearch, RandomSearch
 from kiln.autotune.space import Candidate, DesignSpace, canonical
 from kiln.autotune.tasks import Task, extract_tasks
-from kiln.errors import TuningError, TuningWarning
+from kiln.errors import KilnError, TuningError, TuningWarning
 
 SEARCHES = {"evolutionary": EvolutionarySearch, "random": RandomSearch}
+VERIFY_MARGIN = 0.02  # a gain within the machine's run-to-run noise is no reason to leave the default
 
 
 @dataclass
@@ -43,6 +50,7 @@ class TaskState:
     default_latency: float | None = None
     rounds: int = 0
     history: list = field(default_factory=list)   # best latency after each round
+    verdict: float | None = None                  # latency of the verified choice (verify)
     done: bool = False
     failed: str = ""
 
@@ -57,7 +65,10 @@ class TaskState:
 
     @property
     def current(self) -> float | None:
-        """The latency the compiled model gets: the best record, else the untuned kernel."""
+        """The latency the compiled model gets: the verified choice, else the best record,
+        else the untuned kernel."""
+        if self.verdict is not None:
+            return self.verdict
         b = self.best
         return b if b is not None else self.default_latency
 
@@ -118,13 +129,16 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
          batch_size: int = 8, seed: int = 0, measure: MeasureOptions | None = None, progress=None,
          curve: str | Path | None = None, input_shapes=None, example_inputs=None,
          tasks: list[Task] | None = None, population: int = 64, generations: int = 3,
-         default_first: bool = True) -> TuneResult:
+         default_first: bool = True, verify_top: int = 4, verify_rounds: int = 5) -> TuneResult:
     """Tune ``model`` for ``target`` with ``trials`` measurements in all; results go to ``db``.
 
     ``progress``: a callable ``(states, total_trials, budget)`` called after every batch
     (the CLI passes a live ``rich`` table). ``curve``: write the tuning curve to this PNG.
     ``default_first``: the evolutionary search measures the default rules' schedule as its
-    first trial of each task (one trial of the budget; see search.py).
+    first trial of each task (one trial of the budget; see search.py). ``verify_top``: how
+    many of each task's fastest records are re-timed beside the default at the end
+    (``verify_rounds`` interleaved rounds; 0 skips verification, and the compiler then
+    applies the fastest record as measured).
     """
     if not isinstance(trials, int) or trials < 0:
         raise TuningError(f"trials must be a non-negative integer, got {trials!r}")
@@ -132,6 +146,10 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
         raise TuningError(f"batch_size must be a positive integer, got {batch_size!r}")
     if search not in SEARCHES:
         raise TuningError(f"unknown search {search!r}; expected one of {', '.join(SEARCHES)}")
+    for name, value in (("verify_top", verify_top), ("verify_rounds", verify_rounds)):
+        if not isinstance(value, int) or value < 0 or (name == "verify_rounds" and value < 1):
+            raise TuningError(f"{name} must be a {'positive' if name == 'verify_rounds' else 'non-negative'} "
+                              f"integer, got {value!r}")
     from kiln.targets import get_target
 
     target_impl = get_target(target)
@@ -208,6 +226,12 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
             curve_points.append((total, estimated_latency(states)))
             if progress:
                 progress(states, total, trials)
+        if verify_top:
+            for s in states:
+                verify(s, measurer, database, target_name, verify_top, verify_rounds)
+            curve_points.append((total, estimated_latency(states)))
+            if progress:
+                progress(states, total, trials)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _save_model(costs, Path(db))
@@ -218,6 +242,50 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
 
         plot_curve(result, curve)
     return result
+
+
+def verify(s: TaskState, measurer: Measurer, database: Database, target: str, top: int, rounds: int) -> None:
+    """Re-time the task's ``top`` fastest records and the default schedule in ``rounds``
+    interleaved rounds and commit the verdict: the fastest record if it beats the default by
+    more than ``VERIFY_MARGIN``, else the default (``decisions`` {})."""
+    if s.failed or s.default_latency is None:
+        return
+    records = database.records(s.task.key, target)
+    last = database.verdict(s.task.key, target)
+    if last is not None and all(r.get("time", 0) <= last.get("time", 0) for r in records):
+        s.verdict = last["latency"]  # nothing measured since the last verdict
+        return
+    default = default_schedule(s.task)
+    seen, picks, funcs = {canonical(s.space.default())}, [], [default.func]
+    for r in sorted(records, key=lambda r: r["latency"] or math.inf):
+        if r["latency"] is None or len(picks) >= top:
+            break
+        k = canonical(r["decisions"])
+        if k in seen:
+            continue  # the default (measured by the search too) or a repeat
+        seen.add(k)
+        try:
+            funcs.append(schedule_of(s.task, r["trace"]))
+        except KilnError:
+            continue  # a record of another version of the rules that no longer replays
+        picks.append(r)
+    if not picks:
+        return
+    timed = measurer.retime(s.task, funcs, rounds=rounds)
+    if not timed[0].ok:
+        return  # the default itself failed on a re-run: leave the records as measured
+    winner = 0  # index into timed: 0 is the default
+    ok = [(t.latency, i) for i, t in enumerate(timed) if i and t.ok]
+    if ok and min(ok)[0] < timed[0].latency * (1.0 - VERIFY_MARGIN):
+        winner = min(ok)[1]
+    chosen = picks[winner - 1] if winner else {"decisions": {}, "trace": default.trace}
+    lat = timed[winner].latency
+    database.commit([{"key": s.task.key, "target": target, "decisions": chosen["decisions"],
+                      "trace": chosen["trace"], "latency": lat, "error": None, "verified": True,
+                      "runs": timed[winner].runs,
+                      "retimed": [{"decisions": r["decisions"], "latency": t.latency, "error": t.error}
+                                  for r, t in zip([{"decisions": {}}] + picks, timed)]}])
+    s.verdict = lat
 
 
 def _warm_start(costs, st: TaskState) -> None:
@@ -240,4 +308,5 @@ def _save_model(costs, directory: Path) -> None:
         costs.save(directory / "cost_model.json")
 
 
-__all__ = ["tune", "TuneResult", "TaskState", "pick_task", "estimated_latency", "SEARCHES"]
+__all__ = ["tune", "verify", "TuneResult", "TaskState", "pick_task", "estimated_latency", "SEARCHES",
+           "VERIFY_MARGIN"]
