@@ -14,6 +14,9 @@ invocation reads or writes past a tensor.
 Matmul and convolution nests (stages with a ``tile`` hint) take a second rule,
 :func:`kiln.passes.gpu_tiling.tile_gemm`, when their shapes allow it: an invocation then
 computes a small register tile and the workgroup stages operand tiles in workgroup memory.
+Other reductions with few outputs and long rows (softmax, layer norm, global pooling)
+take :func:`kiln.passes.gpu_rows.reduce_rows`: one workgroup per output, the row split
+across its invocations and combined through workgroup memory.
 
 Everything goes through :class:`~kiln.ir.schedule.Schedule` primitives, so a GPU schedule
 is a replayable trace like a CPU one.
@@ -83,6 +86,10 @@ def schedule_dispatches(func: Func, stages: list[Stage], *, tiling: bool = True,
             from kiln.passes.gpu_tiling import tile_gemm
 
             dispatch = tile_gemm(sub, stage)
+        if tiling and dispatch is None and stage.has_reduce:
+            from kiln.passes.gpu_rows import reduce_rows
+
+            dispatch = reduce_rows(sub, len(stage.shape))
         out.append(dispatch or bind_elementwise(sub, len(stage.shape), workgroup_size, bounds))
     return out
 

@@ -1,0 +1,112 @@
+"""GPU rule for reductions with few outputs and long rows: one workgroup per output.
+
+The default GPU rule gives each output element one invocation that runs the reduction
+serially. That suits many outputs with short reductions, but a layer norm's 128 row means
+over 768 elements are 128 invocations -- two workgroups on a GPU of a hundred compute
+units -- each reading its row alone. A nest of the form (``_reduction`` in
+:mod:`kiln.passes.gpu_schedule_cuda`, the same view the CUDA target's ``rows`` plan uses)::
+
+    for <spatial loops>:
+      acc = init
+      for <reduction loops>: acc = op(acc, value)      # op: add, mul, max, min
+      <epilogue stores reading acc>
+
+becomes one workgroup of ``THREADS`` invocations per output element: invocation ``t`` folds
+the elements ``t, t + THREADS, ...`` of the flattened reduction (consecutive invocations read
+consecutive elements), writes its partial into workgroup memory, and a tree of
+``log2(THREADS)`` halving steps, with a barrier before each, combines the partials;
+invocation 0 then folds in ``init`` and runs the epilogue. Barriers sit in uniform control flow: the tree
+is unrolled and the fold loop has a constant trip count (its out-of-range steps are guarded
+inside the loop). The reduction is reassociated: float sums may differ from the serial order
+in the last bits.
+
+It applies to nests whose reduction has at least ``MIN_REDUCTION`` elements when the nest has
+fewer than ``MAX_OUTPUTS`` outputs (otherwise one invocation per output already fills the
+GPU) or a reduction of at least ``LONG_REDUCTION`` elements; static extents only.
+"""
+from __future__ import annotations
+
+from kiln.ir.dtype import INDEX, DType
+from kiln.ir.expr import Bin, Const, Expr, Load, Var, simplify, substitute
+from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Store, seq, subst_stmt
+from kiln.passes.gpu_schedule_cuda import REDUCE_IDENTITY, _peel, _reduction
+
+THREADS = 64
+MIN_REDUCTION = 64
+MAX_OUTPUTS = 8192
+LONG_REDUCTION = 2048
+
+
+def _c(v: int) -> Const:
+    return Const(v, INDEX)
+
+
+def _identity(op: str, dtype: DType) -> Const:
+    value = REDUCE_IDENTITY[op]
+    if not dtype.is_float and value in (float("inf"), float("-inf")):
+        value = (1 << 63) - 1 if value > 0 else -(1 << 63)  # the renderer saturates to its integer type
+    return Const(value if dtype.is_float else int(value), dtype)
+
+
+def _combine(op: str, a: Expr, b: Expr, dtype: DType) -> Expr:
+    return Bin(op, a, b, dtype)
+
+
+def _decompose(flat: Expr, loops) -> dict[str, Expr]:
+    """Row-major indices of ``flat`` (below the product of the extents) over ``loops``
+    ((var, extent) pairs): the outermost index needs no modulo."""
+    out, rest = {}, flat
+    for i, (var, extent) in enumerate(reversed(loops)):
+        out[var.name] = rest if i == len(loops) - 1 else rest % extent
+        rest = rest // extent
+    return out
+
+
+def reduce_rows(func: Func, rank: int):
+    """The cooperative dispatch of ``func`` (one reduction nest), or None when the rule does not apply."""
+    from kiln.passes.gpu_schedule import Dispatch
+
+    spatial, inner = _peel(func.body, rank)
+    if len(spatial) != rank:
+        return None
+    r = _reduction(inner)
+    if r is None or any(not isinstance(e, int) for _, e in spatial + r.loops):
+        return None
+    outputs, k_total = 1, 1
+    for _, e in spatial:
+        outputs *= e
+    for _, e in r.loops:
+        k_total *= e
+    if k_total < MIN_REDUCTION or (outputs >= MAX_OUTPUTS and k_total < LONG_REDUCTION):
+        return None
+
+    blk, tid, step = Var("blk"), Var("tid"), Var("kstep")
+    where = _decompose(blk, spatial) if spatial else {}
+    part = Buffer(f"{r.acc}_part", (THREADS,), r.dtype, "shared")
+    acc = Load(r.acc, (), r.dtype)
+    k = step * THREADS + tid
+    value = simplify(substitute(r.value, {**where, **_decompose(k, r.loops)}))
+    fold = For(step, -(-k_total // THREADS),
+               If(k.lt(_c(k_total)), Store(r.acc, (), _combine(r.op, acc, value, r.dtype))))
+    tree = []
+    half = THREADS // 2
+    while half >= 1:
+        mine, theirs = Load(part.name, (tid,), r.dtype), Load(part.name, (tid + half,), r.dtype)
+        tree.append(If(tid.lt(_c(half)), Store(part.name, (tid,), _combine(r.op, mine, theirs, r.dtype))))
+        if half > 1:  # the last step's result is read by the invocation that wrote it
+            tree.append(Barrier())
+        half //= 2
+    finish = If(Bin("eq", tid, _c(0), DType.bool), seq(
+        Store(r.acc, (), _combine(r.op, simplify(substitute(r.init, where)), Load(part.name, (_c(0),), r.dtype),
+                                  r.dtype)),
+        subst_stmt(r.epilogue, where)))
+    body = Alloc(part, Alloc(Buffer(r.acc, (), r.dtype, "local"), seq(
+        Store(r.acc, (), _identity(r.op, r.dtype)), fold,
+        Store(part.name, (tid,), acc), Barrier(), *tree, finish)))
+    body = For(blk, outputs, For(tid, THREADS, body, GPU_THREAD), GPU_BLOCK)
+    trace = [{"prim": "gpu_reduce_rows", "args": {"outputs": outputs, "reduction": k_total, "threads": THREADS}}]
+    return Dispatch(func.name, func.with_body(body), outputs, THREADS, trace,
+                    shared_bytes=THREADS * 4)
+
+
+__all__ = ["reduce_rows", "THREADS", "MIN_REDUCTION", "MAX_OUTPUTS", "LONG_REDUCTION"]
