@@ -166,8 +166,8 @@ target_option = click.option(
     "--target", default=DEFAULT_TARGET, show_default=True, metavar="T",
     help=f"Target to compile for. Implemented: {', '.join(implemented())}."
          + (f" Planned: {', '.join(planned())}." if planned() else "")
-         + " Options after a colon, e.g. arm64:+dotprod,+fp16 or host:-winograd (3x3 convolutions "
-           "stay direct).")
+         + " Options after a colon, e.g. arm64:+dotprod,+fp16, host:-winograd (3x3 convolutions "
+           "stay direct) or webgpu:+f16 (float16 values stored as halves; needs shader-f16).")
 
 
 @click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})

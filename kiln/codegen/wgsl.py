@@ -5,7 +5,9 @@ renderer/wgsl.py). WGSL differs from C where it matters for correctness:
 
 - no 64-bit or 8-bit integers, no f64: every element is stored as one 32-bit word
   (:mod:`kiln.codegen.wgsl_model` converts at the edges), integers compute in ``i32``,
-  float16 computes in ``f32``; float64 is refused at compile time;
+  float16 computes in ``f32``; float64 is refused at compile time. With f16 storage
+  (``webgpu:+f16``) float16 values live one half each in ``arena16`` (``array<f16>``),
+  converted to f32 on load and rounded to f16 on store;
 - the same bindings serve every kernel: ``arena`` (read-write words holding inputs,
   outputs and intermediates at offsets from the WebGPU memory plan), ``weights0..N``
   (read-only words, 128 MiB each) and, for dynamic dims, the ``kiln_dims`` uniform; values
@@ -118,6 +120,12 @@ class WGSLRenderer:
             region, base = f"weights{first}", base - first * self.chunk_words
         return f"{region}[{base} + {flat}]" if base else f"{region}[{flat}]"
 
+    def half(self, name: str, indices) -> str:
+        """The ``arena16[...]`` element of a float16 parameter in f16 storage."""
+        base = self.bases[name][1]
+        flat = self.flat_index(name, indices)
+        return f"arena16[{base} + {flat}]" if base else f"arena16[{flat}]"
+
     def scoped(self, name: str) -> str:
         """A workgroup buffer is module-scope in WGSL: prefixed with its entry point's name."""
         return f"{self.entry}_{name}" if self.buffers[name].scope == "shared" else name
@@ -130,6 +138,8 @@ class WGSLRenderer:
         buf = self.buffers[e.buffer]
         if buf.scope in ("local", "shared"):
             return self.scoped(e.buffer) + "".join(f"[{self.expr(i)}]" for i in e.indices)
+        if self.bases[e.buffer][0] == "arena16":  # f16 storage; kernels compute in f32
+            return f"f32({self.half(e.buffer, e.indices)})"
         if e.buffer in self.packed:
             flat = self.flat_index(e.buffer, e.indices)
             if buf.dtype is DType.float16:  # two halves per word; unpack2x16float is core WGSL
@@ -152,6 +162,8 @@ class WGSLRenderer:
         v = self.expr(s.value)
         if buf.scope in ("local", "shared"):
             return f"{self.scoped(s.buffer)}{''.join(f'[{self.expr(i)}]' for i in s.indices)} = {v};"
+        if self.bases[s.buffer][0] == "arena16":
+            return f"{self.half(s.buffer, s.indices)} = f16({v});"
         if self.bases[s.buffer][0] != "arena":
             raise VerificationError(f"kernel stores into read-only buffer {s.buffer!r}")
         if self.wtype(buf.dtype) == "bool":
@@ -315,11 +327,17 @@ def _nonneg(e: Expr) -> bool:
 
 
 DIMS_BINDING = 8  # the uniform of dynamic dim values, after the arena and <= 7 weight chunks
+HALF_BINDING = 9  # arena16: float16 values in f16 storage (webgpu:+f16)
 
 
-def bindings(weight_chunks: int, chunk_words: int = 1 << 25, symbols=()) -> str:
-    """The bindings every kernel declares (the same layout for all kernels of a model)."""
-    lines = ["@group(0) @binding(0) var<storage, read_write> arena: array<u32>;"]
+def bindings(weight_chunks: int, chunk_words: int = 1 << 25, symbols=(), half: bool = False) -> str:
+    """The bindings every kernel declares (the same layout for all kernels of a model).
+    ``half``: the ``arena16`` binding of f16 storage, and ``enable f16;`` (which must come
+    before any declaration)."""
+    lines = ["enable f16;"] if half else []
+    lines += ["@group(0) @binding(0) var<storage, read_write> arena: array<u32>;"]
+    if half:
+        lines.append(f"@group(0) @binding({HALF_BINDING}) var<storage, read_write> arena16: array<f16>;")
     if symbols:
         lines += [f"struct KilnDims {{ d: array<vec4<i32>, {-(-len(symbols) // 4)}> }}",
                   f"@group(0) @binding({DIMS_BINDING}) var<uniform> kiln_dims: KilnDims;"]

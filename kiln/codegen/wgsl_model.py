@@ -2,8 +2,10 @@
 
 Every tensor element is one 32-bit word on the device (WGSL has no 8- or 64-bit integers and
 no f64) -- except 8-bit and float16 constants (a quantized or half-precision model's weights),
-packed four or two to a word and unpacked by the shader -- so the host memory plan's byte offsets do not apply: this module plans its own,
-in words, with the same liveness rule (greedy by size over kernel intervals). The arena holds
+packed four or two to a word and unpacked by the shader, and, with ``webgpu:+f16``, float16
+activations, one half each in a second arena (``arena16``) -- so the host memory plan's byte
+offsets do not apply: this module plans its own, in words (and halves), with the same liveness
+rule (greedy by size over kernel intervals). The arena holds
 the graph inputs and outputs first, then the intermediates; constants live in separate
 read-only ``weights`` buffers (128 MiB bindings). Dynamic dims count at their upper bounds. ``to_words``/``from_words`` are the conversions at the edge,
 mirrored by ``model.js`` in the browser.
@@ -80,11 +82,12 @@ def from_words(w: np.ndarray, dtype: DType, shape) -> np.ndarray:
 
 @dataclass
 class WordPlan:
-    storage: dict[str, tuple[str, int]]  # value -> ("arena" | "weights", word offset)
+    storage: dict[str, tuple[str, int]]  # value -> ("arena" | "arena16" | "weights", offset in its units)
     arena_words: int
     weights: np.ndarray                  # uint32 words
     chunk_words: int = CHUNK_WORDS       # weights are bound in chunks of this many words
     packed: set = field(default_factory=set)  # 8-bit constants stored four to a word
+    arena16_halves: int = 0              # f16 storage (webgpu:+f16): float16 values, one half each
 
     @property
     def weight_chunks(self) -> list[np.ndarray]:
@@ -100,17 +103,30 @@ def _max_size(t, bounds) -> int:
     return t.max_nbytes(bounds) // t.dtype.itemsize
 
 
-def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPlan:
-    """Word offsets of every value; dynamic dims count at their upper bounds."""
+def plan_words(graph: Graph, kernels, chunk_words: int | None = None, half: bool = False) -> WordPlan:
+    """Word offsets of every value; dynamic dims count at their upper bounds.
+
+    ``half`` (f16 storage): float16 values that are not constants live in a second arena,
+    ``arena16``, one 16-bit half per element (WGSL ``array<f16>``, needs ``shader-f16``),
+    planned the same way in halves; everything else stays one word per element."""
     chunk_words = chunk_words or CHUNK_WORDS
     bounds = graph.dim_bounds
     types = graph.value_types()
     roots = view_roots(graph)
+
+    def region(t) -> str:
+        return "arena16" if half and t.dtype is DType.float16 else "arena"
+
+    def units(t) -> int:  # halves align to the same 256 bytes as words
+        n = _max_size(t, bounds)
+        return _words(n) if region(t) == "arena" else 2 * _words(-(-n // 2))
+
     storage: dict[str, tuple[str, int]] = {}
-    off = 0
+    off = {"arena": 0, "arena16": 0}
     for v in list(graph.inputs) + list(graph.outputs):
-        storage[v.name] = ("arena", off)
-        off += _words(_max_size(v.type, bounds))
+        r = region(v.type)
+        storage[v.name] = (r, off[r])
+        off[r] += units(v.type)
     chunks, woff, packed = [], 0, set()
     for name, arr in graph.constants.items():
         if arr.dtype in PACKED_DTYPES:
@@ -124,35 +140,41 @@ def plan_words(graph: Graph, kernels, chunk_words: int | None = None) -> WordPla
         woff += w.size + pad
     weights = np.concatenate(chunks) if chunks else np.zeros(WORD_ALIGN, np.uint32)
 
-    intervals: dict[str, list[int]] = {}
+    intervals: dict[str, dict[str, list[int]]] = {"arena": {}, "arena16": {}}
     sizes: dict[str, int] = {}
     for step, k in enumerate(kernels):
         for name in k.outputs:
             r = roots.get(name, name)
             if r not in storage:
-                intervals.setdefault(r, [step, step])
-                sizes[r] = _words(_max_size(types[r], bounds))
+                intervals[region(types[r])].setdefault(r, [step, step])
+                sizes[r] = units(types[r])
         for name, t in k.temps:
-            intervals[name] = [step, step]
-            sizes[name] = _words(_max_size(t, bounds))
+            intervals[region(t)][name] = [step, step]
+            sizes[name] = units(t)
         for name in k.inputs:
             r = roots.get(name, name)
-            if r in intervals:
-                intervals[r][1] = max(intervals[r][1], step)
-    offsets, size = _greedy_by_size(intervals, sizes)
-    for name, o in offsets.items():
-        storage[name] = ("arena", off + o)
+            for live in intervals.values():
+                if r in live:
+                    live[r][1] = max(live[r][1], step)
+    total = {}
+    for reg, live in intervals.items():
+        offsets, size = _greedy_by_size(live, {n: sizes[n] for n in live})
+        for name, o in offsets.items():
+            storage[name] = (reg, off[reg] + o)
+        total[reg] = off[reg] + size
     for alias, r in roots.items():
         if r in storage and alias not in storage:
             storage[alias] = storage[r]
-    if off + size > BINDING_WORDS:
-        raise KilnError(f"the model needs {(off + size) * 4} bytes of activations at once; a WebGPU "
-                        f"storage binding holds at most {BINDING_WORDS * 4} bytes by default")
-    plan = WordPlan(storage, off + size, weights, chunk_words, packed)
-    if len(plan.weight_chunks) + 1 > MAX_STORAGE_BINDINGS:
+    for reg, per_unit in (("arena", 4), ("arena16", 2)):
+        if total[reg] * per_unit > BINDING_WORDS * 4:
+            raise KilnError(f"the model needs {total[reg] * per_unit} bytes of activations at once in {reg}; a "
+                            f"WebGPU storage binding holds at most {BINDING_WORDS * 4} bytes by default")
+    plan = WordPlan(storage, total["arena"], weights, chunk_words, packed, total["arena16"])
+    arenas = 1 + (plan.arena16_halves > 0)
+    if len(plan.weight_chunks) + arenas > MAX_STORAGE_BINDINGS:
         raise KilnError(f"the model has {weights.size * 4} bytes of weights: {len(plan.weight_chunks)} bindings of "
-                        f"{chunk_words * 4} bytes, but WebGPU guarantees only {MAX_STORAGE_BINDINGS - 1} beside "
-                        "the arena")
+                        f"{chunk_words * 4} bytes, but WebGPU guarantees only {MAX_STORAGE_BINDINGS - arenas} beside "
+                        f"the arena{'s' if arenas > 1 else ''}")
     return plan
 
 
@@ -179,6 +201,7 @@ class WebGPUModel:
         """What a runner needs, as plain JSON-able data (``model.js`` embeds it)."""
         return {
             "arenaWords": self.plan.arena_words, "weightsWords": int(self.plan.weights.size),
+            "arena16Halves": self.plan.arena16_halves,
             "symbols": self.symbols, "dimBounds": {k: list(self.dim_bounds[k]) for k in self.symbols},
             "weightChunks": [int(c.size) for c in self.plan.weight_chunks],
             "inputs": self.inputs, "outputs": self.outputs,
@@ -192,7 +215,8 @@ def _io(values, plan: WordPlan, bounds) -> list[dict]:
     """Inputs/outputs for runners; a dynamic dim is a JavaScript expression over ``d`` (the
     dim values by name), e.g. ``d["batch"] * 4``."""
     return [{"name": v.name, "shape": [d if isinstance(d, int) else _js(d) for d in v.shape],
-             "dtype": v.dtype.value, "offset": plan.offset(v.name), "size": _max_size(v.type, bounds)}
+             "dtype": v.dtype.value, "region": plan.storage[v.name][0], "offset": plan.offset(v.name),
+             "size": _max_size(v.type, bounds)}
             for v in values]
 
 
@@ -207,14 +231,16 @@ def _js(dim) -> str:
     return text
 
 
-def build_webgpu_model(graph: Graph, kernels, tiling: bool = True) -> WebGPUModel:
+def build_webgpu_model(graph: Graph, kernels, tiling: bool = True, half: bool = False) -> WebGPUModel:
+    """``half``: f16 storage for float16 values (``plan_words``); the kernels then enable f16."""
     symbols = sorted(graph.dim_bounds)
     for v in list(graph.inputs) + list(graph.outputs):
         if v.dtype in UNSUPPORTED:
             raise ShapeError(f"{'input' if v in graph.inputs else 'output'} {v.name!r} is {v.dtype}; "
                              "WGSL has no 64-bit floats (the webgpu target takes float32, float16, "
                              "integer and bool tensors)")
-    plan = plan_words(graph, kernels)
+    plan = plan_words(graph, kernels, half=half)
+    half = plan.arena16_halves > 0  # only a model with float16 values needs the extension
     producers = graph.producers()
     out, traces = [], {}
     for k in kernels:
@@ -225,7 +251,8 @@ def build_webgpu_model(graph: Graph, kernels, tiling: bool = True) -> WebGPUMode
         entries = [renderer.render_entry(d.func, d.workgroup_size) for d in dispatches]
         ops_ = "+".join(producers[o].op for o in k.outputs if o in producers)
         comment = f"{k.name}: writes {', '.join(k.outputs)} ({ops_})"
-        source = render("kernel.wgsl.j2", comment=comment, prelude=bindings(len(plan.weight_chunks), plan.chunk_words, symbols) + WGSL_PRELUDE, entries=entries,
+        prelude = bindings(len(plan.weight_chunks), plan.chunk_words, symbols, half) + WGSL_PRELUDE
+        source = render("kernel.wgsl.j2", comment=comment, prelude=prelude, entries=entries,
                         params=[{"name": b.name, "value": name, "region": bases[b.name][0],
                                  "offset": bases[b.name][1], "dtype": b.dtype.value,
                                  "shape": list(b.shape)} for b, name in zip(k.unscheduled.params, k.params)])

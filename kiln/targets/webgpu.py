@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from kiln.codegen.templates import numbered
-from kiln.codegen.wgsl import DIMS_BINDING
+from kiln.codegen.wgsl import DIMS_BINDING, HALF_BINDING
 from kiln.ir.symbolic import evaluate
 from kiln.errors import ToolchainError
 from kiln.targets.base import ModelSource, Target
@@ -35,6 +35,9 @@ class WebGPUTarget(Target):
     """WGSL kernels: one storage arena, a weights buffer, one dispatch per loop nest."""
 
     name = "webgpu"
+    # +f16: float16 activations in f16 storage (one half per element; needs the adapter's
+    # shader-f16 feature, requested by the runner and by model.js)
+    known_options = ("+f16",)
     # WGSL has no 64-bit integers: QDQ models run as float (see Target); ConvInteger /
     # MatMulInteger / QLinear* keep their exact int32 kernels, with 8-bit weights packed four
     # to a word (kiln/codegen/wgsl_model.py)
@@ -77,7 +80,7 @@ class WebGPUTarget(Target):
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.wgsl_model import build_webgpu_model
 
-        model = build_webgpu_model(graph, kernels)
+        model = build_webgpu_model(graph, kernels, half="+f16" in self.options)
         files = {k.file: k.source for k in model.kernels}
         files["model.js"] = _render_bundle("model.js.j2", graph, model)
         files["index.html"] = _render_bundle("index.html.j2", graph, model)
@@ -96,14 +99,15 @@ def _render_bundle(template: str, graph, model) -> str:
 
     return render(template, version=__version__, model_name=graph.name,
                   table=json.dumps(model.table(), indent=1), kernel_count=len(model.kernels),
-                  dims_binding=DIMS_BINDING)
+                  dims_binding=DIMS_BINDING, half_binding=HALF_BINDING)
 
 
 # -- running through wgpu ---------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def device():
-    """The wgpu device (lavapipe without a GPU), with the adapter's largest buffer limits."""
+@functools.lru_cache(maxsize=2)
+def device(f16: bool = False):
+    """The wgpu device (lavapipe without a GPU), with the adapter's largest buffer limits;
+    ``f16``: with the ``shader-f16`` feature (f16 storage, ``webgpu:+f16``)."""
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # the Vulkan loader complains without one
     try:
         import wgpu
@@ -114,10 +118,14 @@ def device():
     if adapter is None:
         raise ToolchainError("wgpu found no WebGPU adapter: install a Vulkan driver (Debian "
                              "'mesa-vulkan-drivers' for lavapipe on the CPU, plus 'libvulkan1')")
+    if f16 and "shader-f16" not in adapter.features:
+        raise ToolchainError(f"the model was compiled for webgpu:+f16, but this WebGPU adapter "
+                             f"({adapter.info.get('device', '?')}) has no 'shader-f16' feature; compile for "
+                             "'webgpu' (float16 values then take one word each)")
     lim = adapter.limits
     limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
                                   "max-compute-workgroup-storage-size") if k in lim}
-    return adapter.request_device_sync(required_limits=limits)
+    return adapter.request_device_sync(required_limits=limits, required_features=["shader-f16"] if f16 else [])
 
 
 class WebGPURunner:
@@ -127,10 +135,11 @@ class WebGPURunner:
         import wgpu
 
         self.model, self.graph = model, graph
-        self.dev = dev = device()
+        halves = model.plan.arena16_halves
+        self.dev = dev = device(f16=halves > 0)
         arena_bytes = max(model.plan.arena_words, 1) * 4
         limit = dev.limits["max-storage-buffer-binding-size"]
-        widest = max(arena_bytes, max(c.nbytes for c in model.plan.weight_chunks))
+        widest = max(arena_bytes, halves * 2, max(c.nbytes for c in model.plan.weight_chunks))
         if widest > limit:
             raise ToolchainError(f"the model binds {widest} bytes at once; this WebGPU device binds at most "
                                  f"{limit} bytes")
@@ -145,6 +154,12 @@ class WebGPURunner:
              "buffer": {"type": wgpu.BufferBindingType.read_only_storage}} for i in range(len(chunks))]
         resources = [{"binding": 0, "resource": {"buffer": self.arena}}] + [
             {"binding": i + 1, "resource": {"buffer": b}} for i, b in enumerate(self.weights)]
+        self.arena16 = None
+        if halves:  # f16 storage: float16 values, one half each
+            self.arena16 = dev.create_buffer(size=halves * 2, usage=S.STORAGE | S.COPY_SRC | S.COPY_DST)
+            entries.append({"binding": HALF_BINDING, "visibility": wgpu.ShaderStage.COMPUTE,
+                            "buffer": {"type": wgpu.BufferBindingType.storage}})
+            resources.append({"binding": HALF_BINDING, "resource": {"buffer": self.arena16}})
         self.dims = None
         if model.symbols:  # dynamic dims: a uniform of vec4<i32>, written before each run
             self.dims = dev.create_buffer(size=16 * -(-len(model.symbols) // 4), usage=S.UNIFORM | S.COPY_DST)
@@ -176,7 +191,10 @@ class WebGPURunner:
             values[: len(self.model.symbols)] = [dims[n] for n in self.model.symbols]
             q.write_buffer(self.dims, 0, values.tobytes())
         for spec, a in zip(self.model.inputs, arrays):
-            q.write_buffer(self.arena, spec["offset"] * 4, to_words(a).tobytes())
+            if spec["region"] == "arena16":
+                q.write_buffer(self.arena16, spec["offset"] * 2, _even(a.astype(np.float16).reshape(-1)).tobytes())
+            else:
+                q.write_buffer(self.arena, spec["offset"] * 4, to_words(a).tobytes())
         enc = self.dev.create_command_encoder()
         cpass = enc.begin_compute_pass()
         cpass.set_bind_group(0, self.bind_group)
@@ -189,6 +207,10 @@ class WebGPURunner:
         for v, spec in zip(self.graph.outputs, self.model.outputs):
             shape = tuple(evaluate(d, dims) for d in v.shape)
             size = int(np.prod(shape, dtype=np.int64))
+            if spec["region"] == "arena16":
+                raw = q.read_buffer(self.arena16, spec["offset"] * 2, 2 * (max(size, 1) + (max(size, 1) & 1)))
+                outs[v.name] = np.frombuffer(raw, np.float16)[:size].reshape(shape).copy()
+                continue
             raw = q.read_buffer(self.arena, spec["offset"] * 4, _pad4(size))
             outs[v.name] = from_words(np.frombuffer(raw, np.uint32)[:size], v.dtype, shape)
         return outs
@@ -196,6 +218,11 @@ class WebGPURunner:
 
 def _nonempty(words: np.ndarray) -> np.ndarray:
     return words if words.size else np.zeros(1, np.uint32)
+
+
+def _even(halves: np.ndarray) -> np.ndarray:
+    """float16 data padded to whole 4-byte words (WebGPU copies move multiples of 4 bytes)."""
+    return np.concatenate([halves, np.zeros(1, np.float16)]) if halves.size % 2 else halves
 
 
 def _pad4(n: int) -> int:

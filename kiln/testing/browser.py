@@ -73,10 +73,12 @@ def chromium_path() -> str:
 
 
 def run_in_browser(bundle_dir, inputs: dict[str, np.ndarray], timeout: float = 180.0,
-                   browser: str | None = None, dims: dict[str, int] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+                   browser: str | None = None, dims: dict[str, int] | None = None,
+                   page: str = "index.html") -> tuple[dict[str, np.ndarray], dict]:
     """Outputs of the bundle's model on ``inputs`` as computed by headless Chromium's WebGPU,
     and the page's report (``ms``: mean run time in the browser, ``log``: Chromium's stderr).
-    ``dims`` gives the values of a dynamic model's dims (else the page uses the upper bounds)."""
+    ``dims`` gives the values of a dynamic model's dims (else the page uses the upper bounds).
+    ``page``: another page of the bundle directory that reports the same way (tests)."""
     bundle_dir = Path(bundle_dir)
     table = json.loads((bundle_dir / "manifest.json").read_text())
     data = {k: np.asarray(v).astype(np.float64 if np.asarray(v).dtype.kind == "f" else np.int64)
@@ -90,7 +92,7 @@ def run_in_browser(bundle_dir, inputs: dict[str, np.ndarray], timeout: float = 1
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = server.server_address[1]
-    url = f"http://127.0.0.1:{port}/index.html?inputs=/__inputs.json&report=/__report&runs=2"
+    url = f"http://127.0.0.1:{port}/{page}?inputs=/__inputs.json&report=/__report&runs=2"
     with tempfile.TemporaryDirectory(prefix="kiln-chromium-") as profile, \
             tempfile.TemporaryFile(mode="w+") as log:
         env = dict(os.environ)
