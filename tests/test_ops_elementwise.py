@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.util import BACKENDS, check_against_ort, make_model
+from tests.util import BACKENDS, check_against_ort, kiln_run, make_model
 
 UNARY = ["Neg", "Exp", "Log", "Sqrt", "Abs", "Tanh", "Erf", "Sigmoid", "Floor", "Ceil", "Round",
          "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
@@ -185,3 +185,60 @@ def test_prelu_and_dropout(backend):
     model = make_model(nodes, [("x", np.float32, [2, 3, 4, 4])], [("y", np.float32, [2, 3, 4, 4])],
                        initializers=[("s", slope)])
     check_against_ort(model, {"x": x}, backend)
+
+
+# -- BitCast (opset 26): the same bits as another type --------------------------------------------
+
+def _bitcast_model(src, dst, shape=(3, 5)):
+    to = helper.np_dtype_to_tensor_dtype(np.dtype(dst))
+    return make_model([helper.make_node("BitCast", ["x"], ["y"], to=to)], [("x", src, shape)], [("y", dst, shape)],
+                      opset=26)
+
+
+def _bit_patterns(dtype):
+    """Values whose bits matter: signed zeros, infinities, NaN, subnormals, extremes."""
+    if np.dtype(dtype).kind == "f":
+        info = np.finfo(dtype)
+        special = [0.0, -0.0, np.inf, -np.inf, np.nan, info.tiny / 4, -info.tiny, info.max, -1.5, 3.0e-3]
+        rest = np.random.default_rng(5).standard_normal(15 - len(special)) * 1e3
+        return np.array(special + list(rest), dtype).reshape(3, 5)
+    info = np.iinfo(dtype)
+    vals = [0, -1 if info.min < 0 else info.max, info.min, info.max, 1, 0x3F800000 % (info.max + 1), 7]
+    rest = np.random.default_rng(6).integers(info.min, info.max, 15 - len(vals), dtype=dtype, endpoint=True)
+    return np.array(vals + list(rest)).astype(dtype).reshape(3, 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("src, dst", [(np.float32, np.int32), (np.int32, np.float32), (np.float32, np.uint32),
+                                      (np.float64, np.int64), (np.int64, np.float64), (np.uint64, np.float64),
+                                      (np.int8, np.uint8), (np.uint16, np.int16), (np.bool_, np.uint8)])
+def test_bitcast_keeps_every_bit(backend, src, dst):
+    if backend == "webgpu" and (np.dtype(src).itemsize != 4 or np.dtype(dst) == np.uint32):
+        pytest.skip("WGSL words reinterpret 32-bit f32/i32 only")
+    with np.errstate(invalid="ignore"):  # the patterns include NaN on purpose
+        x = _bit_patterns(src) if src is not np.bool_ else (np.arange(15).reshape(3, 5) % 2 == 0)
+    got = kiln_run(_bitcast_model(src, dst), {"x": x}, backend)["y"]
+    assert got.dtype == np.dtype(dst)
+    np.testing.assert_array_equal(got.view(np.uint8), np.ascontiguousarray(x).view(np.uint8))
+
+
+def test_bitcast_between_widths_or_of_half_floats_is_refused():
+    import kiln
+    from kiln.errors import KilnError, UnsupportedOperatorError
+
+    with pytest.raises(KilnError, match="same bit-width"):  # ONNX's shape inference says so first
+        kiln.compile(_bitcast_model(np.float32, np.int16))
+    with pytest.raises(UnsupportedOperatorError, match="float16 to int16 is not supported"):
+        kiln.compile(_bitcast_model(np.float16, np.int16))
+
+
+def test_bitcast_compiles_for_cuda():
+    import kiln
+    from kiln.targets.cuda import nvcc_build
+    from tests.conftest import require_toolchain
+
+    require_toolchain("nvcc")
+    for src, dst in [(np.float32, np.int32), (np.int64, np.float64)]:
+        m = kiln.compile(_bitcast_model(src, dst), target="cuda")
+        assert "__float_as_int(" in m.source() or "__longlong_as_double(" in m.source()
+        assert nvcc_build(m.files, kind="object").stat().st_size > 0

@@ -1,4 +1,4 @@
-"""ScatterElements, Scatter and ScatterND (all reductions) against ONNX Runtime."""
+"""ScatterElements, Scatter and ScatterND (all reductions) and TensorScatter against ONNX Runtime."""
 from __future__ import annotations
 
 import numpy as np
@@ -86,3 +86,39 @@ def test_scatter_nd_batched_indices(backend):
     x = data((4, 4), np.float32)
     idx = np.array([[[0, 1], [2, 3]], [[3, 3], [1, 0]]], np.int64)  # indices (2, 2, 2): updates (2, 2)
     check("ScatterND", [X("x", x), X("i", idx), X("u", data((2, 2), np.float32))], backend, opset=11)
+
+
+def _tensor_scatter_reference(past, update, write, axis, circular):
+    """ONNX's pseudocode for TensorScatter."""
+    out = past.copy()
+    length, seq = past.shape[axis], update.shape[axis]
+    for prefix in np.ndindex(*past.shape[:axis]):
+        for s in range(seq):
+            c = write[prefix[0]] + s
+            c = c % length if circular else c
+            out[prefix + (c,)] = update[prefix + (s,)]
+    return out
+
+
+@backends
+@pytest.mark.parametrize("mode, axis", [("linear", -2), ("circular", -2), ("linear", 1), ("circular", 2)])
+def test_tensor_scatter_writes_each_batch_row_from_its_index(backend, mode, axis):
+    """A KV-cache update (opset 24): every batch row has its own write index; circular writes
+    wrap around the cache."""
+    past = data((3, 10, 10, 6), np.float32)  # every axis tested is 10 long
+    ushape = list(past.shape)
+    ushape[axis] = 4
+    update = data(tuple(ushape), np.float32)
+    length = past.shape[axis]
+    write = np.array([0, 3, 8 if mode == "circular" else length - 4], np.int64)
+    got = check("TensorScatter", [X("past", past), X("update", update), X("write", write)], backend,
+                {"mode": mode, "axis": axis}, opset=24)
+    want = _tensor_scatter_reference(past, update, write, axis % 4, mode == "circular")
+    np.testing.assert_array_equal(got["y0"], want)
+
+
+@backends
+def test_tensor_scatter_without_write_indices_writes_from_zero(backend):
+    past, update = data((2, 3, 8, 4), np.float16), data((2, 3, 5, 4), np.float16)
+    got = check("TensorScatter", [X("past", past), X("update", update)], backend, opset=24)
+    np.testing.assert_array_equal(got["y0"], _tensor_scatter_reference(past, update, [0, 0], 2, False))

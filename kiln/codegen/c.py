@@ -201,6 +201,8 @@ class CRenderer:
             return f"(({a}) > {z} ? {self.literal(Const(1, dt))} : (({a}) < {z} ? {self.literal(Const(-1, dt))} : {z}))"
         if e.op == "abs" and not dt.is_float:
             return f"(({a}) < 0 ? -({a}) : ({a}))"
+        if e.op == "bitcast":  # a C99 compound literal: the bits of one type read as another
+            return f"((union {{ {self.ctype(dt)} s; {self.ctype(e.dtype)} d; }}){{ .s = ({a}) }}).d"
         return f"{self.fn(e.op, dt)}({a})"
 
     def _encoded(self, buffer: str) -> bool:

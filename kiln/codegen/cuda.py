@@ -85,6 +85,24 @@ class CudaRenderer(CRenderer):
     def fn(self, name: str, dtype: DType) -> str:
         return super().fn(name, DType.float32 if dtype is DType.float16 else dtype)
 
+    # CUDA's own bit reinterpretations (C++ has no compound literals)
+    BITCASTS = {(DType.float32, DType.int32): "__float_as_int", (DType.int32, DType.float32): "__int_as_float",
+                (DType.float32, DType.uint32): "__float_as_uint", (DType.uint32, DType.float32): "__uint_as_float",
+                (DType.float64, DType.int64): "__double_as_longlong",
+                (DType.int64, DType.float64): "__longlong_as_double"}
+
+    def unary(self, e) -> str:
+        if e.op == "bitcast":
+            pair = (e.a.dtype, e.dtype)
+            if pair in self.BITCASTS:
+                return f"{self.BITCASTS[pair]}({self.expr(e.a)})"
+            if pair == (DType.float64, DType.uint64):
+                return f"(uint64_t)__double_as_longlong({self.expr(e.a)})"
+            if pair == (DType.uint64, DType.float64):
+                return f"__longlong_as_double((long long){self.expr(e.a)})"
+            raise VerificationError(f"the CUDA renderer has no bit reinterpretation from {pair[0]} to {pair[1]}")
+        return super().unary(e)
+
     def stmt(self, s, depth: int, in_parallel: bool = False):
         b = self.buffers.get(s.buffer) if isinstance(s, Store) else None
         if b is not None and b.dtype is DType.float16 and b.scope != "local":

@@ -252,6 +252,10 @@ class WGSLRenderer:
             return f"select(select({z}, -{one}, {a} < {z}), {one}, {a} > {z})"
         if e.op == "abs" and t == "i32":
             return f"abs({a})"
+        if e.op == "bitcast":  # 32-bit types only: WGSL words hold f32 or i32
+            if dt.itemsize != 4 or e.dtype.itemsize != 4:
+                raise ShapeError(f"WGSL reinterprets only 32-bit values; cannot bitcast {dt} to {e.dtype}")
+            return f"bitcast<{self.wtype(e.dtype)}>({a})"
         if e.op in ("isnan", "isinf") and t != "f32":
             return "false"
         if e.op in ("floor", "ceil", "round") and t == "i32":

@@ -68,6 +68,9 @@ def evaluate(e: Expr, env: Mapping[str, np.ndarray], buffers: Mapping[str, np.nd
         with np.errstate(all="ignore"):
             r = _BINARY[e.op](a, b)
         return np.asarray(r).astype(e.dtype.np, copy=False)
+    if isinstance(e, Un) and e.op == "bitcast":  # the same bits as another type of the same width
+        a = np.ascontiguousarray(np.asarray(evaluate(e.a, env, buffers, ndim)).astype(e.a.dtype.np, copy=False))
+        return a.view(e.dtype.np)
     if isinstance(e, Un):
         with np.errstate(all="ignore"):
             r = _UNARY[e.op](evaluate(e.a, env, buffers, ndim))

@@ -169,6 +169,31 @@ def _emit_cast(ctx, to):
     return ctx.emit("cast", [ctx.input(0)], attrs, out_names=ctx.outputs())
 
 
+# BitCast (opset 26): the same bits as another type of the same width. Between integer types
+# (and bool -> uint8) that is what a C cast of a same-width value does; floats read as
+# integers and back need a bit reinterpretation (the graph op ``bitcast``).
+_BITCAST_FLOAT = (DType.float32, DType.float64)
+
+
+@converter("BitCast", since=26)
+def _bit_cast(ctx, node):
+    from kiln.frontend.onnx import onnx_dtype
+
+    src, to = ctx.type(ctx.input(0)).dtype, onnx_dtype(ctx.attr("to"))
+    if src.itemsize != to.itemsize:
+        ctx.fail(f"BitCast from {src.value} ({8 * src.itemsize} bits) to {to.value} ({8 * to.itemsize} bits): "
+                 "the types must have the same bit width")
+    if src == to:
+        return ctx.emit("identity", [ctx.input(0)], out_names=ctx.outputs())
+    integral = (lambda t: not t.is_float and not t.is_narrow_int)
+    if integral(src) and integral(to):
+        return ctx.emit("cast", [ctx.input(0)], {"to": to.value}, out_names=ctx.outputs())
+    if not (src in _BITCAST_FLOAT and integral(to) or to in _BITCAST_FLOAT and integral(src)):
+        ctx.unsupported(f"BitCast from {src.value} to {to.value} is not supported (float32/float64 to or from an "
+                 "integer of the same width, and integer to integer, are)")
+    return ctx.emit("bitcast", [ctx.input(0)], {"to": to.value}, out_names=ctx.outputs())
+
+
 @converter("Identity", since=1)
 def _identity(ctx, node):
     return [ctx.input(0)]

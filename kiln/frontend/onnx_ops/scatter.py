@@ -1,4 +1,4 @@
-"""Converters for ScatterElements, Scatter (its opset 9-10 name) and ScatterND."""
+"""Converters for ScatterElements, Scatter (its opset 9-10 name), ScatterND and TensorScatter."""
 from __future__ import annotations
 
 from kiln.frontend.onnx_ops import converter
@@ -30,3 +30,15 @@ def _scatter_nd(ctx, node):
     static_shape(ctx, data, "ScatterND data")
     return ctx.emit("scatter_nd", [data, ctx.input(1), ctx.input(2)], {"reduction": _reduction(ctx)},
                     out_names=ctx.outputs())
+
+
+@converter("TensorScatter", since=24)
+def _tensor_scatter(ctx, node):
+    past = ctx.input(0)
+    rank = len(static_shape(ctx, past, "TensorScatter past_cache"))
+    mode = ctx.attr("mode", "linear") or "linear"
+    if mode not in ("linear", "circular"):
+        ctx.fail(f"mode {mode!r} is not 'linear' or 'circular'")
+    attrs = {"axis": normalize_axis(int(ctx.attr("axis", -2)), rank, "axis"), "mode": mode}
+    ins = [past, ctx.input(1)] + ([ctx.input(2)] if len(node.input) > 2 and node.input[2] else [])
+    return ctx.emit("tensor_scatter", ins, attrs, out_names=ctx.outputs())

@@ -211,6 +211,16 @@ def _cast_compute(ins, outs, attrs):
 register("cast", FusionKind.ELEMENTWISE, _cast_infer, _cast_compute)
 
 
+def _bitcast_compute(ins, outs, attrs):
+    """The bits of a float read as an integer of the same width, or the reverse (ONNX BitCast
+    between integer types is a cast: the same bits, two's complement)."""
+    x, o = ins[0], outs[0]
+    return [compute(o.name, o.shape, lambda *i: Un("bitcast", x[i], o.dtype), o.dtype)]
+
+
+register("bitcast", FusionKind.ELEMENTWISE, _cast_infer, _bitcast_compute)
+
+
 def _variadic_infer(ins, attrs):
     return [TensorType(broadcast_shapes(*(t.shape for t in ins)), ins[0].dtype)]
 

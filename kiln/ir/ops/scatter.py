@@ -1,4 +1,5 @@
-"""Scatters: scatter_elements and scatter_nd, with ONNX's reductions (none/add/mul/max/min).
+"""Scatters: scatter_elements and scatter_nd, with ONNX's reductions (none/add/mul/max/min), and
+tensor_scatter (a KV-cache update).
 
 A scatter is written from the output's side so it stays a pure compute definition: each
 output element reduces over the updates whose index targets it (O(outputs x updates on the
@@ -12,7 +13,7 @@ from __future__ import annotations
 from kiln.errors import ShapeError
 from kiln.ir.compute import compute, reduce_init, rmax, rmin, rprod, rsum
 from kiln.ir.dtype import INDEX, DType
-from kiln.ir.expr import Bin, Const, Select, idx
+from kiln.ir.expr import Bin, Cast, Const, Select, idx
 from kiln.ir.ops import FusionKind, register
 from kiln.ir.ops.indexing import wrap_index
 from kiln.ir.ops.nn import conj, static_shape
@@ -155,3 +156,54 @@ def _scatter_nd_compute(ins, outs, attrs):
 
 
 register("scatter_nd", FusionKind.REDUCTION, _scatter_nd_infer, _scatter_nd_compute)
+
+
+# -- tensor_scatter (a KV-cache update) ------------------------------------------------------------
+# ONNX TensorScatter (opset 24): ``update`` written into ``past`` along ``axis`` from each batch
+# row's write index on. From the output's side: position s of the axis reads the update at
+# s - start (mod the axis length when circular) if that lies in the update, else ``past``.
+# A linear write index past max_sequence_length - sequence_length (invalid in ONNX; ONNX
+# Runtime fails) drops the part of the update that would fall off the cache.
+
+def _tensor_scatter_infer(ins, attrs):
+    past = static_shape(ins[0], "tensor_scatter past_cache")
+    upd = static_shape(ins[1], "tensor_scatter update")
+    axis = int(attrs["axis"])
+    if len(upd) != len(past) or not 1 <= axis < len(past):
+        raise ShapeError(f"tensor_scatter needs update {upd} of the rank of past_cache {past} and an axis "
+                         f"after the batch axis; got axis {axis}")
+    if any(a != b for k, (a, b) in enumerate(zip(upd, past)) if k != axis) or upd[axis] > past[axis]:
+        raise ShapeError(f"tensor_scatter update {upd} must match past_cache {past} off axis {axis} and be "
+                         f"no longer on it")
+    if ins[1].dtype != ins[0].dtype:
+        raise ShapeError(f"tensor_scatter update has dtype {ins[1].dtype}; expected {ins[0].dtype}")
+    if len(ins) > 2:
+        w = static_shape(ins[2], "tensor_scatter write_indices")
+        if w != (past[0],) or ins[2].dtype not in (DType.int32, DType.int64):
+            raise ShapeError(f"tensor_scatter write_indices must be int64 of shape ({past[0]},) (one per batch "
+                             f"row); got {ins[2].dtype} {w}")
+    if attrs.get("mode", "linear") not in ("linear", "circular"):
+        raise ShapeError(f"tensor_scatter mode {attrs.get('mode')!r} is not 'linear' or 'circular'")
+    return [ins[0]]
+
+
+def _tensor_scatter_compute(ins, outs, attrs):
+    past, upd, o = ins[0], ins[1], outs[0]
+    write = ins[2] if len(ins) > 2 else None
+    axis, circular = int(attrs["axis"]), attrs.get("mode", "linear") == "circular"
+    length, seq = past.shape[axis], upd.shape[axis]
+
+    def body(*i):
+        start = Cast(write[(i[0],)], INDEX) if write is not None else idx(0)
+        rel = i[axis] - start
+        if circular:
+            rel = Bin("mod", rel, idx(length), INDEX)  # floor modulo: never negative
+        hit = rel.ge(0).land(rel.lt(seq))
+        clamped = Bin("min", Bin("max", rel, idx(0), INDEX), idx(seq - 1), INDEX)  # no read off the update
+        at = tuple(i[:axis]) + (clamped,) + tuple(i[axis + 1:])
+        return Select(hit, upd[at], past[i])
+
+    return [compute(o.name, o.shape, body, o.dtype)]
+
+
+register("tensor_scatter", FusionKind.INJECTIVE, _tensor_scatter_infer, _tensor_scatter_compute)
