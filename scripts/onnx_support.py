@@ -78,6 +78,11 @@ def totals_section(results, excluded: dict[str, str]) -> list[str]:
         "Reduce axes, Pad pads ...) as a graph input. `kiln.onnx_backend` compiles those at "
         "the first run, specialized to the values given (and again when they change); "
         "`kiln.compile` alone refuses them with an `UnsupportedOperatorError` naming the input.",
+        "",
+        "An op that ONNX defines as a function (a body of simpler ops) and that has no Kiln "
+        "converter of its own is expanded into its body before conversion "
+        "(`kiln/frontend/onnx_functions.py`; CausalConvWithState is supported that way); a body "
+        "with subgraphs or with an op Kiln cannot convert leaves the op unsupported.",
     ]
 
 

@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from kiln.errors import KilnError, ModelLoadError, ShapeError, UnsupportedOperatorError
+from kiln.frontend.onnx_functions import expand_functions
 from kiln.frontend.onnx_ops import lookup
 from kiln.ir import ops
 from kiln.ir.dtype import DType
@@ -310,11 +311,12 @@ def _value_info_type(vi: onnx.ValueInfoProto, overrides: Mapping[str, Sequence])
     return TensorType(tuple(shape), onnx_dtype(tt.elem_type))
 
 
-def _check_supported(proto: onnx.ModelProto, opset: int) -> None:
+def _check_supported(proto: onnx.ModelProto, opset: int, node_opsets: Mapping[int, int] | None = None) -> None:
     missing: dict[tuple[str, int], list[str]] = {}
-    for node in proto.graph.node:
-        if lookup(node.op_type, node.domain, opset) is None:
-            missing.setdefault((node.op_type, opset), []).append(node.name or f"<{node.op_type} #{len(missing)}>")
+    for k, node in enumerate(proto.graph.node):
+        version = (node_opsets or {}).get(k, opset)
+        if lookup(node.op_type, node.domain, version) is None:
+            missing.setdefault((node.op_type, version), []).append(node.name or f"<{node.op_type} #{len(missing)}>")
     if missing:
         raise UnsupportedOperatorError([(op, ver, names) for (op, ver), names in missing.items()])
 
@@ -369,7 +371,8 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
     if input_shapes:
         proto = _override_input_shapes(proto, input_shapes)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
-    _check_supported(proto, opset)
+    proto, node_opsets = expand_functions(proto, opset, lambda op, domain, v: lookup(op, domain, v) is not None)
+    _check_supported(proto, opset, node_opsets)
     _check_dtypes(proto, opset)
 
     constants = {t.name: np.asarray(numpy_helper.to_array(t), order="C") for t in proto.graph.initializer}
@@ -382,9 +385,10 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
         raise ShapeError(f"--input-shape names {sorted(unknown)}, which are not model inputs; "
                          f"inputs are {[v.name for v in inputs]}")
     ctx = ConvertContext(inputs, constants, opset)
-    for node in proto.graph.node:
+    for k, node in enumerate(proto.graph.node):
         ctx.node = node
-        fn = lookup(node.op_type, node.domain, opset)
+        ctx.opset = node_opsets.get(k, opset)  # an expanded function body's own opset
+        fn = lookup(node.op_type, node.domain, ctx.opset)
         try:
             outs = fn(ctx, node)
         except KilnError:
@@ -397,7 +401,7 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
         for onnx_name, kiln_name in zip(node.output, outs):
             if onnx_name:
                 ctx.names[onnx_name] = kiln_name
-    ctx.node = None
+    ctx.node, ctx.opset = None, opset
     return _finish_graph(ctx, proto, inputs, _bounds_for(inputs, dim_bounds))
 
 
