@@ -1,4 +1,4 @@
-"""GridSample, RoiAlign, Col2Im and CenterCropPad against ONNX Runtime."""
+"""GridSample, AffineGrid, RoiAlign, Col2Im and CenterCropPad against ONNX Runtime."""
 from __future__ import annotations
 
 import numpy as np
@@ -99,3 +99,43 @@ def test_col2im(backend, shape, image, block, attrs):
 def test_center_crop_pad(backend, target, axes):
     attrs = {} if axes is None else {"axes": axes}
     check("CenterCropPad", [X("x", randn(5, 6, 4)), C("s", np.array(target, np.int64))], backend, attrs, opset=18)
+
+
+# -- AffineGrid (opset 20), alone and feeding GridSample: a spatial transformer ---------------------
+
+@backends
+@pytest.mark.parametrize("size", [(2, 3, 5, 7), (2, 3, 1, 6), (1, 2, 3, 4, 5)])
+@pytest.mark.parametrize("align", [0, 1])
+def test_affine_grid(backend, size, align):
+    nd = len(size) - 2
+    theta = randn(size[0], nd, nd + 1)
+    check("AffineGrid", [X("theta", theta), C("size", np.array(size, np.int64))], backend,
+          {"align_corners": align}, opset=20)
+
+
+@backends
+def test_spatial_transformer_affine_grid_then_grid_sample(backend):
+    from onnx import helper
+
+    from tests.util import make_model
+
+    nodes = [helper.make_node("AffineGrid", ["theta", "size"], ["grid"], align_corners=0),
+             helper.make_node("GridSample", ["x", "grid"], ["y"], mode="linear", padding_mode="zeros")]
+    x, theta = randn(2, 3, 8, 8), np.array([[[0.9, -0.2, 0.1], [0.3, 1.1, -0.2]],
+                                            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], np.float32)  # the second: identity
+    model = make_model(nodes, [("x", np.float32, x.shape), ("theta", np.float32, theta.shape)],
+                       [("y", np.float32, x.shape)], [("size", np.array([2, 3, 8, 8], np.int64))], opset=20)
+    got = check_against_ort(model, {"x": x, "theta": theta}, backend)
+    np.testing.assert_allclose(got["y"][1], x[1], rtol=1e-5, atol=1e-5)  # identity theta: the input back
+
+
+def test_affine_grid_needs_a_constant_size():
+    from onnx import helper
+
+    from tests.util import make_model
+
+    model = make_model([helper.make_node("AffineGrid", ["theta", "size"], ["grid"])],
+                       [("theta", np.float32, (1, 2, 3)), ("size", np.int64, (4,))],
+                       [("grid", np.float32, (1, 4, 5, 2))], opset=20)
+    with pytest.raises(UnsupportedOperatorError, match="size"):
+        from_onnx(model)

@@ -1,4 +1,4 @@
-"""Converters for GridSample, Col2Im, CenterCropPad, RoiAlign and MaxRoiPool."""
+"""Converters for AffineGrid, GridSample, Col2Im, CenterCropPad, RoiAlign and MaxRoiPool."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +10,15 @@ from kiln.ir.ops import normalize_axis
 # opset 16 named the 2-d modes; opset 20 generalized them to N-d
 _MODE_NAMES = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest", "linear": "linear",
                "cubic": "cubic"}
+
+
+@converter("AffineGrid", since=20)
+def _affine_grid(ctx, node):
+    size = [int(v) for v in np.asarray(ctx.require_const(1, "size")).reshape(-1)]
+    if len(size) not in (4, 5) or min(size) < 1:
+        ctx.fail(f"size must be (N, C, H, W) or (N, C, D, H, W) of positive values; got {size}")
+    attrs = {"size": size, "align_corners": int(ctx.attr("align_corners", 0))}
+    return ctx.emit("affine_grid", [ctx.input(0)], attrs, out_names=ctx.outputs())
 
 
 @converter("GridSample", since=16)

@@ -1,5 +1,5 @@
 """Sampling ops: grid_sample (N-d; nearest, linear, cubic; zeros/border/reflection padding),
-col2im, roi_align and max_roi_pool.
+affine_grid, col2im, roi_align and max_roi_pool.
 
 grid_sample is one stage: for each output point, the grid gives a normalized coordinate per
 spatial dim (in reverse dim order, x first); it is denormalized, folded back into range
@@ -176,6 +176,49 @@ def _grid_compute(ins, outs, attrs):
 
 
 register("grid_sample", FusionKind.INJECTIVE, _grid_infer, _grid_compute)
+
+
+# -- affine_grid: the sampling grid of an affine transform, grid_sample's companion ------------------
+# ONNX AffineGrid (opset 20): for each output point the normalized base coordinate of each
+# spatial dim (x first) -- pixel centres over [-1, 1], or the corners with align_corners --
+# mapped by theta (N, nd, nd + 1). ``size`` (N, C, *spatial) is an attribute here.
+
+def _affine_grid_infer(ins, attrs):
+    theta = static_shape(ins[0], "affine_grid theta")
+    size = tuple(int(v) for v in attrs["size"])
+    nd = len(size) - 2
+    if nd not in (2, 3) or theta != (size[0], nd, nd + 1):
+        raise ShapeError(f"affine_grid needs size (N, C, H, W) or (N, C, D, H, W) and theta (N, {max(nd, 2)}, "
+                         f"{max(nd, 2) + 1}); got size {size} and theta {theta}")
+    if not ins[0].dtype.is_float:
+        raise ShapeError(f"affine_grid theta must be floating point; got {ins[0].dtype}")
+    return [TensorType((size[0],) + size[2:] + (nd,), ins[0].dtype)]
+
+
+def _affine_grid_compute(ins, outs, attrs):
+    theta, o = ins[0], outs[0]
+    dt, size = o.dtype, tuple(int(v) for v in attrs["size"])
+    nd, align = len(size) - 2, bool(attrs.get("align_corners", 0))
+    spatial = size[2:]
+
+    def base(i, n):  # the normalized coordinate of index i on an axis of n points
+        f = _as(i, dt)
+        if align:  # one point: ONNX leaves it undefined (2 / 0); ONNX Runtime gives 1, as here
+            return _f(1.0, dt) if n == 1 else f * _f(2.0 / (n - 1), dt) - _f(1.0, dt)
+        return (f * _f(2.0, dt) + _f(1.0, dt)) / _f(n, dt) - _f(1.0, dt)
+
+    def body(n, *rest):
+        *pos, comp = rest
+        coords = [base(pos[nd - 1 - d], spatial[nd - 1 - d]) for d in range(nd)]  # x, y(, z)
+        acc = theta[(n, comp, idx(nd))]
+        for d, c in enumerate(coords):
+            acc = acc + theta[(n, comp, idx(d))] * c
+        return acc
+
+    return [compute(o.name, o.shape, body, dt)]
+
+
+register("affine_grid", FusionKind.INJECTIVE, _affine_grid_infer, _affine_grid_compute)
 
 
 # -- col2im: sum sliding blocks back into an image -----------------------------------------------
