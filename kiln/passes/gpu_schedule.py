@@ -49,7 +49,10 @@ class Dispatch:
     shared_bytes: int = 0           # workgroup memory the entry point declares
 
     def grid(self) -> tuple[int, int, int]:
-        """(x, y, 1) workgroup counts: y only when x would pass the per-dimension limit."""
+        """(x, y, 1) workgroup counts: y only when x would pass the per-dimension limit; a nest
+        with no elements (an empty slice) dispatches no workgroup."""
+        if self.workgroups == 0:
+            return (0, 1, 1)
         x = min(self.workgroups, MAX_WORKGROUPS_X)
         y = -(-self.workgroups // x)
         return (x, y, 1)
@@ -120,7 +123,7 @@ def bind_elementwise(func: Func, rank: int, workgroup_size: int = WORKGROUP_SIZE
     total = 1
     for lp in loops:
         total *= upper_extent(lp.extent, bounds)
-    size = min(workgroup_size, total)
+    size = max(1, min(workgroup_size, total))  # an empty tensor: one-wide workgroups, none launched
     outer, inner = sch.split(fused, size)
     sch.bind(outer, GPU_BLOCK)
     sch.bind(inner, GPU_THREAD)

@@ -191,6 +191,8 @@ class WebGPURunner:
             values[: len(self.model.symbols)] = [dims[n] for n in self.model.symbols]
             q.write_buffer(self.dims, 0, values.tobytes())
         for spec, a in zip(self.model.inputs, arrays):
+            if a.size == 0:
+                continue  # an empty tensor: nothing to write (wgpu refuses an empty write)
             if spec["region"] == "arena16":
                 q.write_buffer(self.arena16, spec["offset"] * 2, _even(a.astype(np.float16).reshape(-1)).tobytes())
             else:

@@ -20,7 +20,17 @@ fn kiln_mod(a: i32, b: i32) -> i32 {
   let r = a % b;
   return select(r, r + b, r != 0 && ((r < 0) != (b < 0)));
 }
-fn kiln_fmod_floor(a: f32, b: f32) -> f32 { return a - b * floor(a / b); }
+fn kiln_div_zero(x: f32) -> f32 {
+  let inf = select(kiln_f32_bits(0xff800000u), kiln_f32_bits(0x7f800000u), x > 0.0);
+  return select(inf, kiln_f32_bits(0x7fc00000u), x == 0.0 || kiln_isnan(x));
+}
+fn kiln_fmod(a: f32, b: f32) -> f32 { return select(a % b, a, kiln_isinf(b) && !kiln_isinf(a) && !kiln_isnan(a)); }
+// Python's float %: the divisor's sign. An infinite divisor leaves a finite a (same sign or
+// zero) or gives the divisor itself (opposite sign), as numpy; a - b * floor(a / b) is NaN there.
+fn kiln_fmod_floor(a: f32, b: f32) -> f32 {
+  if (kiln_isinf(b) && !kiln_isinf(a) && !kiln_isnan(a)) { return select(b, a, a == 0.0 || (a > 0.0) == (b > 0.0)); }
+  return a - b * floor(a / b);
+}
 // pow(x, y) is exp2(y * log2(x)) in WGSL: undefined for x < 0. Integer exponents keep the sign.
 fn kiln_pow(x: f32, y: f32) -> f32 {
   let m = pow(abs(x), y);
@@ -31,6 +41,13 @@ fn kiln_pow(x: f32, y: f32) -> f32 {
 // tanh through exp overflows to NaN on some drivers for |x| > ~44; tanh(15) is 1 in f32
 fn kiln_tanh(x: f32) -> f32 { return tanh(clamp(x, -15.0, 15.0)); }
 fn kiln_softplus(x: f32) -> f32 { return select(log(1.0 + exp(x)), x, x > 20.0); }
+// asin/acos through atan2: the drivers' own (lavapipe's) are off by up to 4e-4 relative
+fn kiln_asin(x: f32) -> f32 { return atan2(x, sqrt((1.0 - x) * (1.0 + x))); }
+fn kiln_acos(x: f32) -> f32 { return atan2(sqrt((1.0 - x) * (1.0 + x)), x); }
+// WGSL has no expm1: exp(x) - 1 cancels near 0, where a short series is exact to f32
+fn kiln_expm1(x: f32) -> f32 {
+  return select(exp(x) - 1.0, x + x * x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))), abs(x) < 1e-2);
+}
 fn kiln_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn kiln_isinf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
 // WGSL has no erf: 1 - erfc(x), with erfc from a Chebyshev fit (Numerical Recipes' erfcc,
