@@ -1,4 +1,4 @@
-"""DFT: the twiddle matrix against numpy.fft, and the op against ONNX Runtime."""
+"""DFT: the twiddle matrix against numpy.fft, and the op against ONNX Runtime; STFT against numpy."""
 from __future__ import annotations
 
 import numpy as np
@@ -53,3 +53,62 @@ def test_dft_against_ort(backend, shape, axis, attrs):
 def test_inverse_complex_dft_is_refused_cleanly():
     with pytest.raises(UnsupportedOperatorError, match="inverse complex-to-complex DFT"):
         kiln_run(dft_model((1, 8, 2), 1, inverse=1), {"x": np.zeros((1, 8, 2), np.float32)}, "host")
+
+
+# -- STFT: frames at constant positions, each windowed frame's DFT --------------------------------------
+
+def _stft_model(shape, step, length=None, window=None, window_input=False, onesided=1):
+    from tests.util import make_model
+
+    names = ["signal", "step", "window" if (window is not None or window_input) else "", "length" if length else ""]
+    while names and not names[-1]:
+        names.pop()
+    inits = [("step", np.array(step, np.int64))]
+    if window is not None:
+        inits.append(("window", window.astype(np.float32)))
+    if length:
+        inits.append(("length", np.array(length, np.int64)))
+    frame = length or (len(window) if window is not None else shape[1])
+    frames = (shape[1] - frame) // step + 1
+    bins = frame // 2 + 1 if onesided else frame
+    inputs = [("signal", np.float32, shape)] + ([("window", np.float32, (frame,))] if window_input else [])
+    node = helper.make_node("STFT", names, ["y"], onesided=onesided)
+    return make_model([node], inputs, [("y", np.float32, (shape[0], frames, bins, 2))], inits, opset=17)
+
+
+def _stft_reference(signal, step, frame, window, onesided):
+    x = signal[..., 0] + (1j * signal[..., 1] if signal.shape[-1] == 2 else 0)
+    frames = (x.shape[1] - frame) // step + 1
+    parts = np.stack([x[:, f * step: f * step + frame] * window for f in range(frames)], axis=1)
+    spec = np.fft.rfft(parts, axis=-1) if onesided else np.fft.fft(parts, axis=-1)
+    return np.stack([spec.real, spec.imag], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["hann", "frame_length", "runtime_window", "complex_two_sided"])
+def test_stft_matches_numpy(backend, case):
+    frame, step = 16, 5
+    hann = np.hanning(frame + 1)[:-1]  # periodic Hann, as audio front ends use
+    signal = RNG.standard_normal((2, 64, 2 if case == "complex_two_sided" else 1)).astype(np.float32)
+    feeds = {"signal": signal}
+    if case == "hann":
+        model, window, onesided = _stft_model(signal.shape, step, window=hann), hann, True
+    elif case == "frame_length":
+        model, window, onesided = _stft_model(signal.shape, step, length=frame), np.ones(frame), True
+    elif case == "runtime_window":
+        model, window, onesided = _stft_model(signal.shape, step, window_input=True, length=frame), hann, True
+        feeds["window"] = hann.astype(np.float32)
+    else:
+        model, window, onesided = _stft_model(signal.shape, step, window=hann, onesided=0), hann, False
+    got = kiln_run(model, feeds, backend)["y"]
+    np.testing.assert_allclose(got, _stft_reference(signal, step, frame, window, onesided), rtol=1e-4, atol=1e-4)
+
+
+def test_stft_refuses_a_onesided_complex_signal():
+    from kiln.errors import KilnError
+
+    model = _stft_model((1, 32, 2), 4, window=np.ones(8), onesided=1)
+    import kiln
+
+    with pytest.raises(KilnError, match="onesided STFT takes a real signal"):
+        kiln.compile(model)

@@ -1,4 +1,4 @@
-"""Converters for signal ops: DFT.
+"""Converters for signal ops: DFT and STFT.
 
 A DFT of fixed length is a linear map over one axis, so it becomes one ``matmul`` with a
 constant matrix (the twiddle factors, computed here in float64): the signal axis moves
@@ -104,3 +104,44 @@ def _dft(ctx, node):
         return ctx.emit("reshape", [y], {"shape": outer + (k_out, c_out)}, out_names=ctx.outputs())
     y = ctx.emit("reshape", [y], {"shape": outer + (k_out, c_out)})[0]
     return ctx.emit("transpose", [y], {"perm": tuple(back)}, out_names=ctx.outputs())
+
+
+@converter("STFT", since=17)
+def _stft(ctx, node):
+    """Frames of the signal gathered at constant positions ([B, frames, frame_length, c]),
+    then each frame's windowed DFT as one matmul: a constant window is folded into the DFT
+    matrix (row n scaled by window[n]); a run-time window multiplies the frames first."""
+    x = ctx.input(0)
+    shape = tuple(ctx.shape(x))
+    if len(shape) != 3 or not all(isinstance(d, int) for d in shape) or shape[-1] not in (1, 2):
+        ctx.fail(f"STFT takes a signal [batch, length, 1 or 2] of static shape; got {shape}")
+    batch, n_signal, channels = shape
+    step = int(ints(ctx.require_const(1, "frame_step"))[0])
+    window = ctx.input(2) if ctx.has_input(2) else None
+    if ctx.has_input(3):
+        length = int(ints(ctx.require_const(3, "frame_length"))[0])
+    else:
+        length = ctx.shape(window)[0] if window is not None else n_signal
+    if window is not None and tuple(ctx.shape(window)) != (length,):
+        ctx.fail(f"the window has shape {tuple(ctx.shape(window))}; expected ({length},), the frame length")
+    onesided = bool(ctx.attr("onesided", 1))
+    if onesided and channels == 2:
+        ctx.fail("onesided STFT takes a real signal (last dim 1)")
+    if step < 1 or not 1 <= length <= n_signal:
+        ctx.fail(f"frame_step must be positive and frame_length within the signal ({n_signal}); got "
+                 f"{step} and {length}")
+    frames = (n_signal - length) // step + 1
+    positions = np.arange(frames)[:, None] * step + np.arange(length)[None, :]
+    framed = ctx.emit("gather", [x, ctx.add_const(positions.astype(np.int64), "stft_pos")], {"axis": 1})[0]
+    dtype = ctx.type(x).dtype.np
+    matrix = dft_matrix(length, channels, length, False, onesided)
+    win = ctx.const(window) if window is not None else np.ones(length)
+    if win is not None:  # fold the window into the DFT's rows
+        matrix = matrix * np.repeat(np.asarray(win, np.float64), channels)[:, None]
+    else:  # a run-time window: weight the frames, [B, F, L, c] * [L, 1]
+        w = ctx.emit("reshape", [window], {"shape": (length, 1)})[0]
+        framed = ctx.emit("mul", [framed, w])[0]
+    flat = ctx.emit("reshape", [framed], {"shape": (batch, frames, length * channels)})[0]
+    y = ctx.emit("matmul", [flat, ctx.add_const(matrix.astype(dtype), "stft_dft")])[0]
+    k_out = length // 2 + 1 if onesided else length
+    return ctx.emit("reshape", [y], {"shape": (batch, frames, k_out, 2)}, out_names=ctx.outputs())
