@@ -3,7 +3,7 @@
 The default GPU rule gives each output element one invocation that runs the reduction
 serially. That suits many outputs with short reductions, but a layer norm's 128 row means
 over 768 elements are 128 invocations -- two workgroups on a GPU of a hundred compute
-units -- each reading its row alone. A nest of the form (``_reduction`` in
+units -- each reading its row alone. A nest of the form (``scalar_reduction`` in
 :mod:`kiln.passes.gpu_schedule_cuda`, the same view the CUDA target's ``rows`` plan uses)::
 
     for <spatial loops>:
@@ -29,7 +29,7 @@ from __future__ import annotations
 from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Const, Expr, Load, Var, simplify, substitute
 from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Store, seq, subst_stmt
-from kiln.passes.gpu_schedule_cuda import REDUCE_IDENTITY, _peel, _reduction
+from kiln.passes.gpu_schedule_cuda import REDUCE_IDENTITY, peel_loops, scalar_reduction
 
 THREADS = 64
 MIN_REDUCTION = 64
@@ -66,10 +66,10 @@ def reduce_rows(func: Func, rank: int):
     """The cooperative dispatch of ``func`` (one reduction nest), or None when the rule does not apply."""
     from kiln.passes.gpu_schedule import Dispatch
 
-    spatial, inner = _peel(func.body, rank)
+    spatial, inner = peel_loops(func.body, rank)
     if len(spatial) != rank:
         return None
-    r = _reduction(inner)
+    r = scalar_reduction(inner)
     if r is None or any(not isinstance(e, int) for _, e in spatial + r.loops):
         return None
     outputs, k_total = 1, 1

@@ -91,7 +91,7 @@ class Launch:
     gemm: GemmPlan | None = None
 
 
-def _peel(stmt: Stmt, count: int):
+def peel_loops(stmt: Stmt, count: int):
     loops = []
     while len(loops) < count and isinstance(stmt, For):
         loops.append((stmt.var, stmt.extent))
@@ -99,7 +99,7 @@ def _peel(stmt: Stmt, count: int):
     return tuple(loops), stmt
 
 
-def _reduction(body: Stmt) -> Reduction | None:
+def scalar_reduction(body: Stmt) -> Reduction | None:
     """``alloc acc; acc = init; for r...: acc = op(acc, x); <stores>`` or None."""
     if not (isinstance(body, Alloc) and body.buffer.scope == "local" and not body.buffer.shape
             and isinstance(body.body, Seq) and len(body.body.stmts) >= 3):
@@ -130,8 +130,8 @@ def split_nests(func: Func, stages) -> list[Nest]:
     stmts = list(body.stmts) if isinstance(body, Seq) else [body]
     nests = []
     for stmt, stage in zip(stmts, stages):
-        spatial, inner = _peel(stmt, len(stage.shape))
-        nests.append(Nest(spatial, inner, _reduction(inner), dict(stage.hints)))
+        spatial, inner = peel_loops(stmt, len(stage.shape))
+        nests.append(Nest(spatial, inner, scalar_reduction(inner), dict(stage.hints)))
     return nests
 
 
