@@ -50,6 +50,16 @@ class WebGPUTarget(Target):
         # loops); plain NCHW keeps convolutions in the layout the GPU rules expect.
         return Capabilities(vector_bytes=16, vector_registers=16, threads=1, nchwc=False, pack_matmul=False)
 
+    def prepare_graph(self, graph):
+        """RoiAlign's sampling arithmetic in float32 (WGSL has no f64; ONNX Runtime computes it
+        in the input's float type too)."""
+        from kiln.ir.graph import Node
+
+        if not any(n.op == "roi_align" for n in graph.nodes):
+            return graph
+        return graph.replace(nodes=tuple(Node(n.op, n.inputs, n.outputs, {**n.attrs, "float32": 1}, n.name)
+                                         if n.op == "roi_align" else n for n in graph.nodes))
+
     def adapt_quantized(self, graph):
         """QLinearConv/QLinearMatMul's float ``requantize`` in float32 (WGSL has no f64), as
         ONNX Runtime computes it; and a transpose of dequantized 8-bit weights (Gemm's transB)

@@ -299,8 +299,10 @@ def _roi_infer(ins, attrs):
 
 def _roi_compute(ins, outs, attrs):
     """Bilinear samples on a (gh x gw) grid per output bin, averaged or maxed (the reference's
-    arithmetic, in float64). With ``sampling_ratio`` 0 the grid differs per ROI: the frontend
-    passes the per-ROI sizes (constant ROIs only) and the loop masks the extra samples."""
+    arithmetic, in float64; attribute ``float32`` computes in float32, as ONNX Runtime does for
+    float inputs -- a target without float64, WebGPU, sets it). With ``sampling_ratio`` 0 the
+    grid differs per ROI: the frontend passes the per-ROI sizes (constant ROIs only) and the
+    loop masks the extra samples."""
     from kiln.ir.ops.indexing import wrap_index
 
     x, rois, bidx, o = ins[0], ins[1], ins[2], outs[0]
@@ -310,7 +312,7 @@ def _roi_compute(ins, outs, attrs):
     gh, gw = int(attrs["grid_h"]), int(attrs["grid_w"])
     half = attrs.get("coordinate_transformation_mode", "half_pixel") == "half_pixel"
     scale, avg = float(attrs.get("spatial_scale", 1.0)), attrs["mode"] == "avg"
-    dt = DType.float64
+    dt = DType.float32 if attrs.get("float32") else DType.float64
     f = lambda v: _f(v, dt)  # noqa: E731
 
     def body(n, c, ph, pw):
