@@ -112,3 +112,46 @@ def test_stft_refuses_a_onesided_complex_signal():
 
     with pytest.raises(KilnError, match="onesided STFT takes a real signal"):
         kiln.compile(model)
+
+
+# -- MelWeightMatrix, and a log-mel spectrogram: STFT -> |.|^2 -> mel weights -> log ------------------
+
+@pytest.mark.parametrize("n_mels, dft, rate, lo, hi", [(8, 16, 8192, 0.0, 4096.0), (40, 400, 16000, 0.0, 8000.0),
+                                                       (10, 64, 22050, 300.0, 8000.0)])
+def test_mel_weight_matrix_filters(n_mels, dft, rate, lo, hi):
+    from kiln.frontend.onnx_ops.signal import mel_weight_matrix
+
+    m = mel_weight_matrix(n_mels, dft, rate, lo, hi)
+    assert m.shape == (dft // 2 + 1, n_mels) and m.min() >= 0 and m.max() <= 1
+    assert np.allclose(m.max(axis=0), 1.0)  # every triangle peaks at 1
+    peaks = m.argmax(axis=0)
+    assert np.all(np.diff(peaks) >= 0)  # the filters move up the spectrum
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_mel_spectrogram_matches_numpy(backend):
+    """Whisper-style features: |STFT|^2 (Hann window) @ MelWeightMatrix, then log."""
+    from tests.util import make_model
+    from kiln.frontend.onnx_ops.signal import mel_weight_matrix
+
+    frame, step, n_mels, rate = 64, 16, 12, 16000
+    hann = np.hanning(frame + 1)[:-1].astype(np.float32)
+    bins = frame // 2 + 1
+    nodes = [helper.make_node("STFT", ["signal", "step", "window"], ["spec"]),
+             helper.make_node("ReduceSumSquare", ["spec", "last"], ["power"], keepdims=0),
+             helper.make_node("MelWeightMatrix", ["n_mels", "dft", "rate", "lo", "hi"], ["mel"]),
+             helper.make_node("MatMul", ["power", "mel"], ["mel_power"]),
+             helper.make_node("Add", ["mel_power", "eps"], ["safe"]), helper.make_node("Log", ["safe"], ["y"])]
+    inits = [("step", np.array(step, np.int64)), ("window", hann), ("last", np.array([-1], np.int64)),
+             ("n_mels", np.array(n_mels, np.int64)), ("dft", np.array(frame, np.int64)),
+             ("rate", np.array(rate, np.int64)), ("lo", np.array(0.0, np.float32)),
+             ("hi", np.array(rate / 2, np.float32)), ("eps", np.array(1e-6, np.float32))]
+    frames = (400 - frame) // step + 1
+    model = make_model(nodes, [("signal", np.float32, (1, 400, 1))], [("y", np.float32, (1, frames, n_mels))],
+                       inits, opset=18)
+    signal = RNG.standard_normal((1, 400, 1)).astype(np.float32)
+    got = kiln_run(model, {"signal": signal}, backend)["y"]
+    spec = _stft_reference(signal, step, frame, hann, True)
+    want = np.log((spec ** 2).sum(-1) @ mel_weight_matrix(n_mels, frame, rate, 0.0, rate / 2) + 1e-6)
+    assert bins == spec.shape[2]
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-4, atol=1e-4)

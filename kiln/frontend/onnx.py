@@ -128,7 +128,8 @@ def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as e:  # noqa: BLE001  (onnx raises InferenceError and plain RuntimeErrors)
         message = str(e).strip()
     m = re.search(r"\(op_type:(\w+)", message)
-    if m and (_is_function_op(m.group(1), proto) or m.group(1) in LOOSE_INFERENCE):
+    loose = any(n.op_type in LOOSE_INFERENCE for n in proto.graph.node)  # its errors reach later nodes
+    if loose or (m and _is_function_op(m.group(1), proto)):
         try:
             return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
         except Exception:  # noqa: BLE001

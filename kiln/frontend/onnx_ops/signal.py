@@ -1,4 +1,4 @@
-"""Converters for signal ops: DFT and STFT.
+"""Converters for signal ops: DFT, STFT and MelWeightMatrix.
 
 A DFT of fixed length is a linear map over one axis, so it becomes one ``matmul`` with a
 constant matrix (the twiddle factors, computed here in float64): the signal axis moves
@@ -145,3 +145,38 @@ def _stft(ctx, node):
     y = ctx.emit("matmul", [flat, ctx.add_const(matrix.astype(dtype), "stft_dft")])[0]
     k_out = length // 2 + 1 if onesided else length
     return ctx.emit("reshape", [y], {"shape": (batch, frames, k_out, 2)}, out_names=ctx.outputs())
+
+
+def mel_weight_matrix(n_mels: int, dft_length: int, sample_rate: float, lower_hz: float, upper_hz: float) -> np.ndarray:
+    """[dft_length // 2 + 1, n_mels] triangular filters with peak 1, on the mel scale
+    mel(f) = 2595 log10(1 + f / 700). The filter edges are spaced as ONNX's reference and
+    ONNX Runtime space them (n_mels + 2 steps between the edge frequencies) and snapped to the
+    spectrogram bin floor((dft_length + 1) f / sample_rate)."""
+    ln10 = np.log(10.0)
+    lo_mel, hi_mel = (2595.0 * np.log1p(f / 700.0) / ln10 for f in (lower_hz, upper_hz))
+    mels = np.arange(n_mels + 2) * ((hi_mel - lo_mel) / (n_mels + 2)) + lo_mel
+    hz = 700.0 * np.expm1(mels / 2595.0 * ln10)
+    edges = ((dft_length + 1) * hz // sample_rate).astype(np.int64)
+    left, centre, right = edges[:-2][None, :], edges[1:-1][None, :], edges[2:][None, :]
+    j = np.arange(dft_length // 2 + 1)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rise = (j - left) / (centre - left)
+        fall = (right - j) / (right - centre)
+    return np.where(j == centre, 1.0, np.where((left <= j) & (j < centre), rise,
+                                               np.where((centre < j) & (j < right), fall, 0.0)))
+
+
+@converter("MelWeightMatrix", since=17)
+def _mel_weight_matrix(ctx, node):
+    from kiln.frontend.onnx import onnx_dtype
+
+    n_mels, dft_length = (int(ints(ctx.require_const(i, what))[0]) for i, what in ((0, "num_mel_bins"),
+                                                                                  (1, "dft_length")))
+    rate, lower, upper = (float(np.asarray(ctx.require_const(i, what)).reshape(-1)[0])
+                          for i, what in ((2, "sample_rate"), (3, "lower_edge_hertz"), (4, "upper_edge_hertz")))
+    if n_mels < 1 or dft_length < 1 or rate <= 0 or not 0 <= lower < upper:
+        ctx.fail(f"MelWeightMatrix needs num_mel_bins, dft_length and sample_rate positive and "
+                 f"0 <= lower_edge_hertz < upper_edge_hertz; got {n_mels}, {dft_length}, {rate}, {lower}, {upper}")
+    matrix = mel_weight_matrix(n_mels, dft_length, rate, lower, upper)
+    dtype = onnx_dtype(ctx.attr("output_datatype", 1)).np
+    return [ctx.add_const(matrix.astype(dtype), "mel_weights")]
