@@ -1,4 +1,4 @@
-"""GridSample, AffineGrid, RoiAlign, Col2Im and CenterCropPad against ONNX Runtime."""
+"""GridSample, AffineGrid, DeformConv, RoiAlign, Col2Im and CenterCropPad against ONNX Runtime."""
 from __future__ import annotations
 
 import numpy as np
@@ -139,3 +139,60 @@ def test_affine_grid_needs_a_constant_size():
                        [("grid", np.float32, (1, 4, 5, 2))], opset=20)
     with pytest.raises(UnsupportedOperatorError, match="size"):
         from_onnx(model)
+
+
+# -- DeformConv (opset 19): sampled im2col columns through grid_sample, then one matmul per group ----
+
+def _deform_model(xs, ws, attrs, mask=False, bias=False):
+    from onnx import helper
+
+    from tests.util import make_model
+
+    n, c, h, w = xs
+    oc, _, kh, kw = ws
+    s, d, p = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1]), attrs.get("pads", [0, 0, 0, 0])
+    oh = (h + p[0] + p[2] - (kh - 1) * d[0] - 1) // s[0] + 1
+    ow = (w + p[1] + p[3] - (kw - 1) * d[1] - 1) // s[1] + 1
+    og = attrs.get("offset_group", 1)
+    names = ["x", "w", "offset", "b" if bias else "", "mask" if mask else ""]
+    while not names[-1]:
+        names.pop()
+    inputs = [("x", np.float32, xs), ("offset", np.float32, (n, og * kh * kw * 2, oh, ow))]
+    if mask:
+        inputs.append(("mask", np.float32, (n, og * kh * kw, oh, ow)))
+    inits = [("w", randn(*ws))] + ([("b", randn(oc))] if bias else [])
+    node = helper.make_node("DeformConv", names, ["y"], **attrs)
+    return make_model([node], inputs, [("y", np.float32, (n, oc, oh, ow))], inits, opset=19), (oh, ow)
+
+
+@backends
+@pytest.mark.parametrize("attrs, mask, bias", [
+    ({"pads": [1, 1, 1, 1]}, False, False),
+    ({"group": 2, "offset_group": 2, "strides": [2, 1], "dilations": [1, 2], "pads": [1, 2, 0, 1]}, True, True),
+    ({"offset_group": 4, "pads": [0, 1, 1, 0]}, True, False),
+])
+def test_deform_conv(backend, attrs, mask, bias):
+    xs, ws = (2, 4, 7, 8), (6, 4 // attrs.get("group", 1), 3, 3)
+    model, (oh, ow) = _deform_model(xs, ws, attrs, mask, bias)
+    og = attrs.get("offset_group", 1)
+    feeds = {"x": randn(*xs), "offset": (1.5 * randn(2, og * 18, oh, ow)).astype(np.float32)}  # some taps fall outside
+    if mask:
+        feeds["mask"] = RNG.uniform(0, 1, (2, og * 9, oh, ow)).astype(np.float32)
+    check_against_ort(model, feeds, backend)
+
+
+@backends
+def test_deform_conv_with_zero_offsets_is_a_convolution(backend):
+    from onnx import helper
+
+    from tests.util import kiln_run, make_model
+
+    model, (oh, ow) = _deform_model((1, 3, 6, 6), (4, 3, 3, 3), {"pads": [1, 1, 1, 1]}, bias=True)
+    x = randn(1, 3, 6, 6)
+    got = kiln_run(model, {"x": x, "offset": np.zeros((1, 18, oh, ow), np.float32)}, backend)["y"]
+    conv = make_model([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+                      [("x", np.float32, (1, 3, 6, 6))], [("y", np.float32, (1, 4, oh, ow))],
+                      [(i.name, __import__("onnx").numpy_helper.to_array(i)) for i in model.graph.initializer])
+    from tests.util import ort_run
+
+    np.testing.assert_allclose(got, ort_run(conv, {"x": x})["y"], rtol=1e-4, atol=1e-4)
