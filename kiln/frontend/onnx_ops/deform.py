@@ -61,8 +61,9 @@ def _deform_conv(ctx, node):
     ty, tx = np.meshgrid(np.arange(kh) * dil[0], np.arange(kw) * dil[1], indexing="ij")
     py = np.arange(oh) * strides[0] - pads[0]
     px = np.arange(ow) * strides[1] - pads[1]
-    base = np.stack([tx.reshape(k, 1, 1) + px.reshape(1, 1, ow) + 0 * py.reshape(1, oh, 1),
-                     ty.reshape(k, 1, 1) + py.reshape(1, oh, 1) + 0 * px.reshape(1, 1, ow)], axis=-1)
+    full = (k, oh, ow)
+    base = np.stack([np.broadcast_to(tx.reshape(k, 1, 1) + px.reshape(1, 1, ow), full),
+                     np.broadcast_to(ty.reshape(k, 1, 1) + py.reshape(1, oh, 1), full)], axis=-1)
     scale = np.array([2.0 / (wd - 1), 2.0 / (h - 1)])  # pixel -> [-1, 1] with align_corners
     norm_base = ctx.add_const((base * scale - 1.0).astype(dtype), "deform_base")
     norm_scale = ctx.add_const(scale.astype(dtype), "deform_scale")
