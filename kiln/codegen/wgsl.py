@@ -382,11 +382,11 @@ fn kiln_div_zero(x: f32) -> f32 {
   return select(inf, kiln_f32_bits(0x7fc00000u), x == 0.0 || kiln_isnan(x));
 }
 fn kiln_fmod(a: f32, b: f32) -> f32 { return select(a % b, a, kiln_isinf(b) && !kiln_isinf(a) && !kiln_isnan(a)); }
-// Python's float %: the divisor's sign. An infinite divisor leaves a finite a (same sign or
-// zero) or gives the divisor itself (opposite sign), as numpy; a - b * floor(a / b) is NaN there.
+// Python's float %: C's fmod moved to the divisor's sign (an infinite divisor with a finite a
+// of the other sign gives the divisor, as numpy)
 fn kiln_fmod_floor(a: f32, b: f32) -> f32 {
-  if (kiln_isinf(b) && !kiln_isinf(a) && !kiln_isnan(a)) { return select(b, a, a == 0.0 || (a > 0.0) == (b > 0.0)); }
-  return a - b * floor(a / b);
+  let r = kiln_fmod(a, b);
+  return select(r, r + b, r != 0.0 && ((r < 0.0) != (b < 0.0)));
 }
 // pow(x, y) is exp2(y * log2(x)) in WGSL: undefined for x < 0. Integer exponents keep the sign.
 fn kiln_pow(x: f32, y: f32) -> f32 {

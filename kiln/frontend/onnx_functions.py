@@ -27,6 +27,8 @@ def expand_functions(proto: onnx.ModelProto, opset: int, has_converter) -> tuple
     by their bodies, and the opset of each expanded node (by position in the new graph's node
     list; nodes not listed convert at the model's ``opset``)."""
     nodes = list(proto.graph.node)
+    if all(has_converter(n.op_type, n.domain, opset) for n in nodes):
+        return proto, {}  # the common case: no function to expand, no types to gather
     opsets = [opset] * len(nodes)
     types = _value_types(proto)  # values inside expanded bodies have none: nested context-
     changed = False              # dependent functions there stay unexpanded

@@ -17,15 +17,7 @@ import numpy as np
 
 from kiln.frontend.onnx_ops import converter
 from kiln.frontend.onnx_ops.nn import ints_attr, static_shape
-
-
-def _take(ctx, x, shape, axis: int, lo: int, hi: int) -> str:
-    """Entries [lo, hi) of ``axis`` (the tensor itself when that is all of them)."""
-    if lo == 0 and hi == shape[axis]:
-        return x
-    starts = tuple(lo if d == axis else 0 for d in range(len(shape)))
-    ends = tuple(hi if d == axis else n for d, n in enumerate(shape))
-    return ctx.emit("slice", [x], {"starts": starts, "ends": ends, "steps": (1,) * len(shape)})[0]
+from kiln.frontend.onnx_ops.shape import take_range
 
 
 def _concat(ctx, parts: list[str], axis: int) -> str:
@@ -77,13 +69,13 @@ def _deform_conv(ctx, node):
     cols = []
     cg = c // ogroups
     for g in range(ogroups):
-        grid_g = _take(ctx, grid, (n, ogroups, k, oh, ow, 2), 1, g, g + 1)
+        grid_g = take_range(ctx, grid, 1, g, g + 1)
         grid_g = ctx.emit("reshape", [grid_g], {"shape": (n, k * oh, ow, 2)})[0]
-        sampled = ctx.emit("grid_sample", [_take(ctx, x, xs, 1, g * cg, (g + 1) * cg), grid_g],
+        sampled = ctx.emit("grid_sample", [take_range(ctx, x, 1, g * cg, (g + 1) * cg), grid_g],
                            {"mode": "linear", "padding_mode": "zeros", "align_corners": 1})[0]
         sampled = ctx.emit("reshape", [sampled], {"shape": (n, cg, k, oh, ow)})[0]
         if mask is not None:
-            m = _take(ctx, mask, (n, ogroups * k, oh, ow), 1, g * k, (g + 1) * k)
+            m = take_range(ctx, mask, 1, g * k, (g + 1) * k)
             m = ctx.emit("reshape", [m], {"shape": (n, 1, k, oh, ow)})[0]
             sampled = ctx.emit("mul", [sampled, m])[0]
         cols.append(sampled)
@@ -92,9 +84,9 @@ def _deform_conv(ctx, node):
     outs = []
     ocg = oc // group
     for gi in range(group):
-        part = _take(ctx, columns, (n, c, k, oh, ow), 1, gi * cpg, (gi + 1) * cpg)
+        part = take_range(ctx, columns, 1, gi * cpg, (gi + 1) * cpg)
         part = ctx.emit("reshape", [part], {"shape": (n, cpg * k, oh * ow)})[0]
-        wg = _take(ctx, w, ws, 0, gi * ocg, (gi + 1) * ocg)
+        wg = take_range(ctx, w, 0, gi * ocg, (gi + 1) * ocg)
         wg = ctx.emit("reshape", [wg], {"shape": (ocg, cpg * k)})[0]
         outs.append(ctx.emit("matmul", [wg, part])[0])  # [N, ocg, oH*oW]
     y = _concat(ctx, outs, 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from kiln.frontend.onnx_ops import converter
 from kiln.frontend.onnx_ops.nn import static_shape
+from kiln.frontend.onnx_ops.shape import take_range
 
 RULES = ("linear", "gated", "delta", "gated_delta")
 MAX_TOKENS = 256
@@ -59,10 +60,9 @@ def _linear_attention(ctx, node):
     def emit(op, ins, attrs=None):
         return ctx.emit(op, ins, attrs or {})[0]
 
-    def token(x, i, width, shape):
+    def token(x, i, shape):
         """Token i of a (B, T, width) input, reshaped to ``shape``."""
-        s = emit("slice", [x], {"starts": (0, i, 0), "ends": (b, i + 1, width), "steps": (1, 1, 1)})
-        return emit("reshape", [s], {"shape": shape})
+        return emit("reshape", [take_range(ctx, x, 1, i, i + 1)], {"shape": shape})
 
     if ctx.has_input(3):
         state = widen(ctx.input(3))
@@ -82,19 +82,19 @@ def _linear_attention(ctx, node):
     scale_c = ctx.add_const(np.array(scale, dtype), "la_scale")
     outputs = []
     for i in range(t):
-        kt = token(k, i, kw, (b, hkv, dk, 1))
-        vt = token(v, i, vw, (b, hkv, 1, dv))
+        kt = token(k, i, (b, hkv, dk, 1))
+        vt = token(v, i, (b, hkv, 1, dv))
         if gated:
-            state = emit("mul", [state, emit("exp", [token(decay, i, ctx.shape(decay)[-1], decay_shape)])])
+            state = emit("mul", [state, emit("exp", [token(decay, i, decay_shape)])])
         if delta:
             kt_row = emit("reshape", [kt], {"shape": (b, hkv, 1, dk)})
             recalled = emit("matmul", [kt_row, state])  # (S^T k)^T: (B, H, 1, dv)
-            bt = token(beta, i, ctx.shape(beta)[-1], (b, ctx.shape(beta)[-1], 1, 1))
+            bt = token(beta, i, (b, ctx.shape(beta)[-1], 1, 1))
             update = emit("mul", [emit("mul", [kt, emit("sub", [vt, recalled])]), bt])
         else:
             update = emit("mul", [kt, vt])
         state = emit("add", [state, update])
-        qt = token(q, i, qw, (b, hkv, group, dk))
+        qt = token(q, i, (b, hkv, group, dk))
         ot = emit("mul", [emit("matmul", [qt, state]), scale_c])  # (B, H_kv, G, dv)
         outputs.append(emit("reshape", [ot], {"shape": (b, 1, hq * dv)}))
     out_names = ctx.outputs()

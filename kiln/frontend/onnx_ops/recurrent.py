@@ -14,6 +14,7 @@ import numpy as np
 
 from kiln.frontend.onnx_ops import converter
 from kiln.frontend.onnx_ops.nn import static_shape
+from kiln.frontend.onnx_ops.shape import take_range
 
 # activation name -> (kiln op, takes alpha, takes beta, default alpha, default beta)
 _ACTIVATIONS = {
@@ -45,10 +46,7 @@ class _Builder:
 
     def take(self, x, axis, start, stop):
         """``x[..., start:stop, ...]`` on ``axis``."""
-        shape = self.ctx.shape(x)
-        starts = tuple(start if k == axis else 0 for k in range(len(shape)))
-        ends = tuple(stop if k == axis else n for k, n in enumerate(shape))
-        return self.op("slice", [x], {"starts": starts, "ends": ends, "steps": (1,) * len(shape)})
+        return take_range(self.ctx, x, axis, start, stop)
 
     def reshape(self, x, shape, out=None):
         return self.op("reshape", [x], {"shape": tuple(shape)}, out)

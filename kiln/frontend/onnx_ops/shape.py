@@ -183,6 +183,16 @@ def _split(ctx, node):
 
 # -- slice -------------------------------------------------------------------------------------
 
+def take_range(ctx, x: str, axis: int, start: int, stop: int) -> str:
+    """``x[..., start:stop, ...]`` on ``axis``: one ``slice`` (``x`` itself when that is all of it)."""
+    shape = ctx.shape(x)
+    if start == 0 and stop == shape[axis]:
+        return x
+    starts = tuple(start if k == axis else 0 for k in range(len(shape)))
+    ends = tuple(stop if k == axis else n for k, n in enumerate(shape))
+    return ctx.emit("slice", [x], {"starts": starts, "ends": ends, "steps": (1,) * len(shape)})[0]
+
+
 def normalize_slice(shape, starts, ends, axes, steps):
     """Full-rank (starts, ends, steps) clamped as ONNX Slice does."""
     full = [[0, n, 1] for n in shape]
