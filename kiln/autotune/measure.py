@@ -137,7 +137,7 @@ class Measurer:
 
     # -- one candidate ----------------------------------------------------------------------
     def _cold(self, task) -> tuple[str, ...]:
-        return tuple(getattr(task, "weights", ())) if self.options.cold_weights else ()
+        return task.weights if self.options.cold_weights else ()
 
     def _build(self, func: Func, name: str, cold=()) -> tuple[Path | None, str]:
         d = self.workdir / name

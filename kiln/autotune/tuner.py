@@ -146,10 +146,10 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
         raise TuningError(f"batch_size must be a positive integer, got {batch_size!r}")
     if search not in SEARCHES:
         raise TuningError(f"unknown search {search!r}; expected one of {', '.join(SEARCHES)}")
-    for name, value in (("verify_top", verify_top), ("verify_rounds", verify_rounds)):
-        if not isinstance(value, int) or value < 0 or (name == "verify_rounds" and value < 1):
-            raise TuningError(f"{name} must be a {'positive' if name == 'verify_rounds' else 'non-negative'} "
-                              f"integer, got {value!r}")
+    if not isinstance(verify_top, int) or verify_top < 0:
+        raise TuningError(f"verify_top must be a non-negative integer, got {verify_top!r}")
+    if not isinstance(verify_rounds, int) or verify_rounds < 1:
+        raise TuningError(f"verify_rounds must be a positive integer, got {verify_rounds!r}")
     from kiln.targets import get_target
 
     target_impl = get_target(target)

@@ -265,6 +265,26 @@ class ConvertContext:
         raise UnsupportedOperatorError([(self.node.op_type, self.opset, [self.node.name or "<unnamed>"])],
                                        reason=reason)
 
+    def convert(self, node: onnx.NodeProto, opset: int) -> None:
+        """Convert one ONNX node at ``opset`` (its converter must exist) and record the kiln
+        names of its outputs; the context is left on that node."""
+        self.node, self.opset = node, opset
+        fn = lookup(node.op_type, node.domain, opset)
+        if fn is None:
+            self.unsupported(f"no converter for {node.op_type} at opset {opset}")
+        try:
+            outs = fn(self, node)
+        except KilnError:
+            raise
+        except (ValueError, IndexError, KeyError, TypeError) as e:
+            raise ShapeError(f"{node.op_type} node {node.name!r} could not be converted: {e}") from None
+        except Exception as e:  # noqa: BLE001  (overflow, zero division ... in a converter or folding)
+            raise KilnError(f"{node.op_type} node {node.name!r}: internal error while converting "
+                            f"({type(e).__name__}: {e}); this is a bug in Kiln") from e
+        for onnx_name, kiln_name in zip(node.output, outs):
+            if onnx_name:
+                self.names[onnx_name] = kiln_name
+
     # building the graph
     def fresh(self, hint: str = "t") -> str:
         self._n += 1
@@ -393,21 +413,7 @@ def from_onnx(model, input_shapes: Mapping[str, Sequence] | None = None,
                          f"inputs are {[v.name for v in inputs]}")
     ctx = ConvertContext(inputs, constants, opset)
     for k, node in enumerate(proto.graph.node):
-        ctx.node = node
-        ctx.opset = node_opsets.get(k, opset)  # an expanded function body's own opset
-        fn = lookup(node.op_type, node.domain, ctx.opset)
-        try:
-            outs = fn(ctx, node)
-        except KilnError:
-            raise
-        except (ValueError, IndexError, KeyError, TypeError) as e:
-            raise ShapeError(f"{node.op_type} node {node.name!r} could not be converted: {e}") from None
-        except Exception as e:  # noqa: BLE001  (overflow, zero division ... in a converter or folding)
-            raise KilnError(f"{node.op_type} node {node.name!r}: internal error while converting "
-                            f"({type(e).__name__}: {e}); this is a bug in Kiln") from e
-        for onnx_name, kiln_name in zip(node.output, outs):
-            if onnx_name:
-                ctx.names[onnx_name] = kiln_name
+        ctx.convert(node, node_opsets.get(k, opset))  # an expanded function body has its own opset
     ctx.node, ctx.opset = None, opset
     return _finish_graph(ctx, proto, inputs, _bounds_for(inputs, dim_bounds))
 

@@ -220,7 +220,7 @@ class WebGPURunner:
             shape = tuple(evaluate(d, dims) for d in v.shape)
             size = int(np.prod(shape, dtype=np.int64))
             if spec["region"] == "arena16":
-                raw = q.read_buffer(self.arena16, spec["offset"] * 2, 2 * (max(size, 1) + (max(size, 1) & 1)))
+                raw = q.read_buffer(self.arena16, spec["offset"] * 2, _pad4(-(-size // 2)))
                 outs[v.name] = np.frombuffer(raw, np.float16)[:size].reshape(shape).copy()
                 continue
             raw = q.read_buffer(self.arena, spec["offset"] * 4, _pad4(size))

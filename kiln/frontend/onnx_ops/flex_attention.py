@@ -30,25 +30,21 @@ def _inline(ctx, graph: onnx.GraphProto, value: str, prefix: str) -> str:
     ctx.names[rename[graph.input[0].name]] = value
     for t in graph.initializer:
         ctx.names[rename[t.name]] = ctx.add_const(numpy_helper.to_array(t), "flex_const")
-    outer = ctx.node
+    outer, opset = ctx.node, ctx.opset
     try:
         for node in graph.node:
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 ctx.unsupported("a FlexAttention modifier with subgraphs of its own")
-            fn = lookup(node.op_type, node.domain, ctx.opset)
-            if fn is None:
+            if lookup(node.op_type, node.domain, opset) is None:
                 ctx.unsupported(f"a FlexAttention modifier uses {node.op_type}, which Kiln does not convert")
             local = onnx.NodeProto()
             local.CopyFrom(node)
             del local.input[:], local.output[:]
             local.input.extend(rename.get(i, i) for i in node.input)
             local.output.extend(rename.get(o, o) for o in node.output)
-            ctx.node = local
-            for onnx_name, kiln_name in zip(local.output, fn(ctx, local)):
-                if onnx_name:
-                    ctx.names[onnx_name] = kiln_name
+            ctx.convert(local, opset)
     finally:
-        ctx.node = outer
+        ctx.node, ctx.opset = outer, opset
     return ctx.names[rename[graph.output[0].name]]
 
 
