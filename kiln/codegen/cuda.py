@@ -16,7 +16,7 @@ from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Const, Expr, Load, Un, Var
 from kiln.ir.loop import Buffer, Store
-from kiln.passes.gpu_schedule_cuda import Launch, Nest, _extent_product, _is_identity
+from kiln.passes.gpu_schedule_cuda import Launch, Nest, extent_product, _is_identity
 
 CUDA_PRELUDE = """\
 #include <cuda_runtime.h>
@@ -133,7 +133,7 @@ class CudaRenderer(CRenderer):
             stride = self.dim(extent) if stride is None else f"{stride} * ({self.dim(extent)})"
 
     def count(self, loops) -> str:
-        return self.dim(_extent_product(loops)) if loops else "1"
+        return self.dim(extent_product(loops)) if loops else "1"
 
     def declare_acc(self, r, depth: int, value: str):
         self.buffers[r.acc] = Buffer(r.acc, (), r.dtype, "local")

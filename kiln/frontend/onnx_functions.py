@@ -38,21 +38,16 @@ def expand_functions(proto: onnx.ModelProto, opset: int, has_converter) -> tuple
             body = None
             if not has_converter(node.op_type, node.domain, node_opset):
                 body = _body(node, node_opset, types, prefix=f"{node.name or node.op_type}__fn{depth}_{k}")
-            if body is None:
+            # a body with an op Kiln cannot convert is not used: the node stays, so the error
+            # names the op the model uses rather than one of its body's
+            if body is not None and all(has_converter(n.op_type, n.domain, body[1])
+                                        or _function(n, body[1], types) is not None for n in body[0]):
+                out_nodes += body[0]
+                out_opsets += [body[1]] * len(body[0])
+                expanded = changed = True
+            else:
                 out_nodes.append(node)
                 out_opsets.append(node_opset)
-                continue
-            fn_nodes, fn_opset = body
-            if not all(has_converter(n.op_type, n.domain, fn_opset) or _function(n, fn_opset, types) is not None
-                       for n in fn_nodes):
-                # a body op Kiln cannot convert: keep the node, so the error names the op the
-                # model uses rather than one of its body's
-                out_nodes.append(node)
-                out_opsets.append(node_opset)
-                continue
-            out_nodes += fn_nodes
-            out_opsets += [fn_opset] * len(fn_nodes)
-            expanded = changed = True
         nodes, opsets = out_nodes, out_opsets
         if not expanded:
             break

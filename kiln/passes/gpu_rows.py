@@ -26,10 +26,10 @@ GPU) or a reduction of at least ``LONG_REDUCTION`` elements; static extents only
 """
 from __future__ import annotations
 
-from kiln.ir.dtype import INDEX, DType
-from kiln.ir.expr import Bin, Const, Expr, Load, Var, simplify, substitute
-from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Store, seq, subst_stmt
-from kiln.passes.gpu_schedule_cuda import REDUCE_IDENTITY, peel_loops, scalar_reduction
+from kiln.ir.dtype import DType
+from kiln.ir.expr import Bin, Const, Expr, Load, Var, idx, simplify, substitute
+from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Store, seq, subst_stmt
+from kiln.passes.gpu_schedule_cuda import REDUCE_IDENTITY, extent_product, peel_loops, scalar_reduction
 
 THREADS = 64
 MIN_REDUCTION = 64
@@ -37,19 +37,11 @@ MAX_OUTPUTS = 8192
 LONG_REDUCTION = 2048
 
 
-def _c(v: int) -> Const:
-    return Const(v, INDEX)
-
-
 def _identity(op: str, dtype: DType) -> Const:
     value = REDUCE_IDENTITY[op]
     if not dtype.is_float and value in (float("inf"), float("-inf")):
         value = (1 << 63) - 1 if value > 0 else -(1 << 63)  # the renderer saturates to its integer type
     return Const(value if dtype.is_float else int(value), dtype)
-
-
-def _combine(op: str, a: Expr, b: Expr, dtype: DType) -> Expr:
-    return Bin(op, a, b, dtype)
 
 
 def _decompose(flat: Expr, loops) -> dict[str, Expr]:
@@ -72,11 +64,7 @@ def reduce_rows(func: Func, rank: int):
     r = scalar_reduction(inner)
     if r is None or any(not isinstance(e, int) for _, e in spatial + r.loops):
         return None
-    outputs, k_total = 1, 1
-    for _, e in spatial:
-        outputs *= e
-    for _, e in r.loops:
-        k_total *= e
+    outputs, k_total = extent_product(spatial), extent_product(r.loops)
     if k_total < MIN_REDUCTION or (outputs >= MAX_OUTPUTS and k_total < LONG_REDUCTION):
         return None
 
@@ -87,17 +75,17 @@ def reduce_rows(func: Func, rank: int):
     k = step * THREADS + tid
     value = simplify(substitute(r.value, {**where, **_decompose(k, r.loops)}))
     fold = For(step, -(-k_total // THREADS),
-               If(k.lt(_c(k_total)), Store(r.acc, (), _combine(r.op, acc, value, r.dtype))))
+               If(k.lt(idx(k_total)), Store(r.acc, (), Bin(r.op, acc, value, r.dtype))))
     tree = []
     half = THREADS // 2
     while half >= 1:
         mine, theirs = Load(part.name, (tid,), r.dtype), Load(part.name, (tid + half,), r.dtype)
-        tree.append(If(tid.lt(_c(half)), Store(part.name, (tid,), _combine(r.op, mine, theirs, r.dtype))))
+        tree.append(If(tid.lt(idx(half)), Store(part.name, (tid,), Bin(r.op, mine, theirs, r.dtype))))
         if half > 1:  # the last step's result is read by the invocation that wrote it
             tree.append(Barrier())
         half //= 2
-    finish = If(Bin("eq", tid, _c(0), DType.bool), seq(
-        Store(r.acc, (), _combine(r.op, simplify(substitute(r.init, where)), Load(part.name, (_c(0),), r.dtype),
+    finish = If(Bin("eq", tid, idx(0), DType.bool), seq(
+        Store(r.acc, (), Bin(r.op, simplify(substitute(r.init, where)), Load(part.name, (idx(0),), r.dtype),
                                   r.dtype)),
         subst_stmt(r.epilogue, where)))
     body = Alloc(part, Alloc(Buffer(r.acc, (), r.dtype, "local"), seq(

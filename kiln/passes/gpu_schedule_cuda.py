@@ -139,7 +139,7 @@ def _is_identity(r: Reduction) -> bool:
     return isinstance(r.init, Const) and float(r.init.value) == REDUCE_IDENTITY[r.op]
 
 
-def _extent_product(items) -> object:
+def extent_product(items) -> object:
     n = 1
     for _, e in items:
         n = n * e
@@ -211,9 +211,9 @@ def _at_row(indices, row) -> bool:
 def _rows_block(nests: list[Nest], p: int) -> int:
     work = 1
     for n in nests:
-        rest = _extent_product(n.spatial[p:])
+        rest = extent_product(n.spatial[p:])
         if n.reduction is not None:
-            rest = rest * _extent_product(n.reduction.loops)
+            rest = rest * extent_product(n.reduction.loops)
         work = max(work, rest if isinstance(rest, int) else 1024)
     block = 32
     while block < min(work, 256):
@@ -244,7 +244,7 @@ def plan_kernel(name: str, func: Func, stages, tiles: dict | None = None) -> lis
             launches.append(Launch(lname, "gemm", (nest,), gemm=plan, block=plan.tile.threads))
             continue
         r = nest.reduction
-        red = _extent_product(r.loops) if r is not None else 1
+        red = extent_product(r.loops) if r is not None else 1
         if r is not None and (not isinstance(red, int) or red >= ROWS_MIN_REDUCTION) and _is_identity(r):
             launches.append(Launch(lname + "_rows" if len(nests) == 1 else lname, "rows", (nest,),
                                    len(nest.spatial), _rows_block([nest], len(nest.spatial))))
