@@ -167,7 +167,8 @@ target_option = click.option(
     help=f"Target to compile for. Implemented: {', '.join(implemented())}."
          + (f" Planned: {', '.join(planned())}." if planned() else "")
          + " Options after a colon, e.g. arm64:+dotprod,+fp16, host:-winograd (3x3 convolutions "
-           "stay direct) or webgpu:+f16 (float16 values stored as halves; needs shader-f16).")
+           "stay direct), webgpu:+f16 (float16 values stored as halves; needs shader-f16) or "
+           "webgpu:+subgroups (reductions combine through subgroup operations; needs subgroups).")
 
 
 @click.group(cls=KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})

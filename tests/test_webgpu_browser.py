@@ -91,3 +91,20 @@ def test_quantized_bundle_in_chromium(tmp_path):
     for k, want in ref.items():
         step = np.abs(np.diff(np.unique(want))).min(initial=1.0)
         assert np.abs(got[k] - want).max() <= step * 1.01
+
+
+def test_subgroup_bundle_in_chromium(tmp_path):
+    """``webgpu:+subgroups``: a BERT encoder's layer norms combine their rows through
+    subgroupAdd; Chromium's CPU adapter has the feature, so the page runs the real thing
+    (``enable subgroups;`` included, which wgpu's compiler does not take yet)."""
+    from kiln.testing.browser import run_in_browser
+
+    chromium = require_toolchain("chromium")
+    model = BROWSER_CASES["bert_encoder"]()
+    feeds = models.example_inputs(model, seed=4)
+    compiled = kiln.compile(model, target="webgpu:+subgroups")
+    assert compiled.result.source.webgpu.features == ["subgroups"]
+    bundle = compiled.export(tmp_path / "bundle")
+    assert any("enable subgroups;" in p.read_text() for p in bundle.glob("*.wgsl"))
+    got, _ = run_in_browser(bundle, feeds, browser=chromium)
+    assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)

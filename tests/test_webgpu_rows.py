@@ -1,6 +1,9 @@
 """WebGPU reductions with few outputs and long rows: one workgroup per output
-(kiln/passes/gpu_rows.py). The rule's shape and barriers without a device; its results
-against ONNX Runtime through wgpu (lavapipe without a GPU)."""
+(kiln/passes/gpu_rows.py), its partials combined through workgroup memory or, with
+``webgpu:+subgroups``, through subgroup operations. The rule's shape and barriers without a
+device; its results against ONNX Runtime through wgpu (lavapipe without a GPU: it has
+subgroups of 8) for both combines; the subgroup bundle in Chromium (its CPU adapter has
+subgroups too)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 from onnx import helper
 
 import kiln
-from kiln.ir.loop import Barrier, If, stmt_children
+from kiln.ir.loop import Barrier, If, SubgroupReduce, stmt_children
 from kiln.passes.gpu_rows import THREADS
 from tests.conftest import require_webgpu
 from tests.test_codegen import check_snapshot
@@ -20,8 +23,11 @@ def wgpu_device():
     return require_webgpu()
 
 
-def _dispatches(model, prim=None):
-    m = kiln.compile(model, target="webgpu")
+COMBINES = ["webgpu", "webgpu:+subgroups"]
+
+
+def _dispatches(model, prim=None, target="webgpu"):
+    m = kiln.compile(model, target=target)
     ds = [d for k in m.result.source.webgpu.kernels for d in k.dispatches]
     return m, [d for d in ds if prim is None or (d.trace and d.trace[0]["prim"] == prim)]
 
@@ -52,7 +58,40 @@ def test_softmax_rows_reduce_in_one_workgroup_each():
         assert (d.workgroups, d.workgroup_size) == (3, THREADS)
         barriers = [s for s in _walk(d.func.body) if isinstance(s, Barrier)]
         assert len(barriers) == int(np.log2(THREADS))  # before each halving step
-        assert d.trace == [{"prim": "gpu_reduce_rows", "args": {"outputs": 3, "reduction": 1000, "threads": THREADS}}]
+        assert d.trace == [{"prim": "gpu_reduce_rows", "args": {"outputs": 3, "reduction": 1000, "threads": THREADS,
+                                                                "combine": "tree"}}]
+        assert not any(isinstance(s, SubgroupReduce) for s in _walk(d.func.body))
+
+
+def test_subgroup_combine_has_one_barrier():
+    m, coop = _dispatches(_softmax(3, 1000), "gpu_reduce_rows", "webgpu:+subgroups")
+    assert len(coop) == 2
+    for d, op in zip(coop, ["max", "add"]):  # the row maximum, then the row sum
+        stmts = list(_walk(d.func.body))
+        assert sum(isinstance(s, Barrier) for s in stmts) == 1
+        # within each subgroup, then the subgroups' results across the workgroup
+        assert [s.op for s in stmts if isinstance(s, SubgroupReduce)] == [op, op]
+        assert d.trace[0]["args"]["combine"] == "subgroup"
+    assert m.result.source.webgpu.features == ["subgroups"]
+    assert '"features": [\n  "subgroups"\n ]' in m.files["model.js"]
+    src = m.files["kernel_0.wgsl"]
+    assert src.startswith("// Generated") and "\nenable subgroups;\n" in src
+    assert "subgroupMax(" in src and "subgroupAdd(" in src
+
+
+def test_subgroups_only_where_a_row_reduction_is():
+    """Kernels without a row reduction neither enable nor need subgroups; a model without any
+    asks for no feature, so its bundle runs on adapters without them."""
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", np.float32, [4, 64])],
+                       [("y", np.float32, [4, 64])])
+    m = kiln.compile(model, target="webgpu:+subgroups")
+    assert m.result.source.webgpu.features == []
+    assert "enable subgroups" not in m.files["kernel_0.wgsl"]
+
+
+def test_snapshot_wgsl_softmax_rows_subgroups():
+    m, _ = _dispatches(_softmax(3, 1000), target="webgpu:+subgroups")
+    check_snapshot("softmax_rows_subgroups.wgsl", m.files["kernel_0.wgsl"])
 
 
 def test_snapshot_wgsl_softmax_rows():
@@ -60,11 +99,13 @@ def test_snapshot_wgsl_softmax_rows():
     check_snapshot("softmax_rows.wgsl", m.files["kernel_0.wgsl"])
 
 
-def test_barriers_stay_in_uniform_control_flow():
-    _, coop = _dispatches(_softmax(3, 1000), "gpu_reduce_rows")
+@pytest.mark.parametrize("target", COMBINES)
+def test_barriers_stay_in_uniform_control_flow(target):
+    """Barriers and subgroup operations only outside guards (WGSL's uniformity rules)."""
+    _, coop = _dispatches(_softmax(3, 1000), "gpu_reduce_rows", target)
 
     def check(s, guarded):
-        if isinstance(s, Barrier):
+        if isinstance(s, (Barrier, SubgroupReduce)):
             assert not guarded
         for c in stmt_children(s):
             check(c, guarded or isinstance(s, If))
@@ -98,9 +139,10 @@ def test_which_reductions_cooperate(shape, axes, cooperative):
     ("ReduceMax", (6, 129), (1,), np.int32),
     ("ReduceSumSquare", (2, 4096), (1,), np.float32),
 ])
-def test_cooperative_reductions_match_onnxruntime(wgpu_device, op, shape, axes, dtype):
+@pytest.mark.parametrize("target", COMBINES)
+def test_cooperative_reductions_match_onnxruntime(wgpu_device, op, shape, axes, dtype, target):
     model = _reduce(op, list(shape), list(axes), dtype)
-    m, coop = _dispatches(model, "gpu_reduce_rows")
+    m, coop = _dispatches(model, "gpu_reduce_rows", target)
     assert coop, "the rule should apply"
     rng = np.random.default_rng(0)
     if dtype == np.int32:
@@ -119,17 +161,18 @@ def test_cooperative_reductions_match_onnxruntime(wgpu_device, op, shape, axes, 
         assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_softmax_and_layer_norm_over_long_rows_match_onnxruntime(wgpu_device):
+@pytest.mark.parametrize("target", COMBINES)
+def test_softmax_and_layer_norm_over_long_rows_match_onnxruntime(wgpu_device, target):
     rng = np.random.default_rng(1)
     model = _softmax(7, 1000)
     feeds = {"x": (4 * rng.standard_normal((7, 1000))).astype(np.float32)}
-    assert_close(kiln.compile(model, target="webgpu").run(feeds), ort_run(model, feeds), rtol=1e-4, atol=1e-6)
+    assert_close(kiln.compile(model, target=target).run(feeds), ort_run(model, feeds), rtol=1e-4, atol=1e-6)
     hidden = 768
     ln = make_model([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-5)],
                     [("x", np.float32, [5, hidden])], [("y", np.float32, [5, hidden])],
                     [("g", rng.standard_normal(hidden).astype(np.float32)),
                      ("b", rng.standard_normal(hidden).astype(np.float32))])
-    m, coop = _dispatches(ln, "gpu_reduce_rows")
+    m, coop = _dispatches(ln, "gpu_reduce_rows", target)
     assert coop
     feeds = {"x": (3 + rng.standard_normal((5, hidden))).astype(np.float32)}
     assert_close(m.run(feeds), ort_run(ln, feeds), rtol=1e-4, atol=1e-4)

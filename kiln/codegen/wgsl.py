@@ -25,7 +25,8 @@ import struct
 from kiln.errors import ShapeError, VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
-from kiln.ir.loop import GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Stmt, Store
+from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, SUBGROUP_LANE, SUBGROUP_SIZE, Alloc, Barrier, Buffer, For, Func, If,
+                          Seq, Stmt, Store, SubgroupReduce, walk_stmts)
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -52,6 +53,7 @@ class WGSLRenderer:
         "expm1": "kiln_expm1",
     }
     workgroup_size_builtin = "lid"
+    subgroup_fn = {"add": "subgroupAdd", "mul": "subgroupMul", "max": "subgroupMax", "min": "subgroupMin"}
 
     def __init__(self, bases: dict[str, tuple[str, int]], chunk_words: int = 1 << 25, symbols=(), packed=()):
         """``bases``: parameter buffer name -> (``"arena"`` or ``"weights"``, word offset).
@@ -307,6 +309,10 @@ class WGSLRenderer:
             self.stmt(s.body, depth)
         elif isinstance(s, Barrier):
             self.emit("workgroupBarrier();", depth)
+        elif isinstance(s, SubgroupReduce):
+            if s.op not in self.subgroup_fn:
+                raise VerificationError(f"WGSL has no subgroup operation for {s.op!r}")
+            self.emit(f"{s.dst} = {self.subgroup_fn[s.op]}({self.expr(s.value)});", depth)
         elif isinstance(s, If):
             self.emit(f"if ({self.expr(s.cond)}) {{", depth)
             self.stmt(s.then, depth + 1)
@@ -319,13 +325,24 @@ class WGSLRenderer:
         self.lines, self.shared, self.entry = [], [], f.name
         self.buffers = {b.name: b for b in f.params}
         self.emit(f"@compute @workgroup_size({workgroup_size})", 0)
+        subgroup = uses_subgroups(f)
+        extra = (f", @builtin(subgroup_invocation_id) {SUBGROUP_LANE}_u: u32, "
+                 f"@builtin(subgroup_size) {SUBGROUP_SIZE}_u: u32") if subgroup else ""
         self.emit(f"fn {f.name}(@builtin(workgroup_id) wg: vec3<u32>, "
-                  "@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {", 0)
+                  f"@builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>{extra}) {{", 0)
+        if subgroup:
+            self.emit(f"let {SUBGROUP_LANE} = i32({SUBGROUP_LANE}_u);", 1)
+            self.emit(f"let {SUBGROUP_SIZE} = i32({SUBGROUP_SIZE}_u);", 1)
         for i, name in enumerate(self.symbols):
             self.emit(f"let dim{i} = kiln_dims.d[{i // 4}][{i % 4}];  // {name}", 1)
         self.stmt(f.body, 1)
         self.emit("}", 0)
         return "\n".join(self.shared + self.lines)
+
+
+def uses_subgroups(f: Func) -> bool:
+    """Whether an entry point uses subgroup operations (and so their built-ins)."""
+    return any(isinstance(s, SubgroupReduce) for s in walk_stmts(f.body))
 
 
 def _nonneg(e: Expr) -> bool:
@@ -341,11 +358,13 @@ DIMS_BINDING = 8  # the uniform of dynamic dim values, after the arena and <= 7 
 HALF_BINDING = 9  # arena16: float16 values in f16 storage (webgpu:+f16)
 
 
-def bindings(weight_chunks: int, chunk_words: int = 1 << 25, symbols=(), half: bool = False) -> str:
+def bindings(weight_chunks: int, chunk_words: int = 1 << 25, symbols=(), half: bool = False,
+             subgroups: bool = False) -> str:
     """The bindings every kernel declares (the same layout for all kernels of a model).
     ``half``: the ``arena16`` binding of f16 storage, and ``enable f16;`` (which must come
-    before any declaration)."""
+    before any declaration); ``subgroups``: ``enable subgroups;`` for kernels that use them."""
     lines = ["enable f16;"] if half else []
+    lines += ["enable subgroups;"] if subgroups else []
     lines += ["@group(0) @binding(0) var<storage, read_write> arena: array<u32>;"]
     if half:
         lines.append(f"@group(0) @binding({HALF_BINDING}) var<storage, read_write> arena16: array<f16>;")

@@ -23,7 +23,7 @@ import json
 import numpy as np
 
 from kiln.codegen.templates import render
-from kiln.codegen.wgsl import WGSL_PRELUDE, WGSLRenderer, bindings
+from kiln.codegen.wgsl import WGSL_PRELUDE, WGSLRenderer, bindings, uses_subgroups
 from kiln.errors import KilnError, ShapeError
 from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph
@@ -197,11 +197,20 @@ class WebGPUModel:
     symbols: list[str] = field(default_factory=list)     # dynamic dims, in kiln_dims order
     dim_bounds: dict = field(default_factory=dict)
 
+    @property
+    def features(self) -> list[str]:
+        """The WebGPU features the kernels need (browser names): ``shader-f16`` for f16 storage,
+        ``subgroups`` for subgroup operations."""
+        need = ["shader-f16"] if self.plan.arena16_halves else []
+        if any(uses_subgroups(d.func) for k in self.kernels for d in k.dispatches):
+            need.append("subgroups")
+        return need
+
     def table(self) -> dict:
         """What a runner needs, as plain JSON-able data (``model.js`` embeds it)."""
         return {
             "arenaWords": self.plan.arena_words, "weightsWords": int(self.plan.weights.size),
-            "arena16Halves": self.plan.arena16_halves,
+            "arena16Halves": self.plan.arena16_halves, "features": self.features,
             "symbols": self.symbols, "dimBounds": {k: list(self.dim_bounds[k]) for k in self.symbols},
             "weightChunks": [int(c.size) for c in self.plan.weight_chunks],
             "inputs": self.inputs, "outputs": self.outputs,
@@ -231,8 +240,11 @@ def _js(dim) -> str:
     return text
 
 
-def build_webgpu_model(graph: Graph, kernels, tiling: bool = True, half: bool = False) -> WebGPUModel:
-    """``half``: f16 storage for float16 values (``plan_words``); the kernels then enable f16."""
+def build_webgpu_model(graph: Graph, kernels, tiling: bool = True, half: bool = False,
+                       subgroups: bool = False) -> WebGPUModel:
+    """``half``: f16 storage for float16 values (``plan_words``); the kernels then enable f16.
+    ``subgroups``: reductions combine through subgroup operations where the row rule applies
+    (:mod:`kiln.passes.gpu_rows`); the kernels that use them enable subgroups."""
     symbols = sorted(graph.dim_bounds)
     for v in list(graph.inputs) + list(graph.outputs):
         if v.dtype in UNSUPPORTED:
@@ -245,13 +257,15 @@ def build_webgpu_model(graph: Graph, kernels, tiling: bool = True, half: bool = 
     out, traces = [], {}
     for k in kernels:
         bases = {b.name: plan.storage[name] for b, name in zip(k.unscheduled.params, k.params)}
-        dispatches = schedule_dispatches(k.unscheduled, k.stages, tiling=tiling, bounds=graph.dim_bounds)
+        dispatches = schedule_dispatches(k.unscheduled, k.stages, tiling=tiling, bounds=graph.dim_bounds,
+                                         subgroups=subgroups)
         packed = {b.name for b, name in zip(k.unscheduled.params, k.params) if name in plan.packed}
         renderer = WGSLRenderer(bases, plan.chunk_words, symbols, packed)
         entries = [renderer.render_entry(d.func, d.workgroup_size) for d in dispatches]
         ops_ = "+".join(producers[o].op for o in k.outputs if o in producers)
         comment = f"{k.name}: writes {', '.join(k.outputs)} ({ops_})"
-        prelude = bindings(len(plan.weight_chunks), plan.chunk_words, symbols, half) + WGSL_PRELUDE
+        prelude = bindings(len(plan.weight_chunks), plan.chunk_words, symbols, half,
+                           any(uses_subgroups(d.func) for d in dispatches)) + WGSL_PRELUDE
         source = render("kernel.wgsl.j2", comment=comment, prelude=prelude, entries=entries,
                         params=[{"name": b.name, "value": name, "region": bases[b.name][0],
                                  "offset": bases[b.name][1], "dtype": b.dtype.value,

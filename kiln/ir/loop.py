@@ -72,6 +72,25 @@ class Barrier(Stmt):
 
 
 @dataclass(frozen=True, slots=True)
+class SubgroupReduce(Stmt):
+    """``dst`` (a local scalar) = ``op`` (add, mul, max, min) of ``value`` over the invocations
+    of this invocation's GPU subgroup; every invocation of the subgroup gets the result. Only
+    in uniform control flow inside a ``gpu.thread`` loop, on targets with subgroups (WGSL's
+    ``subgroupAdd`` family, ``webgpu:+subgroups``). Which invocations form a subgroup is up to
+    the device: code around it reads :data:`SUBGROUP_LANE` and :data:`SUBGROUP_SIZE` rather
+    than assuming consecutive invocation ids."""
+
+    dst: str
+    op: str
+    value: Expr
+
+
+# the invocation's index inside its subgroup and the subgroup's size (``i32`` variables the
+# WGSL renderer binds to the ``subgroup_invocation_id`` / ``subgroup_size`` built-ins)
+SUBGROUP_LANE, SUBGROUP_SIZE = "sg_lane", "sg_size"
+
+
+@dataclass(frozen=True, slots=True)
 class Func:
     name: str
     params: tuple[Buffer, ...]
@@ -134,6 +153,8 @@ def map_exprs(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
             return Store(x.buffer, tuple(f(i) for i in x.indices), f(x.value))
         if isinstance(x, If):
             return If(f(x.cond), map_stmt(x.then, go))
+        if isinstance(x, SubgroupReduce):
+            return SubgroupReduce(x.dst, x.op, f(x.value))
         return None
     return map_stmt(s, go)
 
@@ -173,6 +194,8 @@ def format_stmt(s: Stmt, indent: int = 0) -> str:
         return f"{pad}if {s.cond}:\n" + format_stmt(s.then, indent + 1)
     if isinstance(s, Barrier):
         return f"{pad}barrier"
+    if isinstance(s, SubgroupReduce):
+        return f"{pad}{s.dst} = subgroup_{s.op}({s.value})"
     return f"{pad}<{type(s).__name__}>"
 
 
@@ -182,7 +205,8 @@ def format_func(f: Func) -> str:
 
 
 __all__ = [
-    "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Barrier", "Func", "seq", "walk_stmts", "map_stmt",
+    "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Barrier", "SubgroupReduce", "SUBGROUP_LANE",
+    "SUBGROUP_SIZE", "Func", "seq", "walk_stmts", "map_stmt",
     "map_exprs", "subst_stmt", "find_loop", "loop_names", "format_stmt", "format_func",
     "SERIAL", "PARALLEL", "VECTORIZED", "UNROLLED", "LOOP_KINDS", "map_children",
     "GPU_BLOCK", "GPU_THREAD", "GPU_LOOP_KINDS",

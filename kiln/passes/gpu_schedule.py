@@ -72,8 +72,9 @@ def _spatial(nest: Stmt, rank: int) -> list[For]:
 
 
 def schedule_dispatches(func: Func, stages: list[Stage], *, tiling: bool = True,
-                        workgroup_size: int = WORKGROUP_SIZE, bounds=None) -> list[Dispatch]:
+                        workgroup_size: int = WORKGROUP_SIZE, bounds=None, subgroups: bool = False) -> list[Dispatch]:
     """The dispatches of one kernel (its unscheduled loop IR and its stages), in order.
+    ``subgroups``: the row rule combines partials with subgroup operations.
 
     ``bounds`` (symbol -> (lo, hi)) sizes the grid of a nest with dynamic extents: it is
     launched for the upper bounds and its workgroups past the actual extent return at once."""
@@ -92,7 +93,7 @@ def schedule_dispatches(func: Func, stages: list[Stage], *, tiling: bool = True,
         if tiling and dispatch is None and stage.has_reduce:
             from kiln.passes.gpu_rows import reduce_rows
 
-            dispatch = reduce_rows(sub, len(stage.shape))
+            dispatch = reduce_rows(sub, len(stage.shape), subgroups)
         out.append(dispatch or bind_elementwise(sub, len(stage.shape), workgroup_size, bounds))
     return out
 

@@ -36,8 +36,9 @@ class WebGPUTarget(Target):
 
     name = "webgpu"
     # +f16: float16 activations in f16 storage (one half per element; needs the adapter's
-    # shader-f16 feature, requested by the runner and by model.js)
-    known_options = ("+f16",)
+    # shader-f16 feature, requested by the runner and by model.js); +subgroups: reductions
+    # combine through subgroup operations (the adapter's subgroups feature)
+    known_options = ("+f16", "+subgroups")
     # WGSL has no 64-bit integers: QDQ models run as float (see Target); ConvInteger /
     # MatMulInteger / QLinear* keep their exact int32 kernels, with 8-bit weights packed four
     # to a word (kiln/codegen/wgsl_model.py)
@@ -90,7 +91,8 @@ class WebGPUTarget(Target):
     def generate(self, graph, kernels, plan, prefix) -> ModelSource:
         from kiln.codegen.wgsl_model import build_webgpu_model
 
-        model = build_webgpu_model(graph, kernels, half="+f16" in self.options)
+        model = build_webgpu_model(graph, kernels, half="+f16" in self.options,
+                                   subgroups="+subgroups" in self.options)
         files = {k.file: k.source for k in model.kernels}
         files["model.js"] = _render_bundle("model.js.j2", graph, model)
         files["index.html"] = _render_bundle("index.html.j2", graph, model)
@@ -114,10 +116,16 @@ def _render_bundle(template: str, graph, model) -> str:
 
 # -- running through wgpu ---------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=2)
-def device(f16: bool = False):
-    """The wgpu device (lavapipe without a GPU), with the adapter's largest buffer limits;
-    ``f16``: with the ``shader-f16`` feature (f16 storage, ``webgpu:+f16``)."""
+# the WebGPU features a model can need (browser names, as in the model table) -> what
+# wgpu-native calls them, and the target option that asks for them
+FEATURES = {"shader-f16": ("shader-f16", "webgpu:+f16", "float16 values then take one word each"),
+            "subgroups": ("subgroup", "webgpu:+subgroups", "reductions then combine through workgroup memory")}
+
+
+@functools.lru_cache(maxsize=4)
+def device(features: tuple[str, ...] = ()):
+    """The wgpu device (lavapipe without a GPU), with the adapter's largest buffer limits and
+    the WebGPU ``features`` a model needs (:data:`FEATURES`)."""
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # the Vulkan loader complains without one
     try:
         import wgpu
@@ -128,14 +136,18 @@ def device(f16: bool = False):
     if adapter is None:
         raise ToolchainError("wgpu found no WebGPU adapter: install a Vulkan driver (Debian "
                              "'mesa-vulkan-drivers' for lavapipe on the CPU, plus 'libvulkan1')")
-    if f16 and "shader-f16" not in adapter.features:
-        raise ToolchainError(f"the model was compiled for webgpu:+f16, but this WebGPU adapter "
-                             f"({adapter.info.get('device', '?')}) has no 'shader-f16' feature; compile for "
-                             "'webgpu' (float16 values then take one word each)")
+    native = []
+    for f in features:
+        name, option, otherwise = FEATURES[f]
+        if name not in adapter.features:
+            raise ToolchainError(f"the model was compiled for {option}, but this WebGPU adapter "
+                                 f"({adapter.info.get('device', '?')}) has no '{f}' feature; compile for "
+                                 f"'webgpu' ({otherwise})")
+        native.append(name)
     lim = adapter.limits
     limits = {k: lim[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
                                   "max-compute-workgroup-storage-size") if k in lim}
-    return adapter.request_device_sync(required_limits=limits, required_features=["shader-f16"] if f16 else [])
+    return adapter.request_device_sync(required_limits=limits, required_features=native)
 
 
 class WebGPURunner:
@@ -146,7 +158,7 @@ class WebGPURunner:
 
         self.model, self.graph = model, graph
         halves = model.plan.arena16_halves
-        self.dev = dev = device(f16=halves > 0)
+        self.dev = dev = device(tuple(model.features))
         arena_bytes = max(model.plan.arena_words, 1) * 4
         limit = dev.limits["max-storage-buffer-binding-size"]
         widest = max(arena_bytes, halves * 2, max(c.nbytes for c in model.plan.weight_chunks))
@@ -243,8 +255,12 @@ def _pad4(n: int) -> int:
 
 
 def _shader(dev, source: str, name: str):
+    # wgpu's shader compiler (naga) has subgroup operations but not yet the standard
+    # `enable subgroups;` directive that browsers require: the bundle keeps it, wgpu gets
+    # the module without it (the device has the feature)
+    code = source.replace("enable subgroups;\n", "", 1)
     try:
-        return dev.create_shader_module(code=source, label=name)
+        return dev.create_shader_module(code=code, label=name)
     except Exception as e:  # noqa: BLE001
         raise ToolchainError(f"WebGPU rejected the generated shader {name}:\n{e}\n\n--- {name} ---\n"
                              f"{numbered(source)}") from None
