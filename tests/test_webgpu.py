@@ -235,11 +235,12 @@ def test_to_words_refuses_float64():
 
 # -- tier 3: models on lavapipe against ONNX Runtime -------------------------------------------
 
+@pytest.mark.parametrize("target", ["webgpu", "webgpu:+subgroups"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_model_matches_ort(name, wgpu_device):
+def test_model_matches_ort(name, target, wgpu_device):
     model = CASES[name]()
     feeds = models.example_inputs(model, seed=1)
-    got = kiln.compile(model, target="webgpu").run(feeds)
+    got = kiln.compile(model, target=target).run(feeds)
     assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)
 
 
@@ -342,12 +343,15 @@ LIGHT_ALL = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "res
              "squeezenet", "vgg19", "zfnet512"]
 
 
-@pytest.mark.parametrize("name", LIGHT_SUBSET if os.environ.get("KILN_WEBGPU_LIGHT") == "subset" else LIGHT_ALL)
-def test_light_model_matches_ort(name, wgpu_device):
+@pytest.mark.parametrize("name, target", [
+    *((n, "webgpu") for n in (LIGHT_SUBSET if os.environ.get("KILN_WEBGPU_LIGHT") == "subset" else LIGHT_ALL)),
+    ("squeezenet", "webgpu:+subgroups"),  # its global average pooling through subgroups
+])
+def test_light_model_matches_ort(name, target, wgpu_device):
     model = onnx.load(os.path.join(LIGHT_DIR, f"light_{name}.onnx"))
     feeds = _inputs(model)
     want = ort_run(model, feeds)
-    got = kiln.compile(model, target="webgpu").run(feeds)
+    got = kiln.compile(model, target=target).run(feeds)
     for k in want:
         scale = float(np.abs(want[k]).max()) or 1.0
         assert_close({k: got[k]}, {k: want[k]}, rtol=1e-3, atol=1e-4 * scale)
