@@ -236,6 +236,8 @@ class WGSLRenderer:
             # IEEE's x / 0 spelled out: a compiler may assume no infinities, and lavapipe's
             # folds a division by the literal into a finite value
             return f"kiln_div_zero({'-' if math.copysign(1.0, float(e.b.value)) < 0 else ''}{a})"
+        if fl and e.op == "ne":  # true for NaN operands: a compiler may fold != to an ordered compare
+            return f"kiln_ne({a}, {b})"
         if fl and e.op == "fmod":  # C's fmod: WGSL's % is a - b * trunc(a / b), NaN for an infinite b
             return f"kiln_fmod({a}, {b})"
         if e.op not in self.infix:
@@ -424,6 +426,9 @@ fn kiln_acos(x: f32) -> f32 { return atan2(sqrt((1.0 - x) * (1.0 + x)), x); }
 fn kiln_expm1(x: f32) -> f32 {
   return select(exp(x) - 1.0, x + x * x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))), abs(x) < 1e-2);
 }
+// IEEE's a != b is true when either is NaN; lavapipe compiles WGSL's != as an ordered
+// compare (false for NaN), so the NaN case is tested on the bits
+fn kiln_ne(a: f32, b: f32) -> bool { return !(a == b) || kiln_isnan(a) || kiln_isnan(b); }
 fn kiln_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn kiln_isinf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
 // WGSL has no erf: 1 - erfc(x), with erfc from a Chebyshev fit (Numerical Recipes' erfcc,

@@ -47,6 +47,9 @@ fn kiln_acos(x: f32) -> f32 { return atan2(sqrt((1.0 - x) * (1.0 + x)), x); }
 fn kiln_expm1(x: f32) -> f32 {
   return select(exp(x) - 1.0, x + x * x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))), abs(x) < 1e-2);
 }
+// IEEE's a != b is true when either is NaN; lavapipe compiles WGSL's != as an ordered
+// compare (false for NaN), so the NaN case is tested on the bits
+fn kiln_ne(a: f32, b: f32) -> bool { return !(a == b) || kiln_isnan(a) || kiln_isnan(b); }
 fn kiln_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
 fn kiln_isinf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
 // WGSL has no erf: 1 - erfc(x), with erfc from a Chebyshev fit (Numerical Recipes' erfcc,
