@@ -1,0 +1,298 @@
+"""ai.onnx.ml operators (kiln/frontend/onnx_ops/ml.py and trees.py) against ONNX Runtime,
+on every backend: Binarizer, ArrayFeatureExtractor, Scaler, Normalizer, LinearRegressor,
+and tree ensembles -- scikit-learn forests written out the way skl2onnx writes them (the
+TreeEnsembleRegressor layout) and in TreeEnsemble's version-5 layout -- plus a random
+forest on a Cortex-M4 under QEMU, and the errors bad ensembles get."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import kiln
+from kiln.errors import KilnError, ShapeError, UnsupportedOperatorError
+from tests.util import BACKENDS, assert_close, check_against_ort, kiln_run, ort_run
+
+ML = "ai.onnx.ml"
+
+
+def ml_model(node, inputs, outputs, ml_opset=3):
+    """A one-node model importing ai.onnx.ml; inputs/outputs: (name, numpy dtype, shape)."""
+    def vi(n, dt, shape):
+        return helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), shape)
+
+    graph = helper.make_graph([node], "ml", [vi(*i) for i in inputs], [vi(*o) for o in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ML, ml_opset)])
+    model.ir_version = 8
+    return model
+
+
+def _node(op, **attrs):
+    return helper.make_node(op, ["x"], ["y"], domain=ML, **attrs)
+
+
+# -- the arithmetic operators ---------------------------------------------------------------------
+
+X = np.array([[-1, -2, -0.5], [0, 0, 0], [1, -3, 2], [-1, 0, 0]], np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm", ["MAX", "L1", "L2"])
+def test_normalizer(norm, backend):
+    """ONNX Runtime's MAX divides by the largest value, not magnitude; a zero divisor leaves the row."""
+    check_against_ort(ml_model(_node("Normalizer", norm=norm), [("x", np.float32, [4, 3])],
+                               [("y", np.float32, [4, 3])]), {"x": X}, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_normalizer_of_integers_and_a_vector(backend):
+    check_against_ort(ml_model(_node("Normalizer", norm="L2"), [("x", np.int64, [2, 3])], [("y", np.float32, [2, 3])]),
+                      {"x": np.array([[0, -1, 3], [4, 4, 2]], np.int64)}, backend)
+    check_against_ort(ml_model(_node("Normalizer", norm="L1"), [("x", np.float32, [3])], [("y", np.float32, [3])]),
+                      {"x": np.array([0.5, -1, 3], np.float32)}, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("post", ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO"])
+def test_linear_regressor(post, backend):
+    node = _node("LinearRegressor", coefficients=[1.0, 2, 3, 4, 5, 6], intercepts=[0.5, 1.0], targets=2,
+                 post_transform=post)
+    check_against_ort(ml_model(node, [("x", np.float32, [4, 3])], [("y", np.float32, [4, 2])]), {"x": X}, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_regressor_without_intercepts_and_scaler_of_int64(backend):
+    check_against_ort(ml_model(_node("LinearRegressor", coefficients=[1.0, 2, 3]), [("x", np.float32, [4, 3])],
+                               [("y", np.float32, [4, 1])]), {"x": X}, backend)
+    check_against_ort(ml_model(_node("Scaler", offset=[1.0, 0, -1], scale=[2.0, 3, 4]), [("x", np.int64, [2, 3])],
+                               [("y", np.float32, [2, 3])]), {"x": np.array([[1, 2, 3], [-4, 5, 0]], np.int64)},
+                      backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, threshold", [(np.float32, 0.25), (np.int64, -0.5), (np.int32, 1.5)])
+def test_binarizer(dtype, threshold, backend):
+    """ONNX Runtime implements float32 only: integers against ONNX's own definition, x > t."""
+    x = np.array([[0, -1, 3], [1, 2, -2]], dtype)
+    model = ml_model(_node("Binarizer", threshold=threshold), [("x", dtype, [2, 3])], [("y", dtype, [2, 3])])
+    if dtype == np.float32:
+        check_against_ort(model, {"x": x}, backend)
+    else:
+        assert_close(kiln_run(model, {"x": x}, backend), {"y": (x > threshold).astype(dtype)})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_array_feature_extractor(backend):
+    node = helper.make_node("ArrayFeatureExtractor", ["x", "i"], ["y"], domain=ML)
+    model = ml_model(node, [("x", np.float32, [2, 3, 5]), ("i", np.int64, [2, 2])], [("y", np.float32, [2, 3, 4])])
+    feeds = {"x": np.arange(30, dtype=np.float32).reshape(2, 3, 5), "i": np.array([[4, 0], [2, 2]], np.int64)}
+    check_against_ort(model, feeds, backend)
+    vector = ml_model(node, [("x", np.float32, [5]), ("i", np.int64, [3])], [("y", np.float32, [1, 3])])
+    check_against_ort(vector, {"x": np.arange(5, dtype=np.float32), "i": np.array([1, 4, 0], np.int64)}, backend)
+
+
+# -- tree ensembles ----------------------------------------------------------------------------
+
+def regressor_from_sklearn(estimators, n_features, batch, scale=1.0, base=None, aggregate="SUM", post="NONE",
+                           modes="BRANCH_LEQ"):
+    """A TreeEnsembleRegressor node from fitted scikit-learn trees, laid out as skl2onnx does
+    (thresholds as float32, children by node id, leaf values times ``scale``)."""
+    a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes",
+                         "nodes_truenodeids", "nodes_falsenodeids", "target_treeids", "target_nodeids",
+                         "target_ids", "target_weights")}
+    n_targets = 1
+    for t, est in enumerate(estimators):
+        tree = est.tree_
+        n_targets = tree.value.shape[1]
+        for i in range(tree.node_count):
+            leaf = tree.children_left[i] == -1
+            a["nodes_treeids"].append(t)
+            a["nodes_nodeids"].append(i)
+            a["nodes_featureids"].append(0 if leaf else int(tree.feature[i]))
+            a["nodes_values"].append(0.0 if leaf else float(np.float32(tree.threshold[i])))
+            a["nodes_modes"].append("LEAF" if leaf else modes)
+            a["nodes_truenodeids"].append(0 if leaf else int(tree.children_left[i]))
+            a["nodes_falsenodeids"].append(0 if leaf else int(tree.children_right[i]))
+            if leaf:
+                for k in range(n_targets):
+                    a["target_treeids"].append(t)
+                    a["target_nodeids"].append(i)
+                    a["target_ids"].append(k)
+                    a["target_weights"].append(float(tree.value[i, k, 0]) * scale)
+    attrs = dict(a, n_targets=n_targets, aggregate_function=aggregate, post_transform=post)
+    if base is not None:
+        attrs["base_values"] = list(base)
+    node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain=ML, **attrs)
+    return ml_model(node, [("x", np.float32, [batch, n_features])], [("y", np.float32, [batch, n_targets])])
+
+
+def assert_mostly_sklearn(onnx_says, sklearn_says):
+    """The ONNX model is the fitted forest: ONNX Runtime agrees with scikit-learn, except where
+    a feature falls between a float64 threshold and its float32 rounding (as with skl2onnx)."""
+    agree = np.isclose(onnx_says, sklearn_says, rtol=1e-4)
+    assert agree.mean() >= 0.95, f"only {agree.sum()} of {agree.size} predictions agree"
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_forest_matches_sklearn_and_onnxruntime(diabetes, backend):
+    from sklearn.ensemble import RandomForestRegressor
+
+    x, y = diabetes
+    rf = RandomForestRegressor(n_estimators=12, max_depth=7, random_state=0).fit(x, y)
+    model = regressor_from_sklearn(rf.estimators_, x.shape[1], 64, aggregate="AVERAGE")
+    feeds = {"x": x[:64]}
+    want = ort_run(model, feeds)
+    assert_mostly_sklearn(want["y"][:, 0], rf.predict(x[:64]))
+    check_against_ort(model, feeds, backend, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_boosting_with_base_value(diabetes, backend):
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    x, y = diabetes
+    gb = GradientBoostingRegressor(n_estimators=20, max_depth=3, learning_rate=0.2, random_state=0).fit(x, y)
+    model = regressor_from_sklearn(gb.estimators_[:, 0], x.shape[1], 40, scale=gb.learning_rate,
+                                   base=[float(gb.init_.constant_[0, 0])])
+    feeds = {"x": x[100:140]}
+    assert_mostly_sklearn(ort_run(model, feeds)["y"][:, 0], gb.predict(x[100:140]))
+    check_against_ort(model, feeds, backend, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("aggregate", ["MIN", "MAX", "SUM"])
+def test_multi_target_tree_with_every_comparison_and_missing_values(aggregate, backend):
+    """Two targets, each comparison once, a leaf with no weight for target 1 (MIN/MAX then
+    take 0 where no tree has one), NaN features routed by missing_value_tracks_true."""
+    modes = ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ"]
+    ids = list(range(13))
+    branch = {0: (1, 2), 1: (3, 4), 2: (5, 6), 3: (7, 8), 4: (9, 10), 5: (11, 12)}
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["y"], domain=ML, n_targets=2, aggregate_function=aggregate,
+        nodes_treeids=[0] * 13 + [1, 1, 1], nodes_nodeids=ids + [0, 1, 2],
+        nodes_featureids=[0, 1, 2, 0, 1, 2] + [0] * 7 + [1, 0, 0],
+        nodes_values=[0.0, 0.5, -0.5, 1.0, 0.25, 0.25] + [0.0] * 7 + [0.0, 0.0, 0.0],
+        nodes_modes=modes + ["LEAF"] * 7 + ["BRANCH_LEQ", "LEAF", "LEAF"],
+        nodes_truenodeids=[branch.get(i, (0, 0))[0] for i in ids] + [1, 0, 0],
+        nodes_falsenodeids=[branch.get(i, (0, 0))[1] for i in ids] + [2, 0, 0],
+        nodes_missing_value_tracks_true=[1, 0, 1, 0, 1, 0] + [0] * 7 + [1, 0, 0],
+        target_treeids=[0] * 7 + [0] * 6 + [1, 1, 1],
+        target_nodeids=list(range(6, 13)) + list(range(6, 12)) + [1, 2, 2],
+        target_ids=[0] * 7 + [1] * 6 + [0, 0, 1],
+        target_weights=[float(v) for v in range(1, 8)] + [-1.0, -2, -3, -4, -5, -6] + [0.5, 2.5, 9.0],
+        base_values=[0.25, -0.75])
+    model = ml_model(node, [("x", np.float32, [64, 3])], [("y", np.float32, [64, 2])])
+    rng = np.random.default_rng(3)
+    x = rng.choice(np.array([-1, -0.5, 0, 0.25, 0.5, 1, 2], np.float32), (64, 3))
+    x[rng.random((64, 3)) < 0.15] = np.nan
+    check_against_ort(model, {"x": x}, backend, atol=1e-6)
+
+
+def tree_ensemble_v5(estimators, n_features, batch, dtype=np.float32):
+    """The same trees in TreeEnsemble's version-5 layout (branch nodes and leaves apart)."""
+    from onnx.helper import make_tensor
+
+    splits, feats, tn, tl, fn, fl, roots, leaf_t, leaf_w = ([] for _ in range(9))
+    for est in estimators:
+        tree = est.tree_
+        branch = {i: len(splits) + k for k, i in enumerate(np.flatnonzero(tree.children_left != -1))}
+        leaf = {i: len(leaf_t) + k for k, i in enumerate(np.flatnonzero(tree.children_left == -1))}
+        roots.append(branch[0])
+        for i in branch:
+            splits.append(float(tree.threshold[i]))
+            feats.append(int(tree.feature[i]))
+            for child, ids, leafs in ((tree.children_left[i], tn, tl), (tree.children_right[i], fn, fl)):
+                ids.append(leaf[child] if child in leaf else branch[child])
+                leafs.append(int(child in leaf))
+        for i in leaf:
+            leaf_t.append(0)
+            leaf_w.append(float(tree.value[i, 0, 0]) / len(estimators))
+    onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain=ML, n_targets=1, aggregate_function=1, tree_roots=roots,
+        nodes_modes=make_tensor("m", onnx.TensorProto.UINT8, (len(splits),), np.zeros(len(splits), np.uint8)),
+        nodes_featureids=feats, nodes_splits=make_tensor("s", onnx_type, (len(splits),), np.asarray(splits, dtype)),
+        nodes_truenodeids=tn, nodes_trueleafs=tl, nodes_falsenodeids=fn, nodes_falseleafs=fl,
+        leaf_targetids=leaf_t, leaf_weights=make_tensor("w", onnx_type, (len(leaf_w),), np.asarray(leaf_w, dtype)))
+    return ml_model(node, [("x", dtype, [batch, n_features])], [("y", dtype, [batch, 1])], ml_opset=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tree_ensemble_v5_random_forest(diabetes, dtype, backend):
+    from sklearn.ensemble import RandomForestRegressor
+
+    x, y = diabetes
+    rf = RandomForestRegressor(n_estimators=6, max_depth=6, random_state=1).fit(x, y)
+    model = tree_ensemble_v5(rf.estimators_, x.shape[1], 48, dtype)
+    feeds = {"x": x[:48].astype(dtype)}
+    assert_mostly_sklearn(ort_run(model, feeds)["y"][:, 0], rf.predict(x[:48]))
+    check_against_ort(model, feeds, backend, rtol=1e-5, atol=1e-3)
+
+
+def test_random_forest_on_cortex_m4(diabetes):
+    """The forest compiled to C99 for a microcontroller and run under QEMU: the same numbers
+    as ONNX Runtime, no heap, the tree tables in flash."""
+    from sklearn.ensemble import RandomForestRegressor
+    from tests.conftest import require_toolchain
+
+    require_toolchain("arm-none-eabi-gcc")
+    require_toolchain("qemu-system-arm")
+    x, y = diabetes
+    rf = RandomForestRegressor(n_estimators=8, max_depth=5, random_state=2).fit(x, y)
+    model = regressor_from_sklearn(rf.estimators_, x.shape[1], 4, aggregate="AVERAGE")
+    feeds = {"x": x[:4]}
+    runner = kiln.compile(model, target="cortex-m4").build()
+    assert_close(runner(feeds), ort_run(model, feeds), rtol=1e-5, atol=1e-3)
+
+
+# -- bad ensembles ---------------------------------------------------------------------------
+
+def _tiny(**over):
+    attrs = dict(nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
+                 nodes_values=[0.5, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
+                 nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0], target_treeids=[0, 0],
+                 target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[1.0, 2.0], n_targets=1)
+    attrs.update(over)
+    node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain=ML, **attrs)
+    return ml_model(node, [("x", np.float32, [2, 2])], [("y", np.float32, [2, 1])])
+
+
+@pytest.mark.parametrize("over, error, message", [
+    ({"nodes_truenodeids": [0, 0, 0]}, ShapeError, "cycle"),
+    ({"nodes_modes": ["BRANCH_SOMETIMES", "LEAF", "LEAF"]}, ShapeError, "expected BRANCH_LEQ"),
+    ({"nodes_featureids": [5, 0, 0]}, ShapeError, "X has 2 features"),
+    ({"nodes_falsenodeids": [7, 0, 0]}, ShapeError, "names node 7"),
+    ({"target_ids": [0, 3]}, ShapeError, r"expected 0..0 \(n_targets = 1\)"),
+    ({"aggregate_function": "MEDIAN"}, ShapeError, "is not one of AVERAGE, SUM, MIN, MAX"),
+    ({"post_transform": "PROBIT"}, UnsupportedOperatorError, "PROBIT"),
+    ({"base_values": [1.0, 2.0]}, ShapeError, "one per target"),
+])
+def test_bad_ensembles_are_refused(over, error, message):
+    with pytest.raises(error, match=message):
+        kiln.compile(_tiny(**over), target="host")
+
+
+def test_tiny_ensemble_and_bad_scalar_ops():
+    x = {"x": np.array([[0.25, 1], [0.75, 1]], np.float32)}
+    assert_close(kiln.compile(_tiny(), target="host").run(x), {"y": np.array([[1.0], [2.0]], np.float32)})
+    with pytest.raises(ShapeError, match="expected 1 or one per feature"):
+        kiln.compile(ml_model(_node("Scaler", offset=[0.0, 1.0], scale=[1.0]), [("x", np.float32, [2, 3])],
+                              [("y", np.float32, [2, 3])]), target="host")
+    with pytest.raises(ShapeError, match="expected targets x features"):
+        kiln.compile(ml_model(_node("LinearRegressor", coefficients=[1.0, 2.0], targets=1),
+                              [("x", np.float32, [2, 3])], [("y", np.float32, [2, 1])]), target="host")
+    node = helper.make_node("ArrayFeatureExtractor", ["x", "i"], ["y"], domain=ML)
+    bad = ml_model(node, [("x", np.float32, [2, 3])], [("y", np.float32, [2, 1])])
+    bad.graph.initializer.append(onnx.numpy_helper.from_array(np.array([3], np.int64), "i"))
+    with pytest.raises(KilnError, match=r"reach past the last axis of X \(size 3\)"):
+        kiln.compile(bad, target="host")
