@@ -296,3 +296,134 @@ def test_tiny_ensemble_and_bad_scalar_ops():
     bad.graph.initializer.append(onnx.numpy_helper.from_array(np.array([3], np.int64), "i"))
     with pytest.raises(KilnError, match=r"reach past the last axis of X \(size 3\)"):
         kiln.compile(bad, target="host")
+
+
+# -- classifiers -------------------------------------------------------------------------------
+
+def classifier_from_sklearn(estimators, n_features, batch, n_classes, one_column=False, scale=1.0, base=None,
+                            post="NONE", labels=None):
+    """A TreeEnsembleClassifier node from fitted trees. ``one_column``: a binary model as one
+    score per leaf under class id 0 (the positive class's probability, or a boosting margin)."""
+    a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes",
+                         "nodes_truenodeids", "nodes_falsenodeids", "class_treeids", "class_nodeids",
+                         "class_ids", "class_weights")}
+    for t, est in enumerate(estimators):
+        tree = est.tree_
+        for i in range(tree.node_count):
+            leaf = tree.children_left[i] == -1
+            a["nodes_treeids"].append(t)
+            a["nodes_nodeids"].append(i)
+            a["nodes_featureids"].append(0 if leaf else int(tree.feature[i]))
+            a["nodes_values"].append(0.0 if leaf else float(np.float32(tree.threshold[i])))
+            a["nodes_modes"].append("LEAF" if leaf else "BRANCH_LEQ")
+            a["nodes_truenodeids"].append(0 if leaf else int(tree.children_left[i]))
+            a["nodes_falsenodeids"].append(0 if leaf else int(tree.children_right[i]))
+            if not leaf:
+                continue
+            value = tree.value[i, :, :]
+            if value.shape[1] > 1:  # a classification tree: class fractions
+                per_class = value[0] / value[0].sum()
+            else:                   # a regression tree inside a boosted classifier
+                per_class = value[:, 0]
+            columns = [(0, per_class[-1])] if one_column else list(enumerate(per_class))
+            for k, w in columns:
+                a["class_treeids"].append(t)
+                a["class_nodeids"].append(i)
+                a["class_ids"].append(k)
+                a["class_weights"].append(float(w) * scale)
+    attrs = dict(a, post_transform=post, classlabels_int64s=list(labels or range(n_classes)))
+    if base is not None:
+        attrs["base_values"] = list(base)
+    node = helper.make_node("TreeEnsembleClassifier", ["x"], ["label", "probabilities"], domain=ML, **attrs)
+    return ml_model(node, [("x", np.float32, [batch, n_features])],
+                    [("label", np.int64, [batch]), ("probabilities", np.float32, [batch, n_classes])])
+
+
+@pytest.fixture(scope="module")
+def iris():
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("post", ["NONE", "SOFTMAX"])
+def test_random_forest_classifier_three_classes(iris, post, backend):
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = iris
+    rf = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(x, y)
+    model = classifier_from_sklearn(rf.estimators_, 4, 60, 3, scale=1 / 10, post=post, labels=[10, 20, 30])
+    feeds = {"x": x[::150 // 60][:60]}
+    want = ort_run(model, feeds)
+    if post == "NONE":
+        assert_mostly_sklearn(want["probabilities"], rf.predict_proba(feeds["x"]))
+    check_against_ort(model, feeds, backend, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_classifiers_in_one_column(cancer, backend):
+    """Probabilities (a random forest: [1 - s, s], positive above 0.5) and boosting margins
+    (LOGISTIC over s plus the prior, positive above 0) -- ONNX Runtime's binary layout."""
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+
+    x, y = cancer
+    feeds = {"x": x[:80]}
+    rf = RandomForestClassifier(n_estimators=8, max_depth=5, random_state=0).fit(x, y)
+    model = classifier_from_sklearn(rf.estimators_, x.shape[1], 80, 2, one_column=True, scale=1 / 8)
+    assert_mostly_sklearn(ort_run(model, feeds)["probabilities"], rf.predict_proba(feeds["x"]))
+    check_against_ort(model, feeds, backend, rtol=1e-5, atol=1e-5)
+    gb = GradientBoostingClassifier(n_estimators=15, max_depth=2, learning_rate=0.3, random_state=0).fit(x, y)
+    prior = float(gb._raw_predict_init(x[:1])[0, 0])
+    model = classifier_from_sklearn(gb.estimators_[:, 0], x.shape[1], 80, 2, one_column=True, scale=gb.learning_rate,
+                                    base=[prior], post="LOGISTIC", labels=[7, 9])
+    want = ort_run(model, feeds)
+    assert_mostly_sklearn(want["probabilities"], gb.predict_proba(feeds["x"]))
+    check_against_ort(model, feeds, backend, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_classes_with_both_columns(cancer, backend):
+    """Scores as for more classes; the label of the larger (ONNX's reference -- ONNX Runtime
+    answers 0/1 here whatever the labels)."""
+    from onnx.reference import ReferenceEvaluator
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = cancer
+    rf = RandomForestClassifier(n_estimators=5, max_depth=4, random_state=3).fit(x, y)
+    model = classifier_from_sklearn(rf.estimators_, x.shape[1], 50, 2, scale=1 / 5, labels=[4, 8])
+    feeds = {"x": x[:50]}
+    got = kiln_run(model, feeds, backend)
+    label, probs = ReferenceEvaluator(model).run(None, feeds)
+    np.testing.assert_allclose(got["probabilities"], ort_run(model, feeds)["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["probabilities"], probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["label"], label)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"classlabels_int64s": None, "classlabels_strings": ["a", "b"]}, "(?i)string"),
+    ({"class_ids": [1, 1]}, r"class ids \[1\]"),
+    ({"post_transform": "SOFTMAX"}, "NONE and LOGISTIC are supported"),
+])
+def test_unsupported_classifiers_say_why(change, message):
+    attrs = dict(nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
+                 nodes_values=[0.5, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
+                 nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0], class_treeids=[0, 0],
+                 class_nodeids=[1, 2], class_ids=[0, 0], class_weights=[0.2, 0.9], classlabels_int64s=[0, 1])
+    attrs.update(change)
+    attrs = {k: v for k, v in attrs.items() if v is not None}
+    node = helper.make_node("TreeEnsembleClassifier", ["x"], ["label", "p"], domain=ML, **attrs)
+    model = ml_model(node, [("x", np.float32, [2, 1])], [("label", np.int64, [2]), ("p", np.float32, [2, 2])])
+    if "classlabels_strings" in change:
+        model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.STRING
+    with pytest.raises(UnsupportedOperatorError, match=message):
+        kiln.compile(model, target="host")

@@ -324,3 +324,72 @@ def _forest_by_ids(ctx):
             ctx.fail(f"a target names node {node_id} of tree {tree}, which does not exist")
         return row[int(tree), int(node_id)]
     return forest, row_of
+
+
+@converter("TreeEnsembleClassifier", domain=ML)
+def _tree_ensemble_classifier(ctx, node):
+    """Versions 1 and 3: per-class scores summed over the trees, the label of the best class.
+
+    Two classes come in two layouts. Weights for both class ids: scores as for more classes.
+    Weights for class id 0 only (scikit-learn's binary trees through skl2onnx): one score ``s``
+    for the positive class, expanded as ONNX Runtime does -- all weights non-negative
+    (probabilities): ``[1 - s, s]``, positive when ``s > 0.5``; mixed signs (boosting
+    margins): ``[-s, s]``, positive when ``s > 0``; LOGISTIC applies to ``s`` in both. The
+    label is the class of the largest raw score (ONNX's reference; ONNX Runtime 1.32 answers
+    0/1 instead of the labels for two classes with both ids)."""
+    labels = ctx.attr("classlabels_int64s")
+    if labels is None:
+        if ctx.attr("classlabels_strings") is not None:
+            ctx.unsupported("string class labels (classlabels_strings); Kiln's tensors are numeric")
+        ctx.fail("classlabels_int64s is missing")
+    labels = np.asarray(labels, np.int64)
+    x, _ = as_rows(ctx, as_float32(ctx, ctx.input(0)), "TreeEnsembleClassifier X")
+    forest, row_of = _forest_by_ids(ctx)
+    class_ids = _ints(ctx, "class_ids")
+    weights = floats_attr(ctx, "class_weights", np.float64, [])
+    if weights.size != class_ids.size:
+        ctx.fail(f"class_weights has {weights.size} values; expected one per class_ids entry ({class_ids.size})")
+    n = labels.size
+    binary = n == 2 and set(class_ids.tolist()) == {0}
+    if n == 2 and not binary and set(class_ids.tolist()) != {0, 1}:
+        ctx.unsupported(f"two classes with weights for class ids {sorted(set(class_ids.tolist()))} "
+                        "(class id 0 alone, or both, are supported)")
+    leaves = [(row_of(t, nid), int(k), float(w)) for t, nid, k, w in zip(
+        _ints(ctx, "class_treeids"), _ints(ctx, "class_nodeids"), class_ids, weights)]
+    forest.leaf_weight, forest.leaf_has = _leaf_tables(ctx, len(forest.mode), 1 if binary else n, leaves, "SUM")
+    forest.leaf_has[:] = True  # a class without weight scores 0 (its base value), not "no score"
+    base = floats_attr(ctx, "base_values", np.float64)
+    post = ctx.attr("post_transform", "NONE")
+    label_of = ctx.add_const(labels, "class_labels")
+    if not binary:
+        if n == 2 and base is not None and base.size:
+            ctx.unsupported("base_values with weights for both of two classes (ONNX Runtime's scores then "
+                            "differ from ONNX's definition)")
+        scores = emit_forest(ctx, x, forest, "SUM", base)
+        best = op(ctx, "argmax", [scores], {"axis": 1, "keepdims": False})
+        probs = post_transform(ctx, scores, post)
+    else:
+        if base is not None and base.size > 1:
+            ctx.unsupported("two base_values for a binary ensemble with one class column")
+        s = emit_forest(ctx, x, forest, "SUM", base)                                   # [N, 1]
+        positive = bool((weights >= 0).all())
+        cut = ctx.add_const(np.array(0.5 if positive else 0.0, np.float32))
+        best = op(ctx, "cast", [op(ctx, "reshape", [op(ctx, "gt", [s, cut])], {"shape": (ctx.shape(s)[0],)})],
+                  {"to": DType.int64.value})
+        if post == "LOGISTIC":
+            p = op(ctx, "sigmoid", [s])
+            one = ctx.add_const(np.array(1.0, np.float32))
+            probs = op(ctx, "concat", [op(ctx, "sub", [one, p]), p], {"axis": 1})
+        elif post in ("NONE", "", None):
+            other = (op(ctx, "sub", [ctx.add_const(np.array(1.0, np.float32)), s]) if positive
+                     else op(ctx, "neg", [s]))
+            probs = op(ctx, "concat", [other, s], {"axis": 1})
+        else:
+            ctx.unsupported(f"post_transform {post} for a binary ensemble with one class column "
+                            "(NONE and LOGISTIC are supported)")
+    outs = ctx.outputs()
+    label = ctx.emit("gather", [label_of, best], {"axis": 0}, out_names=outs[:1])[0]
+    result = [label]
+    if len(outs) > 1:
+        result += ctx.emit("identity", [probs], out_names=outs[1:2])
+    return result
