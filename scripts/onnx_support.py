@@ -83,6 +83,15 @@ def totals_section(results, excluded: dict[str, str]) -> list[str]:
         "converter of its own is expanded into its body before conversion "
         "(`kiln/frontend/onnx_functions.py`; CausalConvWithState is supported that way); a body "
         "with subgraphs or with an op Kiln cannot convert leaves the op unsupported.",
+        "",
+        "Classical ML (the ai.onnx.ml domain, beyond what the node tests cover): tree ensembles "
+        "-- TreeEnsemble, TreeEnsembleRegressor, TreeEnsembleClassifier, as scikit-learn forests "
+        "and gradient boosting export them -- compile to gathers over one node table "
+        "(`kiln/frontend/onnx_ops/trees.py`), so a random forest runs on every target, a "
+        "Cortex-M4 included; Binarizer, ArrayFeatureExtractor, Scaler, Normalizer, "
+        "LinearRegressor and LinearClassifier (a StandardScaler + LogisticRegression pipeline) are "
+        "in `kiln/frontend/onnx_ops/ml.py`. `tests/test_onnx_ml.py` checks them against ONNX "
+        "Runtime and scikit-learn. String labels, ZipMap, LabelEncoder and SVMs are not supported.",
     ]
 
 

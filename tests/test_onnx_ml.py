@@ -427,3 +427,45 @@ def test_unsupported_classifiers_say_why(change, message):
         model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.STRING
     with pytest.raises(UnsupportedOperatorError, match=message):
         kiln.compile(model, target="host")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("post", ["NONE", "LOGISTIC", "SOFTMAX"])
+def test_logistic_regression_pipeline(iris, cancer, post, backend):
+    """scikit-learn's most common pipeline, StandardScaler then LogisticRegression, as
+    Scaler -> LinearClassifier: three classes, and a binary model with one coefficient row."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    for (x, y), n in ((iris, 30), (cancer, 40)):
+        scaler = StandardScaler().fit(x)
+        lr = LogisticRegression(max_iter=2000).fit(scaler.transform(x), y)
+        if post == "SOFTMAX" and lr.coef_.shape[0] == 1:
+            continue  # one coefficient row: NONE and LOGISTIC only
+        nodes = [helper.make_node("Scaler", ["x"], ["z"], domain=ML, offset=scaler.mean_.tolist(),
+                                  scale=(1 / scaler.scale_).tolist()),
+                 helper.make_node("LinearClassifier", ["z"], ["label", "probabilities"], domain=ML,
+                                  coefficients=lr.coef_.reshape(-1).tolist(), intercepts=lr.intercept_.tolist(),
+                                  classlabels_ints=[int(c) for c in lr.classes_], post_transform=post)]
+        k = len(lr.classes_)
+        graph = helper.make_graph(nodes, "pipeline", [helper.make_tensor_value_info("x", 1, [n, x.shape[1]])],
+                                  [helper.make_tensor_value_info("label", 7, [n]),
+                                   helper.make_tensor_value_info("probabilities", 1, [n, k])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ML, 1)])
+        model.ir_version = 8
+        feeds = {"x": x[::len(x) // n][:n]}
+        got = check_against_ort(model, feeds, backend, rtol=1e-4, atol=1e-5)
+        assert (got["label"] == lr.predict(scaler.transform(feeds["x"]))).mean() >= 0.95
+
+
+def test_bad_linear_classifiers_are_refused():
+    def model(**attrs):
+        node = helper.make_node("LinearClassifier", ["x"], ["label", "p"], domain=ML, **attrs)
+        return ml_model(node, [("x", np.float32, [2, 3])], [("label", np.int64, [2]), ("p", np.float32, [2, "k"])], 1)
+
+    with pytest.raises(ShapeError, match=r"expected classes x features \(features = 3\)"):
+        kiln.compile(model(coefficients=[1.0, 2.0], classlabels_ints=[0, 1, 2]), target="host")
+    with pytest.raises(ShapeError, match=r"expected one per class label \(3\)"):
+        kiln.compile(model(coefficients=[1.0] * 6, classlabels_ints=[0, 1, 2]), target="host")
+    with pytest.raises(UnsupportedOperatorError, match="NONE and LOGISTIC are supported"):
+        kiln.compile(model(coefficients=[1.0] * 3, classlabels_ints=[0, 1], post_transform="SOFTMAX"), target="host")

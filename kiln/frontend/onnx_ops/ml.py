@@ -145,3 +145,51 @@ def _linear_regressor(ctx, node):
         y = op(ctx, "add", [y, ctx.add_const(intercepts, "intercepts")])
     y = post_transform(ctx, y, ctx.attr("post_transform", "NONE"))
     return ctx.emit("identity", [y], out_names=ctx.outputs())
+
+
+@converter("LinearClassifier", domain=ML)
+def _linear_classifier(ctx, node):
+    """Scores ``x W^T + b`` per class, the label of the largest raw score. One row of
+    coefficients for two labels (a binary logistic regression) is one score ``s``, positive
+    when ``s > 0``, expanded as ONNX Runtime does: ``[1 - s, s]``, or with LOGISTIC
+    ``[1 - sigmoid(s), sigmoid(s)]`` (ONNX's reference gives ``[-s, s]`` without a transform)."""
+    labels = ctx.attr("classlabels_ints")
+    if labels is None:
+        if ctx.attr("classlabels_strings") is not None:
+            ctx.unsupported("string class labels (classlabels_strings); Kiln's tensors are numeric")
+        ctx.fail("classlabels_ints is missing")
+    labels = np.asarray(labels, np.int64)
+    x = as_float32(ctx, ctx.input(0))
+    rows, (_, channels) = as_rows(ctx, x, "LinearClassifier X")
+    coef = floats_attr(ctx, "coefficients", np.float32)
+    if coef is None or coef.size == 0 or coef.size % channels:
+        ctx.fail(f"coefficients has {0 if coef is None else coef.size} values; expected classes x features "
+                 f"(features = {channels})")
+    classes = coef.size // channels
+    binary = classes == 1 and labels.size == 2
+    if not binary and classes != labels.size:
+        ctx.fail(f"coefficients hold {classes} rows; expected one per class label ({labels.size})")
+    scores = op(ctx, "matmul", [rows, ctx.add_const(np.ascontiguousarray(coef.reshape(classes, channels).T), "coef")])
+    intercepts = floats_attr(ctx, "intercepts", np.float32)
+    if intercepts is not None and intercepts.size:
+        if intercepts.size != classes:
+            ctx.fail(f"intercepts has {intercepts.size} values; expected one per row of coefficients ({classes})")
+        scores = op(ctx, "add", [scores, ctx.add_const(intercepts, "intercepts")])
+    post = ctx.attr("post_transform", "NONE")
+    if binary:
+        zero = ctx.add_const(np.array(0, np.float32))
+        best = op(ctx, "cast", [op(ctx, "reshape", [op(ctx, "gt", [scores, zero])], {"shape": (ctx.shape(rows)[0],)})],
+                  {"to": DType.int64.value})
+        if post not in ("NONE", "", None, "LOGISTIC"):
+            ctx.unsupported(f"post_transform {post} for a binary classifier with one row of coefficients "
+                            "(NONE and LOGISTIC are supported)")
+        s = op(ctx, "sigmoid", [scores]) if post == "LOGISTIC" else scores
+        probs = op(ctx, "concat", [op(ctx, "sub", [ctx.add_const(np.array(1, np.float32)), s]), s], {"axis": 1})
+    else:
+        best = op(ctx, "argmax", [scores], {"axis": 1, "keepdims": False})
+        probs = post_transform(ctx, scores, post)
+    outs = ctx.outputs()
+    result = ctx.emit("gather", [ctx.add_const(labels, "class_labels"), best], {"axis": 0}, out_names=outs[:1])
+    if len(outs) > 1:
+        result += ctx.emit("identity", [probs], out_names=outs[1:2])
+    return result
