@@ -91,7 +91,9 @@ def totals_section(results, excluded: dict[str, str]) -> list[str]:
         "Cortex-M4 included; Binarizer, ArrayFeatureExtractor, Scaler, Normalizer, "
         "LinearRegressor and LinearClassifier (a StandardScaler + LogisticRegression pipeline) are "
         "in `kiln/frontend/onnx_ops/ml.py`. `tests/test_onnx_ml.py` checks them against ONNX "
-        "Runtime and scikit-learn. String labels, ZipMap, LabelEncoder and SVMs are not supported.",
+        "Runtime and scikit-learn, as are the numeric preprocessing ops Imputer, OneHotEncoder, "
+        "LabelEncoder and FeatureVectorizer (`ml_encoders.py`). String categories and labels, "
+        "maps (ZipMap, DictVectorizer) and SVMs are not supported.",
     ]
 
 

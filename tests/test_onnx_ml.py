@@ -469,3 +469,51 @@ def test_bad_linear_classifiers_are_refused():
         kiln.compile(model(coefficients=[1.0] * 6, classlabels_ints=[0, 1, 2]), target="host")
     with pytest.raises(UnsupportedOperatorError, match="NONE and LOGISTIC are supported"):
         kiln.compile(model(coefficients=[1.0] * 3, classlabels_ints=[0, 1], post_transform="SOFTMAX"), target="host")
+
+
+# -- preprocessing (kiln/frontend/onnx_ops/ml_encoders.py) --------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_imputer(backend):
+    x = np.array([[1, np.nan, 3], [0, 2, np.nan]], np.float32)
+    for attrs in ({"imputed_value_floats": [9.0], "replaced_value_float": float("nan")},
+                  {"imputed_value_floats": [7.0, 8, 9], "replaced_value_float": 0.0}):
+        model = ml_model(_node("Imputer", **attrs), [("x", np.float32, [2, 3])], [("y", np.float32, [2, 3])], 1)
+        check_against_ort(model, {"x": x}, backend)
+    ints = ml_model(_node("Imputer", imputed_value_int64s=[7], replaced_value_int64=0), [("x", np.int64, [2, 2])],
+                    [("y", np.int64, [2, 2])], 1)
+    check_against_ort(ints, {"x": np.array([[0, 1], [2, 0]], np.int64)}, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_hot_and_label_encoders(backend):
+    c = np.array([[3, 1], [7, 5]], np.int64)
+    hot = ml_model(_node("OneHotEncoder", cats_int64s=[1, 3, 5], zeros=1), [("x", np.int64, [2, 2])],
+                   [("y", np.float32, [2, 2, 3])], 1)
+    check_against_ort(hot, {"x": c}, backend)
+    for attrs, out in (({"keys_int64s": [1, 3, 5], "values_int64s": [10, 30, 50], "default_int64": -1}, np.int64),
+                       ({"keys_int64s": [1, 3, 5], "values_floats": [0.1, 0.3, 0.5]}, np.float32)):
+        model = ml_model(_node("LabelEncoder", **attrs), [("x", np.int64, [2, 2])], [("y", out, [2, 2])], 2)
+        check_against_ort(model, {"x": c}, backend)
+    floats = ml_model(_node("LabelEncoder", keys_floats=[1.0, 3.0, float("nan")], values_int64s=[10, 30, 99]),
+                      [("x", np.float32, [2, 2])], [("y", np.int64, [2, 2])], 2)
+    check_against_ort(floats, {"x": np.array([[1, np.nan], [2, 3]], np.float32)}, backend)  # NaN never matches
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_feature_vectorizer(backend):
+    node = helper.make_node("FeatureVectorizer", ["a", "b"], ["y"], domain=ML, inputdimensions=[1, 4])
+    model = ml_model(node, [("a", np.float32, [2, 2]), ("b", np.float32, [2, 3])], [("y", np.float32, [2, 5])], 1)
+    feeds = {"a": np.array([[1, 2], [3, 4]], np.float32), "b": np.array([[5, 6, 7], [8, 9, 10]], np.float32)}
+    check_against_ort(model, feeds, backend)  # a's first column; b and a zero column
+
+
+def test_unsupported_encoders_say_why():
+    hot = ml_model(_node("OneHotEncoder", cats_int64s=[1, 3], zeros=0), [("x", np.int64, [2])],
+                   [("y", np.float32, [2, 2])], 1)
+    with pytest.raises(UnsupportedOperatorError, match="zeros=0"):
+        kiln.compile(hot, target="host")
+    bad = ml_model(_node("LabelEncoder", keys_int64s=[1, 2], values_int64s=[3]), [("x", np.int64, [2])],
+                   [("y", np.int64, [2])], 2)
+    with pytest.raises(KilnError, match="2 keys and 1 values"):
+        kiln.compile(bad, target="host")
