@@ -89,11 +89,12 @@ def totals_section(results, excluded: dict[str, str]) -> list[str]:
         "and gradient boosting export them -- compile to gathers over one node table "
         "(`kiln/frontend/onnx_ops/trees.py`), so a random forest runs on every target, a "
         "Cortex-M4 included; Binarizer, ArrayFeatureExtractor, Scaler, Normalizer, "
-        "LinearRegressor and LinearClassifier (a StandardScaler + LogisticRegression pipeline) are "
+        "LinearRegressor, LinearClassifier (a StandardScaler + LogisticRegression pipeline) and "
+        "SVMRegressor (SVR with each kernel) are "
         "in `kiln/frontend/onnx_ops/ml.py`. `tests/test_onnx_ml.py` checks them against ONNX "
         "Runtime and scikit-learn, as are the numeric preprocessing ops Imputer, OneHotEncoder, "
         "LabelEncoder and FeatureVectorizer (`ml_encoders.py`). String categories and labels, "
-        "maps (ZipMap, DictVectorizer) and SVMs are not supported.",
+        "maps (ZipMap, DictVectorizer) and SVMClassifier are not supported.",
     ]
 
 

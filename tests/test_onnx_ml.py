@@ -517,3 +517,38 @@ def test_unsupported_encoders_say_why():
                    [("y", np.int64, [2])], 2)
     with pytest.raises(KilnError, match="2 keys and 1 values"):
         kiln.compile(bad, target="host")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", ["rbf", "poly", "linear", "sigmoid"])
+def test_svm_regressor(diabetes, kernel, backend):
+    """scikit-learn's SVR with each kernel as SVMRegressor: ONNX Runtime and scikit-learn agree."""
+    from sklearn.svm import SVR
+
+    x, y = diabetes
+    svr = SVR(kernel=kernel, gamma=2.0, coef0=0.5, degree=3, C=50).fit(x[:200], y[:200])
+    node = helper.make_node(
+        "SVMRegressor", ["x"], ["y"], domain=ML, kernel_type=kernel.upper(),
+        kernel_params=[float(svr._gamma), float(svr.coef0), float(svr.degree)],
+        support_vectors=svr.support_vectors_.reshape(-1).tolist(), coefficients=svr.dual_coef_.reshape(-1).tolist(),
+        rho=[float(svr.intercept_[0])], n_supports=len(svr.support_))
+    model = ml_model(node, [("x", np.float32, [30, x.shape[1]])], [("y", np.float32, [30, 1])], 1)
+    feeds = {"x": x[300:330]}
+    np.testing.assert_allclose(ort_run(model, feeds)["y"][:, 0], svr.predict(feeds["x"]), rtol=1e-4, atol=1e-3)
+    check_against_ort(model, feeds, backend, rtol=1e-4, atol=2e-3)
+
+
+def test_bad_svms_are_refused():
+    def model(**attrs):
+        base = dict(kernel_type="RBF", kernel_params=[0.5, 0.0, 3.0], support_vectors=[1.0, 2.0, 3.0, 4.0],
+                    coefficients=[1.0, -1.0], rho=[0.0], n_supports=2)
+        node = helper.make_node("SVMRegressor", ["x"], ["y"], domain=ML, **{**base, **attrs})
+        return ml_model(node, [("x", np.float32, [3, 2])], [("y", np.float32, [3, 1])], 1)
+
+    kiln.compile(model(), target="host")
+    with pytest.raises(ShapeError, match=r"2 support vectors need 4 support_vectors values \(features = 2\)"):
+        kiln.compile(model(support_vectors=[1.0, 2.0, 3.0]), target="host")
+    with pytest.raises(KilnError, match="kernel_type"):
+        kiln.compile(model(kernel_type="CUBIC"), target="host")
+    with pytest.raises(UnsupportedOperatorError, match="one_class=1"):
+        kiln.compile(model(one_class=1), target="host")

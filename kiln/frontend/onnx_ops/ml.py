@@ -193,3 +193,48 @@ def _linear_classifier(ctx, node):
     if len(outs) > 1:
         result += ctx.emit("identity", [probs], out_names=outs[1:2])
     return result
+
+
+def _kernel(ctx, rows: str, vectors: np.ndarray, kind: str, params) -> str:
+    """[N, S]: the SVM kernel between every row and every support vector."""
+    gamma, coef0, degree = (list(params) + [0.0, 0.0, 0.0])[:3]
+    dot = op(ctx, "matmul", [rows, ctx.add_const(np.ascontiguousarray(vectors.T), "support_vectors")])
+    f32 = np.float32
+
+    def affine(t: str) -> str:  # gamma * t + coef0
+        return op(ctx, "add", [op(ctx, "mul", [t, ctx.add_const(f32(gamma))]), ctx.add_const(f32(coef0))])
+    if kind == "LINEAR":
+        return dot
+    if kind == "POLY":
+        return op(ctx, "pow", [affine(dot), ctx.add_const(f32(degree))])
+    if kind == "SIGMOID":
+        return op(ctx, "tanh", [affine(dot)])
+    if kind == "RBF":  # |x - v|^2 = |x|^2 - 2 x.v + |v|^2, clamped at 0 against rounding
+        x2 = op(ctx, "reduce_sum_square", [rows], {"axes": (1,), "keepdims": True})
+        v2 = ctx.add_const((vectors.astype(np.float64) ** 2).sum(axis=1).astype(f32), "support_norms")
+        d2 = op(ctx, "add", [op(ctx, "sub", [x2, op(ctx, "mul", [dot, ctx.add_const(f32(2))])]), v2])
+        d2 = op(ctx, "max", [d2, ctx.add_const(f32(0))])
+        return op(ctx, "exp", [op(ctx, "mul", [d2, ctx.add_const(f32(-gamma))])])
+    ctx.fail(f"kernel_type {kind!r} is not one of LINEAR, POLY, RBF, SIGMOID")
+
+
+@converter("SVMRegressor", domain=ML)
+def _svm_regressor(ctx, node):
+    """``sum_i coefficients[i] * K(x, support_vectors[i]) + rho`` (scikit-learn's SVR, NuSVR)."""
+    x = as_float32(ctx, ctx.input(0))
+    rows, (_, channels) = as_rows(ctx, x, "SVMRegressor X")
+    if int(ctx.attr("one_class", 0)):
+        ctx.unsupported("one_class=1 (OneClassSVM's +1/-1 output)")
+    n = int(ctx.attr("n_supports", 0))
+    vectors = floats_attr(ctx, "support_vectors", np.float32, [])
+    coef = floats_attr(ctx, "coefficients", np.float32, [])
+    if n <= 0 or vectors.size != n * channels or coef.size != n:
+        ctx.fail(f"{n} support vectors need {n * channels} support_vectors values (features = {channels}) and "
+                 f"{n} coefficients; got {vectors.size} and {coef.size}")
+    k = _kernel(ctx, rows, vectors.reshape(n, channels), ctx.attr("kernel_type", "LINEAR"),
+                floats_attr(ctx, "kernel_params", np.float64, []))
+    y = op(ctx, "matmul", [k, ctx.add_const(coef.reshape(n, 1), "dual_coef")])
+    rho = floats_attr(ctx, "rho", np.float32, [0.0])
+    y = op(ctx, "add", [y, ctx.add_const(rho[:1], "rho")])
+    y = post_transform(ctx, y, ctx.attr("post_transform", "NONE"))
+    return ctx.emit("identity", [y], out_names=ctx.outputs())
