@@ -4,7 +4,8 @@ Scales or sizes must be constants: they resolve here to the static output shape
 (``sizes``) and per-axis ``scales`` for the coordinate transform, computed in float32 as
 ONNX Runtime does (sizes from scales: floor(scale * in); scales from sizes: out / in).
 Resize-10 and Upsample use the legacy mapping: asymmetric coordinates and "simple"
-nearest rounding (truncate when upsampling, ceil when downsampling).
+nearest rounding (truncate when upsampling, ceil when downsampling). Opset 18's
+antialias=1 changes linear and cubic downsampling only: ``resize_antialias`` builds those.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from kiln.frontend.onnx_ops import converter
 from kiln.frontend.onnx_ops.nn import static_shape
+from kiln.frontend.onnx_ops.resize_antialias import downsamples, emit_antialiased_resize
 
 _F32 = np.float32
 
@@ -29,7 +31,7 @@ def _scales_from_sizes(xs, sizes) -> list[float]:
     return [float(_F32(o) / _F32(n)) for o, n in zip(sizes, xs)]
 
 
-def _emit_resize(ctx, xs, sizes, scales, mode, coord, nearest, extra=None):
+def _emit_resize(ctx, xs, sizes, scales, mode, coord, nearest, extra=None, antialias=False):
     if min(sizes) < 1:
         ctx.unsupported(f"the output shape {tuple(sizes)} would be empty; input shape {xs}")
     if mode == "bilinear":
@@ -39,6 +41,12 @@ def _emit_resize(ctx, xs, sizes, scales, mode, coord, nearest, extra=None):
     attrs = {"mode": mode, "coordinate_transformation_mode": coord, "nearest_mode": nearest,
              "sizes": tuple(sizes), "scales": tuple(scales)}
     attrs.update(extra or {})
+    if antialias and mode == "nearest":
+        ctx.fail("antialias=1 applies to the linear and cubic modes; got mode 'nearest' "
+                 "(ONNX Runtime and ONNX's reference refuse it too)")
+    if antialias and downsamples(scales):
+        return emit_antialiased_resize(ctx, xs, sizes, scales, attrs)
+    # upsampling keeps the plain filter: antialias=1 changes nothing there
     return ctx.emit("resize", [ctx.input(0)], attrs, out_names=ctx.outputs())
 
 
@@ -101,8 +109,6 @@ def _keep_aspect_ratio(xs, sizes, axes, policy):
 def _resize_11(ctx, node):
     xs = static_shape(ctx, ctx.input(0), "Resize input")
     coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if int(ctx.attr("antialias", 0)):
-        ctx.unsupported("antialias=1 is not supported")
     axes = _norm_axes(ctx, xs, ctx.attr("axes") if ctx.opset >= 18 else None)
     policy = ctx.attr("keep_aspect_ratio_policy", "stretch") if ctx.opset >= 18 else "stretch"
     scales, sizes = _const_floats(ctx, 2, "scales"), _const_floats(ctx, 3, "sizes")
@@ -122,8 +128,9 @@ def _resize_11(ctx, node):
     if coord == "tf_crop_and_resize":
         extra["roi"] = _crop_box(ctx, xs, axes)
         extra["extrapolation_value"] = float(ctx.attr("extrapolation_value", 0.0))
+    antialias = bool(int(ctx.attr("antialias", 0))) if ctx.opset >= 18 else False
     return _emit_resize(ctx, xs, out, scl, ctx.attr("mode", "nearest"), coord,
-                        ctx.attr("nearest_mode", "round_prefer_floor"), extra)
+                        ctx.attr("nearest_mode", "round_prefer_floor"), extra, antialias)
 
 
 def _crop_box(ctx, xs, axes) -> tuple[float, ...]:
