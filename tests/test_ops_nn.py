@@ -1,4 +1,4 @@
-"""NN ops (conv, conv_transpose, matmul/Gemm, norms, softmax, pools, LRN, resize) against ONNX Runtime.
+"""NN ops (conv, conv_transpose, matmul/Gemm, norms, softmax, pools, MaxUnpool, LRN, resize) against ONNX Runtime.
 
 Each case is a one-node ONNX model with tensors of a few hundred elements, run on every
 backend in ``tests.util.BACKENDS``.
@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from kiln.errors import KilnError, ShapeError
+from kiln.errors import KilnError, ShapeError, UnsupportedOperatorError
 from kiln.ir import ops
 from kiln.ir.dtype import DType
 from kiln.ir.graph import TensorType
@@ -336,6 +336,83 @@ def test_max_pool_indices(backend, attrs):
     model = with_output_shapes(util.make_model([node], [("x", np.float32, shape)],
                                                [("y", np.float32, None), ("idx", np.int64, None)], opset=12))
     util.check_against_ort(model, {"x": rand(*shape)}, backend)
+
+
+def _pool_unpool_model(shape, attrs, output_shape=None):
+    """MaxPool with Indices, then MaxUnpool of its values back to (output_shape or) the
+    unpooled shape; output_shape is an initializer."""
+    unpool_in = ["p", "i"] + (["s"] if output_shape is not None else [])
+    nodes = [helper.make_node("MaxPool", ["x"], ["p", "i"], **attrs),
+             helper.make_node("MaxUnpool", unpool_in, ["y"], **attrs)]
+    if output_shape is None:  # ONNX infers the unpooled shape, not a given output_shape
+        return with_output_shapes(util.make_model(nodes, [("x", np.float32, shape)], [("y", np.float32, None)],
+                                                  opset=11))
+    return util.make_model(nodes, [("x", np.float32, shape)], [("y", np.float32, output_shape)],
+                           [("s", np.asarray(output_shape, np.int64))], opset=11)
+
+
+def _unpool_model(x_shape, attrs, i_shape=None, output_shape=None, output_shape_is_input=False):
+    """A lone MaxUnpool of graph inputs x and i; output_shape an initializer or a graph input."""
+    names, inits = ["x", "i"], []
+    inputs = [("x", np.float32, x_shape), ("i", np.int64, i_shape or x_shape)]
+    if output_shape is not None:
+        names.append("s")
+        if output_shape_is_input:
+            inputs.append(("s", np.int64, (len(output_shape),)))
+        else:
+            inits.append(("s", np.asarray(output_shape, np.int64)))
+    y_shape = x_shape[:2] + tuple(2 * n for n in x_shape[2:])  # kernel 2, stride 2
+    node = helper.make_node("MaxUnpool", names, ["y"], **attrs)
+    return util.make_model([node], inputs, [("y", np.float32, y_shape)], inits, opset=11)
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((2, 3, 6, 6), dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ((1, 2, 7, 7), dict(kernel_shape=[3, 3], strides=[2, 2])),   # overlapping windows
+    ((2, 2, 5, 6), dict(kernel_shape=[3, 2], strides=[1, 2])),   # a maximum may win two windows
+])
+@pytest.mark.parametrize("with_output_shape", [False, True])
+def test_max_unpool_after_max_pool(backend, shape, attrs, with_output_shape):
+    """The unpooled shape is the pool's input shape here, given or not as output_shape."""
+    model = _pool_unpool_model(shape, attrs, shape if with_output_shape else None)
+    util.check_against_ort(model, {"x": rand(*shape)}, backend)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 5), (1, 2, 7, 6)])
+def test_max_unpool_back_to_an_odd_input_shape(backend, shape):
+    """MaxPool of an odd-sized input, then MaxUnpool to that size: every value goes back
+    where MaxPool found it (I indexes output_shape, as in ONNX Runtime and PyTorch; ONNX's
+    reference disagrees, onnx/onnx#2398)."""
+    model = _pool_unpool_model(shape, dict(kernel_shape=[2, 2], strides=[2, 2]), shape)
+    util.check_against_ort(model, {"x": rand(*shape)}, backend)
+
+
+def test_max_unpool_of_repeated_indices_keeps_the_last(backend):
+    """Indices need not come from MaxPool: any flat position, the last write winning."""
+    idx = np.array([[[[5, 0], [5, 15]], [[16, 31], [16, 17]]]], np.int64)  # planes are 16 apart
+    model = _unpool_model((1, 2, 2, 2), dict(kernel_shape=[2, 2], strides=[2, 2]))
+    util.check_against_ort(model, {"x": rand(1, 2, 2, 2), "i": idx}, backend)
+
+
+def test_max_unpool_needs_a_constant_output_shape():
+    model = _unpool_model((1, 1, 2, 2), dict(kernel_shape=[2, 2], strides=[2, 2]), output_shape=(1, 1, 4, 4),
+                          output_shape_is_input=True)
+    with pytest.raises(UnsupportedOperatorError,
+                       match=r"input 2 \(output_shape\) is a run-time value.*needs it constant"):
+        util.kiln_run(model, {}, "interp")
+
+
+@pytest.mark.parametrize("attrs,i_shape,output_shape,error,match", [
+    # ONNX's own shape inference finds a kernel_shape of the wrong rank first
+    (dict(kernel_shape=[2, 2, 2]), None, None, ShapeError, "kernel_shape has incorrect size"),
+    (dict(kernel_shape=[2, 2], strides=[2, 2]), (1, 1, 4), None, ShapeError,
+     r"indices I have shape \(1, 1, 4\); expected X's shape \(1, 1, 2, 2\)"),
+    (dict(kernel_shape=[2, 2], strides=[2, 2]), None, (1, 2, 4, 4), ShapeError,
+     r"output_shape \(1, 2, 4, 4\) does not fit X \(1, 1, 2, 2\); expected 4 dims, N and C as X's \(1, 1\)"),
+])
+def test_max_unpool_bad_inputs(attrs, i_shape, output_shape, error, match):
+    with pytest.raises(error, match=match):
+        util.kiln_run(_unpool_model((1, 1, 2, 2), attrs, i_shape, output_shape), {}, "interp")
 
 
 @pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
