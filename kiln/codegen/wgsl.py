@@ -71,8 +71,9 @@ class WGSLRenderer:
     # -- types and literals --------------------------------------------------------------
     def wtype(self, dtype: DType) -> str:
         if dtype not in self.type_map:
-            raise ShapeError(f"a kernel computes in {dtype}; WGSL has no 64-bit floats (the webgpu target "
-                             "takes float32, float16 (computed in f32), integer and bool tensors)")
+            why = "WGSL has no 64-bit floats" if dtype is DType.float64 else f"WGSL has no {dtype} arithmetic"
+            raise ShapeError(f"a kernel computes in {dtype}; {why} (the webgpu target stores float32, float16, "
+                             "integer and bool tensors; float16 computes in f32)")
         return self.type_map[dtype]
 
     def literal(self, c: Const) -> str:
