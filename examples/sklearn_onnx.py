@@ -23,32 +23,42 @@ def ml_model(node, inputs, outputs, ml_opset=3):
     return model
 
 
+_NODE_ATTRS = ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes",
+               "nodes_truenodeids", "nodes_falsenodeids")
+
+
+def _add_nodes(a: dict, t: int, tree, modes: str = "BRANCH_LEQ") -> list[int]:
+    """Append tree ``t``'s nodes to the ``nodes_*`` lists of ``a``; its leaves' node ids."""
+    leaves = []
+    for i in range(tree.node_count):
+        leaf = tree.children_left[i] == -1
+        a["nodes_treeids"].append(t)
+        a["nodes_nodeids"].append(i)
+        a["nodes_featureids"].append(0 if leaf else int(tree.feature[i]))
+        a["nodes_values"].append(0.0 if leaf else float(np.float32(tree.threshold[i])))
+        a["nodes_modes"].append("LEAF" if leaf else modes)
+        a["nodes_truenodeids"].append(0 if leaf else int(tree.children_left[i]))
+        a["nodes_falsenodeids"].append(0 if leaf else int(tree.children_right[i]))
+        if leaf:
+            leaves.append(i)
+    return leaves
+
+
 def regressor_from_sklearn(estimators, n_features, batch, scale=1.0, base=None, aggregate="SUM", post="NONE",
                            modes="BRANCH_LEQ"):
     """A TreeEnsembleRegressor node from fitted scikit-learn trees, laid out as skl2onnx does
     (thresholds as float32, children by node id, leaf values times ``scale``)."""
-    a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes",
-                         "nodes_truenodeids", "nodes_falsenodeids", "target_treeids", "target_nodeids",
-                         "target_ids", "target_weights")}
+    a = {k: [] for k in (*_NODE_ATTRS, "target_treeids", "target_nodeids", "target_ids", "target_weights")}
     n_targets = 1
     for t, est in enumerate(estimators):
         tree = est.tree_
         n_targets = tree.value.shape[1]
-        for i in range(tree.node_count):
-            leaf = tree.children_left[i] == -1
-            a["nodes_treeids"].append(t)
-            a["nodes_nodeids"].append(i)
-            a["nodes_featureids"].append(0 if leaf else int(tree.feature[i]))
-            a["nodes_values"].append(0.0 if leaf else float(np.float32(tree.threshold[i])))
-            a["nodes_modes"].append("LEAF" if leaf else modes)
-            a["nodes_truenodeids"].append(0 if leaf else int(tree.children_left[i]))
-            a["nodes_falsenodeids"].append(0 if leaf else int(tree.children_right[i]))
-            if leaf:
-                for k in range(n_targets):
-                    a["target_treeids"].append(t)
-                    a["target_nodeids"].append(i)
-                    a["target_ids"].append(k)
-                    a["target_weights"].append(float(tree.value[i, k, 0]) * scale)
+        for i in _add_nodes(a, t, tree, modes):
+            for k in range(n_targets):
+                a["target_treeids"].append(t)
+                a["target_nodeids"].append(i)
+                a["target_ids"].append(k)
+                a["target_weights"].append(float(tree.value[i, k, 0]) * scale)
     attrs = dict(a, n_targets=n_targets, aggregate_function=aggregate, post_transform=post)
     if base is not None:
         attrs["base_values"] = list(base)
@@ -60,22 +70,10 @@ def classifier_from_sklearn(estimators, n_features, batch, n_classes, one_column
                             post="NONE", labels=None):
     """A TreeEnsembleClassifier node from fitted trees. ``one_column``: a binary model as one
     score per leaf under class id 0 (the positive class's probability, or a boosting margin)."""
-    a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes",
-                         "nodes_truenodeids", "nodes_falsenodeids", "class_treeids", "class_nodeids",
-                         "class_ids", "class_weights")}
+    a = {k: [] for k in (*_NODE_ATTRS, "class_treeids", "class_nodeids", "class_ids", "class_weights")}
     for t, est in enumerate(estimators):
         tree = est.tree_
-        for i in range(tree.node_count):
-            leaf = tree.children_left[i] == -1
-            a["nodes_treeids"].append(t)
-            a["nodes_nodeids"].append(i)
-            a["nodes_featureids"].append(0 if leaf else int(tree.feature[i]))
-            a["nodes_values"].append(0.0 if leaf else float(np.float32(tree.threshold[i])))
-            a["nodes_modes"].append("LEAF" if leaf else "BRANCH_LEQ")
-            a["nodes_truenodeids"].append(0 if leaf else int(tree.children_left[i]))
-            a["nodes_falsenodeids"].append(0 if leaf else int(tree.children_right[i]))
-            if not leaf:
-                continue
+        for i in _add_nodes(a, t, tree):
             value = tree.value[i, :, :]
             if value.shape[1] > 1:  # a classification tree: class fractions
                 per_class = value[0] / value[0].sum()

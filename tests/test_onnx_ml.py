@@ -82,6 +82,14 @@ def test_array_feature_extractor(backend):
 
 # -- tree ensembles ----------------------------------------------------------------------------
 
+def _dataset(loader: str):
+    """(float32 features, targets) of one of scikit-learn's bundled data sets."""
+    from sklearn import datasets
+
+    x, y = getattr(datasets, loader)(return_X_y=True)
+    return x.astype(np.float32), y
+
+
 def assert_mostly_sklearn(onnx_says, sklearn_says):
     """The ONNX model is the fitted forest: ONNX Runtime agrees with scikit-learn, except where
     a feature falls between a float64 threshold and its float32 rounding (as with skl2onnx)."""
@@ -91,10 +99,7 @@ def assert_mostly_sklearn(onnx_says, sklearn_says):
 
 @pytest.fixture(scope="module")
 def diabetes():
-    from sklearn.datasets import load_diabetes
-
-    x, y = load_diabetes(return_X_y=True)
-    return x.astype(np.float32), y
+    return _dataset("load_diabetes")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -228,10 +233,7 @@ def test_tiny_ensemble_and_bad_scalar_ops():
 
 @pytest.fixture(scope="module")
 def iris():
-    from sklearn.datasets import load_iris
-
-    x, y = load_iris(return_X_y=True)
-    return x.astype(np.float32), y
+    return _dataset("load_iris")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -251,10 +253,7 @@ def test_random_forest_classifier_three_classes(iris, post, backend):
 
 @pytest.fixture(scope="module")
 def cancer():
-    from sklearn.datasets import load_breast_cancer
-
-    x, y = load_breast_cancer(return_X_y=True)
-    return x.astype(np.float32), y
+    return _dataset("load_breast_cancer")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -69,6 +69,54 @@ def post_transform(ctx, scores: str, name: str) -> str:
     ctx.fail(f"post_transform {name!r} is not one of NONE, LOGISTIC, SOFTMAX, SOFTMAX_ZERO, PROBIT")
 
 
+def class_labels(ctx, attr: str) -> np.ndarray:
+    """A classifier's int64 labels (``classlabels_ints`` / ``classlabels_int64s``); string
+    labels are refused."""
+    labels = ctx.attr(attr)
+    if labels is None:
+        if ctx.attr("classlabels_strings") is not None:
+            ctx.unsupported("string class labels (classlabels_strings); Kiln's tensors are numeric")
+        ctx.fail(f"{attr} is missing")
+    return np.asarray(labels, np.int64)
+
+
+def binary_outputs(ctx, s: str, cut: float, post: str, other: str) -> tuple[str, str]:
+    """(positive?, [N, 2] scores) of one score column ``s`` [N, 1], as ONNX Runtime expands
+    it: positive when ``s > cut``; scores ``[1 - s, s]`` (``other="complement"``) or
+    ``[-s, s]`` (``"negation"``), with LOGISTIC ``[1 - sigmoid(s), sigmoid(s)]``."""
+    if post not in ("NONE", "", None, "LOGISTIC"):
+        ctx.unsupported(f"post_transform {post} for a binary classifier with one score column "
+                        "(NONE and LOGISTIC are supported)")
+    above = op(ctx, "gt", [s, ctx.add_const(np.array(cut, np.float32))])
+    positive = op(ctx, "cast", [op(ctx, "reshape", [above], {"shape": (ctx.shape(s)[0],)})], {"to": DType.int64.value})
+    one = ctx.add_const(np.array(1, np.float32))
+    if post == "LOGISTIC":
+        p = op(ctx, "sigmoid", [s])
+        return positive, op(ctx, "concat", [op(ctx, "sub", [one, p]), p], {"axis": 1})
+    first = op(ctx, "sub", [one, s]) if other == "complement" else op(ctx, "neg", [s])
+    return positive, op(ctx, "concat", [first, s], {"axis": 1})
+
+
+def classifier_outputs(ctx, labels: np.ndarray, best: str, scores: str) -> list[str]:
+    """The label output (``labels[best]``) and, when the node has it, the scores output."""
+    outs = ctx.outputs()
+    result = ctx.emit("gather", [ctx.add_const(labels, "class_labels"), best], {"axis": 0}, out_names=outs[:1])
+    if len(outs) > 1:
+        result += ctx.emit("identity", [scores], out_names=outs[1:2])
+    return result
+
+
+def linear_scores(ctx, rows: str, channels: int, coef, intercepts, what: str) -> str:
+    """``rows @ coef.reshape(k, channels).T + intercepts`` (intercepts optional): [N, k]."""
+    k = coef.size // channels
+    y = op(ctx, "matmul", [rows, ctx.add_const(np.ascontiguousarray(coef.reshape(k, channels).T), "coef")])
+    if intercepts is None or not intercepts.size:
+        return y
+    if intercepts.size != k:
+        ctx.fail(f"intercepts has {intercepts.size} values; expected one per {what} ({k})")
+    return op(ctx, "add", [y, ctx.add_const(intercepts, "intercepts")])
+
+
 @converter("Binarizer", domain=ML)
 def _binarizer(ctx, node):
     x = ctx.input(0)
@@ -137,12 +185,7 @@ def _linear_regressor(ctx, node):
     if coef is None or coef.size != targets * channels:
         ctx.fail(f"coefficients has {0 if coef is None else coef.size} values; expected targets x features "
                  f"= {targets} x {channels}")
-    y = op(ctx, "matmul", [rows, ctx.add_const(np.ascontiguousarray(coef.reshape(targets, channels).T), "coef")])
-    intercepts = floats_attr(ctx, "intercepts", np.float32)
-    if intercepts is not None and intercepts.size:
-        if intercepts.size != targets:
-            ctx.fail(f"intercepts has {intercepts.size} values; expected one per target ({targets})")
-        y = op(ctx, "add", [y, ctx.add_const(intercepts, "intercepts")])
+    y = linear_scores(ctx, rows, channels, coef, floats_attr(ctx, "intercepts", np.float32), "target")
     y = post_transform(ctx, y, ctx.attr("post_transform", "NONE"))
     return ctx.emit("identity", [y], out_names=ctx.outputs())
 
@@ -153,12 +196,7 @@ def _linear_classifier(ctx, node):
     coefficients for two labels (a binary logistic regression) is one score ``s``, positive
     when ``s > 0``, expanded as ONNX Runtime does: ``[1 - s, s]``, or with LOGISTIC
     ``[1 - sigmoid(s), sigmoid(s)]`` (ONNX's reference gives ``[-s, s]`` without a transform)."""
-    labels = ctx.attr("classlabels_ints")
-    if labels is None:
-        if ctx.attr("classlabels_strings") is not None:
-            ctx.unsupported("string class labels (classlabels_strings); Kiln's tensors are numeric")
-        ctx.fail("classlabels_ints is missing")
-    labels = np.asarray(labels, np.int64)
+    labels = class_labels(ctx, "classlabels_ints")
     x = as_float32(ctx, ctx.input(0))
     rows, (_, channels) = as_rows(ctx, x, "LinearClassifier X")
     coef = floats_attr(ctx, "coefficients", np.float32)
@@ -169,30 +207,15 @@ def _linear_classifier(ctx, node):
     binary = classes == 1 and labels.size == 2
     if not binary and classes != labels.size:
         ctx.fail(f"coefficients hold {classes} rows; expected one per class label ({labels.size})")
-    scores = op(ctx, "matmul", [rows, ctx.add_const(np.ascontiguousarray(coef.reshape(classes, channels).T), "coef")])
-    intercepts = floats_attr(ctx, "intercepts", np.float32)
-    if intercepts is not None and intercepts.size:
-        if intercepts.size != classes:
-            ctx.fail(f"intercepts has {intercepts.size} values; expected one per row of coefficients ({classes})")
-        scores = op(ctx, "add", [scores, ctx.add_const(intercepts, "intercepts")])
+    scores = linear_scores(ctx, rows, channels, coef, floats_attr(ctx, "intercepts", np.float32),
+                           "row of coefficients")
     post = ctx.attr("post_transform", "NONE")
     if binary:
-        zero = ctx.add_const(np.array(0, np.float32))
-        best = op(ctx, "cast", [op(ctx, "reshape", [op(ctx, "gt", [scores, zero])], {"shape": (ctx.shape(rows)[0],)})],
-                  {"to": DType.int64.value})
-        if post not in ("NONE", "", None, "LOGISTIC"):
-            ctx.unsupported(f"post_transform {post} for a binary classifier with one row of coefficients "
-                            "(NONE and LOGISTIC are supported)")
-        s = op(ctx, "sigmoid", [scores]) if post == "LOGISTIC" else scores
-        probs = op(ctx, "concat", [op(ctx, "sub", [ctx.add_const(np.array(1, np.float32)), s]), s], {"axis": 1})
+        best, probs = binary_outputs(ctx, scores, 0.0, post, "complement")
     else:
         best = op(ctx, "argmax", [scores], {"axis": 1, "keepdims": False})
         probs = post_transform(ctx, scores, post)
-    outs = ctx.outputs()
-    result = ctx.emit("gather", [ctx.add_const(labels, "class_labels"), best], {"axis": 0}, out_names=outs[:1])
-    if len(outs) > 1:
-        result += ctx.emit("identity", [probs], out_names=outs[1:2])
-    return result
+    return classifier_outputs(ctx, labels, best, probs)
 
 
 def _kernel(ctx, rows: str, vectors: np.ndarray, kind: str, params) -> str:

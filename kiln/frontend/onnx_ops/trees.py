@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln.frontend.onnx_ops import converter
-from kiln.frontend.onnx_ops.ml import ML, as_float32, as_rows, floats_attr, op, post_transform
+from kiln.frontend.onnx_ops.ml import (ML, as_float32, as_rows, binary_outputs, class_labels, classifier_outputs,
+                                       floats_attr, op, post_transform)
 from kiln.ir.dtype import DType
 
 # comparison codes, as TreeEnsemble (version 5) numbers them; LEAF is Kiln's own
@@ -337,12 +338,7 @@ def _tree_ensemble_classifier(ctx, node):
     margins): ``[-s, s]``, positive when ``s > 0``; LOGISTIC applies to ``s`` in both. The
     label is the class of the largest raw score (ONNX's reference; ONNX Runtime 1.32 answers
     0/1 instead of the labels for two classes with both ids)."""
-    labels = ctx.attr("classlabels_int64s")
-    if labels is None:
-        if ctx.attr("classlabels_strings") is not None:
-            ctx.unsupported("string class labels (classlabels_strings); Kiln's tensors are numeric")
-        ctx.fail("classlabels_int64s is missing")
-    labels = np.asarray(labels, np.int64)
+    labels = class_labels(ctx, "classlabels_int64s")
     x, _ = as_rows(ctx, as_float32(ctx, ctx.input(0)), "TreeEnsembleClassifier X")
     forest, row_of = _forest_by_ids(ctx)
     class_ids = _ints(ctx, "class_ids")
@@ -360,7 +356,6 @@ def _tree_ensemble_classifier(ctx, node):
     forest.leaf_has[:] = True  # a class without weight scores 0 (its base value), not "no score"
     base = floats_attr(ctx, "base_values", np.float64)
     post = ctx.attr("post_transform", "NONE")
-    label_of = ctx.add_const(labels, "class_labels")
     if not binary:
         if n == 2 and base is not None and base.size:
             ctx.unsupported("base_values with weights for both of two classes (ONNX Runtime's scores then "
@@ -372,24 +367,7 @@ def _tree_ensemble_classifier(ctx, node):
         if base is not None and base.size > 1:
             ctx.unsupported("two base_values for a binary ensemble with one class column")
         s = emit_forest(ctx, x, forest, "SUM", base)                                   # [N, 1]
-        positive = bool((weights >= 0).all())
-        cut = ctx.add_const(np.array(0.5 if positive else 0.0, np.float32))
-        best = op(ctx, "cast", [op(ctx, "reshape", [op(ctx, "gt", [s, cut])], {"shape": (ctx.shape(s)[0],)})],
-                  {"to": DType.int64.value})
-        if post == "LOGISTIC":
-            p = op(ctx, "sigmoid", [s])
-            one = ctx.add_const(np.array(1.0, np.float32))
-            probs = op(ctx, "concat", [op(ctx, "sub", [one, p]), p], {"axis": 1})
-        elif post in ("NONE", "", None):
-            other = (op(ctx, "sub", [ctx.add_const(np.array(1.0, np.float32)), s]) if positive
-                     else op(ctx, "neg", [s]))
-            probs = op(ctx, "concat", [other, s], {"axis": 1})
-        else:
-            ctx.unsupported(f"post_transform {post} for a binary ensemble with one class column "
-                            "(NONE and LOGISTIC are supported)")
-    outs = ctx.outputs()
-    label = ctx.emit("gather", [label_of, best], {"axis": 0}, out_names=outs[:1])[0]
-    result = [label]
-    if len(outs) > 1:
-        result += ctx.emit("identity", [probs], out_names=outs[1:2])
-    return result
+        positive = bool((weights >= 0).all())  # probabilities, else boosting margins
+        best, probs = binary_outputs(ctx, s, 0.5 if positive else 0.0, post,
+                                     "complement" if positive else "negation")
+    return classifier_outputs(ctx, labels, best, probs)
