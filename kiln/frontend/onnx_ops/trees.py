@@ -57,6 +57,7 @@ class Forest:
     leaf_weight: np.ndarray      # float64 [M, n_targets]: a leaf's weights, 0 elsewhere
     leaf_has: np.ndarray         # bool [M, n_targets]: whether the leaf carries a weight for the target
     members: list = field(default_factory=list)  # per row, the set a MEMBER node tests (else empty)
+    consts: dict = field(default_factory=dict)   # hint -> the graph constant holding that table
 
 
 def depth(ctx, forest: Forest) -> int:
@@ -87,16 +88,21 @@ def depth(ctx, forest: Forest) -> int:
     return max((memo[r] for r in forest.roots), default=0)
 
 
-def _table(ctx, values: np.ndarray, hint: str) -> str:
-    return ctx.add_const(np.ascontiguousarray(values), hint)
+def _table(ctx, forest: Forest, values: np.ndarray, hint: str) -> str:
+    """A constant table, added once per forest (every step gathers from the same ones)."""
+    if hint not in forest.consts:
+        forest.consts[hint] = ctx.add_const(np.ascontiguousarray(values), hint)
+    return forest.consts[hint]
 
 
 def _branch(ctx, forest: Forest, x: str, idx: str | None, dt) -> str:
-    """The next node row of every (sample, tree): [N, T] int64. ``idx`` None: the roots."""
+    """The next node row of every (sample, tree): [N, T] int32. ``idx`` None: the roots."""
     def at(table: np.ndarray, hint: str) -> str:
+        if table.dtype.kind in "iu":  # node rows, feature numbers: int32 halves tables and traffic
+            table = table.astype(np.int32)
         if idx is None:
-            return _table(ctx, table[forest.roots], hint)  # [T]: broadcast over the samples
-        return op(ctx, "gather", [_table(ctx, table, hint), idx], {"axis": 0})
+            return _table(ctx, forest, table[forest.roots], hint + "_roots")  # [T]: broadcast over the samples
+        return op(ctx, "gather", [_table(ctx, forest, table, hint), idx], {"axis": 0})
 
     feature = at(forest.feature, "tree_feature")
     value = (op(ctx, "gather", [x, feature], {"axis": 1}) if idx is None
@@ -110,7 +116,7 @@ def _branch(ctx, forest: Forest, x: str, idx: str | None, dt) -> str:
                 else op(ctx, _COMPARE[m], [value, threshold]))
         if len(modes) > 1:
             test = op(ctx, "and", [op(ctx, "eq", [at(forest.mode, "tree_mode"),
-                                                   ctx.add_const(np.array(m, np.int64))]), test])
+                                                   ctx.add_const(np.array(m, np.int32))]), test])
         go = test if go is None else op(ctx, "or", [go, test])
     if forest.missing_true.any():
         nan = op(ctx, "and", [op(ctx, "isnan", [value]), at(forest.missing_true, "tree_missing")])
@@ -127,8 +133,8 @@ def _member_test(ctx, forest: Forest, value: str, idx: str | None) -> str:
     table = np.full((len(forest.members), width), np.nan, ctx.type(value).dtype.np)
     for r, s in enumerate(forest.members):
         table[r, :len(s)] = sorted(s)
-    sets = (_table(ctx, table[forest.roots], "tree_members") if idx is None
-            else op(ctx, "gather", [_table(ctx, table, "tree_members"), idx], {"axis": 0}))
+    sets = (_table(ctx, forest, table[forest.roots], "tree_members_roots") if idx is None
+            else op(ctx, "gather", [_table(ctx, forest, table, "tree_members"), idx], {"axis": 0}))
     shape = tuple(ctx.shape(value))
     hits = op(ctx, "eq", [op(ctx, "reshape", [value], {"shape": (*shape, 1)}), sets])
     count = op(ctx, "reduce_sum", [op(ctx, "cast", [hits], {"to": DType.int32.value})],
@@ -149,14 +155,14 @@ def emit_forest(ctx, x: str, forest: Forest, aggregate: str, base_values) -> str
         idx = _branch(ctx, forest, x, idx, dt)
     if idx is None:  # every tree is a single leaf: broadcast the roots over the samples
         first = op(ctx, "gather", [x, ctx.add_const(np.array([0], np.int64))], {"axis": 1})
-        roots = _table(ctx, np.asarray(forest.roots, np.int64), "tree_roots")
+        roots = _table(ctx, forest, np.asarray(forest.roots, np.int32), "tree_roots")
         idx = op(ctx, "where", [op(ctx, "isnan", [first]), roots, roots])
-    weights = op(ctx, "gather", [_table(ctx, forest.leaf_weight.astype(dt), "leaf_weight"), idx], {"axis": 0})
+    weights = op(ctx, "gather", [_table(ctx, forest, forest.leaf_weight.astype(dt), "leaf_weight"), idx], {"axis": 0})
     over_trees = {"axes": (1,), "keepdims": False}
     leaves = forest.mode == LEAF
     has = None
     if aggregate in ("MIN", "MAX") or not forest.leaf_has[leaves].all():
-        has = op(ctx, "gather", [_table(ctx, forest.leaf_has, "leaf_has"), idx], {"axis": 0})
+        has = op(ctx, "gather", [_table(ctx, forest, forest.leaf_has, "leaf_has"), idx], {"axis": 0})
     if aggregate in ("SUM", "AVERAGE"):
         y = op(ctx, "reduce_sum", [weights], over_trees)
         if aggregate == "AVERAGE":
