@@ -122,4 +122,22 @@ def tree_ensemble_v5(estimators, n_features, batch, dtype=np.float32):
     return ml_model(node, [("x", dtype, [batch, n_features])], [("y", dtype, [batch, 1])], ml_opset=5)
 
 
-__all__ = ["ML", "ml_model", "regressor_from_sklearn", "classifier_from_sklearn", "tree_ensemble_v5"]
+def svc_from_sklearn(svc, n_features, batch, probabilities=False):
+    """An SVMClassifier node from a fitted ``sklearn.svm.SVC`` (one-vs-one), laid out as
+    skl2onnx does: for two classes the coefficients and rho negated (libsvm's binary sign)."""
+    sign = -1.0 if len(svc.classes_) == 2 else 1.0
+    attrs = dict(kernel_type=svc.kernel.upper(), kernel_params=[float(svc._gamma), float(svc.coef0), float(svc.degree)],
+                 vectors_per_class=[int(v) for v in svc.n_support_],
+                 support_vectors=svc.support_vectors_.reshape(-1).tolist(),
+                 coefficients=(sign * svc.dual_coef_).reshape(-1).tolist(), rho=(sign * svc.intercept_).tolist(),
+                 classlabels_ints=[int(c) for c in svc.classes_], post_transform="NONE")
+    if probabilities:
+        attrs.update(prob_a=svc.probA_.tolist(), prob_b=svc.probB_.tolist())
+    node = helper.make_node("SVMClassifier", ["x"], ["label", "scores"], domain=ML, **attrs)
+    n = len(svc.classes_)
+    width = 2 if n == 2 else n * (n - 1) // 2
+    return ml_model(node, [("x", np.float32, [batch, n_features])],
+                    [("label", np.int64, [batch]), ("scores", np.float32, [batch, width])], 1)
+
+
+__all__ = ["svc_from_sklearn", "ML", "ml_model", "regressor_from_sklearn", "classifier_from_sklearn", "tree_ensemble_v5"]

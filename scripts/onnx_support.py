@@ -90,11 +90,12 @@ def totals_section(results, excluded: dict[str, str]) -> list[str]:
         "(`kiln/frontend/onnx_ops/trees.py`), so a random forest runs on every target, a "
         "Cortex-M4 included; Binarizer, ArrayFeatureExtractor, Scaler, Normalizer, "
         "LinearRegressor, LinearClassifier (a StandardScaler + LogisticRegression pipeline) and "
-        "SVMRegressor (SVR with each kernel) are "
-        "in `kiln/frontend/onnx_ops/ml.py`. `tests/test_onnx_ml.py` checks them against ONNX "
+        "SVMRegressor and SVMClassifier (SVR and SVC with each kernel; SVC's labels and one-vs-one "
+        "decision values, not its probabilities) are "
+        "in `kiln/frontend/onnx_ops/ml.py` and `ml_svm.py`. `tests/test_onnx_ml.py` checks them against ONNX "
         "Runtime and scikit-learn, as are the numeric preprocessing ops Imputer, OneHotEncoder, "
         "LabelEncoder and FeatureVectorizer (`ml_encoders.py`). String categories and labels, "
-        "maps (ZipMap, DictVectorizer) and SVMClassifier are not supported.",
+        "maps (ZipMap, DictVectorizer) and SVM probabilities are not supported.",
     ]
 
 

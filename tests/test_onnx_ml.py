@@ -438,3 +438,65 @@ def test_bad_svms_are_refused():
         kiln.compile(model(kernel_type="CUBIC"), target="host")
     with pytest.raises(UnsupportedOperatorError, match="one_class=1"):
         kiln.compile(model(one_class=1), target="host")
+
+
+@pytest.fixture(scope="module")
+def digits4():
+    x, y = _dataset("load_digits")
+    keep = y < 4
+    return x[keep] / 16, y[keep]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kernel", ["rbf", "poly", "linear"])
+def test_svc_one_vs_one(digits4, kernel, backend):
+    """Four classes, six one-vs-one decision values, labels by votes: as scikit-learn's SVC."""
+    from sklearn.svm import SVC
+
+    from examples.sklearn_onnx import svc_from_sklearn
+
+    x, y = digits4
+    svc = SVC(kernel=kernel, gamma=0.05, coef0=0.5, degree=2, decision_function_shape="ovo").fit(x[:400], y[:400])
+    model = svc_from_sklearn(svc, x.shape[1], 40)
+    feeds = {"x": x[400:440]}
+    got = check_against_ort(model, feeds, backend, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got["label"], svc.predict(feeds["x"]))
+    np.testing.assert_allclose(got["scores"], svc.decision_function(feeds["x"]), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_svc(cancer, backend):
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from examples.sklearn_onnx import svc_from_sklearn
+
+    x, y = cancer
+    x = StandardScaler().fit_transform(x).astype(np.float32)
+    svc = SVC(kernel="rbf", gamma=0.05).fit(x[:400], y[:400])
+    feeds = {"x": x[400:460]}
+    got = check_against_ort(svc_from_sklearn(svc, x.shape[1], 60), feeds, backend, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got["label"], svc.predict(feeds["x"]))
+    # ONNX Runtime's two-class scores: scikit-learn's decision value, then its negation
+    np.testing.assert_allclose(got["scores"][:, 0], svc.decision_function(feeds["x"]), rtol=1e-3, atol=1e-3)
+
+
+def test_unsupported_svcs_say_why(digits4):
+    import warnings
+
+    from sklearn.svm import SVC
+
+    from examples.sklearn_onnx import svc_from_sklearn
+
+    x, y = digits4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        svc = SVC(probability=True, random_state=0).fit(x[:200], y[:200])
+        model = svc_from_sklearn(svc, x.shape[1], 4, probabilities=True)
+    with pytest.raises(UnsupportedOperatorError, match="SVM probabilities"):
+        kiln.compile(model, target="host")
+    node = helper.make_node("SVMClassifier", ["x"], ["label", "scores"], domain=ML, classlabels_ints=[0, 1],
+                            coefficients=[1.0, 2.0], kernel_type="LINEAR")
+    linear = ml_model(node, [("x", np.float32, [2, 2])], [("label", np.int64, [2]), ("scores", np.float32, [2, 2])], 1)
+    with pytest.raises(UnsupportedOperatorError, match="linear SVMClassifier"):
+        kiln.compile(linear, target="host")
