@@ -88,14 +88,14 @@ def totals_section(results, excluded: dict[str, str]) -> list[str]:
         "-- TreeEnsemble, TreeEnsembleRegressor, TreeEnsembleClassifier, as scikit-learn forests "
         "and gradient boosting export them -- compile to gathers over one node table "
         "(`kiln/frontend/onnx_ops/trees.py`), so a random forest runs on every target, a "
-        "Cortex-M4 included; Binarizer, ArrayFeatureExtractor, Scaler, Normalizer, "
-        "LinearRegressor, LinearClassifier (a StandardScaler + LogisticRegression pipeline) and "
-        "SVMRegressor and SVMClassifier (SVR and SVC with each kernel; SVC's labels and one-vs-one "
-        "decision values, not its probabilities) are "
-        "in `kiln/frontend/onnx_ops/ml.py` and `ml_svm.py`. `tests/test_onnx_ml.py` checks them against ONNX "
-        "Runtime and scikit-learn, as are the numeric preprocessing ops Imputer, OneHotEncoder, "
-        "LabelEncoder and FeatureVectorizer (`ml_encoders.py`). String categories and labels, "
-        "maps (ZipMap, DictVectorizer) and SVM probabilities are not supported.",
+        "Cortex-M4 included. Linear models (LinearRegressor; LinearClassifier, e.g. a "
+        "StandardScaler + LogisticRegression pipeline) and Binarizer, ArrayFeatureExtractor, "
+        "Scaler and Normalizer are in `ml.py`; SVMRegressor and SVMClassifier (SVR and SVC with "
+        "each kernel; SVC's labels and one-vs-one decision values, not its probabilities) in "
+        "`ml_svm.py`; the numeric preprocessing ops Imputer, OneHotEncoder, LabelEncoder and "
+        "FeatureVectorizer in `ml_encoders.py`. `tests/test_onnx_ml.py` checks them against ONNX "
+        "Runtime and scikit-learn. String categories and labels, maps (ZipMap, DictVectorizer) "
+        "and SVM probabilities are not supported.",
     ]
 
 
