@@ -233,6 +233,21 @@ def test_gather(request, backend, dtype, axis, indices, runtime_indices):
 
 
 @backends
+def test_two_gathers_of_one_tensor_with_index_tables_of_different_shapes(backend):
+    """Regression: the C renderer cached a gather's subscript by the data buffer's name, shape
+    and index expression; two kernels reading ``in0[.., in1[i, j]]`` with index tables of
+    shapes (12, 1) and (10, 2) printed the second with the first's flattening of ``in1``."""
+    x = np.arange(12, dtype=np.int64).reshape(1, 12) * 10
+    w1 = np.arange(12)[:, None].astype(np.int64)
+    w2 = (np.arange(10)[:, None] + 2 * np.arange(2)[None, :]).astype(np.int64)
+    nodes = [helper.make_node("Gather", ["x", "w1"], ["g1"], axis=1),
+             helper.make_node("Gather", ["x", "w2"], ["g2"], axis=1)]
+    model = make_model(nodes, [("x", np.int64, [1, 12])],
+                       [("g1", np.int64, [1, 12, 1]), ("g2", np.int64, [1, 10, 2])], [("w1", w1), ("w2", w2)])
+    check_against_ort(model, {"x": x}, backend)
+
+
+@backends
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_gather_elements(backend, dtype, axis):

@@ -221,15 +221,20 @@ class CRenderer:
             return "".join(f"[{self.expr(i)}]" for i in indices)
         if not indices:
             return "[0]"
+        # a Winograd transform reads each tile value in many of its cases: subscripts are
+        # cached per (buffer, shape, indices) -- one renderer prints many functions, so the key
+        # holds the shape -- but not when an index reads memory (a gather's index table): its
+        # rendering depends on that other buffer's shape, which the key does not hold
         key = (name, buf.shape, indices)
         subscripts = self.__dict__.setdefault("_subscripts", {})
         cached = subscripts.get(key)
-        if cached is None:  # a Winograd transform reads each tile value in many of its cases
-            # (the key holds the buffer's shape: one renderer prints many functions)
+        if cached is None:
             flat = None
             for i, n in zip(indices, buf.shape):
                 flat = i if flat is None else Bin("add", Bin("mul", flat, as_expr(n, INDEX), INDEX), i, INDEX)
-            cached = subscripts[key] = f"[{self.expr(simplify(flat))}]"
+            cached = f"[{self.expr(simplify(flat))}]"
+            if not any(_reads_memory(i) for i in indices):
+                subscripts[key] = cached
         return cached
 
     def dim(self, n) -> str:
