@@ -31,8 +31,8 @@ STATUSES = (PASS, UNSUPPORTED, WRONG, ERROR)
 COMPILED = "compiled"  # classify(execute=False): compiled, not run
 
 # The pass rate (of the non-excluded cases) that tests/test_onnx_conformance.py enforces:
-# a ratchet, raised as operators land (97.7 % with onnx 1.23.2 when it was last set, after
-# ai.onnx.ml, Resize antialias and MaxUnpool).
+# a ratchet, raised as operators land (98.1 % with onnx 1.23.2 when it was last set, after
+# ai.onnx.ml, Resize antialias, MaxUnpool and TfIdfVectorizer).
 MIN_PASS_RATE = 0.97
 
 # -- exclusions --------------------------------------------------------------------------------

@@ -30,4 +30,5 @@ def lookup(op_type: str, domain: str, opset: int) -> Callable | None:
 
 from kiln.frontend.onnx_ops import (  # noqa: E402,F401
     attention, deform, elementwise, flex_attention, linear_attention, math, ml, ml_encoders, ml_svm, nn, norm,
-    normalize, pool, quant, recurrent, reduce, resize, sample, scatter, shape, signal, trees, weight_only)
+    normalize, pool, quant, recurrent, reduce, resize, sample, scatter, shape, signal, tfidf, trees,
+    weight_only)
