@@ -375,3 +375,13 @@ def test_io_dtypes_round_trip(wgpu_device):
     for k in want:
         assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
         np.testing.assert_allclose(got[k].astype(np.float64), want[k].astype(np.float64), rtol=1e-3, err_msg=k)
+
+
+def test_runner_times_the_dispatches(wgpu_device):
+    """``WebGPURunner.time``: device time per run (what benchmarks/webgpu_bench.py compares with
+    CUDA events); the runner still computes the right outputs afterwards."""
+    model = CASES["small_cnn"]()
+    feeds = models.example_inputs(model, seed=1)
+    runner = kiln.compile(model, target="webgpu").build()
+    assert runner.time(feeds, repeats=2, warmup=1) > 0
+    assert_close(runner(feeds), ort_run(model, feeds), rtol=1e-3, atol=1e-4)
