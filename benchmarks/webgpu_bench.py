@@ -43,12 +43,14 @@ def adapter_info() -> str:
 
 
 def matmul_model(n: int):
-    from onnx import helper
+    from onnx import TensorProto, helper
 
-    from tests.util import make_model
+    def value(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n])
 
-    node = helper.make_node("MatMul", ["a", "b"], ["y"])
-    return make_model([node], [("a", np.float32, [n, n]), ("b", np.float32, [n, n])], [("y", np.float32, [n, n])])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], f"gemm_{n}",
+                              [value("a"), value("b")], [value("y")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def wgsl_ms(model, feeds, repeats: int) -> tuple[float, dict]:
