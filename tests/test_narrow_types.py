@@ -153,3 +153,39 @@ def test_support_code_only_for_the_types_used():
     code = narrow_types.support_code([DType.float8_e4m3fn])
     assert "kiln_enc_float8_e4m3fn" in code and "bfloat16" not in code
     assert "kiln_lut_float8_e4m3fn[256]" in code
+
+
+# -- float8e8m0 (opset 24): powers of two, ONNX's own rounding -------------------------------------
+
+@backends
+def test_cast_to_e8m0_rounds_up_and_saturates_as_onnx(backend):
+    """ONNX's Cast to float8e8m0 (round_mode "up", saturate): the float32 exponent, plus one
+    when any mantissa bit is set, never past 2^127; sign ignored, zero -> 2^-127. Not
+    ml_dtypes' rounding, so the oracle is onnx.numpy_helper.to_float8e8m0."""
+    from onnx.numpy_helper import to_float8e8m0
+
+    x = np.concatenate([SPECIAL, np.array([2.0 ** 127, 1.5 * 2.0 ** 127, 3e38, 1e-45, 2.0 ** -126, -3.0, 8.0,
+                                           0.3, 1.0000001], np.float32)])
+    model = model_of([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E8M0)],
+                     [("x", TensorProto.FLOAT, [x.size])], [("y", TensorProto.FLOAT8E8M0, [x.size])], opset=25)
+    got = kiln_run(model, {"x": x}, backend)["y"]
+    assert_same_codes(got, to_float8e8m0(x))
+
+
+@backends
+def test_cast_from_e8m0_decodes_every_code(backend):
+    codes = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e8m0fnu)
+    model = model_of([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+                     [("x", TensorProto.FLOAT8E8M0, [256])], [("y", TensorProto.FLOAT, [256])], opset=25)
+    got = kiln_run(model, {"x": codes}, backend)["y"]
+    np.testing.assert_array_equal(got, codes.astype(np.float32))  # 2^(e - 127), 0xFF NaN
+
+
+def test_cast_to_e8m0_with_other_rounding_is_refused():
+    import kiln
+    from kiln.errors import UnsupportedOperatorError
+
+    model = model_of([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E8M0, round_mode="down")],
+                     [("x", TensorProto.FLOAT, [4])], [("y", TensorProto.FLOAT8E8M0, [4])], opset=25)
+    with pytest.raises(UnsupportedOperatorError, match="round_mode 'down'"):
+        kiln.compile(model, target="host")

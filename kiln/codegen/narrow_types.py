@@ -47,7 +47,7 @@ MINIFLOATS: dict[DType, MiniFloat] = {
 
 STORAGE_CTYPES = {
     DType.bfloat16: "uint16_t", DType.int4: "uint8_t", DType.uint4: "uint8_t", DType.int2: "uint8_t",
-    DType.uint2: "uint8_t", **{dt: "uint8_t" for dt in MINIFLOATS},
+    DType.uint2: "uint8_t", DType.float8_e8m0fnu: "uint8_t", **{dt: "uint8_t" for dt in MINIFLOATS},
 }
 
 
@@ -57,7 +57,7 @@ def value_ctype(dtype: DType) -> str:
 
 
 def supported(dtype: DType) -> bool:
-    return dtype is DType.bfloat16 or dtype in MINIFLOATS or dtype.is_narrow_int
+    return dtype in (DType.bfloat16, DType.float8_e8m0fnu) or dtype in MINIFLOATS or dtype.is_narrow_int
 
 
 def decode(dtype: DType, stored: str) -> str:
@@ -82,7 +82,7 @@ def _hex_float(v: float) -> str:
 
 
 def _table(dtype: DType) -> str:
-    n = 1 << MINIFLOATS[dtype].bits
+    n = 1 << (MINIFLOATS[dtype].bits if dtype in MINIFLOATS else 8)
     values = np.arange(n, dtype=np.uint8).view(dtype.np).astype(np.float32)
     body = ",\n  ".join(", ".join(_hex_float(float(v)) for v in values[i:i + 8]) for i in range(0, n, 8))
     return f"static const float kiln_lut_{dtype.value}[{n}] = {{\n  {body}\n}};"
@@ -136,6 +136,29 @@ def _ml_max(dtype: DType) -> float:
     return float(ml_dtypes.finfo(dtype.np).max)
 
 
+def _e8m0_helpers() -> str:
+    """float8_e8m0fnu (a power of two, 2^(e - 127); 0xFF is NaN) as ONNX's Cast writes it with
+    its default round_mode "up" and saturate: the float32 exponent field, plus one when any
+    mantissa bit is set (never past 0xFE); the sign is ignored, infinities and NaN give 0xFF,
+    zero the smallest value 2^-127. ml_dtypes rounds differently, so this is not a MiniFloat.
+    One exception keeps encode(decode(code)) == code, which a cast followed by a store relies
+    on: 2^-127 itself (a float32 subnormal) encodes as code 0, where ONNX's reference rounds
+    it up to 2^-126."""
+    name = DType.float8_e8m0fnu.value
+    return "\n".join([
+        _table(DType.float8_e8m0fnu),
+        f"static inline float kiln_dec_{name}(uint8_t v) {{ return kiln_lut_{name}[v]; }}",
+        f"static inline uint8_t kiln_enc_{name}(float x) {{",
+        "  uint32_t u; memcpy(&u, &x, 4);",
+        "  if ((u & 0x7FFFFFFFu) == 0x00400000u) return 0u;  /* 2^-127: code 0 decoded */",
+        "  uint32_t e = (u >> 23) & 0xFFu;",
+        "  if (e != 0xFFu && (u & 0x7FFFFFu) && e != 0xFEu) e += 1u;",
+        "  return (uint8_t)e;",
+        "}",
+        f"static inline float kiln_narrow_{name}(float x) {{ return kiln_dec_{name}(kiln_enc_{name}(x)); }}",
+    ])
+
+
 _BFLOAT16 = """\
 static inline float kiln_dec_bfloat16(uint16_t v) {
   uint32_t u = (uint32_t)v << 16; float f; memcpy(&f, &u, 4); return f;
@@ -174,6 +197,8 @@ def support_code(dtypes) -> str:
     for d in dtypes:
         if d is DType.bfloat16:
             parts.append(_BFLOAT16)
+        elif d is DType.float8_e8m0fnu:
+            parts.append(_e8m0_helpers())
         elif d in MINIFLOATS:
             parts.append(_minifloat_helpers(d))
         else:

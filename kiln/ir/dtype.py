@@ -36,6 +36,7 @@ class DType(enum.Enum):
     float8_e5m2 = "float8_e5m2"
     float8_e5m2fnuz = "float8_e5m2fnuz"
     float4_e2m1fn = "float4_e2m1fn"
+    float8_e8m0fnu = "float8_e8m0fnu"  # a power of two: 8 exponent bits, no sign, no mantissa (MX scales)
     int4 = "int4"
     uint4 = "uint4"
     int2 = "int2"
@@ -95,7 +96,7 @@ class DType(enum.Enum):
 
 
 _NARROW_FLOATS = frozenset({DType.bfloat16, DType.float8_e4m3fn, DType.float8_e4m3fnuz, DType.float8_e5m2,
-                            DType.float8_e5m2fnuz, DType.float4_e2m1fn})
+                            DType.float8_e5m2fnuz, DType.float4_e2m1fn, DType.float8_e8m0fnu})
 _NARROW_INT_BITS = {DType.int4: 4, DType.uint4: 4, DType.int2: 2, DType.uint2: 2}
 _NARROW_INTS = frozenset(_NARROW_INT_BITS)
 

@@ -80,7 +80,12 @@ def evaluate(e: Expr, env: Mapping[str, np.ndarray], buffers: Mapping[str, np.nd
         return np.where(c, evaluate(e.a, env, buffers, ndim), evaluate(e.b, env, buffers, ndim))
     if isinstance(e, Cast):
         with np.errstate(all="ignore"):
-            return np.asarray(evaluate(e.a, env, buffers, ndim)).astype(e.dtype.np)
+            v = np.asarray(evaluate(e.a, env, buffers, ndim))
+            if e.dtype is DType.float8_e8m0fnu:  # ONNX's rounding ("up", saturating), not ml_dtypes'
+                from onnx.numpy_helper import to_float8e8m0
+
+                return to_float8e8m0(v.astype(np.float32))
+            return v.astype(e.dtype.np)
     if isinstance(e, Load):
         buf = buffers[e.buffer]
         if buf.ndim != len(e.indices):

@@ -164,6 +164,9 @@ def _emit_cast(ctx, to):
     if ctx.type(ctx.input(0)).dtype == to:
         return ctx.emit("identity", [ctx.input(0)], out_names=ctx.outputs())
     attrs = {"to": to.value}
+    if to is DType.float8_e8m0fnu and (ctx.attr("round_mode", "up") != "up" or not ctx.attr("saturate", 1)):
+        ctx.unsupported(f"a cast to float8e8m0 with round_mode {ctx.attr('round_mode', 'up')!r} and saturate "
+                        f"{ctx.attr('saturate', 1)} (Kiln implements the defaults: round_mode 'up', saturate 1)")
     if to.is_narrow_float and to is not DType.bfloat16 and ctx.attr("saturate", 1):
         attrs["saturate"] = 1
     return ctx.emit("cast", [ctx.input(0)], attrs, out_names=ctx.outputs())
