@@ -29,9 +29,9 @@ GPU) or a reduction of at least ``LONG_REDUCTION`` elements; static extents only
 """
 from __future__ import annotations
 
-from kiln.ir.dtype import DType
 from dataclasses import dataclass
 
+from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Const, Expr, Load, Select, Var, idx, simplify, substitute
 from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, SUBGROUP_LANE, SUBGROUP_SIZE, Alloc, Barrier, Buffer, For, Func,
                           If, Store, SubgroupReduce, seq, subst_stmt)

@@ -16,12 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.frontend.onnx_ops import converter
+from kiln.frontend.onnx_ops.ml import op
 from kiln.frontend.onnx_ops.nn import static_shape
 from kiln.ir.dtype import DType
-
-
-def _op(ctx, name: str, inputs, attrs=None) -> str:
-    return ctx.emit(name, list(inputs), attrs)[0]
 
 
 def _pool(ctx) -> list[tuple[int, np.ndarray, int]]:
@@ -60,7 +57,7 @@ def _tfidf(ctx, node):
         ctx.fail(f"X is {dt}; expected int32 or int64 token ids (string inputs are not supported)")
     if len(shape) not in (1, 2):
         ctx.fail(f"X has shape {shape}; expected [C] or [N, C]")
-    rows = x if len(shape) == 2 else _op(ctx, "reshape", [x], {"shape": (1, shape[0])})
+    rows = x if len(shape) == 2 else op(ctx, "reshape", [x], {"shape": (1, shape[0])})
     n_rows, width = (shape[0], shape[1]) if len(shape) == 2 else (1, shape[0])
     grams = _pool(ctx)
     indexes = [int(v) for v in ctx.attr("ngram_indexes", [])]
@@ -78,24 +75,24 @@ def _tfidf(ctx, node):
             if fits <= 0:
                 continue
             windows = np.arange(fits)[:, None] + d * np.arange(size)[None, :]    # [P, n]
-            taken = _op(ctx, "gather", [rows, ctx.add_const(windows.astype(np.int64), "windows")], {"axis": 1})
-            taken = _op(ctx, "reshape", [taken], {"shape": (n_rows, fits, 1, size)})
-            same = _op(ctx, "cast", [_op(ctx, "eq", [taken, ctx.add_const(table, "ngrams")])],
+            taken = op(ctx, "gather", [rows, ctx.add_const(windows.astype(np.int64), "windows")], {"axis": 1})
+            taken = op(ctx, "reshape", [taken], {"shape": (n_rows, fits, 1, size)})
+            same = op(ctx, "cast", [op(ctx, "eq", [taken, ctx.add_const(table, "ngrams")])],
                        {"to": DType.float32.value})                                   # [N, P, G, n]
-            hit = _op(ctx, "reduce_min", [same], {"axes": (3,), "keepdims": False})  # [N, P, G]
-            per_distance.append(_op(ctx, "reduce_sum", [hit], {"axes": (1,), "keepdims": False}))
+            hit = op(ctx, "reduce_min", [same], {"axes": (3,), "keepdims": False})  # [N, P, G]
+            per_distance.append(op(ctx, "reduce_sum", [hit], {"axes": (1,), "keepdims": False}))
         if not per_distance:  # no window of this length fits a row
             per_distance = [ctx.add_const(np.zeros((n_rows, table.shape[0]), np.float32), "no_counts")]
         total = per_distance[0]
         for c in per_distance[1:]:
-            total = _op(ctx, "add", [total, c])
+            total = op(ctx, "add", [total, c])
         counts.append(total)
     if counts:
-        counts = counts[0] if len(counts) == 1 else _op(ctx, "concat", counts, {"axis": 1})  # [N, grams]
+        counts = counts[0] if len(counts) == 1 else op(ctx, "concat", counts, {"axis": 1})  # [N, grams]
         place = np.zeros((len(slots), outputs), np.float32)
         for g, slot in enumerate(slots):
             place[g, slot] += 1
-        tf = _op(ctx, "matmul", [counts, ctx.add_const(place, "ngram_slots")])                # [N, outputs]
+        tf = op(ctx, "matmul", [counts, ctx.add_const(place, "ngram_slots")])                # [N, outputs]
     else:
         tf = ctx.add_const(np.zeros((n_rows, outputs), np.float32), "no_counts")
     y = _weigh(ctx, tf, outputs)
@@ -114,8 +111,8 @@ def _weigh(ctx, tf: str, outputs: int) -> str:
     if mode == "TF":
         return tf
     if mode == "IDF":
-        present = _op(ctx, "cast", [_op(ctx, "gt", [tf, ctx.add_const(np.float32(0))])], {"to": DType.float32.value})
-        return _op(ctx, "mul", [present, w]) if w else present
+        present = op(ctx, "cast", [op(ctx, "gt", [tf, ctx.add_const(np.float32(0))])], {"to": DType.float32.value})
+        return op(ctx, "mul", [present, w]) if w else present
     if mode == "TFIDF":
-        return _op(ctx, "mul", [tf, w]) if w else tf
+        return op(ctx, "mul", [tf, w]) if w else tf
     ctx.fail(f"mode {mode!r} is not one of TF, IDF, TFIDF")
