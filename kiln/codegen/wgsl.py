@@ -12,7 +12,12 @@ renderer/wgsl.py). WGSL differs from C where it matters for correctness:
   outputs and intermediates at offsets from the WebGPU memory plan), ``weights0..N``
   (read-only words, 128 MiB each) and, for dynamic dims, the ``kiln_dims`` uniform; values
   are read through ``bitcast`` -- so a kernel never needs more bindings than a browser's
-  default limits allow, whatever its number of operands;
+  default limits allow, whatever its number of operands. The exception: a dispatch with
+  vector loads (``VectorLoad``, from the tiled matmul rule) binds each tensor it touches as
+  its own *view* of the arena or a weight binding (``kiln_view16``, ...: ranges that never
+  overlap, which browsers allow for read-write bindings of one buffer), and declares the
+  views it only reads from as ``array<vec4<u32>>`` -- a vector-typed binding no store ever
+  goes through, so no store can touch a neighbour's word (:mod:`kiln.codegen.wgsl_views`);
 - no ternary (``select(f, t, c)`` has the condition last), no ``erf``, ``pow`` undefined
   for a negative base, and a compiler may assume no inf/NaN literals: these go through the
   small helper functions in :data:`WGSL_PRELUDE`.
@@ -26,7 +31,7 @@ from kiln.errors import ShapeError, VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs
 from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, SUBGROUP_LANE, SUBGROUP_SIZE, Alloc, Barrier, Buffer, For, Func, If,
-                          Seq, Stmt, Store, SubgroupReduce, walk_stmts)
+                          Seq, Stmt, Store, SubgroupReduce, VectorLoad, walk_stmts)
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -67,6 +72,7 @@ class WGSLRenderer:
         self.symbols = list(symbols)  # dynamic dims: read from the kiln_dims uniform as dim0, dim1, ...
         self.lines: list[str] = []
         self.buffers: dict[str, Buffer] = {}
+        self.views: dict[str, tuple[str, bool]] = {}  # per entry: parameter -> (view variable, vec4-typed)
 
     # -- types and literals --------------------------------------------------------------
     def wtype(self, dtype: DType) -> str:
@@ -112,6 +118,9 @@ class WGSLRenderer:
         region, base = self.bases[name]
         buf = self.buffers[name]
         flat = flat if flat is not None else self.flat_index(name, indices)
+        if name in self.views:  # the tensor's own binding: indices from 0
+            view, vec4 = self.views[name]
+            return f"{view}[({flat}) >> 2u][({flat}) & 3]" if vec4 else f"{view}[{flat}]"
         if region == "weights":
             n = 1
             for d in buf.shape:
@@ -168,7 +177,7 @@ class WGSLRenderer:
             return f"{self.scoped(s.buffer)}{''.join(f'[{self.expr(i)}]' for i in s.indices)} = {v};"
         if self.bases[s.buffer][0] == "arena16":
             return f"{self.half(s.buffer, s.indices)} = f16({v});"
-        if self.bases[s.buffer][0] != "arena":
+        if self.bases[s.buffer][0] != "arena" or self.views.get(s.buffer, ("", False))[1]:
             raise VerificationError(f"kernel stores into read-only buffer {s.buffer!r}")
         if self.wtype(buf.dtype) == "bool":
             return f"{self.word(s.buffer, s.indices)} = select(0u, 1u, {v});"
@@ -316,6 +325,8 @@ class WGSLRenderer:
             if s.op not in self.subgroup_fn:
                 raise VerificationError(f"WGSL has no subgroup operation for {s.op!r}")
             self.emit(f"{s.dst} = {self.subgroup_fn[s.op]}({self.expr(s.value)});", depth)
+        elif isinstance(s, VectorLoad):
+            self.vector_load(s, depth)
         elif isinstance(s, If):
             self.emit(f"if ({self.expr(s.cond)}) {{", depth)
             self.stmt(s.then, depth + 1)
@@ -323,9 +334,26 @@ class WGSLRenderer:
         else:
             raise VerificationError(f"the WGSL renderer cannot print {type(s).__name__}")
 
-    def render_entry(self, f: Func, workgroup_size: int) -> str:
-        """One ``@compute`` entry point; the bound loops become built-in ids."""
+    def vector_load(self, s: VectorLoad, depth: int):
+        """Four neighbouring words: one ``vec4<u32>`` load from a vector view, else four scalar loads."""
+        flat = self.expr(s.flat)
+        dst = [f"{self.scoped(s.dst)}{''.join(f'[{self.expr(i)}]' for i in ix)}" for ix in s.dst_indices]
+        view, vec4 = self.views.get(s.src, ("", False))
+        if not vec4:
+            for lane, d in enumerate(dst):
+                self.emit(f"{d} = bitcast<f32>({self.word(s.src, None, flat=f'({flat}) + {lane}')});", depth)
+            return
+        self.emit("{", depth)
+        self.emit(f"let kiln_q = {view}[({flat}) >> 2u];", depth + 1)
+        for d, lane in zip(dst, "xyzw"):
+            self.emit(f"{d} = bitcast<f32>(kiln_q.{lane});", depth + 1)
+        self.emit("}", depth)
+
+    def render_entry(self, f: Func, workgroup_size: int, views: dict[str, tuple[str, bool]] | None = None) -> str:
+        """One ``@compute`` entry point; the bound loops become built-in ids. ``views``: the
+        entry reads and writes these parameters through their own bindings (:mod:`kiln.codegen.wgsl_views`)."""
         self.lines, self.shared, self.entry = [], [], f.name
+        self.views = dict(views or {})
         self.buffers = {b.name: b for b in f.params}
         self.emit(f"@compute @workgroup_size({workgroup_size})", 0)
         subgroup = uses_subgroups(f)

@@ -24,6 +24,7 @@ import numpy as np
 
 from kiln.codegen.templates import render
 from kiln.codegen.wgsl import WGSL_PRELUDE, WGSLRenderer, bindings, uses_subgroups
+from kiln.codegen.wgsl_views import VIEW_BINDING, View, dispatch_views
 from kiln.errors import KilnError, ShapeError
 from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph
@@ -185,6 +186,7 @@ class WebGPUKernel:
     source: str
     dispatches: list[Dispatch]
     comment: str = ""
+    views: dict[str, list[View]] = field(default_factory=dict)  # entry -> its own bindings (vector loads)
 
 
 @dataclass
@@ -215,7 +217,10 @@ class WebGPUModel:
             "weightChunks": [int(c.size) for c in self.plan.weight_chunks],
             "inputs": self.inputs, "outputs": self.outputs,
             "kernels": [{"name": k.name, "file": k.file,
-                         "dispatches": [{"entry": d.name, "grid": list(d.grid())} for d in k.dispatches]}
+                         "dispatches": [{"entry": d.name, "grid": list(d.grid()),
+                                         **({"views": [v.table() for v in k.views[d.name]]}
+                                            if d.name in k.views else {})}
+                                        for d in k.dispatches]}
                         for k in self.kernels],
         }
 
@@ -261,16 +266,23 @@ def build_webgpu_model(graph: Graph, kernels, tiling: bool = True, half: bool = 
                                          subgroups=subgroups)
         packed = {b.name for b, name in zip(k.unscheduled.params, k.params) if name in plan.packed}
         renderer = WGSLRenderer(bases, plan.chunk_words, symbols, packed)
-        entries = [renderer.render_entry(d.func, d.workgroup_size) for d in dispatches]
+        entries, views, binding = [], {}, VIEW_BINDING
+        for d in dispatches:
+            found = dispatch_views(d.func, bases, plan.chunk_words, packed, binding)
+            if found is not None:
+                views[d.name] = found[0]
+                binding += len(found[0])
+            entries.append(renderer.render_entry(d.func, d.workgroup_size, found[1] if found else None))
         ops_ = "+".join(producers[o].op for o in k.outputs if o in producers)
         comment = f"{k.name}: writes {', '.join(k.outputs)} ({ops_})"
         prelude = bindings(len(plan.weight_chunks), plan.chunk_words, symbols, half,
-                           any(uses_subgroups(d.func) for d in dispatches)) + WGSL_PRELUDE
+                           any(uses_subgroups(d.func) for d in dispatches))
+        prelude += "".join(v.declaration() + "\n" for vs in views.values() for v in vs) + WGSL_PRELUDE
         source = render("kernel.wgsl.j2", comment=comment, prelude=prelude, entries=entries,
                         params=[{"name": b.name, "value": name, "region": bases[b.name][0],
                                  "offset": bases[b.name][1], "dtype": b.dtype.value,
                                  "shape": list(b.shape)} for b, name in zip(k.unscheduled.params, k.params)])
-        out.append(WebGPUKernel(k.name, f"{k.name}.wgsl", source, dispatches, comment))
+        out.append(WebGPUKernel(k.name, f"{k.name}.wgsl", source, dispatches, comment, views))
         traces[k.name] = [d.trace for d in dispatches]
     bounds = graph.dim_bounds
     return WebGPUModel(out, plan, _io(graph.inputs, plan, bounds), _io(graph.outputs, plan, bounds), traces,

@@ -3,7 +3,8 @@
 A kernel is a ``Func`` over parameter buffers. Statements are immutable:
 ``For`` (with a kind: serial, parallel, vectorized, unrolled, or later a GPU axis),
 ``Seq``, ``Store``, ``Alloc`` (a scoped buffer: local registers or kernel scratch) and
-``If``. Indices are multi-dimensional; the renderer flattens them row-major.
+``If``; on GPU targets also ``Barrier``, ``SubgroupReduce`` and ``VectorLoad``. Indices
+are multi-dimensional; the renderer flattens them row-major.
 """
 from __future__ import annotations
 
@@ -85,6 +86,20 @@ class SubgroupReduce(Stmt):
     value: Expr
 
 
+@dataclass(frozen=True, slots=True)
+class VectorLoad(Stmt):
+    """Four neighbouring float32 elements of the global buffer ``src``, from flat (row-major)
+    element index ``flat`` on, into the slots ``dst_indices`` (four index tuples) of the local
+    or shared buffer ``dst``. ``flat`` is a multiple of 4 and the buffer starts 16-byte
+    aligned, so a target with vector loads reads them at once (WGSL ``vec4<u32>``); others
+    print four scalar loads. Made by :mod:`kiln.passes.gpu_tiling` where it has proved both."""
+
+    src: str
+    flat: Expr
+    dst: str
+    dst_indices: tuple[tuple[Expr, ...], ...]
+
+
 # the invocation's index inside its subgroup and the subgroup's size (``i32`` variables the
 # WGSL renderer binds to the ``subgroup_invocation_id`` / ``subgroup_size`` built-ins)
 SUBGROUP_LANE, SUBGROUP_SIZE = "sg_lane", "sg_size"
@@ -155,6 +170,8 @@ def map_exprs(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
             return If(f(x.cond), map_stmt(x.then, go))
         if isinstance(x, SubgroupReduce):
             return SubgroupReduce(x.dst, x.op, f(x.value))
+        if isinstance(x, VectorLoad):
+            return VectorLoad(x.src, f(x.flat), x.dst, tuple(tuple(f(i) for i in ix) for ix in x.dst_indices))
         return None
     return map_stmt(s, go)
 
@@ -196,6 +213,9 @@ def format_stmt(s: Stmt, indent: int = 0) -> str:
         return f"{pad}barrier"
     if isinstance(s, SubgroupReduce):
         return f"{pad}{s.dst} = subgroup_{s.op}({s.value})"
+    if isinstance(s, VectorLoad):
+        dst = ", ".join(f"{s.dst}[{', '.join(map(str, ix))}]" for ix in s.dst_indices)
+        return f"{pad}{dst} = vec4 {s.src}[flat {s.flat} ..+4]"
     return f"{pad}<{type(s).__name__}>"
 
 
@@ -205,7 +225,7 @@ def format_func(f: Func) -> str:
 
 
 __all__ = [
-    "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Barrier", "SubgroupReduce", "SUBGROUP_LANE",
+    "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Barrier", "SubgroupReduce", "VectorLoad", "SUBGROUP_LANE",
     "SUBGROUP_SIZE", "Func", "seq", "walk_stmts", "map_stmt",
     "map_exprs", "subst_stmt", "find_loop", "loop_names", "format_stmt", "format_func",
     "SERIAL", "PARALLEL", "VECTORIZED", "UNROLLED", "LOOP_KINDS", "map_children",

@@ -16,6 +16,12 @@ barrier, and accumulates from workgroup memory. Every global read and write is g
 the tensor's bounds; out-of-range tile slots hold zero. Barriers sit only in uniform control
 flow (loops with constant bounds), as WGSL requires.
 
+Vector loads: where an operand is a plain float32 tensor read that runs contiguously along the
+tile's fast dimension (X along ``k`` for a single reduction loop, Y along the columns), and its
+flat index is provably a multiple of 4 at every fourth step (the other strides and the offset
+multiples of 4, the extent too), each invocation copies four neighbours with one
+``VectorLoad`` -- a 16-byte ``vec4`` load in WGSL -- instead of four scalar loads.
+
 Nests of any other form, integer reductions, or problems too small to fill a tile keep the
 one-invocation-per-element rule (:func:`kiln.passes.gpu_schedule.bind_elementwise`).
 """
@@ -23,12 +29,13 @@ from __future__ import annotations
 
 from kiln.ir.compute import Stage
 from kiln.ir.dtype import INDEX, DType
-from kiln.ir.expr import Bin, Const, Expr, Load, Var, free_vars, simplify, substitute
-from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Store, seq,
-                          subst_stmt)
+from kiln.ir.expr import Bin, Const, Expr, Load, Var, affine_coeffs, free_vars, simplify, substitute
+from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Store, VectorLoad,
+                          seq, subst_stmt)
 from kiln.ir.schedule import _index_scalar
 
 TILE_ROWS, TILE_COLS, TILE_K = 32, 32, 8
+LANES = 4                                       # float32 words per vector load (16 bytes)
 THREADS_X, THREADS_Y = 8, 8                     # 64 invocations: 8 x 8, each 4 x 4 outputs
 MICRO_ROWS, MICRO_COLS = TILE_ROWS // THREADS_Y, TILE_COLS // THREADS_X
 MIN_OUTPUTS, MIN_K = 512, 16                    # below these one invocation per element wins
@@ -71,6 +78,40 @@ def _match(func: Func, stage: Stage):
     if any(not isinstance(lp.extent, int) for lp in loops + red_loops):
         return None
     return loops, acc, init.value, red_loops, v.b.a, v.b.b, seq(*parts[2:])
+
+
+def _flat_index(load: Load, shape) -> Expr:
+    flat: Expr = _c(0)
+    for i, n in zip(load.indices, shape):
+        flat = flat * _c(n) + i
+    return simplify(flat)
+
+
+def _vector_operand(operand: Expr, along: dict[str, int], extent: int,
+                    params: dict[str, Buffer]) -> dict[str, int] | None:
+    """The affine coefficients of ``operand``'s flat index when four neighbours of the
+    flattened loops ``along`` (loop -> its row-major stride among them) are one aligned 16-byte
+    vector: a float32 load of a kernel parameter whose flat index has exactly the coefficients
+    ``along`` for those loops and multiples of 4 for everything else, ``extent`` (the
+    flattened loops' size) a multiple of 4 so a bounds test holds for all four or none."""
+    if not isinstance(operand, Load) or operand.dtype is not DType.float32 or extent % LANES:
+        return None
+    buf = params.get(operand.buffer)
+    if buf is None or buf.scope != "global" or buf.dtype is not DType.float32:
+        return None
+    coeffs = affine_coeffs(_flat_index(operand, buf.shape))
+    if coeffs is None or any(coeffs.get(v) != c for v, c in along.items()):
+        return None
+    return coeffs if all(c % LANES == 0 for v, c in coeffs.items() if v not in along) else None
+
+
+def _affine(coeffs: dict[str, int], values: dict[str, Expr], skip=()) -> Expr:
+    """``const + sum(coeff * value)`` over ``coeffs`` (from :func:`affine_coeffs`), leaving out ``skip``."""
+    e: Expr = _c(coeffs.get("", 0))
+    for v, c in coeffs.items():
+        if v and v not in skip:
+            e = e + _c(c) * values.get(v, Var(v))
+    return simplify(e)
 
 
 def tile_gemm(func: Func, stage: Stage):
@@ -119,6 +160,16 @@ def tile_gemm(func: Func, stage: Stage):
             r = r // lp.extent
         return out
 
+    params = {p.name: p for p in func.params}
+    k_strides, stride = {}, 1
+    for lp in reversed(red_loops):
+        if lp.extent > 1:  # a loop of one (a 1x1 kernel's window) is always 0: no term
+            k_strides[lp.var.name] = stride
+        stride *= lp.extent
+    units = {lp.var.name: _c(0) for lp in loops + red_loops if lp.extent == 1}
+    vector_x = _vector_operand(simplify(substitute(x, units)), k_strides, k_total, params)  # along flattened k
+    vector_y = _vector_operand(simplify(substitute(y, units)), {col.var.name: 1}, cols, params)
+
     sx = Buffer("tile_x", (TILE_ROWS, TILE_K), DType.float32, "shared")
     sy = Buffer("tile_y", (TILE_K, TILE_COLS), DType.float32, "shared")
     threads = THREADS_X * THREADS_Y
@@ -145,6 +196,27 @@ def tile_gemm(func: Func, stage: Stage):
             out.append(If(simplify(_and(pos.lt(_c(lim)), k.lt(_c(k_total)))), Store(buf.name, idx, value)))
         return out
 
+    def fill_vectors(buf: Buffer, operand: Load, coeffs: dict[str, int], along_rows: bool) -> list:
+        """``fill`` four slots at a time: invocation ``e`` copies the four neighbours along
+        ``k`` (X) or the columns (Y) from one 16-byte load at the flat index ``coeffs`` give."""
+        out = []
+        rows_, cols_ = buf.shape
+        per_row = cols_ // LANES
+        for step in range(rows_ * per_row // threads):
+            e = t + step * threads
+            r, c = e // per_row, (e % per_row) * LANES
+            if along_rows:   # X tile: [row][k], vectors along k; the reduction loops' terms sum to k
+                pos, lim, k = row0 + r, rows, k0 * TILE_K + c
+                flat = simplify(_affine(coeffs, {**outer, row.var.name: pos}, skip=k_strides) + k)
+            else:            # Y tile: [k][col], vectors along the columns
+                pos, lim, k = col0 + c, cols, k0 * TILE_K + r
+                flat = _affine(coeffs, {**outer, **red_index(k), col.var.name: pos})
+            slots = tuple((simplify(r), simplify(c + lane)) for lane in range(LANES))
+            out += [Store(buf.name, ix, Const(0.0, DType.float32)) for ix in slots]
+            out.append(If(simplify(_and(pos.lt(_c(lim)), k.lt(_c(k_total)))),
+                          VectorLoad(operand.buffer, flat, buf.name, slots)))
+        return out
+
     ty, tx = t // THREADS_X, t % THREADS_X
     i_v, j_v, kk_v = Var("mi"), Var("mj"), Var("kk")
     acc_tile = Buffer(acc.name, (MICRO_ROWS, MICRO_COLS), acc.dtype, "local")
@@ -160,8 +232,10 @@ def tile_gemm(func: Func, stage: Stage):
                 * Load(sy.name, (kk_v, tx * MICRO_COLS + j_v), sy.dtype))
     k_steps = -(-k_total // TILE_K)
     main = For(k0, k_steps, seq(
-        *fill(sx, x, TILE_ROWS * TILE_K // threads, True),
-        *fill(sy, y, TILE_COLS * TILE_K // threads, False),
+        *(fill_vectors(sx, x, vector_x, True) if vector_x is not None
+          else fill(sx, x, TILE_ROWS * TILE_K // threads, True)),
+        *(fill_vectors(sy, y, vector_y, False) if vector_y is not None
+          else fill(sy, y, TILE_COLS * TILE_K // threads, False)),
         Barrier(),
         For(kk_v, TILE_K, over_tile(mac)),
         Barrier()))
@@ -171,7 +245,8 @@ def tile_gemm(func: Func, stage: Stage):
     write = over_tile(If(simplify(_and(out_row.lt(_c(rows)), out_col.lt(_c(cols)))), wb), "_wb")
     body = Alloc(sx, Alloc(sy, Alloc(acc_tile, seq(init_tile, main, write))))
     body = For(b, blocks, For(t, threads, body, GPU_THREAD), GPU_BLOCK)
-    trace = [{"prim": "gpu_tile_gemm", "args": {"row": row.var.name, "col": col.var.name,
+    vectors = [o for o, v in (("x", vector_x), ("y", vector_y)) if v is not None]
+    trace = [{"prim": "gpu_tile_gemm", "args": {"row": row.var.name, "col": col.var.name, "vector_loads": vectors,
                                                 "tile": [TILE_ROWS, TILE_COLS, TILE_K], "threads": threads}}]
     return Dispatch(func.name, func.with_body(body), blocks, threads, trace,
                     shared_bytes=4 * (TILE_ROWS + TILE_COLS) * TILE_K)

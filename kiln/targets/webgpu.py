@@ -191,16 +191,36 @@ class WebGPURunner:
         layout = dev.create_bind_group_layout(entries=entries)
         self.bind_group = dev.create_bind_group(layout=layout, entries=resources)
         playout = dev.create_pipeline_layout(bind_group_layouts=[layout])
-        self.steps = []
+        self.steps = []  # (pipeline, workgroup grid, bind group)
         for k in model.kernels:
             module = _shader(dev, files[k.file], k.file)
             for d in k.dispatches:
+                layout_, group = playout, self.bind_group
+                if d.name in k.views:  # the dispatch binds its tensors on their own (vector loads)
+                    layout_, group = self._views(k.views[d.name], entries, resources)
                 try:
-                    pipe = dev.create_compute_pipeline(layout=playout,
+                    pipe = dev.create_compute_pipeline(layout=layout_,
                                                        compute={"module": module, "entry_point": d.name})
                 except Exception as e:  # noqa: BLE001  (wgpu raises its own error types)
                     raise ToolchainError(f"WebGPU rejected entry point {d.name} of {k.file}: {e}") from None
-                self.steps.append((pipe, d.grid()))
+                self.steps.append((pipe, d.grid(), group))
+
+    def _views(self, views, entries, resources):
+        """Pipeline layout and bind group of a dispatch with its own tensor views
+        (:mod:`kiln.codegen.wgsl_views`): each view a range of the arena or of a weight chunk;
+        the dims uniform as for every kernel."""
+        import wgpu
+
+        T = wgpu.BufferBindingType
+        own = [{"binding": v.binding, "visibility": wgpu.ShaderStage.COMPUTE,
+                "buffer": {"type": T.read_only_storage if v.buffer == "weights" else T.storage}} for v in views]
+        bound = [{"binding": v.binding,
+                  "resource": {"buffer": self.weights[v.chunk] if v.buffer == "weights" else self.arena,
+                               "offset": v.offset * 4, "size": v.words * 4}} for v in views]
+        shared = [i for i, e in enumerate(entries) if e["binding"] == DIMS_BINDING]
+        layout = self.dev.create_bind_group_layout(entries=own + [entries[i] for i in shared])
+        group = self.dev.create_bind_group(layout=layout, entries=bound + [resources[i] for i in shared])
+        return self.dev.create_pipeline_layout(bind_group_layouts=[layout]), group
 
     def time(self, feeds: Mapping, repeats: int = 50, warmup: int = 3) -> float:
         """Milliseconds per run of the model's dispatches on the device, inputs already there:
@@ -223,8 +243,11 @@ class WebGPURunner:
 
     def _encode(self, enc) -> None:
         cpass = enc.begin_compute_pass()
-        cpass.set_bind_group(0, self.bind_group)
-        for pipe, grid in self.steps:
+        current = None
+        for pipe, grid, group in self.steps:
+            if group is not current:
+                cpass.set_bind_group(0, group)
+                current = group
             cpass.set_pipeline(pipe)
             cpass.dispatch_workgroups(*grid)
         cpass.end()

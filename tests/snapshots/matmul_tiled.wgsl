@@ -6,6 +6,10 @@
 //   out0 = y: float32[64, 64] at arena[2048]
 @group(0) @binding(0) var<storage, read_write> arena: array<u32>;
 @group(0) @binding(1) var<storage, read> weights0: array<u32>;
+@group(0) @binding(16) var<storage, read_write> kiln_view16: array<vec4<u32>>;
+@group(0) @binding(17) var<storage, read> kiln_view17: array<vec4<u32>>;
+@group(0) @binding(18) var<storage, read> kiln_view18: array<u32>;
+@group(0) @binding(19) var<storage, read_write> kiln_view19: array<u32>;
 fn kiln_f32_bits(b: u32) -> f32 { return bitcast<f32>(b); }
 
 fn kiln_floordiv(a: i32, b: i32) -> i32 {
@@ -76,37 +80,31 @@ fn kernel_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
   }
   for (var k0 = 0; k0 < 4; k0++) {
-    kernel_0_tile_x[(tid / 8i)][(tid % 8i)] = 0.0f;
-    if (((((((blk / 2i) % 2i) * 32i) + (tid / 8i)) < 64i) && (((k0 * 8i) + (tid % 8i)) < 32i))) {
-      kernel_0_tile_x[(tid / 8i)][(tid % 8i)] = bitcast<f32>(arena[(((((blk / 2i) % 2i) * 32i) + (tid / 8i))) * 32 + (((k0 * 8i) + (tid % 8i)) % 32i)]);
+    kernel_0_tile_x[(tid / 2i)][((tid % 2i) * 4i)] = 0.0f;
+    kernel_0_tile_x[(tid / 2i)][(((tid % 2i) * 4i) + 1i)] = 0.0f;
+    kernel_0_tile_x[(tid / 2i)][(((tid % 2i) * 4i) + 2i)] = 0.0f;
+    kernel_0_tile_x[(tid / 2i)][(((tid % 2i) * 4i) + 3i)] = 0.0f;
+    if (((((((blk / 2i) % 2i) * 32i) + (tid / 2i)) < 64i) && (((k0 * 8i) + ((tid % 2i) * 4i)) < 32i))) {
+      {
+        let kiln_q = kiln_view16[(((32i * ((((blk / 2i) % 2i) * 32i) + (tid / 2i))) + ((k0 * 8i) + ((tid % 2i) * 4i)))) >> 2u];
+        kernel_0_tile_x[(tid / 2i)][((tid % 2i) * 4i)] = bitcast<f32>(kiln_q.x);
+        kernel_0_tile_x[(tid / 2i)][(((tid % 2i) * 4i) + 1i)] = bitcast<f32>(kiln_q.y);
+        kernel_0_tile_x[(tid / 2i)][(((tid % 2i) * 4i) + 2i)] = bitcast<f32>(kiln_q.z);
+        kernel_0_tile_x[(tid / 2i)][(((tid % 2i) * 4i) + 3i)] = bitcast<f32>(kiln_q.w);
+      }
     }
-    kernel_0_tile_x[((tid + 64i) / 8i)][((tid + 64i) % 8i)] = 0.0f;
-    if (((((((blk / 2i) % 2i) * 32i) + ((tid + 64i) / 8i)) < 64i) && (((k0 * 8i) + ((tid + 64i) % 8i)) < 32i))) {
-      kernel_0_tile_x[((tid + 64i) / 8i)][((tid + 64i) % 8i)] = bitcast<f32>(arena[(((((blk / 2i) % 2i) * 32i) + ((tid + 64i) / 8i))) * 32 + (((k0 * 8i) + ((tid + 64i) % 8i)) % 32i)]);
-    }
-    kernel_0_tile_x[((tid + 128i) / 8i)][((tid + 128i) % 8i)] = 0.0f;
-    if (((((((blk / 2i) % 2i) * 32i) + ((tid + 128i) / 8i)) < 64i) && (((k0 * 8i) + ((tid + 128i) % 8i)) < 32i))) {
-      kernel_0_tile_x[((tid + 128i) / 8i)][((tid + 128i) % 8i)] = bitcast<f32>(arena[(((((blk / 2i) % 2i) * 32i) + ((tid + 128i) / 8i))) * 32 + (((k0 * 8i) + ((tid + 128i) % 8i)) % 32i)]);
-    }
-    kernel_0_tile_x[((tid + 192i) / 8i)][((tid + 192i) % 8i)] = 0.0f;
-    if (((((((blk / 2i) % 2i) * 32i) + ((tid + 192i) / 8i)) < 64i) && (((k0 * 8i) + ((tid + 192i) % 8i)) < 32i))) {
-      kernel_0_tile_x[((tid + 192i) / 8i)][((tid + 192i) % 8i)] = bitcast<f32>(arena[(((((blk / 2i) % 2i) * 32i) + ((tid + 192i) / 8i))) * 32 + (((k0 * 8i) + ((tid + 192i) % 8i)) % 32i)]);
-    }
-    kernel_0_tile_y[(tid / 32i)][(tid % 32i)] = 0.0f;
-    if ((((((blk % 2i) * 32i) + (tid % 32i)) < 64i) && (((k0 * 8i) + (tid / 32i)) < 32i))) {
-      kernel_0_tile_y[(tid / 32i)][(tid % 32i)] = bitcast<f32>(weights0[((((k0 * 8i) + (tid / 32i)) % 32i)) * 64 + (((blk % 2i) * 32i) + (tid % 32i))]);
-    }
-    kernel_0_tile_y[((tid + 64i) / 32i)][((tid + 64i) % 32i)] = 0.0f;
-    if ((((((blk % 2i) * 32i) + ((tid + 64i) % 32i)) < 64i) && (((k0 * 8i) + ((tid + 64i) / 32i)) < 32i))) {
-      kernel_0_tile_y[((tid + 64i) / 32i)][((tid + 64i) % 32i)] = bitcast<f32>(weights0[((((k0 * 8i) + ((tid + 64i) / 32i)) % 32i)) * 64 + (((blk % 2i) * 32i) + ((tid + 64i) % 32i))]);
-    }
-    kernel_0_tile_y[((tid + 128i) / 32i)][((tid + 128i) % 32i)] = 0.0f;
-    if ((((((blk % 2i) * 32i) + ((tid + 128i) % 32i)) < 64i) && (((k0 * 8i) + ((tid + 128i) / 32i)) < 32i))) {
-      kernel_0_tile_y[((tid + 128i) / 32i)][((tid + 128i) % 32i)] = bitcast<f32>(weights0[((((k0 * 8i) + ((tid + 128i) / 32i)) % 32i)) * 64 + (((blk % 2i) * 32i) + ((tid + 128i) % 32i))]);
-    }
-    kernel_0_tile_y[((tid + 192i) / 32i)][((tid + 192i) % 32i)] = 0.0f;
-    if ((((((blk % 2i) * 32i) + ((tid + 192i) % 32i)) < 64i) && (((k0 * 8i) + ((tid + 192i) / 32i)) < 32i))) {
-      kernel_0_tile_y[((tid + 192i) / 32i)][((tid + 192i) % 32i)] = bitcast<f32>(weights0[((((k0 * 8i) + ((tid + 192i) / 32i)) % 32i)) * 64 + (((blk % 2i) * 32i) + ((tid + 192i) % 32i))]);
+    kernel_0_tile_y[(tid / 8i)][((tid % 8i) * 4i)] = 0.0f;
+    kernel_0_tile_y[(tid / 8i)][(((tid % 8i) * 4i) + 1i)] = 0.0f;
+    kernel_0_tile_y[(tid / 8i)][(((tid % 8i) * 4i) + 2i)] = 0.0f;
+    kernel_0_tile_y[(tid / 8i)][(((tid % 8i) * 4i) + 3i)] = 0.0f;
+    if ((((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) < 64i) && (((k0 * 8i) + (tid / 8i)) < 32i))) {
+      {
+        let kiln_q = kiln_view17[(((64i * (((k0 * 8i) + (tid / 8i)) % 32i)) + (((blk % 2i) * 32i) + ((tid % 8i) * 4i)))) >> 2u];
+        kernel_0_tile_y[(tid / 8i)][((tid % 8i) * 4i)] = bitcast<f32>(kiln_q.x);
+        kernel_0_tile_y[(tid / 8i)][(((tid % 8i) * 4i) + 1i)] = bitcast<f32>(kiln_q.y);
+        kernel_0_tile_y[(tid / 8i)][(((tid % 8i) * 4i) + 2i)] = bitcast<f32>(kiln_q.z);
+        kernel_0_tile_y[(tid / 8i)][(((tid % 8i) * 4i) + 3i)] = bitcast<f32>(kiln_q.w);
+      }
     }
     workgroupBarrier();
     for (var kk = 0; kk < 8; kk++) {
@@ -121,7 +119,7 @@ fn kernel_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   for (var mi_wb = 0; mi_wb < 4; mi_wb++) {
     for (var mj_wb = 0; mj_wb < 4; mj_wb++) {
       if ((((((((blk / 2i) % 2i) * 32i) + ((tid / 8i) * 4i)) + mi_wb) < 64i) && (((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb) < 64i))) {
-        arena[2048 + ((((((blk / 2i) % 2i) * 32i) + ((tid / 8i) * 4i)) + mi_wb)) * 64 + ((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)] = bitcast<u32>((acc0[mi_wb][mj_wb] + bitcast<f32>(weights0[2048 + ((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)])));
+        kiln_view19[((((((blk / 2i) % 2i) * 32i) + ((tid / 8i) * 4i)) + mi_wb)) * 64 + ((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)] = bitcast<u32>((acc0[mi_wb][mj_wb] + bitcast<f32>(kiln_view18[((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)])));
       }
     }
   }
