@@ -8,6 +8,9 @@ the same GPU in one run.
 Rows:
 - ``gemm_fp32``: ``y = a @ b`` with both operands inputs (the tiled WGSL rule), against
   ``torch.matmul`` in fp32 with TF32 off (cuBLAS). Target: WGSL >= 0.5x cuBLAS's TFLOP/s.
+  Once with the tile Kiln chooses, then with each tile shape forced
+  (``kiln.passes.gpu_tiling.TILE_OVERRIDE``: 32 x 32 and 128 x 128 outputs per workgroup), so
+  one run shows whether the choice is right on this GPU.
 - one row per model of the suite (``examples.models``: a ResNet-style and a MobileNetV2-style
   CNN, a BERT encoder and a GPT decoder, fp32): WGSL against Kiln's ``cuda`` target. Target:
   WGSL within 2x of CUDA.
@@ -94,13 +97,23 @@ def _try(fn):
         return None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
-def gemm_row(n: int, repeats: int) -> dict:
+def gemm_row(n: int, repeats: int, tile=None) -> dict:
+    """The GEMM row; ``tile``: a ``gpu_tiling.TileConfig`` forced instead of Kiln's choice."""
+    from kiln.passes import gpu_tiling
+
     rng = np.random.default_rng(0)
     feeds = {"a": rng.standard_normal((n, n), np.float32), "b": rng.standard_normal((n, n), np.float32)}
     flops = 2.0 * n ** 3
-    result, err = _try(lambda: wgsl_ms(matmul_model(n), feeds, repeats))
+    gpu_tiling.TILE_OVERRIDE = tile
+    try:
+        result, err = _try(lambda: wgsl_ms(matmul_model(n), feeds, repeats))
+    finally:
+        gpu_tiling.TILE_OVERRIDE = None
     wgsl, out = result if result else (None, None)
-    row = {"workload": f"gemm_fp32_{n}", "wgsl_ms": wgsl, "wgsl_error": err}
+    shape = tile or gpu_tiling.choose_tile(n, n, 1)
+    name = f"gemm_fp32_{n}" + (f" (tile {shape.rows}x{shape.cols} forced)" if tile else
+                               f" (tile {shape.rows}x{shape.cols} chosen)")
+    row = {"workload": name, "wgsl_ms": wgsl, "wgsl_error": err}
     if wgsl is not None:
         ref = feeds["a"].astype(np.float64) @ feeds["b"]
         row["max_rel_err"] = float(np.abs(out["y"] - ref).max() / np.abs(ref).max())
@@ -168,7 +181,10 @@ def main(argv=None) -> int:
     print(f"WebGPU adapter: {adapter_info()}", flush=True)
     rows = []
     try:
-        rows.append(gemm_row(512 if args.quick else 4096, args.repeats))
+        from kiln.passes.gpu_tiling import LARGE, SMALL
+
+        n = 512 if args.quick else 4096
+        rows += [gemm_row(n, args.repeats)] + [gemm_row(n, args.repeats, tile) for tile in (SMALL, LARGE)]
         rows += model_rows(args.quick, args.repeats)
     except Exception:  # noqa: BLE001
         traceback.print_exc()

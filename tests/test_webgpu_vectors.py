@@ -136,3 +136,44 @@ def test_gemm_matches_ort(trans_b, wgpu_device):
     model = _gemm_model(40, 64, 96, trans_b, seed=3)
     x = np.random.default_rng(3).standard_normal((40, 64)).astype(np.float32)
     assert_close(kiln.compile(model, target="webgpu").run({"x": x}), ort_run(model, {"x": x}), rtol=1e-3, atol=1e-4)
+
+
+# -- tile shapes: 32 x 32 by default, 128 x 128 (8 x 8 per invocation) for large problems ----------
+
+def test_large_problems_take_the_large_tile():
+    from kiln.passes.gpu_tiling import LARGE, SMALL, choose_tile
+
+    assert choose_tile(4096, 4096, 1) == LARGE and choose_tile(2048, 1024, 1) == LARGE
+    assert choose_tile(1024, 1024, 1) == SMALL and choose_tile(128, 768, 1) == SMALL
+    assert LARGE.micro_rows == LARGE.micro_cols == 8 and LARGE.threads == 256
+    (d,) = _tiled(kiln.compile(_matmul_model(2048, 32, 1024), target="webgpu"))
+    assert d.trace[0]["args"]["tile"] == [128, 128, 8] and d.workgroup_size == 256
+
+
+def test_large_tile_matches_ort_where_it_is_chosen(wgpu_device):
+    model = _matmul_model(2048, 32, 1024, seed=9)
+    x = np.random.default_rng(9).standard_normal((2048, 32)).astype(np.float32)
+    assert_close(kiln.compile(model, target="webgpu").run({"x": x}), ort_run(model, {"x": x}), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,k,n", [(130, 36, 260), (64, 30, 66), (200, 19, 70)])
+def test_large_tile_edges_match_ort(m, k, n, wgpu_device, monkeypatch):
+    """The large tile forced onto problems smaller than one tile in some direction: tails in
+    rows, columns and k, with and without vector loads."""
+    from kiln.passes import gpu_tiling
+
+    monkeypatch.setattr(gpu_tiling, "TILE_OVERRIDE", gpu_tiling.LARGE)
+    model = _matmul_model(m, k, n, seed=m)
+    x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+    compiled = kiln.compile(model, target="webgpu")
+    assert [d.trace[0]["args"]["tile"] for d in _tiled(compiled)] == [[128, 128, 8]]
+    assert_close(compiled.run({"x": x}), ort_run(model, {"x": x}), rtol=1e-3, atol=1e-4)
+
+
+def test_large_tile_convolution_matches_ort(wgpu_device, monkeypatch):
+    from kiln.passes import gpu_tiling
+
+    monkeypatch.setattr(gpu_tiling, "TILE_OVERRIDE", gpu_tiling.LARGE)
+    model = _conv_model(8, 36, 20, 3, 1, seed=2)
+    x = np.random.default_rng(2).standard_normal((1, 8, 20, 20)).astype(np.float32)
+    assert_close(kiln.compile(model, target="webgpu").run({"x": x}), ort_run(model, {"x": x}), rtol=1e-3, atol=1e-4)

@@ -7,10 +7,10 @@ A nest of the form (what ``lower`` produces for every ``tile``-hinted stage)::
       for <reduction loops>: acc = acc + X * Y     # X free of ``col``, Y free of ``row``
       <epilogue stores reading acc>
 
-becomes one workgroup per ``TILE_ROWS x TILE_COLS`` output tile (and per index of the other
-spatial dims), with ``THREADS`` invocations that each own a ``MICRO x MICRO`` register tile.
-The reduction loops are flattened into one index ``k``; per step of ``TILE_K`` the workgroup
-copies the ``X`` tile (rows x k) and the ``Y`` tile (k x cols) into workgroup memory --
+becomes one workgroup per output tile (and per index of the other spatial dims), whose
+invocations each own a register tile (:class:`TileConfig`: 32 x 32 outputs per workgroup for
+most problems, 128 x 128 for large ones). The reduction loops are flattened into one index
+``k``; per step of 8 along it the workgroup copies the ``X`` tile (rows x k) and the ``Y`` tile (k x cols) into workgroup memory --
 evaluating X and Y there, so padding, strides and fused prologues come along -- waits at a
 barrier, and accumulates from workgroup memory. Every global read and write is guarded by
 the tensor's bounds; out-of-range tile slots hold zero. Barriers sit only in uniform control
@@ -27,6 +27,8 @@ one-invocation-per-element rule (:func:`kiln.passes.gpu_schedule.bind_elementwis
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kiln.ir.compute import Stage
 from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Const, Expr, Load, Var, affine_coeffs, free_vars, simplify, substitute
@@ -34,11 +36,51 @@ from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Fu
                           seq, subst_stmt)
 from kiln.ir.schedule import _index_scalar
 
-TILE_ROWS, TILE_COLS, TILE_K = 32, 32, 8
 LANES = 4                                       # float32 words per vector load (16 bytes)
-THREADS_X, THREADS_Y = 8, 8                     # 64 invocations: 8 x 8, each 4 x 4 outputs
-MICRO_ROWS, MICRO_COLS = TILE_ROWS // THREADS_Y, TILE_COLS // THREADS_X
 MIN_OUTPUTS, MIN_K = 512, 16                    # below these one invocation per element wins
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """A workgroup's output tile (``rows x cols``), its step along the reduction (``k``) and
+    its invocations (``threads_y x threads_x``, each owning a ``micro_rows x micro_cols``
+    register tile)."""
+
+    rows: int
+    cols: int
+    k: int
+    threads_y: int
+    threads_x: int
+
+    @property
+    def threads(self) -> int:
+        return self.threads_x * self.threads_y
+
+    @property
+    def micro_rows(self) -> int:
+        return self.rows // self.threads_y
+
+    @property
+    def micro_cols(self) -> int:
+        return self.cols // self.threads_x
+
+
+# 64 invocations of 4 x 4 outputs: many workgroups even for a transformer's 128-row matmuls
+SMALL = TileConfig(32, 32, 8, 8, 8)
+# 256 invocations of 8 x 8 outputs, the classic SGEMM shape: 64 multiply-adds per 16 reads of
+# workgroup memory instead of 16 per 8, for problems with enough tiles to fill a GPU
+LARGE = TileConfig(128, 128, 8, 16, 16)
+LARGE_MIN_TILES = 128                           # whole LARGE tiles a problem needs to take them
+# a benchmark comparing the two sets this; None lets :func:`choose_tile` decide
+TILE_OVERRIDE: TileConfig | None = None
+
+
+def choose_tile(rows: int, cols: int, others: int) -> TileConfig:
+    """LARGE when the problem has at least :data:`LARGE_MIN_TILES` whole large tiles (e.g. a
+    2048 x 2048 output), else SMALL."""
+    if TILE_OVERRIDE is not None:
+        return TILE_OVERRIDE
+    return LARGE if (rows // LARGE.rows) * (cols // LARGE.cols) * others >= LARGE_MIN_TILES else SMALL
 
 
 def _c(v: int) -> Const:
@@ -138,15 +180,18 @@ def tile_gemm(func: Func, stage: Stage):
         return None
 
     others = [lp for i, lp in enumerate(loops) if i not in (row_ax, col_ax)]
-    n_row, n_col = -(-rows // TILE_ROWS), -(-cols // TILE_COLS)
     n_other = 1
     for lp in others:
         n_other *= lp.extent
+    cfg = choose_tile(rows, cols, n_other)
+    tile_rows, tile_cols, tile_k = cfg.rows, cfg.cols, cfg.k
+    micro_rows, micro_cols = cfg.micro_rows, cfg.micro_cols
+    n_row, n_col = -(-rows // tile_rows), -(-cols // tile_cols)
     blocks = n_other * n_row * n_col
 
     b, t, k0 = Var("blk"), Var("tid"), Var("k0")
-    col0 = (b % n_col) * TILE_COLS
-    row0 = ((b // n_col) % n_row) * TILE_ROWS
+    col0 = (b % n_col) * tile_cols
+    row0 = ((b // n_col) % n_row) * tile_rows
     rest: Expr = b // (n_col * n_row)
     outer: dict[str, Expr] = {}
     for lp in reversed(others):  # row-major over the other spatial dims
@@ -170,9 +215,9 @@ def tile_gemm(func: Func, stage: Stage):
     vector_x = _vector_operand(simplify(substitute(x, units)), k_strides, k_total, params)  # along flattened k
     vector_y = _vector_operand(simplify(substitute(y, units)), {col.var.name: 1}, cols, params)
 
-    sx = Buffer("tile_x", (TILE_ROWS, TILE_K), DType.float32, "shared")
-    sy = Buffer("tile_y", (TILE_K, TILE_COLS), DType.float32, "shared")
-    threads = THREADS_X * THREADS_Y
+    sx = Buffer("tile_x", (tile_rows, tile_k), DType.float32, "shared")
+    sy = Buffer("tile_y", (tile_k, tile_cols), DType.float32, "shared")
+    threads = cfg.threads
 
     def fill(buf: Buffer, operand: Expr, per_thread: int, along_rows: bool) -> list:
         """Each invocation copies ``per_thread`` slots of ``buf``, consecutive threads on
@@ -181,14 +226,14 @@ def tile_gemm(func: Func, stage: Stage):
         for step in range(per_thread):
             e = t + step * threads
             if along_rows:   # X tile: [row][k]
-                i, kk = e // TILE_K, e % TILE_K
+                i, kk = e // tile_k, e % tile_k
                 pos, lim, idx = row0 + i, rows, (i, kk)
                 var = row.var.name
             else:            # Y tile: [k][col]
-                kk, j = e // TILE_COLS, e % TILE_COLS
+                kk, j = e // tile_cols, e % tile_cols
                 pos, lim, idx = col0 + j, cols, (kk, j)
                 var = col.var.name
-            k = k0 * TILE_K + kk
+            k = k0 * tile_k + kk
             idx = tuple(simplify(x) for x in idx)
             mapping = {**outer, **red_index(k), var: pos}
             value = simplify(substitute(operand, mapping))
@@ -206,10 +251,10 @@ def tile_gemm(func: Func, stage: Stage):
             e = t + step * threads
             r, c = e // per_row, (e % per_row) * LANES
             if along_rows:   # X tile: [row][k], vectors along k; the reduction loops' terms sum to k
-                pos, lim, k = row0 + r, rows, k0 * TILE_K + c
+                pos, lim, k = row0 + r, rows, k0 * tile_k + c
                 flat = simplify(_affine(coeffs, {**outer, row.var.name: pos}, skip=k_strides) + k)
             else:            # Y tile: [k][col], vectors along the columns
-                pos, lim, k = col0 + c, cols, k0 * TILE_K + r
+                pos, lim, k = col0 + c, cols, k0 * tile_k + r
                 flat = _affine(coeffs, {**outer, **red_index(k), col.var.name: pos})
             slots = tuple((simplify(r), simplify(c + lane)) for lane in range(LANES))
             out += [Store(buf.name, ix, Const(0.0, DType.float32)) for ix in slots]
@@ -217,29 +262,29 @@ def tile_gemm(func: Func, stage: Stage):
                           VectorLoad(operand.buffer, flat, buf.name, slots)))
         return out
 
-    ty, tx = t // THREADS_X, t % THREADS_X
+    ty, tx = t // cfg.threads_x, t % cfg.threads_x
     i_v, j_v, kk_v = Var("mi"), Var("mj"), Var("kk")
-    acc_tile = Buffer(acc.name, (MICRO_ROWS, MICRO_COLS), acc.dtype, "local")
+    acc_tile = Buffer(acc.name, (micro_rows, micro_cols), acc.dtype, "local")
     ij = (i_v, j_v)
 
     def over_tile(stmt, suffix=""):
         iv, jv = Var("mi" + suffix), Var("mj" + suffix)
         stmt = subst_stmt(stmt, {"mi": iv, "mj": jv}) if suffix else stmt
-        return For(iv, MICRO_ROWS, For(jv, MICRO_COLS, stmt))
+        return For(iv, micro_rows, For(jv, micro_cols, stmt))
 
     init_tile = over_tile(Store(acc.name, ij, init), "_init")
-    mac = Store(acc.name, ij, Load(acc.name, ij, acc.dtype) + Load(sx.name, (ty * MICRO_ROWS + i_v, kk_v), sx.dtype)
-                * Load(sy.name, (kk_v, tx * MICRO_COLS + j_v), sy.dtype))
-    k_steps = -(-k_total // TILE_K)
+    mac = Store(acc.name, ij, Load(acc.name, ij, acc.dtype) + Load(sx.name, (ty * micro_rows + i_v, kk_v), sx.dtype)
+                * Load(sy.name, (kk_v, tx * micro_cols + j_v), sy.dtype))
+    k_steps = -(-k_total // tile_k)
     main = For(k0, k_steps, seq(
         *(fill_vectors(sx, x, vector_x, True) if vector_x is not None
-          else fill(sx, x, TILE_ROWS * TILE_K // threads, True)),
+          else fill(sx, x, tile_rows * tile_k // threads, True)),
         *(fill_vectors(sy, y, vector_y, False) if vector_y is not None
-          else fill(sy, y, TILE_COLS * TILE_K // threads, False)),
+          else fill(sy, y, tile_cols * tile_k // threads, False)),
         Barrier(),
-        For(kk_v, TILE_K, over_tile(mac)),
+        For(kk_v, tile_k, over_tile(mac)),
         Barrier()))
-    out_row, out_col = row0 + ty * MICRO_ROWS + i_v, col0 + tx * MICRO_COLS + j_v
+    out_row, out_col = row0 + ty * micro_rows + i_v, col0 + tx * micro_cols + j_v
     wb = _index_scalar(epilogue, acc.name, ij)
     wb = subst_stmt(wb, {**outer, row.var.name: out_row, col.var.name: out_col})
     write = over_tile(If(simplify(_and(out_row.lt(_c(rows)), out_col.lt(_c(cols)))), wb), "_wb")
@@ -247,9 +292,9 @@ def tile_gemm(func: Func, stage: Stage):
     body = For(b, blocks, For(t, threads, body, GPU_THREAD), GPU_BLOCK)
     vectors = [o for o, v in (("x", vector_x), ("y", vector_y)) if v is not None]
     trace = [{"prim": "gpu_tile_gemm", "args": {"row": row.var.name, "col": col.var.name, "vector_loads": vectors,
-                                                "tile": [TILE_ROWS, TILE_COLS, TILE_K], "threads": threads}}]
+                                                "tile": [tile_rows, tile_cols, tile_k], "threads": threads}}]
     return Dispatch(func.name, func.with_body(body), blocks, threads, trace,
-                    shared_bytes=4 * (TILE_ROWS + TILE_COLS) * TILE_K)
+                    shared_bytes=4 * (tile_rows + tile_cols) * tile_k)
 
 
 def _loads(e: Expr) -> list[Load]:
@@ -258,4 +303,4 @@ def _loads(e: Expr) -> list[Load]:
     return [x for x in walk(e) if isinstance(x, Load)]
 
 
-__all__ = ["tile_gemm", "TILE_ROWS", "TILE_COLS", "TILE_K"]
+__all__ = ["tile_gemm", "choose_tile", "TileConfig", "SMALL", "LARGE"]
