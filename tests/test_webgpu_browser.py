@@ -75,6 +75,22 @@ def test_dynamic_bundle_in_chromium(tmp_path):
         run_in_browser(bundle, feeds, browser=chromium, dims={"batch": 3, "seq": 200}, timeout=120)
 
 
+def test_vector_views_beside_dynamic_dims_in_chromium(tmp_path):
+    """A dispatch with its own tensor views (vector loads) in a model with a dynamic dim:
+    its bind group carries the dims uniform too, and Dawn accepts the non-overlapping views."""
+    from kiln.testing.browser import run_in_browser
+    from tests.test_webgpu_vectors import _mixed_model
+
+    chromium = require_toolchain("chromium")
+    model = _mixed_model()
+    bundle = kiln.compile(model, target="webgpu", dim_bounds={"batch": (1, 6)}).export(tmp_path / "bundle")
+    assert '"views"' in (bundle / "model.js").read_text()
+    rng = np.random.default_rng(8)
+    feeds = {"a": rng.standard_normal((64, 32)).astype(np.float32), "b": rng.standard_normal((4, 8)).astype(np.float32)}
+    got, _ = run_in_browser(bundle, feeds, browser=chromium, dims={"batch": 4})
+    assert_close(got, ort_run(model, feeds), rtol=1e-3, atol=1e-4)
+
+
 def test_quantized_bundle_in_chromium(tmp_path):
     """A QDQ CNN: its int8 weights ship packed four to a word and are dequantized inside the
     convolutions (docs/webgpu.md); the page's outputs are within one quantization step of ORT."""

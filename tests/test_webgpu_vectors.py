@@ -177,3 +177,25 @@ def test_large_tile_convolution_matches_ort(wgpu_device, monkeypatch):
     model = _conv_model(8, 36, 20, 3, 1, seed=2)
     x = np.random.default_rng(2).standard_normal((1, 8, 20, 20)).astype(np.float32)
     assert_close(kiln.compile(model, target="webgpu").run({"x": x}), ort_run(model, {"x": x}), rtol=1e-3, atol=1e-4)
+
+
+def _mixed_model():
+    """A static matmul (tiled, with vector loads) beside a dynamic-batch branch: the views'
+    bind group must carry the dims uniform that every entry point reads."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((32, 64)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["y"]), helper.make_node("Relu", ["b"], ["z"])]
+    return make_model(nodes, [("a", np.float32, [64, 32]), ("b", np.float32, ["batch", 8])],
+                      [("y", np.float32, [64, 64]), ("z", np.float32, ["batch", 8])], initializers=[("w", w)])
+
+
+def test_views_beside_dynamic_dims(wgpu_device):
+    model = _mixed_model()
+    compiled = kiln.compile(model, target="webgpu", dim_bounds={"batch": (1, 6)})
+    assert _vector_operands(compiled) == [["x", "y"]]
+    assert compiled.result.source.webgpu.symbols == ["batch"]
+    rng = np.random.default_rng(7)
+    for batch in (1, 5):
+        feeds = {"a": rng.standard_normal((64, 32)).astype(np.float32),
+                 "b": rng.standard_normal((batch, 8)).astype(np.float32)}
+        assert_close(compiled.run(feeds), ort_run(model, feeds), rtol=1e-3, atol=1e-4)
