@@ -13,11 +13,15 @@ costs it two shuffles to widen, and it picks 256-bit vectors: measured with ``pe
 ResNet-18 int8, the epilogue was 42 % of the 7x7 stem's time and 15-25 % of a 3x3
 convolution's.
 
-This module prints the same loop 16 lanes at a time. An int32 value is one ``__m512i``; an
+This module prints the same loop 16 lanes at a time, columns outside and rows inside, so
+what does not depend on the row (per-channel bias, multiplier and shift, constants) is
+computed once per 16 columns. An int32 value is one ``__m512i``; an
 int64 value is a pair: the even lanes and the odd lanes, 8 int64 each. Casting int32 to
 int64 splits the lanes by shifts (no shuffle), ``vpmuldq`` multiplies pairs whose factors
 are sign-extended int32 (which it knows from the casts), and narrowing takes the low 32
-bits of both halves back with one blend. Every operation has the C semantics of the scalar
+bits of both halves back with one blend. Two widenings are skipped: ``vpmuldq`` reads only
+the low 32 bits of each 64-bit lane, so a product's even lanes take the int32 vector as it
+is; and a clamped int64 value cast down to 8 bits and up again is the pair it came from. Every operation has the C semantics of the scalar
 expression it replaces (wrapping int32/int64 arithmetic, arithmetic shifts, truncating
 casts), so the result is the same integer lane by lane; the plain loop stays in ``#else``.
 
@@ -53,6 +57,12 @@ class Vec:
     lo: str
     hi: str | None = None
     bounds: tuple[int, int] = RANGES[I64]
+    # the int32 vector an int64 value was widened from: ``vpmuldq`` reads only the low 32 bits
+    # of each 64-bit lane, so the even-lane product takes it as it is, without the widening
+    raw: str | None = None
+    # the int64 halves a narrow value was taken from without changing it (a clamped value
+    # cast down): widening it again gives them back instead of widening the blend
+    wide: tuple[str, str] | None = None
 
     @property
     def fits32(self) -> bool:
@@ -140,17 +150,32 @@ class EpilogueWriter:
     class Unsupported(Exception):
         pass
 
-    def __init__(self, c: str, ref, scalar):
-        self.c, self.ref, self.scalar = c, ref, scalar
-        self.lines: list[str] = []
+    def __init__(self, c: str, ref, scalar, row: str | None = None):
+        self.c, self.ref, self.scalar, self.row = c, ref, scalar, row
+        self.lines: list[str] = []      # per row of the tile
+        self.hoisted: list[str] = []    # the same for every row (``row`` absent): per 16 lanes of c
         self._memo: dict = {}
         self._n = 0
+        self._invariant: set[str] = set()
 
-    def _tmp(self, code: str) -> str:
+    def _tmp(self, code: str, invariant: bool = False) -> str:
+        """A new vector ``code``; ``invariant``: it does not depend on the tile's row, so it
+        is computed once per 16 lanes, before the loop over rows."""
         self._n += 1
         name = f"kiln_e{self._n}"
-        self.lines.append(f"const __m512i {name} = {code};")
+        invariant = invariant and self.row is not None  # no row loop named: nothing to hoist out of
+        (self.hoisted if invariant else self.lines).append(f"const __m512i {name} = {code};")
+        if invariant:
+            self._invariant.add(name)
         return name
+
+    def _fixed(self, *vecs: "Vec") -> bool:
+        """Whether values made of ``vecs`` are row-invariant (every operand is)."""
+        names = [n for v in vecs for n in (v.lo, v.hi, v.raw, *(v.wide or ())) if n is not None]
+        return all(n in self._invariant for n in names)
+
+    def _row_free(self, e) -> bool:
+        return self.row not in set().union(*(free_vars(i) for i in e.indices))
 
     def value(self, e) -> Vec:
         if e not in self._memo:
@@ -161,17 +186,20 @@ class EpilogueWriter:
         if isinstance(e, Const) and e.dtype in NARROW + (I64,):
             v = int(e.value)
             if e.dtype is I64:
-                x = self._tmp(f"_mm512_set1_epi64(INT64_C({v}))")
+                x = self._tmp(f"_mm512_set1_epi64(INT64_C({v}))", True)
                 return Vec(x, x, (v, v))
-            return Vec(self._tmp(f"_mm512_set1_epi32({v})"), None, (v, v))
+            return Vec(self._tmp(f"_mm512_set1_epi32({v})", True), None, (v, v))
         if isinstance(e, Load) and e.dtype in NARROW:
+            fixed = self._row_free(e)
             if self.c not in set().union(*(free_vars(i) for i in e.indices)):
-                return Vec(self._tmp(f"_mm512_set1_epi32((int32_t)({self.scalar(e)}))"), None, RANGES[e.dtype])
+                return Vec(self._tmp(f"_mm512_set1_epi32((int32_t)({self.scalar(e)}))", fixed), None,
+                           RANGES[e.dtype])
             addr = self.ref(e)
             if e.dtype is I32:
-                return Vec(self._tmp(f"_mm512_loadu_si512((const void*){addr})"), None, RANGES[I32])
+                return Vec(self._tmp(f"_mm512_loadu_si512((const void*){addr})", fixed), None, RANGES[I32])
             widen = "_mm512_cvtepu8_epi32" if e.dtype is U8 else "_mm512_cvtepi8_epi32"
-            return Vec(self._tmp(f"{widen}(_mm_loadu_si128((const __m128i*){addr}))"), None, RANGES[e.dtype])
+            return Vec(self._tmp(f"{widen}(_mm_loadu_si128((const __m128i*){addr}))", fixed), None,
+                       RANGES[e.dtype])
         if isinstance(e, Cast):
             return self._cast(e)
         if isinstance(e, Bin) and e.dtype in (I32, I64):
@@ -183,25 +211,30 @@ class EpilogueWriter:
         a = self.value(e.a)
         if src not in NARROW + (I64,) or dst not in NARROW + (I64,):
             raise self.Unsupported(f"cast {src} -> {dst}")
+        fixed = self._fixed(a)
         if dst is I64:
             if src is I64:
                 return a
+            if a.wide is not None:
+                return Vec(a.wide[0], a.wide[1], a.bounds, raw=a.lo)
             # even lanes: the low half of each 64-bit pair, sign-extended; odd: the high half
-            return Vec(self._tmp(f"_mm512_srai_epi64(_mm512_slli_epi64({a.lo}, 32), 32)"),
-                       self._tmp(f"_mm512_srai_epi64({a.lo}, 32)"), a.bounds)
+            # (a widening only a product reads is left unused: the compiler drops it)
+            return Vec(self._tmp(f"_mm512_srai_epi64(_mm512_slli_epi64({a.lo}, 32), 32)", fixed),
+                       self._tmp(f"_mm512_srai_epi64({a.lo}, 32)", fixed), a.bounds, raw=a.lo)
         lo = a.lo if src is not I64 else self._tmp(f"_mm512_mask_blend_epi32(0xAAAA, {a.lo}, "
-                                                   f"_mm512_slli_epi64({a.hi}, 32))")  # low 32 bits
+                                                   f"_mm512_slli_epi64({a.hi}, 32))", fixed)  # low 32 bits
         inside = RANGES[dst][0] <= a.bounds[0] and a.bounds[1] <= RANGES[dst][1]
         if inside:  # a clamped value: the cast keeps it as it is
-            return Vec(lo, None, a.bounds)
+            return Vec(lo, None, a.bounds, wide=(a.lo, a.hi) if src is I64 else None)
         if dst is U8:
-            return Vec(self._tmp(f"_mm512_and_si512({lo}, _mm512_set1_epi32(255))"), None, RANGES[U8])
+            return Vec(self._tmp(f"_mm512_and_si512({lo}, _mm512_set1_epi32(255))", fixed), None, RANGES[U8])
         if dst is I8:
-            return Vec(self._tmp(f"_mm512_srai_epi32(_mm512_slli_epi32({lo}, 24), 24)"), None, RANGES[I8])
+            return Vec(self._tmp(f"_mm512_srai_epi32(_mm512_slli_epi32({lo}, 24), 24)", fixed), None, RANGES[I8])
         return Vec(lo, None, RANGES[I32])
 
     def _binary(self, e: Bin) -> Vec:
         a, b = self.value(e.a), self.value(e.b)
+        fixed = self._fixed(a, b)
         if e.dtype is I32:
             if a.hi is not None or b.hi is not None:
                 raise self.Unsupported("int32 op on int64 operands")
@@ -209,7 +242,8 @@ class EpilogueWriter:
                   "max": "max_epi32"}.get(e.op)
             if fn is None:
                 raise self.Unsupported(e.op)
-            return Vec(self._tmp(f"_mm512_{fn}({a.lo}, {b.lo})"), None, _interval(e.op, a.bounds, b.bounds, I32))
+            return Vec(self._tmp(f"_mm512_{fn}({a.lo}, {b.lo})", fixed), None,
+                       _interval(e.op, a.bounds, b.bounds, I32))
         if a.hi is None or b.hi is None:
             raise self.Unsupported("int64 op on int32 operands")
         bounds = _interval(e.op, a.bounds, b.bounds, I64)
@@ -217,23 +251,26 @@ class EpilogueWriter:
             k = int(e.b.value)
             if not 0 <= k < 64:
                 raise self.Unsupported(f"shift by {k}")
-            return Vec(self._tmp(f"_mm512_srai_epi64({a.lo}, {k})"), self._tmp(f"_mm512_srai_epi64({a.hi}, {k})"),
-                       bounds)
+            return Vec(self._tmp(f"_mm512_srai_epi64({a.lo}, {k})", fixed),
+                       self._tmp(f"_mm512_srai_epi64({a.hi}, {k})", fixed), bounds)
         if e.op == "mul":
             if not (a.fits32 and b.fits32):
                 raise self.Unsupported("int64 product of values wider than int32")
-            fn = "_mm512_mul_epi32"  # the low 32 bits of each 64-bit lane, sign-extended, multiplied
+            # the low 32 bits of each 64-bit lane, sign-extended, multiplied: the even lanes of
+            # a widened int32 vector are already there
+            a, b = Vec(a.raw or a.lo, a.hi), Vec(b.raw or b.lo, b.hi)
+            fn = "_mm512_mul_epi32"
         else:
             fn = {"add": "_mm512_add_epi64", "sub": "_mm512_sub_epi64", "shr": "_mm512_srav_epi64",
                   "min": "_mm512_min_epi64", "max": "_mm512_max_epi64"}.get(e.op)
         if fn is None:
             raise self.Unsupported(e.op)
-        out = self._pair2(fn, a, b)
+        out = self._pair2(fn, a, b, fixed)
         return Vec(out.lo, out.hi, bounds)
 
-    def _pair2(self, fn: str, a: Vec, b: Vec) -> Vec:
-        lo = self._tmp(f"{fn}({a.lo}, {b.lo})")
-        hi = lo if (a.lo == a.hi and b.lo == b.hi) else self._tmp(f"{fn}({a.hi}, {b.hi})")
+    def _pair2(self, fn: str, a: Vec, b: Vec, fixed: bool = False) -> Vec:
+        lo = self._tmp(f"{fn}({a.lo}, {b.lo})", fixed)
+        hi = lo if (a.lo == a.hi and b.lo == b.hi) else self._tmp(f"{fn}({a.hi}, {b.hi})", fixed)
         return Vec(lo, hi)
 
     def store(self, dtype: DType, addr: str, v: Vec) -> None:
@@ -245,8 +282,8 @@ class EpilogueWriter:
             self.lines.append(f"_mm_storeu_si128((__m128i*){addr}, _mm512_cvtepi32_epi8({v.lo}));")
 
     def _cast_vec_to_i32(self, v: Vec) -> Vec:
-        return Vec(self._tmp(f"_mm512_mask_blend_epi32(0xAAAA, {v.lo}, _mm512_slli_epi64({v.hi}, 32))"), None,
-                   v.bounds if v.fits32 else RANGES[I32])
+        return Vec(self._tmp(f"_mm512_mask_blend_epi32(0xAAAA, {v.lo}, _mm512_slli_epi64({v.hi}, 32))",
+                             self._fixed(v)), None, v.bounds if v.fits32 else RANGES[I32])
 
 
 __all__ = ["EpilogueWriter", "match_epilogue"]
