@@ -145,3 +145,24 @@ def test_tune_writes_a_verdict_per_task_and_compile_applies_it(tmp_path):
     none = kiln.tune(mlp(), trials=4, db=str(tmp_path / "db2"), batch_size=2, population=8, generations=1,
                      verify_top=0, measure=MeasureOptions(repeats=1, min_repeat_ms=0.1))
     assert not any(Database(tmp_path / "db2").verdict(r["key"], "host") for r in none.tasks)
+
+
+def test_the_untuned_reference_is_the_default_retimed_beside_the_records(task, tmp_path):
+    """A first measurement of the default can be far off (one ran 28x slow): once verified,
+    the table's and the summary's untuned latency is the default re-timed in the same rounds
+    as the verdict, so tuned/untuned compares like with like."""
+    from kiln.autotune.tuner import task_rows
+
+    db = Database(tmp_path / "db")
+    st = _state(task, db, [0.5e-3])
+    st.default_latency = 28e-3  # a slow first measurement
+    assert st.reference == 28e-3
+    verify(st, ScriptedMeasurer([1e-3, 0.9e-3]), db, "host", top=4, rounds=2)
+    assert st.reference == 1e-3 and st.current == 0.9e-3
+    (row,) = task_rows([st])
+    assert row["default_latency"] == 1e-3 and row["latency"] == 0.9e-3
+    again = _state(task, db, [])  # a rerun with nothing new to measure reads the verdict's re-timing
+    again.default_latency = 5e-3
+    idle = ScriptedMeasurer([1e-3])
+    verify(again, idle, db, "host", top=4, rounds=2)
+    assert idle.calls == [] and again.reference == 1e-3 and again.verdict == 0.9e-3

@@ -21,10 +21,12 @@ def table(states, total: int, budget: int):
     for col in ("task", "FLOPs", "weight", "trials", "best GFLOP/s", "latency (ms)", "untuned (ms)"):
         t.add_column(col, justify="left" if col == "task" else "right")
     for s in states:
-        best = s.best
-        gflops = f"{s.task.flops / best / 1e9:.2f}" if best else "-"
-        lat = f"{best * 1e3:.4f}" if best else "-"
-        ref = f"{s.default_latency * 1e3:.4f}" if s.default_latency else ("failed" if s.failed else "-")
+        # the verified choice and the default re-timed beside it once verification ran;
+        # the search's best and the first measurement of the default until then
+        now, untuned = s.current, s.reference
+        gflops = f"{s.task.flops / now / 1e9:.2f}" if now else "-"
+        lat = f"{now * 1e3:.4f}" if now else "-"
+        ref = f"{untuned * 1e3:.4f}" if untuned else ("failed" if s.failed else "-")
         t.add_row(s.task.name, _fmt_flops(s.task.flops), str(s.task.weight), str(s.trials), gflops, lat, ref)
     return t
 

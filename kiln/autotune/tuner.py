@@ -47,7 +47,8 @@ class TaskState:
     search: EvolutionarySearch
     measured: set = field(default_factory=set)
     results: list = field(default_factory=list)   # (decisions, latency or None)
-    default_latency: float | None = None
+    default_latency: float | None = None           # the untuned kernel as first measured
+    default_retimed: float | None = None           # ... and re-timed beside the records (verify)
     rounds: int = 0
     history: list = field(default_factory=list)   # best latency after each round
     verdict: float | None = None                  # latency of the verified choice (verify)
@@ -71,6 +72,13 @@ class TaskState:
             return self.verdict
         b = self.best
         return b if b is not None else self.default_latency
+
+    @property
+    def reference(self) -> float | None:
+        """The untuned kernel's latency to compare with: re-timed in the same interleaved
+        rounds as the verdict when verification ran (a first measurement alone can be far
+        off: 0.73 ms for a kernel that re-timed at 0.026 ms), else as first measured."""
+        return self.default_retimed if self.default_retimed is not None else self.default_latency
 
     def best_decisions(self) -> list[dict]:
         ok = sorted((lat, canonical(d), d) for d, lat in self.results if lat is not None)
@@ -117,10 +125,10 @@ class TuneResult:
 def task_rows(states: list[TaskState]) -> list[dict]:
     rows = []
     for s in states:
-        best = s.best
+        best, now = s.best, s.current
         rows.append({"task": s.task.name, "key": s.task.key, "weight": s.task.weight, "flops": s.task.flops,
-                     "trials": s.trials, "best_latency": best, "default_latency": s.default_latency,
-                     "best_gflops": s.task.flops / best / 1e9 if best else None,
+                     "trials": s.trials, "best_latency": best, "latency": now, "default_latency": s.reference,
+                     "best_gflops": s.task.flops / now / 1e9 if now else None,
                      "failed": s.failed})
     return rows
 
@@ -235,7 +243,7 @@ def tune(model, target="host", trials: int = 64, db="tuning", *, cost_model="xgb
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _save_model(costs, Path(db))
-    untuned = sum(s.task.weight * (s.default_latency or 0.0) for s in states if not s.failed)
+    untuned = sum(s.task.weight * (s.reference or 0.0) for s in states if not s.failed)
     result = TuneResult(Path(db), task_rows(states), curve_points, total, untuned, estimated_latency(states))
     if curve is not None:
         from kiln.autotune.progress import plot_curve
@@ -254,6 +262,8 @@ def verify(s: TaskState, measurer: Measurer, database: Database, target: str, to
     last = database.verdict(s.task.key, target)
     if last is not None and all(r.get("time", 0) <= last.get("time", 0) for r in records):
         s.verdict = last["latency"]  # nothing measured since the last verdict
+        retimed = last.get("retimed") or [{}]
+        s.default_retimed = retimed[0].get("latency") if not retimed[0].get("decisions") else None
         return
     default = default_schedule(s.task)
     seen, picks, funcs = {canonical(s.space.default())}, [], [default.func]
@@ -274,6 +284,7 @@ def verify(s: TaskState, measurer: Measurer, database: Database, target: str, to
     timed = measurer.retime(s.task, funcs, rounds=rounds)
     if not timed[0].ok:
         return  # the default itself failed on a re-run: leave the records as measured
+    s.default_retimed = timed[0].latency
     winner = 0  # index into timed: 0 is the default
     ok = [(t.latency, i) for i, t in enumerate(timed) if i and t.ok]
     if ok and min(ok)[0] < timed[0].latency * (1.0 - VERIFY_MARGIN):
