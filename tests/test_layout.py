@@ -115,3 +115,40 @@ def test_rgb_stem_is_padded_plane_by_plane():
     x = rng.standard_normal((1, 3, 20, 20)).astype(np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(compiled.run({"x": x})["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def _pooled_model(pool_is_output: bool):
+    """conv 3x3 (16 -> 32) + relu, global average pool, flatten (or the pool as the output)."""
+    rng = np.random.default_rng(2)
+    conv, inits = _conv("c", "x", "c", 16, 32, 3, rng, pad=1)
+    nodes = [conv, helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"])]
+    out = "p" if pool_is_output else "y"
+    if not pool_is_output:
+        nodes.append(helper.make_node("Flatten", ["p"], ["y"]))
+    shape = [1, 32, 1, 1] if pool_is_output else [1, 32]
+    g = helper.make_graph(nodes, "pooled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 9, 9])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_global_average_pool_of_a_blocked_value_pools_before_the_conversion():
+    """Before: conv_nchwc, relu, from_nchwc (32 x 81 values), global_avg_pool.
+    Expected: conv_nchwc, relu, a mean over H and W in the blocked layout, from_nchwc (32 values)."""
+    blocked = to_nchwc(fold_constants(import_model(_pooled_model(False))), 16).verify()
+    ops = [n.op for n in blocked.nodes]
+    assert ops[:5] == ["to_nchwc", "conv_nchwc", "relu", "reduce_mean", "from_nchwc"]
+    mean = blocked.nodes[3]
+    assert mean.attrs == {"axes": (2, 3), "keepdims": True}
+    assert blocked.value_types()[mean.outputs[0].name].shape == (1, 2, 1, 1, 16)
+    # a pool that is the graph's output keeps the plain rule (the output is NCHW by name)
+    plain = to_nchwc(fold_constants(import_model(_pooled_model(True))), 16).verify()
+    assert [n.op for n in plain.nodes][-2:] == ["from_nchwc", "global_avg_pool"]
+
+
+@pytest.mark.parametrize("pool_is_output", [False, True])
+def test_pooled_model_matches_onnxruntime(pool_is_output):
+    model = _pooled_model(pool_is_output)
+    x = np.random.default_rng(3).standard_normal((1, 16, 9, 9)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = next(iter(kiln.compile(model, target="host").run({"x": x}).values()))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

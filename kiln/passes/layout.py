@@ -6,6 +6,7 @@ Walks the graph once, tracking which values are stored blocked:
   time; its input is converted with ``to_nchwc`` unless it is blocked already;
 - elementwise/broadcast nodes whose tensor inputs are all blocked (or per-channel or
   scalar constants, repacked here) stay blocked;
+- a global average pool pools in the blocked layout (a mean over H and W);
 - anything else that reads a blocked value gets it back through ``from_nchwc``.
 So transposes happen only where a blocked region meets a node that is not layout-aware,
 typically once after the stem and once before the classifier.
@@ -199,6 +200,20 @@ def _convert_max_pool(bld: _Builder, node: Node) -> bool:
     return True
 
 
+def _convert_global_avg_pool(bld: _Builder, node: Node) -> bool:
+    """A float global average pool of a blocked value pools in the blocked layout: a mean over
+    H and W of [N, C/b, H, W, b] leaves [N, C/b, 1, 1, b], so the conversion back to NCHW moves
+    C values instead of C x H x W (MobileNetV2's 7x7x1280: 36 us of conversion on one core)."""
+    x = bld.blocked.get(node.inputs[0], node.inputs[0])
+    out = node.outputs[0]
+    if x not in bld.original or len(node.outputs) != 1 or not out.type.dtype.is_float:
+        return False
+    name = bld.add("reduce_mean", [x], {"axes": (2, 3), "keepdims": True}, out=bld.fresh(out.name))
+    bld.mark(name, out.type, bld.block_of[x])
+    bld.blocked[out.name] = name
+    return True
+
+
 def to_nchwc(graph: Graph, block: int) -> Graph:
     bld = _Builder(graph, block)
     outputs = {v.name for v in graph.outputs}
@@ -208,6 +223,9 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
             _convert_conv(bld, node, kind)
             continue
         if node.op == "max_pool" and node.outputs[0].name not in outputs and _convert_max_pool(bld, node):
+            continue
+        if (node.op == "global_avg_pool" and node.outputs[0].name not in outputs
+                and _convert_global_avg_pool(bld, node)):
             continue
         out = node.outputs[0]
         reads_blocked = any(bld.blocked.get(i, i) in bld.original for i in node.inputs if i)
