@@ -262,6 +262,9 @@ def tile_gemm(func: Func, stage: Stage):
                           VectorLoad(operand.buffer, flat, buf.name, slots)))
         return out
 
+    # invocation (ty, tx) owns rows ty + i * threads_y and columns tx + j * threads_x of the tile,
+    # not a contiguous block: neighbouring invocations then read neighbouring words of
+    # workgroup memory (no bank conflicts) and write neighbouring words of the output
     ty, tx = t // cfg.threads_x, t % cfg.threads_x
     i_v, j_v, kk_v = Var("mi"), Var("mj"), Var("kk")
     acc_tile = Buffer(acc.name, (micro_rows, micro_cols), acc.dtype, "local")
@@ -273,8 +276,9 @@ def tile_gemm(func: Func, stage: Stage):
         return For(iv, micro_rows, For(jv, micro_cols, stmt))
 
     init_tile = over_tile(Store(acc.name, ij, init), "_init")
-    mac = Store(acc.name, ij, Load(acc.name, ij, acc.dtype) + Load(sx.name, (ty * micro_rows + i_v, kk_v), sx.dtype)
-                * Load(sy.name, (kk_v, tx * micro_cols + j_v), sy.dtype))
+    tile_row, tile_col = ty + i_v * cfg.threads_y, tx + j_v * cfg.threads_x
+    mac = Store(acc.name, ij, Load(acc.name, ij, acc.dtype) + Load(sx.name, (tile_row, kk_v), sx.dtype)
+                * Load(sy.name, (kk_v, tile_col), sy.dtype))
     k_steps = -(-k_total // tile_k)
     main = For(k0, k_steps, seq(
         *(fill_vectors(sx, x, vector_x, True) if vector_x is not None
@@ -284,7 +288,7 @@ def tile_gemm(func: Func, stage: Stage):
         Barrier(),
         For(kk_v, tile_k, over_tile(mac)),
         Barrier()))
-    out_row, out_col = row0 + ty * micro_rows + i_v, col0 + tx * micro_cols + j_v
+    out_row, out_col = row0 + tile_row, col0 + tile_col
     wb = _index_scalar(epilogue, acc.name, ij)
     wb = subst_stmt(wb, {**outer, row.var.name: out_row, col.var.name: out_col})
     write = over_tile(If(simplify(_and(out_row.lt(_c(rows)), out_col.lt(_c(cols)))), wb), "_wb")

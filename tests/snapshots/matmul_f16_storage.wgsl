@@ -114,7 +114,7 @@ fn kernel_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     for (var kk = 0; kk < 8; kk++) {
       for (var mi = 0; mi < 4; mi++) {
         for (var mj = 0; mj < 4; mj++) {
-          acc0[mi][mj] = (acc0[mi][mj] + (kernel_0_tile_x[(((tid / 8i) * 4i) + mi)][kk] * kernel_0_tile_y[kk][(((tid % 8i) * 4i) + mj)]));
+          acc0[mi][mj] = (acc0[mi][mj] + (kernel_0_tile_x[((tid / 8i) + (mi * 8i))][kk] * kernel_0_tile_y[kk][((tid % 8i) + (mj * 8i))]));
         }
       }
     }
@@ -122,8 +122,8 @@ fn kernel_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   }
   for (var mi_wb = 0; mi_wb < 4; mi_wb++) {
     for (var mj_wb = 0; mj_wb < 4; mj_wb++) {
-      if ((((((((blk / 8i) % 2i) * 32i) + ((tid / 8i) * 4i)) + mi_wb) < 64i) && (((((blk % 8i) * 32i) + ((tid % 8i) * 4i)) + mj_wb) < 256i))) {
-        arena16[24576 + ((((((blk / 8i) % 2i) * 32i) + ((tid / 8i) * 4i)) + mi_wb)) * 256 + ((((blk % 8i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)] = f16(select((acc0[mi_wb][mj_wb] + unpack2x16float(weights0[16384 + ((((((blk % 8i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)) >> 1u)])[(((((blk % 8i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)) & 1]), 0.0f, (0.0f > (acc0[mi_wb][mj_wb] + unpack2x16float(weights0[16384 + ((((((blk % 8i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)) >> 1u)])[(((((blk % 8i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)) & 1]))));
+      if (((((((blk / 8i) % 2i) * 32i) + ((tid / 8i) + (mi_wb * 8i))) < 64i) && ((((blk % 8i) * 32i) + ((tid % 8i) + (mj_wb * 8i))) < 256i))) {
+        arena16[24576 + (((((blk / 8i) % 2i) * 32i) + ((tid / 8i) + (mi_wb * 8i)))) * 256 + (((blk % 8i) * 32i) + ((tid % 8i) + (mj_wb * 8i)))] = f16(select((acc0[mi_wb][mj_wb] + unpack2x16float(weights0[16384 + (((((blk % 8i) * 32i) + ((tid % 8i) + (mj_wb * 8i)))) >> 1u)])[((((blk % 8i) * 32i) + ((tid % 8i) + (mj_wb * 8i)))) & 1]), 0.0f, (0.0f > (acc0[mi_wb][mj_wb] + unpack2x16float(weights0[16384 + (((((blk % 8i) * 32i) + ((tid % 8i) + (mj_wb * 8i)))) >> 1u)])[((((blk % 8i) * 32i) + ((tid % 8i) + (mj_wb * 8i)))) & 1]))));
       }
     }
   }

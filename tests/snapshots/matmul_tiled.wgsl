@@ -110,7 +110,7 @@ fn kernel_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     for (var kk = 0; kk < 8; kk++) {
       for (var mi = 0; mi < 4; mi++) {
         for (var mj = 0; mj < 4; mj++) {
-          acc0[mi][mj] = (acc0[mi][mj] + (kernel_0_tile_x[(((tid / 8i) * 4i) + mi)][kk] * kernel_0_tile_y[kk][(((tid % 8i) * 4i) + mj)]));
+          acc0[mi][mj] = (acc0[mi][mj] + (kernel_0_tile_x[((tid / 8i) + (mi * 8i))][kk] * kernel_0_tile_y[kk][((tid % 8i) + (mj * 8i))]));
         }
       }
     }
@@ -118,8 +118,8 @@ fn kernel_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
   }
   for (var mi_wb = 0; mi_wb < 4; mi_wb++) {
     for (var mj_wb = 0; mj_wb < 4; mj_wb++) {
-      if ((((((((blk / 2i) % 2i) * 32i) + ((tid / 8i) * 4i)) + mi_wb) < 64i) && (((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb) < 64i))) {
-        kiln_view19[((((((blk / 2i) % 2i) * 32i) + ((tid / 8i) * 4i)) + mi_wb)) * 64 + ((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)] = bitcast<u32>((acc0[mi_wb][mj_wb] + bitcast<f32>(kiln_view18[((((blk % 2i) * 32i) + ((tid % 8i) * 4i)) + mj_wb)])));
+      if (((((((blk / 2i) % 2i) * 32i) + ((tid / 8i) + (mi_wb * 8i))) < 64i) && ((((blk % 2i) * 32i) + ((tid % 8i) + (mj_wb * 8i))) < 64i))) {
+        kiln_view19[(((((blk / 2i) % 2i) * 32i) + ((tid / 8i) + (mi_wb * 8i)))) * 64 + (((blk % 2i) * 32i) + ((tid % 8i) + (mj_wb * 8i)))] = bitcast<u32>((acc0[mi_wb][mj_wb] + bitcast<f32>(kiln_view18[(((blk % 2i) * 32i) + ((tid % 8i) + (mj_wb * 8i)))])));
       }
     }
   }
