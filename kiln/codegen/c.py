@@ -13,7 +13,7 @@ import numpy as np
 from kiln.codegen import narrow_types
 from kiln.errors import VerificationError
 from kiln.ir.dtype import INDEX, DType
-from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs, as_expr, simplify
+from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs, as_expr, simplify, walk
 from kiln.ir.loop import PARALLEL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq, Stmt, Store
 
 
@@ -292,15 +292,15 @@ class CRenderer:
         dot-product instructions (x86 ``vpdpbusd``/``vpmaddwd``, Arm ``sdot``/``udot``) --
         under ``omp simd`` it widens and multiplies lane by lane (measured with gcc 12)."""
         clause = self.reduction_clause(loop)
-        if clause.startswith(" reduction(+:") and self.buffers[loop.body.buffer].dtype.is_int:
+        if clause.startswith(" reduction(+:") and self.buffers[_accumulation(loop).buffer].dtype.is_int:
             return None
         return self.simd_pragma + clause
 
     def reduction_clause(self, loop: For) -> str:
         """`` reduction(+:acc)`` when a vectorized loop accumulates into a scalar: OpenMP then
         may reassociate the sum (one partial sum per lane), which C alone forbids."""
-        body = loop.body
-        if not (isinstance(body, Store) and not body.indices and isinstance(body.value, Bin)):
+        body = _accumulation(loop)
+        if body is None:
             return ""
         buf = self.buffers.get(body.buffer)
         if buf is not None and (buf.dtype.is_narrow_float or buf.dtype.is_narrow_int):
@@ -451,3 +451,22 @@ static inline int64_t kiln_mod(int64_t a, int64_t b) {
 static inline int64_t kiln_div(int64_t a, int64_t b) { return a / b; }
 static inline int64_t kiln_fmod(int64_t a, int64_t b) { return a % b; }
 """
+
+
+def _accumulation(loop: For) -> Store | None:
+    """The store into a scalar that a loop body accumulates into: the body itself, or the one
+    unindexed store among indexed stores that do not read that scalar (a value kept for a
+    later loop, ``kiln/passes/reuse_values.py``)."""
+    body = loop.body
+    stmts = body.stmts if isinstance(body, Seq) else (body,)
+    if not all(isinstance(x, Store) for x in stmts):
+        return None
+    scalars = [x for x in stmts if not x.indices]
+    if len(scalars) != 1 or not isinstance(scalars[0].value, Bin):
+        return None
+    acc = scalars[0].buffer
+    for x in stmts:
+        if x is not scalars[0] and any(isinstance(e, Load) and e.buffer == acc
+                                       for part in (*x.indices, x.value) for e in walk(part)):
+            return None
+    return scalars[0]
