@@ -68,12 +68,15 @@ def test_softmax_rows_compute_each_exponential_once():
     assert _exps(before) == 2 and _exps(after) == 1
 
 
-@pytest.mark.parametrize("case", ["narrower output", "written between", "other extent"])
+@pytest.mark.parametrize("case", ["narrower output", "written between", "destination read between", "other extent"])
 def test_the_rewrite_does_not_apply(case):
+    zero = Const(0, DType.int64)
     if case == "narrower output":  # storing the f32 exponential into float16 would round it
         f = _softmax_rows(out_dtype=F16)
     elif case == "written between":  # m changes between the loops: the second exp is another value
-        f = _softmax_rows(between=Store("m", (r, Const(0, DType.int64)), Const(1.0, F32)))
+        f = _softmax_rows(between=Store("m", (r, zero), Const(1.0, F32)))
+    elif case == "destination read between":  # it would see the early values
+        f = _softmax_rows(between=Store("s", (r, zero), Load("y", (r, zero), F32)))
     else:
         f = _softmax_rows(second_extent=4)
     assert reuse_through_destination(f) == f

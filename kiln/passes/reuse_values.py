@@ -27,7 +27,8 @@ It applies when, in one sequence of statements (allocation scopes seen through):
   loop variable is one whole index and appears nowhere else (each iteration its own element),
   and its value contains the same subexpression (loop variables renamed) in that parameter's
   dtype (so storing it rounds nothing);
-- nothing between the two loops writes that parameter or anything the subexpression reads.
+- nothing between the two loops reads or writes that parameter or writes anything the
+  subexpression reads, and the subexpression does not read that parameter.
 """
 from __future__ import annotations
 
@@ -113,9 +114,13 @@ def _reuse_after(first: For, acc: tuple[str, Expr], after: list[Stmt], params):
         return None
     reads = {x.buffer for x in walk(term) if isinstance(x, Load)}
     written: set[str] = set()
+    read_between: set[str] = set()
     for s in after:
         hit = _match_later(s, first, term, params)
-        if hit is not None and not written & (reads | {hit[0].buffer}):
+        dest = hit[0].buffer if hit is not None else None
+        # the first loop now writes the destination early: nothing it reads may be that
+        # buffer, and nothing in between may read it (or write what the value reads)
+        if hit is not None and dest not in reads and dest not in read_between and not written & (reads | {dest}):
             store, rewritten, shared = hit
             index = tuple(substitute(i, {s.var.name: first.var}) for i in store.indices)
             dtype = first.body.value.dtype
@@ -124,7 +129,17 @@ def _reuse_after(first: For, acc: tuple[str, Expr], after: list[Stmt], params):
                                              _replace(term, shared, Load(store.buffer, index, shared.dtype)), dtype))
             return replace(first, body=seq(keep, update)), s, rewritten
         written.update(x.buffer for x in walk_stmts(s) if isinstance(x, Store))
+        read_between.update(e.buffer for x in walk_stmts(s) for part in _exprs(x) for e in walk(part)
+                            if isinstance(e, Load))
     return None
+
+
+def _exprs(s: Stmt) -> tuple[Expr, ...]:
+    if isinstance(s, Store):
+        return (*s.indices, s.value)
+    if isinstance(s, If):
+        return (s.cond,)
+    return ()
 
 
 def _match_later(s: Stmt, first: For, term: Expr, params):
