@@ -129,3 +129,31 @@ def test_output_named_like_an_input_is_refused_cleanly():
 
     with pytest.raises(UnsupportedOperatorError, match="graph output 'x' is the graph input"):
         kiln.compile(_aliasing_model(["w", "x"]))
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("where", ["none", "first", "middle", "last", "all"])
+def test_nan_propagates_through_max_and_min_reductions(backend, op, where):
+    """A row with a NaN anywhere reduces to NaN, as numpy's max/min (the host prints the
+    reduction as a plain max/min plus a NaN flag: ``CRenderer._extreme_with_nan_flag``);
+    rows of 40 so a vectorized loop has full vectors and a tail."""
+    x = np.random.default_rng(5).standard_normal((3, 40)).astype(np.float32)
+    x[1, 7], x[2, 3] = np.inf, -np.inf
+    pos = {"none": [], "first": [0], "middle": [21], "last": [39], "all": list(range(40))}[where]
+    x[0, pos] = np.nan
+    node = helper.make_node(op, ["x"], ["y"], axes=[1], keepdims=0)
+    model = util.make_model([node], [("x", np.float32, (3, 40))], [("y", np.float32, (3,))], opset=13)
+    got = util.kiln_run(model, {"x": x}, backend)["y"]
+    want = (np.max if op == "ReduceMax" else np.min)(x, axis=1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_softmax_of_a_row_with_nan_is_nan(backend):
+    x = np.random.default_rng(6).standard_normal((2, 33)).astype(np.float32)
+    x[0, 17] = np.nan
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
+    model = util.make_model([node], [("x", np.float32, (2, 33))], [("y", np.float32, (2, 33))], opset=13)
+    got = util.kiln_run(model, {"x": x}, backend)["y"]
+    assert np.isnan(got[0]).all() and not np.isnan(got[1]).any()
+    e = np.exp(x[1] - x[1].max())
+    np.testing.assert_allclose(got[1], e / e.sum(), rtol=1e-5)

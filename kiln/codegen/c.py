@@ -251,6 +251,8 @@ class CRenderer:
                 self.emit(self.parallel_pragma, depth)
             elif s.kind == VECTORIZED:
                 pragma = self.vector_pragma(s)
+                if pragma and self._extreme_with_nan_flag(s, pragma, depth):
+                    return
                 if pragma:
                     self.emit(pragma, depth)
             elif s.kind == UNROLLED and isinstance(s.extent, int):
@@ -295,6 +297,34 @@ class CRenderer:
         if clause.startswith(" reduction(+:") and self.buffers[_accumulation(loop).buffer].dtype.is_int:
             return None
         return self.simd_pragma + clause
+
+    def _extreme_with_nan_flag(self, loop: For, pragma: str, depth: int) -> bool:
+        """A float max/min reduction printed as a plain max/min plus a NaN flag.
+
+        ``kiln_maxf`` keeps a NaN (as ONNX does), and as an OpenMP custom reduction it is one
+        dependent compare-compare-blend chain per vector; the loop's own NaN test and a plain
+        ``reduction(max:)`` are independent, cheaper steps (a standalone 12x128x128 softmax
+        on one core: 94.5 -> 81.5 us). The result is the same: NaN if the accumulator or any
+        element is NaN, else the maximum (minimum). False when ``loop`` is no such reduction."""
+        if (not pragma.startswith("#pragma omp simd") or " reduction(kiln_r" not in pragma
+                or not isinstance(loop.body, Store)):
+            return False
+        acc, value = loop.body.buffer, loop.body.value
+        if any(isinstance(e, Load) and e.buffer == acc for e in walk(value.b)):
+            return False
+        ctype = self.ctype(self.buffers[acc].dtype)
+        op = value.op  # "max" or "min" (reduction_clause checked the form acc = op(acc, e))
+        flag, v = f"{acc}_nan", f"{acc}_v"
+        self.emit(f"int {flag} = {acc} != {acc};", depth)
+        self.emit(f"{self.simd_pragma} reduction({op}:{acc}) reduction(|:{flag})", depth)
+        self.emit(f"for (int64_t {loop.var.name} = 0; {loop.var.name} < {self.dim(loop.extent)}; "
+                  f"++{loop.var.name}) {{", depth)
+        self.emit(f"const {ctype} {v} = {self.expr(value.b)};", depth + 1)
+        self.emit(f"{acc} = {acc} {'>' if op == 'max' else '<'} {v} ? {acc} : {v};", depth + 1)
+        self.emit(f"{flag} |= {v} != {v};", depth + 1)
+        self.emit("}", depth)
+        self.emit(f"if ({flag}) {acc} = NAN;", depth)
+        return True
 
     def reduction_clause(self, loop: For) -> str:
         """`` reduction(+:acc)`` when a vectorized loop accumulates into a scalar: OpenMP then

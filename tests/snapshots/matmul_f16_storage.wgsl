@@ -52,6 +52,9 @@ fn kiln_expm1(x: f32) -> f32 {
 // compare (false for NaN), so the NaN case is tested on the bits
 fn kiln_ne(a: f32, b: f32) -> bool { return !(a == b) || kiln_isnan(a) || kiln_isnan(b); }
 fn kiln_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+// max/min keeping a NaN operand, as ONNX (numpy) does; WGSL leaves it to the implementation
+fn kiln_maxf(a: f32, b: f32) -> f32 { return select(select(max(a, b), b, kiln_isnan(b)), a, kiln_isnan(a)); }
+fn kiln_minf(a: f32, b: f32) -> f32 { return select(select(min(a, b), b, kiln_isnan(b)), a, kiln_isnan(a)); }
 fn kiln_isinf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
 // WGSL has no erf: 1 - erfc(x), with erfc from a Chebyshev fit (Numerical Recipes' erfcc,
 // fractional error below 1.2e-7 everywhere).

@@ -50,6 +50,9 @@ fn kiln_expm1(x: f32) -> f32 {
 // compare (false for NaN), so the NaN case is tested on the bits
 fn kiln_ne(a: f32, b: f32) -> bool { return !(a == b) || kiln_isnan(a) || kiln_isnan(b); }
 fn kiln_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+// max/min keeping a NaN operand, as ONNX (numpy) does; WGSL leaves it to the implementation
+fn kiln_maxf(a: f32, b: f32) -> f32 { return select(select(max(a, b), b, kiln_isnan(b)), a, kiln_isnan(a)); }
+fn kiln_minf(a: f32, b: f32) -> f32 { return select(select(min(a, b), b, kiln_isnan(b)), a, kiln_isnan(a)); }
 fn kiln_isinf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
 // WGSL has no erf: 1 - erfc(x), with erfc from a Chebyshev fit (Numerical Recipes' erfcc,
 // fractional error below 1.2e-7 everywhere).
@@ -72,36 +75,36 @@ fn kernel_0_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
   acc0 = kiln_f32_bits(0xff800000u);
   for (var kstep = 0; kstep < 16; kstep++) {
     if ((((kstep * 64i) + tid) < 1000i)) {
-      acc0 = max(acc0, bitcast<f32>(arena[(blk) * 1000 + ((kstep * 64i) + tid)]));
+      acc0 = kiln_maxf(acc0, bitcast<f32>(arena[(blk) * 1000 + ((kstep * 64i) + tid)]));
     }
   }
   kernel_0_0_acc0_part[tid] = acc0;
   workgroupBarrier();
   if ((tid < 32i)) {
-    kernel_0_0_acc0_part[tid] = max(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 32i)]);
+    kernel_0_0_acc0_part[tid] = kiln_maxf(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 32i)]);
   }
   workgroupBarrier();
   if ((tid < 16i)) {
-    kernel_0_0_acc0_part[tid] = max(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 16i)]);
+    kernel_0_0_acc0_part[tid] = kiln_maxf(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 16i)]);
   }
   workgroupBarrier();
   if ((tid < 8i)) {
-    kernel_0_0_acc0_part[tid] = max(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 8i)]);
+    kernel_0_0_acc0_part[tid] = kiln_maxf(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 8i)]);
   }
   workgroupBarrier();
   if ((tid < 4i)) {
-    kernel_0_0_acc0_part[tid] = max(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 4i)]);
+    kernel_0_0_acc0_part[tid] = kiln_maxf(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 4i)]);
   }
   workgroupBarrier();
   if ((tid < 2i)) {
-    kernel_0_0_acc0_part[tid] = max(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 2i)]);
+    kernel_0_0_acc0_part[tid] = kiln_maxf(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 2i)]);
   }
   workgroupBarrier();
   if ((tid < 1i)) {
-    kernel_0_0_acc0_part[tid] = max(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 1i)]);
+    kernel_0_0_acc0_part[tid] = kiln_maxf(kernel_0_0_acc0_part[tid], kernel_0_0_acc0_part[(tid + 1i)]);
   }
   if ((tid == 0i)) {
-    acc0 = max(kiln_f32_bits(0xff800000u), kernel_0_0_acc0_part[0i]);
+    acc0 = kiln_maxf(kiln_f32_bits(0xff800000u), kernel_0_0_acc0_part[0i]);
     arena[6016 + (blk) * 1 + 0i] = bitcast<u32>(acc0);
   }
 }

@@ -51,6 +51,9 @@ fn kiln_expm1(x: f32) -> f32 {
 // compare (false for NaN), so the NaN case is tested on the bits
 fn kiln_ne(a: f32, b: f32) -> bool { return !(a == b) || kiln_isnan(a) || kiln_isnan(b); }
 fn kiln_isnan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+// max/min keeping a NaN operand, as ONNX (numpy) does; WGSL leaves it to the implementation
+fn kiln_maxf(a: f32, b: f32) -> f32 { return select(select(max(a, b), b, kiln_isnan(b)), a, kiln_isnan(a)); }
+fn kiln_minf(a: f32, b: f32) -> f32 { return select(select(min(a, b), b, kiln_isnan(b)), a, kiln_isnan(a)); }
 fn kiln_isinf(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u; }
 // WGSL has no erf: 1 - erfc(x), with erfc from a Chebyshev fit (Numerical Recipes' erfcc,
 // fractional error below 1.2e-7 everywhere).
@@ -76,7 +79,7 @@ fn kernel_0_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
   acc0 = kiln_f32_bits(0xff800000u);
   for (var kstep = 0; kstep < 16; kstep++) {
     if ((((kstep * 64i) + tid) < 1000i)) {
-      acc0 = max(acc0, bitcast<f32>(arena[(blk) * 1000 + ((kstep * 64i) + tid)]));
+      acc0 = kiln_maxf(acc0, bitcast<f32>(arena[(blk) * 1000 + ((kstep * 64i) + tid)]));
     }
   }
   acc0_sg = subgroupMax(acc0);
@@ -85,12 +88,12 @@ fn kernel_0_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
   acc0 = kiln_f32_bits(0xff800000u);
   for (var slot = 0; slot < 16; slot++) {
     if ((((slot * sg_size) + sg_lane) < 64i)) {
-      acc0 = max(acc0, kernel_0_0_acc0_part[((slot * sg_size) + sg_lane)]);
+      acc0 = kiln_maxf(acc0, kernel_0_0_acc0_part[((slot * sg_size) + sg_lane)]);
     }
   }
   acc0_sg = subgroupMax(acc0);
   if ((tid == 0i)) {
-    acc0 = max(kiln_f32_bits(0xff800000u), acc0_sg);
+    acc0 = kiln_maxf(kiln_f32_bits(0xff800000u), acc0_sg);
     arena[6016 + (blk) * 1 + 0i] = bitcast<u32>(acc0);
   }
 }
