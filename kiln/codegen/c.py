@@ -14,7 +14,7 @@ from kiln.codegen import narrow_types
 from kiln.errors import VerificationError
 from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs, as_expr, simplify, walk
-from kiln.ir.loop import PARALLEL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq, Stmt, Store
+from kiln.ir.loop import PARALLEL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq, Stmt, Store, stmt_exprs
 
 
 class CRenderer:
@@ -497,6 +497,6 @@ def _accumulation(loop: For) -> Store | None:
     acc = scalars[0].buffer
     for x in stmts:
         if x is not scalars[0] and any(isinstance(e, Load) and e.buffer == acc
-                                       for part in (*x.indices, x.value) for e in walk(part)):
+                                       for part in stmt_exprs(x) for e in walk(part)):
             return None
     return scalars[0]

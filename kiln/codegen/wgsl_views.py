@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.ir.expr import loads
-from kiln.ir.loop import Func, If, Store, SubgroupReduce, VectorLoad, walk_stmts
+from kiln.ir.loop import Func, Store, VectorLoad, stmt_exprs, walk_stmts
 
 VIEW_BINDING = 16          # binding number of a kernel module's first view (0-9 are the shared bindings)
 OFFSET_ALIGN_WORDS = 64    # 256 bytes: WebGPU's minStorageBufferOffsetAlignment
@@ -60,18 +60,6 @@ class View:
                 "offset": self.offset, "words": self.words, "readOnly": self.buffer != "arena"}
 
 
-def _exprs(s):
-    if isinstance(s, Store):
-        return (*s.indices, s.value)
-    if isinstance(s, If):
-        return (s.cond,)
-    if isinstance(s, SubgroupReduce):
-        return (s.value,)
-    if isinstance(s, VectorLoad):
-        return (s.flat, *(i for ix in s.dst_indices for i in ix))
-    return ()
-
-
 def _round(words: int) -> int:
     return -(-max(words, 1) // OFFSET_ALIGN_WORDS) * OFFSET_ALIGN_WORDS
 
@@ -86,7 +74,7 @@ def dispatch_views(func: Func, bases: dict[str, tuple[str, int]], chunk_words: i
     if not vector_srcs:
         return None
     written = {s.buffer for s in stmts if isinstance(s, Store)}
-    read = vector_srcs | {ld.buffer for s in stmts for e in _exprs(s) for ld in loads(e)}
+    read = vector_srcs | {ld.buffer for s in stmts for e in stmt_exprs(s) for ld in loads(e)}
     groups: dict[tuple[str, int, int], dict] = {}
     for p in func.params:
         if p.scope != "global" or p.name not in written | read:

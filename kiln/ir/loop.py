@@ -137,6 +137,19 @@ def stmt_children(s: Stmt) -> tuple[Stmt, ...]:
     return ()
 
 
+def stmt_exprs(s: Stmt) -> tuple[Expr, ...]:
+    """The expressions a statement holds itself (not those of the statements inside it)."""
+    if isinstance(s, Store):
+        return (*s.indices, s.value)
+    if isinstance(s, If):
+        return (s.cond,)
+    if isinstance(s, SubgroupReduce):
+        return (s.value,)
+    if isinstance(s, VectorLoad):
+        return (s.flat, *(i for ix in s.dst_indices for i in ix))
+    return ()
+
+
 def walk_stmts(s: Stmt) -> Iterator[Stmt]:
     stack = [s]
     while stack:
@@ -226,7 +239,7 @@ def format_func(f: Func) -> str:
 
 __all__ = [
     "Buffer", "Stmt", "For", "Seq", "Store", "Alloc", "If", "Barrier", "SubgroupReduce", "VectorLoad", "SUBGROUP_LANE",
-    "SUBGROUP_SIZE", "Func", "seq", "walk_stmts", "map_stmt",
+    "SUBGROUP_SIZE", "Func", "seq", "walk_stmts", "stmt_exprs", "map_stmt",
     "map_exprs", "subst_stmt", "find_loop", "loop_names", "format_stmt", "format_func",
     "SERIAL", "PARALLEL", "VECTORIZED", "UNROLLED", "LOOP_KINDS", "map_children",
     "GPU_BLOCK", "GPU_THREAD", "GPU_LOOP_KINDS",

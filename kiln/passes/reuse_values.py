@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from kiln.ir.expr import Bin, Expr, Load, Un, free_vars, map_children, substitute, walk
-from kiln.ir.loop import Alloc, For, Func, If, Seq, Stmt, Store, seq, walk_stmts
+from kiln.ir.loop import Alloc, For, Func, If, Seq, Stmt, Store, seq, stmt_exprs, walk_stmts
 
 TRANSCENDENTAL = {"exp", "expm1", "log", "tanh", "erf", "sigmoid", "softplus", "sin", "cos", "tan", "atan",
                   "asin", "acos", "sinh", "cosh", "asinh", "acosh", "atanh"}
@@ -129,17 +129,9 @@ def _reuse_after(first: For, acc: tuple[str, Expr], after: list[Stmt], params):
                                              _replace(term, shared, Load(store.buffer, index, shared.dtype)), dtype))
             return replace(first, body=seq(keep, update)), s, rewritten
         written.update(x.buffer for x in walk_stmts(s) if isinstance(x, Store))
-        read_between.update(e.buffer for x in walk_stmts(s) for part in _exprs(x) for e in walk(part)
+        read_between.update(e.buffer for x in walk_stmts(s) for part in stmt_exprs(x) for e in walk(part)
                             if isinstance(e, Load))
     return None
-
-
-def _exprs(s: Stmt) -> tuple[Expr, ...]:
-    if isinstance(s, Store):
-        return (*s.indices, s.value)
-    if isinstance(s, If):
-        return (s.cond,)
-    return ()
 
 
 def _match_later(s: Stmt, first: For, term: Expr, params):
