@@ -21,7 +21,7 @@ from dataclasses import replace
 from kiln.codegen.c import CRenderer
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Load, affine_coeffs, substitute
+from kiln.ir.expr import Bin, Cast, Const, Load, affine_coeffs, row_major, substitute
 from kiln.ir.loop import SERIAL, For, Store
 
 _DOT_TYPES = {DType.int8: "s8", DType.uint8: "u8"}
@@ -117,11 +117,7 @@ class C99Renderer(CRenderer):
         buf = self.buffers[ld.buffer]
         if not all(isinstance(n, int) for n in buf.shape):
             return None
-        flat = None
-        for i, n in zip(ld.indices, buf.shape):
-            flat = i if flat is None else Bin("add", Bin("mul", flat, Const(n, DType.int64), DType.int64), i,
-                                              DType.int64)
-        return flat if flat is not None else Const(0, DType.int64)
+        return row_major(ld.indices, buf.shape)
 
 
 C99_PRELUDE = """\

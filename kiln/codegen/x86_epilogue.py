@@ -21,9 +21,9 @@ int64 splits the lanes by shifts (no shuffle), ``vpmuldq`` multiplies pairs whos
 are sign-extended int32 (which it knows from the casts), and narrowing takes the low 32
 bits of both halves back with one blend. Two widenings are skipped: ``vpmuldq`` reads only
 the low 32 bits of each 64-bit lane, so a product's even lanes take the int32 vector as it
-is; and a clamped int64 value cast down to 8 bits and up again is the pair it came from. Every operation has the C semantics of the scalar
-expression it replaces (wrapping int32/int64 arithmetic, arithmetic shifts, truncating
-casts), so the result is the same integer lane by lane; the plain loop stays in ``#else``.
+is; and a clamped int64 value cast down to 8 bits and up again is the pair it came from.
+Every operation has the C semantics of the scalar expression it replaces (wrapping
+int32/int64 arithmetic, arithmetic shifts, truncating casts), so the result is the same integer lane by lane; the plain loop stays in ``#else``.
 
 Supported: integer ``add``/``sub``/``mul``/``shr``/``min``/``max``, casts between int8,
 uint8, int32 and int64, constants, loads that are contiguous along ``c`` (16 lanes from

@@ -485,6 +485,14 @@ def affine_coeffs(e: Expr) -> dict[str, int] | None:
     return out
 
 
+def row_major(indices, shape) -> Expr:
+    """The flat (row-major) element index of ``indices`` into a tensor of static ``shape``."""
+    flat = None
+    for i, n in zip(indices, shape):
+        flat = i if flat is None else Bin("add", Bin("mul", flat, Const(n, INDEX), INDEX), i, INDEX)
+    return flat if flat is not None else Const(0, INDEX)
+
+
 def eval_const(e: Expr):
     """Python value of a constant expression, or None."""
     e = simplify(e)
@@ -498,5 +506,5 @@ def ceil_div(a: int, b: int) -> int:
 __all__ = [
     "Expr", "Const", "Var", "Bin", "Un", "Select", "Cast", "Load", "Reduce", "fresh", "as_expr",
     "idx", "simplify", "substitute", "replace_loads", "free_vars", "loads", "walk", "map_children",
-    "affine_coeffs", "linear_terms", "eval_const", "ceil_div", "UNARY_OPS", "COMPARE_OPS", "math",
+    "affine_coeffs", "linear_terms", "row_major", "eval_const", "ceil_div", "UNARY_OPS", "COMPARE_OPS", "math",
 ]

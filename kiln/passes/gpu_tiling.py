@@ -10,14 +10,14 @@ A nest of the form (what ``lower`` produces for every ``tile``-hinted stage)::
 becomes one workgroup per output tile (and per index of the other spatial dims), whose
 invocations each own a register tile (:class:`TileConfig`: 32 x 32 outputs per workgroup for
 most problems, 128 x 128 for large ones). The reduction loops are flattened into one index
-``k``; per step of 8 along it the workgroup copies the ``X`` tile (rows x k) and the ``Y`` tile (k x cols) into workgroup memory --
-evaluating X and Y there, so padding, strides and fused prologues come along -- waits at a
-barrier, and accumulates from workgroup memory. Every global read and write is guarded by
+``k``; per step of 8 along it the workgroup copies the ``X`` tile (rows x k) and the ``Y``
+tile (k x cols) into workgroup memory -- evaluating X and Y there, so padding, strides and
+fused prologues come along -- waits at a barrier, and accumulates from workgroup memory. Every global read and write is guarded by
 the tensor's bounds; out-of-range tile slots hold zero. Barriers sit only in uniform control
 flow (loops with constant bounds), as WGSL requires.
 
 Vector loads: where an operand is a plain float32 tensor read that runs contiguously along the
-tile's fast dimension (X along ``k`` for a single reduction loop, Y along the columns), and its
+tile's fast dimension (X along the flattened reduction, Y along the columns), and its
 flat index is provably a multiple of 4 at every fourth step (the other strides and the offset
 multiples of 4, the extent too), each invocation copies four neighbours with one
 ``VectorLoad`` -- a 16-byte ``vec4`` load in WGSL -- instead of four scalar loads.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from kiln.ir.compute import Stage
 from kiln.ir.dtype import INDEX, DType
-from kiln.ir.expr import Bin, Const, Expr, Load, Var, affine_coeffs, free_vars, simplify, substitute
+from kiln.ir.expr import Bin, Const, Expr, Load, Var, affine_coeffs, free_vars, row_major, simplify, substitute
 from kiln.ir.loop import (GPU_BLOCK, GPU_THREAD, Alloc, Barrier, Buffer, For, Func, If, Seq, Store, VectorLoad,
                           seq, subst_stmt)
 from kiln.ir.schedule import _index_scalar
@@ -122,13 +122,6 @@ def _match(func: Func, stage: Stage):
     return loops, acc, init.value, red_loops, v.b.a, v.b.b, seq(*parts[2:])
 
 
-def _flat_index(load: Load, shape) -> Expr:
-    flat: Expr = _c(0)
-    for i, n in zip(load.indices, shape):
-        flat = flat * _c(n) + i
-    return simplify(flat)
-
-
 def _vector_operand(operand: Expr, along: dict[str, int], extent: int,
                     params: dict[str, Buffer]) -> dict[str, int] | None:
     """The affine coefficients of ``operand``'s flat index when four neighbours of the
@@ -141,7 +134,7 @@ def _vector_operand(operand: Expr, along: dict[str, int], extent: int,
     buf = params.get(operand.buffer)
     if buf is None or buf.scope != "global" or buf.dtype is not DType.float32:
         return None
-    coeffs = affine_coeffs(_flat_index(operand, buf.shape))
+    coeffs = affine_coeffs(simplify(row_major(operand.indices, buf.shape)))
     if coeffs is None or any(coeffs.get(v) != c for v, c in along.items()):
         return None
     return coeffs if all(c % LANES == 0 for v, c in coeffs.items() if v not in along) else None
