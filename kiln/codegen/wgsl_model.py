@@ -24,22 +24,18 @@ import numpy as np
 
 from kiln.codegen.templates import render
 from kiln.codegen.wgsl import WGSL_PRELUDE, WGSLRenderer, bindings, uses_subgroups
-from kiln.codegen.wgsl_views import VIEW_BINDING, View, dispatch_views
+from kiln.codegen.wgsl_views import MAX_VIEWS, OFFSET_ALIGN_WORDS, VIEW_BINDING, View, aligned_words, dispatch_views
 from kiln.errors import KilnError, ShapeError
 from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph
 from kiln.passes.gpu_schedule import Dispatch, schedule_dispatches
 from kiln.passes.memory_plan import _greedy_by_size, view_roots
 
-WORD_ALIGN = 64  # words (256 bytes): any region can also be bound on its own in WebGPU
+WORD_ALIGN = OFFSET_ALIGN_WORDS  # 256 bytes: any region can also be bound on its own (wgsl_views)
 BINDING_WORDS = 1 << 25  # 128 MiB: WebGPU's default maxStorageBufferBindingSize
 CHUNK_WORDS = BINDING_WORDS  # weights are bound in chunks of at most this many words
-MAX_STORAGE_BINDINGS = 8  # WebGPU's default maxStorageBuffersPerShaderStage: the arena + 7 weight chunks
+MAX_STORAGE_BINDINGS = MAX_VIEWS  # WebGPU's default per shader stage: the arena + 7 weight chunks
 UNSUPPORTED = (DType.float64,)
-
-
-def _words(n: int) -> int:
-    return (max(n, 1) + WORD_ALIGN - 1) // WORD_ALIGN * WORD_ALIGN
 
 
 def to_words(a: np.ndarray) -> np.ndarray:
@@ -120,7 +116,7 @@ def plan_words(graph: Graph, kernels, chunk_words: int | None = None, half: bool
 
     def units(t) -> int:  # halves align to the same 256 bytes as words
         n = _max_size(t, bounds)
-        return _words(n) if region(t) == "arena" else 2 * _words(-(-n // 2))
+        return aligned_words(n) if region(t) == "arena" else 2 * aligned_words(-(-n // 2))
 
     storage: dict[str, tuple[str, int]] = {}
     off = {"arena": 0, "arena16": 0}
@@ -136,7 +132,7 @@ def plan_words(graph: Graph, kernels, chunk_words: int | None = None, half: bool
         else:
             w = to_words(arr)
         storage[name] = ("weights", woff)
-        pad = _words(w.size) - w.size
+        pad = aligned_words(w.size) - w.size
         chunks += [w, np.zeros(pad, np.uint32)]
         woff += w.size + pad
     weights = np.concatenate(chunks) if chunks else np.zeros(WORD_ALIGN, np.uint32)

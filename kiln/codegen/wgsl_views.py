@@ -31,8 +31,8 @@ from kiln.ir.expr import loads
 from kiln.ir.loop import Func, Store, VectorLoad, stmt_exprs, walk_stmts
 
 VIEW_BINDING = 16          # binding number of a kernel module's first view (0-9 are the shared bindings)
-OFFSET_ALIGN_WORDS = 64    # 256 bytes: WebGPU's minStorageBufferOffsetAlignment
-MAX_VIEWS = 8              # WebGPU's default maxStorageBuffersPerShaderStage
+OFFSET_ALIGN_WORDS = 64    # 256 bytes: WebGPU's minStorageBufferOffsetAlignment (the memory plan's too)
+MAX_VIEWS = 8              # WebGPU's default maxStorageBuffersPerShaderStage: all a dispatch's views
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,9 @@ class View:
                 "offset": self.offset, "words": self.words, "readOnly": self.buffer != "arena"}
 
 
-def _round(words: int) -> int:
-    return -(-max(words, 1) // OFFSET_ALIGN_WORDS) * OFFSET_ALIGN_WORDS
+def aligned_words(n: int) -> int:
+    """``n`` words (at least one) rounded up to a whole binding-offset alignment."""
+    return -(-max(n, 1) // OFFSET_ALIGN_WORDS) * OFFSET_ALIGN_WORDS
 
 
 def dispatch_views(func: Func, bases: dict[str, tuple[str, int]], chunk_words: int, packed,
@@ -85,7 +86,7 @@ def dispatch_views(func: Func, bases: dict[str, tuple[str, int]], chunk_words: i
         n = 1
         for d in p.shape:
             n *= d
-        words, chunk, offset = _round(n), 0, base
+        words, chunk, offset = aligned_words(n), 0, base
         if region == "weights":
             chunk, offset = base // chunk_words, base % chunk_words
             if offset % OFFSET_ALIGN_WORDS or offset + words > chunk_words:
@@ -108,4 +109,4 @@ def dispatch_views(func: Func, bases: dict[str, tuple[str, int]], chunk_words: i
     return views, mapping
 
 
-__all__ = ["View", "VIEW_BINDING", "dispatch_views"]
+__all__ = ["View", "VIEW_BINDING", "aligned_words", "dispatch_views"]
