@@ -6,13 +6,15 @@ Each rule is ``(pattern, function)`` for the driver in ``passes/rewrite.py``:
 - transposes: two in a row become one, or none when they cancel;
 - per-channel scale and shift after a convolution (BatchNorm in inference, or the Mul/Add
   pair that older exporters write) fold into the convolution's weights and bias;
-- a per-column scale after a matmul with constant weights folds into those weights.
+- a per-column scale after a matmul with constant weights folds into those weights;
+- GELU written out op by op becomes the ``gelu`` op (``kiln/passes/activations.py``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from kiln.ir.graph import Graph
+from kiln.passes import activations
 from kiln.passes.rewrite import Any, Const, Match, Op, Rewriter, Rule, apply_rules, is_value
 
 
@@ -122,6 +124,7 @@ RULES: list[Rule] = [
     (Op("mul", CONV, Const("c")), _fold_mul),
     (Op("add", CONV, Const("c")), _fold_add),
     (Op("mul", MATMUL, Const("c")), _fold_matmul_scale),
+    *activations.RULES,
 ]
 
 

@@ -76,8 +76,9 @@ def is_value(v: float) -> Callable[[np.ndarray], bool]:
 class Rewriter:
     """What a rewrite function may do: read types and constants, emit nodes and constants."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, producers: Mapping[str, Node] | None = None):
         self.types = graph.value_types()
+        self.producers = producers if producers is not None else graph.producers()  # the graph's, before this rewrite
         self.constants = dict(graph.constants)
         self.new_nodes: list[Node] = []
         self._n = 0
@@ -181,7 +182,7 @@ def _rewrite_at(graph: Graph, i: int, rules, producers, consumers) -> Graph | No
         root_pat = Op(pat.op, *pat.args, name=pat.name, where=pat.where, single_use=False)
         if not _match(root_pat, root, producers, consumers, graph.constants, m):
             continue
-        rw = Rewriter(graph)
+        rw = Rewriter(graph, producers)
         new = fn(m, rw)
         if new is None or new == root:
             continue

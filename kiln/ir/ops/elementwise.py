@@ -74,8 +74,10 @@ def _unary_expr(op: str, x, attrs):
         return x * nan_min(nan_max(x * c(1 / 6) + c(0.5), c(0)), c(1))
     if op == "gelu":
         if attrs.get("approximate", "none") == "tanh":
-            inner = c(math.sqrt(2 / math.pi)) * (x + c(0.044715) * x * x * x)
-            return c(0.5) * x * (c(1) + Un("tanh", inner, f32))
+            # 0.5 x (1 + tanh(u)) = x sigmoid(2u): one exponential instead of tanh's exponential,
+            # polynomial and select, and no cancellation in 1 + tanh(u) for negative x
+            inner = c(2 * math.sqrt(2 / math.pi)) * (x + c(0.044715) * x * x * x)
+            return x * Un("sigmoid", inner, f32)
         return c(0.5) * x * (c(1) + Un("erf", x * c(1 / math.sqrt(2)), f32))
     if op == "silu":
         return x * Un("sigmoid", x, f32)
