@@ -91,6 +91,33 @@ def test_qlinear_conv_with_packed_weights_matches_ort(wgpu_device):
     assert np.max(np.abs(got.astype(int) - want.astype(int))) <= 1
 
 
+def _qlinear_matmul_with_ties(y_zp: int):
+    """a (1 x 16, int8) @ ones (16 x 16) with scales 1, 1 and 2: an odd sum of ``a`` scales to
+    a value half way between two integers, the case where the rounding rule decides."""
+    inits = [nh.from_array(np.array(1.0, np.float32), "as"), nh.from_array(np.array(0, np.int8), "az"),
+             nh.from_array(np.ones((16, 16), np.int8), "b"), nh.from_array(np.array(1.0, np.float32), "bs"),
+             nh.from_array(np.array(0, np.int8), "bz"), nh.from_array(np.array(2.0, np.float32), "ys"),
+             nh.from_array(np.array(y_zp, np.int8), "yz")]
+    node = helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])
+    g = helper.make_graph([node], "ties", [helper.make_tensor_value_info("a", TP.INT8, [1, 16])],
+                          [helper.make_tensor_value_info("y", TP.INT8, [1, 16])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("y_zp", [0, 1, -3])
+def test_requantized_ties_round_before_the_zero_point_is_added(y_zp, wgpu_device):
+    """ORT rounds the scaled accumulator half to even, then adds the zero point: an odd zero
+    point added first sent 2.5 + 1 to 4 instead of 3."""
+    model = _qlinear_matmul_with_ties(y_zp)
+    compiled = kiln.compile(model, target="webgpu")
+    for total in (5, -5, 3, -3, 7, 1, -1):  # b is all ones: every y is sum(a) / 2
+        a = np.zeros((1, 16), np.int8)
+        a[0, 0] = total
+        want = ort_run(model, {"a": a})["y"]
+        assert want[0, 0] == np.round(total / 2) + y_zp  # the tie goes to even, then the zero point
+        np.testing.assert_array_equal(compiled.run({"a": a})["y"], want)
+
+
 @pytest.mark.parametrize("wtype", [np.int8, np.uint8], ids=["int8", "uint8"])
 def test_matmul_integer_with_packed_weights_is_exact(wtype, wgpu_device):
     """7 x 5 = 35 weights: a partly filled last word; uint8 weights zero-extended, int8 sign-extended."""

@@ -328,9 +328,12 @@ def _requantize_compute(ins, outs, attrs):
 
     ft = F32 if attrs.get("float32") else F64
 
+    # rounded before the zero point is added, as ONNX Runtime does: round(v) + zp. With the
+    # zero point added first, a value half way between two integers went to the other even
+    # neighbour when the zero point was odd, and in float32 the sum could cross the half
     def body(*i):
-        v = _as(acc[i], ft) * _as(mult[broadcast_index(mult, i)], ft) + _as(zp[broadcast_index(zp, i)], ft)
-        return saturate_round(v, o.dtype)
+        v = _as(acc[i], ft) * _as(mult[broadcast_index(mult, i)], ft)
+        return saturate_round(Un("round", v, ft) + _as(zp[broadcast_index(zp, i)], ft), o.dtype)
 
     return [compute(o.name, o.shape, body, o.dtype)]
 
