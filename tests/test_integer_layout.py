@@ -108,6 +108,42 @@ def test_tile_keeps_its_accumulators_across_the_window_rows(monkeypatch):
         assert rows is not None and int(rows.group(2)) in (3, 7)
 
 
+def _downsample_model(hw=14):
+    """conv 3x3 (3 -> 32) -> ReLU -> conv 1x1 stride 2 (32 -> 64): a ResNet downsample's 1x1
+    conv, whose channels-last input needs no padding, quantized by ``kiln.quantize``."""
+    w0 = nh.from_array((RNG.standard_normal((32, 3, 3, 3)) * 0.2).astype(np.float32), "w0")
+    w1 = nh.from_array((RNG.standard_normal((64, 32, 1, 1)) * 0.2).astype(np.float32), "w1")
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w0"], ["a"], pads=[1] * 4), n("Relu", ["a"], ["ar"]),
+             n("Conv", ["ar", "w1"], ["y"], strides=[2, 2])]
+    out = -(-hw // 2)
+    g = helper.make_graph(nodes, "down", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 3, hw, hw])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 64, out, out])], initializer=[w0, w1])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return kiln.quantize(model, {"x": RNG.standard_normal((4, 3, hw, hw)).astype(np.float32)})
+
+
+def test_unpadded_1x1_conv_reads_its_channels_last_input_in_place(monkeypatch):
+    """No staging copy for the 1x1 conv (the 3x3 conv before it keeps its padded copy); the
+    tile still reads whole groups with vpdpbusd, and the integers are the NCHW kernels'."""
+    model = _downsample_model()
+    x = {"x": RNG.standard_normal((1, 3, 14, 14)).astype(np.float32)}
+    _host_caps(monkeypatch, True)
+    nhwc = kiln.compile(model)
+    src = nhwc.source()
+    convs = [nd for nd in nhwc.graph.nodes if nd.op == "qconv"]
+    assert [nd.attrs["kernel"] for nd in convs] == [(3, 3), (1, 1)]
+    assert len(set(re.findall(r"\b(\w+__xu)\b", src))) == 1  # the 3x3 conv's padded input only
+    one_by_one = src.split(f"writes {convs[1].outputs[0].name} (qconv)")[1].split("/* kernel_")[0]
+    assert "__xu" not in one_by_one and "KILN_DPBUSD(kiln_acc_0_0" in one_by_one
+    _host_caps(monkeypatch, False)
+    nchw = kiln.compile(model)
+    got, ref = nhwc.run(x)["y"], ort_run(model, x)["y"]
+    np.testing.assert_array_equal(got, nchw.run(x)["y"])
+    step = np.abs(np.diff(np.unique(ref))).min(initial=1.0)
+    assert np.abs(got - ref).max() <= step * 1.01
+
+
 @pytest.mark.parametrize("kernel, c, k", [
     ((7, 7), 3, 7 * 24),   # the RGB stem: 21-byte rows read as 24, the last 3 bytes meet zero weights
     ((3, 3), 3, 3 * 12),   # 9 -> 12
