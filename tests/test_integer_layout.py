@@ -144,6 +144,17 @@ def test_unpadded_1x1_conv_reads_its_channels_last_input_in_place(monkeypatch):
     assert np.abs(got - ref).max() <= step * 1.01
 
 
+def test_padded_copy_of_a_channels_last_input_is_a_nested_loop(monkeypatch):
+    """The 3x3 convs' padded copies: rows in parallel, a loop over pixels inside, each
+    pixel's channels one vectorized run -- no division or remainder in any index."""
+    _host_caps(monkeypatch, True)
+    src = kiln.compile(_residual_model()).source()
+    copies = re.findall(r"\n *(\w+__xu\[[^\n]*)", src)
+    assert len(copies) == 3  # the stem's (from NCHW) and the two 3x3 convs'
+    for copy in copies:
+        assert "/ INT64_C" not in copy and "% INT64_C" not in copy, copy
+
+
 @pytest.mark.parametrize("kernel, c, k", [
     ((7, 7), 3, 7 * 24),   # the RGB stem: 21-byte rows read as 24, the last 3 bytes meet zero weights
     ((3, 3), 3, 3 * 12),   # 9 -> 12

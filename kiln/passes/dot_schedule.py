@@ -92,9 +92,12 @@ VNNI_ROWS = 8
 
 
 def copy_in_runs(sch: Schedule, spatial, run: int, work: int) -> None:
-    """A staging copy whose last axis is made of contiguous runs of ``run`` elements (the
-    ``runs`` hint of an im2col stage): split it so the inner loop copies one run with plain
-    indices (vectorized, a memcpy), everything outside fused and run in parallel."""
+    """A staging copy whose last axis is made of contiguous runs of ``run`` elements (a
+    padded channels-last input, an im2col stage: the ``runs`` hint): split it so the inner
+    loop copies one run with plain indices (vectorized, a memcpy) and the loop over runs
+    stays a loop of its own inside the rows, which are fused and run in parallel. Fused
+    with the rows, the run loop's index became a division and a remainder for every run:
+    the padded copy of a 56x56x64 input took 6.9 us on one core that way, 1.9 us nested."""
     from kiln.passes.default_schedule import PARALLEL_MIN_WORK
 
     last, n = spatial[-1]
@@ -102,10 +105,12 @@ def copy_in_runs(sch: Schedule, spatial, run: int, work: int) -> None:
         return
     outer, inner = sch.split(last, run)
     sch.vectorize(inner)
-    name = spatial[0][0]
-    for nxt, _ in spatial[1:-1]:
-        name = sch.fuse(name, nxt)
-    name = sch.fuse(name, outer) if len(spatial) > 1 else outer
+    if len(spatial) == 1:
+        name = outer
+    else:
+        name = spatial[0][0]
+        for nxt, _ in spatial[1:-1]:
+            name = sch.fuse(name, nxt)
     if work >= PARALLEL_MIN_WORK:
         sch.parallel(name)
 
