@@ -299,3 +299,56 @@ def test_integer_graph_output_comes_back_nchw(monkeypatch):
     got, want = cm.run({"x": x})["y"], ort_run(model, {"x": x})["y"]
     assert got.shape == (2, oc, 9, 9)
     assert np.max(np.abs(got.astype(int) - want.astype(int))) <= 1
+
+
+# -- requantization in int32 where it fits (qlinear.requant, x86_epilogue's rounding shift) -------------
+
+def test_requantizing_epilogue_rounds_with_one_shift_and_clamps_in_int32(monkeypatch):
+    """Multipliers below 1 (every shift >= 31): the shifted value is clamped as one int32
+    vector, and the rounding shift is (v + 2^(s-1)) >> s with 2^(s-1) once per 16 columns."""
+    model = _residual_model()
+    _host_caps(monkeypatch, True)
+    cm = kiln.compile(model)
+    assert all(nd.attrs["min_shift"] >= 31 for nd in cm.graph.nodes if nd.op == "qconv")
+    src = cm.source()
+    blocks = re.findall(r"#if defined\(__AVX512VNNI__\)\n(\s*for \(int64_t \w+_wb.*?)#else", src, flags=re.S)
+    assert len(blocks) == 3
+    for block in blocks:
+        hoisted, per_row = block.split("for (int64_t", 2)[1], block.split("for (int64_t", 2)[2]
+        assert "_mm512_sllv_epi64" in hoisted and "_mm512_sllv_epi64" not in per_row
+        assert "_mm512_max_epi32" in per_row and "_mm512_min_epi32" in per_row
+
+
+def _qlinear_matmul(y_scale: float):
+    """uint8 (4 x 64) @ int8 (64 x 16) with x scale 0.5 and weight scale 0.25: the real
+    multiplier is 0.125 / y_scale, below or above 1."""
+    inits = [nh.from_array(np.array(0.5, np.float32), "xs"), nh.from_array(np.array(128, np.uint8), "xz"),
+             nh.from_array(RNG.integers(-127, 128, (64, 16)).astype(np.int8), "w"),
+             nh.from_array(np.array(0.25, np.float32), "ws"), nh.from_array(np.array(0, np.int8), "wz"),
+             nh.from_array(np.array(y_scale, np.float32), "ys"), nh.from_array(np.array(3, np.uint8), "yz")]
+    node = helper.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
+    g = helper.make_graph([node], "qmm", [helper.make_tensor_value_info("x", TP.UINT8, [4, 64])],
+                          [helper.make_tensor_value_info("y", TP.UINT8, [4, 16])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("y_scale, narrow", [(2.0, True), (0.05, False)])
+def test_int32_clamp_gives_the_int64_clamps_integers(y_scale, narrow, monkeypatch):
+    """The same integers with the int32 clamp as with the int64 one (NARROW_SHIFT out of
+    reach), at inputs that drive the accumulators to their extremes; a multiplier above 1
+    (shift below 31) keeps the int64 clamp."""
+    from kiln.ir.ops import qlinear
+
+    model = _qlinear_matmul(y_scale)
+    x = np.concatenate([np.zeros((1, 64)), np.full((1, 64), 255), np.full((1, 64), 128),  # extremes, zero
+                        RNG.integers(0, 256, (1, 64))]).astype(np.uint8)
+    _host_caps(monkeypatch, True)
+    cm = kiln.compile(model)
+    (node,) = [nd for nd in cm.graph.nodes if nd.op == "qmatmul"]
+    assert (node.attrs["min_shift"] >= qlinear.NARROW_SHIFT) == narrow
+    got = cm.run({"x": x})["y"]
+    monkeypatch.setattr(qlinear, "NARROW_SHIFT", 99)
+    np.testing.assert_array_equal(got, kiln.compile(model).run({"x": x})["y"])
+    want = ort_run(model, {"x": x})["y"]
+    assert np.max(np.abs(got.astype(int) - want.astype(int))) <= 1
+    assert (got == 0).any() and (got == 255).any() and ((got > 0) & (got < 255)).any()  # both clamps hit

@@ -52,7 +52,9 @@ RANGES = {I8: (-128, 127), U8: (0, 255), I32: INT32_RANGE, I64: (-(1 << 63), (1 
 @dataclass(frozen=True, slots=True)
 class Vec:
     """A 16-lane value: one int32 vector (``lo`` only), or int64 even/odd halves, and the
-    interval its lanes lie in (so a product whose factors fit int32 is one ``vpmuldq``)."""
+    interval its lanes lie in (so a product whose factors fit int32 is one ``vpmuldq``).
+    An int64 value whose interval fits int32 may also be one int32 vector (``hi`` None):
+    exact, one operation per step instead of two; ``_pair`` widens it where int64 is needed."""
 
     lo: str
     hi: str | None = None
@@ -217,15 +219,12 @@ class EpilogueWriter:
                 return a
             if a.wide is not None:
                 return Vec(a.wide[0], a.wide[1], a.bounds, raw=a.lo)
-            # even lanes: the low half of each 64-bit pair, sign-extended; odd: the high half
-            # (a widening only a product reads is left unused: the compiler drops it)
-            return Vec(self._tmp(f"_mm512_srai_epi64(_mm512_slli_epi64({a.lo}, 32), 32)", fixed),
-                       self._tmp(f"_mm512_srai_epi64({a.lo}, 32)", fixed), a.bounds, raw=a.lo)
-        lo = a.lo if src is not I64 else self._tmp(f"_mm512_mask_blend_epi32(0xAAAA, {a.lo}, "
-                                                   f"_mm512_slli_epi64({a.hi}, 32))", fixed)  # low 32 bits
+            return Vec(a.lo, None, a.bounds)  # held narrow; widened by _pair when needed
+        paired = src is I64 and a.hi is not None
+        lo = self._narrow(a) if paired else a.lo  # the low 32 bits of each lane
         inside = RANGES[dst][0] <= a.bounds[0] and a.bounds[1] <= RANGES[dst][1]
         if inside:  # a clamped value: the cast keeps it as it is
-            return Vec(lo, None, a.bounds, wide=(a.lo, a.hi) if src is I64 else None)
+            return Vec(lo, None, a.bounds, wide=(a.lo, a.hi) if paired else None)
         if dst is U8:
             return Vec(self._tmp(f"_mm512_and_si512({lo}, _mm512_set1_epi32(255))", fixed), None, RANGES[U8])
         if dst is I8:
@@ -233,6 +232,10 @@ class EpilogueWriter:
         return Vec(lo, None, RANGES[I32])
 
     def _binary(self, e: Bin) -> Vec:
+        if e.op == "shr" and e.dtype is I64:  # before the operands: it prints them its own way
+            rounded = self._rounding_shift(e)
+            if rounded is not None:
+                return rounded
         a, b = self.value(e.a), self.value(e.b)
         fixed = self._fixed(a, b)
         if e.dtype is I32:
@@ -244,9 +247,14 @@ class EpilogueWriter:
                 raise self.Unsupported(e.op)
             return Vec(self._tmp(f"_mm512_{fn}({a.lo}, {b.lo})", fixed), None,
                        _interval(e.op, a.bounds, b.bounds, I32))
-        if a.hi is None or b.hi is None:
+        if e.a.dtype is not I64 or e.b.dtype is not I64:
             raise self.Unsupported("int64 op on int32 operands")
         bounds = _interval(e.op, a.bounds, b.bounds, I64)
+        narrow = {"add": "add_epi32", "sub": "sub_epi32", "min": "min_epi32", "max": "max_epi32"}.get(e.op)
+        if narrow and a.fits32 and b.fits32 and INT32_RANGE[0] <= bounds[0] and bounds[1] <= INT32_RANGE[1]:
+            # operands and result fit int32: the same integers in one int32 vector
+            return Vec(self._tmp(f"_mm512_{narrow}({self._narrow(a)}, {self._narrow(b)})", fixed), None, bounds)
+        a, b = self._pair(a), self._pair(b)
         if e.op == "shr" and isinstance(e.b, Const):
             k = int(e.b.value)
             if not 0 <= k < 64:
@@ -268,22 +276,69 @@ class EpilogueWriter:
         out = self._pair2(fn, a, b, fixed)
         return Vec(out.lo, out.hi, bounds)
 
+    def _rounding_shift(self, e: Bin) -> Vec | None:
+        """``((v >> (s - 1)) + 1) >> 1`` (requantization's rounding shift) as
+        ``(v + 2^(s-1)) >> s``: the same integer for s >= 1 (both are floor((v / 2^(s-1) + 1) / 2)),
+        two operations per half instead of three, with 2^(s-1) computed once per 16 columns
+        when ``s`` is per channel. ``v + 2^(s-1)`` must not overflow: |v| <= 2^62 (a product
+        of int32 values) and s <= 62, which every requantization shift has (``fixed_point``
+        and ``qadd``'s shift stop at 62; the pattern is theirs)."""
+        one = lambda x: isinstance(x, Const) and int(x.value) == 1  # noqa: E731
+        inner = e.a
+        if not (one(e.b) and isinstance(inner, Bin) and inner.op == "add" and one(inner.b)):
+            return None
+        first = inner.a
+        if not (isinstance(first, Bin) and first.op == "shr" and isinstance(first.b, Bin)
+                and first.b.op == "sub" and one(first.b.b)):
+            return None
+        if first.a.dtype is not I64 or first.b.dtype is not I64:
+            return None
+        v = self.value(first.a)
+        if not (-(1 << 62) <= v.bounds[0] and v.bounds[1] <= (1 << 62)):
+            return None
+        v, s, s1 = self._pair(v), self._pair(self.value(first.b.a)), self._pair(self.value(first.b))
+        half = self._pair2("_mm512_sllv_epi64", self.value(Const(1, I64)), s1, self._fixed(s1))
+        total = self._pair2("_mm512_add_epi64", v, half, self._fixed(v, half))
+        out = self._pair2("_mm512_srav_epi64", total, s, self._fixed(total, s))
+        # floor((v + 2^(s-1)) / 2^s) lies between floor(v / 2) and v / 2 + 1 for every s >= 1
+        return Vec(out.lo, out.hi, (min(0, v.bounds[0] >> 1), max(0, (v.bounds[1] >> 1) + 1)))
+
     def _pair2(self, fn: str, a: Vec, b: Vec, fixed: bool = False) -> Vec:
         lo = self._tmp(f"{fn}({a.lo}, {b.lo})", fixed)
         hi = lo if (a.lo == a.hi and b.lo == b.hi) else self._tmp(f"{fn}({a.hi}, {b.hi})", fixed)
         return Vec(lo, hi)
 
     def store(self, dtype: DType, addr: str, v: Vec) -> None:
-        if v.hi is not None:
-            v = self._cast_vec_to_i32(v)
+        lo = self._narrow(v)
         if dtype is I32:
-            self.lines.append(f"_mm512_storeu_si512((void*){addr}, {v.lo});")
+            self.lines.append(f"_mm512_storeu_si512((void*){addr}, {lo});")
         else:  # the low byte of each lane: what C's cast to (u)int8 keeps
-            self.lines.append(f"_mm_storeu_si128((__m128i*){addr}, _mm512_cvtepi32_epi8({v.lo}));")
+            self.lines.append(f"_mm_storeu_si128((__m128i*){addr}, _mm512_cvtepi32_epi8({lo}));")
 
-    def _cast_vec_to_i32(self, v: Vec) -> Vec:
-        return Vec(self._tmp(f"_mm512_mask_blend_epi32(0xAAAA, {v.lo}, _mm512_slli_epi64({v.hi}, 32))",
-                             self._fixed(v)), None, v.bounds if v.fits32 else RANGES[I32])
+    def _narrow(self, v: Vec) -> str:
+        """The low 32 bits of each lane as one int32 vector (the value itself when it fits)."""
+        if v.hi is None:
+            return v.lo
+        if v.lo == v.hi and v.bounds[0] == v.bounds[1] and v.fits32:  # an int64 constant
+            return self.value(Const(v.bounds[0], I32)).lo
+        key = ("narrow", v.lo, v.hi)
+        if key not in self._memo:
+            self._memo[key] = self._tmp(f"_mm512_mask_blend_epi32(0xAAAA, {v.lo}, _mm512_slli_epi64({v.hi}, 32))",
+                                        self._fixed(v))
+        return self._memo[key]
+
+    def _pair(self, v: Vec) -> Vec:
+        """An int64 value as even/odd int64 halves (widening one held in int32 lanes): even
+        lanes are the low half of each 64-bit pair sign-extended, odd the high half (a
+        widening only a product reads is left unused: the compiler drops it)."""
+        if v.hi is not None:
+            return v
+        key = ("pair", v.lo)
+        if key not in self._memo:
+            fixed = self._fixed(v)
+            self._memo[key] = Vec(self._tmp(f"_mm512_srai_epi64(_mm512_slli_epi64({v.lo}, 32), 32)", fixed),
+                                  self._tmp(f"_mm512_srai_epi64({v.lo}, 32)", fixed), v.bounds, raw=v.lo)
+        return self._memo[key]
 
 
 __all__ = ["EpilogueWriter", "match_epilogue"]

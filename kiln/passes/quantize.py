@@ -134,14 +134,16 @@ def _bias_real(rw: Rewriter, m: Match, n: int):
 # -- building the integer ops --------------------------------------------------------------------------
 
 def _epilogue(rw: Rewriter, w8: np.ndarray, red_axes, bias_q, real, zx: int, off: int):
-    """bias (with the zero-point terms), mult and shift constants for an op with ``n`` outputs."""
+    """bias (with the zero-point terms), mult and shift constants for an op with ``n`` outputs,
+    and the attributes that describe them; None when the bias does not fit int32."""
     n = w8.shape[0]
     wsum = w8.astype(np.int64).sum(axis=red_axes).reshape(n)
     bias = bias_q - (zx + off) * wsum
     if np.any(np.abs(bias) > 2**31 - 1):
         return None
     mult, shift = fixed_point(np.broadcast_to(real, (n,)))
-    return (rw.const(bias.astype(np.int32), "qbias"), rw.const(mult, "qmult"), rw.const(shift, "qshift"))
+    consts = (rw.const(bias.astype(np.int32), "qbias"), rw.const(mult, "qmult"), rw.const(shift, "qshift"))
+    return consts, {"min_shift": int(shift.min())}  # lets the epilogue clamp in int32 (qlinear.requant)
 
 
 def build_qconv(rw: Rewriter, x: str, zx: int, w8: np.ndarray, bias_q, real, conv_attrs, zy: int,
@@ -150,13 +152,14 @@ def build_qconv(rw: Rewriter, x: str, zx: int, w8: np.ndarray, bias_q, real, con
     if w8.ndim != 4 or len(rw.type(x).shape) != 4:
         return None
     off = 128 if rw.type(x).dtype is DType.int8 else 0
-    consts = _epilogue(rw, w8, (1, 2, 3), bias_q, real, zx, off)
-    if consts is None:
+    epilogue = _epilogue(rw, w8, (1, 2, 3), bias_q, real, zx, off)
+    if epilogue is None:
         return None
+    consts, facts = epilogue
     oc, icg, kh, kw = w8.shape
     packed = np.ascontiguousarray(w8.transpose(0, 2, 3, 1).reshape(oc, kh, kw * icg))
     attrs = {k: conv_attrs[k] for k in ("strides", "pads", "dilations", "group") if k in conv_attrs}
-    attrs.update(kernel=(kh, kw), x_zp=zx, act_offset=off, y_zp=zy, lo=lo, hi=hi, dtype=out.value)
+    attrs.update(kernel=(kh, kw), x_zp=zx, act_offset=off, y_zp=zy, lo=lo, hi=hi, dtype=out.value, **facts)
     return rw.emit("qconv", [x, rw.const(packed, "qweight"), *consts], attrs)
 
 
@@ -164,10 +167,11 @@ def build_qmatmul(rw: Rewriter, a: str, za: int, w8_nk: np.ndarray, bias_q, real
                   out: DType, lo: int, hi: int) -> str | None:
     """``qmatmul`` of ``a`` (..., M, K) and centered int8 weights given as (N, K)."""
     off = 128 if rw.type(a).dtype is DType.int8 else 0
-    consts = _epilogue(rw, w8_nk, (1,), bias_q, real, za, off)
-    if consts is None:
+    epilogue = _epilogue(rw, w8_nk, (1,), bias_q, real, za, off)
+    if epilogue is None:
         return None
-    attrs = dict(x_zp=za, act_offset=off, y_zp=zy, lo=lo, hi=hi, dtype=out.value)
+    consts, facts = epilogue
+    attrs = dict(x_zp=za, act_offset=off, y_zp=zy, lo=lo, hi=hi, dtype=out.value, **facts)
     return rw.emit("qmatmul", [a, rw.const(np.ascontiguousarray(w8_nk), "qweight"), *consts], attrs)
 
 

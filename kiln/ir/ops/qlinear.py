@@ -28,7 +28,9 @@ lowers from the same compute definition:
   and float32 rounding of the product: at most one quantization step apart.
 - ``lo``/``hi`` clamp in the quantized domain: the output type's range intersected with a
   fused ReLU/Clip (quantizing is monotonic, so clamp-then-quantize equals
-  quantize-then-clamp at the quantized bounds).
+  quantize-then-clamp at the quantized bounds). Attribute ``min_shift`` (the smallest
+  ``shift``, set by the ``quantize`` pass with the constants): when it is 31 or more (every
+  real multiplier below 1) the shifted value fits int32 and the clamp runs in int32.
 """
 from __future__ import annotations
 
@@ -95,9 +97,20 @@ def requant(acc, bias, mult, shift, attrs, out: DType):
     # so left every requantizing epilogue scalar.
     one = Const(1, I64)
     v = Bin("shr", Bin("shr", v, s - one, I64) + one, one, I64)
-    v = v + Const(int(attrs["y_zp"]), I64)
-    lo, hi = int(attrs["lo"]), int(attrs["hi"])
+    zp, lo, hi = int(attrs["y_zp"]), int(attrs["lo"]), int(attrs["hi"])
+    if int(attrs.get("min_shift", 0)) >= NARROW_SHIFT:
+        # |int32 * mult| < 2^62, so shifted by 31 or more the value fits int32: clamp it there
+        # (one vector op per step instead of two int64 halves), to the bounds less the zero
+        # point so that adding it cannot overflow -- the same integer as clamping v + zp
+        v32 = Cast(v, I32)
+        v32 = Bin("min", Bin("max", v32, Const(lo - zp, I32), I32), Const(hi - zp, I32), I32)
+        return Cast(v32 + Const(zp, I32), out)
+    v = v + Const(zp, I64)
     return Cast(Bin("min", Bin("max", v, Const(lo, I64), I64), Const(hi, I64), I64), out)
+
+
+# Shifts of at least this many bits (every real multiplier below 1) leave an int32 result
+NARROW_SHIFT = 31
 
 
 def _check_epilogue(ins, n: int, what: str):
