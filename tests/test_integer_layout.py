@@ -51,7 +51,7 @@ def _run_both(model, monkeypatch):
     return nhwc, nchw, x
 
 
-def test_pass_runs_the_block_channels_last_with_one_transpose_back(monkeypatch):
+def test_pass_runs_the_block_channels_last_with_no_transpose_back(monkeypatch):
     model = _residual_model()
     _host_caps(monkeypatch, True)
     g = kiln.compile(model).graph
@@ -63,7 +63,7 @@ def test_pass_runs_the_block_channels_last_with_one_transpose_back(monkeypatch):
         ("qconv", {"channels_last": 1}, (1, 4, 4, 32)),
         ("qconv", {"channels_last": 1}, (1, 4, 4, 32)),
         ("qadd", {}, (1, 4, 4, 32)),
-        ("transpose", {"perm": (0, 3, 1, 2)}, (1, 32, 4, 4)),
+        ("qglobal_avg_pool", {"channels_last": 1}, (1, 32, 1, 1)),  # (N, C, 1, 1) in either layout
     ]
     got = [(nd.op, nd.outputs[0].type.shape) for nd in g.nodes]
     assert [(op, shape) for op, _, shape in expected] == got[:len(expected)]
@@ -72,7 +72,7 @@ def test_pass_runs_the_block_channels_last_with_one_transpose_back(monkeypatch):
             assert nd.attrs.get(key) == value, (op, key, nd.attrs)
         if op == "qconv" and "nchw_input" not in attrs:
             assert not nd.attrs.get("nchw_input")
-    assert [nd.op for nd in g.nodes].count("transpose") == 1
+    assert "transpose" not in [nd.op for nd in g.nodes]
     assert not any(nd.attrs.get("pad_rows") for nd in g.nodes)  # the NHWC pool needs no padded copy
 
 
@@ -206,6 +206,15 @@ def test_channels_last_max_pool_rejects_a_non_2d_input():
     with pytest.raises(ShapeError, match=r"channels_last pools 2-D windows of an \(N, H, W, C\) input; "
                                          r"got input \(1, 8, 8\)"):
         ops.infer_types("max_pool", [t], {"kernel_shape": (2, 2), "channels_last": 1})
+
+
+def test_channels_last_global_average_pool_shape_rule():
+    table = TensorType((1,), DType.int32)
+    attrs = {"x_zp": 0, "y_zp": 0, "lo": 0, "hi": 255, "dtype": "uint8", "channels_last": 1}
+    x = TensorType((2, 7, 5, 32), DType.uint8)
+    assert ops.infer_types("qglobal_avg_pool", [x, table, table], attrs)[0].shape == (2, 32, 1, 1)
+    with pytest.raises(ShapeError, match=r"\(N, \*spatial, C\)"):
+        ops.infer_types("qglobal_avg_pool", [TensorType((2, 32), DType.uint8), table, table], attrs)
 
 
 def test_channels_last_qconv_shape_rule():

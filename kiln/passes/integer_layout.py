@@ -12,11 +12,11 @@ This pass keeps the activations between such convolutions in NHWC instead (attri
 ``channels_last`` on ``qconv``, see ``kiln/ir/ops/qlinear.py``): the staging copy becomes a
 copy of whole pixels and the epilogue writes 32 contiguous bytes per row. Elementwise ops
 between them (the residual ``qadd``) run on NHWC operands as they are. Anything else that
-reads such a value (an integer 2-D max pool pools it as NHWC) -- the global average pool, a
-graph output -- gets it back through one ``transpose`` under its original name. A
-convolution whose input is NCHW (the image) reads it so and writes NHWC (``nchw_input``):
-its staging copy transposes anyway. So a ResNet pays one small transpose, of the last
-feature map before the classifier.
+reads such a value (an integer 2-D max pool and the global average pool read it as NHWC;
+the pool's (N, C, 1, 1) output is the same in both layouts) -- a graph output, any other op
+-- gets it back through one ``transpose`` under its original name. A convolution whose
+input is NCHW (the image) reads it so and writes NHWC (``nchw_input``): its staging copy
+transposes anyway. So a ResNet pays no transpose at all.
 
 Left as they are: grouped or dilated convolutions (no VNNI panels) and ``qconv_i32`` (its
 int32 output feeds float ops).
@@ -103,6 +103,11 @@ def channels_last_integers(graph: Graph) -> Graph:
             else:  # an NCHW input (the image) is transposed by the conv's own staging copy
                 attrs["nchw_input"] = 1
             bld.nhwc[out.name] = bld.add("qconv", [x, *node.inputs[1:]], attrs, f"{out.name}__nhwc")
+            continue
+        if node.op == "qglobal_avg_pool" and node.inputs[0] in bld.nhwc and len(bld.types[node.inputs[0]].shape) == 4:
+            # (N, C, 1, 1) is the same in both layouts: the pool reads NHWC and writes the value
+            bld.add("qglobal_avg_pool", [bld.nhwc[node.inputs[0]], *node.inputs[1:]],
+                    {**node.attrs, "channels_last": 1}, out.name)
             continue
         if _eligible_pool(bld, node):
             attrs = {k: v for k, v in node.attrs.items() if k != "pad_rows"}

@@ -134,25 +134,38 @@ register("qavg_pool", FusionKind.OUT_FUSABLE, _qavg_infer, _qavg_compute)
 def _qglobal_infer(ins, attrs):
     out = _check_attrs(attrs, "qglobal_avg_pool")
     x = batch_shape(ins[0], "qglobal_avg_pool input")
+    last = bool(attrs.get("channels_last"))
     if _check_tables(ins, "qglobal_avg_pool") != 1 or len(x) < 3:
-        raise ShapeError(f"qglobal_avg_pool takes input (N, C, *spatial) and one multiplier; got {x}, {ins[1]}")
-    if int(np.prod(x[2:])) > MAX_TAPS:
-        raise ShapeError(f"qglobal_avg_pool sums at most {MAX_TAPS} values in int32; got {x[2:]}")
-    return [TensorType(x[:2] + (1,) * (len(x) - 2), out)]
+        layout = "(N, *spatial, C)" if last else "(N, C, *spatial)"
+        raise ShapeError(f"qglobal_avg_pool takes input {layout} and one multiplier; got {x}, {ins[1]}")
+    spatial = x[1:-1] if last else x[2:]
+    if int(np.prod(spatial)) > MAX_TAPS:
+        raise ShapeError(f"qglobal_avg_pool sums at most {MAX_TAPS} values in int32; got {spatial}")
+    channels = x[-1] if last else x[1]
+    return [TensorType((x[0], channels) + (1,) * len(spatial), out)]
 
 
 def _qglobal_compute(ins, outs, attrs):
+    """Attribute ``channels_last``: the input is (N, *spatial, C) (an NHWC activation of
+    ``kiln/passes/integer_layout.py``); the output is (N, C, 1, ...) either way, the same
+    bytes in both layouts."""
     x, mult, shift = ins
     o = outs[0]
-    spatial = x.shape[2:]
+    last = bool(attrs.get("channels_last"))
+    spatial = x.shape[1:-1] if last else x.shape[2:]
     count = int(np.prod(spatial))
     zsum = Const(int(attrs["x_zp"]) * count, I32)
 
     def body(n, c, *_):
-        acc = Bin("sub", rsum(lambda *r: Cast(x[(n, c) + r], I32), spatial), zsum, I32)
+        def tap(*r):
+            return Cast(x[(n,) + r + (c,)] if last else x[(n, c) + r], I32)
+        acc = Bin("sub", rsum(tap, spatial), zsum, I32)
         return _epilogue(acc, mult, shift, Const(0, I64), attrs, o.dtype)
 
-    return [compute(o.name, o.shape, body, o.dtype, tag="reduce")]
+    # channels last: a register tile of channels with the taps summed outside it, so every
+    # load is a vector of contiguous channels (strided scalar loads without it)
+    hints = {"tile": (len(o.shape) - 1, 1)} if last else {}
+    return [compute(o.name, o.shape, body, o.dtype, tag="reduce", hints=hints)]
 
 
 register("qglobal_avg_pool", FusionKind.REDUCTION, _qglobal_infer, _qglobal_compute)
