@@ -361,3 +361,32 @@ def test_int32_clamp_gives_the_int64_clamps_integers(y_scale, narrow, monkeypatc
     want = ort_run(model, {"x": x})["y"]
     assert np.max(np.abs(got.astype(int) - want.astype(int))) <= 1
     assert (got == 0).any() and (got == 255).any() and ((got > 0) & (got < 255)).any()  # both clamps hit
+
+
+@pytest.mark.parametrize("ma, mb, shift, wide", [
+    (1_500_000, 900_000, 21, False),        # what the quantize pass makes: int32 throughout
+    (3 << 28, 5 << 27, 30, True),           # 30-bit multipliers: the products need int64
+])
+def test_qadd_computes_in_int32_exactly_when_its_bound_allows(ma, mb, shift, wide):
+    """The same integers as the formula in Python integers, in whichever width it picked."""
+    from kiln.ir.graph import Graph, Node, Value
+    from kiln.ir.interp import run_graph
+    from kiln.ir.ops.qlinear import _qadd_compute
+    from kiln.ir.compute import Tensor
+
+    attrs = dict(a_zp=3, b_zp=250, y_zp=-5, ma=ma, mb=mb, shift=shift, lo=-128, hi=127, dtype="int8")
+    t = TensorType((256,), DType.uint8)
+    stage = _qadd_compute([Tensor("a", t.shape, t.dtype), Tensor("b", t.shape, t.dtype)],
+                          [Tensor("y", t.shape, DType.int8)], attrs)[0]
+    from kiln.ir.expr import Bin, walk
+
+    widths = {x.dtype for x in walk(stage.body) if isinstance(x, Bin) and x.op == "mul"}
+    assert widths == ({DType.int64} if wide else {DType.int32})
+    a = np.arange(256, dtype=np.uint8)
+    b = a[::-1].copy()
+    g = Graph((Value("a", t), Value("b", t)), (Value("y", TensorType((256,), DType.int8)),),
+              (Node("qadd", ("a", "b"), (Value("y", TensorType((256,), DType.int8)),), attrs),)).verify()
+    got = run_graph(g, {"a": a, "b": b})["y"]
+    want = [max(-128, min(127, (((int(x) - 3) * ma + (int(y) - 250) * mb + (1 << (shift - 1))) >> shift) - 5))
+            for x, y in zip(a, b)]
+    np.testing.assert_array_equal(got, np.array(want, np.int8))

@@ -241,6 +241,10 @@ class EpilogueWriter:
         if e.dtype is I32:
             if a.hi is not None or b.hi is not None:
                 raise self.Unsupported("int32 op on int64 operands")
+            if e.op == "shr" and isinstance(e.b, Const) and 0 <= int(e.b.value) < 32:
+                k = int(e.b.value)
+                return Vec(self._tmp(f"_mm512_srai_epi32({a.lo}, {k})", fixed), None,
+                           _interval("shr", a.bounds, (k, k), I64))
             fn = {"add": "add_epi32", "sub": "sub_epi32", "mul": "mullo_epi32", "min": "min_epi32",
                   "max": "max_epi32"}.get(e.op)
             if fn is None:

@@ -440,21 +440,32 @@ def _qadd_infer(ins, attrs):
 
 
 def _qadd_compute(ins, outs, attrs):
-    """y = clamp(((a - a_zp) * ma + (b - b_zp) * mb + 2^(shift-1)) >> shift + y_zp)."""
+    """y = clamp(((a - a_zp) * ma + (b - b_zp) * mb + 2^(shift-1)) >> shift + y_zp), in int32
+    when every intermediate provably fits it (the multipliers the ``quantize`` pass makes
+    do, for 8-bit operands), else in int64: the same integers either way."""
     a, b = ins
     o = outs[0]
     shift = int(attrs["shift"])
+    terms = [(a, int(attrs["a_zp"]), int(attrs["ma"])), (b, int(attrs["b_zp"]), int(attrs["mb"]))]
+    bound = sum(_centered_bound(t.dtype, zp) * abs(m) for t, zp, m in terms) + (1 << (shift - 1))
+    it = I32 if bound < 2**31 else I64
 
     def centered(t, zp, m, i):
-        return (Cast(t[broadcast_index(t, i)], I64) - Const(int(zp), I64)) * Const(int(m), I64)
+        return (Cast(t[broadcast_index(t, i)], it) - Const(zp, it)) * Const(m, it)
 
     def body(*i):
-        v = centered(a, attrs["a_zp"], attrs["ma"], i) + centered(b, attrs["b_zp"], attrs["mb"], i)
-        v = Bin("shr", v + Const(1 << (shift - 1), I64), Const(shift, I64), I64) + Const(int(attrs["y_zp"]), I64)
-        return Cast(Bin("min", Bin("max", v, Const(int(attrs["lo"]), I64), I64), Const(int(attrs["hi"]), I64), I64),
+        v = centered(*terms[0], i) + centered(*terms[1], i)
+        v = Bin("shr", v + Const(1 << (shift - 1), it), Const(shift, it), it) + Const(int(attrs["y_zp"]), it)
+        return Cast(Bin("min", Bin("max", v, Const(int(attrs["lo"]), it), it), Const(int(attrs["hi"]), it), it),
                     o.dtype)
 
     return [compute(o.name, o.shape, body, o.dtype)]
+
+
+def _centered_bound(dtype: DType, zp: int) -> int:
+    """The largest |x - zp| for x of an integer type."""
+    info = np.iinfo(dtype.np)
+    return max(abs(int(info.min) - zp), abs(int(info.max) - zp))
 
 
 register("qadd", FusionKind.BROADCAST, _qadd_infer, _qadd_compute)
