@@ -39,6 +39,16 @@ def test_quantize_per_tensor(backend, zp_dtype, opset):
 
 
 @backends
+@pytest.mark.parametrize("zp_dtype", [np.uint8, np.int8, np.int16, np.uint16])
+def test_quantize_saturates_infinities_and_maps_nan_to_the_lowest_value(backend, zp_dtype):
+    """+-inf and out-of-range values saturate; NaN gives the type's lowest value, as ONNX
+    Runtime does (a NaN-keeping clamp left it to an undefined float-to-int cast: int8 got 0)."""
+    x = np.array([[np.nan, -np.nan, np.inf, -np.inf, 1e30, -1e30, 0.75, -0.75]], np.float32)
+    check("QuantizeLinear", [X("x", x), C("s", np.array(0.5, np.float32)), C("z", np.array(3, zp_dtype))],
+          backend, opset=21)
+
+
+@backends
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_quantize_per_axis(backend, axis):
     x = halves((3, 4, 5), 0.25)
