@@ -287,13 +287,12 @@ class EpilogueWriter:
         when ``s`` is per channel. ``v + 2^(s-1)`` must not overflow: |v| <= 2^62 (a product
         of int32 values) and s <= 62, which every requantization shift has (``fixed_point``
         and ``qadd``'s shift stop at 62; the pattern is theirs)."""
-        one = lambda x: isinstance(x, Const) and int(x.value) == 1  # noqa: E731
         inner = e.a
-        if not (one(e.b) and isinstance(inner, Bin) and inner.op == "add" and one(inner.b)):
+        if not (_is_one(e.b) and isinstance(inner, Bin) and inner.op == "add" and _is_one(inner.b)):
             return None
         first = inner.a
         if not (isinstance(first, Bin) and first.op == "shr" and isinstance(first.b, Bin)
-                and first.b.op == "sub" and one(first.b.b)):
+                and first.b.op == "sub" and _is_one(first.b.b)):
             return None
         if first.a.dtype is not I64 or first.b.dtype is not I64:
             return None
@@ -343,6 +342,10 @@ class EpilogueWriter:
             self._memo[key] = Vec(self._tmp(f"_mm512_srai_epi64(_mm512_slli_epi64({v.lo}, 32), 32)", fixed),
                                   self._tmp(f"_mm512_srai_epi64({v.lo}, 32)", fixed), v.bounds, raw=v.lo)
         return self._memo[key]
+
+
+def _is_one(e) -> bool:
+    return isinstance(e, Const) and int(e.value) == 1
 
 
 __all__ = ["EpilogueWriter", "match_epilogue"]
