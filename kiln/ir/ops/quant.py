@@ -47,11 +47,6 @@ def _f(v, dt) -> Const:
     return Const(float(v), dt)
 
 
-def saturate_round(v, out: DType):
-    """round_half_even(v) clamped to ``out``'s range (in the float type of ``v``), cast."""
-    return saturate(Un("round", v, v.dtype), out)
-
-
 def saturate(v, out: DType):
     """A float ``v`` clamped to integer type ``out``'s range and cast; NaN gives the lowest
     value, as ONNX Runtime's QuantizeLinear does. (A NaN-keeping min/max left NaN to the
@@ -206,7 +201,7 @@ def _dynamic_compute(ins, outs, attrs):
     zp = compute(zo.name, zo.shape, lambda _: Cast(Un("round", zp_f, F32), DType.uint8), DType.uint8)
     z = zo[0]
     yq = compute(y.name, y.shape,
-                 lambda *i: saturate_round(Un("round", x[i] / s, F32) + _as(z, F32), DType.uint8), DType.uint8)
+                 lambda *i: saturate(Un("round", x[i] / s, F32) + _as(z, F32), DType.uint8), DType.uint8)
     return [lo, hi, scale, zp, yq]
 
 
@@ -338,7 +333,7 @@ def _requantize_compute(ins, outs, attrs):
     # neighbour when the zero point was odd, and in float32 the sum could cross the half
     def body(*i):
         v = _as(acc[i], ft) * _as(mult[broadcast_index(mult, i)], ft)
-        return saturate_round(Un("round", v, ft) + _as(zp[broadcast_index(zp, i)], ft), o.dtype)
+        return saturate(Un("round", v, ft) + _as(zp[broadcast_index(zp, i)], ft), o.dtype)
 
     return [compute(o.name, o.shape, body, o.dtype)]
 
