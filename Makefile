@@ -22,6 +22,9 @@ TOOLCHAINS += aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu aarch64-linux-gnu-objd
 VENDOR_TOOLCHAINS := nvcc
 # Debian packages that provide no command of their own but are needed too (e.g. newlib).
 TOOLCHAIN_EXTRA_PACKAGES := libnewlib-arm-none-eabi
+# arm64: the C library's headers and static libraries for the cross compiler (only a
+# recommendation of gcc-aarch64-linux-gnu, which apt-get --no-install-recommends leaves out)
+TOOLCHAIN_EXTRA_PACKAGES += libc6-dev-arm64-cross
 # webgpu: lavapipe (Vulkan on the CPU) for the wgpu package, and the Vulkan loader
 TOOLCHAIN_EXTRA_PACKAGES += mesa-vulkan-drivers libvulkan1
 
