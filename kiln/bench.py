@@ -108,12 +108,14 @@ def onnx_workload(model, input_shapes: Mapping[str, Sequence[int]] | None = None
     from pathlib import Path
 
     from kiln.frontend.onnx import load_model
+    from kiln.roofline import model_flops
 
     proto = load_model(model)
     if input_shapes:
         proto = _with_input_shapes(proto, input_shapes)
     name = Path(model).stem if isinstance(model, (str, os.PathLike)) else (proto.graph.name or "model")
-    return Workload(name, "model", "models", f"{name} (ONNX)", lambda: proto)
+    # the convolutions' and matrix products' multiply-adds, for GFLOP/s (None: symbolic shapes)
+    return Workload(name, "model", "models", f"{name} (ONNX)", lambda: proto, flops=model_flops(proto))
 
 
 def _with_input_shapes(proto, shapes: Mapping[str, Sequence[int]]):
@@ -568,6 +570,28 @@ def ratio_summary(rows: Sequence[Row], peer: str, workloads: Sequence[str]) -> s
     if len(workloads) == 1:
         return f"{peer}/kiln on {workloads[0]}: {fmt_ratio(g)} ({verdict})"
     return f"{peer}/kiln geometric mean over {len(ratios)} of {len(workloads)} workloads: {fmt_ratio(g)} ({verdict})"
+
+
+def roofline_summary(rows: Sequence[Row], workload: Workload, threads: int = THREADS) -> str | None:
+    """Kiln's rate on the model's multiply-adds as a share of this machine's peak, measured
+    now on the same threads (``kiln.roofline``); None without a count or a Kiln time."""
+    from kiln.roofline import arithmetic, host_peak
+
+    kiln = next((r for r in rows if r.peer == "kiln" and r.ok and r.gflops), None)
+    if kiln is None:
+        return None
+    kind = arithmetic(workload.model())
+    unit = "GOP/s" if kind == "int8" else "GFLOP/s"
+    rate = f"kiln: {kiln.gflops:.1f} {unit} on the convolutions and matrix products"
+    try:
+        peak = host_peak(threads)
+    except KilnError as e:  # no FMA: nothing measured to compare with
+        return f"{rate}; {e}"
+    roof = peak.int8_gops if kind == "int8" else peak.fp32_gflops
+    if roof is None:
+        return f"{rate}; this CPU has no int8 dot-product instructions, so no int8 peak"
+    return f"{rate}, {100 * kiln.gflops / roof:.0f} % of this machine's {kind} peak ({roof:.1f} {unit}, " \
+           f"{threads} threads, measured now)"
 
 
 def load_average() -> float | None:

@@ -400,9 +400,10 @@ def _parse_against(value: str) -> list[str]:
 def bench_cmd(model: str, target: str, against: str, repeats: int, input_shapes) -> None:
     """Compile MODEL (an .onnx file) and time it against other engines on random inputs.
 
-    Every engine uses 2 threads. Prints a markdown table: median and p10-p90 time, the
-    largest relative error against ONNX Runtime, and each peer's time relative to Kiln
-    (above 1: Kiln is faster).
+    Every engine uses 2 threads. Prints a markdown table: median and p10-p90 time, GFLOP/s
+    (2 per multiply-add of the convolutions and matrix products), the largest relative error
+    against ONNX Runtime, and each peer's time relative to Kiln (above 1: Kiln is faster);
+    then Kiln's share of this machine's peak, measured on the same threads.
     """
     peers = _parse_against(against)
     shapes = _shapes(input_shapes)
@@ -420,6 +421,9 @@ def bench_cmd(model: str, target: str, against: str, repeats: int, input_shapes)
     click.echo(bench.markdown_table(rows))
     for peer in peers:
         click.echo(bench.ratio_summary(rows, peer, [workload.name]))
+    roofline = bench.roofline_summary(rows, workload)
+    if roofline:
+        click.echo(roofline)
     if not any(r.peer == "kiln" and r.ok for r in rows):
         sys.exit(1)  # the table says why Kiln did not run; scripts should notice
 

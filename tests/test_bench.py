@@ -170,6 +170,10 @@ def test_kiln_bench_cli_prints_a_table(gcc, tmp_path):
     assert "| tiny | kiln |" in result.output and "| tiny | ort |" in result.output
     assert "| tiny | torch | — |" in result.output and "no torch definition" in result.output
     assert "ort/kiln on tiny: " in result.output
+    # GFLOP/s of the model's convolution, and its share of the peak measured on this machine
+    kiln_row = next(line for line in result.output.splitlines() if line.startswith("| tiny | kiln |"))
+    assert kiln_row.split("|")[5].strip() != "—"
+    assert "% of this machine's fp32 peak" in result.output
 
 
 def test_kiln_bench_cli_rejects_bad_arguments(tmp_path):
