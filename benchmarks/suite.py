@@ -78,8 +78,7 @@ def options(args) -> B.Options:
                      budget_s=args.budget_s, pause_s=args.pause_ms / 1e3)
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+log = B.log_stderr
 
 
 # -- one workload per process --------------------------------------------------------------
@@ -251,9 +250,7 @@ def main(argv=None) -> int:
         log(f"suite.py: error: {e}")
         return 2
     args.peers = ",".join(peers)
-    load = B.load_average()
-    if B.load_warning():
-        log(B.load_warning())
+    load = B.starting_load(log)
     rows: list[B.Row] = []
     for w in workloads:
         log(f"[{w.name}] {w.description}")
