@@ -28,6 +28,7 @@ _DOT_TYPES = {DType.int8: "s8", DType.uint8: "u8"}
 
 
 class C99Renderer(CRenderer):
+    steal_parallel_loops = False  # one core, no threads
     type_map = {k: v for k, v in CRenderer.type_map.items() if k is not DType.float16}
 
     def __init__(self, dsp: bool = True):

@@ -48,6 +48,7 @@ static inline unsigned kiln_grid(int64_t n, int64_t per) {
 
 class CudaRenderer(CRenderer):
     """C's expression and statement printer with CUDA's types and qualifiers."""
+    steal_parallel_loops = False  # a GPU kernel has no OpenMP loops
 
     type_map = {**CRenderer.type_map, DType.float16: "__half"}
     # kernels are plain device code: no OpenMP; loops the CPU schedule would vectorize are

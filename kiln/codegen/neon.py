@@ -59,6 +59,7 @@ class _V:
 
 
 class NeonRenderer(CRenderer):
+    steal_parallel_loops = False  # KILN_PARALLEL_FOR, OpenMP's static schedule
     # OpenMP is optional: without -fopenmp the macro is empty and no unknown pragma warns
     parallel_pragma = "KILN_PARALLEL_FOR"
     vec_binary = {"add": "vaddq", "sub": "vsubq", "mul": "vmulq", "div": "vdivq",

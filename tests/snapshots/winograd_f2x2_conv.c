@@ -40,6 +40,35 @@ static inline int64_t kiln_mod(int64_t a, int64_t b) {
 }
 static inline int64_t kiln_div(int64_t a, int64_t b) { return a / b; }
 static inline int64_t kiln_fmod(int64_t a, int64_t b) { return a % b; }
+#ifdef _OPENMP
+#include <omp.h>
+typedef struct { int64_t next, end, batch; } __attribute__((aligned(64))) kiln_share;
+static inline void kiln_split(kiln_share* s, int nt, int64_t n) {
+  for (int t = 0; t < nt; ++t) {
+    s[t].next = n * t / nt; s[t].end = n * (t + 1) / nt;
+    s[t].batch = (s[t].end - s[t].next + 15) / 16; if (s[t].batch < 1) s[t].batch = 1;
+  }
+}
+/* the next batch [lo, hi) for thread t: from its own share, else from another's */
+static inline int kiln_claim(kiln_share* s, int nt, int t, int64_t* lo, int64_t* hi) {
+  for (int k = 0; k < nt; ++k) {
+    kiln_share* q = &s[(t + k) % nt];
+    if (__atomic_load_n(&q->next, __ATOMIC_RELAXED) >= q->end) continue;
+    int64_t v = __atomic_fetch_add(&q->next, q->batch, __ATOMIC_RELAXED);
+    if (v < q->end) { *lo = v; *hi = v + q->batch < q->end ? v + q->batch : q->end; return 1; }
+  }
+  return 0;
+}
+#define KILN_PARALLEL_LOOP(v, n) \
+  { const int kiln_nt_ = omp_get_max_threads(); kiln_share kiln_s_[kiln_nt_]; kiln_split(kiln_s_, kiln_nt_, (n)); \
+    _Pragma("omp parallel") { int64_t kiln_lo_, kiln_hi_; \
+      while (kiln_claim(kiln_s_, kiln_nt_, omp_get_thread_num(), &kiln_lo_, &kiln_hi_)) \
+        for (int64_t v = kiln_lo_; v < kiln_hi_; ++v)
+#define KILN_PARALLEL_LOOP_END }}
+#else
+#define KILN_PARALLEL_LOOP(v, n) for (int64_t v = 0; v < (n); ++v)
+#define KILN_PARALLEL_LOOP_END
+#endif
 
 /* kernel_0: writes to_nchwc__nchwc1 (to_nchwc) */
 static void kernel_0(const float* restrict in0, float* restrict out0) {
@@ -88,8 +117,7 @@ static void kernel_1(const float* restrict in0, float* restrict out0, float* res
 }
 /* kernel_2: writes c__nchwc4__wgmm (matmul_packed) */
 static void kernel_2(const float* restrict in0, const float* restrict in1, float* restrict out0) {
-  #pragma omp parallel for
-  for (int64_t i0 = 0; i0 < 16; ++i0) {
+  KILN_PARALLEL_LOOP(i0, 16) {
     for (int64_t i2_o = 0; i2_o < 1; ++i2_o) {
       for (int64_t i1_o = 0; i1_o < 6; ++i1_o) {
         float acc0[6][16] __attribute__((aligned(64)));
@@ -118,7 +146,7 @@ static void kernel_2(const float* restrict in0, const float* restrict in1, float
         }
       }
     }
-  }
+  } KILN_PARALLEL_LOOP_END
 }
 /* kernel_3: writes c__nchwc4 (winograd_output) */
 static void kernel_3(const float* restrict in0, const float* restrict in1, float* restrict out0) {
