@@ -375,8 +375,9 @@ _HELPERS = {
     # done then takes the batches left in the others' shares. On a 2-vCPU machine whose
     # second core a neighbour slows, a kernel then ends when the work is done instead of when
     # the slow thread has done half of it (docs/benchmarks.md: int8 ResNet-18 and
-    # MobileNetV2 1-5 % faster than with OpenMP's static schedule on a busy host, the same
-    # on a quiet one). Without OpenMP the loop is a plain loop.
+    # MobileNetV2 faster than with OpenMP's static schedule in six of eight interleaved
+    # rounds each, by 2 % at the median and by up to 38 % when the host was busy; OpenMP's
+    # dynamic schedule was 8-10 % slower on a quiet host). Without OpenMP, a plain loop.
     "parallel_loop": (
         "#ifdef _OPENMP\n"
         "#include <omp.h>\n"
