@@ -85,7 +85,7 @@ def roofline_rows(entry: Entry, rows: list[B.Row], peak: Peak) -> dict:
     kiln, ort = got.get("kiln"), got.get("ort")
     flops = entry.workload.flops
     roof_ms = None
-    rate = peak.int8_gops if entry.integer else peak.fp32_gflops
+    rate = peak.roof(entry.integer)
     if flops and rate:
         roof_ms = flops / (rate * 1e9) * 1e3
 

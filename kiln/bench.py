@@ -588,7 +588,7 @@ def roofline_summary(rows: Sequence[Row], workload: Workload, threads: int = THR
         peak = host_peak(threads)
     except KilnError as e:  # no FMA: nothing measured to compare with
         return f"{rate}; {e}"
-    roof = peak.int8_gops if kind == "int8" else peak.fp32_gflops
+    roof = peak.roof(integer=kind == "int8")
     if roof is None:
         return f"{rate}; this CPU has no int8 dot-product instructions, so no int8 peak"
     return f"{rate}, {100 * kiln.gflops / roof:.0f} % of this machine's {kind} peak ({roof:.1f} {unit}, " \

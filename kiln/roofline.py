@@ -107,9 +107,13 @@ class Peak:
         int8 = [v for v in (self.int8_gops, other.int8_gops) if v is not None]
         return Peak(self.threads, max(self.fp32_gflops, other.fp32_gflops), max(int8) if int8 else None)
 
+    def roof(self, integer: bool = False) -> float | None:
+        """The rate (G operations/s) that int8 or fp32 arithmetic is measured against."""
+        return self.int8_gops if integer else self.fp32_gflops
+
     def fraction(self, flops: float, seconds: float, integer: bool = False) -> float | None:
         """The share of the peak a run of ``flops`` in ``seconds`` used."""
-        roof = self.int8_gops if integer else self.fp32_gflops
+        roof = self.roof(integer)
         if not roof or seconds <= 0:
             return None
         return flops / seconds / 1e9 / roof

@@ -83,6 +83,7 @@ def test_fraction_of_the_peak():
     assert p.fraction(100e9, 1.0) == pytest.approx(0.5)
     assert p.fraction(400e9, 1.0, integer=True) == pytest.approx(0.5)
     assert Peak(1, 100.0, None).fraction(1e9, 1.0, integer=True) is None
+    assert (p.roof(), p.roof(integer=True)) == (200.0, 800.0)
 
 
 def test_the_best_of_two_measurements_counts():
