@@ -121,7 +121,12 @@ class HostRunner:
         self.outputs = list(outputs)
         self.dim_bounds = dict(dim_bounds or {})
         self.symbols = sorted(self.dim_bounds)
-        self._weights = np.frombuffer(weights, dtype=np.uint8) if weights else np.zeros(64, np.uint8)
+        # the weights in a 64-byte aligned copy: the memory plan aligns each tensor to 64 bytes
+        # within the blob, so a kernel's full-vector weight loads never straddle two cache
+        # lines (int8 ResNet-18 measured 1-2 % slower with the blob 16-48 bytes off)
+        self._weights = _aligned_empty(max(len(weights), 64))
+        if weights:
+            self._weights[:len(weights)] = np.frombuffer(weights, dtype=np.uint8)
         self._arena = _aligned_empty(max(arena_size, 64))
         # a model without dim symbols: every input's (name, shape, dtype) and every output's
         # shape are fixed, so a call only compares (``_static_inputs``); a mismatch goes to
