@@ -161,7 +161,11 @@ def test_instruction_counts_are_deterministic(arm):
     runner.run_batch([x, x])
     first = list(runner.last_ticks)
     runner.run_batch([x, x])
-    assert first == runner.last_ticks and first[0] == first[1] and first[0] > 0
+    assert first == runner.last_ticks and first[0] > 0
+    # the two records of a batch run the same instructions, but SysTick (25 MHz) counts
+    # icount's 32 ns per instruction in whole 40 ns ticks: the count depends on the phase
+    # at which a record starts, by one tick at most
+    assert abs(first[0] - first[1]) <= 1
 
 
 def test_wrong_inputs_are_refused_before_qemu(arm):

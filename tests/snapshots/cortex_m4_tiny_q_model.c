@@ -31,9 +31,25 @@ extern const int32_t kiln_tiny_q_w7[3];
 
 /* kernel_0: writes qconv__rw5 (qconv) */
 static void kernel_0(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0, uint8_t* restrict out0__xu) {
-  for (int32_t i0_i1_f = 0; i0_i1_f < 6; ++i0_i1_f) {
+  for (int32_t i0_i1_f_lo = 0; i0_i1_f_lo < 1; ++i0_i1_f_lo) {
     for (int32_t i2 = 0; i2 < 6; ++i2) {
-      out0__xu[((i0_i1_f * 6) + i2)] = (((((i0_i1_f >= INT64_C(1)) && (i0_i1_f < INT64_C(5))) && (i2 >= INT64_C(1))) && (i2 < INT64_C(5))) ? in0[(((i0_i1_f + -1) * 4) + (i2 + -1))] : 0);
+      out0__xu[((i0_i1_f_lo * 6) + i2)] = 0;
+    }
+  }
+  for (int32_t i0_i1_f_in = 0; i0_i1_f_in < 4; ++i0_i1_f_in) {
+    for (int32_t i2_lo = 0; i2_lo < 1; ++i2_lo) {
+      out0__xu[(((i0_i1_f_in + 1) * 6) + i2_lo)] = 0;
+    }
+    for (int32_t i2_in = 0; i2_in < 4; ++i2_in) {
+      out0__xu[(((i0_i1_f_in + 1) * 6) + (i2_in + 1))] = in0[((i0_i1_f_in * 4) + i2_in)];
+    }
+    for (int32_t i2_hi = 0; i2_hi < 1; ++i2_hi) {
+      out0__xu[(((i0_i1_f_in + 1) * 6) + (i2_hi + 5))] = 0;
+    }
+  }
+  for (int32_t i0_i1_f_hi = 0; i0_i1_f_hi < 1; ++i0_i1_f_hi) {
+    for (int32_t i2 = 0; i2 < 6; ++i2) {
+      out0__xu[(((i0_i1_f_hi + 5) * 6) + i2)] = 0;
     }
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
