@@ -146,11 +146,13 @@ def test_unpadded_1x1_conv_reads_its_channels_last_input_in_place(monkeypatch):
 
 def test_padded_copy_of_a_channels_last_input_is_a_nested_loop(monkeypatch):
     """The 3x3 convs' padded copies: rows in parallel, a loop over pixels inside, each
-    pixel's channels one vectorized run -- no division or remainder in any index."""
+    pixel's channels one vectorized run -- no division or remainder in any index (each copy
+    split into loops over the padding and the inside: ``partition_loops``)."""
     _host_caps(monkeypatch, True)
     src = kiln.compile(_residual_model()).source()
     copies = re.findall(r"\n *(\w+__xu\[[^\n]*)", src)
-    assert len(copies) == 3  # the stem's (from NCHW) and the two 3x3 convs'
+    staging = [k for k in src.split("static void kernel_")[1:] if "__xu[" in k]
+    assert len(staging) == 3  # the stem's (from NCHW) and the two 3x3 convs'
     for copy in copies:
         assert "/ INT64_C" not in copy and "% INT64_C" not in copy, copy
 
@@ -390,3 +392,23 @@ def test_qadd_computes_in_int32_exactly_when_its_bound_allows(ma, mb, shift, wid
     want = [max(-128, min(127, (((int(x) - 3) * ma + (int(y) - 250) * mb + (1 << (shift - 1))) >> shift) - 5))
             for x, y in zip(a, b)]
     np.testing.assert_array_equal(got, np.array(want, np.int8))
+
+
+def test_input_is_quantized_while_the_stem_stages_it(monkeypatch):
+    """Before: QuantizeLinear (a kernel writing the uint8 image) then the stem's padded copy.
+    Expected: one kernel fewer -- the stem's staging reads the float image and quantizes it
+    (``_prologues`` in ``kiln/passes/fuse.py``), with the same outputs."""
+    from kiln.passes.fuse import fuse
+
+    _host_caps(monkeypatch, True)
+    model = _residual_model()
+    m = kiln.compile(model)
+    groups = [[n.op for n in g.nodes] for g in fuse(m.graph)]
+    assert groups[0][:2] == ["quantize_linear", "qconv"], groups
+    assert not any(g == ["quantize_linear"] for g in groups)
+    stem = m.source().split("static void kernel_0(")[1].split("\n}\n")[0]
+    assert stem.startswith("const float* restrict in0") and "nearbyintf" in stem
+    x = {"x": np.random.default_rng(3).random((1, 3, 16, 16), dtype=np.float32)}
+    got, ref = m.run(x)["y"], ort_run(model, x)["y"]
+    step = np.abs(np.diff(np.unique(ref))).min(initial=1.0)
+    assert np.abs(got - ref).max() <= step * 1.01

@@ -108,11 +108,22 @@ def _prologues(node, group_of, consumers, producers, outputs, constants=frozense
             found.append(g)
         elif p.op == "dequantize_linear" and p.inputs[0] in constants and node.op in ("conv", "matmul", "gemm"):
             found.append(g)
+        elif p.op == "quantize_linear" and node.op == "qconv" and pos == 0 and _stages_input(node):
+            found.append(g)
         elif p.op == "transpose" and node.op in ("matmul", "matmul_packed"):
             perm = tuple(p.attrs["perm"])
             if pos == 0 or (node.op == "matmul" and perm[-1] == len(perm) - 1):
                 found.append(g)
     return found
+
+
+def _stages_input(node) -> bool:
+    """Whether an integer convolution copies its input into a padded stage (every window
+    but an unpadded 1x1 one over channels-last input): quantizing float input there, while
+    it is copied, costs no extra pass over memory -- ResNet's stem read the image twice."""
+    from kiln.ir.ops.qlinear import stages_input
+
+    return stages_input(node.attrs)
 
 
 def _groups_to_join(node, kind, group_of, consumers, outputs) -> list[Group]:

@@ -258,7 +258,7 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
         val = _to_domain(x[n, hh, wi, c] if last else x[n, c, hh, wi], off, dom)
         return val if not conds else Select(conj(conds), val, pad_value)
 
-    if last and kh == kw == 1 and not (any(pb) or any(pe) or extra or off):
+    if not stages_input(attrs, extra):
         # an unpadded channels-last input already is the staged tensor: read it in place (a
         # 1x1 conv's staging copied ResNet-18's 56x56x64 input and back, 28 us on one core)
         src, stages = _PixelRows(x, c_), []
@@ -298,6 +298,15 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
         return epilogue(acc, oc)
 
     return [*stages, _output_stage(o, body, attrs)]
+
+
+def stages_input(attrs, extra: int = 0) -> bool:
+    """Whether ``conv_dot_stages`` copies the input into a ``__xu`` stage: all but a 1x1
+    convolution over a channels-last input without padding, offset or row over-read."""
+    (kh, kw) = attrs["kernel"]
+    _, pb, pe, _ = window_attrs(attrs, 2, "qconv")
+    return not (input_channels_last(attrs) and kh == kw == 1
+                and not (any(pb) or any(pe) or extra or int(attrs.get("act_offset", 0))))
 
 
 class _PixelRows:
