@@ -240,3 +240,23 @@ def test_integer_max_pool_reads_padded_rows_and_matches_ort(dtype, kernel, strid
     cm = kiln.compile(model)
     assert "__xp" in cm.source()                             # the padded copy, no bounds test per tap
     np.testing.assert_array_equal(cm.run(x)["y"], ort_run(model, x)["y"])
+
+
+@pytest.mark.parametrize("build, rows_outside", [
+    (lambda: _conv_model(16, 32, 3, 16), True),      # weights 4.5 KB: rows outermost
+    (lambda: _matmul_model(64, 1024, 1024), False),  # weights 1 MB: one column panel at a time
+])
+def test_column_panels_go_outermost_only_for_weights_that_leave_the_cache(build, rows_outside, monkeypatch):
+    """Before: a VNNI tile's loops. Expected: the parallel loop over rows outside the column
+    tiles while the weights fit in half an L2 (``WEIGHTS_IN_CACHE``: each thread then owns
+    whole rows), the column tiles outermost for larger weights (each panel stays in cache)."""
+    _host_caps(monkeypatch, True)
+    cm = kiln.compile(build())
+    func = next(k.func for k in cm.result.kernels if "KILN_DPBUSD(" in X86Renderer().render_func(k.func, set()))
+    loops = [s for s in walk_stmts(func.body) if isinstance(s, For)]
+    names = [s.var.name for s in loops]
+    # the tile's own loops (8 rows, 32 columns, unrolled) are X_i; the loops over tiles X_o
+    row_i = next(s.var.name for s in loops if s.kind == "unrolled" and s.extent == 8 and s.var.name.endswith("_i"))
+    col_i = next(s.var.name for s in loops if s.kind == "unrolled" and s.extent == 32 and s.var.name.endswith("_i"))
+    row_o, col_o = row_i[:-2] + "_o", col_i[:-2] + "_o"
+    assert (names.index(row_o) < names.index(col_o)) is rows_outside, names

@@ -128,7 +128,8 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         work = _size(st.shape) * _reduce_work(st)
         if st.has_reduce and caps.dot_tile and dot_axes(st):
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
-            _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile, vnni), work)
+            _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile, vnni,
+                                                    _reduce_work(st)), work)
         elif st.has_reduce and "tile" in st.hints:
             tile_reduction(sch, spatial, st.hints, work, tile_sizes(st, caps), pad=pads.get(st.name))
         elif st.has_reduce:
