@@ -72,8 +72,8 @@ def tile_dot_reduction(sch: Schedule, spatial, axes: tuple[int, int], tile: tupl
     # -- unless all the weights stay in cache anyway: then the rows go outermost, so each
     # thread computes whole rows, reads the rows the previous layer's same thread wrote, and
     # copies (pads) rows it reads itself instead of its partner's. ResNet-18 int8's stem and
-    # first stages (weights 10-147 KB): 60-106 us less per run (of 4.7 ms) in interleaved
-    # runs on 2 threads (Zen 4)
+    # first stages (weights 10-147 KB): 37-46 us less per run (of 4.7 ms) on a quiet host,
+    # 156-527 us on a busy one, interleaved runs on 2 threads (Zen 4)
     outer = [ro if name == row else co if name == col else name for name, _ in spatial]
     if vnni and reduction * col_n > WEIGHTS_IN_CACHE:
         outer.remove(co)
@@ -135,7 +135,7 @@ def stage_channels_last(sch: Schedule, spatial, channels: int, work: int) -> Non
     channels outside pixels, so each inner loop reads one contiguous input row and writes
     with a stride of C into a staging row that stays in L1. An image's few channels (RGB)
     stay inside, unrolled: gcc then vectorizes the pixels, reading C rows at once and
-    interleaving them in registers (the stem's quantizing copy: 16 us instead of 34)."""
+    interleaving them in registers (the stem's quantizing copy alone: 16 us instead of 34)."""
     from kiln.passes.default_schedule import PARALLEL_MIN_WORK
 
     last, n = spatial[-1]

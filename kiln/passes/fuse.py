@@ -9,7 +9,8 @@ Rules (fusion kinds from ``kiln.ir.ops.FusionKind``):
 - it may join a heavy group (out_fusable: matmul, conv; reduction: softmax, norms) only
   as an epilogue of the same shape, which the kernel builder inlines into the reduction;
 - a heavy op may absorb a data-movement producer (a transpose before a matmul, the
-  NCHWc conversion before a conv) as a prologue that its loads read through.
+  NCHWc conversion before a conv) as a prologue that its loads read through, and an
+  integer convolution the QuantizeLinear whose output it copies into its padded stage.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from kiln.ir import ops
 from kiln.ir.graph import Graph, Node
+from kiln.ir.ops.qlinear import stages_input
 
 FUSABLE_INTO = {ops.FusionKind.ELEMENTWISE, ops.FusionKind.BROADCAST}
 
@@ -108,22 +110,15 @@ def _prologues(node, group_of, consumers, producers, outputs, constants=frozense
             found.append(g)
         elif p.op == "dequantize_linear" and p.inputs[0] in constants and node.op in ("conv", "matmul", "gemm"):
             found.append(g)
-        elif p.op == "quantize_linear" and node.op == "qconv" and pos == 0 and _stages_input(node):
+        elif p.op == "quantize_linear" and node.op == "qconv" and pos == 0 and stages_input(node.attrs):
+            # the convolution copies its input into a padded stage anyway: quantizing the
+            # float input there costs no pass over memory (ResNet's stem read the image twice)
             found.append(g)
         elif p.op == "transpose" and node.op in ("matmul", "matmul_packed"):
             perm = tuple(p.attrs["perm"])
             if pos == 0 or (node.op == "matmul" and perm[-1] == len(perm) - 1):
                 found.append(g)
     return found
-
-
-def _stages_input(node) -> bool:
-    """Whether an integer convolution copies its input into a padded stage (every window
-    but an unpadded 1x1 one over channels-last input): quantizing float input there, while
-    it is copied, costs no extra pass over memory -- ResNet's stem read the image twice."""
-    from kiln.ir.ops.qlinear import stages_input
-
-    return stages_input(node.attrs)
 
 
 def _groups_to_join(node, kind, group_of, consumers, outputs) -> list[Group]:
