@@ -93,3 +93,36 @@ def test_weight_only_rejects_unsupported_schemes(kw, words):
         quantize_weights(_linear(1, 64, 8), **kw)
     for w in words:
         assert w in str(e.value)
+
+
+@pytest.mark.parametrize("m,n,bits,group", [(1, 64, 4, 32), (4, 96, 4, 128), (3, 32, 8, 64)])
+def test_dequantizing_tile_is_printed_and_matches_the_plain_loop(m, n, bits, group, monkeypatch):
+    """The weight-only tile with AVX-512 intrinsics (``kiln/codegen/x86_dequant.py``): printed
+    for int4 and int8 weights, not for a float GEMM's tile; built without AVX-512 the same
+    source runs the plain ``#else`` loop, and both give ONNX Runtime's result."""
+    import re
+
+    from kiln.codegen.x86 import X86Renderer
+    from kiln.targets import host
+
+    q = quantize_weights(_linear(m, 256, n), bits=bits, group_size=group)
+    cm = kiln.compile(q)
+    r = X86Renderer()
+    for k in cm.result.kernels:
+        r.render_func(k.func, set())
+    assert r.stats["dequant_tiles"] == 1
+    assert "_mm512_cvtepi32_ps(" in cm.source() and "#if defined(__AVX512F__)" in cm.source()
+    x = {"x": RNG.standard_normal((m, 256)).astype(np.float32)}
+    want = ort_run(q, x)["y"]
+    tiled = cm.run(x)["y"]
+    monkeypatch.setattr(host, "CFLAGS", [f if f != "-march=native" else "-march=x86-64-v3" for f in host.CFLAGS])
+    plain = kiln.compile(q).run(x)["y"]
+    np.testing.assert_allclose(tiled, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(plain, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tiled, plain, rtol=1e-5, atol=1e-5)
+
+    f = kiln.compile(_linear(4, 256, 64))
+    r = X86Renderer()
+    for k in f.result.kernels:
+        r.render_func(k.func, set())
+    assert r.stats["dequant_tiles"] == 0 and not re.search(r"kiln_facc_", f.source())

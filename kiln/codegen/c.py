@@ -456,6 +456,7 @@ _HELPERS = {
     # one instruction that updates its accumulator in place. Through the intrinsic gcc 12
     # copied every accumulator to a fresh register and back at each step and spilled two:
     # 84 extra moves per 16 vpdpbusd in a ResNet 3x3 conv, none with the asm.
+    "intrinsics": "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n",
     "vnni": "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n"
             "static inline int32_t kiln_load_u32(const void* p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }\n"
             "#define KILN_DPBUSD(acc, u8x4, s8x4) "

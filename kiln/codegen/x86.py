@@ -1,6 +1,7 @@
-"""The host's C renderer with x86 intrinsics for the one loop nest gcc cannot vectorize well:
+"""The host's C renderer with x86 intrinsics for the loop nests gcc cannot vectorize well:
 the register tile of an integer dot-product kernel whose weights are in VNNI panels
-(``kiln/passes/vnni_pack.py``).
+(``kiln/passes/vnni_pack.py``), below, and the float tile of a weight-only (int4/int8)
+matmul that dequantizes its weights inside the reduction (``kiln/codegen/x86_dequant.py``).
 
 The default schedule (``kiln/passes/dot_schedule.py``) leaves that tile as
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.codegen.c import CRenderer
+from kiln.codegen.x86_dequant import DequantPrinter, DequantTile, Unsupported as DequantUnsupported, match_dequant_tile
 from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, match_epilogue
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
@@ -48,10 +50,14 @@ class X86Renderer(CRenderer):
 
     def __init__(self):
         super().__init__()
-        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0}
+        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0}
         self._plain = False  # printing a tile's #else branch: plain C all the way down
 
     def stmt(self, s, depth: int, in_parallel: bool = False):
+        if isinstance(s, For) and not self._plain and s.kind == SERIAL:
+            tile = match_dequant_tile(s, self.buffers)
+            if tile is not None and self._dequant_tile(s, tile, depth, in_parallel):
+                return
         if isinstance(s, For) and not self._plain:
             # a serial reduction loop around the tile (a convolution's window rows) runs
             # inside the register block: the accumulators are loaded and stored once, not
@@ -102,6 +108,32 @@ class X86Renderer(CRenderer):
         self.emit("}", depth)
         self._plain_fallback(loop, depth, in_parallel)
         self.stats["vnni_epilogues"] += 1
+        return True
+
+    def _dequant_tile(self, loop: For, tile: DequantTile, depth: int, in_parallel: bool) -> bool:
+        """The weight-only tile (``x86_dequant``); False, with nothing printed, when some
+        part of the nest is not supported."""
+        start = len(self.lines)
+        known = dict(self.buffers)
+        try:
+            self.emit("#if defined(__AVX512F__)", 0)
+            self.emit("{", depth)
+            printer = DequantPrinter(self, tile)
+            for r in range(tile.rows):
+                self.emit(" ".join(f"__m512 {printer.acc(r, p)} = _mm512_loadu_ps(&{tile.acc}[{r}][{p * LANES}]);"
+                                   for p in range(tile.chunks)), depth + 1)
+            printer.nest(loop, depth + 1)
+            for r in range(tile.rows):
+                self.emit(" ".join(f"_mm512_storeu_ps(&{tile.acc}[{r}][{p * LANES}], {printer.acc(r, p)});"
+                                   for p in range(tile.chunks)), depth + 1)
+            self.emit("}", depth)
+        except DequantUnsupported:
+            del self.lines[start:]
+            self.buffers = known
+            return False
+        self._plain_fallback(loop, depth, in_parallel)
+        self.helpers_used.add("intrinsics")
+        self.stats["dequant_tiles"] += 1
         return True
 
     def _plain_fallback(self, loop: For, depth: int, in_parallel: bool) -> None:
