@@ -366,6 +366,9 @@ class CRenderer:
         return "\n".join(self.lines)
 
 
+# x86 intrinsic declarations, for the tiles printed with them (kiln/codegen/x86*.py)
+_X86_INTRINSICS = "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n"
+
 # Helpers emitted (by ``support_code``) only when a kernel calls them. max/min return the
 # first operand when it is NaN or wins, else the second: NaN propagates from either side.
 _HELPERS = {
@@ -456,8 +459,8 @@ _HELPERS = {
     # one instruction that updates its accumulator in place. Through the intrinsic gcc 12
     # copied every accumulator to a fresh register and back at each step and spilled two:
     # 84 extra moves per 16 vpdpbusd in a ResNet 3x3 conv, none with the asm.
-    "intrinsics": "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n",
-    "vnni": "#if defined(__x86_64__) || defined(__i386__)\n#include <immintrin.h>\n#endif\n"
+    "intrinsics": _X86_INTRINSICS,
+    "vnni": _X86_INTRINSICS +
             "static inline int32_t kiln_load_u32(const void* p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }\n"
             "#define KILN_DPBUSD(acc, u8x4, s8x4) "
             "__asm__(\"vpdpbusd %2, %1, %0\" : \"+v\"(acc) : \"v\"(u8x4), \"v\"(s8x4))\n",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln.codegen.x86_epilogue import _contiguous_or_invariant
+from kiln.codegen.x86_epilogue import contiguous_or_invariant
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Load, free_vars, simplify, substitute, walk
 from kiln.ir.loop import Alloc, For, Seq, Store, SERIAL, UNROLLED, VECTORIZED, subst_stmt, walk_stmts
@@ -152,7 +152,7 @@ class DequantPrinter:
             if e.dtype in (I32, U8, I8):
                 return f"_mm512_set1_epi32((int32_t)({r.expr(e)}))", "epi32"
         elif isinstance(e, Load) and e.dtype in (F32, I32, U8, I8):
-            if not _contiguous_or_invariant(e.buffer, e.indices, c, extent, r.buffers, must_vary=True):
+            if not contiguous_or_invariant(e.buffer, e.indices, c, extent, r.buffers, must_vary=True):
                 raise Unsupported(f"{e.buffer} is not contiguous in {c}")
             idx = tuple(simplify(substitute(i, {c: Const(base, DType.int64)})) for i in e.indices)
             addr = f"&{e.buffer}{r.subscript(e.buffer, idx)}"

@@ -112,7 +112,7 @@ def match_epilogue(loop: For, acc: str, buffers) -> bool:
     accesses = [(store.buffer, store.indices)] + [(ld.buffer, ld.indices) for ld in loads if ld.buffer != acc]
     if any(ld.buffer == acc and ld.indices != (loop.var, inner.var) for ld in loads):
         return False
-    return all(_contiguous_or_invariant(buf, idx, c, inner.extent, buffers, must_vary=(k == 0))
+    return all(contiguous_or_invariant(buf, idx, c, inner.extent, buffers, must_vary=(k == 0))
                for k, (buf, idx) in enumerate(accesses))
 
 
@@ -123,7 +123,7 @@ def _flat(buffer: str, indices, env, buffers) -> int:
     return flat
 
 
-def _contiguous_or_invariant(buffer, indices, c: str, extent: int, buffers, must_vary: bool) -> bool:
+def contiguous_or_invariant(buffer, indices, c: str, extent: int, buffers, must_vary: bool) -> bool:
     """An index that does not mention ``c`` (a broadcast), or whose flat offset steps by one
     with ``c`` -- checked at each 16-lane chunk with the other loop variables at 0 and 1."""
     names = set().union(*(free_vars(i) for i in indices)) if indices else set()
@@ -348,4 +348,4 @@ def _is_one(e) -> bool:
     return isinstance(e, Const) and int(e.value) == 1
 
 
-__all__ = ["EpilogueWriter", "match_epilogue"]
+__all__ = ["EpilogueWriter", "contiguous_or_invariant", "match_epilogue"]
