@@ -314,20 +314,32 @@ def test_integer_graph_output_comes_back_nchw(monkeypatch):
 
 # -- requantization in int32 where it fits (qlinear.requant, x86_epilogue's rounding shift) -------------
 
-def test_requantizing_epilogue_rounds_with_one_shift_and_clamps_in_int32(monkeypatch):
+@pytest.mark.parametrize("form", ["high_word", "narrow"])
+def test_requantizing_epilogue_rounds_with_one_shift_and_clamps_in_int32(form, monkeypatch):
     """Multipliers below 1 (every shift >= 31): the shifted value is clamped as one int32
-    vector, and the rounding shift is (v + 2^(s-1)) >> s with 2^(s-1) once per 16 columns."""
+    vector, and the rounding shift is (v + 2^(s-1)) >> s with 2^(s-1) once per 16 columns:
+    in int32 on the product's high word (ORT's multipliers here are all below 1/4: shift
+    >= 33), in int64 when that form is turned off. Both give the same integers."""
+    from kiln.ir.ops import qlinear
+
     model = _residual_model()
     _host_caps(monkeypatch, True)
+    if form == "narrow":
+        monkeypatch.setattr(qlinear, "HIGH_WORD_SHIFT", 99)
     cm = kiln.compile(model)
-    assert all(nd.attrs["min_shift"] >= 31 for nd in cm.graph.nodes if nd.op == "qconv")
+    assert all(nd.attrs["min_shift"] >= 33 for nd in cm.graph.nodes if nd.op == "qconv")
     src = cm.source()
     blocks = re.findall(r"#if defined\(__AVX512VNNI__\)\n(\s*for \(int64_t \w+_wb.*?)#else", src, flags=re.S)
     assert len(blocks) == 3
+    width = "epi32" if form == "high_word" else "epi64"
     for block in blocks:
         hoisted, per_row = block.split("for (int64_t", 2)[1], block.split("for (int64_t", 2)[2]
-        assert "_mm512_sllv_epi64" in hoisted and "_mm512_sllv_epi64" not in per_row
-        assert "_mm512_max_epi32" in per_row and "_mm512_min_epi32" in per_row
+        assert f"_mm512_sllv_{width}" in hoisted and f"_mm512_sllv_{width}" not in per_row
+        assert f"_mm512_srav_{width}" in per_row and "_mm512_max_epi32" in per_row
+    x = {"x": np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    monkeypatch.setattr(qlinear, "HIGH_WORD_SHIFT", 99)
+    monkeypatch.setattr(qlinear, "NARROW_SHIFT", 99)
+    np.testing.assert_array_equal(cm.run(x)["y"], kiln.compile(model).run(x)["y"])
 
 
 def _qlinear_matmul(y_scale: float):
@@ -345,8 +357,8 @@ def _qlinear_matmul(y_scale: float):
 
 @pytest.mark.parametrize("y_scale, narrow", [(2.0, True), (0.05, False)])
 def test_int32_clamp_gives_the_int64_clamps_integers(y_scale, narrow, monkeypatch):
-    """The same integers with the int32 clamp as with the int64 one (NARROW_SHIFT out of
-    reach), at inputs that drive the accumulators to their extremes; a multiplier above 1
+    """The same integers with the int32 clamp as with the int64 one (NARROW_SHIFT and
+    HIGH_WORD_SHIFT out of reach), at inputs that drive the accumulators to their extremes; a multiplier above 1
     (shift below 31) keeps the int64 clamp."""
     from kiln.ir.ops import qlinear
 
@@ -359,6 +371,7 @@ def test_int32_clamp_gives_the_int64_clamps_integers(y_scale, narrow, monkeypatc
     assert (node.attrs["min_shift"] >= qlinear.NARROW_SHIFT) == narrow
     got = cm.run({"x": x})["y"]
     monkeypatch.setattr(qlinear, "NARROW_SHIFT", 99)
+    monkeypatch.setattr(qlinear, "HIGH_WORD_SHIFT", 99)
     np.testing.assert_array_equal(got, kiln.compile(model).run({"x": x})["y"])
     want = ort_run(model, {"x": x})["y"]
     assert np.max(np.abs(got.astype(int) - want.astype(int))) <= 1

@@ -91,7 +91,7 @@ class X86Renderer(CRenderer):
         r, c = loop.var.name, inner.var.name
         writer = EpilogueWriter(c, ref, self.expr, row=r)
         try:
-            writer.store(self.buffers[store.buffer].dtype, ref(store), writer.value(store.value))
+            writer.store(self.buffers[store.buffer].dtype, ref(store), store.value)
         except EpilogueWriter.Unsupported:
             return False
         # columns outside, rows inside (every element is written once, in any order): what

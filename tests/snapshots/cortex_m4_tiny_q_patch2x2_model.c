@@ -54,7 +54,7 @@ static void kernel_1(const uint8_t* restrict in0, const int8_t* restrict in1, co
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((int32_t)(((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> (((int64_t)(in4[i4])) - INT64_C(1))) + INT64_C(1)) >> INT64_C(1)))), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -95,7 +95,7 @@ static void kernel_4(const uint8_t* restrict in0, const int8_t* restrict in1, co
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((int32_t)(((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> (((int64_t)(in4[i4])) - INT64_C(1))) + INT64_C(1)) >> INT64_C(1)))), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -136,7 +136,7 @@ static void kernel_7(const uint8_t* restrict in0, const int8_t* restrict in1, co
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((int32_t)(((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> (((int64_t)(in4[i4])) - INT64_C(1))) + INT64_C(1)) >> INT64_C(1)))), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -177,7 +177,7 @@ static void kernel_10(const uint8_t* restrict in0, const int8_t* restrict in1, c
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((int32_t)(((((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> (((int64_t)(in4[i4])) - INT64_C(1))) + INT64_C(1)) >> INT64_C(1)))), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -200,7 +200,7 @@ static void kernel_12(const uint8_t* restrict in0, const int8_t* restrict in1, c
       int32_t acc0;
       acc0 = 0;
       acc0 = acc0 + kiln_dot_u8s8(&in0[((i0 * 64) + 0)], &in1[((i1 * 64) + 0)], 64);
-      out0[((i0 * 3) + i1)] = ((uint8_t)((kiln_min_int32_t(kiln_max_int32_t(((int32_t)(((((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) >> (((int64_t)(in4[i1])) - INT64_C(1))) + INT64_C(1)) >> INT64_C(1)))), -74), 181) + 74)));
+      out0[((i0 * 3) + i1)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) >> INT64_C(32)))) >> ((in4[i1] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
     }
   }
 }

@@ -30,7 +30,9 @@ lowers from the same compute definition:
   fused ReLU/Clip (quantizing is monotonic, so clamp-then-quantize equals
   quantize-then-clamp at the quantized bounds). Attribute ``min_shift`` (the smallest
   ``shift``, set by the ``quantize`` pass with the constants): when it is 31 or more (every
-  real multiplier below 1) the shifted value fits int32 and the clamp runs in int32.
+  real multiplier below 1) the shifted value fits int32 and the clamp runs in int32; from
+  33 (below 1/4, what ORT's quantizer gives a convolution) the rounding itself runs in
+  int32 on the product's high 32 bits -- the same integer (:func:`_requant_high_word`).
 """
 from __future__ import annotations
 
@@ -90,15 +92,18 @@ def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def requant(acc, bias, mult, shift, attrs, out: DType):
     """The fixed-point epilogue (see the module docstring) of one int32 accumulator."""
     v = Cast(acc + bias, I64) * Cast(mult, I64)
+    one = Const(1, I64)
+    zp, lo, hi = int(attrs["y_zp"]), int(attrs["lo"]), int(attrs["hi"])
+    min_shift = int(attrs.get("min_shift", 0))
+    if min_shift >= HIGH_WORD_SHIFT:
+        return _requant_high_word(v, shift, zp, lo, hi, out)
     s = Cast(shift, I64)
     # (v + 2^(s-1)) >> s, spelled ((v >> (s-1)) + 1) >> 1: the same integer for every v and
     # s >= 1 (write v = q 2^(s-1) + r, 0 <= r < 2^(s-1): both are floor((q+1)/2)), without
     # shifting a constant by a per-channel amount -- which gcc 12 does not vectorize, and
     # so left every requantizing epilogue scalar.
-    one = Const(1, I64)
     v = Bin("shr", Bin("shr", v, s - one, I64) + one, one, I64)
-    zp, lo, hi = int(attrs["y_zp"]), int(attrs["lo"]), int(attrs["hi"])
-    if int(attrs.get("min_shift", 0)) >= NARROW_SHIFT:
+    if min_shift >= NARROW_SHIFT:
         # |int32 * mult| < 2^62, so shifted by 31 or more the value fits int32: clamp it there
         # (one vector op per step instead of two int64 halves), to the bounds less the zero
         # point so that adding it cannot overflow -- the same integer as clamping v + zp
@@ -109,8 +114,27 @@ def requant(acc, bias, mult, shift, attrs, out: DType):
     return Cast(Bin("min", Bin("max", v, Const(lo, I64), I64), Const(hi, I64), I64), out)
 
 
+def _requant_high_word(v, shift, zp: int, lo: int, hi: int, out: DType):
+    """The same integer as the rounding shift by ``shift`` >= 33, from the product's high
+    32 bits: write v = h 2^32 + l (0 <= l < 2^32) and s' = s - 32; since 2^(s-1) is a
+    multiple of 2^32, floor((v + 2^(s-1)) / 2^s) = floor((h + 2^(s'-1)) / 2^s'). Everything
+    after the multiply is int32: |h| <= 2^30, and with s <= 62 (``fixed_point``) 2^(s'-1) <=
+    2^29, so neither the rounding term nor the zero point (|zp| < 256) can overflow, and the
+    clamp comes last -- a saturating narrow where the bounds are the output type's. A
+    vector unit takes the high halves of its 32x32->64 products with one shuffle (x86) or
+    multiplies high directly (Arm ``smmul``, CUDA ``mul.hi``)."""
+    one = Const(1, I32)
+    h = Cast(Bin("shr", v, Const(32, I64), I64), I32)
+    s = shift - Const(32, I32)
+    v32 = Bin("shr", Bin("shr", h, s - one, I32) + one, one, I32) + Const(zp, I32)
+    return Cast(Bin("min", Bin("max", v32, Const(lo, I32), I32), Const(hi, I32), I32), out)
+
+
 # Shifts of at least this many bits (every real multiplier below 1) leave an int32 result
 NARROW_SHIFT = 31
+# ... and from this many (every real multiplier below 1/4) the rounding needs only the
+# product's high 32 bits (``_requant_high_word``)
+HIGH_WORD_SHIFT = 33
 
 
 def _check_epilogue(ins, n: int, what: str):
