@@ -92,12 +92,11 @@ def fixed_point(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def requant(acc, bias, mult, shift, attrs, out: DType):
     """The fixed-point epilogue (see the module docstring) of one int32 accumulator."""
     v = Cast(acc + bias, I64) * Cast(mult, I64)
-    one = Const(1, I64)
     zp, lo, hi = int(attrs["y_zp"]), int(attrs["lo"]), int(attrs["hi"])
     min_shift = int(attrs.get("min_shift", 0))
     if min_shift >= HIGH_WORD_SHIFT:
         return _requant_high_word(v, shift, zp, lo, hi, out)
-    s = Cast(shift, I64)
+    s, one = Cast(shift, I64), Const(1, I64)
     # (v + 2^(s-1)) >> s, spelled ((v >> (s-1)) + 1) >> 1: the same integer for every v and
     # s >= 1 (write v = q 2^(s-1) + r, 0 <= r < 2^(s-1): both are floor((q+1)/2)), without
     # shifting a constant by a per-channel amount -- which gcc 12 does not vectorize, and
@@ -120,9 +119,10 @@ def _requant_high_word(v, shift, zp: int, lo: int, hi: int, out: DType):
     multiple of 2^32, floor((v + 2^(s-1)) / 2^s) = floor((h + 2^(s'-1)) / 2^s'). Everything
     after the multiply is int32: |h| <= 2^30, and with s <= 62 (``fixed_point``) 2^(s'-1) <=
     2^29, so neither the rounding term nor the zero point (|zp| < 256) can overflow, and the
-    clamp comes last -- a saturating narrow where the bounds are the output type's. A
-    vector unit takes the high halves of its 32x32->64 products with one shuffle (x86) or
-    multiplies high directly (Arm ``smmul``, CUDA ``mul.hi``)."""
+    clamp comes last -- a saturating narrow where the bounds are the output type's. x86
+    takes the high halves of its 32x32->64 vector products with one shuffle
+    (``kiln/codegen/x86_epilogue.py``); gcc for Cortex-M reads ``smull``'s high register and
+    shifts in 32 bits."""
     one = Const(1, I32)
     h = Cast(Bin("shr", v, Const(32, I64), I64), I32)
     s = shift - Const(32, I32)
