@@ -84,12 +84,14 @@ int main(int argc, char** argv) {
   int runs = atoi(argv[1]);
   model a = load(argv[3], argv[4], argv[2]), b = load(argv[5], argv[6], argv[2]);
   static const size_t in_bytes[NIN] = {IN_BYTES};
-  static const int in_float[NIN] = {IN_FLOAT};
+  /* 0: float32; 1, 2, 4, 8: an integer (or bool) of that many bytes; -1: anything else */
+  static const int in_kind[NIN] = {IN_KIND};
   void* in[NIN];
-  for (int k = 0; k < NIN; ++k) {  /* a fixed pattern: floats in [0, 1), integers 0..6 */
-    in[k] = aligned(in_bytes[k]);
-    if (in_float[k]) for (size_t i = 0; i < in_bytes[k] / 4; ++i) ((float*)in[k])[i] = (float)(i % 251) / 251.0f;
-    else for (size_t i = 0; i < in_bytes[k]; ++i) ((unsigned char*)in[k])[i] = (unsigned char)(i % 7);
+  for (int k = 0; k < NIN; ++k) {  /* a fixed pattern: floats in [0, 1); integers 0 and 1, */
+    in[k] = aligned(in_bytes[k]);  /* valid as bools, masks and indices; other types zero */
+    if (in_kind[k] == 0) for (size_t i = 0; i < in_bytes[k] / 4; ++i) ((float*)in[k])[i] = (float)(i % 251) / 251.0f;
+    if (in_kind[k] > 0) for (size_t i = 0; i < in_bytes[k] / in_kind[k]; ++i)
+      ((unsigned char*)in[k])[i * in_kind[k]] = (unsigned char)(i % 2);  /* little-endian: the low byte */
   }
   int64_t dims[1] = {0};
   for (int r = 0; r < 3; ++r) { a.run(in, a.out, a.weights, a.arena, dims); b.run(in, b.out, b.weights, b.arena, dims); }
@@ -152,11 +154,18 @@ def _nbytes(v: dict) -> int:
     return n
 
 
+def _kind(dtype: str) -> int:
+    """How the harness fills an input (see ``in_kind`` in HARNESS)."""
+    if dtype == "float32":
+        return 0
+    return ITEMSIZE[dtype] if dtype.startswith(("int", "uint")) or dtype == "bool" else -1
+
+
 def build_harness(m: dict, work: Path) -> Path:
     src = (HARNESS.replace("NIN", str(max(len(m["inputs"]), 1)))
            .replace("NOUT", str(max(len(m["outputs"]), 1)))
            .replace("IN_BYTES", ", ".join(str(_nbytes(v)) for v in m["inputs"]) or "0")
-           .replace("IN_FLOAT", ", ".join("1" if v["dtype"] == "float32" else "0" for v in m["inputs"]) or "0")
+           .replace("IN_KIND", ", ".join(str(_kind(v["dtype"])) for v in m["inputs"]) or "0")
            .replace("OUT_BYTES", ", ".join(str(_nbytes(v)) for v in m["outputs"]) or "0"))
     (work / "ab.c").write_text(src)
     exe = work / "ab"

@@ -43,6 +43,18 @@ def test_different_weights_are_reported_as_different_outputs(exports):
     assert r["same"] == 0
 
 
+def test_a_model_with_integer_inputs_runs(tmp_path):
+    """A Gather over an int64 input builds and runs in the harness (which fills integer
+    inputs with 0 and 1 element by element: indices inside any table)."""
+    table = np.arange(32, dtype=np.float32).reshape(4, 8)
+    model = make_model([helper.make_node("Gather", ["table", "idx"], ["y"])], [("idx", np.int64, [6])],
+                       [("y", np.float32, [6, 8])], [("table", table)])
+    for name in ("a", "b"):
+        kiln.compile(model, target="host").export(tmp_path / name)
+    (r,) = ab_exports.compare(tmp_path / "a", tmp_path / "b", runs=5, rounds=1)
+    assert r["same"] == 1
+
+
 def test_main_prints_one_line_per_round(exports, capsys):
     assert ab_exports.main([str(exports["a"]), str(exports["a2"]), "--runs", "3", "--rounds", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
