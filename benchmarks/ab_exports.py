@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from kiln.ir.dtype import DType
+
 HARNESS = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -39,6 +41,7 @@ HARNESS = r"""
 typedef int (*run_fn)(void* const*, void* const*, const void*, void*, const int64_t*);
 typedef size_t (*size_fn)(void);
 typedef struct { run_fn run; void* weights; void* arena; void* out[NOUT]; } model;
+static const size_t out_bytes[NOUT] = {OUT_BYTES};
 
 static double now_us(void) {
   struct timespec t;
@@ -75,7 +78,6 @@ static model load(const char* lib_path, const char* weights_path, const char* pr
   if (!f) fail("cannot open", weights_path);
   if (nw && fread(m.weights, 1, nw, f) != nw) fail("short weights file", weights_path);
   fclose(f);
-  static const size_t out_bytes[NOUT] = {OUT_BYTES};
   for (int k = 0; k < NOUT; ++k) m.out[k] = aligned(out_bytes[k]);
   return m;
 }
@@ -95,7 +97,6 @@ int main(int argc, char** argv) {
   }
   int64_t dims[1] = {0};
   for (int r = 0; r < 3; ++r) { a.run(in, a.out, a.weights, a.arena, dims); b.run(in, b.out, b.weights, b.arena, dims); }
-  static const size_t out_bytes[NOUT] = {OUT_BYTES};
   int same = 1;
   for (int k = 0; k < NOUT; ++k) same &= memcmp(a.out[k], b.out[k], out_bytes[k]) == 0;
   double *ta = malloc(sizeof(double) * runs), *tb = malloc(sizeof(double) * runs), *d = malloc(sizeof(double) * runs);
@@ -120,9 +121,6 @@ int main(int argc, char** argv) {
 }
 """
 
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
-            "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}
-
 
 class ABError(Exception):
     """An export this tool cannot compare, with what was expected."""
@@ -145,27 +143,34 @@ def _signature(m: dict) -> tuple:
     return tuple((v["name"], tuple(v["shape"]), v["dtype"]) for v in m["inputs"] + m["outputs"])
 
 
+def _dtype(v: dict) -> DType:
+    try:
+        return DType(v["dtype"])
+    except ValueError:
+        raise ABError(f"{v['name']!r} has dtype {v['dtype']}; expected one of Kiln's "
+                      f"({', '.join(d.value for d in DType)})") from None
+
+
 def _nbytes(v: dict) -> int:
-    n = ITEMSIZE.get(v["dtype"])
-    if n is None:
-        raise ABError(f"{v['name']!r} has dtype {v['dtype']}; expected one of {sorted(ITEMSIZE)}")
+    n = _dtype(v).np.itemsize
     for d in v["shape"]:
         n *= int(d)
     return n
 
 
-def _kind(dtype: str) -> int:
+def _kind(v: dict) -> int:
     """How the harness fills an input (see ``in_kind`` in HARNESS)."""
-    if dtype == "float32":
+    dt = _dtype(v)
+    if dt is DType.float32:
         return 0
-    return ITEMSIZE[dtype] if dtype.startswith(("int", "uint")) or dtype == "bool" else -1
+    return -1 if dt.is_float else dt.np.itemsize
 
 
 def build_harness(m: dict, work: Path) -> Path:
     src = (HARNESS.replace("NIN", str(max(len(m["inputs"]), 1)))
            .replace("NOUT", str(max(len(m["outputs"]), 1)))
            .replace("IN_BYTES", ", ".join(str(_nbytes(v)) for v in m["inputs"]) or "0")
-           .replace("IN_KIND", ", ".join(str(_kind(v["dtype"])) for v in m["inputs"]) or "0")
+           .replace("IN_KIND", ", ".join(str(_kind(v)) for v in m["inputs"]) or "0")
            .replace("OUT_BYTES", ", ".join(str(_nbytes(v)) for v in m["outputs"]) or "0"))
     (work / "ab.c").write_text(src)
     exe = work / "ab"

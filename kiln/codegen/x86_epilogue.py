@@ -346,8 +346,8 @@ class EpilogueWriter:
                 return None
             one = self.value(Const(1, I32))
             half = self._tmp(f"_mm512_sllv_epi32({one.lo}, {s1.lo})", self._fixed(s1))
-            total = self._tmp(f"_mm512_add_epi32({v.lo}, {half})", self._fixed(v) and self._fixed(s1))
-            return Vec(self._tmp(f"_mm512_srav_epi32({total}, {s.lo})", self._fixed(v) and self._fixed(s)),
+            total = self._tmp(f"_mm512_add_epi32({v.lo}, {half})", self._fixed(v, s1))
+            return Vec(self._tmp(f"_mm512_srav_epi32({total}, {s.lo})", self._fixed(v, s)),
                        None, bounds)
         v, s, s1 = self._pair(v), self._pair(self.value(first.b.a)), self._pair(self.value(first.b))
         half = self._pair2("_mm512_sllv_epi64", self.value(Const(1, I64)), s1, self._fixed(s1))
