@@ -7,7 +7,7 @@ arena space from the memory planner like any other value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from kiln.ir import ops
@@ -21,6 +21,8 @@ from kiln.ir.schedule import Schedule
 from kiln.ir.symbolic import shape_dims, shape_exprs, symbols_of
 from kiln.passes.default_schedule import DEFAULT_CAPABILITIES, Capabilities, schedule_kernel
 from kiln.passes.fuse import Group
+from kiln.passes.padded_storage import ATTR as PADS_IN_STORAGE
+from kiln.passes.padded_storage import border_fill, shift_loads, storage_borders, store_at_border
 
 
 @dataclass
@@ -40,8 +42,13 @@ class Kernel:
         return self.inputs + self.outputs + [t for t, _ in self.temps]
 
 
-def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
-    """Compute stages for a group, with C-safe buffer names; returns (stages, inputs, outputs, names)."""
+def group_stages(group: Group, graph: Graph, types: dict[str, TensorType], borders=None):
+    """Compute stages for a group, with C-safe buffer names; returns (stages, inputs, outputs, names).
+
+    ``borders`` (``kiln/passes/padded_storage.py``): values stored with a border. A
+    convolution marked ``pads_in_storage`` reads its input's storage, border included, as an
+    unpadded convolution; every other node reads such a value's interior."""
+    borders = borders or {}
     produced = {o.name for n in group.nodes for o in n.outputs}
     inputs: list[str] = []
     for node in group.nodes:
@@ -75,7 +82,14 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
     for node in group.nodes:
         ins = [handle(n) for n in node.inputs if n]
         outs = [handle(o.name) for o in node.outputs]
-        stages += ops.get(node.op).compute(ins, outs, node.attrs)
+        attrs, raw = node.attrs, node.attrs.get(PADS_IN_STORAGE) and node.inputs[0] in borders
+        if raw:  # the border is the padding: an unpadded convolution over the whole storage
+            x = node.inputs[0]
+            ins[0] = Tensor(cname[x], borders[x].storage_shape(types[x].shape), types[x].dtype)
+            attrs = {**attrs, "pads": (0, 0, 0, 0)}
+        shifts = {cname[n]: borders[n].lo for n in node.inputs
+                  if n in borders and n not in produced and not (raw and n == node.inputs[0])}
+        stages += [shift_loads(st, shifts) for st in ops.get(node.op).compute(ins, outs, attrs)]
     scalar_values = {cname[n]: v.reshape(()).item() for n, v in scalars.items()}
     scalar_dtypes = {cname[n]: DType.of(v.dtype) for n, v in scalars.items()}
     if scalar_values:
@@ -83,7 +97,6 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType]):
             if ld.buffer in scalar_values:
                 return Const(scalar_values[ld.buffer], scalar_dtypes[ld.buffer])
             return None
-        from dataclasses import replace
         stages = [replace(s, body=replace_loads(s.body, sub)) for s in stages]
     return stages, inputs, outputs, cname
 
@@ -96,19 +109,28 @@ def _in_place_dests(group: Group) -> set[str]:
 
 def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, TensorType],
                  trace: list | None = None, caps: Capabilities = DEFAULT_CAPABILITIES,
-                 tuned=None) -> Kernel:
-    """``tuned``: optional ``func -> trace or None`` (a tuning database's best records)."""
-    stages, inputs, outputs, cname = group_stages(group, graph, types)
+                 tuned=None, borders=None) -> Kernel:
+    """``tuned``: optional ``func -> trace or None`` (a tuning database's best records).
+    ``borders``: values stored with a border (``kiln/passes/padded_storage.py``); a kernel
+    writing one stores into its interior and fills the border."""
+    borders = borders or {}
+    stages, inputs, outputs, cname = group_stages(group, graph, types, borders)
     out_c = {cname[n] for n in outputs}
     stages = inline_stages(stages, keep=out_c)
+    bordered = {cname[n]: borders[n] for n in outputs if n in borders}
+    stages = [store_at_border(s, bordered[s.name]) if s.name in bordered else s for s in stages]
     name = f"kernel_{index}"
     temps = [s for s in stages if s.name not in out_c]
-    params = [Buffer(cname[n], shape_exprs(types[n].shape), types[n].dtype) for n in inputs + outputs]
+    stored = {n: borders[n].storage_shape(types[n].shape) if n in borders else types[n].shape for n in inputs + outputs}
+    params = [Buffer(cname[n], shape_exprs(stored[n]), types[n].dtype) for n in inputs + outputs]
     params += [Buffer(s.name, s.shape, s.dtype) for s in temps]
     func = canonicalize(Func(name, tuple(params), seq(*(lower_stage(s) for s in stages))))
     sch = _tuned_schedule(func, tuned) if trace is None and tuned is not None else None
     if sch is None:
         sch = schedule_kernel(Schedule(func), stages, caps) if trace is None else Schedule.replay(func, trace)
+    fills = [border_fill(cname[n], types[n].shape, borders[n], types[n].dtype) for n in outputs if n in borders]
+    if fills:  # after scheduling: a few kilobytes in serial loops, outside any tuning record's trace
+        sch.func = replace(sch.func, body=seq(*fills, sch.func.body))
     temp_types = [(f"{name}.{s.name}", TensorType(shape_dims(s.shape), s.dtype)) for s in temps]
     symbols = sorted(set().union(*(symbols_of(types[n].shape) for n in inputs + outputs)))
     return Kernel(name, sch.func, inputs, outputs, temp_types, symbols, stages, sch.trace, func)
@@ -138,5 +160,5 @@ def _tuned_schedule(func: Func, tuned) -> Schedule | None:
 
 def build_kernels(graph: Graph, groups: Sequence[Group],
                   caps: Capabilities = DEFAULT_CAPABILITIES, tuned=None) -> list[Kernel]:
-    types = graph.value_types()
-    return [build_kernel(i, g, graph, types, caps=caps, tuned=tuned) for i, g in enumerate(groups)]
+    types, borders = graph.value_types(), storage_borders(graph)
+    return [build_kernel(i, g, graph, types, caps=caps, tuned=tuned, borders=borders) for i, g in enumerate(groups)]

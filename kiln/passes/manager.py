@@ -3,7 +3,8 @@
     import -> quantize -> integer_ops -> fold_constants -> simplify -> cse -> algebraic -> dce -> layout -> materialize_outputs
            -> partition -> fuse -> lower -> schedule -> memory_plan -> codegen
 
-(``partition``: the target's own rewrite before fusion -- patch-based execution on MCUs.)
+(``partition``: the target's own rewrite before fusion -- patch-based execution on MCUs;
+on VNNI hosts also ``store_padded``, convolutions' padding kept in their inputs' storage.)
 
 ``print_after`` names a stage; its IR is captured as text (``kiln inspect
 --print-ir-after NAME``). Graph stages print the graph IR, ``fuse`` the graph with each
@@ -29,6 +30,7 @@ from kiln.passes.integer_ops import pack_integer_ops, stage_windows
 from kiln.passes.pack_matmul import pack_matmuls
 from kiln.passes.quantize import quantize_integer_ops
 from kiln.passes.memory_plan import MemoryPlan, plan_memory
+from kiln.passes.padded_storage import store_padded
 from kiln.passes.simplify import eliminate_dead_code, eliminate_identity, materialize_output_views
 from kiln.passes.vnni_pack import pack_vnni
 from kiln.passes.winograd import winograd_convs
@@ -106,6 +108,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
                 graph = channels_last_integers(graph).verify()
             snap("layout", lambda: format_graph(graph))
     graph = target.partition_graph(graph).verify()
+    if caps.vnni:  # last before fusion: producers then write the padded layouts convolutions read
+        graph = store_padded(graph).verify()
     snap("partition", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))

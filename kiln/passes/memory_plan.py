@@ -84,8 +84,10 @@ def in_place_roots(graph: Graph) -> dict[str, str]:
 
 def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
     """``align``: byte alignment of every tensor (64 on hosts: a cache line; 16 on MCUs)."""
+    from kiln.passes.padded_storage import storage_types
+
     roots = in_place_roots(graph)
-    types = graph.value_types()
+    types = storage_types(graph)  # a value stored with a border takes its storage's bytes
     storage: dict[str, Storage] = {}
     for i, v in enumerate(graph.inputs):
         storage[v.name] = Storage("input", i)

@@ -325,11 +325,11 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
 
 
 def stages_input(attrs, extra: int = 0) -> bool:
-    """Whether ``conv_dot_stages`` copies the input into a ``__xu`` stage: all but a 1x1
-    convolution over a channels-last input without padding, offset or row over-read."""
-    (kh, kw) = attrs["kernel"]
+    """Whether ``conv_dot_stages`` copies the input into a ``__xu`` stage: all but a
+    convolution over a channels-last input without padding, offset or row over-read (a 1x1
+    one, or one whose padding its input's storage holds: ``kiln/passes/padded_storage.py``)."""
     _, pb, pe, _ = window_attrs(attrs, 2, "qconv")
-    return not (input_channels_last(attrs) and kh == kw == 1
+    return not (input_channels_last(attrs)
                 and not (any(pb) or any(pe) or extra or int(attrs.get("act_offset", 0))))
 
 
