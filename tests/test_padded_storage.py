@@ -90,6 +90,41 @@ def _conv_chain(output_mid: bool = False, reshape_mid: bool = False):
     return kiln.quantize(model, {"x": RNG.standard_normal((4, 8, 8, 8)).astype(np.float32)})
 
 
+def _graph_model(nodes, weights, outputs, name):
+    g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TP.FLOAT, [1, 8, 8, 8])],
+                          [helper.make_tensor_value_info(o, TP.FLOAT, s) for o, s in outputs],
+                          initializer=[helper.make_tensor(k, TP.FLOAT, v.shape, v.ravel()) for k, v in weights])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return kiln.quantize(model, {"x": RNG.standard_normal((4, 8, 8, 8)).astype(np.float32)})
+
+
+def _w(*shape):
+    return (RNG.standard_normal(shape) * (1.0 / np.sqrt(np.prod(shape[1:])))).astype(np.float32)
+
+
+def _standalone_add():
+    """An Add whose operands both escape their convolutions (``b`` is also a graph output),
+    so it is a kernel of its own -- an elementwise producer writing the padded layout."""
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["a"], pads=[1] * 4), n("Relu", ["a"], ["ar"]),
+             n("Conv", ["ar", "w2"], ["b"]), n("Relu", ["b"], ["br"]),
+             n("Add", ["ar", "br"], ["c"]), n("Relu", ["c"], ["cr"]),
+             n("Conv", ["cr", "w3"], ["y"], pads=[1] * 4)]
+    return _graph_model(nodes, [("w1", _w(16, 8, 3, 3)), ("w2", _w(16, 16, 1, 1)), ("w3", _w(16, 16, 3, 3))],
+                        [("y", [1, 16, 8, 8]), ("br", [1, 16, 8, 8])], "standalone_add")
+
+
+def _two_windows():
+    """One value read by a 3x3 convolution (pads 1) and a 5x5 one (pads 2): the first decides
+    the border, the second copies the interior into its own padded stage."""
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["a"], pads=[1] * 4), n("Relu", ["a"], ["ar"]),
+             n("Conv", ["ar", "w2"], ["y3"], pads=[1] * 4), n("Conv", ["ar", "w3"], ["y5"], pads=[2] * 4),
+             n("Add", ["y3", "y5"], ["y"])]
+    return _graph_model(nodes, [("w1", _w(16, 8, 3, 3)), ("w2", _w(16, 16, 3, 3)), ("w3", _w(16, 16, 5, 5))],
+                        [("y", [1, 16, 8, 8])], "two_windows")
+
+
 def test_pass_leaves_values_it_cannot_pad(monkeypatch):
     _host_caps(monkeypatch, True)
     after = kiln.compile(_conv_chain()).graph
@@ -168,8 +203,9 @@ def _resnet_int8(image=32):
 
 
 @pytest.mark.parametrize("build", [_residual_model, _resnet_int8, lambda: _conv_chain(output_mid=True),
-                                   lambda: _conv_chain(reshape_mid=True)],
-                         ids=["block", "resnet18", "transposed_to_an_output", "flattened_to_an_output"])
+                                   lambda: _conv_chain(reshape_mid=True), _standalone_add, _two_windows],
+                         ids=["block", "resnet18", "transposed_to_an_output", "flattened_to_an_output",
+                              "standalone_add", "two_windows"])
 def test_same_integers_as_without_borders_and_ort(build, monkeypatch):
     """ResNet-18 covers every kind of reader: max pool, conv and residual-add producers, the
     stride-2 3x3 convolutions, and the 1x1 downsample and residual adds reading interiors;
