@@ -18,7 +18,7 @@ from kiln.ir.graph import Graph, Node, TensorType, Value
 from kiln.ir.expr import Const
 from kiln.ir.loop import Buffer, Func, Store, walk_stmts
 from kiln.ir.loop_eval import run_func
-from kiln.passes.padded_storage import (ATTR, Border, border_fill, storage_borders, storage_types,
+from kiln.passes.padded_storage import (PADS_IN_STORAGE, Border, border_fill, storage_borders, storage_types,
                                         store_padded)
 from tests.test_integer_layout import _residual_model
 from tests.test_vnni import _host_caps
@@ -35,11 +35,11 @@ def _without_borders(monkeypatch):
 def _strip(graph: Graph) -> Graph:
     """``graph`` with every ``pads_in_storage`` attribute removed."""
     return graph.replace(nodes=tuple(
-        dataclasses.replace(n, attrs={k: v for k, v in n.attrs.items() if k != ATTR}) for n in graph.nodes))
+        dataclasses.replace(n, attrs={k: v for k, v in n.attrs.items() if k != PADS_IN_STORAGE}) for n in graph.nodes))
 
 
 def _marked(graph: Graph) -> list[str]:
-    return [n.outputs[0].name for n in graph.nodes if n.attrs.get(ATTR)]
+    return [n.outputs[0].name for n in graph.nodes if n.attrs.get(PADS_IN_STORAGE)]
 
 
 # -- the pass on graphs ------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_pass_leaves_values_it_cannot_pad(monkeypatch):
     after = kiln.compile(_conv_chain()).graph
     assert len(_marked(after)) == 1
     before = _strip(after)
-    x = next(n for n in after.nodes if n.attrs.get(ATTR)).inputs[0]
+    x = next(n for n in after.nodes if n.attrs.get(PADS_IN_STORAGE)).inputs[0]
     t = after.value_types()[x]
     # a graph output: the caller's buffer has no border
     as_output = before.replace(outputs=before.outputs + (Value(x, t),))
@@ -145,7 +145,7 @@ def test_convolutions_wanting_different_borders_are_refused():
     t = TensorType((1, 8, 8, 16), DType.uint8)
 
     def conv(name, pad):
-        return Node("qconv", ("x", "w"), (Value(name, t),), {"pads": (pad,) * 4, "x_zp": 0, ATTR: 1})
+        return Node("qconv", ("x", "w"), (Value(name, t),), {"pads": (pad,) * 4, "x_zp": 0, PADS_IN_STORAGE: 1})
     g = Graph((Value("x", t),), (), (conv("a", 1), conv("b", 2)))
     with pytest.raises(VerificationError, match="different borders"):
         storage_borders(g)

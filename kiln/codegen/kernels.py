@@ -21,8 +21,8 @@ from kiln.ir.schedule import Schedule
 from kiln.ir.symbolic import shape_dims, shape_exprs, symbols_of
 from kiln.passes.default_schedule import DEFAULT_CAPABILITIES, Capabilities, schedule_kernel
 from kiln.passes.fuse import Group
-from kiln.passes.padded_storage import ATTR as PADS_IN_STORAGE
-from kiln.passes.padded_storage import border_fill, shift_loads, storage_borders, store_at_border
+from kiln.passes.padded_storage import (PADS_IN_STORAGE, border_fill, shift_loads, storage_borders,
+                                        store_at_border)
 
 
 @dataclass

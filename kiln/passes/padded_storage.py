@@ -43,7 +43,7 @@ from kiln.ir.ops.region import IN_PLACE
 
 # Producers whose kernel ends in one plain stage writing the value, which can store at an offset.
 PRODUCERS = ("qconv", "qadd", "max_pool")
-ATTR = "pads_in_storage"
+PADS_IN_STORAGE = "pads_in_storage"
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _reads_border_in_place(node: Node, types) -> bool:
     return vnni_window_row(w, a, kh, kw * int(x.shape[3])) == kw * int(x.shape[3])
 
 
-def _storable(name: str, graph: Graph, producers, consumers, outside) -> bool:
+def _storable(name: str, producers, consumers, outside) -> bool:
     p = producers.get(name)
     if name in outside or p is None or p.op not in PRODUCERS or len(p.outputs) != 1:
         return False
@@ -101,9 +101,9 @@ def store_padded(graph: Graph) -> Graph:
     for node in graph.nodes:
         if _reads_border_in_place(node, types):
             x, want = node.inputs[0], conv_border(node)
-            if chosen.get(x, want) == want and _storable(x, graph, producers, consumers, outside):
+            if chosen.get(x, want) == want and _storable(x, producers, consumers, outside):
                 chosen[x] = want
-                node = Node(node.op, node.inputs, node.outputs, {**node.attrs, ATTR: 1}, node.name)
+                node = Node(node.op, node.inputs, node.outputs, {**node.attrs, PADS_IN_STORAGE: 1}, node.name)
         nodes.append(node)
     return graph.replace(nodes=tuple(nodes)) if chosen else graph
 
@@ -112,7 +112,7 @@ def storage_borders(graph: Graph) -> dict[str, Border]:
     """value -> the border its storage keeps, from the convolutions marked ``pads_in_storage``."""
     borders: dict[str, Border] = {}
     for node in graph.nodes:
-        if node.attrs.get(ATTR):
+        if node.attrs.get(PADS_IN_STORAGE):
             x, want = node.inputs[0], conv_border(node)
             if borders.setdefault(x, want) != want:
                 raise VerificationError(f"{x!r} is read in place by convolutions that want different borders "
