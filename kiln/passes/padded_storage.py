@@ -38,7 +38,7 @@ from kiln.ir.expr import Const, Load, Var, fresh, replace_loads
 from kiln.ir.graph import Graph, Node, TensorType
 from kiln.ir.loop import For, Stmt, Store, seq
 from kiln.ir.ops.nn import offset, window_attrs
-from kiln.ir.ops.qlinear import staged_dtype, vnni_window_row
+from kiln.ir.ops.qlinear import vnni_window_row
 from kiln.ir.ops.region import IN_PLACE
 
 # Producers whose kernel ends in one plain stage writing the value, which can store at an offset.
@@ -76,9 +76,8 @@ def _reads_border_in_place(node: Node, types) -> bool:
         return False
     _, pb, pe, dil = window_attrs(a, 2, "qconv")
     off = int(a.get("act_offset", 0))
+    # without an activation offset the staged tensor has the input's own dtype (``STAGED``)
     if int(a.get("group", 1)) != 1 or set(dil) != {1} or off or not any(pb + pe):
-        return False
-    if staged_dtype(x.dtype, off) != x.dtype:
         return False
     kh, kw = a["kernel"]
     return vnni_window_row(w, a, kh, kw * int(x.shape[3])) == kw * int(x.shape[3])
