@@ -117,10 +117,13 @@ def _map_exprs(s: Stmt, f) -> Stmt:
 def cleanup_loops(func: Func) -> Func:
     """The cleanups every CPU schedule ends with (not primitives: traces stay the same):
     range-aware index simplification, a value two sibling loops compute stored once and
-    reused (softmax's exponentials), invariant loads hoisted out of vector loops, then
-    loops split at the edges of the padding they test for."""
+    reused (softmax's exponentials), integer accumulators started at the bias their
+    write-back adds, invariant loads hoisted out of vector loops, then loops split at the
+    edges of the padding they test for."""
+    from kiln.passes.accumulate_from_bias import accumulate_from_bias
     from kiln.passes.partition_loops import partition_loops
     from kiln.passes.reuse_values import reuse_through_destination
     from kiln.passes.simplify_loops import simplify_loop_indices
 
-    return partition_loops(hoist_invariant_loads(reuse_through_destination(simplify_loop_indices(func))))
+    func = accumulate_from_bias(reuse_through_destination(simplify_loop_indices(func)))
+    return partition_loops(hoist_invariant_loads(func))

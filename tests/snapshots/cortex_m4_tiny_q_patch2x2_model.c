@@ -50,11 +50,11 @@ static void kernel_1(const uint8_t* restrict in0, const int8_t* restrict in1, co
       for (int32_t i5 = 0; i5 < 2; ++i5) {
         for (int32_t i6 = 0; i6 < 2; ++i6) {
           int32_t acc0;
-          acc0 = 0;
+          acc0 = in2[i4];
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -91,11 +91,11 @@ static void kernel_4(const uint8_t* restrict in0, const int8_t* restrict in1, co
       for (int32_t i5 = 0; i5 < 2; ++i5) {
         for (int32_t i6 = 0; i6 < 2; ++i6) {
           int32_t acc0;
-          acc0 = 0;
+          acc0 = in2[i4];
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -132,11 +132,11 @@ static void kernel_7(const uint8_t* restrict in0, const int8_t* restrict in1, co
       for (int32_t i5 = 0; i5 < 2; ++i5) {
         for (int32_t i6 = 0; i6 < 2; ++i6) {
           int32_t acc0;
-          acc0 = 0;
+          acc0 = in2[i4];
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -173,11 +173,11 @@ static void kernel_10(const uint8_t* restrict in0, const int8_t* restrict in1, c
       for (int32_t i5 = 0; i5 < 2; ++i5) {
         for (int32_t i6 = 0; i6 < 2; ++i6) {
           int32_t acc0;
-          acc0 = 0;
+          acc0 = in2[i4];
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i5 + i7)) * 4) + (i6 + 0))], &in1[((((i4 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)((acc0 + in2[i4]))) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 2) + i5) * 2) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i4]))) >> INT64_C(32)))) >> ((in4[i4] - 32) - 1)) + 1) >> 1), 0), 255)));
         }
       }
     }
@@ -198,9 +198,9 @@ static void kernel_12(const uint8_t* restrict in0, const int8_t* restrict in1, c
   for (int32_t i0 = 0; i0 < 1; ++i0) {
     for (int32_t i1 = 0; i1 < 3; ++i1) {
       int32_t acc0;
-      acc0 = 0;
+      acc0 = in2[i1];
       acc0 = acc0 + kiln_dot_u8s8(&in0[((i0 * 64) + 0)], &in1[((i1 * 64) + 0)], 64);
-      out0[((i0 * 3) + i1)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)((acc0 + in2[i1]))) * ((int64_t)(in3[i1]))) >> INT64_C(32)))) >> ((in4[i1] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
+      out0[((i0 * 3) + i1)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i1]))) >> INT64_C(32)))) >> ((in4[i1] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
     }
   }
 }
