@@ -297,6 +297,88 @@ def test_int64_product_of_wide_values_is_not_printed_as_vpmuldq():
     assert w.value(ok).hi is not None and any("_mm512_mul_epi32" in line for line in w.lines)
 
 
+def _recentered(x, z=116, lo=0, hi=255, narrow=DType.uint8):
+    """``int32(narrow(min(max(x + z, lo), hi))) - z``: a convolution's requantized output as the
+    residual qadd fused after it reads it."""
+    from kiln.ir.expr import Bin, Cast, Const
+
+    I32 = DType.int32
+    clamp = Bin("min", Bin("max", Bin("add", x, Const(z, I32), I32), Const(lo, I32), I32), Const(hi, I32), I32)
+    return Bin("sub", Cast(Cast(clamp, narrow), I32), Const(z, I32), I32)
+
+
+def test_recentered_clamp_is_one_clamp_where_nothing_can_overflow():
+    """x bounded (a rounding shift of a high word): max(x, lo - z), min(.., hi - z), no add or
+    sub of the zero point; x a raw int32 (x + z may wrap) or a clamp outside the narrow type
+    (the cast would change it): printed op by op."""
+    from kiln.codegen.x86_epilogue import EpilogueWriter
+    from kiln.ir.expr import Bin, Const, Load, Var
+
+    c, I32 = Var("c"), DType.int32
+    bounded = Bin("shr", Load("a", (c,), I32), Const(8, I32), I32)
+    w = EpilogueWriter("c", lambda e: f"&{e.buffer}[c]", str)
+    v = w.value(_recentered(bounded))
+    assert v.bounds == (-116, 139)
+    ops = [line.split("= ")[1].split("(")[0] for line in w.lines]
+    ops = [op for op in ops if op != "_mm512_set1_epi32"]  # constants (hoisted where a row loop exists)
+    assert ops == ["_mm512_loadu_si512", "_mm512_srai_epi32", "_mm512_max_epi32", "_mm512_min_epi32"]
+    for x, kw in ((Load("a", (c,), I32), {}), (bounded, {"hi": 300})):
+        w = EpilogueWriter("c", lambda e: f"&{e.buffer}[c]", str)
+        w.value(_recentered(x, **kw))
+        assert any("_mm512_sub_epi32" in line for line in w.lines)
+
+
+@pytest.mark.parametrize("dtype, lo, hi, expect", [
+    (DType.uint8, 0, 255, ["_mm512_packs_epi32", "_mm512_packus_epi16"]),       # the packs are the clamp
+    (DType.int8, -128, 127, ["_mm512_packs_epi32", "_mm512_packs_epi16"]),
+    (DType.uint8, 5, 255, ["_mm512_max_epi32", "_mm512_max_epi32", "_mm512_packs_epi32", "_mm512_packus_epi16"]),
+    (DType.uint8, 0, 200, ["_mm512_max_epi32", "_mm512_min_epi32"] * 2            # a clamp inside the range:
+     + ["_mm512_packs_epi32", "_mm512_packus_epi16"]),                            # printed, then packed
+    (DType.uint8, None, None, None),                                              # a wrapping cast
+])
+def test_two_column_groups_narrow_together_only_when_clamped(dtype, lo, hi, expect):
+    """``store_pair``: two 16-lane groups of a byte output narrowed by saturating packs where
+    each value is clamped to the byte range (a clamp inside the range is printed first), and
+    nothing printed for a plain (wrapping) cast."""
+    from kiln.codegen.x86_epilogue import EpilogueWriter
+    from kiln.ir.expr import Bin, Cast, Const, Load, Var
+
+    c, r, I32 = Var("c"), Var("r"), DType.int32
+
+    def value(col):
+        x = Bin("shr", Load("a", (r, col), I32), Const(8, I32), I32)
+        if lo is not None:
+            x = Bin("min", Bin("max", x, Const(lo, I32), I32), Const(hi, I32), I32)
+        return Cast(x, dtype)
+
+    w = EpilogueWriter("c", lambda e: f"&{e.buffer}[c]", str, row="r")
+    done = w.store_pair(dtype, "&y[c]", value(c), value(Bin("add", c, Const(16, DType.int64), DType.int64)))
+    if expect is None:
+        assert not done and not w.lines and not w.hoisted
+        return
+    assert done
+    ops = [line.split("= ")[1].split("(")[0] for line in w.lines if line.startswith("const")]
+    assert [op for op in ops if op not in ("_mm512_loadu_si512", "_mm512_srai_epi32")] == expect
+    assert sum(op == "_mm512_srai_epi32" for op in ops) == 2  # each group computed once
+    assert w.lines[-1].startswith("_mm256_storeu_si256((__m256i*)&y[c], ")
+
+
+def test_residual_write_back_clamps_without_recentering(monkeypatch):
+    """The block's convolution + residual qadd write-back: per row and 16 columns, the
+    convolution's clamp against hoisted bounds with no zero-point add or sub, then the two
+    qadd products; the integers of the plain-C branch (built without VNNI)."""
+    from tests.test_requant_forms import _epilogue
+
+    model = _residual_model()
+    nhwc, _, x = _run_both(model, monkeypatch)
+    (fused,) = [k for k in nhwc.source().split("static void ")[1:] if "in5" in k.split("{")[0]]
+    _, per_row = _epilogue(fused)
+    assert "_mm512_sub_epi32" not in per_row and "_mm512_min_epi32" in per_row
+    assert per_row.count("_mm512_mullo_epi32") == 4  # two groups of 16 columns, narrowed together
+    plain = nhwc.target_impl.runner(nhwc, extra_flags=["-mno-avx512vnni"])(x)
+    np.testing.assert_array_equal(plain["y"], nhwc.run(x)["y"])
+
+
 def test_integer_graph_output_comes_back_nchw(monkeypatch):
     """A QLinearConv whose uint8 output is the graph output (batch 2): the NHWC conv's result
     is transposed back under the output's own name."""
@@ -337,7 +419,9 @@ def test_requantizing_epilogue_rounds_with_one_shift_and_clamps_in_int32(form, m
     for block in blocks:
         hoisted, per_row = block.split("for (int64_t", 2)[1], block.split("for (int64_t", 2)[2]
         assert f"_mm512_sllv_{width}" in hoisted and f"_mm512_sllv_{width}" not in per_row
-        assert f"_mm512_srav_{width}" in per_row and "_mm512_max_epi32" in per_row
+        assert f"_mm512_srav_{width}" in per_row and "_mm512_max_epi64" not in per_row
+        # clamped in int32: a max, or the saturating packs of int32 lanes that narrow to bytes
+        assert "_mm512_max_epi32" in per_row or "_mm512_packs_epi32" in per_row
     x = {"x": np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)}
     monkeypatch.setattr(qlinear, "HIGH_WORD_SHIFT", 99)
     monkeypatch.setattr(qlinear, "NARROW_SHIFT", 99)

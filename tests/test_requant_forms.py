@@ -95,9 +95,11 @@ def _epilogue(src: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("signed, y_zp", [(False, 3), (True, -7)])
 def test_high_word_epilogue_prints_32_bit_ops_and_a_saturating_narrow(signed, y_zp, monkeypatch):
-    """Real multiplier 1/16 (shift 34): per row, two vpmuldq, one masked shuffle, an int32
-    rounding shift and a saturating narrow -- no 64-bit shifts; the rounding term once per
-    16 columns. The same integers as the int64 form, at inputs that hit both clamps."""
+    """Real multiplier 1/16 (shift 34): per row and 16 columns, two vpmuldq, one masked
+    shuffle and an int32 rounding shift -- no 64-bit shifts; the rounding term once per 16
+    columns; the 32 columns narrowed together by saturating packs (no clamp instructions).
+    The same integers as the int64 form (narrowed a group at a time), at inputs that hit
+    both clamps."""
     model = _qlinear_matmul(2.0, y_zp, signed)
     _host_caps(monkeypatch, True)
     cm = kiln.compile(model)
@@ -105,10 +107,10 @@ def test_high_word_epilogue_prints_32_bit_ops_and_a_saturating_narrow(signed, y_
     assert node.attrs["min_shift"] >= qlinear.HIGH_WORD_SHIFT
     hoisted, per_row = _epilogue(cm.source())
     assert "_mm512_sllv_epi32" in hoisted and "_mm512_sllv_epi32" not in per_row
-    assert per_row.count("_mm512_mul_epi32") == 2 and "_mm512_mask_shuffle_epi32" in per_row
-    assert "_mm512_srav_epi32" in per_row and re.findall(r"_mm512_\w+_epi64", per_row) == ["_mm512_srli_epi64"]
-    assert ("_mm512_cvtsepi32_epi8" if signed else "_mm512_cvtusepi32_epi8") in per_row
-    assert "_mm512_min_epi32" not in per_row  # the saturating narrow is the upper clamp
+    assert per_row.count("_mm512_mul_epi32") == 4 and per_row.count("_mm512_mask_shuffle_epi32") == 2
+    assert "_mm512_srav_epi32" in per_row and re.findall(r"_mm512_\w+_epi64", per_row) == ["_mm512_srli_epi64"] * 2
+    assert "_mm512_packs_epi32" in per_row and ("_mm512_packs_epi16" if signed else "_mm512_packus_epi16") in per_row
+    assert "_mm512_min_epi32" not in per_row and "_mm512_max_epi32" not in per_row  # the packs saturate
 
     lo, hi = (-128, 127) if signed else (0, 255)
     x = np.concatenate([np.full((1, 64), lo), np.full((1, 64), hi), np.full((1, 64), (lo + hi + 1) // 2),
@@ -117,7 +119,8 @@ def test_high_word_epilogue_prints_32_bit_ops_and_a_saturating_narrow(signed, y_
     monkeypatch.setattr(qlinear, "HIGH_WORD_SHIFT", 99)
     monkeypatch.setattr(qlinear, "NARROW_SHIFT", 99)
     wide = kiln.compile(model)
-    assert "_mm512_srav_epi64" in _epilogue(wide.source())[1]
+    wide_row = _epilogue(wide.source())[1]
+    assert "_mm512_srav_epi64" in wide_row and "_mm512_packs_epi32" not in wide_row  # clamped in int64
     np.testing.assert_array_equal(got, wide.run({"x": x})["y"])
     assert (got == lo).any() and (got == hi).any() and ((got > lo) & (got < hi)).any()
     want = ort_run(model, {"x": x})["y"]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from kiln.codegen.c import CRenderer
 from kiln.codegen.x86_dequant import DequantPrinter, DequantTile, Unsupported as DequantUnsupported, match_dequant_tile
-from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, match_epilogue
+from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, contiguous_or_invariant, match_epilogue
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Load, Var, free_vars, simplify, substitute
@@ -89,16 +89,18 @@ class X86Renderer(CRenderer):
             return f"&{e.buffer}{self.subscript(e.buffer, e.indices)}"
 
         r, c = loop.var.name, inner.var.name
-        writer = EpilogueWriter(c, ref, self.expr, row=r)
-        try:
-            writer.store(self.buffers[store.buffer].dtype, ref(store), store.value)
-        except EpilogueWriter.Unsupported:
-            return False
+        writer, step = self._paired_bytes(loop, ref), 2 * EPILOGUE_LANES
+        if writer is None:
+            writer, step = EpilogueWriter(c, ref, self.expr, row=r), EPILOGUE_LANES
+            try:
+                writer.store(self.buffers[store.buffer].dtype, ref(store), store.value)
+            except EpilogueWriter.Unsupported:
+                return False
         # columns outside, rows inside (every element is written once, in any order): what
         # does not depend on the row -- per-channel bias, multiplier, shift, constants -- is
         # computed once per 16 columns instead of once per row
         self.emit("#if defined(__AVX512VNNI__)", 0)
-        self.emit(f"for (int64_t {c} = 0; {c} < {inner.extent}; {c} += {EPILOGUE_LANES}) {{", depth)
+        self.emit(f"for (int64_t {c} = 0; {c} < {inner.extent}; {c} += {step}) {{", depth)
         for line in writer.hoisted:
             self.emit(line, depth + 1)
         self.emit(f"for (int64_t {r} = 0; {r} < {loop.extent}; ++{r}) {{", depth + 1)
@@ -109,6 +111,26 @@ class X86Renderer(CRenderer):
         self._plain_fallback(loop, depth, in_parallel)
         self.stats["vnni_epilogues"] += 1
         return True
+
+    def _paired_bytes(self, loop: For, ref) -> EpilogueWriter | None:
+        """The write-back 32 columns at a time -- columns c and c + 16 computed side by side
+        and narrowed to bytes together (``EpilogueWriter.store_pair``) -- where the tile's
+        columns come in 32s, 32 contiguous bytes each; None (nothing printed) otherwise."""
+        inner = loop.body
+        store = inner.body
+        dtype = self.buffers[store.buffer].dtype
+        if dtype not in (I8, U8) or inner.extent % (2 * EPILOGUE_LANES):
+            return None
+        c = inner.var
+        if not contiguous_or_invariant(store.buffer, store.indices, c.name, inner.extent, self.buffers,
+                                       must_vary=True, lanes=2 * EPILOGUE_LANES):
+            return None
+        second = substitute(store.value, {c.name: Bin("add", c, Const(EPILOGUE_LANES, c.dtype), c.dtype)})
+        writer = EpilogueWriter(c.name, ref, self.expr, row=loop.var.name)
+        try:
+            return writer if writer.store_pair(dtype, ref(store), store.value, second) else None
+        except EpilogueWriter.Unsupported:
+            return None
 
     def _dequant_tile(self, loop: For, tile: DequantTile, depth: int, in_parallel: bool) -> bool:
         """The weight-only tile (``x86_dequant``); False, with nothing printed, when some

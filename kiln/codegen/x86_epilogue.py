@@ -27,6 +27,11 @@ product's high 32 bits: two ``vpmuldq`` and one masked ``vpshufd`` give them as 
 vector, and the rounding shift after it is one ``vpsravd``. A clamp to the byte type's own
 upper bound before the store is the saturating narrow (``vpmovusdb``/``vpmovsdb``). On
 int8 ResNet-18 (Zen 4, 2 threads) the two saved 30-140 us of 4.7 ms (three A/B runs).
+Where the tile's columns come in 32s, two 16-lane groups are computed side by side and
+narrowed together by saturating packs (``store_pair``: 0.44 ns per 16 lanes against 0.55
+for a max and ``vpmovusdb`` in a micro-benchmark on Zen 4), and a value clamped, narrowed
+and re-centered on its zero point by a fused residual ``qadd`` is clamped once against
+shifted bounds (``_recentered_clamp``).
 Every operation has the C semantics of the scalar expression it replaces (wrapping
 int32/int64 arithmetic, arithmetic shifts, truncating casts), so the result is the same integer lane by lane; the plain loop stays in ``#else``.
 
@@ -128,9 +133,10 @@ def _flat(buffer: str, indices, env, buffers) -> int:
     return flat
 
 
-def contiguous_or_invariant(buffer, indices, c: str, extent: int, buffers, must_vary: bool) -> bool:
+def contiguous_or_invariant(buffer, indices, c: str, extent: int, buffers, must_vary: bool,
+                            lanes: int = LANES) -> bool:
     """An index that does not mention ``c`` (a broadcast), or whose flat offset steps by one
-    with ``c`` -- checked at each 16-lane chunk with the other loop variables at 0 and 1."""
+    with ``c`` -- checked at each chunk of ``lanes`` with the other loop variables at 0 and 1."""
     names = set().union(*(free_vars(i) for i in indices)) if indices else set()
     if c not in names:
         return not must_vary
@@ -140,9 +146,9 @@ def contiguous_or_invariant(buffer, indices, c: str, extent: int, buffers, must_
     try:
         for base in (0, 1):
             env0 = {name: base for name in names - {c}}
-            for c0 in range(0, extent, LANES):
+            for c0 in range(0, extent, lanes):
                 first = _flat(buffer, indices, {**env0, c: c0}, buffers)
-                if any(_flat(buffer, indices, {**env0, c: c0 + j}, buffers) != first + j for j in range(LANES)):
+                if any(_flat(buffer, indices, {**env0, c: c0 + j}, buffers) != first + j for j in range(lanes)):
                     return False
     except (KeyError, VerificationError, TypeError):  # an index reading a tensor, a symbolic dim
         return False
@@ -245,6 +251,10 @@ class EpilogueWriter:
             rounded = self._rounding_shift(e)
             if rounded is not None:
                 return rounded
+        if e.op == "sub" and e.dtype is I32:
+            recentered = self._recentered_clamp(e)
+            if recentered is not None:
+                return recentered
         a, b = self.value(e.a), self.value(e.b)
         fixed = self._fixed(a, b)
         if e.dtype is I32:
@@ -356,6 +366,34 @@ class EpilogueWriter:
         # floor((v + 2^(s-1)) / 2^s) lies between floor(v / 2) and v / 2 + 1 for every s >= 1
         return Vec(out.lo, out.hi, bounds)
 
+    def _recentered_clamp(self, e: Bin) -> Vec | None:
+        """``int32(u8(min(max(x + z, lo), hi))) - z`` -- a requantized value clamped and
+        narrowed, then centered on its zero point again by the op fused after it (a residual
+        ``qadd`` reading a convolution's output) -- as ``min(max(x, lo - z), hi - z)``: the
+        same integer when ``x + z`` cannot overflow and [lo, hi] lies in the narrow type
+        (whose two casts then change nothing). Two operations fewer per 16 lanes: int8
+        ResNet-18 8-16 us faster (Zen 4, 2 threads, three interleaved A/B runs). None for
+        anything else."""
+        wide = e.a
+        if not (isinstance(e.b, Const) and isinstance(wide, Cast) and isinstance(wide.a, Cast)
+                and wide.a.dtype in (U8, I8) and wide.a.a.dtype is I32):
+            return None
+        z, clamp = int(e.b.value), wide.a.a
+        if not (isinstance(clamp, Bin) and clamp.op == "min" and isinstance(clamp.b, Const)
+                and isinstance(clamp.a, Bin) and clamp.a.op == "max" and isinstance(clamp.a.b, Const)):
+            return None
+        lo, hi, shifted = int(clamp.a.b.value), int(clamp.b.value), clamp.a.a
+        if not (isinstance(shifted, Bin) and shifted.op == "add" and isinstance(shifted.b, Const)
+                and int(shifted.b.value) == z and RANGES[wide.a.dtype][0] <= lo <= hi <= RANGES[wide.a.dtype][1]):
+            return None
+        x = self.value(shifted.a)
+        if x.hi is not None or not (INT32_RANGE[0] <= x.bounds[0] + z and x.bounds[1] + z <= INT32_RANGE[1]):
+            return None
+        low, high = self.value(Const(lo - z, I32)), self.value(Const(hi - z, I32))
+        fixed = self._fixed(x)
+        above = self._tmp(f"_mm512_max_epi32({x.lo}, {low.lo})", fixed)
+        return Vec(self._tmp(f"_mm512_min_epi32({above}, {high.lo})", fixed), None, (lo - z, hi - z))
+
     def _pair2(self, fn: str, a: Vec, b: Vec, fixed: bool = False) -> Vec:
         lo = self._tmp(f"{fn}({a.lo}, {b.lo})", fixed)
         hi = lo if (a.lo == a.hi and b.lo == b.hi) else self._tmp(f"{fn}({a.hi}, {b.hi})", fixed)
@@ -372,6 +410,54 @@ class EpilogueWriter:
             self.lines.append(f"_mm512_storeu_si512((void*){addr}, {lo});")
         else:  # the low byte of each lane: what C's cast to (u)int8 keeps
             self.lines.append(f"_mm_storeu_si128((__m128i*){addr}, _mm512_cvtepi32_epi8({lo}));")
+
+    def store_pair(self, dtype: DType, addr: str, first, second) -> bool:
+        """Two 16-lane groups of byte outputs, 32 contiguous bytes at ``addr``, narrowed
+        together: ``vpackssdw`` (int32 -> int16, saturating), ``vpackuswb``/``vpacksswb``
+        (-> bytes, saturating), one ``vpermd`` to undo the packs' per-128-bit-lane
+        interleaving, one 32-byte store. Exact where each value is clamped to the byte type's
+        range (a saturating narrow is that clamp): 3 operations per two groups, against a
+        ``max`` and a ``vpmovusdb`` per group. False, with nothing printed, where a value is
+        not such a clamp."""
+        if dtype not in (U8, I8):
+            return False
+        start = (len(self.lines), len(self.hoisted), dict(self._memo), self._n, set(self._invariant))
+        try:
+            halves = [self._clamped_to(dtype, e) for e in (first, second)]
+        except self.Unsupported:
+            halves = [None]
+        if None in halves:
+            self.lines[start[0]:], self.hoisted[start[1]:] = [], []
+            self._memo, self._n, self._invariant = start[2], start[3], start[4]
+            return False
+        words = self._tmp(f"_mm512_packs_epi32({halves[0]}, {halves[1]})")
+        packed = self._tmp(f"_mm512_pack{'us' if dtype is U8 else 's'}_epi16({words}, {words})")
+        order = self._tmp("_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 4, 8, 12, 1, 5, 9, 13)", True)
+        self.lines.append(f"_mm256_storeu_si256((__m256i*){addr}, "
+                          f"_mm512_castsi512_si256(_mm512_permutexvar_epi32({order}, {packed})));")
+        return True
+
+    def _clamped_to(self, dtype: DType, e) -> str | None:
+        """The int32 vector whose saturating narrow to ``dtype`` is ``e``: ``x`` for
+        ``dtype(min(max(x, lo), hi))`` with [lo, hi] the type's range (the clamp is the
+        saturation), the clamp's operand for a narrower one, the value itself when its
+        interval already lies in the range; None otherwise."""
+        tlo, thi = RANGES[dtype]
+        if not (isinstance(e, Cast) and e.dtype is dtype and e.a.dtype is I32):
+            return None
+        inner = e.a
+        if (isinstance(inner, Bin) and inner.op == "min" and isinstance(inner.b, Const)
+                and int(inner.b.value) == thi):
+            low = inner.a
+            if isinstance(low, Bin) and low.op == "max" and isinstance(low.b, Const) and int(low.b.value) == tlo:
+                x = self.value(low.a)
+            else:
+                x = self.value(low)
+                if x.bounds[0] < tlo:
+                    return None
+            return x.lo if x.hi is None else None
+        x = self.value(inner)
+        return x.lo if x.hi is None and tlo <= x.bounds[0] and x.bounds[1] <= thi else None
 
     def _saturating(self, dtype: DType, e) -> str | None:
         """A clamp whose upper bound is the byte type's own, cast to it -- ``(u8)min(x, 255)``
