@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Const, Expr, Load, Select, Var, free_vars, map_children, substitute, walk
-from kiln.ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store, map_exprs, stmt_exprs, walk_stmts
+from kiln.ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store, map_exprs, map_stmt, stmt_exprs, walk_stmts
 
 # wrapping integer types, where (b + s1) + s2 == (s1 + s2) + b always
 ACCUMULATORS = (DType.int32, DType.int64)
@@ -42,23 +42,17 @@ def accumulate_from_bias(func: Func) -> Func:
     local = {s.buffer.name: s.buffer for s in walk_stmts(func.body) if isinstance(s, Alloc)}
     written = {s.buffer for s in walk_stmts(func.body) if isinstance(s, Store)}
 
-    def visit(s: Stmt) -> Stmt:
-        if isinstance(s, Seq):
-            stmts = [visit(x) for x in s.stmts]
-            for i in range(len(stmts)):
-                folded = _fold_at(stmts, i, local, written)
-                if folded is not None:
-                    stmts = folded
-            return Seq(tuple(stmts))
-        if isinstance(s, For):
-            return For(s.var, s.extent, visit(s.body), s.kind)
-        if isinstance(s, Alloc):
-            return Alloc(s.buffer, visit(s.body))
-        if isinstance(s, If):
-            return If(s.cond, visit(s.then))
-        return s
+    def fold(s: Stmt) -> Stmt | None:
+        if not isinstance(s, Seq):
+            return None  # map_stmt goes on inside it
+        stmts = [map_stmt(x, fold) for x in s.stmts]  # inner sequences first
+        for i in range(len(stmts)):
+            folded = _fold_at(stmts, i, local, written)
+            if folded is not None:
+                stmts = folded
+        return Seq(tuple(stmts))
 
-    return func.with_body(visit(func.body))
+    return func.with_body(map_stmt(func.body, fold))
 
 
 def _zero_init(s: Stmt, local: dict[str, Buffer]) -> tuple[Buffer, list[Var]] | None:
