@@ -127,10 +127,7 @@ class X86Renderer(CRenderer):
             return None
         second = substitute(store.value, {c.name: Bin("add", c, Const(EPILOGUE_LANES, c.dtype), c.dtype)})
         writer = EpilogueWriter(c.name, ref, self.expr, row=loop.var.name)
-        try:
-            return writer if writer.store_pair(dtype, ref(store), store.value, second) else None
-        except EpilogueWriter.Unsupported:
-            return None
+        return writer if writer.store_pair(dtype, ref(store), store.value, second) else None
 
     def _dequant_tile(self, loop: For, tile: DequantTile, depth: int, in_parallel: bool) -> bool:
         """The weight-only tile (``x86_dequant``); False, with nothing printed, when some
