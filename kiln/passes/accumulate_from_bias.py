@@ -30,7 +30,7 @@ so tuning traces are unchanged.
 from __future__ import annotations
 
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Const, Expr, Load, Select, Var, free_vars, map_children, substitute, walk
+from kiln.ir.expr import Bin, Const, Expr, Load, Select, Var, free_vars, loads, map_children, substitute
 from kiln.ir.loop import Alloc, Buffer, For, Func, If, Seq, Stmt, Store, map_exprs, map_stmt, stmt_exprs, walk_stmts
 
 # wrapping integer types, where (b + s1) + s2 == (s1 + s2) + b always
@@ -77,7 +77,7 @@ def _acc_loads(s: Stmt, acc: str) -> list[Load]:
 
 
 def _reads(e: Expr, acc: str) -> list[Load]:
-    return [x for x in walk(e) if isinstance(x, Load) and x.buffer == acc]
+    return [x for x in loads(e) if x.buffer == acc]
 
 
 def _only_accumulates(s: Stmt, acc: str) -> bool:
@@ -143,22 +143,15 @@ def _fold_at(stmts: list[Stmt], i: int, local: dict[str, Buffer], written: set[s
     if back is None:
         return None
     new_back, bias, back_vars = back
-    if any(ld.buffer in written for ld in walk(bias) if isinstance(ld, Load)):
+    if any(ld.buffer in written for ld in loads(bias)):
         return None
     start = substitute(bias, {u.name: v for u, v in zip(back_vars, init_vars)})
     if start.dtype != acc.dtype:
         return None
     out = list(stmts)
-    out[i] = _with_value(stmts[i], start)
+    out[i] = map_stmt(stmts[i], lambda x: Store(x.buffer, x.indices, start) if isinstance(x, Store) else None)
     out[last] = new_back
     return out
-
-
-def _with_value(nest: Stmt, value: Expr) -> Stmt:
-    if isinstance(nest, For):
-        return For(nest.var, nest.extent, _with_value(nest.body, value), nest.kind)
-    assert isinstance(nest, Store)
-    return Store(nest.buffer, nest.indices, value)
 
 
 __all__ = ["accumulate_from_bias"]
