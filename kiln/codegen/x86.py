@@ -37,7 +37,7 @@ from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, c
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Load, Var, free_vars, simplify, substitute
-from kiln.ir.loop import For, SERIAL, Store, UNROLLED
+from kiln.ir.loop import For, If, SERIAL, Store, UNROLLED
 from kiln.ir.loop_eval import evaluate
 
 I8, U8, I32 = DType.int8, DType.uint8, DType.int32
@@ -62,10 +62,12 @@ class X86Renderer(CRenderer):
             # a serial reduction loop around the tile (a convolution's window rows) runs
             # inside the register block: the accumulators are loaded and stored once, not
             # once per row (the 7x7 stem's rows are 7 steps of 4 bytes each)
-            if s.kind == SERIAL and isinstance(s.extent, int) and isinstance(s.body, For):
-                tile = match_vnni_tile(s.body, self.buffers)
+            # (its body may be guarded: rows in a zero border skipped, kiln/passes/skip_border_taps.py)
+            guard, inner = (s.body.cond, s.body.then) if isinstance(s.body, If) else (None, s.body)
+            if s.kind == SERIAL and isinstance(s.extent, int) and isinstance(inner, For):
+                tile = match_vnni_tile(inner, self.buffers)
                 if tile is not None:
-                    self._vnni_tile(s.body, tile, depth, in_parallel, around=s)
+                    self._vnni_tile(inner, tile, depth, in_parallel, around=s, guard=guard)
                     return
             tile = match_vnni_tile(s, self.buffers)
             if tile is not None:
@@ -166,7 +168,7 @@ class X86Renderer(CRenderer):
         self.emit("#endif", 0)
 
     def _vnni_tile(self, loop: For, tile: "VnniTile", depth: int, in_parallel: bool,
-                   around: For | None = None) -> None:
+                   around: For | None = None, guard=None) -> None:
         k = loop.var.name
         rows, panels = tile.rows, tile.panels
 
@@ -187,6 +189,9 @@ class X86Renderer(CRenderer):
             v = around.var.name
             self.emit(f"for (int64_t {v} = 0; {v} < {around.extent}; ++{v}) {{", inner)
             inner += 1
+            if guard is not None:
+                self.emit(f"if ({self.expr(guard)}) {{", inner)
+                inner += 1
         self.emit(f"for (int64_t {k} = 0; {k} < {loop.extent}; {k} += 4) {{", inner)
         for p in range(panels):
             self.emit(f"const __m512i kiln_w_{p} = _mm512_loadu_si512((const void*){ref(tile.w, tile.c, p * LANES)});",
@@ -198,6 +203,8 @@ class X86Renderer(CRenderer):
                 self.emit(f"  KILN_DPBUSD(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", inner + 1)
             self.emit("}", inner + 1)
         self.emit("}", inner)
+        if guard is not None:
+            self.emit("}", inner - 1)
         if around is not None:
             self.emit("}", depth + 1)
         for r in range(rows):

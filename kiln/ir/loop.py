@@ -28,6 +28,11 @@ class Buffer:
     shape: tuple[int, ...]
     dtype: DType
     scope: str = "global"  # global (a kernel parameter) | local (registers / stack) | shared (GPU workgroup)
+    # A parameter whose storage holds 0 outside a box: per dim the box's [start, stop), or
+    # None where it spans the dim (a convolution's input stored with its zero padding,
+    # kiln/passes/padded_storage.py). Passes and renderers may skip reading those zeros
+    # (kiln/passes/skip_border_taps.py); nothing else depends on it.
+    zero_outside: tuple[tuple[int, int] | None, ...] | None = None
 
 
 class Stmt:

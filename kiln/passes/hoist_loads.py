@@ -118,12 +118,13 @@ def cleanup_loops(func: Func) -> Func:
     """The cleanups every CPU schedule ends with (not primitives: traces stay the same):
     range-aware index simplification, a value two sibling loops compute stored once and
     reused (softmax's exponentials), integer accumulators started at the bias their
-    write-back adds, invariant loads hoisted out of vector loops, then loops split at the
-    edges of the padding they test for."""
+    write-back adds, invariant loads hoisted out of vector loops, loops split at the
+    edges of the padding they test for, then window rows in a zero border skipped."""
     from kiln.passes.accumulate_from_bias import accumulate_from_bias
     from kiln.passes.partition_loops import partition_loops
     from kiln.passes.reuse_values import reuse_through_destination
     from kiln.passes.simplify_loops import simplify_loop_indices
+    from kiln.passes.skip_border_taps import skip_border_taps
 
     func = accumulate_from_bias(reuse_through_destination(simplify_loop_indices(func)))
-    return partition_loops(hoist_invariant_loads(func))
+    return skip_border_taps(partition_loops(hoist_invariant_loads(func)))
