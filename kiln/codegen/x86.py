@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.codegen.c import CRenderer
+from kiln.codegen.x86_border import Segment, tile_segments
 from kiln.codegen.x86_dequant import DequantPrinter, DequantTile, Unsupported as DequantUnsupported, match_dequant_tile
 from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, contiguous_or_invariant, match_epilogue
 from kiln.errors import VerificationError
@@ -43,6 +44,7 @@ from kiln.ir.loop_eval import evaluate
 I8, U8, I32 = DType.int8, DType.uint8, DType.int32
 LANES = 16           # int32 lanes of a zmm register
 MAX_ACCUMULATORS = 24  # of 32 zmm registers: the rest hold weights and the broadcast
+MAX_CONDITIONS = 2     # rows a segment skips at run time (a tile's first and last pixel)
 
 
 class X86Renderer(CRenderer):
@@ -50,10 +52,13 @@ class X86Renderer(CRenderer):
 
     def __init__(self):
         super().__init__()
-        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0}
+        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0, "vnni_zero_rows": 0}
         self._plain = False  # printing a tile's #else branch: plain C all the way down
+        self._extents: dict[str, int] = {}  # loop variable -> extent, of the loops being printed
 
     def stmt(self, s, depth: int, in_parallel: bool = False):
+        if isinstance(s, For) and isinstance(s.extent, int):
+            self._extents[s.var.name] = s.extent  # (a kernel's loop names are unique: canonicalize)
         if isinstance(s, For) and not self._plain and s.kind == SERIAL:
             tile = match_dequant_tile(s, self.buffers)
             if tile is not None and self._dequant_tile(s, tile, depth, in_parallel):
@@ -192,17 +197,41 @@ class X86Renderer(CRenderer):
             if guard is not None:
                 self.emit(f"if ({self.expr(guard)}) {{", inner)
                 inner += 1
-        self.emit(f"for (int64_t {k} = 0; {k} < {loop.extent}; {k} += 4) {{", inner)
-        for p in range(panels):
-            self.emit(f"const __m512i kiln_w_{p} = _mm512_loadu_si512((const void*){ref(tile.w, tile.c, p * LANES)});",
-                      inner + 1)
-        for r in range(rows):
-            self.emit(f"{{ const __m512i kiln_x = _mm512_set1_epi32(kiln_load_u32({ref(tile.x, tile.r, r)}));",
-                      inner + 1)
+
+        def steps(lo: int, hi: int, kept: list[int], at: int) -> None:
+            if not kept:
+                return
+            self.emit(f"for (int64_t {k} = {lo}; {k} < {hi}; {k} += 4) {{", at)
             for p in range(panels):
-                self.emit(f"  KILN_DPBUSD(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", inner + 1)
-            self.emit("}", inner + 1)
-        self.emit("}", inner)
+                self.emit(f"const __m512i kiln_w_{p} = _mm512_loadu_si512((const void*){ref(tile.w, tile.c, p * LANES)});",
+                          at + 1)
+            for r in kept:
+                self.emit(f"{{ const __m512i kiln_x = _mm512_set1_epi32(kiln_load_u32({ref(tile.x, tile.r, r)}));",
+                          at + 1)
+                for p in range(panels):
+                    self.emit(f"  KILN_DPBUSD(kiln_acc_{r}_{p}, kiln_x, kiln_w_{p});", at + 1)
+                self.emit("}", at + 1)
+            self.emit("}", at)
+
+        def variants(seg: Segment, maybe, kept: list[int], at: int) -> None:
+            """The segment's loop for each outcome of its rows' conditions."""
+            if not maybe:
+                steps(seg.lo, seg.hi, kept, at)
+                return
+            (row, cond), rest = maybe[0], maybe[1:]
+            self.emit(f"if ({self.expr(cond)}) {{", at)
+            variants(seg, rest, [r for r in kept if r != row], at + 1)
+            self.emit("} else {", at)
+            variants(seg, rest, kept, at + 1)
+            self.emit("}", at)
+
+        box = self.buffers[tile.x.buffer].zero_outside
+        ranges = {**self._extents, **({around.var.name: around.extent} if around is not None else {})}
+        for seg in tile_segments(tile.x, tile.r, rows, loop.var, loop.extent, box, ranges):
+            kept = [r for r in range(rows) if r not in seg.skip]
+            maybe = seg.maybe if len(seg.maybe) <= MAX_CONDITIONS else ()  # 2**n copies of the loop
+            self.stats["vnni_zero_rows"] += len(seg.skip) + len(maybe)
+            variants(seg, maybe, kept, inner)
         if guard is not None:
             self.emit("}", inner - 1)
         if around is not None:
