@@ -15,7 +15,7 @@ from kiln.ir.loop_eval import run_func
 from kiln.passes.skip_border_taps import skip_border_taps
 from tests.test_integer_layout import _residual_model
 from tests.test_padded_storage import _resnet_int8
-from tests.test_vnni import _host_caps
+from tests.test_vnni import _host_caps, _inputs
 
 U8, I8, I32, I64, F32, BOOL = DType.uint8, DType.int8, DType.int32, DType.int64, DType.float32, DType.bool
 h, kh, k, c, ci = Var("h"), Var("kh"), Var("k"), Var("c"), Var("ci")
@@ -139,9 +139,7 @@ def test_quantized_models_give_the_same_integers(monkeypatch):
 
     _host_caps(monkeypatch, True)
     for model in (_residual_model(), _resnet_int8()):
-        name = model.graph.input[0].name
-        shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
-        x = {name: np.random.default_rng(5).standard_normal(shape).astype(np.float32)}
+        x = _inputs(model)
         guarded = kiln.compile(model)
         with monkeypatch.context() as m:
             m.setattr(module, "skip_border_taps", lambda f: f)

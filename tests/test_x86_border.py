@@ -12,7 +12,7 @@ from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Const, Load, Var
 from tests.test_integer_layout import _residual_model
 from tests.test_padded_storage import _resnet_int8
-from tests.test_vnni import _host_caps
+from tests.test_vnni import _host_caps, _inputs
 
 I64, BOOL = DType.int64, DType.bool
 i0, i1, i2_o, r, k = Var("i0"), Var("i1"), Var("i2_o"), Var("r"), Var("k")
@@ -99,9 +99,7 @@ def test_tiles_leave_border_rows_out_and_give_the_same_integers(monkeypatch):
 
     _host_caps(monkeypatch, True)
     for model in (_residual_model(), _resnet_int8()):
-        name = model.graph.input[0].name
-        shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
-        x = {name: np.random.default_rng(7).standard_normal(shape).astype(np.float32)}
+        x = _inputs(model)
         skipping = kiln.compile(model)
         with monkeypatch.context() as m:
             m.setattr(kernels, "_zero_box", lambda border, shape: None)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln.ir.dtype import INDEX, DType
-from kiln.ir.expr import Bin, Const, Expr, Load, Var, free_vars, fresh, simplify_in_ranges, substitute, walk
-from kiln.passes.skip_border_taps import index_range
+from kiln.ir.dtype import INDEX
+from kiln.ir.expr import Bin, Const, Expr, Load, Var, free_vars, fresh, join, simplify_in_ranges, substitute, walk
+from kiln.passes.skip_border_taps import box_tests, index_range
 
 STEP = 4  # a VNNI step reads 4 bytes of each row
 
@@ -85,16 +85,8 @@ def _outside(x: Load, dims, box, at, ranges, step: Var):
         low, high = index_range(e, ranges)
         if high < start or low >= stop:
             return True
-        if low < start:
-            conds.append(Bin("lt", e, Const(start, INDEX), DType.bool))
-        if high >= stop:
-            conds.append(Bin("ge", e, Const(stop, INDEX), DType.bool))
-    if not conds:
-        return None
-    cond = conds[0]
-    for c in conds[1:]:
-        cond = Bin("or", cond, c, DType.bool)
-    return cond
+        conds += box_tests(e, box[d], ranges, inside=False)
+    return join("or", conds) if conds else None
 
 
 def _merge(segments: list[Segment]) -> list[Segment]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from kiln.ir.dtype import DType, INDEX
 
@@ -503,8 +503,16 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def join(op: str, terms: Sequence[Expr]) -> Expr:
+    """``terms[0] op terms[1] op ...`` for a logical ``op`` ("and", "or"); at least one term."""
+    out = terms[0]
+    for t in terms[1:]:
+        out = Bin(op, out, t, DType.bool)
+    return out
+
+
 __all__ = [
     "Expr", "Const", "Var", "Bin", "Un", "Select", "Cast", "Load", "Reduce", "fresh", "as_expr",
     "idx", "simplify", "substitute", "replace_loads", "free_vars", "loads", "walk", "map_children",
-    "affine_coeffs", "linear_terms", "row_major", "eval_const", "ceil_div", "UNARY_OPS", "COMPARE_OPS", "math",
+    "affine_coeffs", "linear_terms", "row_major", "eval_const", "ceil_div", "join", "UNARY_OPS", "COMPARE_OPS", "math",
 ]

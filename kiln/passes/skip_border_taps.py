@@ -37,7 +37,7 @@ the loop variables) are left out; a loop none of whose comparisons can fail is l
 from __future__ import annotations
 
 from kiln.ir.dtype import INDEX, DType
-from kiln.ir.expr import Bin, Cast, Const, Expr, Load, affine_coeffs, free_vars, walk
+from kiln.ir.expr import Bin, Cast, Const, Expr, Load, affine_coeffs, free_vars, join, walk
 from kiln.ir.loop import PARALLEL, SERIAL, Alloc, For, Func, If, Seq, Stmt, Store, walk_stmts
 
 ACCUMULATORS = (DType.int32, DType.int64)
@@ -95,24 +95,20 @@ def _guard(loop: For, outer: dict[str, int], boxes, local) -> Expr | None:
         used = free_vars(e)
         if var not in used or not used <= bound:
             continue
-        tests += _interior_tests(e, interior, ranges)
-    if not tests:
-        return None
-    cond = tests[0]
-    for t in tests[1:]:
-        cond = Bin("and", cond, t, DType.bool)
-    return cond
+        tests += box_tests(e, interior, ranges, inside=True)
+    return join("and", tests) if tests else None
 
 
-def _interior_tests(e: Expr, interior: tuple[int, int], ranges: dict[str, int]) -> list[Expr]:
-    """``start <= e`` and ``e < stop``, without the ones ``e``'s range always satisfies."""
+def box_tests(e: Expr, interior: tuple[int, int], ranges: dict[str, int], inside: bool) -> list[Expr]:
+    """``start <= e`` and ``e < stop`` (``inside``), or ``e < start`` and ``e >= stop``, without
+    the comparisons whose outcome ``e``'s range over the loops decides."""
     start, stop = interior
     low, high = index_range(e, ranges)
     tests = []
     if low < start:
-        tests.append(Bin("ge", e, Const(start, INDEX), DType.bool))
+        tests.append(Bin("ge" if inside else "lt", e, Const(start, INDEX), DType.bool))
     if high >= stop:
-        tests.append(Bin("lt", e, Const(stop, INDEX), DType.bool))
+        tests.append(Bin("lt" if inside else "ge", e, Const(stop, INDEX), DType.bool))
     return tests
 
 
@@ -173,4 +169,4 @@ def _zeroing_factor(t: Expr, boxes) -> Load | None:
     return None
 
 
-__all__ = ["skip_border_taps", "index_range"]
+__all__ = ["skip_border_taps", "box_tests", "index_range"]
