@@ -149,3 +149,18 @@ def test_quantized_models_give_the_same_integers(monkeypatch):
         want = plain.run(x)
         for key, value in guarded.run(x).items():
             np.testing.assert_array_equal(value, want[key])
+
+
+def test_tuning_inputs_keep_the_zero_border():
+    """The tuner's random inputs hold 0 where a parameter's storage must (a candidate and the
+    untuned kernel may skip different products with it, and must still agree)."""
+    from kiln.autotune.measure import random_inputs
+
+    def kernel(box):  # the tuner's harness names a kernel's inputs in0, in1, ...
+        return Func("k", (Buffer("in0", (X_ROWS, K), U8, zero_outside=box), Buffer("in1", (KH, K, C), I8),
+                          Buffer("out0", (H, C), I64)), Store("out0", (_i(0), _i(0)), _i(0)))
+
+    x, w = random_inputs(kernel(BOX))
+    assert (x[0] == 0).all() and (x[-1] == 0).all() and x[1:-1].any()
+    assert w.any() and w.shape == (KH, K, C)
+    assert random_inputs(kernel(None))[0][0].any()

@@ -107,7 +107,17 @@ def random_inputs(func: Func, seed: int = 0) -> list[np.ndarray]:
             arrays.append(rng.integers(0, 2, b.shape).astype(dt))
         else:
             arrays.append(rng.integers(0, 4, b.shape).astype(dt))
+        if b.zero_outside is not None:  # the kernel may skip products with that border: keep it 0
+            arrays[-1] = zero_outside_box(arrays[-1], b.zero_outside)
     return arrays
+
+
+def zero_outside_box(a: np.ndarray, box) -> np.ndarray:
+    """``a`` with 0 outside ``box`` (per dim a [start, stop) or None for the whole dim)."""
+    inside = np.zeros_like(a)
+    region = tuple(slice(None) if iv is None else slice(*iv) for iv in box)
+    inside[region] = a[region]
+    return inside
 
 
 class Measurer:
