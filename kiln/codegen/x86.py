@@ -52,7 +52,8 @@ class X86Renderer(CRenderer):
 
     def __init__(self):
         super().__init__()
-        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0, "vnni_zero_rows": 0}
+        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0, "vnni_zero_rows": 0,
+                      "vnni_zero_row_tests": 0}
         self._plain = False  # printing a tile's #else branch: plain C all the way down
         self._extents: dict[str, int] = {}  # loop variable -> extent, of the loops being printed
 
@@ -219,6 +220,7 @@ class X86Renderer(CRenderer):
                 steps(seg.lo, seg.hi, kept, at)
                 return
             (row, cond), rest = maybe[0], maybe[1:]
+            self.stats["vnni_zero_row_tests"] += 1
             self.emit(f"if ({self.expr(cond)}) {{", at)
             variants(seg, rest, [r for r in kept if r != row], at + 1)
             self.emit("} else {", at)
