@@ -19,6 +19,9 @@ registers for the whole reduction:
 
 (``vpdpbusd`` is printed as inline asm, ``KILN_DPBUSD``: the intrinsic made gcc 12 copy
 every accumulator through a second register at each step; see ``_HELPERS["vnni"]``.)
+Where ``x``'s storage holds 0 outside a box (a convolution reading its zero border in place,
+``Buffer.zero_outside``), the reduction is printed in segments, one per window column, without
+the rows whose bytes there are all border (``kiln/codegen/x86_border.py``).
 
 Integer addition is exact and the lanes are the same sums in another order, so the result
 equals the scalar loop's. Before printing, the renderer checks on the index expressions
