@@ -70,12 +70,12 @@ def _segment_width(x: Load, k: Var, extent: int, dims: list[int]) -> int | None:
     widths = {int(e.b.value) for d in dims for e in walk(x.indices[d])
               if isinstance(e, Bin) and e.op == "floordiv" and isinstance(e.b, Const) and k.name in free_vars(e.a)}
     usable = [w for w in widths if w % STEP == 0 and extent % w == 0 and w < extent]
-    return max(usable) if len(usable) == 1 else None
+    return usable[0] if len(usable) == 1 else None
 
 
 def _outside(x: Load, dims, box, at, ranges, step: Var):
-    """True: the row reads only zeros in the segment; False/None: it reads the box; else the
-    condition (an expression) under which it reads only zeros."""
+    """True: the row reads only zeros in the segment; None: it may read inside the box; else
+    the condition (an expression) under which it reads only zeros."""
     conds: list[Expr] = []
     for d in dims:
         e = simplify_in_ranges(substitute(x.indices[d], at), ranges)
