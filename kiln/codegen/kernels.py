@@ -123,7 +123,7 @@ def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, Tensor
     temps = [s for s in stages if s.name not in out_c]
     stored = {n: borders[n].storage_shape(types[n].shape) if n in borders else types[n].shape for n in inputs + outputs}
     params = [Buffer(cname[n], shape_exprs(stored[n]), types[n].dtype,
-                     zero_outside=_zero_box(borders.get(n), stored[n]) if n in inputs else None)
+                     zero_outside=borders[n].zero_box(types[n].shape) if n in inputs and n in borders else None)
               for n in inputs + outputs]
     params += [Buffer(s.name, s.shape, s.dtype) for s in temps]
     func = canonicalize(Func(name, tuple(params), seq(*(lower_stage(s) for s in stages))))
@@ -136,14 +136,6 @@ def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, Tensor
     temp_types = [(f"{name}.{s.name}", TensorType(shape_dims(s.shape), s.dtype)) for s in temps]
     symbols = sorted(set().union(*(symbols_of(types[n].shape) for n in inputs + outputs)))
     return Kernel(name, sch.func, inputs, outputs, temp_types, symbols, stages, sch.trace, func)
-
-
-def _zero_box(border, storage_shape):
-    """A bordered input's box, outside which its storage holds 0 (``Buffer.zero_outside``);
-    None unless the border's fill is 0 (a zero point of 0, as after a ReLU)."""
-    if border is None or border.fill != 0:
-        return None
-    return tuple((a, int(n) - b) if (a or b) else None for n, a, b in zip(storage_shape, border.lo, border.hi))
 
 
 def _tuned_schedule(func: Func, tuned) -> Schedule | None:

@@ -57,6 +57,14 @@ class Border:
     def storage_shape(self, shape) -> tuple[int, ...]:
         return tuple(int(n) + a + b for n, a, b in zip(shape, self.lo, self.hi))
 
+    def zero_box(self, shape) -> tuple[tuple[int, int] | None, ...] | None:
+        """Where in storage the value of ``shape`` sits, when the border around it holds 0
+        (``Buffer.zero_outside``: per dim [start, stop), None on a dim without border);
+        None when the fill is not 0."""
+        if self.fill != 0:
+            return None
+        return tuple((a, a + int(n)) if (a or b) else None for n, a, b in zip(shape, self.lo, self.hi))
+
 
 def conv_border(node: Node) -> Border:
     """The border a channels-last ``qconv`` wants around its (N, H, W, C) input: its pads on
