@@ -86,8 +86,8 @@ def totals_section(results, excluded: dict[str, str]) -> list[str]:
         "",
         "Classical ML (the ai.onnx.ml domain, beyond what the node tests cover): tree ensembles "
         "-- TreeEnsemble, TreeEnsembleRegressor, TreeEnsembleClassifier, as scikit-learn forests "
-        "and gradient boosting export them -- compile to gathers over one node table "
-        "(`kiln/frontend/onnx_ops/trees.py`), so a random forest runs on every target, a "
+        "and gradient boosting export them -- compile to one node table and a `tree_walk` op "
+        "(`kiln/frontend/onnx_ops/trees.py`, `kiln/ir/ops/trees.py`), so a random forest runs on every target, a "
         "Cortex-M4 included. Linear models (LinearRegressor; LinearClassifier, e.g. a "
         "StandardScaler + LogisticRegression pipeline) and Binarizer, ArrayFeatureExtractor, "
         "Scaler and Normalizer are in `ml.py`; SVMRegressor and SVMClassifier (SVR and SVC with "

@@ -220,7 +220,7 @@ class DesignSpace:
             elif st.has_reduce:
                 rules._parallel_outer(sch, spatial, work)
             else:
-                rules.schedule_injective(sch, spatial, st, work)
+                rules.schedule_injective(sch, spatial, st, work, self.caps)
         rules._vectorize_scalar_reductions(sch)
         return sch
 

@@ -67,6 +67,13 @@ class Stage:
 
         return any(isinstance(x, Reduce) for x in walk(self.body))
 
+    @property
+    def has_iterate(self) -> bool:
+        """Whether an element is refined in a sequential loop (an ``Iterate``: a tree walk)."""
+        from kiln.ir.expr import Iterate, walk
+
+        return any(isinstance(x, Iterate) for x in walk(self.body))
+
     def __str__(self) -> str:
         ax = ", ".join(a.name for a in self.axes)
         return f"{self.name}[{ax}] : {self.dtype}{list(self.shape)} = {self.body}"

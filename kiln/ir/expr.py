@@ -140,6 +140,29 @@ class Reduce(Expr):
         return f"reduce_{self.op}[{ax}]({self.body})"
 
 
+@dataclass(frozen=True, slots=True)
+class Iterate(Expr):
+    """A value refined step by step: ``state = init``, then ``count`` times ``state = step``.
+    ``step`` reads the current value through the variable ``state`` (bound here, like a
+    reduction's axes); ``init`` cannot.
+
+    The sequential loop no ``Reduce`` can express: walking a decision tree, where each step
+    reads the node the last one chose (``kiln/ir/ops/trees.py``; ``count`` is the trees'
+    depth, and a leaf leads to itself, so a walk that reached its leaf stays there)."""
+
+    state: Var
+    init: Expr
+    step: Expr
+    count: int
+
+    @property
+    def dtype(self):
+        return self.init.dtype
+
+    def __str__(self):
+        return f"iterate[{self.state}={self.init}; {self.count} times]({self.step})"
+
+
 COMPARE_OPS = {"lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor"}
 UNARY_OPS = {
     "neg", "exp", "log", "sqrt", "abs", "tanh", "erf", "sigmoid", "floor", "ceil", "round",
@@ -188,6 +211,9 @@ def map_children(e: Expr, f: Callable[[Expr], Expr]) -> Expr:
     if isinstance(e, Reduce):
         body = f(e.body)
         return e if body is e.body else Reduce(e.op, body, e.axes)
+    if isinstance(e, Iterate):
+        init, step = f(e.init), f(e.step)
+        return e if init is e.init and step is e.step else Iterate(e.state, init, step, e.count)
     return e
 
 
@@ -202,6 +228,8 @@ def children(e: Expr) -> tuple[Expr, ...]:
         return e.indices
     if isinstance(e, Reduce):
         return (e.body,)
+    if isinstance(e, Iterate):
+        return (e.init, e.step)
     return ()
 
 
@@ -267,6 +295,8 @@ def free_vars(e: Expr) -> set[str]:
     for x in walk(e):
         if isinstance(x, Reduce):
             bound |= {v.name for v, _ in x.axes}
+        elif isinstance(x, Iterate):
+            bound.add(x.state.name)
         elif isinstance(x, Var):
             out.add(x.name)
     return out - bound
@@ -512,7 +542,7 @@ def join(op: str, terms: Sequence[Expr]) -> Expr:
 
 
 __all__ = [
-    "Expr", "Const", "Var", "Bin", "Un", "Select", "Cast", "Load", "Reduce", "fresh", "as_expr",
+    "Expr", "Const", "Var", "Bin", "Un", "Select", "Cast", "Load", "Reduce", "Iterate", "fresh", "as_expr",
     "idx", "simplify", "substitute", "replace_loads", "free_vars", "loads", "walk", "map_children",
     "affine_coeffs", "linear_terms", "row_major", "eval_const", "ceil_div", "join", "UNARY_OPS", "COMPARE_OPS", "math",
 ]

@@ -2,7 +2,8 @@
 
 It gives compute definitions a meaning independent of any code generator: constant
 folding evaluates graph nodes with it, and tests use it as a second oracle. Variables
-become broadcast index grids; a Reduce adds trailing dimensions and reduces them.
+become broadcast index grids; a Reduce adds trailing dimensions and reduces them; an
+Iterate refines every element's state at once, ``count`` times.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 from kiln.errors import VerificationError
 from kiln.ir.compute import Stage, reduce_init
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Reduce, Select, Un, Var
+from kiln.ir.expr import Bin, Cast, Const, Expr, Iterate, Load, Reduce, Select, Un, Var
 
 try:  # scipy is optional; erf falls back to math.erf per element
     from scipy.special import erf as _erf
@@ -112,6 +113,12 @@ def evaluate(e: Expr, env: Mapping[str, np.ndarray], buffers: Mapping[str, np.nd
         if any(n == 0 for _, n in e.axes):
             return np.asarray(reduce_init(e.op, e.dtype), dtype=e.dtype.np)
         return _REDUCE[e.op](body, axis=axes).astype(e.dtype.np)
+    if isinstance(e, Iterate):
+        state = np.asarray(evaluate(e.init, env, buffers, ndim)).astype(e.dtype.np, copy=False)
+        for _ in range(e.count):
+            now = {**env, e.state.name: state}
+            state = np.asarray(evaluate(e.step, now, buffers, ndim)).astype(e.dtype.np, copy=False)
+        return state
     raise VerificationError(f"cannot evaluate {type(e).__name__}")
 
 

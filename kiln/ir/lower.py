@@ -9,13 +9,19 @@ becomes a local accumulator:
       acc = init
       for k: acc = acc + body      # reduction axes
       out[i, j] = epilogue(acc)    # the expression around the Reduce
+
+and an Iterate a local state refined in a loop of its own:
+
+      alloc state: int32[] (local)
+      state = init
+      for s < count: state = step(state)
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from kiln.ir.compute import Stage, reduce_init
-from kiln.ir.expr import (Bin, Const, Expr, Load, Reduce, Var, fresh, map_children, replace_loads,
+from kiln.ir.expr import (Bin, Const, Expr, Iterate, Load, Reduce, Var, fresh, map_children, replace_loads,
                           simplify, substitute, walk)
 from kiln.ir.loop import Alloc, Buffer, For, Store, Stmt, seq
 
@@ -39,11 +45,23 @@ def _replace_node(e: Expr, target: Expr, new: Expr) -> Expr:
     return go(e)
 
 
+def _first_loop(e: Expr) -> Reduce | Iterate | None:
+    """The outermost Reduce or Iterate (parents first: a Reduce inside an Iterate's step
+    depends on the state, so it is lowered inside the step's loop, not hoisted out)."""
+    for x in walk(e):
+        if isinstance(x, (Reduce, Iterate)):
+            return x
+    return None
+
+
 def lower_store(buffer: str, indices: Sequence[Expr], value: Expr) -> Stmt:
-    """``buffer[indices] = value`` with every Reduce hoisted into an accumulator loop."""
-    red = _first_reduce(value)
+    """``buffer[indices] = value`` with every Reduce hoisted into an accumulator loop and
+    every Iterate into a state refined in a loop."""
+    red = _first_loop(value)
     if red is None:
         return Store(buffer, tuple(indices), simplify(value))
+    if isinstance(red, Iterate):
+        return _lower_iterate(buffer, indices, value, red)
     acc = Buffer(fresh("acc"), (), red.dtype, "local")
     acc_load = Load(acc.name, (), red.dtype)
     init = Store(acc.name, (), Const(reduce_init(red.op, red.dtype), red.dtype))
@@ -52,6 +70,15 @@ def lower_store(buffer: str, indices: Sequence[Expr], value: Expr) -> Stmt:
         update = For(var, extent, update)
     rest = lower_store(buffer, indices, _replace_node(value, red, acc_load))
     return Alloc(acc, seq(init, update, rest))
+
+
+def _lower_iterate(buffer: str, indices: Sequence[Expr], value: Expr, it: Iterate) -> Stmt:
+    state = Buffer(fresh("state"), (), it.dtype, "local")
+    now = {it.state.name: Load(state.name, (), it.dtype)}
+    init = lower_store(state.name, (), it.init)
+    refine = lower_store(state.name, (), substitute(it.step, now))
+    rest = lower_store(buffer, indices, _replace_node(value, it, now[it.state.name]))
+    return Alloc(state, seq(init, For(Var(fresh("step")), it.count, refine), rest))
 
 
 def lower_stage(stage: Stage) -> Stmt:

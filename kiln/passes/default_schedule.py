@@ -88,13 +88,16 @@ def _static(n) -> int:
 
 
 def _reduce_work(stage: Stage) -> int:
-    from kiln.ir.expr import Reduce, walk
+    """Steps per output element: the product of its reductions' extents and iterations' counts."""
+    from kiln.ir.expr import Iterate, Reduce, walk
 
     w = 1
     for x in walk(stage.body):
         if isinstance(x, Reduce):
             for _, n in x.axes:
                 w *= _static(n)
+        elif isinstance(x, Iterate):
+            w *= max(x.count, 1)
     return w
 
 
@@ -139,7 +142,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         elif "channels_last" in st.hints and caps.dot_tile:
             stage_channels_last(sch, spatial, st.hints["channels_last"], work)
         else:
-            schedule_injective(sch, spatial, st, work)
+            schedule_injective(sch, spatial, st, work, caps)
     _vectorize_scalar_reductions(sch)
     sch.func = cleanup_loops(sch.func)
     return sch
@@ -355,27 +358,61 @@ def _fuse_parallel(sch: Schedule, loops, target: int) -> None:
 def _vectorize_scalar_reductions(sch: Schedule) -> None:
     """Vectorize innermost reduction loops that accumulate into a scalar (softmax's max and
     sum, layer norm's moments); the renderer turns them into SIMD reductions."""
+    from kiln.ir.expr import Bin, Load
     from kiln.ir.loop import Store, walk_stmts
 
     for loop in [x for x in walk_stmts(sch.func.body) if isinstance(x, For)]:
         body = loop.body
+        # ``acc = acc op x`` with an associative op: not any store reading itself (a tree
+        # walk's ``row = next[row, ..]`` is a chain whose steps must run in order)
         if (loop.kind == "serial" and isinstance(body, Store) and not body.indices
-                and any(getattr(x, "buffer", None) == body.buffer for x in _loads_of(body.value))):
+                and isinstance(body.value, Bin) and body.value.op in ("add", "mul", "max", "min")
+                and any(isinstance(x, Load) and x.buffer == body.buffer and not x.indices
+                        for x in (body.value.a, body.value.b))):
             sch.vectorize(loop.var.name)
 
 
-def _loads_of(e):
-    from kiln.ir.expr import Load, walk
-
-    return [x for x in walk(e) if isinstance(x, Load)]
-
-
-def schedule_injective(sch: Schedule, spatial, st: Stage, work) -> None:
-    """The rule for a stage without a reduction: a Winograd transform's own, or ``_injective``."""
-    if "winograd" in st.hints:
+def schedule_injective(sch: Schedule, spatial, st: Stage, work, caps: Capabilities = DEFAULT_CAPABILITIES) -> None:
+    """The rule for a stage without a reduction: a Winograd transform's own, ``interleave``
+    for one that iterates (a tree walk), or ``_injective``."""
+    if st.has_iterate:
+        interleave(sch, spatial, work, caps)
+    elif "winograd" in st.hints:
         expand_cases(sch, spatial, st.hints["winograd"], work)
     else:
         _injective(sch, spatial, work)
+
+
+MAX_INTERLEAVE = 8  # walks advanced together: 8 measured 2.4x faster than 1, 1.6x than 4
+
+
+def interleave(sch: Schedule, spatial, work, caps: Capabilities) -> None:
+    """An iterating stage (a tree walk: each step a chain of dependent loads) advances a few
+    elements' iterations together, one step of each in turn, so their loads overlap instead
+    of each waiting for the last:
+
+        outer loops (parallel) | lane_o | step | lane_i (unrolled; the states in registers)
+
+    The lanes are the axis with most of them (up to ``MAX_INTERLEAVE``, and to half the
+    registers), moved innermost -- for a tree walk the samples, so each tree's nodes stay in
+    L1 while all samples walk it; with one sample, the trees. The iteration loop moves
+    outside the lanes as a reduction loop moves outside a register tile
+    (``decompose_reduction``). No vector lanes: their gathers measured slower here."""
+    width = max(1, min(MAX_INTERLEAVE, caps.vector_registers // 2))
+    lanes = max(range(len(spatial)), key=lambda k: (largest_divisor(spatial[k][1], width), -k))
+    name, extent = spatial[lanes]
+    rest = [loop for k, loop in enumerate(spatial) if k != lanes]
+    if len(spatial) > 1:
+        sch.reorder(*[n for n, _ in rest], name)
+    u = largest_divisor(extent, width)
+    if u > 1:
+        outer, inner = sch.split(name, u) if u < _static(extent) else (None, name)
+        sch.decompose_reduction(inner)
+        sch.unroll(inner)
+        rest = rest + ([(outer, _static(extent) // u)] if outer else [])
+    else:
+        rest = rest + [(name, extent)]
+    _parallel_outer(sch, rest, work)
 
 
 def expand_cases(sch: Schedule, spatial, hint: dict, work) -> None:

@@ -7,8 +7,8 @@ gcc loses the ``restrict`` of the kernel's parameters, cannot prove that the sto
 element into a local scalar first makes the loop vectorize (softmax: 2.4x faster here).
 
 Only loads that the loop executes unconditionally move (not those in a Select branch or
-an If, which may be guarding an out-of-range index), and only from buffers the loop does
-not write.
+an If, which may be guarding an out-of-range index), and only those whose buffer and index
+read nothing the loop writes.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def _hoistable(loop: For) -> list[Load]:
             _unconditional_loads(i, loads)
         for ld in loads:
             used = {v.name for i in ld.indices for v in walk(i) if isinstance(v, Var)}
-            if ld.buffer not in written and not (used & inner_vars) and ld not in found:
+            read = {x.buffer for x in walk(ld) if isinstance(x, Load)}  # an index may load too
+            if not (read & written) and not (used & inner_vars) and ld not in found:
                 found.append(ld)
     return found
 

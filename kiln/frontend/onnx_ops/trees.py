@@ -4,18 +4,15 @@ and LightGBM export them.
 
 Both attribute layouts become one flat :class:`Forest` table: a row per node of every tree
 (leaves included), each row with its feature, threshold, comparison, and the rows its true
-and false branches lead to; a leaf leads to itself. Evaluation is then data-parallel tensor
-code, the same for every target (microcontrollers included):
+and false branches lead to; a leaf leads to itself. One ``tree_walk`` op
+(``kiln/ir/ops/trees.py``) then finds each sample's leaf in each tree -- ``depth`` steps
+of ``row = next[row, compare(X[n, feature[row]], threshold[row]) ? 0 : 1]``, the deepest
+root-to-leaf path, so every sample ends on a leaf -- the same compute definition on every
+target, microcontrollers included; the leaves' weights are gathered and aggregated:
 
-    idx = roots                                   # [N, T]: each sample's current node per tree
-    repeat depth times:
-        v = X[n, feature[idx]]                    # gather_elements
-        go = compare(v, threshold[idx]) | (isnan(v) & missing_tracks_true[idx])
-        idx = where(go, true_next[idx], false_next[idx])
-    Y = aggregate over trees of leaf_value[idx]   # [N, n_targets]
+    leaf = tree_walk(X, tables)                   # [N, T] leaf rows
+    Y = aggregate over trees of leaf_weight[leaf] # [N, n_targets]
 
-``depth`` is the deepest root-to-leaf path, so every sample ends on a leaf; tables are
-constants gathered per step, and only the comparisons the ensemble uses are emitted.
 Aggregation follows ONNX Runtime: SUM and AVERAGE (divided by the number of trees) add
 the leaves' weights per target; MIN and MAX take the extreme over the leaves that carry a
 weight for the target; ``base_values`` are added afterwards, then the post-transform
@@ -89,57 +86,40 @@ def depth(ctx, forest: Forest) -> int:
 
 
 def _table(ctx, forest: Forest, values: np.ndarray, hint: str) -> str:
-    """A constant table, added once per forest (every step gathers from the same ones)."""
+    """A constant table, added once per forest (a second classifier output reuses it)."""
     if hint not in forest.consts:
         forest.consts[hint] = ctx.add_const(np.ascontiguousarray(values), hint)
     return forest.consts[hint]
 
 
-def _branch(ctx, forest: Forest, x: str, idx: str | None, dt) -> str:
-    """The next node row of every (sample, tree): [N, T] int32. ``idx`` None: the roots."""
-    def at(table: np.ndarray, hint: str) -> str:
-        if table.dtype.kind in "iu":  # node rows, feature numbers: int32 halves tables and traffic
-            table = table.astype(np.int32)
-        if idx is None:
-            return _table(ctx, forest, table[forest.roots], hint + "_roots")  # [T]: broadcast over the samples
-        return op(ctx, "gather", [_table(ctx, forest, table, hint), idx], {"axis": 0})
+def _walk(ctx, forest: Forest, x: str, steps: int, dt) -> str:
+    """[N, T] int32: the leaf row each sample reaches in each tree (``tree_walk``,
+    kiln/ir/ops/trees.py), the node table passed as constants."""
+    branches = forest.mode != LEAF
+    codes = sorted({int(m) for m in forest.mode[branches]})
+    comparisons = tuple("member" if m == MEMBER else _COMPARE[m] for m in codes)
 
-    feature = at(forest.feature, "tree_feature")
-    value = (op(ctx, "gather", [x, feature], {"axis": 1}) if idx is None
-             else op(ctx, "gather_elements", [x, feature], {"axis": 1}))
-    threshold = at(forest.threshold.astype(dt), "tree_threshold")
-    live = forest.mode[forest.roots] if idx is None else forest.mode
-    modes = sorted({int(m) for m in live if m != LEAF})
-    go = None
-    for m in modes:
-        test = (_member_test(ctx, forest, value, idx) if m == MEMBER
-                else op(ctx, _COMPARE[m], [value, threshold]))
-        if len(modes) > 1:
-            test = op(ctx, "and", [op(ctx, "eq", [at(forest.mode, "tree_mode"),
-                                                   ctx.add_const(np.array(m, np.int32))]), test])
-        go = test if go is None else op(ctx, "or", [go, test])
-    if forest.missing_true.any():
-        nan = op(ctx, "and", [op(ctx, "isnan", [value]), at(forest.missing_true, "tree_missing")])
-        go = nan if go is None else op(ctx, "or", [go, nan])
-    true_next, false_next = at(forest.true_next, "tree_true"), at(forest.false_next, "tree_false")
-    if go is None:  # leaves only
-        go = op(ctx, "isnan", [value])
-    return op(ctx, "where", [go, true_next, false_next])
+    def ints(values, hint: str) -> str:  # node rows, feature numbers: int32
+        return _table(ctx, forest, np.asarray(values).astype(np.int32), hint)
 
-
-def _member_test(ctx, forest: Forest, value: str, idx: str | None) -> str:
-    """Whether each value is in its node's set: a [M, S] table padded with NaN (never equal)."""
-    width = max(len(s) for s in forest.members)
-    table = np.full((len(forest.members), width), np.nan, ctx.type(value).dtype.np)
-    for r, s in enumerate(forest.members):
-        table[r, :len(s)] = sorted(s)
-    sets = (_table(ctx, forest, table[forest.roots], "tree_members_roots") if idx is None
-            else op(ctx, "gather", [_table(ctx, forest, table, "tree_members"), idx], {"axis": 0}))
-    shape = tuple(ctx.shape(value))
-    hits = op(ctx, "eq", [op(ctx, "reshape", [value], {"shape": (*shape, 1)}), sets])
-    count = op(ctx, "reduce_sum", [op(ctx, "cast", [hits], {"to": DType.int32.value})],
-               {"axes": (len(shape),), "keepdims": False})
-    return op(ctx, "gt", [count, ctx.add_const(np.array(0, np.int32))])
+    # a leaf's feature is read too (its step leads back to it): 0, a column X always has
+    inputs = [x, ints(np.where(branches, forest.feature, 0), "tree_feature"),
+              _table(ctx, forest, forest.threshold.astype(dt), "tree_threshold"),
+              ints(np.stack([forest.true_next, forest.false_next], axis=1), "tree_next"),
+              ints(forest.roots, "tree_roots")]
+    if len(codes) > 1:  # each row's comparison, as its position in ``comparisons`` (leaves: 0)
+        position = {m: k for k, m in enumerate(codes)}
+        inputs.append(ints([position.get(int(m), 0) for m in forest.mode], "tree_mode"))
+    missing = bool(forest.missing_true[branches].any())
+    if missing:
+        inputs.append(_table(ctx, forest, forest.missing_true & branches, "tree_missing"))
+    if MEMBER in codes:  # each row's set, padded with NaN (never equal)
+        width = max(len(s) for s in forest.members)
+        table = np.full((len(forest.members), width), np.nan, dt)
+        for r, s in enumerate(forest.members):
+            table[r, :len(s)] = sorted(s)
+        inputs.append(_table(ctx, forest, table, "tree_members"))
+    return op(ctx, "tree_walk", inputs, {"depth": steps, "comparisons": comparisons, "missing": missing})
 
 
 def emit_forest(ctx, x: str, forest: Forest, aggregate: str, base_values) -> str:
@@ -149,14 +129,7 @@ def emit_forest(ctx, x: str, forest: Forest, aggregate: str, base_values) -> str
     width = ctx.shape(x)[1]
     if used.size and (used.min() < 0 or (isinstance(width, int) and used.max() >= width)):
         ctx.fail(f"the trees test features {used.min()}..{used.max()}; X has {width} features")
-    steps = depth(ctx, forest)
-    idx = None
-    for _ in range(steps):
-        idx = _branch(ctx, forest, x, idx, dt)
-    if idx is None:  # every tree is a single leaf: broadcast the roots over the samples
-        first = op(ctx, "gather", [x, ctx.add_const(np.array([0], np.int64))], {"axis": 1})
-        roots = _table(ctx, forest, np.asarray(forest.roots, np.int32), "tree_roots")
-        idx = op(ctx, "where", [op(ctx, "isnan", [first]), roots, roots])
+    idx = _walk(ctx, forest, x, depth(ctx, forest), dt)
     weights = op(ctx, "gather", [_table(ctx, forest, forest.leaf_weight.astype(dt), "leaf_weight"), idx], {"axis": 0})
     over_trees = {"axes": (1,), "keepdims": False}
     leaves = forest.mode == LEAF

@@ -94,5 +94,5 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
 
 from kiln.ir.ops import (  # noqa: E402,F401  (registers the families)
     activation, attention, elementwise, indexing, integer_acc, linalg, nn, norm, normalize, packed, pool, qlinear,
-    qpool, qsoftmax, quant, reduce, resize, sample, scatter, shape, sort, weight_only, weight_only_cols)
+    qpool, qsoftmax, quant, reduce, resize, sample, scatter, shape, sort, trees, weight_only, weight_only_cols)
 from kiln.ir.ops import region  # noqa: E402,F401  (insert_slice: patch-based execution)
