@@ -248,6 +248,21 @@ def test_transpose_prologue_only_where_loads_stay_contiguous():
     assert groups == [["transpose"], ["transpose"], ["transpose", "matmul"]]
 
 
+def test_gather_prologue_of_a_reduction_only_when_it_is_its_only_reader():
+    # a forest's leaf weights summed over its trees: the gather is read through; a gather
+    # that something else also reads stays a kernel of its own
+    c = {"w": np.ones((10, 3), np.float32)}
+    g = Graph((Value("i", TensorType((4, 5), DType.int32)),), (V("y", 4, 3), V("z", 4, 3), V("e", 4, 5, 3)), (
+        N("gather", ["w", "i"], [V("g", 4, 5, 3)], axis=0),
+        N("reduce_sum", ["g"], [V("y", 4, 3)], axes=(1,), keepdims=False),
+        N("gather", ["w", "i"], [V("h", 4, 5, 3)], axis=0),
+        N("reduce_max", ["h"], [V("z", 4, 3)], axes=(1,), keepdims=False),
+        N("exp", ["h"], [V("e", 4, 5, 3)]),
+    ), c).verify()
+    groups = [[n.op for n in grp.nodes] for grp in fuse(g)]
+    assert groups == [["gather", "reduce_sum"], ["gather"], ["reduce_max"], ["exp"]]
+
+
 def test_loop_ranges_remove_reshape_divisions():
     from kiln.ir.expr import Bin, Const, Var
     from kiln.ir.loop import Buffer, For, Func, Store

@@ -9,8 +9,9 @@ Rules (fusion kinds from ``kiln.ir.ops.FusionKind``):
 - it may join a heavy group (out_fusable: matmul, conv; reduction: softmax, norms) only
   as an epilogue of the same shape, which the kernel builder inlines into the reduction;
 - a heavy op may absorb a data-movement producer (a transpose before a matmul, the
-  NCHWc conversion before a conv) as a prologue that its loads read through, and an
-  integer convolution the QuantizeLinear whose output it copies into its padded stage.
+  NCHWc conversion before a conv, a gather before a reduce_sum) as a prologue that its
+  loads read through, and an integer convolution the QuantizeLinear whose output it
+  copies into its padded stage.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def fuse(graph: Graph, enabled: bool = True) -> list[Group]:
             heavy = [g for g in joined if g.anchor_kind in HEAVY]
             target.anchor_kind = heavy[0].anchor_kind if heavy else joined[0].anchor_kind
             target.nodes = sorted((n for g in joined for n in g.nodes), key=lambda n: position[id(n)])
-        elif enabled and kind == ops.FusionKind.OUT_FUSABLE:
+        elif enabled and (kind == ops.FusionKind.OUT_FUSABLE or node.op in GATHER_REDUCTIONS):
             joined = _prologues(node, group_of, consumers, producers, outputs, set(graph.constants))
             target.nodes = sorted((n for g in joined for n in g.nodes), key=lambda n: position[id(n)])
             target.nodes += [producers[i] for i in node.inputs if _is_view_between(i, producers, joined)]
@@ -69,6 +70,9 @@ def fuse(graph: Graph, enabled: bool = True) -> list[Group]:
 
 
 HEAVY = (ops.FusionKind.OUT_FUSABLE, ops.FusionKind.REDUCTION)
+# reductions that read a gather's output through it: a forest's leaf weights summed over
+# its trees without writing the [samples, trees, targets] weights out first
+GATHER_REDUCTIONS = ("reduce_sum", "reduce_max", "reduce_min")
 
 
 def _is_view_between(name, producers, prologues) -> bool:
@@ -113,6 +117,8 @@ def _prologues(node, group_of, consumers, producers, outputs, constants=frozense
         elif p.op == "quantize_linear" and node.op == "qconv" and pos == 0 and stages_input(node.attrs):
             # the convolution copies its input into a padded stage anyway: quantizing the
             # float input there costs no pass over memory (ResNet's stem read the image twice)
+            found.append(g)
+        elif p.op == "gather" and node.op in GATHER_REDUCTIONS and pos == 0 and not through_view:
             found.append(g)
         elif p.op == "transpose" and node.op in ("matmul", "matmul_packed"):
             perm = tuple(p.attrs["perm"])
