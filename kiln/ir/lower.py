@@ -28,13 +28,6 @@ from kiln.ir.loop import Alloc, Buffer, For, Store, Stmt, seq
 _COMBINE = {"sum": "add", "prod": "mul", "max": "max", "min": "min"}
 
 
-def _first_reduce(e: Expr) -> Reduce | None:
-    for x in walk(e):
-        if isinstance(x, Reduce):
-            return x
-    return None
-
-
 def _replace_node(e: Expr, target: Expr, new: Expr) -> Expr:
     """Replace every occurrence of ``target`` (structurally equal: one reduction read twice,
     as in ``x < 0 ? 0 : x``, is computed once)."""
@@ -45,11 +38,11 @@ def _replace_node(e: Expr, target: Expr, new: Expr) -> Expr:
     return go(e)
 
 
-def _first_loop(e: Expr) -> Reduce | Iterate | None:
+def _first_loop(e: Expr, kinds=(Reduce, Iterate)) -> Reduce | Iterate | None:
     """The outermost Reduce or Iterate (parents first: a Reduce inside an Iterate's step
     depends on the state, so it is lowered inside the step's loop, not hoisted out)."""
     for x in walk(e):
-        if isinstance(x, (Reduce, Iterate)):
+        if isinstance(x, kinds):
             return x
     return None
 
@@ -93,7 +86,7 @@ def lower_stage(stage: Stage) -> Stmt:
 
 
 def _has_reduce(e: Expr) -> bool:
-    return _first_reduce(e) is not None
+    return _first_loop(e, Reduce) is not None
 
 
 def _load_is_identity(load: Load, axes: Sequence[Var], shape: Sequence = ()) -> bool:
