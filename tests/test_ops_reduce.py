@@ -153,3 +153,29 @@ def test_reduce_needs_constant_axes():
                        [("y", np.float32, [2, 1, 4])], opset=13)
     with pytest.raises(KilnError, match="axes.*constant"):
         from_onnx(model)
+
+
+@backends
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax", "ReduceSumSquare"])
+@pytest.mark.parametrize("shape,axes", [((2, 16, 96), [1]), ((3, 5, 6, 7), [1]), ((2, 4, 3, 2), [0, 2]),
+                                        ((4, 9, 3), [1])])
+def test_reductions_over_columns(backend, op, shape, axes):
+    """Reductions over an axis that is not the innermost: the default rule accumulates a
+    tile of output columns side by side (``reduce_columns``)."""
+    inputs, attrs = reduce_inputs(op, data(op, np.float32, shape), axes, 18)
+    check(op, inputs, backend, {**attrs, "keepdims": 0}, opset=18)
+
+
+def test_column_reduction_schedule():
+    """Mean pooling over tokens: the token loop outside a vectorized tile of 64 columns with
+    their own accumulators; a reduction along the innermost axis keeps its scalar form."""
+    import kiln
+
+    def source(axes):
+        inputs, attrs = reduce_inputs("ReduceMean", data("ReduceMean", np.float32, (2, 16, 128)), axes, 18)
+        model, _ = node_model("ReduceMean", inputs, {**attrs, "keepdims": 0}, opset=18)
+        return kiln.compile(model, target="host").source()
+
+    columns = source([1])
+    assert "float acc0[64]" in columns and "#pragma omp simd\n" in columns
+    assert "float acc0[" not in source([2]) and "reduction(+:acc0)" in source([2])

@@ -136,7 +136,8 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         elif st.has_reduce and "tile" in st.hints:
             tile_reduction(sch, spatial, st.hints, work, tile_sizes(st, caps), pad=pads.get(st.name))
         elif st.has_reduce:
-            _parallel_outer(sch, spatial, work)
+            if not reduce_columns(sch, spatial, work):
+                _parallel_outer(sch, spatial, work)
         elif "runs" in st.hints:
             copy_in_runs(sch, spatial, st.hints["runs"], work)
         elif "channels_last" in st.hints and caps.dot_tile:
@@ -353,6 +354,47 @@ def _fuse_parallel(sch: Schedule, loops, target: int) -> None:
         name = sch.fuse(name, nxt)
         extent *= _static(n)
     sch.parallel(name)
+
+
+COLUMN_TILE = 64  # output columns accumulated together: four AVX-512 vectors of floats
+
+
+def reduce_columns(sch: Schedule, spatial, work) -> bool:
+    """A reduction over an axis that is not the input's innermost (ReduceMean over the
+    tokens of [batch, tokens, hidden]; a forest's leaf weights summed over its trees): the
+    reduction loop moves outside a tile of output columns, which accumulate side by side,
+    their loads contiguous:
+
+        outer loops (parallel) | col_o | reduction loops | col_i (vectorized), acc[col_i]
+
+    instead of one scalar sum per column that strides through memory (mean pooling of
+    [8, 128, 768] over the tokens: 388 us, ONNX Runtime 36 us). Applies when the reduction
+    reads some input with its innermost index the output's last column (stride 1) and
+    none with its innermost index moving along the reduction. False: not such a stage."""
+    from kiln.ir.expr import Load, Var, linear_terms, walk
+    from kiln.ir.loop import Alloc, Store
+
+    name, extent = spatial[-1]
+    red = {n for n, _ in reduction_loops(sch, name)}
+    if not red or not isinstance(extent, int) or extent < 2:
+        return False
+    alloc = next(s for s in walk_stmts(sch._loop(name)) if isinstance(s, Alloc))
+    update = [s for s in walk_stmts(alloc.body.stmts[1]) if isinstance(s, Store)]
+    columns = False
+    for ld in (x for st in update for x in walk(st.value) if isinstance(x, Load) and x.indices):
+        terms = {k.name: c for k, c in (linear_terms(ld.indices[-1]) or {}).items() if isinstance(k, Var)}
+        if any(terms.get(r) == 1 for r in red):
+            return False  # the reduction already reads contiguously
+        columns |= terms.get(name) == 1 and not any(r in terms for r in red)
+    if not columns:
+        return False
+    tile = largest_divisor(extent, COLUMN_TILE)
+    outer, inner = sch.split(name, tile) if tile < extent else (None, name)
+    sch.decompose_reduction(inner)
+    if tile >= 4:
+        sch.vectorize(inner)
+    _parallel_outer(sch, list(spatial[:-1]) + ([(outer, extent // tile)] if outer else []), work)
+    return True
 
 
 def _vectorize_scalar_reductions(sch: Schedule) -> None:
