@@ -67,6 +67,10 @@ def softmax(model):
     return lambda x: F.softmax(x, dim=-1)
 
 
+def reduce_mean(model, axis: int):
+    return lambda x: x.mean(dim=axis)
+
+
 def attention(model, heads: int):
     module = _Attention(_Weights(model), heads).eval()
     return lambda x: module(x)

@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 from examples import models as M  # noqa: E402
 from kiln.bench import Workload  # noqa: E402
 
-GROUPS = ("gemm", "conv", "dwconv", "layernorm", "softmax", "attention", "models")
+GROUPS = ("gemm", "conv", "dwconv", "layernorm", "softmax", "reduce", "attention", "models")
 
 
 def _torch(name: str, **kw):
@@ -138,6 +138,21 @@ def softmax(shape: tuple[int, ...]) -> Workload:
                     build, torch=_torch("softmax"))
 
 
+def reduce_mean(shape: tuple[int, ...], axis: int) -> Workload:
+    """ReduceMean over one axis that is not the innermost: mean pooling over the tokens of
+    [batch, tokens, hidden], or over the channels of NCHW."""
+    dims = "x".join(map(str, shape))
+
+    def build():
+        b = M._Builder(f"reduce_mean_{dims}", seed=0)
+        b.op("ReduceMean", [b.input("x", list(shape))], out="y", axes=[axis], keepdims=0)  # opset 17
+        b.output("y", [d for k, d in enumerate(shape) if k != axis])
+        return b.model()
+
+    return Workload(f"reduce_mean_{dims}_axis{axis}", "kernel", "reduce",
+                    f"ReduceMean over axis {axis} of {dims}", build, torch=_torch("reduce_mean", axis=axis))
+
+
 def attention(seq: int, hidden: int, heads: int) -> Workload:
     """Self-attention as in BERT: QKV projections, scaled scores, softmax, output projection."""
     def build():
@@ -198,7 +213,7 @@ def suite(quick: bool = False, layers: int = 2) -> list[Workload]:
             linear(16, 64, 256, "ffn_in"), linear(16, 256, 64, "ffn_out"),
             conv(14, 16, 16, 3), conv(14, 16, 32, 1),
             conv(28, 16, 16, 3, depthwise=True),
-            layernorm(16, 64), softmax((2, 16, 16)), attention(16, 64, 4),
+            layernorm(16, 64), softmax((2, 16, 16)), reduce_mean((2, 16, 64), 1), attention(16, 64, 4),
             resnet18(image=64, width=16), mobilenetv2(image=64, width_mult=0.5),
             bert(1, hidden=128, heads=4, seq=32, ffn=512), gpt(1, hidden=128, heads=4, seq=32),
         ]
@@ -209,7 +224,8 @@ def suite(quick: bool = False, layers: int = 2) -> list[Workload]:
         conv(14, 256, 256, 3), conv(7, 512, 512, 3), conv(14, 1024, 256, 1),
         conv(112, 32, 32, 3, depthwise=True), conv(56, 144, 144, 3, depthwise=True),
         conv(14, 576, 576, 3, depthwise=True),
-        layernorm(128, 768), softmax((12, 128, 128)), attention(128, 768, 12),
+        layernorm(128, 768), softmax((12, 128, 128)), reduce_mean((8, 128, 768), 1),
+        reduce_mean((8, 64, 56, 56), 1), attention(128, 768, 12),
         resnet18(), mobilenetv2(), bert(layers), gpt(layers),
     ]
 
