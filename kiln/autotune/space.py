@@ -218,7 +218,7 @@ class DesignSpace:
             elif st.has_reduce and "tile" in st.hints:
                 rules.tile_reduction(sch, spatial, st.hints, work, rules.tile_sizes(st, self.caps))
             elif st.has_reduce:
-                rules._parallel_outer(sch, spatial, work)
+                rules.schedule_reduction(sch, spatial, work)
             else:
                 rules.schedule_injective(sch, spatial, st, work, self.caps)
         rules._vectorize_scalar_reductions(sch)

@@ -5,9 +5,11 @@ One rule per stage pattern, applied to each top-level loop nest of a kernel:
   rows x columns, the reduction loops moved outside the tile (the tile lives in
   registers), the column loop vectorized, the row loop unrolled, outer loops fused
   and run in parallel;
-- other reductions: outer spatial loops fused and run in parallel;
+- other reductions: outer spatial loops fused and run in parallel; over a middle axis,
+  a tile of output columns accumulated side by side (``reduce_columns``);
 - injective stages: all but the last loop fused and run in parallel, the last loop
-  (contiguous in memory) vectorized.
+  (contiguous in memory) vectorized; an iterating stage (a tree walk) a few elements'
+  steps interleaved (``interleave``).
 Every step goes through ``Schedule`` primitives, so the result is a replayable trace.
 """
 from __future__ import annotations
@@ -136,8 +138,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         elif st.has_reduce and "tile" in st.hints:
             tile_reduction(sch, spatial, st.hints, work, tile_sizes(st, caps), pad=pads.get(st.name))
         elif st.has_reduce:
-            if not reduce_columns(sch, spatial, work):
-                _parallel_outer(sch, spatial, work)
+            schedule_reduction(sch, spatial, work)
         elif "runs" in st.hints:
             copy_in_runs(sch, spatial, st.hints["runs"], work)
         elif "channels_last" in st.hints and caps.dot_tile:
@@ -356,6 +357,13 @@ def _fuse_parallel(sch: Schedule, loops, target: int) -> None:
     sch.parallel(name)
 
 
+def schedule_reduction(sch: Schedule, spatial, work) -> None:
+    """The rule for a reduction without a register tile: ``reduce_columns`` where it
+    applies, else the outer loops fused and run in parallel."""
+    if not reduce_columns(sch, spatial, work):
+        _parallel_outer(sch, spatial, work)
+
+
 COLUMN_TILE = 64  # output columns accumulated together: four AVX-512 vectors of floats
 # fewer columns than a 256-bit vector of floats: the strided scalar sums stay (3 columns
 # of [256, 100, 3] summed over the 100: 14-20 us that way, 22 us with the columns tile)
@@ -364,8 +372,7 @@ MIN_COLUMN_TILE = 8
 
 def reduce_columns(sch: Schedule, spatial, work) -> bool:
     """A reduction over an axis that is not the input's innermost (ReduceMean over the
-    tokens of [batch, tokens, hidden]; a forest's leaf weights summed over its trees): the
-    reduction loop moves outside a tile of output columns, which accumulate side by side,
+    tokens of [batch, tokens, hidden], over the channels of NCHW): the reduction loop moves outside a tile of output columns, which accumulate side by side,
     their loads contiguous:
 
         outer loops (parallel) | col_o | reduction loops | col_i (vectorized), acc[col_i]
