@@ -86,7 +86,7 @@ def depth(ctx, forest: Forest) -> int:
 
 
 def _table(ctx, forest: Forest, values: np.ndarray, hint: str) -> str:
-    """A constant table, added once per forest (a second classifier output reuses it)."""
+    """The forest's constant table under ``hint``, added to the graph the first time it is asked for."""
     if hint not in forest.consts:
         forest.consts[hint] = ctx.add_const(np.ascontiguousarray(values), hint)
     return forest.consts[hint]
