@@ -9,7 +9,8 @@ One rule per stage pattern, applied to each top-level loop nest of a kernel:
   a tile of output columns accumulated side by side (``reduce_columns``);
 - injective stages: all but the last loop fused and run in parallel, the last loop
   (contiguous in memory) vectorized; an iterating stage (a tree walk) a few elements'
-  steps interleaved (``interleave``).
+  steps interleaved (``interleave``); a layout transpose tiled so that both contiguous
+  axes are innermost (``transpose_schedule``).
 Every step goes through ``Schedule`` primitives, so the result is a replayable trace.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
 from kiln.passes.dot_schedule import copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
 from kiln.passes.hoist_loads import cleanup_loops
+from kiln.passes.transpose_schedule import schedule_transpose
 
 PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
 TARGET_PARALLEL_EXTENT = 16   # fuse outer loops until there are this many parallel chunks
@@ -428,11 +430,15 @@ def _vectorize_scalar_reductions(sch: Schedule) -> None:
 
 def schedule_injective(sch: Schedule, spatial, st: Stage, work, caps: Capabilities = DEFAULT_CAPABILITIES) -> None:
     """The rule for a stage without a reduction: a Winograd transform's own, ``interleave``
-    for one that iterates (a tree walk), or ``_injective``."""
+    for one that iterates (a tree walk), a layout transpose's tile (``transpose_schedule``),
+    or ``_injective``."""
     if st.has_iterate:
         interleave(sch, spatial, work, caps)
     elif "winograd" in st.hints:
         expand_cases(sch, spatial, st.hints["winograd"], work)
+    elif "transpose" in st.hints and schedule_transpose(
+            sch, spatial, st.hints["transpose"], st.dtype.itemsize, caps.vector_bytes, parallel=work >= PARALLEL_MIN_WORK):
+        pass
     else:
         _injective(sch, spatial, work)
 

@@ -72,10 +72,12 @@ static inline int kiln_claim(kiln_share* s, int nt, int t, int64_t* lo, int64_t*
 
 /* kernel_0: writes to_nchwc__nchwc1 (to_nchwc) */
 static void kernel_0(const float* restrict in0, float* restrict out0) {
-  for (int64_t i0_i1_f_i2_f_i3_f = 0; i0_i1_f_i2_f_i3_f < 144; ++i0_i1_f_i2_f_i3_f) {
-    #pragma omp simd
-    for (int64_t i4 = 0; i4 < 8; ++i4) {
-      out0[((i0_i1_f_i2_f_i3_f * INT64_C(8)) + i4)] = in0[((((((((i0_i1_f_i2_f_i3_f / INT64_C(12)) / INT64_C(12)) * INT64_C(8)) + i4) * INT64_C(12)) + ((i0_i1_f_i2_f_i3_f / INT64_C(12)) % INT64_C(12))) * INT64_C(12)) + (i0_i1_f_i2_f_i3_f % INT64_C(12)))];
+  for (int64_t i0_i1_f_i2_f = 0; i0_i1_f_i2_f < 12; ++i0_i1_f_i2_f) {
+    for (int64_t i3 = 0; i3 < 12; ++i3) {
+      #pragma GCC unroll 8
+      for (int64_t i4 = 0; i4 < 8; ++i4) {
+        out0[((((i0_i1_f_i2_f * INT64_C(12)) + i3) * INT64_C(8)) + i4)] = in0[((((i4 * INT64_C(12)) + i0_i1_f_i2_f) * INT64_C(12)) + i3)];
+      }
     }
   }
 }

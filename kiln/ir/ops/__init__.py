@@ -92,6 +92,13 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
     return axis % rank if rank else 0
 
 
+def transpose_hint(axis: int, run, rank: int) -> dict:
+    """Stage hints of a copy whose input is contiguous along output ``axis`` for ``run``
+    consecutive values (kiln/passes/transpose_schedule.py tiles it); none when that axis is
+    the output's last (a plain copy) or ``run`` is symbolic."""
+    return {"transpose": (axis, run)} if axis != rank - 1 and isinstance(run, int) else {}
+
+
 from kiln.ir.ops import (  # noqa: E402,F401  (registers the families)
     activation, attention, elementwise, indexing, integer_acc, linalg, nn, norm, normalize, packed, pool, qlinear,
     qpool, qsoftmax, quant, reduce, resize, sample, scatter, shape, sort, trees, weight_only, weight_only_cols)

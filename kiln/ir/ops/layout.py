@@ -11,7 +11,7 @@ from __future__ import annotations
 from kiln.errors import ShapeError
 from kiln.ir.compute import compute, rsum
 from kiln.ir.graph import TensorType
-from kiln.ir.ops import FusionKind, register
+from kiln.ir.ops import FusionKind, register, transpose_hint
 from kiln.ir.ops.nn import conj, pad_stage, scaled, window_attrs, window_out_size
 from kiln.ir.expr import Const, Select
 
@@ -33,7 +33,10 @@ def _to_blocked_infer(ins, attrs):
 def _to_blocked_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
     b = _block(attrs)
-    return [compute(o.name, o.shape, lambda n, cb, *r: x[(n, cb * b + r[-1]) + tuple(r[:-1])], o.dtype)]
+    # the input's last axis (W) is the output's second-to-last
+    hints = transpose_hint(o.ndim - 2, o.shape[-2], o.ndim) if o.ndim > 3 else {}
+    return [compute(o.name, o.shape, lambda n, cb, *r: x[(n, cb * b + r[-1]) + tuple(r[:-1])], o.dtype,
+                    hints=hints)]
 
 
 def _from_blocked_infer(ins, attrs):
@@ -44,7 +47,9 @@ def _from_blocked_infer(ins, attrs):
 def _from_blocked_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
     b = _block(attrs)
-    return [compute(o.name, o.shape, lambda n, c, *sp: x[(n, c // b) + tuple(sp) + (c % b,)], o.dtype)]
+    # the input's last axis (the block) is c % b: runs of b along the output's channels
+    return [compute(o.name, o.shape, lambda n, c, *sp: x[(n, c // b) + tuple(sp) + (c % b,)], o.dtype,
+                    hints=transpose_hint(1, b, o.ndim))]
 
 
 register("to_nchwc", FusionKind.INJECTIVE, _to_blocked_infer, _to_blocked_compute)

@@ -13,7 +13,7 @@ from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Const, Select, idx
 from kiln.ir.graph import TensorType
 from kiln.ir.symbolic import as_dim, dims_equal, product
-from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register
+from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, register, transpose_hint
 
 
 def _identity_compute(ins, outs, attrs):
@@ -102,7 +102,8 @@ def _transpose_compute(ins, outs, attrs):
             ix[p] = i[k]
         return x[tuple(ix)]
 
-    return [compute(o.name, o.shape, body, o.dtype)]
+    axis = list(perm).index(len(perm) - 1)  # the output axis that walks the input's last one
+    return [compute(o.name, o.shape, body, o.dtype, hints=transpose_hint(axis, o.shape[axis], o.ndim))]
 
 
 register("transpose", FusionKind.INJECTIVE, _transpose_infer, _transpose_compute)
