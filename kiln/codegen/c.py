@@ -414,7 +414,9 @@ _HELPERS = {
     # exp(x) = 2^n exp(r), n = round(x / ln 2) by the 1.5 * 2^23 shift (its low bits are n),
     # r = x - n ln 2 (ln 2 in two parts, Cody-Waite), exp(r) by Cephes' degree-7 polynomial
     # (about 2 ulp), 2^n applied in two halves so results down to the smallest denormal come
-    # out right; out-of-range and NaN inputs are selected at the end. Only selects and
+    # out right; out-of-range inputs are selected at the end. A NaN needs no select of its
+    # own: r and so p are NaN, and so is their product with any scale (7 % faster without
+    # it, a 196K-element exp on one Zen 4 core: 76 -> 71 us). Only selects and
     # arithmetic: gcc vectorizes it wherever it is called (a clamp feeding a float-to-int
     # conversion instead kept gcc 12 from vectorizing the loop at all).
     "expf": "static inline float kiln_expf(float x) {\n"
@@ -437,8 +439,7 @@ _HELPERS = {
             "  s2.u = (uint32_t)(n - n1 + 127) << 23;\n"
             "  float y = p * s1.f * s2.f;\n"
             "  y = x > hi ? INFINITY : y;\n"
-            "  y = x < lo ? 0.0f : y;\n"
-            "  return x != x ? x : y;\n"
+            "  return x < lo ? 0.0f : y;\n"
             "}\n",
     # tanh: Cephes' odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above it.
     "tanhf": "static inline float kiln_tanhf(float x) {\n"
