@@ -10,16 +10,19 @@ in the two innermost loops instead, a tile of at most 16 x (the serial axis):
 
     outer loops (parallel) | serial axis | unrolled axis (<= 16 iterations)
 
-One of the two contiguous axes is unrolled -- the output's last axis when it is short
-(NCHWc's channel block), else a block of the input's contiguous axis -- and the other
-loop is left serial without a pragma: gcc vectorizes it and packs the unrolled copies
-into vectors with permutes (an in-register transpose). Every input and output line
-then is touched once per tile. Measured on that tensor: from NCHW16c 139 -> 28 us, to
-NCHW16c 56 -> 28 us (C microbenchmark, best of 400).
+One of the two contiguous axes is unrolled -- a whole block when the input's axis is
+made of short runs (``from_nchwc``'s channel blocks), else the output's last axis when it
+is short (``to_nchwc``'s block), else a block of the input's contiguous axis -- and the
+other loop is left serial without a pragma. Where the tile is one block of memory on
+one side (both NCHWc conversions) gcc vectorizes the serial loop and packs the unrolled
+copies into vectors with permutes (an in-register transpose); elsewhere the copies stay
+scalar, but every input and output line is still touched once per tile. Measured on that
+tensor: from NCHW16c 139 -> 28 us, to NCHW16c 56 -> 28 us (C microbenchmark, best of 400).
 
-The op marks its stage with ``hints["transpose"] = (axis, run)`` (``kiln.ir.ops.transpose_hint``): the output axis that
-walks the input's last axis, and how many consecutive values of it are contiguous there
-(NCHWc's block ``b`` for ``from_nchwc``, whose input's last index is ``c % b``).
+The op marks its stage with ``hints["transpose"] = (axis, run)``
+(``kiln.ir.ops.transpose_hint``): the output axis that walks the input's last axis, and
+how many consecutive values of it are contiguous there (NCHWc's block ``b`` for
+``from_nchwc``, whose input's last index is ``c % b``).
 """
 from __future__ import annotations
 
