@@ -136,7 +136,7 @@ fn kernel_0_2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
   if (i6_i7_f_o >= 47) { return; }
   let i6_i7_f_i = i32(lid.x);
   if ((((i6_i7_f_o * 64i) + i6_i7_f_i) < 3000i)) {
-    arena[3008 + ((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1000 + (((i6_i7_f_o * 64i) + i6_i7_f_i) % 1000i)] = bitcast<u32>((exp((bitcast<f32>(arena[((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1000 + (((i6_i7_f_o * 64i) + i6_i7_f_i) % 1000i)]) - bitcast<f32>(arena[6016 + ((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1 + 0i]))) / bitcast<f32>(arena[6080 + ((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1 + 0i])));
+    arena[3008 + ((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1000 + (((i6_i7_f_o * 64i) + i6_i7_f_i) % 1000i)] = bitcast<u32>((exp((bitcast<f32>(arena[((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1000 + (((i6_i7_f_o * 64i) + i6_i7_f_i) % 1000i)]) - bitcast<f32>(arena[6016 + ((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1 + 0i]))) * (1.0f / bitcast<f32>(arena[6080 + ((((i6_i7_f_o * 64i) + i6_i7_f_i) / 1000i)) * 1 + 0i]))));
   }
 }
 
