@@ -179,3 +179,31 @@ def test_column_reduction_schedule():
     columns = source([1])
     assert "float acc0[64]" in columns and "#pragma omp simd\n" in columns
     assert "float acc0[" not in source([2]) and "reduction(+:acc0)" in source([2])
+
+
+@backends
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax", "ReduceL2"])
+@pytest.mark.parametrize("shape,axes", [((2, 3, 7, 9), [2, 3]), ((2, 5, 4, 3), [1, 2, 3]), ((3, 4, 5, 6), [1, 3])])
+def test_reductions_over_trailing_axes(backend, op, shape, axes):
+    """Reductions over the last two axes read one contiguous run per output: the default
+    rule sums it in one loop (``fuse_contiguous_reduction``); over (1, 3) it cannot."""
+    inputs, attrs = reduce_inputs(op, data(op, np.float32, shape), axes, 18)
+    check(op, inputs, backend, {**attrs, "keepdims": 1}, opset=18)
+
+
+def test_trailing_reduction_loops_are_fused():
+    """A global average pool over 7 x 9: one vectorized loop of 63 values per (n, c), not 7
+    loops of 9; over axes (1, 3) the loops are not adjacent in memory and stay apart."""
+    import kiln
+    from onnx import helper
+
+    from tests.util import make_model
+
+    pool = make_model([helper.make_node("GlobalAveragePool", ["x"], ["y"])],
+                      [("x", np.float32, (2, 3, 7, 9))], [("y", np.float32, (2, 3, 1, 1))])
+    src = kiln.compile(pool, target="host").source()
+    assert "_f < 63; ++" in src and "< 9; ++" not in src
+    inputs, attrs = reduce_inputs("ReduceMean", data("ReduceMean", np.float32, (3, 4, 5, 6)), [1, 3], 18)
+    model, _ = node_model("ReduceMean", inputs, {**attrs, "keepdims": 1}, opset=18)
+    apart = kiln.compile(model, target="host").source()
+    assert "< 4; ++" in apart and "< 6; ++" in apart

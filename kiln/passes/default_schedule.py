@@ -361,9 +361,42 @@ def _fuse_parallel(sch: Schedule, loops, target: int) -> None:
 
 def schedule_reduction(sch: Schedule, spatial, work) -> None:
     """The rule for a reduction without a register tile: ``reduce_columns`` where it
-    applies, else the outer loops fused and run in parallel."""
+    applies, else the outer loops fused and run in parallel (and the innermost reduction
+    loops fused where they read one contiguous run: ``fuse_contiguous_reduction``)."""
     if not reduce_columns(sch, spatial, work):
+        fuse_contiguous_reduction(sch, spatial[-1][0])
         _parallel_outer(sch, spatial, work)
+
+
+def fuse_contiguous_reduction(sch: Schedule, innermost_spatial: str) -> bool:
+    """The last two reduction loops as one when every load reads them as the last two
+    axes of a row-major buffer (``x[.., h, w]`` with ``w`` over the whole last axis): a
+    global average pool's 56 x 56 window is then one vectorized sum of 3136 contiguous
+    values instead of 56 sums of 56 that each end in a partial vector and a horizontal
+    add ([8, 64, 56, 56]: 189 -> 49 us, ONNX Runtime 131-146). False: not such a nest."""
+    from kiln.ir.expr import Load, Var, linear_terms, walk
+    from kiln.ir.loop import Store
+
+    red = reduction_loops(sch, innermost_spatial)
+    if len(red) < 2:
+        return False
+    (outer, _), (inner, extent) = red[-2], red[-1]
+    shapes = {b.name: b.shape for b in sch.func.params}
+    body = sch._loop(inner).body
+    if not isinstance(body, Store) or not isinstance(extent, int):
+        return False
+    for ld in (x for x in walk(body.value) if isinstance(x, Load)):
+        used = [k for k, ix in enumerate(ld.indices) if {outer, inner} & {v.name for v in walk(ix) if isinstance(v, Var)}]
+        if not used:
+            continue
+        rank = len(ld.indices)
+        row = linear_terms(ld.indices[-2]) if rank >= 2 else None
+        if (used != [rank - 2, rank - 1] or ld.indices[-1] != Var(inner, ld.indices[-1].dtype)
+                or shapes.get(ld.buffer, (None,))[-1] != extent or not row
+                or {k.name: c for k, c in row.items() if isinstance(k, Var)}.get(outer) != 1):
+            return False
+    sch.fuse(outer, inner)
+    return True
 
 
 COLUMN_TILE = 64  # output columns accumulated together: four AVX-512 vectors of floats
