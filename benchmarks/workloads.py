@@ -138,19 +138,23 @@ def softmax(shape: tuple[int, ...]) -> Workload:
                     build, torch=_torch("softmax"))
 
 
-def reduce_mean(shape: tuple[int, ...], axis: int) -> Workload:
-    """ReduceMean over one axis that is not the innermost: mean pooling over the tokens of
-    [batch, tokens, hidden], or over the channels of NCHW."""
+def reduce_mean(shape: tuple[int, ...], axis: int | tuple[int, ...]) -> Workload:
+    """ReduceMean over one axis that is not the innermost (mean pooling over the tokens of
+    [batch, tokens, hidden], or over the channels of NCHW), or over several (a global
+    average pool of NCHW over H and W)."""
     dims = "x".join(map(str, shape))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    label = f"axis{axis}" if isinstance(axis, int) else "axes" + "".join(map(str, axes))
 
     def build():
         b = M._Builder(f"reduce_mean_{dims}", seed=0)
-        b.op("ReduceMean", [b.input("x", list(shape))], out="y", axes=[axis], keepdims=0)  # opset 17
-        b.output("y", [d for k, d in enumerate(shape) if k != axis])
+        b.op("ReduceMean", [b.input("x", list(shape))], out="y", axes=list(axes), keepdims=0)  # opset 17
+        b.output("y", [d for k, d in enumerate(shape) if k not in axes])
         return b.model()
 
-    return Workload(f"reduce_mean_{dims}_axis{axis}", "kernel", "reduce",
-                    f"ReduceMean over axis {axis} of {dims}", build, torch=_torch("reduce_mean", axis=axis))
+    return Workload(f"reduce_mean_{dims}_{label}", "kernel", "reduce",
+                    f"ReduceMean over {label.replace('axes', 'axes ')} of {dims}", build,
+                    torch=_torch("reduce_mean", axis=axis))
 
 
 def attention(seq: int, hidden: int, heads: int) -> Workload:
@@ -225,7 +229,7 @@ def suite(quick: bool = False, layers: int = 2) -> list[Workload]:
         conv(112, 32, 32, 3, depthwise=True), conv(56, 144, 144, 3, depthwise=True),
         conv(14, 576, 576, 3, depthwise=True),
         layernorm(128, 768), softmax((12, 128, 128)), reduce_mean((8, 128, 768), 1),
-        reduce_mean((8, 64, 56, 56), 1), attention(128, 768, 12),
+        reduce_mean((8, 64, 56, 56), 1), reduce_mean((8, 64, 56, 56), (2, 3)), attention(128, 768, 12),
         resnet18(), mobilenetv2(), bert(layers), gpt(layers),
     ]
 
