@@ -153,7 +153,8 @@ def reduce_mean(shape: tuple[int, ...], axis: int | tuple[int, ...]) -> Workload
         return b.model()
 
     return Workload(f"reduce_mean_{dims}_{label}", "kernel", "reduce",
-                    f"ReduceMean over {label.replace('axes', 'axes ')} of {dims}", build,
+                    f"ReduceMean over axis {axis} of {dims}" if isinstance(axis, int)
+                    else f"ReduceMean over axes {', '.join(map(str, axes))} of {dims}", build,
                     torch=_torch("reduce_mean", axis=axis))
 
 
