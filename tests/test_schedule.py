@@ -106,6 +106,23 @@ def test_cache_write_tile():
     assert_same(f, s.func, ["C"])
 
 
+def test_cache_read_tile_copies_the_region_read_and_replays():
+    """B's [k, 4] column block read inside a column-block loop: copied into a local tile
+    there, the product reading the tile; the trace replays to the same function."""
+    from kiln.ir.loop import Alloc, walk_stmts
+
+    f = matmul_func(4, 8, 3, bias=False)
+    s = Schedule(f)
+    jo, ji = s.split("i1", 4)
+    tile = s.cache_read("B", jo)
+    allocs = [x.buffer for x in walk_stmts(s.func.body) if isinstance(x, Alloc) and x.buffer.name == tile]
+    assert [(b.shape, b.scope) for b in allocs] == [((3, 4), "local")]
+    assert_same(f, s.func, ["C"])
+    assert Schedule.replay(f, json.dumps(s.trace)).func == s.func
+    with pytest.raises(ScheduleError, match="not read inside"):
+        s.cache_read("C", jo)
+
+
 def test_bad_primitive_arguments_raise():
     s = Schedule(matmul_func(4, 4, 4))
     with pytest.raises(ScheduleError, match="no loop named"):

@@ -77,11 +77,13 @@ def test_to_nchwc_unrolls_the_block_inside_the_columns():
 
 @pytest.mark.parametrize("shape, perm, expected", [
     # the input's rows (96) are output axis 1: blocks of 16 of them unrolled, the output's
-    # rows (40) serial, (batch, block) fused and parallel
-    ((64, 40, 96), (0, 2, 1), [(384, PARALLEL), (40, SERIAL), (16, UNROLLED)]),
-    # output rows 4 KiB apart share an L1 set: blocks of 8, not 16
+    # rows (40) serial, (batch, block) fused and parallel; the 40 x 16 input values of a
+    # tile first copied into a local tile (the three loops after the parallel one)
+    ((64, 40, 96), (0, 2, 1), [(384, PARALLEL), (1, SERIAL), (40, SERIAL), (16, SERIAL),
+                               (40, SERIAL), (16, UNROLLED)]),
+    # output rows 4 KiB apart share an L1 set: blocks of 8, not 16 (a 32 KiB tile: not staged)
     ((1024, 64), (1, 0), [(8, PARALLEL), (1024, SERIAL), (8, UNROLLED)]),
-    # short input rows (3) are unrolled whole (small: no threads)
+    # short input rows (3) are unrolled whole (small: no threads; whole rows: not staged)
     ((6, 40, 3), (0, 2, 1), [(6, SERIAL), (40, SERIAL), (3, UNROLLED)]),
     # a short output row (3) is unrolled whole, the input's rows serial outside it
     ((3, 20, 24), (1, 2, 0), [(20, SERIAL), (24, SERIAL), (3, UNROLLED)]),
@@ -91,6 +93,19 @@ def test_transpose_moving_the_last_axis_tiles_both_contiguous_axes(shape, perm, 
     assert loops(func) == expected
     x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
     np.testing.assert_array_equal(run(func, x, out_shape), x.transpose(perm))
+
+
+def test_a_tile_cut_from_longer_input_rows_is_staged_in_a_local_buffer():
+    """NHWC -> NCHW with 64 channels: a tile takes 16 of them from each of 28 columns (runs
+    256 bytes apart); ``cache_read`` copies them back to back into a local [1, 1, 28, 16]
+    tile first, and the transpose reads the tile."""
+    from kiln.ir.loop import Alloc
+
+    func, _, out_shape = scheduled("transpose", (2, 5, 28, 64), {"perm": (0, 3, 1, 2)})
+    tiles = [s.buffer for s in walk_stmts(func.body) if isinstance(s, Alloc)]
+    assert [(b.name, b.shape, b.scope) for b in tiles] == [("x_tile", (1, 1, 28, 16), "local")]
+    x = np.random.default_rng(4).normal(size=(2, 5, 28, 64)).astype(np.float32)
+    np.testing.assert_array_equal(run(func, x, out_shape), x.transpose(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize("shape, perm", [
@@ -146,3 +161,15 @@ def test_depthwise_conv_between_nchw_tensors_matches_onnx_runtime(backend, chann
                        [("x", np.float32, (2, channels, hw, hw))], [("y", np.float32, (2, channels, hw, hw))],
                        [("w", w)])
     check_against_ort(model, {"x": rng.normal(size=(2, channels, hw, hw)).astype(np.float32)}, backend)
+
+
+def test_a_tile_index_relative_to_its_start_simplifies():
+    """(y + z) - y == z and y - y == 0 for integers (a ``cache_read`` tile's index); floats
+    keep the subtraction (inf - inf is NaN)."""
+    from kiln.ir.expr import Const, Var, simplify
+
+    y, z = Var("y", DType.int64), Var("z", DType.int64)
+    assert simplify((y // 4 * 16 + z) - y // 4 * 16) == z
+    assert simplify((z + y) - y) == z and simplify(y - y) == Const(0, DType.int64)
+    f = Var("f", F32)
+    assert simplify(f - f) != Const(0.0, F32)

@@ -395,6 +395,11 @@ def _simplify_bin(x: Bin) -> Expr:
             return _simplify_bin(Bin("add", _simplify_bin(Bin("mul", a.a.a, a.b, x.dtype)), b.a, x.dtype))
     if op == "sub" and cb == 0:
         return a
+    if op == "sub" and not x.dtype.is_float:  # floats: inf - inf and NaN - NaN are NaN
+        if a == b:  # y - y (a tile's index relative to its own start)
+            return Const(0, x.dtype)
+        if isinstance(a, Bin) and a.op == "add" and b in (a.a, a.b):  # (y + z) - y
+            return a.b if a.a == b else a.a
     if op == "mul":
         if ca == 0 or cb == 0:
             return Const(0, x.dtype)

@@ -5,7 +5,7 @@ creates, so a trace (a list of ``{"prim": ..., "args": ...}``) serializes to JSO
 replays on a freshly lowered kernel: a tuning record is such a trace.
 
 Primitives: split, reorder, fuse, parallel, vectorize, unroll, expand, compute_inline,
-compute_at, cache_write, decompose_reduction, bind (GPU axes).
+compute_at, cache_read, cache_write, decompose_reduction, bind (GPU axes).
 """
 from __future__ import annotations
 
@@ -269,6 +269,32 @@ class Schedule:
             copy = For(v, e, copy)
         self._replace_loop(loop, replace(target, body=Alloc(local, seq(body, copy))))
         self._record("cache_write", buffer=buffer, loop=loop)
+        return local.name
+
+    def cache_read(self, buffer: str, loop: str) -> str:
+        """Inside ``loop``, first copy the region of ``buffer`` read there into a local tile,
+        then read the tile instead (the region's extents must be constant: the indices
+        affine in the loops inside ``loop``)."""
+        target = self._loop(loop)
+        inner = {s.var.name: s.extent for s in walk_stmts(target.body) if isinstance(s, For)}
+        reads = [x for s in walk_stmts(target.body) for x in _stmt_loads(s) if x.buffer == buffer]
+        if not reads:
+            raise ScheduleError(f"cache_read: {buffer!r} is not read inside loop {loop!r}")
+        ndim = len(reads[0].indices)
+        los, exts = zip(*(_region(reads, d, inner, None) for d in range(ndim)))
+        local = Buffer(f"{buffer}_tile", tuple(exts), reads[0].dtype, "local")
+
+        def rel(ix):
+            return tuple(simplify(i - lo) for i, lo in zip(ix, los))
+
+        body = map_exprs(target.body, lambda e: _redirect_expr(e, buffer, local.name, rel))
+        copy_vars = [Var(f"{buffer}_rd{d}") for d in range(ndim)]
+        copy: Stmt = Store(local.name, tuple(copy_vars),
+                           Load(buffer, tuple(simplify(lo + v) for lo, v in zip(los, copy_vars)), local.dtype))
+        for v, e in reversed(list(zip(copy_vars, exts))):
+            copy = For(v, e, copy)
+        self._replace_loop(loop, replace(target, body=Alloc(local, seq(copy, body))))
+        self._record("cache_read", buffer=buffer, loop=loop)
         return local.name
 
     def decompose_reduction(self, loop: str) -> None:

@@ -15,8 +15,9 @@ made of short runs (``from_nchwc``'s channel blocks), else the output's last axi
 is short (``to_nchwc``'s block), else a block of the input's contiguous axis -- and the
 other loop is left serial without a pragma. Where the tile is one block of memory on
 one side (both NCHWc conversions) gcc vectorizes the serial loop and packs the unrolled
-copies into vectors with permutes (an in-register transpose); elsewhere the copies stay
-scalar, but every input and output line is still touched once per tile. Measured on that
+copies into vectors with permutes (an in-register transpose). Where the input rows of a
+tile are cut out of longer runs (NHWC -> NCHW), they are first copied back to back into
+a local tile (``_stage_input``), so the transpose reads one block there too. Measured on that
 tensor: from NCHW16c 139 -> 28 us, to NCHW16c 56 -> 28 us (C microbenchmark, best of 400).
 
 The op marks its stage with ``hints["transpose"] = (axis, run)``
@@ -35,6 +36,8 @@ MAX_UNROLL = 16  # copies per tile row: a cache line of floats, a register's wor
 # (32 KiB, 8 ways, 64-byte lines): 16 of them written a value at a time evict each other.
 # Those tiles take 8 rows (a 1024 x 1024 float transpose: 1.5 ms -> 0.29 ms).
 ALIASING_STRIDE = 2048
+# The largest input tile staged in a local buffer (``cache_read``), in bytes: half of L1
+STAGED_TILE_BYTES = 16384
 
 
 def schedule_transpose(sch: Schedule, spatial, hint: tuple[int, int], itemsize: int, vector_bytes: int,
@@ -57,16 +60,20 @@ def schedule_transpose(sch: Schedule, spatial, hint: tuple[int, int], itemsize: 
         # contiguous axis serial right outside it.
         serial, unrolled = names[axis], names[last]
         outer = [(n, e) for k, (n, e) in enumerate(spatial) if k not in (axis, last)]
+        staged = False
     elif block >= 2:
         # A block of the input's contiguous axis unrolled, the output's last axis serial.
         axis_o, unrolled = sch.split(names[axis], block) if block < extents[axis] else (None, names[axis])
         serial = names[last]
         outer = [(axis_o, extents[axis] // block) if k == axis else (n, e)
                  for k, (n, e) in enumerate(spatial[:last]) if k != axis or axis_o]
+        staged = block < run and extents[last] * block * itemsize <= STAGED_TILE_BYTES
     else:
         return False
     sch.reorder(*[n for n, _ in outer], serial, unrolled)
     sch.unroll(unrolled)
+    if staged and outer:
+        _stage_input(sch, serial, outer[-1][0])
     if outer:
         fused = outer[0][0]
         for name, _ in outer[1:]:
@@ -74,6 +81,21 @@ def schedule_transpose(sch: Schedule, spatial, hint: tuple[int, int], itemsize: 
         if parallel:
             sch.parallel(fused)
     return True
+
+
+def _stage_input(sch: Schedule, serial: str, tile_loop: str) -> None:
+    """The tile's input rows are ``block`` values cut out of longer runs (NHWC -> NCHW:
+    16 of 64 channels, 256 bytes apart), which gcc leaves as scalar copies. Copy them
+    first into a local tile where they lie back to back (``cache_read``): the copy moves
+    whole runs, and the transpose from the tile is the blocked one gcc vectorizes.
+    [112, 112, 64] -> [64, 112, 112] in a C benchmark: 234 -> 70 us."""
+    from kiln.ir.expr import Load, walk
+    from kiln.ir.loop import Store, walk_stmts
+
+    store = next(s for s in walk_stmts(sch._loop(serial)) if isinstance(s, Store))
+    loads = {x.buffer for x in walk(store.value) if isinstance(x, Load)}
+    if len(loads) == 1:
+        sch.cache_read(loads.pop(), tile_loop)
 
 
 def _block(n: int, limit: int) -> int:
