@@ -262,11 +262,7 @@ class Schedule:
             return None
 
         body = map_stmt(target.body, redirect)
-        copy_vars = [Var(f"{buffer}_wb{d}") for d in range(ndim)]
-        copy: Stmt = Store(buffer, tuple(simplify(lo + v) for lo, v in zip(los, copy_vars)),
-                           Load(local.name, tuple(copy_vars), local.dtype))
-        for v, e in reversed(list(zip(copy_vars, exts))):
-            copy = For(v, e, copy)
+        copy = _tile_copy(local, buffer, los, f"{buffer}_wb", into_tile=False)
         self._replace_loop(loop, replace(target, body=Alloc(local, seq(body, copy))))
         self._record("cache_write", buffer=buffer, loop=loop)
         return local.name
@@ -288,11 +284,7 @@ class Schedule:
             return tuple(simplify(i - lo) for i, lo in zip(ix, los))
 
         body = map_exprs(target.body, lambda e: _redirect_expr(e, buffer, local.name, rel))
-        copy_vars = [Var(f"{buffer}_rd{d}") for d in range(ndim)]
-        copy: Stmt = Store(local.name, tuple(copy_vars),
-                           Load(buffer, tuple(simplify(lo + v) for lo, v in zip(los, copy_vars)), local.dtype))
-        for v, e in reversed(list(zip(copy_vars, exts))):
-            copy = For(v, e, copy)
+        copy = _tile_copy(local, buffer, los, f"{buffer}_rd", into_tile=True)
         self._replace_loop(loop, replace(target, body=Alloc(local, seq(copy, body))))
         self._record("cache_read", buffer=buffer, loop=loop)
         return local.name
@@ -445,6 +437,18 @@ def _region(accesses, dim: int, inner: dict[str, int], full: int | None):
             raise ScheduleError("accesses start at different offsets; cannot size one tile")
         return Const(0, lo_terms[0].dtype), full
     return lo_terms[0], max(exts)
+
+
+def _tile_copy(local: Buffer, buffer: str, los, prefix: str, into_tile: bool) -> Stmt:
+    """The loop nest copying ``buffer``'s region starting at ``los`` into the tile ``local``
+    (``into_tile``: cache_read) or the tile back out (cache_write)."""
+    vs = [Var(f"{prefix}{d}") for d in range(len(local.shape))]
+    tile_ix, buf_ix = tuple(vs), tuple(simplify(lo + v) for lo, v in zip(los, vs))
+    copy: Stmt = (Store(local.name, tile_ix, Load(buffer, buf_ix, local.dtype)) if into_tile
+                  else Store(buffer, buf_ix, Load(local.name, tile_ix, local.dtype)))
+    for v, e in reversed(list(zip(vs, local.shape))):
+        copy = For(v, e, copy)
+    return copy
 
 
 def _redirect_expr(e: Expr, buffer: str, local: str, rel) -> Expr:
