@@ -46,6 +46,8 @@ def schedule_transpose(sch: Schedule, spatial, hint: tuple[int, int], itemsize: 
     (name, extent) pairs; the outer loops are fused into one, run in ``parallel`` if asked.
     False (nothing done) when the tile does not apply: symbolic extents, no vector unit,
     or no block of two or more contiguous values."""
+    from kiln.passes.default_schedule import largest_divisor  # it imports this module
+
     axis, run = hint
     names = [n for n, _ in spatial]
     extents = [e for _, e in spatial]
@@ -53,7 +55,7 @@ def schedule_transpose(sch: Schedule, spatial, hint: tuple[int, int], itemsize: 
         return False
     last = len(spatial) - 1
     row_bytes = math.prod(extents[axis + 1:]) * itemsize  # output axis ``axis``'s stride
-    block = _block(math.gcd(extents[axis], run), 8 if row_bytes % ALIASING_STRIDE == 0 else MAX_UNROLL)
+    block = largest_divisor(math.gcd(extents[axis], run), 8 if row_bytes % ALIASING_STRIDE == 0 else MAX_UNROLL)
     blocked = block == run < extents[axis]  # the axis holds several runs (from_nchwc's blocks)
     if extents[last] <= MAX_UNROLL and not blocked:
         # The output's last axis is short (to_nchwc's block): unroll it, the input's
@@ -72,9 +74,9 @@ def schedule_transpose(sch: Schedule, spatial, hint: tuple[int, int], itemsize: 
         return False
     sch.reorder(*[n for n, _ in outer], serial, unrolled)
     sch.unroll(unrolled)
-    if staged and outer:
-        _stage_input(sch, serial, outer[-1][0])
     if outer:
+        if staged:  # before the fuse: the tile's region is affine in the unfused loops
+            _stage_input(sch, serial, outer[-1][0])
         fused = outer[0][0]
         for name, _ in outer[1:]:
             fused = sch.fuse(fused, name)
@@ -96,8 +98,3 @@ def _stage_input(sch: Schedule, serial: str, tile_loop: str) -> None:
     loads = {x.buffer for x in walk(store.value) if isinstance(x, Load)}
     if len(loads) == 1:
         sch.cache_read(loads.pop(), tile_loop)
-
-
-def _block(n: int, limit: int) -> int:
-    """The largest divisor of ``n`` up to ``limit``."""
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
