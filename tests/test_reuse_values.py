@@ -86,7 +86,7 @@ def test_the_c_loop_keeps_its_reduction_clause():
     model = make_model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [("x", np.float32, [12, 128])],
                        [("y", np.float32, [12, 128])])
     src = kiln.compile(model, target="host").source()
-    assert src.count("kiln_expf(") - src.count("static inline float kiln_expf(") == 1
+    assert src.count("kiln_expf_nonpos(") - src.count("static inline float kiln_expf_nonpos(") == 1
     assert "reduction(+:acc1)" in src
 
 

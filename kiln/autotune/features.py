@@ -59,7 +59,8 @@ N_FEATURES = len(FEATURE_NAMES)
 _INDEX = {n: i for i, n in enumerate(FEATURE_NAMES)}
 
 _MATH = {"exp", "log", "sqrt", "tanh", "erf", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
-         "asinh", "acosh", "atanh", "pow", "sigmoid", "rsqrt", "log1p", "expm1"}
+         "asinh", "acosh", "atanh", "pow", "sigmoid", "rsqrt", "log1p", "expm1",
+         "exp_nonpos"}
 _CMP = {"lt", "le", "gt", "ge", "eq", "ne", "max", "min"}
 _DIVMOD = {"div", "floordiv", "mod", "fmod"}
 

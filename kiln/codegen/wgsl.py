@@ -55,7 +55,7 @@ class WGSLRenderer:
         "sin": "sin", "cos": "cos", "tan": "tan", "asin": "kiln_asin", "acos": "kiln_acos", "atan": "atan",
         "sinh": "sinh", "cosh": "cosh", "asinh": "asinh", "acosh": "acosh", "atanh": "atanh",
         "erf": "kiln_erf", "tanh": "kiln_tanh", "isnan": "kiln_isnan", "isinf": "kiln_isinf",
-        "expm1": "kiln_expm1",
+        "expm1": "kiln_expm1", "exp_nonpos": "exp",
     }
     workgroup_size_builtin = "lid"
     subgroup_fn = {"add": "subgroupAdd", "mul": "subgroupMul", "max": "subgroupMax", "min": "subgroupMin"}

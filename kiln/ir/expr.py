@@ -168,6 +168,10 @@ UNARY_OPS = {
     "neg", "exp", "log", "sqrt", "abs", "tanh", "erf", "sigmoid", "floor", "ceil", "round",
     "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
     "not", "isnan", "isinf", "sign", "reciprocal", "softplus", "expm1",
+    # exp of an argument that is <= 0 up to rounding (x - max(x) in softmax, attention and
+    # log-sum-exp): a renderer may skip the overflow path and flush results below 2^-126
+    # (FLT_MIN) to 0, which no sum that includes exp(0) = 1 can tell from the exact value
+    "exp_nonpos",
 }
 
 

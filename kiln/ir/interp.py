@@ -35,7 +35,7 @@ _UNARY = {
     "acosh": np.arccosh, "atanh": np.arctanh, "not": np.logical_not, "isnan": np.isnan,
     "isinf": np.isinf, "sign": np.sign, "reciprocal": lambda x: 1 / x,
     "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "softplus": lambda x: np.log1p(np.exp(x)),
-    "erf": lambda x: _erf(x), "expm1": np.expm1,
+    "erf": lambda x: _erf(x), "expm1": np.expm1, "exp_nonpos": np.exp,
 }
 
 

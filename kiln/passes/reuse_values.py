@@ -37,7 +37,7 @@ from dataclasses import replace
 from kiln.ir.expr import Bin, Expr, Load, Un, free_vars, map_children, substitute, walk
 from kiln.ir.loop import Alloc, For, Func, If, Seq, Stmt, Store, seq, stmt_exprs, walk_stmts
 
-TRANSCENDENTAL = {"exp", "expm1", "log", "tanh", "erf", "sigmoid", "softplus", "sin", "cos", "tan", "atan",
+TRANSCENDENTAL = {"exp", "exp_nonpos", "expm1", "log", "tanh", "erf", "sigmoid", "softplus", "sin", "cos", "tan", "atan",
                   "asin", "acos", "sinh", "cosh", "asinh", "acosh", "atanh"}
 
 

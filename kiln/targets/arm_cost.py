@@ -27,7 +27,7 @@ from kiln.ir.expr import Bin, Cast, Expr, Load, Select, Un, free_vars, walk
 from kiln.ir.loop import UNROLLED, VECTORIZED, Alloc, For, Func, If, Seq, Stmt, Store
 
 SYMBOLIC_TRIPS = 64  # a dynamic extent counts as this many iterations (as the default schedule)
-MATH_CALLS = {"exp", "log", "tanh", "erf", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
+MATH_CALLS = {"exp", "exp_nonpos", "log", "tanh", "erf", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
               "asinh", "acosh", "atanh", "pow", "fmod", "sigmoid", "softplus"}
 
 

@@ -171,7 +171,7 @@ def _attention_compute(ins, outs, attrs):
         return Select(v_.eq(_f(float("-inf"), ws)), _f(0, ws), v_)
 
     def e(b, h, i, j):
-        return rs(Un("exp", rs(s_of(b, h, i, j) - safe_max(b, h, i)), ws))
+        return rs(Un("exp_nonpos", rs(s_of(b, h, i, j) - safe_max(b, h, i)), ws))
 
     if sm.is_narrow_float:
         # numpy (the reference) sums a bfloat16 row in bfloat16, rounding after every term

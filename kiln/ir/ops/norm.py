@@ -183,7 +183,9 @@ def _softmax_infer(ins, attrs):
 
 def _make_softmax(log: bool):
     def compute_fn(ins, outs, attrs):
-        """Stable: m = max(x), s = sum(exp(x - m)), y = exp(x - m) * (1 / s)  (or x - m - log s)."""
+        """Stable: m = max(x), s = sum(exp(x - m)), y = exp(x - m) * (1 / s)  (or x - m - log s).
+
+        x - m <= 0: the exp is ``exp_nonpos`` (no overflow path; see kiln.ir.expr.UNARY_OPS)."""
         x, o = ins[0], outs[0]
         axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, "softmax axis")
         n = x.shape[axis]
@@ -200,7 +202,7 @@ def _make_softmax(log: bool):
                      dt, tag="reduce", inline=False)
         m = mx.tensor
         sm = compute(f"{o.name}__sum", red_shape,
-                     lambda *i: rsum(lambda k: widen_sum(Un("exp", x[at(i, k)] - m[i], dt)), n),
+                     lambda *i: rsum(lambda k: widen_sum(Un("exp_nonpos", x[at(i, k)] - m[i], dt)), n),
                      dt, tag="reduce", inline=False)
         s = sm.tensor
         if log:
@@ -209,9 +211,9 @@ def _make_softmax(log: bool):
             # division per element cost 5 % of a [12, 128, 128] softmax on a Zen 4 (ONNX Runtime
             # multiplies too). fp16 and bf16 keep the division: 1 / s rounded to 8 or 11 bits
             # moves results by an ulp of theirs (ONNX's fp16 attention cases notice).
-            body = lambda *i: Un("exp", x[i] - m[reduced(i)], dt) * (Const(1.0, dt) / s[reduced(i)])  # noqa: E731
+            body = lambda *i: Un("exp_nonpos", x[i] - m[reduced(i)], dt) * (Const(1.0, dt) / s[reduced(i)])  # noqa: E731
         else:
-            body = lambda *i: Un("exp", x[i] - m[reduced(i)], dt) / s[reduced(i)]  # noqa: E731
+            body = lambda *i: Un("exp_nonpos", x[i] - m[reduced(i)], dt) / s[reduced(i)]  # noqa: E731
         return [mx, sm, compute(o.name, o.shape, body, o.dtype)]
     return compute_fn
 

@@ -137,7 +137,7 @@ def _log_sum_exp_compute(ins, outs, attrs):
 
     def body(*i):
         mi = as_ft(m[i])
-        total = rsum(lambda *r: Un("exp", as_ft(load(i, r)) - mi, ft), extents)
+        total = rsum(lambda *r: Un("exp_nonpos", as_ft(load(i, r)) - mi, ft), extents)
         return Un("log", total, ft) + mi
 
     return [mx, compute(o.name, o.shape, body, o.dtype, tag="reduce", hints=hints)]
