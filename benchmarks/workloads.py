@@ -12,6 +12,10 @@ and the harness checks that: each peer's outputs are compared with ONNX Runtime'
     layernorm  128x768;  softmax  12x128x128 (last axis)
     attention  self-attention block: QKV and output projections, 12 heads, seq 128, hidden 768
     models     resnet18, mobilenetv2 (224x224), bert (encoder, seq 128), gpt (decoder, seq 128)
+    zoo        the nine ``light`` models shipped inside the onnx package (ResNet-50,
+               DenseNet-121, Inception v1/v2, ShuffleNet, SqueezeNet, VGG-19, AlexNet,
+               ZFNet-512: published architectures with constant weights), no torch peer;
+               only when named (``--workloads zoo``): they double a full run's time
 
 ``suite(quick=True)`` gives tiny sizes of every workload, for smoke runs and tests.
 """
@@ -30,7 +34,9 @@ if str(ROOT) not in sys.path:
 from examples import models as M  # noqa: E402
 from kiln.bench import Workload  # noqa: E402
 
-GROUPS = ("gemm", "conv", "dwconv", "layernorm", "softmax", "reduce", "attention", "models")
+GROUPS = ("gemm", "conv", "dwconv", "layernorm", "softmax", "reduce", "attention", "models", "zoo")
+ZOO = ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet", "vgg19",
+       "bvlc_alexnet", "zfnet512")
 
 
 def _torch(name: str, **kw):
@@ -205,6 +211,18 @@ def gpt(layers: int, hidden: int = 768, heads: int = 12, seq: int = 128, vocab: 
                     inputs=M.example_inputs, torch=_torch("Gpt", layers=layers, heads=heads))
 
 
+def zoo_model(name: str) -> Workload:
+    """One of onnx's ``light`` models, as the package ships it (opset 9-era graphs)."""
+    def build():
+        import os
+
+        import onnx
+
+        return onnx.load(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                                      f"light_{name}.onnx"))
+    return Workload(name, "model", "zoo", f"onnx light model zoo: {name}, batch 1", build)
+
+
 # -- the suite -----------------------------------------------------------------------------
 
 def suite(quick: bool = False, layers: int = 2) -> list[Workload]:
@@ -231,15 +249,16 @@ def suite(quick: bool = False, layers: int = 2) -> list[Workload]:
         conv(14, 576, 576, 3, depthwise=True),
         layernorm(128, 768), softmax((12, 128, 128)), reduce_mean((8, 128, 768), 1),
         reduce_mean((8, 64, 56, 56), 1), reduce_mean((8, 64, 56, 56), (2, 3)), attention(128, 768, 12),
-        resnet18(), mobilenetv2(), bert(layers), gpt(layers),
+        resnet18(), mobilenetv2(), bert(layers), gpt(layers), *(zoo_model(n) for n in ZOO),
     ]
 
 
 def select(workloads: list[Workload], spec: str | None) -> list[Workload]:
     """Workloads named by ``spec``: comma-separated group names (gemm, conv, ..., models,
-    kernels) or workload names; None or 'all' keeps every one. Unknown names raise ValueError."""
+    kernels, zoo) or workload names; None or 'all' keeps every one but the zoo's, which only
+    come when named. Unknown names raise ValueError."""
     if not spec or spec == "all":
-        return list(workloads)
+        return [w for w in workloads if w.group != "zoo"]
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     names = {w.name for w in workloads}
     unknown = [s for s in wanted if s not in names and s not in GROUPS and s != "kernels"]

@@ -126,6 +126,16 @@ def test_workload_selection():
             "layernorm_128x768", "softmax_12x128x128", "attention_s128_h768", "gpt"} <= full
 
 
+def test_the_model_zoo_comes_only_when_named():
+    full = W.suite()
+    assert not any(w.group == "zoo" for w in W.select(full, "all"))
+    zoo = W.select(full, "zoo")
+    assert [w.name for w in zoo] == list(W.ZOO)
+    squeezenet = W.select(full, "squeezenet")[0]
+    feeds = squeezenet.feeds()  # the shipped file loads; its one input gets seeded data
+    assert [a.shape for a in feeds.values()] == [(1, 3, 224, 224)]
+
+
 def test_markdown_table_and_summaries():
     rows = [B.Row("m", "kiln", 2.0, 1.5, 2.5, runs=5, gflops=10.0, max_rel_err=1e-7, ratio=1.0, prepare_s=1.2),
             B.Row("m", "ort", 1.0, 0.9, 1.1, runs=5, max_rel_err=0.0, ratio=0.5, prepare_s=0.1),
