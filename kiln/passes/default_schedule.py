@@ -227,10 +227,38 @@ def default_tiling(spatial, hints: dict, work, sizes: tuple[int, int]) -> dict:
     col_blocks, block_ax = 1, hints.get("col_block_axis")
     if block_ax is not None and col_tile == col_n and isinstance(col_n, int):
         col_blocks = largest_divisor(spatial[block_ax][1], max(sizes[1] // col_n, 1))
-    return {"row_tile": largest_divisor(row_n, sizes[0]), "col_tile": col_tile, "row_block": 1, "col_block": 1,
+    row_tile = largest_divisor(row_n, sizes[0])
+    if 2 * row_tile <= sizes[0] and isinstance(row_n, int):
+        row_tile, col_blocks = _rows_past_the_tile(row_n, col_tile, col_blocks, sizes)
+    return {"row_tile": row_tile, "col_tile": col_tile, "row_block": 1, "col_block": 1,
             "k_split": 1, "unroll_k": False, "unroll_rows": True, "vectorize": True,
             "parallel": TARGET_PARALLEL_EXTENT if work >= PARALLEL_MIN_WORK else 0,
             "panel_outer": bool(hints.get("panel_outer")), "col_blocks": col_blocks}
+
+
+# The most rows a register tile takes when the row extent has no divisor near the tile's
+# rows (the tuner's row_tile domain, kiln/autotune/space.py, goes as far).
+MAX_ROW_TILE = 16
+
+
+def _rows_past_the_tile(row_n: int, col_tile: int, col_blocks: int, sizes: tuple[int, int]) -> tuple[int, int]:
+    """(row tile, column blocks) for a row extent whose largest divisor up to the tile's
+    rows is at most half of them: 13 (SqueezeNet's, AlexNet's 13 x 13 maps) gave a
+    1-row tile, one multiply-add per two loads. More rows are taken while the
+    accumulators fit the tile's area (rows x columns), with fewer column blocks if that
+    lets the rows grow: the pair that does the most multiply-adds per value loaded."""
+    lanes = max(sizes[1] // 2, 1)  # the tile is two vectors wide (Capabilities.tile)
+
+    def per_load(rows: int, cols: int) -> float:
+        return rows * cols / lanes / (rows + max(cols // lanes, 1))
+
+    best = (largest_divisor(row_n, sizes[0]), col_blocks)
+    for blocks in sorted({col_blocks, 1}, reverse=True):
+        cols = col_tile * blocks
+        rows = largest_divisor(row_n, min(MAX_ROW_TILE, sizes[0] * sizes[1] // cols))
+        if per_load(rows, cols) > per_load(best[0], best[1] * col_tile):
+            best = (rows, blocks)
+    return best
 
 
 def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, int], pad=None) -> None:
