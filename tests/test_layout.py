@@ -152,3 +152,66 @@ def test_pooled_model_matches_onnxruntime(pool_is_output):
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = next(iter(kiln.compile(model, target="host").run({"x": x}).values()))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _fire_model(branches=((16, 1), (16, 3)), plain_part: bool = False, axis: int = 1, cin: int = 16,
+                concat_is_output: bool = False, hw: int = 7):
+    """Convs on one input, concatenated over ``axis`` (a SqueezeNet fire module), then a conv
+    of the result; ``plain_part`` adds the input itself (never blocked) as a last part."""
+    rng = np.random.default_rng(5)
+    nodes, inits, parts = [], [], []
+    for k, (oc, size) in enumerate(branches):
+        n, i = _conv(f"b{k}", "x", f"p{k}", cin, oc, size, rng, pad=size // 2)
+        nodes.append(n)
+        inits += i
+        parts.append(f"p{k}")
+    if plain_part:
+        parts.append("x")
+    nodes.append(helper.make_node("Concat", parts, ["cat"], axis=axis))
+    total = sum(oc for oc, _ in branches) + (cin if plain_part else 0)
+    out_shape = [1, total, hw, hw] if axis % 4 == 1 else [1, branches[0][0], hw * len(parts), hw]
+    if concat_is_output:
+        out = "cat"
+    else:
+        n, i = _conv("after", "cat", "y", total, 16, 1, rng)
+        nodes.append(n)
+        inits += i
+        out, out_shape = "y", [1, 16, hw, hw]
+    g = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_concat_of_blocked_parts_stays_blocked():
+    """Before: conv_nchwc x2, from_nchwc x2, concat (NCHW), to_nchwc, conv_nchwc.
+    Expected: conv_nchwc x2, a concat of the blocked parts along the block axis, conv_nchwc."""
+    blocked = to_nchwc(fold_constants(import_model(_fire_model())), 16).verify()
+    assert [n.op for n in blocked.nodes] == ["to_nchwc", "conv_nchwc", "conv_nchwc", "concat", "conv_nchwc",
+                                             "from_nchwc"]
+    cat = blocked.nodes[3]
+    assert cat.attrs == {"axis": 1}
+    assert blocked.value_types()[cat.outputs[0].name].shape == (1, 2, 7, 7, 16)
+
+
+@pytest.mark.parametrize("branches,plain_part,axis,concat_is_output,expected", [
+    # a plain part (the graph input, 16 channels) is blocked for the concat
+    (((16, 1), (16, 3)), True, 1, False, "blocked"),
+    # negative axis: still the channel axis of a 4-D tensor
+    (((16, 1), (16, 3)), False, -3, False, "blocked"),
+    # parts in different blocks (16 and 8 channels) keep the plain concat
+    (((16, 1), (8, 3)), False, 1, False, "plain"),
+    # a concat over another axis keeps the plain concat
+    (((16, 1), (16, 3)), False, 2, True, "plain"),
+    # a concat that is the graph's output stays NCHW by name
+    (((16, 1), (16, 3)), False, 1, True, "plain"),
+])
+def test_which_concats_stay_blocked(branches, plain_part, axis, concat_is_output, expected):
+    model = _fire_model(branches, plain_part, axis, concat_is_output=concat_is_output)
+    blocked = to_nchwc(fold_constants(import_model(model)), 16).verify()
+    types = blocked.value_types()
+    cat = next(n for n in blocked.nodes if n.op == "concat")
+    assert (len(types[cat.outputs[0].name].shape) == 5) == (expected == "blocked")
+    x = np.random.default_rng(6).standard_normal((1, 16, 7, 7)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = next(iter(kiln.compile(model, target="host").run({"x": x}).values()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

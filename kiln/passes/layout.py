@@ -7,6 +7,7 @@ Walks the graph once, tracking which values are stored blocked:
 - elementwise/broadcast nodes whose tensor inputs are all blocked (or per-channel or
   scalar constants, repacked here) stay blocked;
 - a global average pool pools in the blocked layout (a mean over H and W);
+- a concat over channels of blocked parts in one block stays blocked;
 - anything else that reads a blocked value gets it back through ``from_nchwc``.
 So transposes happen only where a blocked region meets a node that is not layout-aware,
 typically once after the stem and once before the classifier.
@@ -214,6 +215,33 @@ def _convert_global_avg_pool(bld: _Builder, node: Node) -> bool:
     return True
 
 
+def _convert_concat(bld: _Builder, node: Node) -> bool:
+    """A 4-D concat over channels of blocked values (Inception's branches, DenseNet's
+    growing stack, SqueezeNet's fire modules) stays blocked when every part's channel count
+    is a whole number of one common block: [N, C1/b, H, W, b] ++ [N, C2/b, H, W, b] along
+    axis 1 is the blocked [N, (C1 + C2)/b, H, W, b]. Unblocking each part and blocking the
+    result again cost SqueezeNet 0.36 of its 4.5 ms. A plain part is blocked (one
+    conversion of it instead of one of the whole result)."""
+    out = node.outputs[0]
+    if len(out.type.shape) != 4 or len(node.outputs) != 1:
+        return False
+    if int(node.attrs.get("axis", 0)) % 4 != 1:
+        return False
+    parts = [bld.blocked.get(i, i) for i in node.inputs]
+    stored = {bld.block_of[p] for p in parts if p in bld.original}
+    if len(stored) != 1:
+        return False  # nothing blocked, or parts in different blocks
+    (b,) = stored
+    types = [bld.original[p] if p in bld.original else bld.types[p] for p in parts]
+    if any(len(t.shape) != 4 or not isinstance(t.shape[1], int) or t.shape[1] % b for t in types):
+        return False
+    inputs = [p if p in bld.original else bld.to_blocked(p, b) for p in parts]
+    name = bld.add("concat", inputs, {"axis": 1}, out=bld.fresh(out.name))
+    bld.mark(name, out.type, b)
+    bld.blocked[out.name] = name
+    return True
+
+
 def to_nchwc(graph: Graph, block: int) -> Graph:
     bld = _Builder(graph, block)
     outputs = {v.name for v in graph.outputs}
@@ -226,6 +254,8 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
             continue
         if (node.op == "global_avg_pool" and node.outputs[0].name not in outputs
                 and _convert_global_avg_pool(bld, node)):
+            continue
+        if node.op == "concat" and node.outputs[0].name not in outputs and _convert_concat(bld, node):
             continue
         out = node.outputs[0]
         reads_blocked = any(bld.blocked.get(i, i) in bld.original for i in node.inputs if i)
