@@ -110,7 +110,7 @@ def test_bad_decisions_are_refused(tasks):
     sp = DesignSpace(tasks[0].func, tasks[0].stages)
     d = sp.default()
     with pytest.raises(TuningError, match="outside the design space"):
-        sp.apply(dict(d, row_tile=7))
+        sp.apply(dict(d, row_tile=17))  # past MAX_ROW_TILE (any count up to it is in the space)
     with pytest.raises(TuningError, match="outside the design space"):
         sp.apply({k: v for k, v in d.items() if k != "vectorize"})
 

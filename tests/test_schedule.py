@@ -71,6 +71,58 @@ def test_split_with_tail_is_guarded():
     assert_same(f, s.func, ["C"])
 
 
+def test_split_with_a_clamped_tail_repeats_the_last_row_and_replays():
+    """Before: for i0 < 7. Expected: for i0_o < 2: for i0_i < 4: row min(4 i0_o + i0_i, 6),
+    no test in the body; the register tile's repeated rows store row 6 again."""
+    from kiln.ir.expr import Bin
+    from kiln.ir.loop import If, walk_stmts
+    f = matmul_func(7, 4, 3)
+    s = Schedule(f)
+    io, ii = s.split("i0", 4, tail="clamp")
+    jo, ji = s.split("i1", 2)
+    s.reorder(io, jo, ii, ji)
+    s.decompose_reduction(ii)
+    assert s.trace[0] == {"prim": "split", "args": {"loop": "i0", "factor": 4, "tail": "clamp"}}
+    assert s.trace[1] == {"prim": "split", "args": {"loop": "i1", "factor": 2}}
+    assert not any(isinstance(x, If) for x in walk_stmts(s.func.body))
+    assert any(isinstance(e, Bin) and e.op == "min" for e in _all_exprs(s.func))
+    assert_same(f, s.func, ["C"])
+    assert Schedule.replay(f, json.dumps(s.trace)).func == s.func
+    guarded = Schedule(f)
+    guarded.split("i0", 4)
+    assert any(isinstance(x, If) for x in walk_stmts(guarded.func.body))
+
+
+def _all_exprs(func):
+    from kiln.ir.expr import walk
+    from kiln.ir.loop import stmt_exprs, walk_stmts
+    return [e for st in walk_stmts(func.body) for x in stmt_exprs(st) for e in walk(x)]
+
+
+def test_a_dividing_clamped_split_is_a_plain_split():
+    f = matmul_func(8, 5, 3)
+    a, b = Schedule(f), Schedule(f)
+    a.split("i0", 4, tail="clamp")
+    b.split("i0", 4)
+    assert a.func == b.func
+
+
+def test_clamping_refuses_a_body_that_reads_what_it_writes():
+    """``C[i] += A[i] * 2`` run twice for the last row would add twice."""
+    from kiln.ir.expr import Const, Load, Var
+    from kiln.ir.loop import Store
+    i = Var("i0")
+    body = Store("C", (i,), Load("C", (i,), F32) + Load("A", (i,), F32) * Const(2.0, F32))
+    f = Func("acc", (Buffer("A", (7,), F32), Buffer("C", (7,), F32)), For(i, 7, body))
+    s = Schedule(f)
+    assert not s.clamp_safe("i0")
+    with pytest.raises(ScheduleError, match="reads C, which it also writes"):
+        s.split("i0", 4, tail="clamp")
+    with pytest.raises(ScheduleError, match="tail must be"):
+        s.split("i0", 4, tail="wrap")
+    assert Schedule(f).clamp_safe("i0") is False and Schedule(matmul_func(7, 5, 3)).clamp_safe("i0")
+
+
 def test_fuse_then_split():
     f = elementwise_func((3, 5))
     s = Schedule(f)

@@ -8,7 +8,9 @@ multi-level tiling:
                                      (parallel, fused)     (cache block)      (reduction)    (register tile)
 
 Knobs (a *decision* is a value for each):
-- ``row_tile``, ``col_tile``   the register tile (divisors: no tail guards);
+- ``row_tile``, ``col_tile``   the register tile (columns: divisors, no tail guards; rows: any
+                               count up to 16, a tile's last run repeating the last row when
+                               it does not divide them);
 - ``row_block``, ``col_block`` the second tiling level, tiles per cache block;
 - ``k_split``, ``unroll_k``    split the innermost reduction loop and unroll its inner part;
 - ``unroll_rows``, ``vectorize`` unroll the tile rows, vectorize the tile columns;
@@ -106,12 +108,12 @@ class DesignSpace:
 
     # -- the domain of each knob, given the knobs before it ----------------------------
     def domain(self, knob: str, d: dict) -> tuple:
-        if knob == "row_tile":
-            return divisors(self.row_n, MAX_ROW_TILE)
+        if knob == "row_tile":  # past the divisors, a tile's last run repeats the last row
+            return tuple(range(1, min(self.row_n, MAX_ROW_TILE) + 1)) if isinstance(self.row_n, int) else (1,)
         if knob == "col_tile":
             return divisors(self.col_n, MAX_COL_TILE)
         if knob == "row_block":
-            return divisors(self.row_n // d["row_tile"], MAX_BLOCK)
+            return divisors(-(-self.row_n // d["row_tile"]), MAX_BLOCK)
         if knob == "col_block":
             return divisors(self.col_n // d["col_tile"], MAX_BLOCK)
         if knob == "k_split":

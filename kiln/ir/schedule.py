@@ -14,11 +14,11 @@ from dataclasses import replace
 from typing import Any
 
 from kiln.errors import ScheduleError
-from kiln.ir.expr import (Const, Expr, Load, Select, Var, affine_coeffs, ceil_div, map_children, replace_loads,
+from kiln.ir.expr import (Bin, Const, Expr, Load, Select, Var, affine_coeffs, ceil_div, map_children, replace_loads,
                           simplify, simplify_in_ranges, substitute, walk)
 from kiln.ir.loop import (PARALLEL, SERIAL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq,
-                          Stmt, Store, find_loop, map_exprs, map_stmt, seq, stmt_children, subst_stmt,
-                          walk_stmts)
+                          Stmt, Store, find_loop, map_exprs, map_stmt, seq, stmt_children, stmt_exprs,
+                          subst_stmt, walk_stmts)
 
 
 MAX_EXPAND = 64  # ``expand`` copies a loop body this many times at most
@@ -49,27 +49,46 @@ class Schedule:
         return [s.var.name for s in walk_stmts(self.func.body) if isinstance(s, For)]
 
     # -- loop primitives -----------------------------------------------------------------
-    def split(self, loop: str, factor: int) -> tuple[str, str]:
-        """``for v in N`` -> ``for v_o in ceil(N/f): for v_i in f`` (guarded when f does not divide N)."""
+    def split(self, loop: str, factor: int, tail: str = "guard") -> tuple[str, str]:
+        """``for v in N`` -> ``for v_o in ceil(N/f): for v_i in f``.
+
+        When f does not divide N the last ``v_o`` runs past N. ``tail="guard"`` wraps the
+        body in ``if (v < N)``; ``tail="clamp"`` runs it at ``v = min(v_o * f + v_i, N - 1)``
+        instead: the extra iterations repeat the last one, with no test in the body (a
+        register tile's rows stay unconditional; the repeats store the same values again).
+        Clamping needs a body that can run twice for one ``v`` (``clamp_safe``)."""
         node = self._loop(loop)
         if factor < 1:
             raise ScheduleError(f"split factor must be >= 1, got {factor}")
+        if tail not in ("guard", "clamp"):
+            raise ScheduleError(f"split tail must be 'guard' or 'clamp', got {tail!r}")
         outer, inner = Var(f"{loop}_o"), Var(f"{loop}_i")
         value = outer * factor + inner
-        body = subst_stmt(node.body, {loop: value})
         extent = node.extent
-        if isinstance(extent, int):
-            outer_extent = ceil_div(extent, factor)
-            if extent % factor:
-                body = If(simplify(value.lt(Const(extent, value.dtype))), body)
-        else:  # a symbolic extent: the tail is always guarded
-            outer_extent = simplify((extent + (factor - 1)) // factor)
-            if factor != 1:
-                body = If(simplify(value.lt(extent)), body)
+        uneven = extent % factor if isinstance(extent, int) else factor != 1
+        if tail == "clamp" and uneven:
+            problem = clamp_problem(node)
+            if problem:
+                raise ScheduleError(f"cannot clamp the tail of loop {loop!r}: {problem}")
+            last = Const(extent - 1, value.dtype) if isinstance(extent, int) else simplify(extent - 1)
+            body = subst_stmt(node.body, {loop: Bin("min", value, last, value.dtype)})
+        else:
+            body = subst_stmt(node.body, {loop: value})
+            if uneven:
+                limit = Const(extent, value.dtype) if isinstance(extent, int) else extent
+                body = If(simplify(value.lt(limit)), body)
+        outer_extent = ceil_div(extent, factor) if isinstance(extent, int) else simplify((extent + (factor - 1)) // factor)
         new = For(outer, outer_extent, For(inner, factor, body, node.kind), SERIAL)
         self._replace_loop(loop, new)
-        self._record("split", loop=loop, factor=factor)
+        if tail == "clamp":
+            self._record("split", loop=loop, factor=factor, tail=tail)
+        else:
+            self._record("split", loop=loop, factor=factor)
         return outer.name, inner.name
+
+    def clamp_safe(self, loop: str) -> bool:
+        """Whether ``split(loop, f, tail="clamp")`` may run an iteration of ``loop`` twice."""
+        return not clamp_problem(self._loop(loop))
 
     def fuse(self, outer: str, inner: str) -> str:
         """Two directly nested loops become one of their combined extent."""
@@ -344,6 +363,18 @@ class Schedule:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+def clamp_problem(loop: For) -> str | None:
+    """Why an iteration of ``loop`` could not run a second time with the same result, or
+    None: a buffer that the body both stores to and loads from (an accumulation into its
+    output) would be updated twice. Buffers allocated inside the body are its own scratch,
+    written afresh on every run."""
+    local = {s.buffer.name for s in walk_stmts(loop.body) if isinstance(s, Alloc)}
+    stored = {s.buffer for s in walk_stmts(loop.body) if isinstance(s, Store)} - local
+    read = {ld.buffer for s in walk_stmts(loop.body) for e in stmt_exprs(s) for ld in walk(e) if isinstance(ld, Load)}
+    both = sorted(stored & read)
+    return f"its body reads {', '.join(both)}, which it also writes" if both else None
+
 
 def _specialize(e: Expr, var: str, value: Const) -> Expr:
     """``e`` with ``var`` = ``value``, top down: a select whose condition becomes constant is
