@@ -24,6 +24,7 @@ from kiln.ir.loop import format_func
 from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_algebra
 from kiln.passes.fold_constants import dequantizes_packed_weights, fold_constants
 from kiln.passes.fuse import Group, fuse
+from kiln.passes.grouped_conv import grouped_convs_as_matmuls
 from kiln.passes.layout import to_nchwc
 from kiln.passes.integer_layout import channels_last_integers
 from kiln.passes.integer_ops import pack_integer_ops, stage_windows
@@ -48,8 +49,8 @@ GRAPH_PASSES: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("materialize_outputs", materialize_output_views),
 ]
 _GRAPH_STAGES = [n for n, _ in GRAPH_PASSES]
-# "layout" (NCHWc for convolutions, matmul B in panels) runs after "dce": it needs the
-# target's vector width.
+# "layout" (grouped 1x1 convolutions as matmuls, NCHWc for convolutions, matmul B in panels)
+# runs after "dce": it needs the target's vector width.
 STAGES = (["import"] + _GRAPH_STAGES[: _GRAPH_STAGES.index("dce") + 1] + ["layout"]
           + _GRAPH_STAGES[_GRAPH_STAGES.index("dce") + 1:]
           + ["partition", "fuse", "lower", "schedule", "memory_plan", "codegen"])
@@ -96,6 +97,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
         snap(name, lambda: format_graph(graph))
         if name == "dce":
             if caps.nchwc:
+                graph = grouped_convs_as_matmuls(graph, caps.vector_bytes // 4).verify()
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
             if caps.pack_matmul:
                 graph = pack_matmuls(graph, caps.tile()[1]).verify()
