@@ -1,4 +1,5 @@
-"""Grouped 1x1 convolutions as batched matmuls (kiln/passes/grouped_conv.py).
+"""Grouped convolutions (kiln/passes/grouped_conv.py): 1x1 ones as batched matmuls, wider
+windows with a few wide groups as one dense conv per group.
 
 Tier 1: the rewrite's graph (Before/Expected) and the convolutions it leaves alone; tier 2:
 grouped convolutions on the host against ONNX Runtime."""
@@ -10,7 +11,7 @@ from onnx import helper
 
 from kiln.frontend.onnx import from_onnx as import_model
 from kiln.passes.fold_constants import fold_constants
-from kiln.passes.grouped_conv import grouped_convs_as_matmuls
+from kiln.passes.grouped_conv import rewrite_grouped_convs
 from tests.util import check_against_ort, make_model
 
 LANES = 16
@@ -30,7 +31,7 @@ def grouped_conv_model(c=8, oc=12, hw=4, group=2, k=1, stride=1, bias=True, relu
 
 
 def rewritten(model):
-    return grouped_convs_as_matmuls(fold_constants(import_model(model)), LANES).verify()
+    return rewrite_grouped_convs(fold_constants(import_model(model)), LANES).verify()
 
 
 def test_a_grouped_pointwise_conv_becomes_a_batched_matmul():
@@ -56,11 +57,26 @@ def test_pixels_that_are_not_whole_vectors_are_padded_and_sliced_off():
     assert g.value_types()[sl.outputs[0].name].shape == (1, 2, 6, 49)
 
 
+def test_a_grouped_window_with_wide_groups_becomes_one_conv_per_group():
+    """Before: conv(x [1, 32, 6, 6], w [48, 16, 3, 3], b; group 2), relu.
+    Expected: per group g, conv(slice(x, channels 16g..16g+16), w[24g..24g+24], b[...]);
+    concat over channels; relu."""
+    model = grouped_conv_model(c=32, oc=48, hw=6, group=2, k=3)
+    g = rewritten(model)
+    assert [n.op for n in g.nodes] == ["slice", "conv", "slice", "conv", "concat", "relu"]
+    w = next(a for a in fold_constants(import_model(model)).constants.values() if a.ndim == 4)
+    for k, (sl, conv) in enumerate([g.nodes[0:2], g.nodes[2:4]]):
+        assert sl.attrs["starts"] == (0, 16 * k, 0, 0) and sl.attrs["ends"] == (1, 16 * k + 16, 6, 6)
+        assert "group" not in conv.attrs
+        np.testing.assert_array_equal(g.constants[conv.inputs[1]], w[24 * k: 24 * k + 24])
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(group=1),                    # dense: the NCHWc layout pass's
     dict(c=8, oc=8, group=8),         # depthwise (one input channel per group)
-    dict(k=3),                        # not pointwise
-    dict(stride=2),                   # strided
+    dict(k=3),                        # a window, but 4 channels per group: too narrow to split
+    dict(stride=2),                   # strided 1x1, narrow groups
+    dict(c=64, oc=64, k=3, group=16),  # many groups (ResNeXt-like)
 ])
 def test_other_convolutions_are_left_alone(kwargs):
     assert [n.op for n in rewritten(grouped_conv_model(**kwargs)).nodes] == ["conv", "relu"]
@@ -73,6 +89,8 @@ def test_other_convolutions_are_left_alone(kwargs):
     dict(c=24, oc=112, hw=10, group=4, relu=False),
     dict(c=12, oc=6, hw=5, group=3, batch=2),
     dict(group=2, k=3),                            # left as a conv, for comparison
+    dict(c=32, oc=48, hw=6, group=2, k=3),         # split per group (AlexNet-like)
+    dict(c=32, oc=32, hw=9, group=2, k=5, batch=2, bias=False),
 ])
 def test_grouped_convolutions_match_ort(kwargs):
     model = grouped_conv_model(**kwargs)

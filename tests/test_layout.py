@@ -215,3 +215,27 @@ def test_which_concats_stay_blocked(branches, plain_part, axis, concat_is_output
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = next(iter(kiln.compile(model, target="host").run({"x": x}).values()))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels,block_aligned", [((16, 48), True), ((8, 24), False)])
+def test_a_slice_of_whole_channel_blocks_stays_blocked(channels, block_aligned):
+    """conv (48 channels, blocked) -> slice of channels -> conv: the slice reads blocks
+    s/b..e/b of the blocked value in place of unblocking the whole tensor."""
+    rng = np.random.default_rng(7)
+    n1, i1 = _conv("a", "x", "a", 16, 48, 1, rng)
+    n2, i2 = _conv("b", "s", "y", channels[1] - channels[0], 16, 3, rng, pad=1)
+    starts = numpy_helper.from_array(np.array([channels[0]], np.int64), "starts")
+    ends = numpy_helper.from_array(np.array([channels[1]], np.int64), "ends")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    g = helper.make_graph([n1, helper.make_node("Slice", ["a", "starts", "ends", "axes"], ["s"]), n2], "sl",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 6])],
+                          i1 + i2 + [starts, ends, axes])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    blocked = to_nchwc(fold_constants(import_model(model)), 16).verify()
+    sl = next(n for n in blocked.nodes if n.op == "slice")
+    assert (len(blocked.value_types()[sl.outputs[0].name].shape) == 5) == block_aligned
+    x = np.random.default_rng(8).standard_normal((1, 16, 6, 6)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = kiln.compile(model, target="host").run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Grouped 1x1 convolutions as batched matmuls (CPU targets, before the layout pass).
+"""Grouped convolutions on CPU targets, before the layout pass: 1x1 ones as batched
+matmuls, ones with larger windows and a few wide groups as one dense conv per group.
 
 A 1x1 convolution with ``G`` groups (ShuffleNet's pointwise layers, ResNeXt's and RegNet's
 group projections) is ``G`` independent products of ``OC/G x C/G`` weights with
@@ -17,7 +18,8 @@ are not a whole number of vectors (14 x 14, 7 x 7) are padded with zero columns 
 (a copy of the input, 1/K of the products' work) and sliced off after: a 28-column tile
 had gcc mix vector widths and keep the accumulators in memory.
 
-Dense (1 group) and depthwise convolutions are left to the NCHWc layout pass.
+Dense (1 group) and depthwise convolutions are left to the NCHWc layout pass, as are
+grouped windows with many or narrow groups (ResNeXt's 32 groups of 4 channels).
 """
 from __future__ import annotations
 
@@ -25,11 +27,13 @@ from kiln.ir.graph import Graph
 from kiln.passes.rewrite import Any, Const, Match, Op, Rewriter, apply_rules
 
 
-def _grouped_pointwise(node) -> bool:
-    a = node.attrs
-    group = int(a.get("group", 1))
-    return (group > 1 and tuple(a.get("kernel_shape", (1, 1))) == (1, 1)
-            and all(int(s) == 1 for s in a.get("strides", (1, 1)))
+def _grouped(node) -> bool:
+    return int(node.attrs.get("group", 1)) > 1
+
+
+def _pointwise(conv, w) -> bool:
+    a = conv.attrs
+    return (w.ndim == 4 and w.shape[2:] == (1, 1) and all(int(s) == 1 for s in a.get("strides", (1, 1)))
             and all(int(p) == 0 for p in a.get("pads", (0, 0, 0, 0))))
 
 
@@ -57,13 +61,50 @@ def _as_matmul(m: Match, rw: Rewriter, lanes: int):
     return rw.emit("reshape", [y], {"shape": (n, oc, h, wd)}, hint="grouped")
 
 
-def grouped_convs_as_matmuls(graph: Graph, lanes: int) -> Graph:
-    """``lanes``: the vector width in floats; the pixel axis (the matmul's columns) is padded
-    with zeros to a multiple of it (196 -> 208 at 14 x 14, 49 -> 64 at 7 x 7), so the
-    register tile is whole vectors, and the extra columns are sliced off after the bias."""
+# Groups a convolution with larger windows is split into; more (ResNeXt's 32) stay one conv.
+MAX_SPLIT_GROUPS = 8
+MIN_GROUP_CHANNELS = 8  # per group, in and out: a channel block of at least 8 lanes
+
+
+def _split_groups(m: Match, rw: Rewriter):
+    """A grouped KxK convolution with a few wide groups (AlexNet's 5x5 and 3x3 layers, 2
+    groups of 48-192 channels) as one dense convolution per group on its channel slice,
+    concatenated: each runs in NCHWc with the dense rule (the layout pass keeps channel
+    slices and the concat blocked), instead of a plain conv whose channel tile crossed the
+    group boundary (AlexNet's 5x5 layer: 64 GFLOP/s)."""
+    conv = m.nodes["conv"]
+    x, w = rw.type(m.values["x"]), m.arrays["w"]
+    group = int(conv.attrs["group"])
+    if len(x.shape) != 4 or w.ndim != 4 or not isinstance(x.shape[1], int) or group > MAX_SPLIT_GROUPS:
+        return None
+    oc, cg = w.shape[0], w.shape[1]
+    ocg = oc // group
+    if x.shape[1] != cg * group or oc % group or min(cg, ocg) < MIN_GROUP_CHANNELS or cg % 4 or ocg % 4:
+        return None
+    n, _, h, wd = x.shape
+    bias = m.arrays.get("b")
+    attrs = {k: v for k, v in conv.attrs.items() if k != "group"}
+    parts = []
+    for g in range(group):
+        xs = rw.emit("slice", [m.values["x"]], {"starts": (0, g * cg, 0, 0), "ends": (n, (g + 1) * cg, h, wd),
+                                                "steps": (1, 1, 1, 1)}, hint="group_in")
+        inputs = [xs, rw.const(w[g * ocg:(g + 1) * ocg], "w_group")]
+        if bias is not None:
+            inputs.append(rw.const(bias[g * ocg:(g + 1) * ocg], "b_group"))
+        parts.append(rw.emit("conv", inputs, attrs, hint="group_conv"))
+    return rw.emit("concat", parts, {"axis": 1}, hint="groups")
+
+
+def rewrite_grouped_convs(graph: Graph, lanes: int) -> Graph:
+    """``lanes``: the vector width in floats; a 1x1 convolution's pixel axis (the matmul's
+    columns) is padded with zeros to a multiple of it (196 -> 208 at 14 x 14, 49 -> 64 at
+    7 x 7), so the register tile is whole vectors, and the extra columns are sliced off
+    after the bias."""
     def rule(m, rw):
-        return _as_matmul(m, rw, lanes)
+        if _pointwise(m.nodes["conv"], m.arrays["w"]):
+            return _as_matmul(m, rw, lanes)
+        return _split_groups(m, rw)
     return apply_rules(graph, [
-        (Op("conv", Any("x"), Const("w"), Const("b"), name="conv", where=_grouped_pointwise), rule),
-        (Op("conv", Any("x"), Const("w"), name="conv", where=_grouped_pointwise), rule),
+        (Op("conv", Any("x"), Const("w"), Const("b"), name="conv", where=_grouped), rule),
+        (Op("conv", Any("x"), Const("w"), name="conv", where=_grouped), rule),
     ])

@@ -7,7 +7,8 @@ Walks the graph once, tracking which values are stored blocked:
 - elementwise/broadcast nodes whose tensor inputs are all blocked (or per-channel or
   scalar constants, repacked here) stay blocked;
 - a global average pool pools in the blocked layout (a mean over H and W);
-- a concat over channels of blocked parts in one block stays blocked;
+- a concat over channels of blocked parts in one block stays blocked, and so does a slice
+  of whole channel blocks;
 - anything else that reads a blocked value gets it back through ``from_nchwc``.
 So transposes happen only where a blocked region meets a node that is not layout-aware,
 typically once after the stem and once before the classifier.
@@ -242,6 +243,29 @@ def _convert_concat(bld: _Builder, node: Node) -> bool:
     return True
 
 
+def _convert_channel_slice(bld: _Builder, node: Node) -> bool:
+    """A slice of whole channel blocks of a blocked value (a grouped convolution's input,
+    split per group by kiln/passes/grouped_conv.py) stays blocked: channels s..e of
+    [N, C/b, H, W, b] are its blocks s/b..e/b."""
+    x = bld.blocked.get(node.inputs[0], node.inputs[0])
+    out = node.outputs[0]
+    if x not in bld.original or len(out.type.shape) != 4 or len(node.outputs) != 1:
+        return False
+    b, shape = bld.block_of[x], bld.original[x].shape
+    starts, ends, steps = (tuple(node.attrs[k]) for k in ("starts", "ends", "steps"))
+    whole = all(s == 0 and e == n and t == 1 for k, (s, e, t, n) in enumerate(zip(starts, ends, steps, shape))
+                if k != 1)
+    if not whole or steps[1] != 1 or starts[1] % b or out.type.shape[1] % b:
+        return False
+    n, _, h, w = shape
+    attrs = {"starts": (0, starts[1] // b, 0, 0, 0), "ends": (n, starts[1] // b + out.type.shape[1] // b, h, w, b),
+             "steps": (1, 1, 1, 1, 1)}
+    name = bld.add("slice", [x], attrs, out=bld.fresh(out.name))
+    bld.mark(name, out.type, b)
+    bld.blocked[out.name] = name
+    return True
+
+
 def to_nchwc(graph: Graph, block: int) -> Graph:
     bld = _Builder(graph, block)
     outputs = {v.name for v in graph.outputs}
@@ -256,6 +280,8 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
                 and _convert_global_avg_pool(bld, node)):
             continue
         if node.op == "concat" and node.outputs[0].name not in outputs and _convert_concat(bld, node):
+            continue
+        if node.op == "slice" and node.outputs[0].name not in outputs and _convert_channel_slice(bld, node):
             continue
         out = node.outputs[0]
         reads_blocked = any(bld.blocked.get(i, i) in bld.original for i in node.inputs if i)

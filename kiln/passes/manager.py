@@ -24,7 +24,7 @@ from kiln.ir.loop import format_func
 from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_algebra
 from kiln.passes.fold_constants import dequantizes_packed_weights, fold_constants
 from kiln.passes.fuse import Group, fuse
-from kiln.passes.grouped_conv import grouped_convs_as_matmuls
+from kiln.passes.grouped_conv import rewrite_grouped_convs
 from kiln.passes.layout import to_nchwc
 from kiln.passes.integer_layout import channels_last_integers
 from kiln.passes.integer_ops import pack_integer_ops, stage_windows
@@ -97,7 +97,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
         snap(name, lambda: format_graph(graph))
         if name == "dce":
             if caps.nchwc:
-                graph = grouped_convs_as_matmuls(graph, caps.vector_bytes // 4).verify()
+                graph = rewrite_grouped_convs(graph, caps.vector_bytes // 4).verify()
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
             if caps.pack_matmul:
                 graph = pack_matmuls(graph, caps.tile()[1]).verify()
