@@ -374,6 +374,24 @@ _X86_INTRINSICS = "#if defined(__x86_64__) || defined(__i386__)\n#include <immin
 
 # Helpers emitted (by ``support_code``) only when a kernel calls them. max/min return the
 # first operand when it is NaN or wins, else the second: NaN propagates from either side.
+# exp(x) = 2^n exp(r): n = round(x / ln 2) by the 1.5 * 2^23 shift (its low bits are n),
+# r = x - n ln 2 (ln 2 in two parts, Cody-Waite), p = exp(r) by Cephes' degree-7
+# polynomial (about 2 ulp). kiln_expf and kiln_expf_nonpos differ only in how they apply 2^n.
+_EXP_CORE = (
+    "  b.f = x * 1.44269504088896341f + 12582912.0f;\n"
+    "  float fn = b.f - 12582912.0f;\n"
+    "  int32_t n = b.i - 0x4B400000;\n"
+    "  float r = x - fn * 0.693359375f;\n"
+    "  r = r + fn * 2.12194440e-4f;\n"
+    "  float p = 1.9875691500e-4f;\n"
+    "  p = p * r + 1.3981999507e-3f;\n"
+    "  p = p * r + 8.3334519073e-3f;\n"
+    "  p = p * r + 4.1665795894e-2f;\n"
+    "  p = p * r + 1.6666665459e-1f;\n"
+    "  p = p * r + 5.0000001201e-1f;\n"
+    "  p = p * r * r + r + 1.0f;\n"
+)
+
 _HELPERS = {
     # Parallel loops. Each OpenMP thread first runs its static share of the iterations, the
     # same share on every run and in every kernel (a tensor a thread wrote is still in its
@@ -414,10 +432,8 @@ _HELPERS = {
         "#define KILN_PARALLEL_LOOP(v, n) for (int64_t v = 0; v < (n); ++v)\n"
         "#define KILN_PARALLEL_LOOP_END\n"
         "#endif\n"),
-    # exp(x) = 2^n exp(r), n = round(x / ln 2) by the 1.5 * 2^23 shift (its low bits are n),
-    # r = x - n ln 2 (ln 2 in two parts, Cody-Waite), exp(r) by Cephes' degree-7 polynomial
-    # (about 2 ulp), 2^n applied in two halves so results down to the smallest denormal come
-    # out right; out-of-range inputs are selected at the end. A NaN needs no select of its
+    # exp(x) (_EXP_CORE), 2^n applied in two halves so results down to the smallest denormal
+    # come out right; out-of-range inputs are selected at the end. A NaN needs no select of its
     # own: r and so p are NaN, and so is their product with any scale (7 % faster without
     # it, a 196K-element exp on one Zen 4 core: 76 -> 71 us). Only selects and
     # arithmetic: gcc vectorizes it wherever it is called (a clamp feeding a float-to-int
@@ -425,18 +441,7 @@ _HELPERS = {
     "expf": "static inline float kiln_expf(float x) {\n"
             "  const float hi = 88.72283935546875f, lo = -103.972084045410156f;\n"
             "  union { float f; int32_t i; uint32_t u; } b, s1, s2;\n"
-            "  b.f = x * 1.44269504088896341f + 12582912.0f;\n"
-            "  float fn = b.f - 12582912.0f;\n"
-            "  int32_t n = b.i - 0x4B400000;\n"
-            "  float r = x - fn * 0.693359375f;\n"
-            "  r = r + fn * 2.12194440e-4f;\n"
-            "  float p = 1.9875691500e-4f;\n"
-            "  p = p * r + 1.3981999507e-3f;\n"
-            "  p = p * r + 8.3334519073e-3f;\n"
-            "  p = p * r + 4.1665795894e-2f;\n"
-            "  p = p * r + 1.6666665459e-1f;\n"
-            "  p = p * r + 5.0000001201e-1f;\n"
-            "  p = p * r * r + r + 1.0f;\n"
+            + _EXP_CORE +
             "  int32_t n1 = n / 2;\n"
             "  s1.u = (uint32_t)(n1 + 127) << 23;\n"
             "  s2.u = (uint32_t)(n - n1 + 127) << 23;\n"
@@ -452,18 +457,7 @@ _HELPERS = {
     "expf_nonpos": "static inline float kiln_expf_nonpos(float x) {\n"
                    "  union { float f; int32_t i; uint32_t u; } b, s;\n"
                    "  x = x < -88.0f ? -88.0f : x;\n"
-                   "  b.f = x * 1.44269504088896341f + 12582912.0f;\n"
-                   "  float fn = b.f - 12582912.0f;\n"
-                   "  int32_t n = b.i - 0x4B400000;\n"
-                   "  float r = x - fn * 0.693359375f;\n"
-                   "  r = r + fn * 2.12194440e-4f;\n"
-                   "  float p = 1.9875691500e-4f;\n"
-                   "  p = p * r + 1.3981999507e-3f;\n"
-                   "  p = p * r + 8.3334519073e-3f;\n"
-                   "  p = p * r + 4.1665795894e-2f;\n"
-                   "  p = p * r + 1.6666665459e-1f;\n"
-                   "  p = p * r + 5.0000001201e-1f;\n"
-                   "  p = p * r * r + r + 1.0f;\n"
+                   + _EXP_CORE +
                    "  s.u = (uint32_t)(n + 127) << 23;\n"
                    "  return p * s.f;\n"
                    "}\n",
