@@ -97,3 +97,19 @@ def test_grouped_convolutions_match_ort(kwargs):
     c, hw, batch = kwargs.get("c", 8), kwargs.get("hw", 4), kwargs.get("batch", 1)
     x = np.random.default_rng(1).standard_normal((batch, c, hw, hw)).astype(np.float32)
     check_against_ort(model, {"x": x}, "host", rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw,expected", [
+    (4, ["reshape", "matmul", "add", "relu", "reshape", "neg"]),
+    (7, ["reshape", "pad", "matmul", "add", "relu", "slice", "reshape", "neg"]),
+])
+def test_the_activation_moves_into_the_matmuls_epilogue(hw, expected):
+    """Before: ... add, [slice,] reshape, relu, neg. Expected: the relu right after the add
+    (one kernel with the matmul), the slice and reshape after it; a relu that is the
+    graph's output stays last (no extra copy)."""
+    model = grouped_conv_model(hw=hw)
+    model.graph.node.append(helper.make_node("Neg", ["y"], ["z"]))
+    model.graph.output[0].name = "z"
+    assert [n.op for n in rewritten(model).nodes] == expected
+    x = np.random.default_rng(3).standard_normal((1, 8, hw, hw)).astype(np.float32)
+    check_against_ort(model, {"x": x}, "host", rtol=1e-4, atol=1e-5)
