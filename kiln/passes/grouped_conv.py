@@ -38,7 +38,7 @@ def _pointwise(conv, w) -> bool:
             and all(int(p) == 0 for p in a.get("pads", (0, 0, 0, 0))))
 
 
-def _as_matmul(m: Match, rw: Rewriter, lanes: int):
+def _as_matmul(m: Match, rw: Rewriter, lanes: int, made: set[str]):
     conv = m.nodes["conv"]
     x, w = rw.type(m.values["x"]), m.arrays["w"]
     group = int(conv.attrs["group"])
@@ -54,6 +54,7 @@ def _as_matmul(m: Match, rw: Rewriter, lanes: int):
     if padded != pixels:
         xg = rw.emit("pad", [xg], {"pads": (0, 0, 0, 0, 0, 0, 0, padded - pixels)}, hint="groups")
     y = rw.emit("matmul", [rw.const(w.reshape(group, oc // group, cg), "w_groups"), xg], hint="grouped")
+    made.add(y)
     if "b" in m.arrays:
         y = rw.emit("add", [y, rw.const(m.arrays["b"].reshape(group, oc // group, 1), "b_groups")], hint="grouped")
     if padded != pixels:
@@ -119,15 +120,16 @@ def rewrite_grouped_convs(graph: Graph, lanes: int) -> Graph:
     columns) is padded with zeros to a multiple of it (196 -> 208 at 14 x 14, 49 -> 64 at
     7 x 7), so the register tile is whole vectors, and the extra columns are sliced off
     after the bias."""
+    grouped: set[str] = set()  # the matmuls the 1x1 rewrite made
+
     def rule(m, rw):
         if _pointwise(m.nodes["conv"], m.arrays["w"]):
-            return _as_matmul(m, rw, lanes)
+            return _as_matmul(m, rw, lanes, grouped)
         return _split_groups(m, rw)
     graph = apply_rules(graph, [
         (Op("conv", Any("x"), Const("w"), Const("b"), name="conv", where=_grouped), rule),
         (Op("conv", Any("x"), Const("w"), name="conv", where=_grouped), rule),
     ])
-    grouped = {n.outputs[0].name for n in graph.nodes if n.op == "matmul" and n.outputs[0].name.startswith("grouped")}
     if not grouped:
         return graph
     # only views of what the rewrite made: elsewhere an activation before a slice would
