@@ -116,6 +116,13 @@ class _Builder:
     def mark(self, blocked: str, original: TensorType, block: int) -> None:
         self.original[blocked], self.block_of[blocked] = original, block
 
+    def add_blocked(self, op, inputs, attrs, stands_for: Value, block: int) -> str:
+        """A node computing ``stands_for`` in NCHW{block}c: later readers of it find this one."""
+        name = self.add(op, inputs, attrs, out=self.fresh(stands_for.name))
+        self.mark(name, stands_for.type, block)
+        self.blocked[stands_for.name] = name
+        return name
+
     def to_blocked(self, name: str, block: int) -> str:
         """``name`` in NCHW{block}c (converting it once, however many convs read it)."""
         if name in self.original and self.block_of[name] == block:
@@ -182,9 +189,7 @@ def _convert_conv(bld: _Builder, node: Node, kind: str) -> None:
     attrs = {k: node.attrs[k] for k in ("strides", "pads", "dilations") if k in node.attrs}
     attrs.update(block=b, depthwise=kind == "depthwise")
     out = node.outputs[0]
-    name = bld.add("conv_nchwc", inputs, attrs, out=bld.fresh(out.name))
-    bld.mark(name, out.type, b)
-    bld.blocked[out.name] = name
+    bld.add_blocked("conv_nchwc", inputs, attrs, out, b)
 
 
 def _convert_max_pool(bld: _Builder, node: Node) -> bool:
@@ -196,9 +201,7 @@ def _convert_max_pool(bld: _Builder, node: Node) -> bool:
     attrs = {k: node.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")
              if k in node.attrs}
     out = node.outputs[0]
-    name = bld.add("max_pool_nchwc", [x], attrs, out=bld.fresh(out.name))
-    bld.mark(name, out.type, bld.block_of[x])
-    bld.blocked[out.name] = name
+    bld.add_blocked("max_pool_nchwc", [x], attrs, out, bld.block_of[x])
     return True
 
 
@@ -210,9 +213,7 @@ def _convert_global_avg_pool(bld: _Builder, node: Node) -> bool:
     out = node.outputs[0]
     if x not in bld.original or len(node.outputs) != 1 or not out.type.dtype.is_float:
         return False
-    name = bld.add("reduce_mean", [x], {"axes": (2, 3), "keepdims": True}, out=bld.fresh(out.name))
-    bld.mark(name, out.type, bld.block_of[x])
-    bld.blocked[out.name] = name
+    bld.add_blocked("reduce_mean", [x], {"axes": (2, 3), "keepdims": True}, out, bld.block_of[x])
     return True
 
 
@@ -237,9 +238,7 @@ def _convert_concat(bld: _Builder, node: Node) -> bool:
     if any(len(t.shape) != 4 or not isinstance(t.shape[1], int) or t.shape[1] % b for t in types):
         return False
     inputs = [p if p in bld.original else bld.to_blocked(p, b) for p in parts]
-    name = bld.add("concat", inputs, {"axis": 1}, out=bld.fresh(out.name))
-    bld.mark(name, out.type, b)
-    bld.blocked[out.name] = name
+    bld.add_blocked("concat", inputs, {"axis": 1}, out, b)
     return True
 
 
@@ -260,10 +259,13 @@ def _convert_channel_slice(bld: _Builder, node: Node) -> bool:
     n, _, h, w = shape
     attrs = {"starts": (0, starts[1] // b, 0, 0, 0), "ends": (n, starts[1] // b + out.type.shape[1] // b, h, w, b),
              "steps": (1, 1, 1, 1, 1)}
-    name = bld.add("slice", [x], attrs, out=bld.fresh(out.name))
-    bld.mark(name, out.type, b)
-    bld.blocked[out.name] = name
+    bld.add_blocked("slice", [x], attrs, out, b)
     return True
+
+
+# ops with a blocked form of their own: each converter returns False where it does not apply
+_LAYOUT_AWARE = {"max_pool": _convert_max_pool, "global_avg_pool": _convert_global_avg_pool,
+                 "concat": _convert_concat, "slice": _convert_channel_slice}
 
 
 def to_nchwc(graph: Graph, block: int) -> Graph:
@@ -274,15 +276,9 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
         if kind:
             _convert_conv(bld, node, kind)
             continue
-        if node.op == "max_pool" and node.outputs[0].name not in outputs and _convert_max_pool(bld, node):
-            continue
-        if (node.op == "global_avg_pool" and node.outputs[0].name not in outputs
-                and _convert_global_avg_pool(bld, node)):
-            continue
-        if node.op == "concat" and node.outputs[0].name not in outputs and _convert_concat(bld, node):
-            continue
-        if node.op == "slice" and node.outputs[0].name not in outputs and _convert_channel_slice(bld, node):
-            continue
+        convert = _LAYOUT_AWARE.get(node.op)
+        if convert and node.outputs[0].name not in outputs and convert(bld, node):
+            continue  # (a graph output keeps the plain op: it is NCHW by name)
         out = node.outputs[0]
         reads_blocked = any(bld.blocked.get(i, i) in bld.original for i in node.inputs if i)
         if (reads_blocked and len(node.outputs) == 1 and out.name not in outputs
@@ -293,9 +289,7 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
                           if bld.blocked.get(i, i) in bld.original)
             operands = [_blocked_operand(bld, bld.blocked.get(i, i), out.type, stored) for i in node.inputs]
             if all(o is not None for o in operands):
-                name = bld.add(node.op, operands, node.attrs, out=bld.fresh(out.name))
-                bld.mark(name, out.type, stored)
-                bld.blocked[out.name] = name
+                bld.add_blocked(node.op, operands, node.attrs, out, stored)
                 continue
         inputs = tuple(bld.to_plain(bld.blocked[i]) if i in bld.blocked else i for i in node.inputs)
         bld.nodes.append(Node(node.op, inputs, node.outputs, node.attrs, node.name))
