@@ -91,37 +91,52 @@ void kiln_model_profile(double* out) {
 
 #if defined(_OPENMP) && defined(__linux__)
 /* Each OpenMP worker thread (not the caller's thread) is pinned to its own CPU of the
- * process's allowed set on the first run. Unpinned, Linux may wake a worker that slept
- * between runs onto the caller's CPU, and the two then share one CPU for milliseconds
- * until the load balancer moves one (ResNet-18 int8 on 2 threads after a 50 ms pause:
- * 5.4-11.8 ms instead of 2.2). KILN_BIND_THREADS=0, or OMP_PROC_BIND, OMP_PLACES or
- * GOMP_CPU_AFFINITY set by the user, leaves the threads as they are. */
+ * process's allowed set (its main thread's), never the CPU the caller runs on. Unpinned,
+ * Linux may wake a worker that slept between runs onto the caller's CPU, and the two then
+ * share one CPU for milliseconds until the load balancer moves one (ResNet-18 int8 on 2
+ * threads after a 50 ms pause: 5.4-11.8 ms instead of 2.2). A worker pinned to the
+ * caller's CPU is as bad (softmax [12, 128, 128]: 0.9-1.6 ms per run instead of 0.06
+ * until Linux moved the caller), so each run reads where the caller is (sched_getcpu, far
+ * cheaper than a run) and pins the workers again when it has moved. libgomp keeps one pool of
+ * workers per calling thread, hence one record per calling thread. KILN_BIND_THREADS=0, or
+ * OMP_PROC_BIND, OMP_PLACES or GOMP_CPU_AFFINITY set by the user, leaves the threads as
+ * they are. */
 #include <sched.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <omp.h>
 static void kiln_bind_workers(void) {
-  static int done = 0;
-  if (done) return;
-  done = 1;
-  const char* env = getenv("KILN_BIND_THREADS");
-  if ((env && env[0] == '0') || getenv("OMP_PROC_BIND") || getenv("OMP_PLACES") || getenv("GOMP_CPU_AFFINITY")) {
-    return;  /* the user's own thread placement (or none, by choice) */
+  static int enabled = -1;               /* -1: the environment not read yet */
+  static __thread int bound_for = -1;    /* the caller's CPU when its workers were pinned */
+  if (enabled == 0) return;
+  const int here = sched_getcpu();
+  if (here == bound_for) return;
+  if (enabled < 0) {
+    const char* env = getenv("KILN_BIND_THREADS");
+    enabled = !((env && env[0] == '0') || getenv("OMP_PROC_BIND") || getenv("OMP_PLACES") ||
+                getenv("GOMP_CPU_AFFINITY"));
+    if (!enabled) return;  /* the user's own thread placement (or none, by choice) */
   }
   cpu_set_t allowed;
-  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
-  static int cpus[CPU_SETSIZE];
+  if (here < 0 || sched_getaffinity(getpid(), sizeof allowed, &allowed) != 0) {
+    enabled = 0;
+    return;
+  }
+  bound_for = here;
+  int cpus[CPU_SETSIZE];  /* the allowed CPUs, the caller's last: more workers than CPUs wrap */
   int n = 0;
   for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (CPU_ISSET(c, &allowed)) cpus[n++] = c;
+    if (CPU_ISSET(c, &allowed) && c != here) cpus[n++] = c;
   }
-  if (n < 2) return;
+  if (n == 0) return;  /* no other CPU to give the workers */
+  if (CPU_ISSET(here, &allowed)) cpus[n++] = here;
 #pragma omp parallel
   {
     int t = omp_get_thread_num();
     if (t > 0) {
       cpu_set_t one;
       CPU_ZERO(&one);
-      CPU_SET(cpus[t % n], &one);
+      CPU_SET(cpus[(t - 1) % n], &one);
       sched_setaffinity(0, sizeof one, &one);
     }
   }
