@@ -6,6 +6,7 @@ fast anything is. TVM is not a test dependency: its test hides the package.
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -83,6 +84,35 @@ def test_failing_peers_are_recorded_not_raised():
     assert "failed while timing: ValueError: lost the device" in got["flaky"].error
     table = B.markdown_table(rows)
     assert "cannot build \\| this workload" in table  # a pipe would break the markdown row
+
+
+class _SlowStart:
+    """Its first calls take 2 ms, the ones after about nothing: a runtime still placing its
+    threads while it warms up."""
+
+    name = "slow_start"
+
+    def version(self):
+        return "slow_start 0"
+
+    def prepare(self, workload):
+        calls = []
+
+        def run():
+            calls.append(1)
+            if len(calls) <= 3:
+                time.sleep(0.002)
+            return {"y": np.zeros((4, 4), np.float32)}
+        return run
+
+
+def test_a_sample_is_sized_by_calls_back_to_back_not_by_one_slow_warm_up():
+    opts = B.Options(repeats=1, warmup=2, min_sample_s=0.02, budget_s=5.0, pause_s=0.0)
+    t = B._prepare(_SlowStart(), W.gemm(4, 4, 4), "no reference", opts, lambda s: None)
+    assert t.run is not None and t.row.error is None
+    # sized by the 2 ms warm-up call a sample would be 10 calls; back to back they take
+    # microseconds, so a sample is the most calls one may have
+    assert t.inner == 1000
 
 
 def test_missing_tvm_reports_not_installed(monkeypatch):
