@@ -47,6 +47,9 @@ class Capabilities:
     # 3x3 stride-1 float convolutions as Winograd transforms around batched GEMMs
     # (kiln/passes/winograd.py)
     winograd: bool = False
+    # concats whose parts their producers write into the result's storage, where each part's
+    # slot is one run of bytes (kiln/passes/concat_in_place.py; targets planned by plan_memory)
+    concat_in_place: bool = False
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.

@@ -1,7 +1,8 @@
 """Operator fusion: partition the graph's nodes into groups, one kernel each.
 
 Rules (fusion kinds from ``kiln.ir.ops.FusionKind``):
-- a VIEW node (reshape) gets no kernel; its output aliases its input's storage,
+- a VIEW node (reshape) gets no kernel; its output aliases its input's storage; nor does an
+  ASSEMBLY node (concat_in_place), whose inputs' producers write its storage,
 - an elementwise/broadcast node joins the group of a producer when that producer's
   value is used by this node only, is not a graph output, and the group has no other
   value used outside it -- so every group is a tree with one result, and it can run
@@ -39,7 +40,7 @@ class Group:
 
 
 def fuse(graph: Graph, enabled: bool = True) -> list[Group]:
-    """Groups in execution order; VIEW nodes are left out (they alias storage)."""
+    """Groups in execution order; VIEW and ASSEMBLY nodes are left out (they alias storage)."""
     consumers, producers = graph.consumers(), graph.producers()
     outputs = {v.name for v in graph.outputs}
     position = {id(n): k for k, n in enumerate(graph.nodes)}
@@ -47,7 +48,7 @@ def fuse(graph: Graph, enabled: bool = True) -> list[Group]:
     order: list[Group] = []
     for node in graph.nodes:
         kind = ops.get(node.op).fusion
-        if kind == ops.FusionKind.VIEW:
+        if kind in (ops.FusionKind.VIEW, ops.FusionKind.ASSEMBLY):
             continue
         joined = _groups_to_join(node, kind, group_of, consumers, outputs) if enabled else []
         target = Group(anchor_kind=kind)

@@ -4,7 +4,8 @@
            -> partition -> fuse -> lower -> schedule -> memory_plan -> codegen
 
 (``partition``: the target's own rewrite before fusion -- patch-based execution on MCUs;
-on VNNI hosts also ``store_padded``, convolutions' padding kept in their inputs' storage.)
+on VNNI hosts also ``store_padded``, convolutions' padding kept in their inputs' storage;
+on CPUs then ``assemble_concats``, concats whose parts their producers write in place.)
 
 ``print_after`` names a stage; its IR is captured as text (``kiln inspect
 --print-ir-after NAME``). Graph stages print the graph IR, ``fuse`` the graph with each
@@ -22,6 +23,7 @@ from kiln.errors import KilnError
 from kiln.ir.graph import Graph, format_graph
 from kiln.ir.loop import format_func
 from kiln.passes.algebraic import eliminate_common_subexpressions, simplify_algebra
+from kiln.passes.concat_in_place import assemble_concats
 from kiln.passes.fold_constants import dequantizes_packed_weights, fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.grouped_conv import rewrite_grouped_convs
@@ -112,6 +114,8 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
     graph = target.partition_graph(graph).verify()
     if caps.vnni:  # last before fusion: producers then write the padded layouts convolutions read
         graph = store_padded(graph).verify()
+    if caps.concat_in_place:  # after store_padded: a part stored with a border keeps its copy
+        graph = assemble_concats(graph).verify()
     snap("partition", lambda: format_graph(graph))
     groups = fuse(graph)
     snap("fuse", lambda: format_graph(graph, annotate=_kernel_notes(groups)))

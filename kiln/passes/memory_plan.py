@@ -5,7 +5,8 @@ blob, and everything else (intermediate values and kernel scratch) in one arena 
 size is known at compile time. Symbolic dims count at their upper bounds, so one plan serves every shape within the
 declared bounds. Arena offsets come from liveness intervals, placed
 greedily by size (largest first, lowest offset that does not overlap a tensor live at
-the same time), as TFLite Micro's planner does. Reshapes alias their input.
+the same time), as TFLite Micro's planner does. Reshapes alias their input; the parts of an
+assembled concat (``concat_in_place``) live at their slots inside its storage.
 """
 from __future__ import annotations
 
@@ -86,7 +87,19 @@ def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
     """``align``: byte alignment of every tensor (64 on hosts: a cache line; 16 on MCUs)."""
     from kiln.passes.padded_storage import storage_types
 
+    from kiln.passes.concat_in_place import assembled_parts
+
     roots = in_place_roots(graph)
+    placed = assembled_parts(graph)  # part -> (assembled concat, byte offset)
+
+    def home(name: str) -> tuple[str, int]:
+        """The tensor whose storage holds ``name``, and the byte offset of ``name`` in it."""
+        r, offset = roots.get(name, name), 0
+        while r in placed:  # a part, maybe of a concat that is itself a part (DenseNet's chains)
+            r, extra = placed[r]
+            r, offset = roots.get(r, r), offset + extra
+        return r, offset
+
     types = storage_types(graph)  # a value stored with a border takes its storage's bytes
     storage: dict[str, Storage] = {}
     for i, v in enumerate(graph.inputs):
@@ -106,7 +119,7 @@ def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
     sizes: dict[str, int] = {}
     for step, k in enumerate(kernels):
         for name in k.outputs:
-            r = roots.get(name, name)
+            r, _ = home(name)
             if r not in storage:
                 intervals.setdefault(r, [step, step])[1] = step  # an in-place write extends its buffer's life
                 sizes[r] = types[r].max_nbytes(graph.dim_bounds)
@@ -114,13 +127,17 @@ def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
             intervals[name] = [step, step]
             sizes[name] = t.max_nbytes(graph.dim_bounds)
         for name in k.inputs:
-            r = roots.get(name, name)
+            r, _ = home(name)
             if r in intervals:
                 intervals[r][1] = max(intervals[r][1], step)
 
     offsets, arena_size = _best_packing(intervals, sizes, align)
     for name, off in offsets.items():
         storage[name] = Storage("arena", off)
+    for name in placed:
+        r, off = home(name)
+        if r in offsets:
+            storage[name] = Storage("arena", offsets[r] + off)
     for alias, r in roots.items():
         if r in storage and alias not in storage:
             storage[alias] = storage[r]

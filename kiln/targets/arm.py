@@ -166,7 +166,8 @@ class Arm64Target(Target):
 
         # 128-bit NEON, 32 vector registers: an 8 x 8 fp32 register tile (16 accumulators).
         threads = (os.cpu_count() or 1) if os.environ.get("KILN_ARM_OPENMP") == "1" else 1
-        return Capabilities(vector_bytes=16, vector_registers=32, threads=threads, nchwc=True)
+        return Capabilities(vector_bytes=16, vector_registers=32, threads=threads, nchwc=True,
+                            concat_in_place=True)
 
     def renderer(self):
         import kiln.codegen.neon_int8  # noqa: F401 -- registers the int8 dot-product lowering

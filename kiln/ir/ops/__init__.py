@@ -25,6 +25,7 @@ class FusionKind:
     REDUCTION = "reduction"      # reduces axes (reduce_sum, softmax, layer norm)
     OUT_FUSABLE = "out_fusable"  # heavy op that takes elementwise epilogues (matmul, conv)
     VIEW = "view"                # same bytes, new shape (reshape): no kernel at all
+    ASSEMBLY = "assembly"        # its inputs' producers write it in place (concat_in_place): no kernel
     OPAQUE = "opaque"            # never fused
 
 
@@ -102,4 +103,4 @@ def transpose_hint(axis: int, run, rank: int) -> dict:
 from kiln.ir.ops import (  # noqa: E402,F401  (registers the families)
     activation, attention, elementwise, indexing, integer_acc, linalg, nn, norm, normalize, packed, pool, qlinear,
     qpool, qsoftmax, quant, reduce, resize, sample, scatter, shape, sort, trees, weight_only, weight_only_cols)
-from kiln.ir.ops import region  # noqa: E402,F401  (insert_slice: patch-based execution)
+from kiln.ir.ops import region  # noqa: E402,F401  (insert_slice, concat_in_place: region writes)

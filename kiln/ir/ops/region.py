@@ -1,4 +1,5 @@
-"""Region writes: ``insert_slice``, the op that assembles a tensor from patches.
+"""Region writes: ``insert_slice``, the op that assembles a tensor from patches, and
+``concat_in_place``, a concat whose parts their producers write into its storage.
 
 ``insert_slice(src[, dest]; starts, shape)`` is ``dest`` with the box
 ``starts .. starts + src.shape`` replaced by ``src`` (without ``dest`` the rest is
@@ -10,6 +11,11 @@ Its kernel writes the box and nothing else: the output shares ``dest``'s storage
 memory planner aliases them, ``IN_PLACE`` below), so a chain of inserts fills one buffer
 in place instead of keeping every patch alive, and costs one copy of the box per patch.
 The op is opaque to fusion: a fused consumer would read the tensor before its last patch.
+
+``concat_in_place`` computes what ``concat`` does (the interpreter runs it so), but gets no
+kernel: the memory planner places each input at its slot inside the output's storage, so
+the inputs' producers have written the output when the last of them is done
+(``kiln.passes.concat_in_place`` decides which concats may, ``assembled_parts`` where).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from kiln.ir.compute import compute
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
 from kiln.ir.ops.nn import static_shape
+from kiln.ir.ops.shape import concat_compute, concat_infer
 
 # op -> position of the input whose storage the output reuses (read by the memory planner)
 IN_PLACE = {"insert_slice": 1}
@@ -54,3 +61,5 @@ def _insert_compute(ins, outs, attrs):
 
 
 register("insert_slice", FusionKind.OPAQUE, _insert_infer, _insert_compute)
+
+register("concat_in_place", FusionKind.ASSEMBLY, concat_infer, concat_compute)

@@ -111,7 +111,7 @@ register("transpose", FusionKind.INJECTIVE, _transpose_infer, _transpose_compute
 
 # -- concat and split --------------------------------------------------------------------
 
-def _concat_infer(ins, attrs):
+def concat_infer(ins, attrs):
     axis = attrs["axis"]
     first = static_shape(ins[0], "concat")
     for t in ins[1:]:
@@ -126,7 +126,7 @@ def _concat_infer(ins, attrs):
     return [TensorType(_replace(first, axis, total), ins[0].dtype)]
 
 
-def _concat_compute(ins, outs, attrs):
+def concat_compute(ins, outs, attrs):
     """A chain of Selects on the axis index; each branch loads at the shifted index."""
     axis, o = attrs["axis"], outs[0]
     parts, off = [], 0
@@ -149,7 +149,7 @@ def _concat_compute(ins, outs, attrs):
     return [compute(o.name, o.shape, body, o.dtype)]
 
 
-register("concat", FusionKind.INJECTIVE, _concat_infer, _concat_compute)
+register("concat", FusionKind.INJECTIVE, concat_infer, concat_compute)
 
 
 def _split_infer(ins, attrs):
