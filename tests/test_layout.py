@@ -239,3 +239,46 @@ def test_a_slice_of_whole_channel_blocks_stays_blocked(channels, block_aligned):
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = kiln.compile(model, target="host").run({"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _avg_pooled_model(hw=9, **pool):
+    """conv (16 -> 32 channels, blocked) -> AveragePool(**pool) -> conv: Inception's pool branch."""
+    rng = np.random.default_rng(9)
+    n1, i1 = _conv("a", "x", "a", 16, 32, 1, rng)
+    n2, i2 = _conv("b", "p", "y", 32, 16, 1, rng)
+    pool = {"kernel_shape": [3, 3], **pool}
+    k, s, p = pool["kernel_shape"], pool.get("strides", [1, 1]), pool.get("pads", [0] * 4)
+    rounding = np.ceil if pool.get("ceil_mode") else np.floor
+    out = [int(rounding((hw + p[d] + p[d + 2] - k[d]) / s[d])) + 1 for d in range(2)]
+    g = helper.make_graph([n1, helper.make_node("AveragePool", ["a"], ["p"], **pool), n2], "avg",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, hw, hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16] + out)], i1 + i2)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_average_pool_of_a_blocked_value_stays_blocked():
+    """Before: conv_nchwc, from_nchwc, avg_pool (3x3, stride 1, pad 1), to_nchwc, conv_nchwc.
+    Expected: conv_nchwc, avg_pool_nchwc on [1, 2, 9, 9, 16], conv_nchwc: no conversion between."""
+    blocked = to_nchwc(fold_constants(import_model(_avg_pooled_model(pads=[1, 1, 1, 1], strides=[1, 1]))),
+                       16).verify()
+    ops = [n.op for n in blocked.nodes]
+    assert ops == ["to_nchwc", "conv_nchwc", "avg_pool_nchwc", "conv_nchwc", "from_nchwc"]
+    pool = blocked.nodes[2]
+    assert pool.attrs == {"kernel_shape": (3, 3), "strides": (1, 1), "pads": (1, 1, 1, 1), "dilations": (1, 1),
+                          "ceil_mode": 0, "count_include_pad": 0}
+    assert blocked.value_types()[pool.outputs[0].name].shape == (1, 2, 9, 9, 16)
+
+
+@pytest.mark.parametrize("pool", [
+    dict(pads=[1, 1, 1, 1], strides=[1, 1]),                         # Inception's pool branch
+    dict(pads=[1, 1, 1, 1], strides=[1, 1], count_include_pad=1),    # padding counted
+    dict(strides=[2, 2], ceil_mode=1),                               # windows past the end
+    dict(pads=[0, 1, 1, 0], strides=[2, 1], kernel_shape=[2, 3]),    # uneven everything
+])
+def test_blocked_average_pools_match_onnxruntime(pool):
+    model = _avg_pooled_model(**pool)
+    x = np.random.default_rng(10).standard_normal((1, 16, 9, 9)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    compiled = kiln.compile(model, target="host")
+    assert "avg_pool_nchwc" in [n.op for n in compiled.graph.nodes]
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], want, rtol=1e-4, atol=1e-5)

@@ -153,18 +153,22 @@ def _conv_nchwc_compute(ins, outs, attrs):
 register("conv_nchwc", FusionKind.OUT_FUSABLE, _conv_nchwc_infer, _conv_nchwc_compute)
 
 
-# -- max pooling in NCHWc ---------------------------------------------------------------------
+# -- pooling in NCHWc --------------------------------------------------------------------------
 
-def _max_pool_nchwc_infer(ins, attrs):
-    n, cb, h, w_, b = tuple(ins[0].shape)
-    kernel = tuple(int(k) for k in attrs["kernel_shape"])
-    strides, pb, pe, dil = window_attrs(attrs, 2, "max_pool_nchwc")
-    ceil = bool(attrs.get("ceil_mode", 0))
-    spatial = tuple(window_out_size(s, k, st, d, p0, p1, ceil)
-                    for s, k, st, d, p0, p1 in zip((h, w_), kernel, strides, dil, pb, pe))
-    if min(spatial) < 1:
-        raise ShapeError(f"max_pool_nchwc kernel {kernel} does not fit input {(h, w_)}")
-    return [TensorType((n, cb) + spatial + (b,), ins[0].dtype)]
+def _pool_nchwc_infer(what: str):
+    def infer(ins, attrs):
+        n, cb, h, w_, b = tuple(ins[0].shape)
+        kernel = tuple(int(k) for k in attrs["kernel_shape"])
+        strides, pb, pe, dil = window_attrs(attrs, 2, what)
+        ceil = bool(attrs.get("ceil_mode", 0))
+        spatial = tuple(window_out_size(s, k, st, d, p0, p1, ceil)
+                        for s, k, st, d, p0, p1 in zip((h, w_), kernel, strides, dil, pb, pe))
+        if min(spatial) < 1:
+            raise ShapeError(f"{what} kernel {kernel} does not fit input {(h, w_)}")
+        if what == "avg_pool_nchwc" and not ins[0].dtype.is_float:
+            raise ShapeError(f"avg_pool_nchwc needs a floating-point input; got {ins[0].dtype}")
+        return [TensorType((n, cb) + spatial + (b,), ins[0].dtype)]
+    return infer
 
 
 def _max_pool_nchwc_compute(ins, outs, attrs):
@@ -190,4 +194,16 @@ def _max_pool_nchwc_compute(ins, outs, attrs):
     return [compute(o.name, o.shape, body, o.dtype, tag="pool", hints={"tile": (3, 4)})]
 
 
-register("max_pool_nchwc", FusionKind.OUT_FUSABLE, _max_pool_nchwc_infer, _max_pool_nchwc_compute)
+def _avg_pool_nchwc_compute(ins, outs, attrs):
+    """Window mean over H and W, counted as ONNX AveragePool counts (pool.avg_pool_body); the
+    channel block rides along as the innermost axis, one vector per output pixel."""
+    from kiln.ir.ops.pool import avg_pool_body, pool_axes
+
+    x, o = ins[0], outs[0]
+    lead, kernel, axes = pool_axes(x, o, attrs, "avg_pool_nchwc", trail=1)
+    return [compute(o.name, o.shape, avg_pool_body(x, attrs, lead, kernel, axes), o.dtype, tag="pool",
+                    hints={"tile": (3, 4)})]
+
+
+register("max_pool_nchwc", FusionKind.OUT_FUSABLE, _pool_nchwc_infer("max_pool_nchwc"), _max_pool_nchwc_compute)
+register("avg_pool_nchwc", FusionKind.OUT_FUSABLE, _pool_nchwc_infer("avg_pool_nchwc"), _avg_pool_nchwc_compute)

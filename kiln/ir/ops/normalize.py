@@ -14,7 +14,7 @@ from kiln.ir.expr import Bin, Cast, Const, Select, Un
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, broadcast_index, broadcast_shapes, normalize_axis, register
 from kiln.ir.ops.nn import conj, static_shape, zero
-from kiln.ir.ops.pool import _axes, _pool_infer
+from kiln.ir.ops.pool import _pool_infer, pool_axes
 from kiln.ir.ops.reduce import input_index
 
 
@@ -186,7 +186,7 @@ def _root(v, p: float, dt):
 
 def _lp_pool_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
-    lead, kernel, axes = _axes(x, o, attrs, "lp_pool")
+    lead, kernel, axes = pool_axes(x, o, attrs, "lp_pool")
     p, dt = float(attrs.get("p", 2)), x.dtype
 
     def body(*i):

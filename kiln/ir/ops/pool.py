@@ -79,12 +79,15 @@ class _Axis:
         return Bin("max", idx(0), kmax - kmin + 1, idx(0).dtype)
 
 
-def _axes(x, o, attrs, what):
+def pool_axes(x, o, attrs, what, trail: int = 0):
+    """(lead, kernel, axes): the pooled axes are the ``len(kernel)`` dims before the last
+    ``trail`` ones (1 for the channel block of NCHWc), ``lead`` dims before them."""
     kernel, strides, pb, pe, dil, _ = _pool_params(x.shape, attrs, what)
-    lead = x.ndim - len(kernel)
+    lead = x.ndim - trail - len(kernel)
     axes = [_Axis(n, out, k, s, d, b, e) for n, out, k, s, d, b, e in
-            zip(x.shape[lead:], o.shape[lead:], kernel, strides, dil, pb, pe)]
+            zip(x.shape[lead:lead + len(kernel)], o.shape[lead:lead + len(kernel)], kernel, strides, dil, pb, pe)]
     return lead, kernel, axes
+
 
 
 def _taps(i, lead, axes, k):
@@ -109,7 +112,7 @@ def _max_pool_compute(ins, outs, attrs):
     x, o = ins[0], outs[0]
     if attrs.get("channels_last"):
         return _max_pool_channels_last(x, o, attrs)
-    lead, kernel, axes = _axes(x, o, attrs, "max_pool")
+    lead, kernel, axes = pool_axes(x, o, attrs, "max_pool")
     if attrs.get("pad_rows") and x.ndim == 4 and len(kernel) == 2:
         return _max_pool_padded_rows(x, o, kernel, axes)
     return [compute(o.name, o.shape, _max_body(x, lead, kernel, axes), o.dtype, tag="pool")]
@@ -200,7 +203,7 @@ def _max_pool_indices_compute(ins, outs, attrs):
     """MaxPool's Indices: the flat input index of the first (scan-order) tap holding the
     window's maximum; spatial dims row-major, or (h + w * H) for storage_order=1."""
     x, o = ins[0], outs[0]
-    lead, kernel, axes = _axes(x, o, attrs, "max_pool")
+    lead, kernel, axes = pool_axes(x, o, attrs, "max_pool")
     best = compute(f"{o.name}__max", o.shape, _max_body(x, lead, kernel, axes), x.dtype, tag="pool",
                    inline=False)
     b, spatial = best.tensor, x.shape[lead:]
@@ -253,22 +256,20 @@ def window_taps(axes, i, lead: int, include_pad: bool):
     return const, dyn
 
 
-def _avg_pool_compute(ins, outs, attrs):
-    """Sum of the in-bounds taps divided by the tap count.
+def avg_pool_body(x, attrs, lead: int, kernel, axes):
+    """Sum of the in-bounds taps divided by the tap count (the pooled axes as ``pool_axes``
+    found them; dims after them, an NCHWc channel block, index the input as they are).
 
     ``count_include_pad`` counts taps inside the padded input ``[-pb, n + pe)``; otherwise
     only taps inside the input. Taps past the end padding (ceil mode) never count.
     """
-    x, o = ins[0], outs[0]
-    lead, kernel, axes = _axes(x, o, attrs, "avg_pool")
     include_pad = bool(attrs.get("count_include_pad", 0))
-    dt = x.dtype
+    dt, nd = x.dtype, len(kernel)
 
     def body(*i):
         def tap(*k):
-            pos = [ax.pos(i[lead + j], k[j]) for j, ax in enumerate(axes)]
-            cond = conj([c for ax, p in zip(axes, pos) for c in ax.bounds_conds(p, 0, ax.n)])
-            v = x[tuple(i[:lead]) + tuple(pos)]
+            pos, cond = _taps(i, lead, axes, k)
+            v = x[tuple(i[:lead]) + tuple(pos) + tuple(i[lead + nd:])]
             return v if cond is None else Select(cond, v, zero(dt))
 
         const, dyn = window_taps(axes, i, lead, include_pad)
@@ -279,7 +280,13 @@ def _avg_pool_compute(ins, outs, attrs):
             dyn = dyn * const
         return total / Cast(Bin("max", dyn, idx(1), dyn.dtype), dt)
 
-    return [compute(o.name, o.shape, body, o.dtype, tag="pool")]
+    return body
+
+
+def _avg_pool_compute(ins, outs, attrs):
+    x, o = ins[0], outs[0]
+    lead, kernel, axes = pool_axes(x, o, attrs, "avg_pool")
+    return [compute(o.name, o.shape, avg_pool_body(x, attrs, lead, kernel, axes), o.dtype, tag="pool")]
 
 
 register("max_pool", FusionKind.OUT_FUSABLE, _max_pool_infer, _max_pool_compute)

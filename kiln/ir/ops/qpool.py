@@ -31,7 +31,7 @@ from kiln.ir.expr import Bin, Cast, Const, Select
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register
 from kiln.ir.ops.nn import batch_shape, window_attrs, window_out_size
-from kiln.ir.ops.pool import _axes, _pool_infer, window_taps  # the float pools' window geometry, shared
+from kiln.ir.ops.pool import _pool_infer, pool_axes, window_taps  # the float pools' window geometry, shared
 from kiln.ir.ops.qlinear import QTYPES, _check_attrs, fixed_point, requant
 
 I32, I64 = DType.int32, DType.int64
@@ -93,7 +93,7 @@ def _qavg_infer(ins, attrs):
 def _qavg_compute(ins, outs, attrs):
     x, mult, shift = ins
     o = outs[0]
-    lead, kernel, axes = _axes(x, o, attrs, "qavg_pool")
+    lead, kernel, axes = pool_axes(x, o, attrs, "qavg_pool")
     include_pad = bool(attrs.get("count_include_pad", 0))
     zx = Const(int(attrs["x_zp"]), I32)
     by_count = mult.shape[0] > 1
