@@ -89,7 +89,6 @@ def pool_axes(x, o, attrs, what, trail: int = 0):
     return lead, kernel, axes
 
 
-
 def _taps(i, lead, axes, k):
     """Input positions of window tap ``k`` for output index ``i``, and their bounds test."""
     pos = [ax.pos(i[lead + j], k[j]) for j, ax in enumerate(axes)]
