@@ -172,26 +172,14 @@ def _pool_nchwc_infer(what: str):
 
 
 def _max_pool_nchwc_compute(ins, outs, attrs):
-    """Window maximum over H and W; taps outside the input are skipped (ONNX MaxPool)."""
-    from kiln.ir.compute import rmax
-    from kiln.ir.expr import Const, Select
+    """Window maximum over H and W (pool.max_pool_body); the channel block rides along as the
+    innermost axis, one vector per output pixel (the conv's tile: output columns x block)."""
+    from kiln.ir.ops.pool import max_pool_body, pool_axes
 
     x, o = ins[0], outs[0]
-    kernel = tuple(int(k) for k in attrs["kernel_shape"])
-    strides, pb, pe, dil = window_attrs(attrs, 2, "max_pool_nchwc")
-    size = x.shape[2:4]
-    lowest = Const(float("-inf"), x.dtype)
-
-    def body(n, cb, oh, ow, c):
-        def tap(a, b_):
-            pos = [scaled(sp, st) + scaled(k, d) - p for sp, st, k, d, p in
-                   zip((oh, ow), strides, (a, b_), dil, pb)]
-            inside = pos[0].ge(0).land(pos[0].lt(size[0])).land(pos[1].ge(0)).land(pos[1].lt(size[1]))
-            return Select(inside, x[n, cb, pos[0], pos[1], c], lowest)
-        return rmax(tap, kernel)
-
-    # the conv tile: output columns x the channel block, so the block is one vector
-    return [compute(o.name, o.shape, body, o.dtype, tag="pool", hints={"tile": (3, 4)})]
+    lead, kernel, axes = pool_axes(x, o, attrs, "max_pool_nchwc", trail=1)
+    return [compute(o.name, o.shape, max_pool_body(x, lead, kernel, axes), o.dtype, tag="pool",
+                    hints={"tile": (3, 4)})]
 
 
 def _avg_pool_nchwc_compute(ins, outs, attrs):

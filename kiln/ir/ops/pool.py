@@ -95,13 +95,16 @@ def _taps(i, lead, axes, k):
     return pos, conj([c for ax, p in zip(axes, pos) for c in ax.bounds_conds(p, 0, ax.n)])
 
 
-def _max_body(x, lead, kernel, axes):
+def max_pool_body(x, lead, kernel, axes):
+    """Window maximum; taps outside the input are skipped (dims after the pooled axes, an
+    NCHWc channel block, index the input as they are)."""
     lowest = Const(reduce_init("max", x.dtype), x.dtype)
+    nd = len(kernel)
 
     def body(*i):
         def tap(*k):
             pos, cond = _taps(i, lead, axes, k)
-            v = x[tuple(i[:lead]) + tuple(pos)]
+            v = x[tuple(i[:lead]) + tuple(pos) + tuple(i[lead + nd:])]
             return v if cond is None else Select(cond, v, lowest)
         return rmax(tap, kernel)
     return body
@@ -114,7 +117,7 @@ def _max_pool_compute(ins, outs, attrs):
     lead, kernel, axes = pool_axes(x, o, attrs, "max_pool")
     if attrs.get("pad_rows") and x.ndim == 4 and len(kernel) == 2:
         return _max_pool_padded_rows(x, o, kernel, axes)
-    return [compute(o.name, o.shape, _max_body(x, lead, kernel, axes), o.dtype, tag="pool")]
+    return [compute(o.name, o.shape, max_pool_body(x, lead, kernel, axes), o.dtype, tag="pool")]
 
 
 def _max_pool_padded_rows(x, o, kernel, axes):
@@ -187,7 +190,7 @@ def _max_pool_channels_last(x, o, attrs):
     kernel, strides, pb, pe, dil, _ = _pool_params(view.shape, attrs, "max_pool")
     axes = [_Axis(n, out, k, s_, d, b, e) for n, out, k, s_, d, b, e in
             zip(view.shape[2:], oshape[2:], kernel, strides, dil, pb, pe)]
-    body = _max_body(view, 2, kernel, axes)
+    body = max_pool_body(view, 2, kernel, axes)
     return [compute(o.name, o.shape, lambda n, oh, ow, c: body(n, c, oh, ow), o.dtype, tag="pool",
                     hints={"tile": (2, 3), "tile_rows": 1})]
 
@@ -203,7 +206,7 @@ def _max_pool_indices_compute(ins, outs, attrs):
     window's maximum; spatial dims row-major, or (h + w * H) for storage_order=1."""
     x, o = ins[0], outs[0]
     lead, kernel, axes = pool_axes(x, o, attrs, "max_pool")
-    best = compute(f"{o.name}__max", o.shape, _max_body(x, lead, kernel, axes), x.dtype, tag="pool",
+    best = compute(f"{o.name}__max", o.shape, max_pool_body(x, lead, kernel, axes), x.dtype, tag="pool",
                    inline=False)
     b, spatial = best.tensor, x.shape[lead:]
     column = int(attrs.get("storage_order", 0)) == 1
