@@ -144,4 +144,6 @@ def test_max_shifted_exps_use_the_nonpositive_exp(op):
     x[0, 5] = 1.0     # one allowed position in a masked row
     x[1, 3] = np.nan  # a NaN row stays NaN
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(cm.run({"x": x})["y"], want, rtol=1e-5, atol=1e-7)
+    # log-softmax near 0 is log(sum) with sum near 1: one ulp of a float32 sum there (1.2e-7,
+    # which any summation order may cost) is its absolute error
+    np.testing.assert_allclose(cm.run({"x": x})["y"], want, rtol=1e-5, atol=2.5e-7)

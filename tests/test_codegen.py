@@ -99,3 +99,28 @@ def test_inspect_reports_kernels_and_memory():
     for stage in ("fold_constants", "fuse", "lower", "schedule", "memory_plan", "codegen"):
         assert kiln.inspect(gemm_bias_relu(), print_ir_after=stage).strip()
     assert "[vectorized]" in kiln.inspect(gemm_bias_relu(), print_ir_after="schedule")
+
+
+def _reduce_sum_model(n: int, dtype=np.float32):
+    return make_model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], [("x", dtype, [3, n])],
+                      [("y", dtype, [3])], [("axes", np.array([1], np.int64))], opset=13)
+
+
+def test_float_sums_into_a_scalar_add_lanes_in_a_tree():
+    """x86: a vectorized float sum into a scalar keeps 16 partial sums and adds them in 4
+    halving steps (gcc's own end of ``omp simd reduction(+:)`` adds the 16 lanes one by one)."""
+    x = np.random.default_rng(0).standard_normal((3, 96)).astype(np.float32)
+    c = kiln.compile(_reduce_sum_model(96), target="host")
+    src = c.source()
+    assert "_lanes[16]" in src and "reduction(+:" not in src
+    assert [h for h in (8, 4, 2, 1) if f"< {h}; ++" in src] == [8, 4, 2, 1]
+    np.testing.assert_allclose(c.run({"x": x})["y"], x.sum(axis=1, dtype=np.float64), rtol=1e-6, atol=1e-6)
+    x64 = x.astype(np.float64)
+    got = kiln.compile(_reduce_sum_model(96, np.float64), target="host").run({"x": x64})["y"]
+    np.testing.assert_allclose(got, x64.sum(axis=1), rtol=1e-13)
+
+
+def test_float_sums_shorter_than_two_rows_of_lanes_keep_the_openmp_reduction():
+    for n in (16, 40):  # a single row of lanes, or not a multiple of 16
+        src = kiln.compile(_reduce_sum_model(n), target="host").source()
+        assert "_lanes[" not in src, n

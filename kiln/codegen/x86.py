@@ -53,6 +53,8 @@ MAX_CONDITIONS = 2     # rows a segment skips at run time (a tile's first and la
 class X86Renderer(CRenderer):
     """``CRenderer`` plus the VNNI register tile (see the module docstring)."""
 
+    sum_lanes = 16  # float sums into a scalar: one AVX-512 vector (two AVX2 ones) of partial sums
+
     def __init__(self):
         super().__init__()
         self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0, "vnni_zero_rows": 0,
