@@ -17,6 +17,7 @@ from kiln.ir.expr import Const, Load, replace_loads
 from kiln.ir.graph import Graph, TensorType
 from kiln.ir.loop import Buffer, Func, canonicalize, seq
 from kiln.ir.lower import inline_stages, lower_stage
+from kiln.ir.ops.region import in_place_dests
 from kiln.ir.schedule import Schedule
 from kiln.ir.symbolic import shape_dims, shape_exprs, symbols_of
 from kiln.passes.default_schedule import DEFAULT_CAPABILITIES, Capabilities, schedule_kernel
@@ -60,7 +61,8 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType], borde
     inputs = [n for n in inputs if n not in scalars]
     # An in-place op's destination (insert_slice's) shares the output's storage and is never
     # read: it is no parameter (C's restrict forbids passing one buffer twice).
-    in_place = [n for n in inputs if n in _in_place_dests(group)]
+    dests = in_place_dests(group.nodes)
+    in_place = [n for n in inputs if n in dests]
     inputs = [n for n in inputs if n not in in_place]
     outputs = [group.result.outputs[0].name] + [
         o.name for n in group.nodes[:-1] for o in n.outputs if o.name in {v.name for v in graph.outputs}]
@@ -99,12 +101,6 @@ def group_stages(group: Group, graph: Graph, types: dict[str, TensorType], borde
             return None
         stages = [replace(s, body=replace_loads(s.body, sub)) for s in stages]
     return stages, inputs, outputs, cname
-
-
-def _in_place_dests(group: Group) -> set[str]:
-    from kiln.ir.ops.region import IN_PLACE
-
-    return {n.inputs[IN_PLACE[n.op]] for n in group.nodes if n.op in IN_PLACE and len(n.inputs) > IN_PLACE[n.op]}
 
 
 def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, TensorType],

@@ -28,7 +28,7 @@ import math
 
 from kiln.ir import ops
 from kiln.ir.graph import Graph, Node
-from kiln.ir.ops.region import IN_PLACE
+from kiln.ir.ops.region import IN_PLACE, in_place_dests
 from kiln.passes.padded_storage import storage_borders
 
 ASSEMBLED = "concat_in_place"
@@ -37,14 +37,14 @@ ASSEMBLED = "concat_in_place"
 def assemble_concats(graph: Graph) -> Graph:
     """Every qualifying ``concat`` becomes a ``concat_in_place`` (see the module docstring)."""
     producers, types = graph.producers(), graph.value_types()
-    outside = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.constants)
-    bordered = set(storage_borders(graph))
-    in_place_dests = {n.inputs[pos] for n in graph.nodes for op, pos in IN_PLACE.items()
-                      if n.op == op and len(n.inputs) > pos}
+    # values whose storage is not theirs to give: graph inputs, outputs and constants, values
+    # stored with a border, destinations that an in-place op writes into
+    excluded = ({v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.constants)
+                | set(storage_borders(graph)) | in_place_dests(graph.nodes))
     claimed: set[str] = set()  # parts already placed inside an assembled concat
     nodes, changed = [], False
     for node in graph.nodes:
-        if node.op == "concat" and _qualifies(node, types, producers, outside | bordered | in_place_dests, claimed):
+        if node.op == "concat" and _qualifies(node, types, producers, excluded, claimed):
             claimed.update(node.inputs)
             node = Node(ASSEMBLED, node.inputs, node.outputs, node.attrs, node.name)
             changed = True

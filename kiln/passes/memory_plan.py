@@ -85,9 +85,8 @@ def in_place_roots(graph: Graph) -> dict[str, str]:
 
 def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
     """``align``: byte alignment of every tensor (64 on hosts: a cache line; 16 on MCUs)."""
-    from kiln.passes.padded_storage import storage_types
-
     from kiln.passes.concat_in_place import assembled_parts
+    from kiln.passes.padded_storage import storage_types
 
     roots = in_place_roots(graph)
     placed = assembled_parts(graph)  # part -> (assembled concat, byte offset)

@@ -30,6 +30,11 @@ from kiln.ir.ops.shape import concat_compute, concat_infer
 IN_PLACE = {"insert_slice": 1}
 
 
+def in_place_dests(nodes) -> set[str]:
+    """The values that in-place ops among ``nodes`` write into (their ``dest`` inputs)."""
+    return {n.inputs[IN_PLACE[n.op]] for n in nodes if n.op in IN_PLACE and len(n.inputs) > IN_PLACE[n.op]}
+
+
 def _insert_infer(ins, attrs):
     src = static_shape(ins[0], "insert_slice source")
     shape = tuple(int(d) for d in attrs["shape"])
