@@ -223,6 +223,33 @@ def test_common_subexpressions_merge():
     assert_graph_equal(eliminate_common_subexpressions(before), after)
 
 
+def test_equal_constants_merge_and_so_do_their_nodes():
+    """w2 repeats w1's bytes (a per-step slice of a recurrent weight, folded): one stays,
+    and the two matmuls over x become one. A constant of the same shape but other bytes,
+    or other dtype, stays apart."""
+    from kiln.passes.algebraic import eliminate_common_subexpressions
+
+    w = np.arange(16, dtype=np.float32).reshape(4, 4)
+    before = Graph((V("x", 1, 4),), (V("y", 1, 4),), (
+        N("matmul", ["x", "w1"], [V("a", 1, 4)]), N("matmul", ["x", "w2"], [V("b", 1, 4)]),
+        N("matmul", ["x", "w3"], [V("c", 1, 4)]), N("add", ["a", "b"], [V("d", 1, 4)]),
+        N("add", ["d", "c"], [V("y", 1, 4)]),
+    ), {"w1": w, "w2": w.copy(), "w3": w + 1}).verify()
+    after = Graph((V("x", 1, 4),), (V("y", 1, 4),), (
+        N("matmul", ["x", "w1"], [V("a", 1, 4)]), N("matmul", ["x", "w3"], [V("c", 1, 4)]),
+        N("add", ["a", "a"], [V("d", 1, 4)]), N("add", ["d", "c"], [V("y", 1, 4)]),
+    ), {"w1": w, "w3": w + 1})
+    assert_graph_equal(eliminate_common_subexpressions(before), after)
+    assert set(eliminate_common_subexpressions(before).constants) == {"w1", "w3"}
+
+
+def test_constants_equal_in_bytes_but_not_in_dtype_stay_apart():
+    from kiln.passes.algebraic import equal_constants
+
+    assert equal_constants({"f": np.zeros(4, np.float32), "i": np.zeros(4, np.int32),
+                            "g": np.zeros((2, 2), np.float32), "h": np.zeros(4, np.float32)}) == {"h": "f"}
+
+
 def test_fuse_gelu_diamond_into_matmul_epilogue():
     w = np.ones((8, 8), np.float32)
     c = {"w": w, "k": np.array(0.7, np.float32), "one": np.array(1.0, np.float32)}

@@ -129,10 +129,10 @@ def _rnn_step(b, x_t, h, r, acts, hidden, clip, **_):
 
 def _gru_step(b, x_t, h, r, acts, hidden, clip, lbr, rb_h, **_):
     f, g = acts
-    zr = b.op("add", [b.take(x_t, 1, 0, 2 * hidden), b.op("matmul", [h, b.take(r, 1, 0, 2 * hidden)])])
+    r_zr, rh = r  # (``_step_weights``)
+    zr = b.op("add", [b.take(x_t, 1, 0, 2 * hidden), b.op("matmul", [h, r_zr])])
     z = b.act(f, _clip(b, b.take(zr, 1, 0, hidden), clip))
     rr = b.act(f, _clip(b, b.take(zr, 1, hidden, 2 * hidden), clip))
-    rh = b.take(r, 1, 2 * hidden, 3 * hidden)
     if lbr:
         hr = b.op("matmul", [h, rh])
         if rb_h is not None:
@@ -166,11 +166,20 @@ def _lstm_step(b, x_t, h, r, acts, hidden, clip, c, peep, **_):
 _STEPS = {"RNN": _rnn_step, "GRU": _gru_step, "LSTM": _lstm_step}
 
 
+def _step_weights(b: _Builder, op_type: str, r, hidden: int):
+    """What every step multiplies by: R^T, or for a GRU its z-and-r and its h columns,
+    sliced once here rather than at each step (a computed R would be copied per step)."""
+    if op_type != "GRU":
+        return r
+    return b.take(r, 1, 0, 2 * hidden), b.take(r, 1, 2 * hidden, 3 * hidden)
+
+
 def _run_direction(b: _Builder, ctx, op_type, d, reverse, x2d, seq, batch, hidden, acts, layout):
     """Unroll one direction; returns the hidden states by time step and the final (h, c)."""
     gates = _GATES[op_type]
     lbr = op_type == "GRU" and bool(ctx.attr("linear_before_reset", 0))
     w, r, bias, rb_h = _direction_weights(b, ctx, d, gates, hidden, lbr)
+    r = _step_weights(b, op_type, r, hidden)
     xp = b.op("matmul", [x2d, w])                   # (S*B, G*H): all input projections at once
     if bias is not None:
         xp = b.op("add", [xp, bias])
