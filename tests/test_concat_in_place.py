@@ -115,14 +115,35 @@ def _concat_of(parts, extra_nodes=(), outputs=(("y", F32, [1, 8, 3, 3]),), inits
     ("one part twice", _concat_of(["a", "a"], [helper.make_node("Relu", ["x"], ["a"])])),
     ("a part is a constant", _concat_of(["a", "k"], [helper.make_node("Relu", ["x"], ["a"])],
                                         inits=[("k", np.ones((1, 4, 3, 3), F32))])),
-    ("a part is a view of another value", _concat_of(
+    ("a part is a view of the graph input", _concat_of(
         ["a", "v"], [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Reshape", ["x", "flat"], ["f"]),
-                     helper.make_node("Sigmoid", ["f"], ["s"]), helper.make_node("Reshape", ["s", "shape"], ["v"])],
+                     helper.make_node("Reshape", ["f", "shape"], ["v"])],
+        inits=[("flat", np.array([1, 36], np.int64)), ("shape", np.array([1, 4, 3, 3], np.int64))])),
+    ("two parts view one value", _concat_of(
+        ["v", "w"], [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("Sigmoid", ["f"], ["s"]),
+                     helper.make_node("Reshape", ["s", "shape"], ["v"]),
+                     helper.make_node("Reshape", ["s", "shape"], ["w"])],
         inits=[("flat", np.array([1, 36], np.int64)), ("shape", np.array([1, 4, 3, 3], np.int64))])),
 ])
 def test_concats_with_a_part_that_cannot_move_stay_copies(case, model):
     g = assembled(model)
     assert [n.op for n in g.nodes].count("concat") == 1, case
+
+
+def test_a_part_that_views_a_value_places_that_value():
+    """v = reshape(s): s itself is written into v's slot, so the bytes of v are there too."""
+    model = _concat_of(
+        ["a", "v"], [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Reshape", ["x", "flat"], ["f"]),
+                     helper.make_node("Sigmoid", ["f"], ["s"]), helper.make_node("Reshape", ["s", "shape"], ["v"])],
+        inits=[("flat", np.array([1, 36], np.int64)), ("shape", np.array([1, 4, 3, 3], np.int64))])
+    g = assembled(model)
+    assert [n.op for n in g.nodes if "concat" in n.op] == ["concat_in_place"]
+    assert assembled_parts(g) == {"a": ("c", 0), "s": ("c", 36 * 4)}
+    plan, _ = planned(g)
+    assert plan.storage["s"].index == plan.storage["c"].index + 36 * 4
+    assert plan.storage["v"] == plan.storage["s"]
+    x = np.random.default_rng(3).standard_normal((1, 4, 3, 3)).astype(F32)
+    check_against_ort(model, {"x": x}, "host")
 
 
 def test_a_part_of_two_concats_is_placed_in_the_first_only():

@@ -127,3 +127,28 @@ def test_partial_sequence_lens_is_unsupported():
     model, _ = node_model("RNN", ins, {"hidden_size": HIDDEN}, n_out=2, opset=14)
     with pytest.raises(UnsupportedOperatorError, match="sequence_lens"):
         from_onnx(model)
+
+
+def test_steps_share_the_weights_and_write_their_states_in_place():
+    """A GRU's steps slice R into its z-r and h columns: folded per step, those slices were
+    50 copies of the weights (kiln/passes/algebraic.py: equal constants become one). The
+    stacked output's parts are views of the steps' states, written into their slots
+    (kiln/passes/concat_in_place.py): no concat kernel."""
+    import onnx
+    from onnx import helper
+
+    import kiln
+
+    seq, hidden = 12, 32
+    ins = [X("x", randn(seq, 1, INPUT)), C("w", randn(1, 3 * hidden, INPUT)), C("r", randn(1, 3 * hidden, hidden)),
+           C("b", randn(1, 6 * hidden))]
+    model, feeds = node_model("GRU", ins, {"hidden_size": hidden, "linear_before_reset": 1}, n_out=1, opset=14)
+    model.graph.node.append(helper.make_node("Tanh", ["y0"], ["t"]))
+    model.graph.output[0].CopyFrom(helper.make_empty_tensor_value_info("t"))
+    model = onnx.shape_inference.infer_shapes(model)
+    m = kiln.compile(model, target="host")
+    initializer_bytes = sum(a.nbytes for a in (ins[1][1], ins[2][1], ins[3][1]))
+    assert len(m.result.plan.weights) < 2 * initializer_bytes
+    assert "concat" not in [n.op for n in m.graph.nodes]
+    assert "concat_in_place" in [n.op for n in m.graph.nodes]
+    check_against_ort(model, feeds, "host", rtol=1e-4, atol=1e-5)
