@@ -267,3 +267,36 @@ class Gpt(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return torch.matmul(self.ln(x), self.lm_head)
+
+
+# ONNX gate blocks in the order PyTorch stacks them: LSTM i,o,f,c -> i,f,g(c),o; GRU z,r,h -> r,z,n
+_TORCH_GATES = {"lstm": (0, 2, 3, 1), "gru": (1, 0, 2)}
+
+
+class Recurrent(nn.Module):
+    """examples.models.recurrent_classifier: nn.LSTM or nn.GRU (time-major), then a linear
+    layer on the last layer's final hidden state."""
+
+    def __init__(self, model, cell: str, layers: int):
+        super().__init__()
+        w = _Weights(model)
+        order = _TORCH_GATES[cell]
+        first = w.arrays["rnn_w_0"]
+        hidden, features = first.shape[1] // len(order), first.shape[2]
+        self.rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(features, hidden, num_layers=layers)
+
+        def gates(t: torch.Tensor) -> torch.Tensor:  # [G*H, ...] in ONNX order -> PyTorch order
+            return torch.cat([t[k * hidden:(k + 1) * hidden] for k in order])
+
+        for layer in range(layers):
+            wx, wr, b = w.take("rnn_w")[0], w.take("rnn_r")[0], w.take("rnn_b")[0]
+            half = b.shape[0] // 2
+            for name, value in (("weight_ih", wx), ("weight_hh", wr), ("bias_ih", b[:half]), ("bias_hh", b[half:])):
+                setattr(self.rnn, f"{name}_l{layer}", _param(gates(value)))
+        self.fc = _fc(w)
+        self.eval()
+
+    def forward(self, features):
+        _, state = self.rnn(features)
+        h = state[0] if isinstance(state, tuple) else state
+        return self.fc(h[-1])

@@ -11,7 +11,8 @@ and the harness checks that: each peer's outputs are compared with ONNX Runtime'
     dwconv     depthwise 3x3 (MobileNetV2 layers)
     layernorm  128x768;  softmax  12x128x128 (last axis)
     attention  self-attention block: QKV and output projections, 12 heads, seq 128, hidden 768
-    models     resnet18, mobilenetv2 (224x224), bert (encoder, seq 128), gpt (decoder, seq 128)
+    models     resnet18, mobilenetv2 (224x224), bert (encoder, seq 128), gpt (decoder, seq 128),
+               lstm and gru (2-layer keyword-spotting classifiers, 49 frames, hidden 128)
     zoo        the nine ``light`` models shipped inside the onnx package (ResNet-50,
                DenseNet-121, Inception v1/v2, ShuffleNet, SqueezeNet, VGG-19, AlexNet,
                ZFNet-512: published architectures with constant weights), no torch peer;
@@ -211,6 +212,14 @@ def gpt(layers: int, hidden: int = 768, heads: int = 12, seq: int = 128, vocab: 
                     inputs=M.example_inputs, torch=_torch("Gpt", layers=layers, heads=heads))
 
 
+def recurrent(cell: str, layers: int = 2, seq: int = 49, features: int = 40, hidden: int = 128) -> Workload:
+    return Workload(cell, "model", "models",
+                    f"{cell.upper()} keyword-spotting classifier, {layers} layers, hidden {hidden}, "
+                    f"{seq} frames of {features} features",
+                    lambda: M.recurrent_classifier(cell, layers, seq=seq, features=features, hidden=hidden),
+                    inputs=M.example_inputs, torch=_torch("Recurrent", cell=cell, layers=layers))
+
+
 def zoo_model(name: str) -> Workload:
     """One of onnx's ``light`` models, as the package ships it (opset 9-era graphs)."""
     def build():
@@ -239,6 +248,7 @@ def suite(quick: bool = False, layers: int = 2) -> list[Workload]:
             layernorm(16, 64), softmax((2, 16, 16)), reduce_mean((2, 16, 64), 1), attention(16, 64, 4),
             resnet18(image=64, width=16), mobilenetv2(image=64, width_mult=0.5),
             bert(1, hidden=128, heads=4, seq=32, ffn=512), gpt(1, hidden=128, heads=4, seq=32),
+            recurrent("lstm", seq=8, features=8, hidden=16), recurrent("gru", seq=8, features=8, hidden=16),
         ]
     return [
         gemm(512, 512, 512), gemm(1024, 1024, 1024), gemm(2048, 2048, 2048),
@@ -249,7 +259,8 @@ def suite(quick: bool = False, layers: int = 2) -> list[Workload]:
         conv(14, 576, 576, 3, depthwise=True),
         layernorm(128, 768), softmax((12, 128, 128)), reduce_mean((8, 128, 768), 1),
         reduce_mean((8, 64, 56, 56), 1), reduce_mean((8, 64, 56, 56), (2, 3)), attention(128, 768, 12),
-        resnet18(), mobilenetv2(), bert(layers), gpt(layers), *(zoo_model(n) for n in ZOO),
+        resnet18(), mobilenetv2(), bert(layers), gpt(layers), recurrent("lstm"), recurrent("gru"),
+        *(zoo_model(n) for n in ZOO),
     ]
 
 

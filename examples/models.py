@@ -325,12 +325,44 @@ def gpt_decoder(layers: int = 2, hidden: int = 128, heads: int = 4, seq: int = 3
     return b.model()
 
 
+def recurrent_classifier(cell: str = "lstm", layers: int = 2, seq: int = 49, features: int = 40,
+                         hidden: int = 128, classes: int = 12, batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A keyword-spotting-style recurrent classifier: stacked LSTM or GRU layers over a
+    sequence of feature frames (49 frames of 40 MFCCs, as in the speech-commands models),
+    then a linear layer on the last layer's final hidden state.
+
+    Input ``features`` [seq, batch, features] (ONNX's time-major layout). GRU layers use
+    ``linear_before_reset=1``, as PyTorch's GRU computes. Output ``logits`` [batch, classes].
+    """
+    op, gates = {"lstm": ("LSTM", 4), "gru": ("GRU", 3)}[cell]
+    b = _Builder(f"{cell}_classifier_{layers}l_{hidden}h", seed)
+    x = b.input("features", [seq, batch, features])
+    size, last = features, None
+    for _ in range(layers):
+        bound = 1.0 / math.sqrt(hidden)  # PyTorch's initialization range for recurrent weights
+        w = b.uniform((1, gates * hidden, size), -bound, bound, "rnn_w")
+        r = b.uniform((1, gates * hidden, hidden), -bound, bound, "rnn_r")
+        bias = b.uniform((1, 2 * gates * hidden), -bound, bound, "rnn_b")
+        y, last = b.fresh("rnn_y"), b.fresh("rnn_h")
+        attrs = {"linear_before_reset": 1} if cell == "gru" else {}
+        b.nodes.append(helper.make_node(op, [x, w, r, bias], [y, last], name=b.fresh("n_" + cell),
+                                        hidden_size=hidden, **attrs))
+        x = b.op("Squeeze", [y, b.ints([1], "axes")])  # [seq, 1, batch, hidden] -> [seq, batch, hidden]
+        size = hidden
+    h = b.op("Reshape", [last, b.ints([batch, hidden], "shape")])
+    b.op("Gemm", [h, b.normal((classes, hidden), 1.0 / math.sqrt(hidden), "fc_w"),
+                  b.normal((classes,), 0.05, "fc_b")], out="logits", transB=1)
+    b.output("logits", [batch, classes])
+    return b.model()
+
+
 MODELS = {
     "small_cnn": small_cnn,
     "resnet_style": resnet_style,
     "mobilenetv2_style": mobilenetv2_style,
     "bert_encoder": bert_encoder,
     "gpt_decoder": gpt_decoder,
+    "recurrent_classifier": recurrent_classifier,
 }
 
 
@@ -365,6 +397,8 @@ def _self_check(large: bool = False) -> None:
             "mobilenetv2_style (224)": lambda: mobilenetv2_style(image=224),
             "bert_encoder (2 x 768, seq 128)": lambda: bert_encoder(2, hidden=768, heads=12, seq=128, ffn=3072),
             "gpt_decoder (2 x 768, seq 128)": lambda: gpt_decoder(2, hidden=768, heads=12, seq=128),
+            "recurrent_classifier (lstm)": lambda: recurrent_classifier("lstm"),
+            "recurrent_classifier (gru)": lambda: recurrent_classifier("gru"),
         }
     else:
         builds = {name: fn for name, fn in MODELS.items()}

@@ -14,6 +14,8 @@ CASES = {
     "mobilenetv2_style": lambda: models.mobilenetv2_style(image=64),
     "bert_encoder_masked": lambda: models.bert_encoder(layers=2, hidden=64, heads=4, seq=16, ffn=128),
     "gpt_decoder_causal": lambda: models.gpt_decoder(layers=2, hidden=64, heads=4, seq=16),
+    "lstm_classifier": lambda: models.recurrent_classifier("lstm", seq=12, features=10, hidden=24),
+    "gru_classifier": lambda: models.recurrent_classifier("gru", seq=12, features=10, hidden=24),
 }
 
 
