@@ -145,6 +145,22 @@ def test_small_cnn_float_on_m4_matches_onnxruntime(arm):
     assert runner.instructions[0] > 0
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_recurrent_keyword_classifier_on_m4_matches_onnxruntime(arm, cell):
+    """A stacked GRU/LSTM reads its [seq, 1, features] input as [seq, features]: a view of
+    the graph input, which the MCU model once looked up by the view's name (KeyError). Its
+    per-step weight slices must be one copy: flash holds them."""
+    from examples.models import recurrent_classifier
+
+    m = recurrent_classifier(cell, layers=2, seq=10, features=12, hidden=16)
+    x = np.random.default_rng(1).standard_normal((10, 1, 12)).astype(np.float32)
+    cm = kiln.compile(m, target="cortex-m4")
+    params = sum(int(np.prod(t.dims)) * 4 for t in m.graph.initializer)
+    assert cm.result.plan.weights and len(cm.result.plan.weights) < 2 * params
+    got = cm.build()({"features": x})["logits"]
+    np.testing.assert_allclose(got, ort_run(m, {"features": x})["logits"], rtol=1e-4, atol=1e-5)
+
+
 def test_tiny_int8_on_m4_has_no_floating_point(arm):
     cm = kiln.compile(_tiny_qdq(), target="cortex-m4")
     runner = cm.build()

@@ -123,7 +123,6 @@ def generate_mcu_model(graph: Graph, kernels, plan: MemoryPlan, target: str, io_
     prefix = model_prefix(graph)
     inputs = _values(graph, renderer, graph.inputs, "input", io_quant)
     outputs = _values(graph, renderer, graph.outputs, "output", io_quant)
-    member = {v["name"]: v["member"] for v in inputs + outputs}
 
     weights, wsym = [], {}
     types = graph.value_types()
@@ -136,10 +135,12 @@ def generate_mcu_model(graph: Graph, kernels, plan: MemoryPlan, target: str, io_
         for b, name in zip(k.func.params, k.params):
             ctype = renderer.ctype(b.dtype)
             st = plan.storage[name]
+            # by the storage's index: the value may be a view of the input or output (a
+            # recurrent layer reads its [seq, batch, features] input as [seq * batch, features])
             if st.kind == "input":
-                args.append(f"inputs->{member[name]}")
+                args.append(f"inputs->{inputs[st.index]['member']}")
             elif st.kind == "output":
-                args.append(f"outputs->{member[name]}")
+                args.append(f"outputs->{outputs[st.index]['member']}")
             elif st.kind == "weights":
                 if name not in wsym:
                     wsym[name] = f"{prefix}_w{len(weights)}"
