@@ -119,6 +119,12 @@ def _concat_of(parts, extra_nodes=(), outputs=(("y", F32, [1, 8, 3, 3]),), inits
         ["a", "v"], [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Reshape", ["x", "flat"], ["f"]),
                      helper.make_node("Reshape", ["f", "shape"], ["v"])],
         inits=[("flat", np.array([1, 36], np.int64)), ("shape", np.array([1, 4, 3, 3], np.int64))])),
+    ("a part views a graph output", _concat_of(
+        ["a", "v"], [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Reshape", ["x", "flat"], ["f"]),
+                     helper.make_node("Sigmoid", ["f"], ["s"]), helper.make_node("Reshape", ["s", "flat"], ["o"]),
+                     helper.make_node("Reshape", ["o", "shape"], ["v"])],
+        outputs=(("y", F32, [1, 8, 3, 3]), ("o", F32, [1, 36])),
+        inits=[("flat", np.array([1, 36], np.int64)), ("shape", np.array([1, 4, 3, 3], np.int64))])),
     ("two parts view one value", _concat_of(
         ["v", "w"], [helper.make_node("Reshape", ["x", "flat"], ["f"]), helper.make_node("Sigmoid", ["f"], ["s"]),
                      helper.make_node("Reshape", ["s", "shape"], ["v"]),

@@ -136,7 +136,7 @@ def equal_constants(constants: dict[str, np.ndarray]) -> dict[str, str]:
     """Each constant that repeats an earlier one (same dtype, shape and bytes) -> that one's
     name. Folding makes such copies: a GRU's recurrent weights were sliced once per time
     step, so a 50-step, 2-layer GRU shipped 50 copies of each (19.5 MB of weights instead
-    of 0.9) and streamed a different copy from L3 at every step."""
+    of 0.66) and streamed a different copy from L3 at every step."""
     import hashlib
 
     by_layout: dict[tuple, list[str]] = {}

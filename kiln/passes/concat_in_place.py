@@ -64,12 +64,13 @@ def _qualifies(node: Node, types, producers, excluded: set[str], claimed: set[st
     axis = node.attrs["axis"]
     if any(d != 1 for d in shape[:axis]):
         return False  # a part's slot would be strided, not one run of bytes
-    stored = [_stored(p, producers) for p in node.inputs]
+    chains = [_view_chain(p, producers) for p in node.inputs]
+    stored = [chain[-1] for chain in chains]
     if len(set(stored)) != len(stored):
         return False  # concat(x, x) or of two views of x: one value cannot live in two slots
-    for p, v in zip(node.inputs, stored):
+    for p, v, chain in zip(node.inputs, stored, chains):
         producer = producers.get(v)
-        if (p in excluded or v in excluded or v in claimed or producer is None
+        if (any(c in excluded for c in chain) or v in claimed or producer is None
                 or math.prod(types[p].shape) == 0):
             return False
         if producer.op in IN_PLACE:
@@ -77,13 +78,19 @@ def _qualifies(node: Node, types, producers, excluded: set[str], claimed: set[st
     return True
 
 
-def _stored(part: str, producers) -> str:
-    """The value whose storage holds ``part``: itself, or what a chain of views reads."""
+def _view_chain(part: str, producers) -> list[str]:
+    """``part``, then each value a view reads, down to the one whose storage holds them all."""
+    chain = [part]
     node = producers.get(part)
     while node is not None and ops.get(node.op).fusion == ops.FusionKind.VIEW:
-        part = node.inputs[0]
-        node = producers.get(part)
-    return part
+        chain.append(node.inputs[0])
+        node = producers.get(chain[-1])
+    return chain
+
+
+def _stored(part: str, producers) -> str:
+    """The value whose storage holds ``part``: itself, or what a chain of views reads."""
+    return _view_chain(part, producers)[-1]
 
 
 def assembled_parts(graph: Graph) -> dict[str, tuple[str, int]]:
