@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import math
 
-from kiln.ir import ops
 from kiln.ir.graph import Graph, Node
 from kiln.ir.ops.region import IN_PLACE, in_place_dests
+from kiln.passes.memory_plan import view_roots
 from kiln.passes.padded_storage import storage_borders
 
 ASSEMBLED = "concat_in_place"
@@ -40,23 +40,25 @@ ASSEMBLED = "concat_in_place"
 
 def assemble_concats(graph: Graph) -> Graph:
     """Every qualifying ``concat`` becomes a ``concat_in_place`` (see the module docstring)."""
-    producers, types = graph.producers(), graph.value_types()
+    producers, types, roots = graph.producers(), graph.value_types(), view_roots(graph)
     # values whose storage is not theirs to give: graph inputs, outputs and constants, values
-    # stored with a border, destinations that an in-place op writes into
+    # stored with a border, destinations that an in-place op writes into -- and the values
+    # whose storage any of those views
     excluded = ({v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.constants)
                 | set(storage_borders(graph)) | in_place_dests(graph.nodes))
+    excluded |= {roots.get(e, e) for e in excluded}
     claimed: set[str] = set()  # values already placed inside an assembled concat
     nodes, changed = [], False
     for node in graph.nodes:
-        if node.op == "concat" and _qualifies(node, types, producers, excluded, claimed):
-            claimed.update(_stored(p, producers) for p in node.inputs)
+        if node.op == "concat" and _qualifies(node, types, producers, roots, excluded, claimed):
+            claimed.update(roots.get(p, p) for p in node.inputs)
             node = Node(ASSEMBLED, node.inputs, node.outputs, node.attrs, node.name)
             changed = True
         nodes.append(node)
     return graph.replace(nodes=tuple(nodes)) if changed else graph
 
 
-def _qualifies(node: Node, types, producers, excluded: set[str], claimed: set[str]) -> bool:
+def _qualifies(node: Node, types, producers, roots, excluded: set[str], claimed: set[str]) -> bool:
     out = node.outputs[0]
     shape = out.type.shape
     if out.name in excluded or not all(isinstance(d, int) for d in shape) or math.prod(shape) == 0:
@@ -64,45 +66,28 @@ def _qualifies(node: Node, types, producers, excluded: set[str], claimed: set[st
     axis = node.attrs["axis"]
     if any(d != 1 for d in shape[:axis]):
         return False  # a part's slot would be strided, not one run of bytes
-    chains = [_view_chain(p, producers) for p in node.inputs]
-    stored = [chain[-1] for chain in chains]
+    stored = [roots.get(p, p) for p in node.inputs]  # a view part: the value it views
     if len(set(stored)) != len(stored):
         return False  # concat(x, x) or of two views of x: one value cannot live in two slots
-    for p, v, chain in zip(node.inputs, stored, chains):
+    for p, v in zip(node.inputs, stored):
         producer = producers.get(v)
-        if (any(c in excluded for c in chain) or v in claimed or producer is None
-                or math.prod(types[p].shape) == 0):
+        if p in excluded or v in excluded or v in claimed or producer is None or math.prod(types[p].shape) == 0:
             return False
         if producer.op in IN_PLACE:
             return False  # its bytes are another value's storage
     return True
 
 
-def _view_chain(part: str, producers) -> list[str]:
-    """``part``, then each value a view reads, down to the one whose storage holds them all."""
-    chain = [part]
-    node = producers.get(part)
-    while node is not None and ops.get(node.op).fusion == ops.FusionKind.VIEW:
-        chain.append(node.inputs[0])
-        node = producers.get(chain[-1])
-    return chain
-
-
-def _stored(part: str, producers) -> str:
-    """The value whose storage holds ``part``: itself, or what a chain of views reads."""
-    return _view_chain(part, producers)[-1]
-
-
 def assembled_parts(graph: Graph) -> dict[str, tuple[str, int]]:
     """value -> (the assembled concat it is written into, its byte offset there): each part,
     or the value a part views."""
-    types, producers = graph.value_types(), graph.producers()
+    types, roots = graph.value_types(), view_roots(graph)
     placed: dict[str, tuple[str, int]] = {}
     for node in graph.nodes:
         if node.op != ASSEMBLED:
             continue
         offset = 0
         for p in node.inputs:
-            placed[_stored(p, producers)] = (node.outputs[0].name, offset)
+            placed[roots.get(p, p)] = (node.outputs[0].name, offset)
             offset += math.prod(types[p].shape) * types[p].dtype.itemsize
     return placed
