@@ -68,6 +68,19 @@ def test_float16_ops_round_like_numpy():
     np.testing.assert_array_equal(got, (x * z + z) * x)
 
 
+def test_float16_kernels_forbid_fused_multiply_adds():
+    """On a CPU with native half arithmetic (AVX512-FP16) gcc fused the rounded product and
+    the sum into one instruction; a kernel doing float16 ops turns contraction off, a float
+    kernel keeps it (its multiply-adds are the GEMM's speed)."""
+    def source(dtype):
+        nodes = [helper.make_node("Mul", ["x", "z"], ["t"]), helper.make_node("Add", ["t", "z"], ["y"])]
+        model = util.make_model(nodes, [("x", dtype, (64,)), ("z", dtype, (64,))], [("y", dtype, (64,))], opset=13)
+        return kiln.compile(model).source()
+
+    assert 'optimize("fp-contract=off")' in source(np.float16)
+    assert 'fp-contract' not in source(np.float32)
+
+
 def test_an_output_folded_to_a_constant_keeps_its_name():
     """A graph output computed only from constants (here a Cast of a Constant) is copied out."""
     nodes = [helper.make_node("Constant", [], ["c"], value_floats=[1.0, 2.0]),
