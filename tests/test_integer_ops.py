@@ -168,7 +168,9 @@ def test_dynamic_int8_kernel_maps_to_vnni():
     src = cm.source()
     from kiln.targets.host import capabilities
 
-    if capabilities().vnni:  # weights in VNNI panels: an 8-row tile of two 16-lane panels
+    if capabilities().amx:  # AMX: 32 rows x two panels in 2 x 2 tiles (tests/test_amx.py)
+        assert "int32_t acc0[32][32]" in src and "_tile_dpbusd(" in src
+    elif capabilities().vnni:  # weights in VNNI panels: an 8-row tile of two 16-lane panels
         assert "int32_t acc0[8][32]" in src and "KILN_DPBUSD(" in src
     elif capabilities().dot_tile:  # every x86 host with AVX2: outputs computed in a register tile
         rows, cols = capabilities().dot_tile
@@ -180,7 +182,7 @@ def test_dynamic_int8_kernel_maps_to_vnni():
         cm.export(tmp)
         asm = subprocess.run(["gcc", "-O3", "-march=native", "-fopenmp", "-std=gnu11", "-fwrapv", "-S", "-o", "-",
                               str(Path(tmp, "model.c"))], capture_output=True, text=True, check=True)
-    assert re.search(r"\bvpdpbusd\b", asm.stdout)
+    assert re.search(r"\btdpbusd\b" if capabilities().amx else r"\bvpdpbusd\b", asm.stdout)
 
 
 @pytest.mark.parametrize("op,ins,attrs,words", [

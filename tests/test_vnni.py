@@ -54,7 +54,7 @@ def _host_caps(monkeypatch, vnni: bool):
     """The host's capabilities with VNNI panels on or off, and an integer dot tile, whatever
     this machine has: the panels, the tile's source and its plain-C ``#else`` branch are
     then tested on any x86 host (a machine without VNNI runs the ``#else`` branch)."""
-    caps = dataclasses.replace(host.capabilities(), vnni=vnni, dot_tile=(8, 4))
+    caps = dataclasses.replace(host.capabilities(), vnni=vnni, amx=False, dot_tile=(8, 4))
     monkeypatch.setattr(host, "capabilities", lambda: caps)
 
 

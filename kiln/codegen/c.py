@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from kiln.codegen import narrow_types
+from kiln.codegen.x86_amx import AMX_SUPPORT
 from kiln.errors import VerificationError
 from kiln.ir.dtype import INDEX, DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, affine_coeffs, as_expr, simplify, walk
@@ -410,9 +411,11 @@ class CRenderer:
             [f"{'const ' if b.name in inputs else ''}{self.ctype(b.dtype)}* restrict {b.name}" for b in f.params]
             + [f"int64_t {sym}" for sym in symbols])
         self.half_ops = False
+        self.prologue: list[str] = []  # lines a printer wants at the top of the function body
         self.emit(f"{'static ' if static else ''}void {f.name}({params}) {{", 0)
         self.stmt(f.body, 1)
         self.emit("}", 0)
+        self.lines[1:1] = self.prologue
         if self.half_ops:
             self.lines[:0] = _EACH_OP_ROUNDED
         return "\n".join(self.lines)
@@ -545,6 +548,7 @@ _HELPERS = {
     # one instruction that updates its accumulator in place. Through the intrinsic gcc 12
     # copied every accumulator to a fresh register and back at each step and spilled two:
     # 84 extra moves per 16 vpdpbusd in a ResNet 3x3 conv, none with the asm.
+    "amx": AMX_SUPPORT,
     "intrinsics": _X86_INTRINSICS,
     "vnni": _X86_INTRINSICS +
             "static inline int32_t kiln_load_u32(const void* p) { int32_t v; __builtin_memcpy(&v, p, 4); return v; }\n"

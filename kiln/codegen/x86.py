@@ -35,14 +35,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.codegen.c import CRenderer
+from kiln.codegen.x86_amx import AMX_GUARD, AmxTile, match_amx_tile, print_amx_tile
 from kiln.codegen.x86_border import Segment, tile_segments
+from kiln.codegen.x86_dot import bind as _bind, flat_offset, match_dot_nest
 from kiln.codegen.x86_dequant import DequantPrinter, DequantTile, Unsupported as DequantUnsupported, match_dequant_tile
 from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, contiguous_or_invariant, match_epilogue
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Load, Var, free_vars, simplify, substitute
-from kiln.ir.loop import For, If, SERIAL, Store, UNROLLED
-from kiln.ir.loop_eval import evaluate
+from kiln.ir.expr import Bin, Const, Load, Var, free_vars, substitute
+from kiln.ir.loop import For, If, SERIAL
 
 I8, U8, I32 = DType.int8, DType.uint8, DType.int32
 LANES = 16           # int32 lanes of a zmm register
@@ -57,7 +58,7 @@ class X86Renderer(CRenderer):
 
     def __init__(self):
         super().__init__()
-        self.stats = {"vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0, "vnni_zero_rows": 0,
+        self.stats = {"amx_tiles": 0, "vnni_tiles": 0, "vnni_epilogues": 0, "dequant_tiles": 0, "vnni_zero_rows": 0,
                       "vnni_zero_row_tests": 0}
         self._plain = False  # printing a tile's #else branch: plain C all the way down
         self._extents: dict[str, int] = {}  # loop variable -> extent, of the loops being printed
@@ -68,6 +69,11 @@ class X86Renderer(CRenderer):
         if isinstance(s, For) and not self._plain and s.kind == SERIAL:
             tile = match_dequant_tile(s, self.buffers)
             if tile is not None and self._dequant_tile(s, tile, depth, in_parallel):
+                return
+        if isinstance(s, For) and not self._plain and s.kind == SERIAL:
+            amx = match_amx_tile(s, self.buffers)
+            if amx is not None:
+                self._amx_tile(s, amx, depth, in_parallel)
                 return
         if isinstance(s, For) and not self._plain:
             # a serial reduction loop around the tile (a convolution's window rows) runs
@@ -168,6 +174,26 @@ class X86Renderer(CRenderer):
         self.stats["dequant_tiles"] += 1
         return True
 
+    def _amx_tile(self, loop: For, tile: AmxTile, depth: int, in_parallel: bool) -> None:
+        """The AMX block (``x86_amx``) where the compiler targets AMX and Linux grants the
+        tile state at run time; otherwise the nest as plain C."""
+        if not self.prologue:
+            self.prologue += [AMX_GUARD, "  kiln_amx_begin();", "#endif"]
+        self.emit(AMX_GUARD, 0)
+        self.emit("if (kiln_amx_ready()) {", depth)
+        print_amx_tile(self, loop, tile, depth)
+        self.emit("} else", depth)
+        self.emit("#endif", 0)
+        self.emit("{", depth)
+        self._plain = True
+        try:
+            super().stmt(loop, depth + 1, in_parallel)
+        finally:
+            self._plain = False
+        self.emit("}", depth)
+        self.helpers_used.add("amx")
+        self.stats["amx_tiles"] += 1
+
     def _plain_fallback(self, loop: For, depth: int, in_parallel: bool) -> None:
         """``#else``, ``loop`` as plain C (no intrinsics anywhere inside it), ``#endif``."""
         self.emit("#else", 0)
@@ -266,63 +292,14 @@ class VnniTile:
     panels: int
 
 
-def _operand(e) -> Load | None:
-    if isinstance(e, Cast) and e.dtype is I32 and isinstance(e.a, Load) and e.a.dtype in (I8, U8):
-        return e.a
-    return None
-
-
 def match_vnni_tile(loop: For, buffers) -> VnniTile | None:
     """The tile when ``loop`` is the nest of the module docstring, its accesses verified."""
-    if not (isinstance(loop.extent, int) and loop.extent >= 4 and loop.extent % 4 == 0):
+    nest = match_dot_nest(loop, buffers, step=4)
+    if nest is None or nest.rows * (nest.cols // LANES) > MAX_ACCUMULATORS:
         return None
-    outer = loop.body
-    if not (isinstance(outer, For) and outer.kind == UNROLLED and isinstance(outer.body, For)):
+    if not _blocks_match(loop, nest.x, nest.w, nest.r, nest.c, nest.rows, nest.cols, buffers):
         return None
-    inner = outer.body
-    body = inner.body
-    if inner.kind != UNROLLED or not isinstance(body, Store) or not all(
-            isinstance(n, int) for n in (outer.extent, inner.extent)):
-        return None
-    r, c = outer.var, inner.var
-    rows, cols = outer.extent, inner.extent
-    if cols % LANES or rows * (cols // LANES) > MAX_ACCUMULATORS:
-        return None
-    acc_buf = buffers.get(body.buffer)
-    if (acc_buf is None or acc_buf.scope != "local" or acc_buf.dtype is not I32
-            or body.indices != (r, c) or tuple(acc_buf.shape) != (rows, cols)):
-        return None
-    value = body.value
-    acc = Load(body.buffer, body.indices, I32)
-    if not (isinstance(value, Bin) and value.op == "add" and value.a == acc and isinstance(value.b, Bin)
-            and value.b.op == "mul"):
-        return None
-    pair = [_operand(value.b.a), _operand(value.b.b)]
-    if None in pair:
-        return None
-    by_type = {ld.dtype: ld for ld in pair}
-    x, w = by_type.get(U8), by_type.get(I8)
-    if x is None or w is None:
-        return None
-    xv = set().union(*(free_vars(i) for i in x.indices))
-    wv = set().union(*(free_vars(i) for i in w.indices))
-    if c.name in xv or r.name in wv:
-        return None
-    if not _blocks_match(loop, x, w, r, c, rows, cols, buffers):
-        return None
-    return VnniTile(body.buffer, x, w, r, c, rows, cols // LANES)
-
-
-def _bind(e, name: str, value: int):
-    return simplify(substitute(e, {name: Const(value, DType.int64)}))
-
-
-def _flat(load: Load, env: dict, buffers) -> int:
-    shape = buffers[load.buffer].shape
-    flat = 0
-    for i, n in zip(load.indices, shape):
-        flat = flat * n + int(evaluate(i, env))
-    return flat
+    return VnniTile(nest.acc, nest.x, nest.w, nest.r, nest.c, nest.rows, nest.cols // LANES)
 
 
 def _blocks_match(loop: For, x: Load, w: Load, r: Var, c: Var, rows: int, cols: int, buffers) -> bool:
@@ -337,14 +314,14 @@ def _blocks_match(loop: For, x: Load, w: Load, r: Var, c: Var, rows: int, cols: 
             env0 = {name: base for name in others}
             for k0 in steps:
                 for row in range(rows):
-                    first = _flat(x, {**env0, k: k0, r.name: row}, buffers)
-                    if any(_flat(x, {**env0, k: k0 + j, r.name: row}, buffers) != first + j for j in range(4)):
+                    first = flat_offset(x, {**env0, k: k0, r.name: row}, buffers)
+                    if any(flat_offset(x, {**env0, k: k0 + j, r.name: row}, buffers) != first + j for j in range(4)):
                         return False
                 for p in range(cols // LANES):
-                    first = _flat(w, {**env0, k: k0, c.name: p * LANES}, buffers)
+                    first = flat_offset(w, {**env0, k: k0, c.name: p * LANES}, buffers)
                     for lane in range(4 * LANES):
                         at = {**env0, k: k0 + lane % 4, c.name: p * LANES + lane // 4}
-                        if _flat(w, at, buffers) != first + lane:
+                        if flat_offset(w, at, buffers) != first + lane:
                             return False
     except (KeyError, VerificationError):  # an index that reads a tensor: not this nest
         return False

@@ -21,7 +21,7 @@ from kiln.ir.compute import Stage
 from kiln.ir.loop import For, Seq, walk_stmts
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.ir.expr import linear_terms
-from kiln.passes.dot_schedule import copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
+from kiln.passes.dot_schedule import amx_rows, copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
 from kiln.passes.hoist_loads import cleanup_loops
 from kiln.passes.transpose_schedule import schedule_transpose
 
@@ -44,6 +44,9 @@ class Capabilities:
     # u8 x s8 dot products of 4 bytes per int32 lane (x86 AVX-512 VNNI ``vpdpbusd``): integer
     # kernels take their weights in VNNI panels (kiln/passes/vnni_pack.py)
     vnni: bool = False
+    # Intel AMX int8 tiles (``tdpbusd``): dot-product kernels whose reduction is one run of
+    # whole 64-byte steps use 32 x 32 tiles of them (kiln/codegen/x86_amx.py)
+    amx: bool = False
     # 3x3 stride-1 float convolutions as Winograd transforms around batched GEMMs
     # (kiln/passes/winograd.py)
     winograd: bool = False
@@ -138,8 +141,10 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         work = _size(st.shape) * _reduce_work(st)
         if st.has_reduce and caps.dot_tile and dot_axes(st):
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
-            _parallel_outer(sch, tile_dot_reduction(sch, spatial, dot_axes(st), caps.dot_tile, vnni,
-                                                    _reduce_work(st)), work)
+            rows_ax, cols_ax = dot_axes(st)
+            amx = amx_rows(st, spatial[rows_ax][1], spatial[cols_ax][1]) if vnni and caps.amx else 0
+            _parallel_outer(sch, tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), caps.dot_tile, vnni,
+                                                    _reduce_work(st), amx), work)
         elif st.has_reduce and "tile" in st.hints:
             tile_reduction(sch, spatial, st.hints, work, tile_sizes(st, caps), pad=pads.get(st.name))
         elif st.has_reduce:
