@@ -32,12 +32,10 @@ builds and computes the same on any x86 machine.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kiln.codegen.c import CRenderer
 from kiln.codegen.x86_amx import AMX_GUARD, AmxTile, match_amx_tile, print_amx_tile
 from kiln.codegen.x86_border import Segment, tile_segments
-from kiln.codegen.x86_dot import bind as _bind, flat_offset, match_dot_nest
+from kiln.codegen.x86_dot import DotNest, bind as _bind, flat_offset, match_dot_nest
 from kiln.codegen.x86_dequant import DequantPrinter, DequantTile, Unsupported as DequantUnsupported, match_dequant_tile
 from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, contiguous_or_invariant, match_epilogue
 from kiln.errors import VerificationError
@@ -278,18 +276,8 @@ class X86Renderer(CRenderer):
         self.stats["vnni_tiles"] += 1
 
 
-@dataclass(frozen=True, slots=True)
-class VnniTile:
-    """What the printer needs: the accumulator buffer, the two operand loads and the loop
-    variables of rows and columns."""
-
-    acc: str
-    x: Load
-    w: Load
-    r: Var
-    c: Var
-    rows: int
-    panels: int
+# The VNNI printer's tile is the matched nest (``tile.panels``: its columns in panels of 16)
+VnniTile = DotNest
 
 
 def match_vnni_tile(loop: For, buffers) -> VnniTile | None:
@@ -299,7 +287,7 @@ def match_vnni_tile(loop: For, buffers) -> VnniTile | None:
         return None
     if not _blocks_match(loop, nest.x, nest.w, nest.r, nest.c, nest.rows, nest.cols, buffers):
         return None
-    return VnniTile(nest.acc, nest.x, nest.w, nest.r, nest.c, nest.rows, nest.cols // LANES)
+    return nest
 
 
 def _blocks_match(loop: For, x: Load, w: Load, r: Var, c: Var, rows: int, cols: int, buffers) -> bool:

@@ -37,6 +37,11 @@ class DotNest:
     rows: int
     cols: int
 
+    @property
+    def panels(self) -> int:
+        """The columns in VNNI panels of 16."""
+        return self.cols // LANES
+
 
 def _operand(e) -> Load | None:
     if isinstance(e, Cast) and e.dtype is I32 and isinstance(e.a, Load) and e.a.dtype in (I8, U8):
