@@ -665,7 +665,7 @@ def machine() -> str:
     name = fields.get("model name", "unknown CPU")
     cpus = fields.get("cpu(s)", str(os.cpu_count()))
     flags = fields.get("flags", "").split()
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags]
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_int8") if f in flags]
     return f"{name}, {cpus} logical CPUs, {' '.join(isa) or 'no AVX2'}"
 
 
