@@ -146,16 +146,20 @@ def test_output_named_like_an_input_is_refused_cleanly():
 
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
 @pytest.mark.parametrize("where", ["none", "first", "middle", "last", "all"])
-def test_nan_propagates_through_max_and_min_reductions(backend, op, where):
+@pytest.mark.parametrize("n", [40, 2048])
+def test_nan_propagates_through_max_and_min_reductions(backend, op, where, n):
     """A row with a NaN anywhere reduces to NaN, as numpy's max/min (the host prints the
     reduction as a plain max/min plus a NaN flag: ``CRenderer._extreme_with_nan_flag``);
-    rows of 40 so a vectorized loop has full vectors and a tail."""
-    x = np.random.default_rng(5).standard_normal((3, 40)).astype(np.float32)
+    rows of 40 so a vectorized loop has full vectors and a tail, rows of 2048 so the host
+    keeps partial results in lanes (``LONG_EXTREME``)."""
+    x = np.random.default_rng(5).standard_normal((3, n)).astype(np.float32)
     x[1, 7], x[2, 3] = np.inf, -np.inf
-    pos = {"none": [], "first": [0], "middle": [21], "last": [39], "all": list(range(40))}[where]
+    pos = {"none": [], "first": [0], "middle": [n // 2 + 1], "last": [n - 1], "all": list(range(n))}[where]
     x[0, pos] = np.nan
     node = helper.make_node(op, ["x"], ["y"], axes=[1], keepdims=0)
-    model = util.make_model([node], [("x", np.float32, (3, 40))], [("y", np.float32, (3,))], opset=13)
+    model = util.make_model([node], [("x", np.float32, (3, n))], [("y", np.float32, (3,))], opset=13)
+    if n == 2048 and backend == "host":
+        assert "acc0_nan_lanes" in kiln.compile(model).source()
     got = util.kiln_run(model, {"x": x}, backend)["y"]
     want = (np.max if op == "ReduceMax" else np.min)(x, axis=1)
     np.testing.assert_array_equal(got, want)
