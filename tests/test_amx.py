@@ -19,6 +19,7 @@ from kiln.codegen.x86 import X86Renderer
 from kiln.codegen.x86_amx import match_amx_tile
 from kiln.ir.loop import For, Store, map_stmt, walk_stmts
 from tests.test_vnni import _conv_model, _inputs, _matmul_model, _shift_weight
+from tests.test_x86_border import _stats
 
 # x86 flags that define __AMX_INT8__ whatever machine compiles the source (the asm check)
 AMX_FLAGS = ["-march=sapphirerapids"]
@@ -28,16 +29,6 @@ def _caps(monkeypatch, amx: bool):
     """VNNI panels and the dot tile, with AMX on or off, whatever this machine has."""
     caps = dataclasses.replace(host.capabilities(), vnni=True, amx=amx, dot_tile=(8, 4))
     monkeypatch.setattr(host, "capabilities", lambda: caps)
-
-
-def _stats(cm) -> dict:
-    total: dict = {}
-    for k in cm.result.kernels:
-        r = X86Renderer()
-        r.render_func(k.func, set())
-        for name, n in r.stats.items():
-            total[name] = total.get(name, 0) + n
-    return total
 
 
 @pytest.mark.parametrize("m, k, n, tiles", [

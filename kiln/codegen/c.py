@@ -343,10 +343,7 @@ class CRenderer:
             self.emit(self.simd_pragma, depth)
             self.emit(f"for (int64_t {lane} = 0; {lane} < {lanes}; ++{lane}) {{ {part}[{lane}] = {acc}; "
                       f"{nans}[{lane}] = 0; }}", depth)
-            self.emit(f"for (int64_t {i}_row = 0; {i}_row < {loop.extent // lanes}; ++{i}_row) {{", depth)
-            self.emit(self.simd_pragma, depth + 1)
-            self.emit(f"for (int64_t {lane} = 0; {lane} < {lanes}; ++{lane}) {{", depth + 1)
-            self.emit(f"const int64_t {i} = {i}_row * {lanes} + {lane};", depth + 2)
+            self._lane_rows(loop, lanes, depth)
             self.emit(f"const {ctype} {v} = {self.expr(value.b)};", depth + 2)
             self.emit(f"{part}[{lane}] = {part}[{lane}] {cmp} {v} ? {part}[{lane}] : {v};", depth + 2)
             self.emit(f"{nans}[{lane}] |= {v} != {v};", depth + 2)
@@ -369,6 +366,15 @@ class CRenderer:
     # twice as many partial results for a long max/min (``LONG_EXTREME``)
     sum_lanes = 0
 
+    def _lane_rows(self, loop: For, lanes: int, depth: int) -> None:
+        """Opens ``loop`` as rows of ``lanes`` (the inner loop vectorized) with its variable
+        defined at ``depth + 2``; the caller prints the body and closes both loops."""
+        v = loop.var.name
+        self.emit(f"for (int64_t {v}_row = 0; {v}_row < {loop.extent // lanes}; ++{v}_row) {{", depth)
+        self.emit(self.simd_pragma, depth + 1)
+        self.emit(f"for (int64_t {v}_lane = 0; {v}_lane < {lanes}; ++{v}_lane) {{", depth + 1)
+        self.emit(f"const int64_t {v} = {v}_row * {lanes} + {v}_lane;", depth + 2)
+
     def _float_sum_in_lanes(self, loop: For, pragma: str, depth: int) -> bool:
         """A vectorized float sum into a scalar printed as ``sum_lanes`` partial sums in a
         local array, added up in a tree after the loop.
@@ -390,10 +396,7 @@ class CRenderer:
         self.emit(f"{ctype} {part}[{lanes}] __attribute__((aligned(64)));", depth)
         self.emit(self.simd_pragma, depth)
         self.emit(f"for (int64_t {step} = 0; {step} < {lanes}; ++{step}) {part}[{step}] = 0;", depth)
-        self.emit(f"for (int64_t {v}_row = 0; {v}_row < {loop.extent // lanes}; ++{v}_row) {{", depth)
-        self.emit(self.simd_pragma, depth + 1)
-        self.emit(f"for (int64_t {lane} = 0; {lane} < {lanes}; ++{lane}) {{", depth + 1)
-        self.emit(f"const int64_t {v} = {v}_row * {lanes} + {lane};", depth + 2)
+        self._lane_rows(loop, lanes, depth)
         for st in (loop.body.stmts if isinstance(loop.body, Seq) else (loop.body,)):
             if st is acc_store:
                 self.emit(f"{part}[{lane}] = {part}[{lane}] + {self.expr(st.value.b)};", depth + 2)

@@ -33,18 +33,15 @@ builds and computes the same on any x86 machine.
 from __future__ import annotations
 
 from kiln.codegen.c import CRenderer
-from kiln.codegen.x86_amx import AMX_GUARD, AmxTile, match_amx_tile, print_amx_tile
+from kiln.codegen.x86_amx import AMX_BEGIN, AMX_GUARD, AmxTile, match_amx_tile, print_amx_tile
 from kiln.codegen.x86_border import Segment, tile_segments
-from kiln.codegen.x86_dot import DotNest, bind as _bind, flat_offset, match_dot_nest
+from kiln.codegen.x86_dot import I8, I32, LANES, U8, DotNest, bind as _bind, flat_offset, match_dot_nest
 from kiln.codegen.x86_dequant import DequantPrinter, DequantTile, Unsupported as DequantUnsupported, match_dequant_tile
 from kiln.codegen.x86_epilogue import LANES as EPILOGUE_LANES, EpilogueWriter, contiguous_or_invariant, match_epilogue
 from kiln.errors import VerificationError
-from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Const, Load, Var, free_vars, substitute
 from kiln.ir.loop import For, If, SERIAL
 
-I8, U8, I32 = DType.int8, DType.uint8, DType.int32
-LANES = 16           # int32 lanes of a zmm register
 MAX_ACCUMULATORS = 24  # of 32 zmm registers: the rest hold weights and the broadcast
 MAX_CONDITIONS = 2     # rows a segment skips at run time (a tile's first and last pixel)
 
@@ -175,19 +172,15 @@ class X86Renderer(CRenderer):
     def _amx_tile(self, loop: For, tile: AmxTile, depth: int, in_parallel: bool) -> None:
         """The AMX block (``x86_amx``) where the compiler targets AMX and Linux grants the
         tile state at run time; otherwise the nest as plain C."""
-        if not self.prologue:
-            self.prologue += [AMX_GUARD, "  kiln_amx_begin();", "#endif"]
+        if AMX_BEGIN not in self.prologue:
+            self.prologue += [AMX_GUARD, AMX_BEGIN, "#endif"]
         self.emit(AMX_GUARD, 0)
         self.emit("if (kiln_amx_ready()) {", depth)
         print_amx_tile(self, loop, tile, depth)
         self.emit("} else", depth)
         self.emit("#endif", 0)
         self.emit("{", depth)
-        self._plain = True
-        try:
-            super().stmt(loop, depth + 1, in_parallel)
-        finally:
-            self._plain = False
+        self._print_plain(loop, depth + 1, in_parallel)
         self.emit("}", depth)
         self.helpers_used.add("amx")
         self.stats["amx_tiles"] += 1
@@ -195,12 +188,16 @@ class X86Renderer(CRenderer):
     def _plain_fallback(self, loop: For, depth: int, in_parallel: bool) -> None:
         """``#else``, ``loop`` as plain C (no intrinsics anywhere inside it), ``#endif``."""
         self.emit("#else", 0)
+        self._print_plain(loop, depth, in_parallel)
+        self.emit("#endif", 0)
+
+    def _print_plain(self, loop: For, depth: int, in_parallel: bool) -> None:
+        """``loop`` as plain C: no intrinsics anywhere inside it."""
         self._plain = True
         try:
             super().stmt(loop, depth, in_parallel)
         finally:
             self._plain = False
-        self.emit("#endif", 0)
 
     def _vnni_tile(self, loop: For, tile: "VnniTile", depth: int, in_parallel: bool,
                    around: For | None = None, guard=None) -> None:

@@ -140,6 +140,8 @@ def print_amx_tile(renderer, loop: For, tile: AmxTile, depth: int) -> None:
 
 # Guard of the AMX blocks: the compiler targets AMX and the OS is Linux (the grant below).
 AMX_GUARD = "#if defined(__AMX_INT8__) && defined(__AMX_TILE__) && defined(__linux__)"
+# First line of a kernel with AMX tiles (its prologue): a new epoch, see kiln_amx_config
+AMX_BEGIN = "  kiln_amx_begin();"
 
 # kiln_amx_ready(): asks Linux once per process for the tile state (0x1023 is
 # ARCH_REQ_XCOMP_PERM, 18 XFEATURE_XTILEDATA; the constants are not in every libc's headers).
@@ -176,4 +178,4 @@ static inline void kiln_amx_config(void) {
 #endif
 """
 
-__all__ = ["AMX_GUARD", "AMX_SUPPORT", "AmxTile", "match_amx_tile", "print_amx_tile"]
+__all__ = ["AMX_BEGIN", "AMX_GUARD", "AMX_SUPPORT", "AmxTile", "match_amx_tile", "print_amx_tile"]
