@@ -43,6 +43,17 @@ def test_snapshot_gemm_bias_relu(monkeypatch):
     check_snapshot("gemm_bias_relu.c", m.source())
 
 
+def test_register_tile_zeroing_and_write_back_are_unrolled_like_its_rows():
+    # A tile's accumulator array stays in registers only when every loop over its rows is
+    # unrolled: the main loop, the zeroing before it and the write-back after it.
+    import re
+
+    src = kiln.compile(gemm_bias_relu()).source()
+    pragmas = {loop: n for n, loop in re.findall(r"#pragma GCC unroll (\d+)\s+for \(int64_t (\w+) = 0", src)}
+    (row,) = [v for v in pragmas if v + "_init" in pragmas and v + "_wb" in pragmas]
+    assert pragmas[row] == pragmas[row + "_init"] == pragmas[row + "_wb"]
+
+
 def test_export_builds_with_make_and_reloads(tmp_path):
     model = gemm_bias_relu()
     m = kiln.compile(model)

@@ -54,6 +54,7 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
   for (int64_t i0_o = 0; i0_o < 2; ++i0_o) {
     for (int64_t i1_o = 0; i1_o < 1; ++i1_o) {
       float acc0[6][16] __attribute__((aligned(64)));
+      #pragma GCC unroll 6
       for (int64_t i0_i_init = 0; i0_i_init < 6; ++i0_i_init) {
         #pragma omp simd
         for (int64_t i1_i_init = 0; i1_i_init < 16; ++i1_i_init) {
@@ -71,6 +72,7 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
           }
         }
       }
+      #pragma GCC unroll 6
       for (int64_t i0_i_wb = 0; i0_i_wb < 6; ++i0_i_wb) {
         #pragma omp simd
         for (int64_t i1_i_wb = 0; i1_i_wb < 16; ++i1_i_wb) {

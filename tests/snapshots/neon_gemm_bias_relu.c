@@ -65,6 +65,7 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
   for (int64_t i1_o = 0; i1_o < 2; ++i1_o) {
     for (int64_t i0_o = 0; i0_o < 2; ++i0_o) {
       float acc0[6][8] __attribute__((aligned(64)));
+      #pragma GCC unroll 6
       for (int64_t i0_i_init = 0; i0_i_init < 6; ++i0_i_init) {
         for (int64_t i1_i_init = 0; i1_i_init < 8; i1_i_init += 4) {
           vst1q_f32(&acc0[i0_i_init][i1_i_init], vdupq_n_f32(0.0f));
@@ -80,6 +81,7 @@ static void kernel_0(const float* restrict in0, const float* restrict in1, const
           }
         }
       }
+      #pragma GCC unroll 6
       for (int64_t i0_i_wb = 0; i0_i_wb < 6; ++i0_i_wb) {
         for (int64_t i1_i_wb = 0; i1_i_wb < 8; i1_i_wb += 4) {
           vst1q_f32(&out0[((((i0_o * INT64_C(6)) + i0_i_wb) * INT64_C(16)) + ((i1_o * INT64_C(8)) + i1_i_wb))], vbslq_f32(vcgtq_f32(vdupq_n_f32(0.0f), vaddq_f32(vld1q_f32(&acc0[i0_i_wb][i1_i_wb]), vld1q_f32(&in2[((i1_o * INT64_C(8)) + i1_i_wb)]))), vdupq_n_f32(0.0f), vaddq_f32(vld1q_f32(&acc0[i0_i_wb][i1_i_wb]), vld1q_f32(&in2[((i1_o * INT64_C(8)) + i1_i_wb)]))));

@@ -131,6 +131,7 @@ static void kernel_2(const float* restrict in0, const float* restrict in1, float
     for (int64_t i2_o = 0; i2_o < 1; ++i2_o) {
       for (int64_t i1_o = 0; i1_o < 6; ++i1_o) {
         float acc0[6][16] __attribute__((aligned(64)));
+        #pragma GCC unroll 6
         for (int64_t i1_i_init = 0; i1_i_init < 6; ++i1_i_init) {
           #pragma omp simd
           for (int64_t i2_i_init = 0; i2_i_init < 16; ++i2_i_init) {
@@ -148,6 +149,7 @@ static void kernel_2(const float* restrict in0, const float* restrict in1, float
             }
           }
         }
+        #pragma GCC unroll 6
         for (int64_t i1_i_wb = 0; i1_i_wb < 6; ++i1_i_wb) {
           #pragma omp simd
           for (int64_t i2_i_wb = 0; i2_i_wb < 16; ++i2_i_wb) {
