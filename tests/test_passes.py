@@ -333,6 +333,35 @@ def test_split_index_recombines():
     holds()
 
 
+def test_a_common_factor_leaves_floordiv_and_mod():
+    """Row 4 o + 1 of 128 rows per batch: (4 o + 1) // 128 is o // 32 and (4 o + 1) % 128 is
+    4 (o % 32) + 1 -- rows run side by side then differ by a constant in one index. Checked
+    against Python's floor division for any coefficients sharing a factor with the divisor."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from kiln.ir.expr import Bin, Const, Var, eval_const, simplify, simplify_in_ranges, substitute
+
+    i64 = DType.int64
+    o, p = Var("o"), Var("p")
+    row = Bin("add", Bin("mul", o, Const(4, i64), i64), Const(1, i64), i64)
+    assert str(simplify_in_ranges(Bin("floordiv", row, Const(128, i64), i64), {})) == "floordiv(o, 32)"
+    assert str(simplify_in_ranges(Bin("mod", row, Const(128, i64), i64), {})) == "add(mul(mod(o, 32), 4), 1)"
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(1, 6), st.integers(1, 9), st.integers(-5, 5), st.integers(-5, 5), st.integers(-40, 40),
+           st.sampled_from(["floordiv", "mod"]), st.integers(-300, 300), st.integers(-300, 300))
+    def holds(g, m, a, b, k, op, ov, pv):
+        lin = Bin("add", Bin("add", Bin("mul", o, Const(g * a, i64), i64), Bin("mul", p, Const(g * b, i64), i64), i64),
+                  Const(k, i64), i64)
+        e = simplify_in_ranges(Bin(op, lin, Const(g * m, i64), i64), {})
+        got = eval_const(simplify(substitute(e, {"o": Const(ov, i64), "p": Const(pv, i64)})))
+        want = (g * a * ov + g * b * pv + k)
+        assert got == (want // (g * m) if op == "floordiv" else want % (g * m))
+
+    holds()
+
+
 def test_invariant_loads_leave_the_vector_loop():
     """Before: out[r, i] = x[r, i] - m[r] in a vectorized i loop. Expected: m[r] read once into
     a local scalar before the loop; a load under a Select branch and a written buffer stay."""

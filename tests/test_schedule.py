@@ -14,10 +14,17 @@ from hypothesis import strategies as st
 from kiln.errors import ScheduleError
 from kiln.ir.compute import Tensor, compute, rsum
 from kiln.ir.dtype import DType
-from kiln.ir.loop import Buffer, For, Func, canonicalize, seq
+from kiln.ir.loop import Alloc, Buffer, For, Func, Seq, Store, canonicalize, seq, walk_stmts
 from kiln.ir.loop_eval import run_func
 from kiln.ir.lower import lower_stage
 from kiln.ir.schedule import Schedule
+
+
+def _leaves(stmt):
+    """The statements of a block in order, seen through sequences and allocations."""
+    if isinstance(stmt, Seq):
+        return [x for c in stmt.stmts for x in _leaves(c)]
+    return _leaves(stmt.body) if isinstance(stmt, Alloc) else [stmt]
 
 F32 = DType.float32
 
@@ -175,12 +182,47 @@ def test_cache_read_tile_copies_the_region_read_and_replays():
         s.cache_read("C", jo)
 
 
+def test_interleave_statements_runs_iterations_side_by_side_and_replays():
+    """Before: for i0 < 6: row i0. Expected: for i0_o < 3: row 2 i0_o; row 2 i0_o + 1 -- each
+    copy with its own loops and accumulator (renamed ``_r0``, ``_r1``)."""
+    f = matmul_func(6, 8, 5)
+    s = Schedule(f)
+    _, inner = s.split("i0", 2)
+    s.interleave_statements(inner)
+    assert_same(f, s.func, ["C"])
+    assert s.loops() == ["i0_o", "i1_r0", "i2_r0", "i1_r1", "i2_r1"]
+    allocs = [x.buffer.name for x in walk_stmts(s.func.body) if isinstance(x, Alloc)]
+    assert allocs == ["acc0_r0", "acc0_r1"]
+    assert Schedule.replay(f, json.dumps(s.trace)).func == s.func
+
+
+def test_interleave_statements_spreads_each_statement_of_a_row_before_the_next():
+    """Two statements per row (a sum into T, then a scaled copy into C): both rows' sums come
+    before both rows' copies."""
+    X = Tensor("X", (4, 3))
+    T = compute("T", (4,), lambda i: rsum(lambda k: X[i, k], 3))
+    C = compute("C", (4, 3), lambda i, j: X[i, j] * T[i])
+    params = (Buffer("X", (4, 3), F32), Buffer("T", (4,), F32), Buffer("C", (4, 3), F32))
+    f = canonicalize(Func("rows", params, seq(lower_stage(T), lower_stage(C))))
+    s = Schedule(f)
+    s.compute_at("T", "i2")  # each row's sum inside the row loop of C
+    _, inner = s.split("i2", 2)
+    s.interleave_statements(inner)
+    assert_same(f, s.func, ["C", "T"])
+    outer = s._loop(s.loops()[0]).body
+    writes = [next(x.buffer for x in walk_stmts(st) if isinstance(x, Store) and x.buffer in ("T", "C"))
+              for st in _leaves(outer) if any(isinstance(x, Store) and x.buffer in ("T", "C") for x in walk_stmts(st))]
+    assert writes == ["T", "T", "C", "C"]
+
+
 def test_bad_primitive_arguments_raise():
     s = Schedule(matmul_func(4, 4, 4))
     with pytest.raises(ScheduleError, match="no loop named"):
         s.split("nope", 2)
     with pytest.raises(ScheduleError, match="fuse needs"):
         s.fuse("i1", "i0")
+    with pytest.raises(ScheduleError, match="interleave_statements: loop 'i0' has extent 70"):
+        Schedule(matmul_func(70, 2, 2)).interleave_statements("i0")
     with pytest.raises(ScheduleError, match="unknown schedule primitive"):
         Schedule.replay(matmul_func(4, 4, 4), [{"prim": "explode", "args": {}}])
 

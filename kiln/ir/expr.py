@@ -470,6 +470,30 @@ def _split_div(e: Bin, ranges: dict[str, int]):
     return quot, rem
 
 
+def _divide_common_factor(x: Bin) -> Expr:
+    """``(g*y + k) // (g*m)`` is ``(y + k // g) // m`` and ``(g*y + k) % (g*m)`` is
+    ``g * ((y + k // g) % m) + k % g`` for integers (floor semantics), where ``g`` divides
+    every variable term's coefficient and the divisor. Row ``4*o + 1`` of a [12, 128] grid
+    run four rows at a time is then ``(o // 32, 4 * (o % 32) + 1)``: the row's neighbours
+    differ from it by a constant in the second index. ``x`` itself when no ``g > 1`` fits."""
+    c = _int_const(x.b)
+    terms = linear_terms(x.a) if c and c > 0 else None
+    if not terms or len(terms) < 2:
+        return x
+    g = c
+    for atom, coef in terms.items():
+        if atom != "":
+            g = math.gcd(g, coef)
+    if g <= 1:
+        return x
+    k = terms.get("", 0)
+    y = _rebuild({**{a: v // g for a, v in terms.items() if a != ""}, "": k // g}, x.dtype)
+    inner = simplify(Bin(x.op, y, Const(c // g, x.dtype), x.dtype))
+    if x.op == "floordiv":
+        return inner
+    return simplify(Bin("add", Bin("mul", inner, Const(g, x.dtype), x.dtype), Const(k % g, x.dtype), x.dtype))
+
+
 def simplify_in_ranges(e: Expr, ranges: dict[str, int], memos: tuple[dict, dict] | None = None) -> Expr:
     """``simplify`` knowing ``0 <= v < ranges[v]`` for loop variables: ``(12*r + k) // 12`` is
     ``r`` and ``(12*r + k) % 12`` is ``k`` when ``k < 12`` (kiln/passes/simplify_loops.py).
@@ -482,6 +506,7 @@ def simplify_in_ranges(e: Expr, ranges: dict[str, int], memos: tuple[dict, dict]
             parts = _split_div(x, ranges)
             if parts is not None:
                 return simplify(_rebuild(parts[0] if x.op == "floordiv" else parts[1], x.dtype))
+            return _divide_common_factor(x)
         return x
 
     go = memoized(step, memo)

@@ -17,7 +17,7 @@ from kiln.errors import ScheduleError
 from kiln.ir.expr import (Bin, Const, Expr, Load, Select, Var, affine_coeffs, ceil_div, map_children, replace_loads,
                           simplify, simplify_in_ranges, substitute, walk)
 from kiln.ir.loop import (PARALLEL, SERIAL, UNROLLED, VECTORIZED, Alloc, Buffer, For, Func, If, Seq,
-                          Stmt, Store, find_loop, map_exprs, map_stmt, seq, stmt_children, stmt_exprs,
+                          Stmt, Store, find_loop, map_exprs, map_stmt, seq, stmt_exprs,
                           subst_stmt, walk_stmts)
 
 
@@ -162,6 +162,38 @@ class Schedule:
                   for k in range(node.extent)]
         self._replace_loop(loop, seq(*copies))
         self._record("expand", loop=loop)
+
+    def interleave_statements(self, loop: str) -> None:
+        """Run the iterations of ``loop`` side by side, one top-level statement at a time:
+        ``for r in F: {s1; s2}`` becomes ``s1[r=0] .. s1[r=F-1]; s2[r=0] .. s2[r=F-1]``, with
+        the buffers and loops inside the body renamed per copy (``acc0`` -> ``acc0_r1``).
+
+        For iterations that are independent (the rows of a row-wise kernel) and whose steps
+        are short dependent chains: a softmax row of 128 floats waits on its max, then on its
+        sum; F rows' copies of one step in a row keep the out-of-order core busy meanwhile."""
+        node = self._loop(loop)
+        if not isinstance(node.extent, int) or not 1 <= node.extent <= MAX_EXPAND:
+            raise ScheduleError(f"interleave_statements: loop {loop!r} has extent {node.extent}; expected a constant "
+                                f"from 1 to {MAX_EXPAND}")
+        inner = [s for s in walk_stmts(node.body) if isinstance(s, (Alloc, For))]
+        names = {s.buffer.name if isinstance(s, Alloc) else s.var.name for s in inner}
+
+        def copy(s: Stmt, r: int) -> Stmt:
+            value = Const(r, node.var.dtype)
+            return _renamed(map_exprs(s, lambda e: _specialize(e, loop, value)), {n: f"{n}_r{r}" for n in names})
+
+        def spread(s: Stmt) -> Stmt:
+            if isinstance(s, Alloc):  # one allocation per copy, around the spread body
+                body = spread(s.body)
+                for r in reversed(range(node.extent)):
+                    body = Alloc(replace(s.buffer, name=f"{s.buffer.name}_r{r}"), body)
+                return body
+            if isinstance(s, Seq):
+                return seq(*(spread(x) for x in s.stmts))
+            return seq(*(copy(s, r) for r in range(node.extent)))
+
+        self._replace_loop(loop, spread(node.body))
+        self._record("interleave_statements", loop=loop)
 
     def bind(self, loop: str, axis: str) -> None:
         """Run ``loop`` on a GPU axis (``gpu.block`` or ``gpu.thread``) instead of serially."""
@@ -400,6 +432,33 @@ def _specialize(e: Expr, var: str, value: Const) -> Expr:
         return out
 
     return simplify(go(e))
+
+
+def _renamed(s: Stmt, names: dict[str, str]) -> Stmt:
+    """``s`` with the buffers and loop variables in ``names`` renamed (stores, loads,
+    allocations, loops and the variables' uses)."""
+    loads = lambda ld: replace(ld, buffer=names[ld.buffer]) if ld.buffer in names else None  # noqa: E731
+    uses = {n: Var(m) for n, m in names.items()}
+
+    def go(x: Stmt):
+        if isinstance(x, For) and x.var.name in names:
+            return For(Var(names[x.var.name], x.var.dtype), x.extent, map_stmt(x.body, go), x.kind)
+        if isinstance(x, Alloc) and x.buffer.name in names:
+            return Alloc(replace(x.buffer, name=names[x.buffer.name]), map_stmt(x.body, go))
+        if isinstance(x, Store):
+            return Store(names.get(x.buffer, x.buffer), tuple(_rename_expr(i, loads, uses) for i in x.indices),
+                         _rename_expr(x.value, loads, uses))
+        if isinstance(x, If):
+            return If(_rename_expr(x.cond, loads, uses), map_stmt(x.then, go))
+        if not isinstance(x, (For, Alloc, Seq)):
+            raise ScheduleError(f"interleave_statements: cannot rename inside a {type(x).__name__}")
+        return None
+
+    return map_stmt(s, go)
+
+
+def _rename_expr(e: Expr, loads, uses: dict[str, Expr]) -> Expr:
+    return substitute(replace_loads(e, loads), uses)
 
 
 def _as_index(e) -> Expr:

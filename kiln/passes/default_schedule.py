@@ -6,7 +6,9 @@ One rule per stage pattern, applied to each top-level loop nest of a kernel:
   registers), the column loop vectorized, the row loop unrolled, outer loops fused
   and run in parallel;
 - other reductions: outer spatial loops fused and run in parallel; over a middle axis,
-  a tile of output columns accumulated side by side (``reduce_columns``);
+  a tile of output columns accumulated side by side (``reduce_columns``); row reductions
+  feeding an elementwise output over the same rows (softmax, layer norm) computed inside
+  its row loop, a few short rows side by side (``_row_wise``);
 - injective stages: all but the last loop fused and run in parallel, the last loop
   (contiguous in memory) vectorized; an iterating stage (a tree walk) a few elements'
   steps interleaved (``interleave``); a layout transpose tiled so that both contiguous
@@ -53,6 +55,10 @@ class Capabilities:
     # concats whose parts their producers write into the result's storage, where each part's
     # slot is one run of bytes (kiln/passes/concat_in_place.py; targets planned by plan_memory)
     concat_in_place: bool = False
+    # rows a row-wise kernel (softmax, layer norm) runs side by side, statement by
+    # statement (``Schedule.interleave_statements``): out-of-order CPUs overlap one row's
+    # reduction chains with the next rows' (0 or 1: one row at a time)
+    interleave_rows: int = 0
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -187,9 +193,29 @@ def _row_wise(sch: Schedule, plans, caps: Capabilities) -> bool:
     name = rows[0][0]
     for nxt, _ in rows[1:]:
         name = sch.fuse(name, nxt)
+    side_by_side = _rows_side_by_side(_static(sch._loop(name).extent), last_n, caps)
+    if side_by_side > 1:
+        name, each = sch.split(name, side_by_side)
+        sch.interleave_statements(each)
     if _size(out.shape) * (len(reductions) + 1) >= PARALLEL_MIN_WORK:
         sch.parallel(name)
     return True
+
+
+# Rows this long or shorter run side by side (``Capabilities.interleave_rows``): a row of a
+# few vectors is mostly waiting on its reductions' dependent chains.
+INTERLEAVE_MAX_ROW = 1024
+
+
+def _rows_side_by_side(rows: int, row_length, caps: Capabilities) -> int:
+    """How many rows of a row-wise kernel run side by side: ``caps.interleave_rows``, or
+    fewer where that does not divide the row count; 1 for long or symbolic rows."""
+    if not isinstance(row_length, int) or row_length > INTERLEAVE_MAX_ROW or not rows:
+        return 1
+    k = caps.interleave_rows
+    while k > 1 and rows % k:
+        k //= 2
+    return max(k, 1)
 
 
 def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> None:

@@ -27,15 +27,18 @@ It applies when, in one sequence of statements (allocation scopes seen through):
   loop variable is one whole index and appears nowhere else (each iteration its own element),
   and its value contains the same subexpression (loop variables renamed) in that parameter's
   dtype (so storing it rounds nothing);
-- nothing between the two loops reads or writes that parameter or writes anything the
-  subexpression reads, and the subexpression does not read that parameter.
+- nothing between the two loops reads or writes the elements of that parameter the
+  second loop stores (elements of other rows may be touched: rows run side by side, see
+  ``Schedule.interleave_statements``, where the index difference is provably nonzero) or
+  writes anything the subexpression reads, and the subexpression does not read that
+  parameter.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
-from kiln.ir.expr import Bin, Expr, Load, Un, free_vars, map_children, substitute, walk
-from kiln.ir.loop import Alloc, For, Func, If, Seq, Stmt, Store, seq, stmt_exprs, walk_stmts
+from kiln.ir.expr import Bin, Expr, Load, Un, Var, free_vars, linear_terms, map_children, substitute, walk
+from kiln.ir.loop import Alloc, For, Func, If, Seq, Stmt, Store, seq, stmt_children, stmt_exprs, walk_stmts
 
 TRANSCENDENTAL = {"exp", "exp_nonpos", "expm1", "log", "tanh", "erf", "sigmoid", "softplus", "sin", "cos", "tan", "atan",
                   "asin", "acos", "sinh", "cosh", "asinh", "acosh", "atanh"}
@@ -114,13 +117,16 @@ def _reuse_after(first: For, acc: tuple[str, Expr], after: list[Stmt], params):
         return None
     reads = {x.buffer for x in walk(term) if isinstance(x, Load)}
     written: set[str] = set()
-    read_between: set[str] = set()
+    between: list[tuple[str, tuple[Expr, ...], dict[str, int]]] = []  # accesses in between
     for s in after:
         hit = _match_later(s, first, term, params)
         dest = hit[0].buffer if hit is not None else None
         # the first loop now writes the destination early: nothing it reads may be that
-        # buffer, and nothing in between may read it (or write what the value reads)
-        if hit is not None and dest not in reads and dest not in read_between and not written & (reads | {dest}):
+        # buffer, nothing in between may touch the elements it writes (a row's neighbours
+        # run side by side may touch theirs), nor write what the value reads
+        if (hit is not None and dest not in reads and not written & reads
+                and all(_apart(hit[0].indices, {s.var.name: s.extent}, ix, ranges)
+                        for buf, ix, ranges in between if buf == dest)):
             store, rewritten, shared = hit
             index = tuple(substitute(i, {s.var.name: first.var}) for i in store.indices)
             dtype = first.body.value.dtype
@@ -129,9 +135,49 @@ def _reuse_after(first: For, acc: tuple[str, Expr], after: list[Stmt], params):
                                              _replace(term, shared, Load(store.buffer, index, shared.dtype)), dtype))
             return replace(first, body=seq(keep, update)), s, rewritten
         written.update(x.buffer for x in walk_stmts(s) if isinstance(x, Store))
-        read_between.update(e.buffer for x in walk_stmts(s) for part in stmt_exprs(x) for e in walk(part)
-                            if isinstance(e, Load))
+        between += _accesses(s, {})
     return None
+
+
+def _accesses(s: Stmt, ranges: dict[str, int]) -> list[tuple[str, tuple[Expr, ...], dict[str, int]]]:
+    """(buffer, indices, extents of the loops around the access inside ``s``) of every load
+    and store in ``s``."""
+    if isinstance(s, For):
+        return _accesses(s.body, {**ranges, s.var.name: s.extent})
+    out = [(e.buffer, e.indices, ranges) for part in stmt_exprs(s) for e in walk(part) if isinstance(e, Load)]
+    if isinstance(s, Store):
+        out.append((s.buffer, s.indices, ranges))
+    for child in stmt_children(s):
+        out += _accesses(child, ranges)
+    return out
+
+
+def _apart(a: tuple[Expr, ...], a_loops: dict[str, int], b: tuple[Expr, ...], b_loops: dict[str, int]) -> bool:
+    """True when index ``a`` (its loop variables in ``a_loops``) and index ``b`` never name
+    the same element: in some dimension their difference is a constant plus loop variables
+    of known extents, and is never zero. Variables bound outside both (the row loop) must
+    cancel out; anything else not proved apart is taken to overlap."""
+    if len(a) != len(b):
+        return False
+    ranges = {f"{v}'": n for v, n in b_loops.items()}
+    ranges.update(a_loops)
+    apart_b = {v: Var(f"{v}'") for v in b_loops}
+    for x, y in zip(a, b):
+        terms = linear_terms(Bin("sub", x, substitute(y, apart_b), x.dtype))
+        if terms is None:
+            continue
+        lo = hi = terms.get("", 0)
+        for atom, coef in terms.items():
+            if atom == "" or coef == 0:
+                continue
+            n = ranges.get(atom.name) if isinstance(atom, Var) else None
+            if not isinstance(n, int):
+                break
+            lo, hi = lo + min(0, coef * (n - 1)), hi + max(0, coef * (n - 1))
+        else:
+            if lo > 0 or hi < 0:
+                return True
+    return False
 
 
 def _match_later(s: Stmt, first: For, term: Expr, params):
