@@ -105,6 +105,21 @@ def test_the_c_loop_keeps_its_reduction_clause():
     assert all(f"acc1_r{k}_lanes[16]" in src for k in range(4))
 
 
+def test_a_symbolic_row_count_runs_one_row_at_a_time():
+    # rows side by side need a row count they divide; a dynamic batch keeps one row per step
+    x = helper.make_tensor_value_info("x", 1, ["batch", 128])
+    y = helper.make_tensor_value_info("y", 1, ["batch", 128])
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m = kiln.compile(model, target="host", dim_bounds={"batch": (1, 64)})
+    src = m.source()
+    assert "acc0_r1" not in src
+    assert src.count("kiln_expf_nonpos(") - src.count("static inline float kiln_expf_nonpos(") == 1
+    a = np.random.default_rng(0).standard_normal((7, 128)).astype(np.float32)
+    e = np.exp(a - a.max(1, keepdims=True))
+    np.testing.assert_allclose(m.run({"x": a})["y"], e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("shape,axis", [((12, 128), -1), ((2, 5, 33), 1), ((3, 7), 0), ((4, 1000), -1)])
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
 def test_softmax_matches_ort(shape, axis, op):

@@ -193,7 +193,7 @@ def _row_wise(sch: Schedule, plans, caps: Capabilities) -> bool:
     name = rows[0][0]
     for nxt, _ in rows[1:]:
         name = sch.fuse(name, nxt)
-    side_by_side = _rows_side_by_side(_static(sch._loop(name).extent), last_n, caps)
+    side_by_side = _rows_side_by_side(sch._loop(name).extent, last_n, caps)
     if side_by_side > 1:
         name, each = sch.split(name, side_by_side)
         sch.interleave_statements(each)
@@ -207,10 +207,12 @@ def _row_wise(sch: Schedule, plans, caps: Capabilities) -> bool:
 INTERLEAVE_MAX_ROW = 1024
 
 
-def _rows_side_by_side(rows: int, row_length, caps: Capabilities) -> int:
+def _rows_side_by_side(rows, row_length, caps: Capabilities) -> int:
     """How many rows of a row-wise kernel run side by side: ``caps.interleave_rows``, or
-    fewer where that does not divide the row count; 1 for long or symbolic rows."""
-    if not isinstance(row_length, int) or row_length > INTERLEAVE_MAX_ROW or not rows:
+    fewer where that does not divide the row count; 1 for long rows or a symbolic row
+    count or length (a split of a symbolic count guards each copy: no steps side by side)."""
+    if (not isinstance(row_length, int) or row_length > INTERLEAVE_MAX_ROW
+            or not isinstance(rows, int) or not rows):
         return 1
     k = caps.interleave_rows
     while k > 1 and rows % k:
