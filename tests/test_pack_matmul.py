@@ -11,10 +11,13 @@ from onnx import TensorProto, helper
 import kiln
 from kiln.errors import ShapeError
 from kiln.ir import ops
+from kiln.ir.compute import Stage
 from kiln.ir.dtype import DType
+from kiln.ir.expr import Const
 from kiln.ir.graph import Graph, Node, TensorType, Value
 from kiln.passes.fuse import fuse
-from kiln.passes.pack_matmul import pack_matmuls, pack_panels
+from kiln.passes.default_schedule import Capabilities, tile_sizes
+from kiln.passes.pack_matmul import pack_matmuls, pack_panels, panel_for
 from kiln.targets.host import HostTarget
 from tests.test_passes import assert_graph_equal
 
@@ -55,6 +58,32 @@ def test_constant_weight_with_a_partial_panel_is_padded_and_sliced():
         N("slice", ["y__panels"], [V("y", 4, 40)], starts=(0, 0), ends=(4, 40), steps=(1, 1)),
     ), {"w__panels16": pack_panels(padded, 16)})
     assert_graph_equal(pack_matmuls(before.verify(), 16).verify(), expected)
+
+
+def test_each_matmul_takes_the_widest_panel_that_divides_its_n():
+    rng = np.random.default_rng(0)
+    w96, w64, w40 = (rng.standard_normal((8, n)).astype(np.float32) for n in (96, 64, 40))
+    outs = (V("y96", 4, 96), V("y64", 4, 64), V("y40", 4, 40))
+    before = Graph((V("x", 4, 8),), outs, (N("matmul", ["x", "w96"], [outs[0]]), N("matmul", ["x", "w64"], [outs[1]]),
+                                          N("matmul", ["x", "w40"], [outs[2]])), {"w96": w96, "w64": w64, "w40": w40})
+    padded = np.concatenate([w40, np.zeros((8, 24), np.float32)], axis=1)
+    expected = Graph((V("x", 4, 8),), outs, (
+        N("matmul_packed", ["x", "w96__panels48"], [outs[0]], panel=48),
+        N("matmul_packed", ["x", "w64__panels32"], [outs[1]], panel=32),
+        N("matmul_packed", ["x", "w40__panels32"], [V("y40__panels", 4, 64)], panel=32),
+        N("slice", ["y40__panels"], [outs[2]], starts=(0, 0), ends=(4, 40), steps=(1, 1)),
+    ), {"w96__panels48": pack_panels(w96, 48), "w64__panels32": pack_panels(w64, 32),
+        "w40__panels32": pack_panels(padded, 32)})
+    assert_graph_equal(pack_matmuls(before.verify(), (48, 32)).verify(), expected)
+
+
+def test_panel_widths_are_two_vectors_or_three_first_where_offered():
+    assert Capabilities(vector_bytes=64, vector_registers=32, wide_panels=True).panel_widths() == (48, 32)
+    assert Capabilities(vector_bytes=64, vector_registers=32).panel_widths() == (32,)
+    assert Capabilities(vector_bytes=32, vector_registers=16).panel_widths() == (16,)
+    # the register tile of a three-vector panel: 8 rows x 48 columns, lanes known
+    stage = Stage("y", (8, 96), F, (), Const(0.0, F), tag="matmul", hints={"tile_cols": 48})
+    assert tile_sizes(stage, Capabilities(vector_bytes=64, vector_registers=32, wide_panels=True)) == (8, 48, 16)
 
 
 def test_computed_b_gets_one_pack_node_shared_by_its_matmuls():
@@ -132,6 +161,13 @@ class _Unpacked(HostTarget):
         return dataclasses.replace(super().capabilities(), pack_matmul=False)
 
 
+class _WidePanels(HostTarget):
+    """Three-vector panels on any host (AVX-512 hosts have them on already)."""
+
+    def capabilities(self):
+        return dataclasses.replace(super().capabilities(), wide_panels=True)
+
+
 @pytest.mark.parametrize("m,k,n,batch,const_b", [
     (64, 96, 512, (), False),       # runtime pack
     (24, 40, 96, (), True),         # packed weights, rows not a multiple of the tile
@@ -139,11 +175,16 @@ class _Unpacked(HostTarget):
     (5, 64, 256, (2,), True),       # batched A, packed batched weights
     (1, 64, 1000, (), True),        # a classifier: 1000 outputs, the last panel padded
     (6, 48, 100, (2,), True),       # batched, padded
+    (24, 40, 3 * 96, (), True),     # three-vector panels (AVX-512: 48 wide)
+    (64, 96, 6 * 96, (), False),    # three-vector panels packed at run time
 ])
 def test_packed_matmul_is_bit_identical_to_unpacked(m, k, n, batch, const_b):
     model, feeds, b = _matmul_model(m, k, n, batch, const_b)
-    packed = kiln.compile(model, target="host")
+    target = _WidePanels()
+    packed = kiln.compile(model, target=target)
     assert "matmul_packed" in _ops(packed)
+    panels = {n.attrs["panel"] for n in packed.graph.nodes if n.op == "matmul_packed"}
+    assert panels == {panel_for(n, target.capabilities().panel_widths())}
     plain = kiln.compile(model, target=_Unpacked())
     assert "matmul_packed" not in _ops(plain)
     got, want = packed.run(feeds)["z"], plain.run(feeds)["z"]

@@ -59,6 +59,9 @@ class Capabilities:
     # statement (``Schedule.interleave_statements``): out-of-order CPUs overlap one row's
     # reduction chains with the next rows' (0 or 1: one row at a time)
     interleave_rows: int = 0
+    # packed matmuls whose N allows it take column panels three vectors wide (8 x 48 tiles
+    # of floats on AVX-512: 24 of the 32 registers accumulate; see ``panel_widths``)
+    wide_panels: bool = False
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -68,9 +71,20 @@ class Capabilities:
         AVX-512: 8 x 32). Measured on GEMM 1024^3 with AVX-512: 8 x 32 ran at 213 GFLOP/s
         against 59 for 4 x 16 (numpy/OpenBLAS: 229 in the same run).
         """
-        lanes = max(self.vector_bytes // itemsize, 1)
+        lanes = self.lanes(itemsize)
         rows = max(min(8, (3 * self.vector_registers // 4) // 2), 1)
         return rows, 2 * lanes
+
+    def lanes(self, itemsize: int = 4) -> int:
+        return max(self.vector_bytes // itemsize, 1)
+
+    def panel_widths(self, itemsize: int = 4) -> tuple[int, ...]:
+        """Column panel widths for packed matmul B, widest first: a matmul takes the first
+        that divides its N (``passes/pack_matmul.py``). Three vectors where the target has
+        them on: BERT's FFN GEMM [128, 768] x [768, 3072] ran 6.5 % faster with 8 x 48 tiles
+        than with 8 x 32 (Sapphire Rapids, 2 threads); 4 x 64 was 10 % slower than 8 x 32."""
+        two = self.tile(itemsize)[1]
+        return (3 * self.lanes(itemsize), two) if self.wide_panels else (two,)
 
 
 DEFAULT_CAPABILITIES = Capabilities()
@@ -251,10 +265,16 @@ def tile_sizes(st: Stage, caps: Capabilities) -> tuple[int, int]:
     rows, cols = caps.tile(st.dtype.itemsize)
     rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries
     cols = st.hints.get("tile_cols", cols)              # a layout blocked by columns
-    return rows, cols
+    return rows, cols, caps.lanes(st.dtype.itemsize)
 
 
-def default_tiling(spatial, hints: dict, work, sizes: tuple[int, int]) -> dict:
+def _lanes(sizes) -> int:
+    """Vector lanes of a register tile's ``sizes``: (rows, columns, lanes) from
+    ``tile_sizes``; a (rows, columns) pair is two vectors wide (``Capabilities.tile``)."""
+    return sizes[2] if len(sizes) > 2 else max(sizes[1] // 2, 1)
+
+
+def default_tiling(spatial, hints: dict, work, sizes: tuple[int, ...]) -> dict:
     """The decisions of the default tiling rule for a register tile of ``sizes``: the
     constants that the tuner's design space (autotune/space.py) opens up as knobs."""
     row_ax, col_ax = hints["tile"]
@@ -272,12 +292,12 @@ def default_tiling(spatial, hints: dict, work, sizes: tuple[int, int]) -> dict:
             "panel_outer": bool(hints.get("panel_outer")), "col_blocks": col_blocks}
 
 
-def _column_tile(col_n, sizes: tuple[int, int]) -> int:
+def _column_tile(col_n, sizes: tuple[int, ...]) -> int:
     """The largest divisor of the columns up to the tile's, preferring whole vectors: 784
     columns (28 x 28 pixels) in tiles of 28 had gcc 12 mix zmm, ymm and xmm lanes and keep
     the accumulators on the stack (44 GFLOP/s); tiles of 16 are one zmm per row."""
     tile = largest_divisor(col_n, sizes[1])
-    lanes = max(sizes[1] // 2, 1)  # the tile is two vectors wide (Capabilities.tile)
+    lanes = _lanes(sizes)
     if isinstance(col_n, int) and col_n > lanes and tile % lanes:
         whole = [t for t in range(lanes, sizes[1] + 1, lanes) if col_n % t == 0]
         tile = whole[-1] if whole else tile
@@ -289,7 +309,7 @@ def _column_tile(col_n, sizes: tuple[int, int]) -> int:
 MAX_ROW_TILE = 16
 
 
-def _rows_past_the_tile(row_n: int, col_tile: int, col_blocks: int, sizes: tuple[int, int]) -> tuple[int, int]:
+def _rows_past_the_tile(row_n: int, col_tile: int, col_blocks: int, sizes: tuple[int, ...]) -> tuple[int, int]:
     """(row tile, column blocks) for a row extent whose largest divisor up to the tile's
     rows is at most half of them: 13 (SqueezeNet's, AlexNet's 13 x 13 maps) or 197 (ViT's
     tokens) gave a 1-row tile, one multiply-add per two loads. The candidates:
@@ -298,7 +318,7 @@ def _rows_past_the_tile(row_n: int, col_tile: int, col_blocks: int, sizes: tuple
     - a tile of about the tile's rows that does not divide the extent: its last run
       repeats the last row (``split(tail="clamp")``), wasting those rows' work.
     The pair that does the most multiply-adds per value loaded, counting the waste, wins."""
-    lanes = max(sizes[1] // 2, 1)  # the tile is two vectors wide (Capabilities.tile)
+    lanes = _lanes(sizes)
 
     def score(rows: int, blocks: int) -> float:
         cols = col_tile * blocks
@@ -315,7 +335,7 @@ def _rows_past_the_tile(row_n: int, col_tile: int, col_blocks: int, sizes: tuple
     return max(candidates, key=lambda c: score(*c))  # the first of equals: a divisor
 
 
-def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, int], pad=None) -> None:
+def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, ...], pad=None) -> None:
     """Register tile of ``sizes`` (rows, columns) over the axes ``hints["tile"]`` names:
     ``apply_tiling`` with the default decisions."""
     apply_tiling(sch, spatial, hints, default_tiling(spatial, hints, work, sizes), pad)

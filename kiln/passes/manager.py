@@ -102,7 +102,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
                 graph = rewrite_grouped_convs(graph, caps.vector_bytes // 4).verify()
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
             if caps.pack_matmul:
-                graph = pack_matmuls(graph, caps.tile()[1]).verify()
+                graph = pack_matmuls(graph, caps.panel_widths()).verify()
             if caps.winograd and caps.nchwc and caps.pack_matmul:
                 graph = winograd_convs(graph, caps.tile()[1]).verify()
             if caps.dot_tile:

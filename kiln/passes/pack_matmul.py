@@ -1,7 +1,8 @@
 """Pack matmul B operands into column panels (``kiln/ir/ops/packed.py`` says why).
 
 A ``matmul`` whose B has a static N that spans more than one panel of the register tile's
-column count (two vectors: 32 floats with AVX-512, 16 with AVX2, 8 with NEON) becomes
+column count (two vectors: 32 floats with AVX-512, 16 with AVX2, 8 with NEON; three where
+the target offers them and they divide N, ``Capabilities.panel_widths``) becomes
 ``matmul_packed``:
 - constant B (weights): packed here, at compile time, into a new constant; when N is not a
   multiple of the panel, with zero columns up to one, and a ``slice`` takes the N real
@@ -61,12 +62,22 @@ def _packable(node: Node, types, constants, panel: int) -> str | None:
     return None
 
 
-def pack_matmuls(graph: Graph, panel: int) -> Graph:
+def panel_for(n, panels: tuple[int, ...]) -> int:
+    """The first (widest) of ``panels`` that divides a static ``n``, else the last: a
+    padded B wastes fewest columns on the narrowest panel."""
+    return next((p for p in panels if isinstance(n, int) and n % p == 0 and n > p), panels[-1])
+
+
+def pack_matmuls(graph: Graph, panels: int | tuple[int, ...]) -> Graph:
+    """Matmuls with packed B, each in the first of ``panels`` (widest first) that divides
+    its N (``Capabilities.panel_widths``); a single int: one width for all."""
+    panels = (panels,) if isinstance(panels, int) else tuple(panels)
     types = graph.value_types()
     constants = dict(graph.constants)
     nodes: list[Node] = []
     packed_of: dict[str, str] = {}  # B -> its packed value (several matmuls may share one B)
     for node in graph.nodes:
+        panel = panel_for(types[node.inputs[1]].shape[-1], panels) if node.op == "matmul" else panels[-1]
         kind = _packable(node, types, constants, panel)
         if kind is None:
             nodes.append(node)

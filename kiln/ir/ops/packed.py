@@ -77,9 +77,9 @@ def _matmul_packed_compute(ins, outs, attrs):
         return rsum(lambda k: widen(a[ba + (i[-2], k)]) * widen(bp[bb + (n // nb, k, n % nb)]), kdim)
 
     # ``panel_outer``: the column-panel loop runs outside the row-tile loop, so one panel
-    # stays in L2 while every row tile streams past it.
+    # stays in L2 while every row tile streams past it. The register tile is one panel wide.
     return [compute(o.name, o.shape, body, o.dtype, tag="matmul",
-                    hints={"tile": (r - 2, r - 1), "panel_outer": True})]
+                    hints={"tile": (r - 2, r - 1), "panel_outer": True, "tile_cols": nb})]
 
 
 register("matmul_packed", FusionKind.OUT_FUSABLE, _matmul_packed_infer, _matmul_packed_compute)
