@@ -29,7 +29,7 @@ from kiln.errors import KilnError, ShapeError
 from kiln.ir.dtype import DType
 from kiln.ir.graph import Graph
 from kiln.passes.gpu_schedule import Dispatch, schedule_dispatches
-from kiln.passes.memory_plan import _greedy_by_size, view_roots
+from kiln.passes.memory_plan import _greedy_by_size, output_views, view_roots
 
 WORD_ALIGN = OFFSET_ALIGN_WORDS  # 256 bytes: any region can also be bound on its own (wgsl_views)
 BINDING_WORDS = 1 << 25  # 128 MiB: WebGPU's default maxStorageBufferBindingSize
@@ -124,6 +124,8 @@ def plan_words(graph: Graph, kernels, chunk_words: int | None = None, half: bool
         r = region(v.type)
         storage[v.name] = (r, off[r])
         off[r] += units(v.type)
+    for out, viewed in output_views(graph).items():  # computed in the output's words
+        storage[viewed] = storage[out]
     chunks, woff, packed = [], 0, set()
     for name, arr in graph.constants.items():
         if arr.dtype in PACKED_DTYPES:

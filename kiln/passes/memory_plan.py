@@ -5,7 +5,8 @@ blob, and everything else (intermediate values and kernel scratch) in one arena 
 size is known at compile time. Symbolic dims count at their upper bounds, so one plan serves every shape within the
 declared bounds. Arena offsets come from liveness intervals, placed
 greedily by size (largest first, lowest offset that does not overlap a tensor live at
-the same time), as TFLite Micro's planner does. Reshapes alias their input; the parts of an
+the same time), as TFLite Micro's planner does. Reshapes alias their input (a graph output
+that is a reshape lends its buffer to the value it views, ``output_views``); the parts of an
 assembled concat (``concat_in_place``) live at their slots inside its storage.
 """
 from __future__ import annotations
@@ -83,6 +84,27 @@ def in_place_roots(graph: Graph) -> dict[str, str]:
     return root
 
 
+def output_views(graph: Graph) -> dict[str, str]:
+    """Graph outputs that stay views: output -> the value it views, which is then written
+    straight into the caller's buffer (a 1x1 convolution run as a matmul, reshaped back to
+    NCHW at the end, instead of a copy of its whole result). Only a value that a kernel
+    computes into the arena qualifies -- not a graph input, constant or other output -- and
+    only for the first output that views it."""
+    roots = in_place_roots(graph)
+    producers = graph.producers()
+    outside = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.constants)
+    kept: dict[str, str] = {}
+    for v in graph.outputs:
+        node = producers.get(v.name)
+        if node is None or ops.get(node.op).fusion != ops.FusionKind.VIEW or v.name in kept:
+            continue
+        r = roots.get(v.name, v.name)
+        if r in outside or r in kept.values() or producers.get(r) is None:
+            continue
+        kept[v.name] = r
+    return kept
+
+
 def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
     """``align``: byte alignment of every tensor (64 on hosts: a cache line; 16 on MCUs)."""
     from kiln.passes.concat_in_place import assembled_parts
@@ -105,6 +127,9 @@ def plan_memory(graph: Graph, kernels, align: int = ALIGN) -> MemoryPlan:
         storage[v.name] = Storage("input", i)
     for i, v in enumerate(graph.outputs):
         storage[v.name] = Storage("output", i)
+    position = {v.name: i for i, v in reversed(list(enumerate(graph.outputs)))}
+    for out, viewed in output_views(graph).items():
+        storage[viewed] = Storage("output", position[out])
 
     blob = bytearray()
     for name, arr in graph.constants.items():

@@ -193,8 +193,14 @@ def _rewrite_at(graph: Graph, i: int, rules, producers, consumers) -> Graph | No
 def _splice(graph: Graph, node: Node, old: str, new: str, rw: Rewriter, is_output: bool) -> Graph:
     """Insert the rewriter's nodes before ``node`` and make ``old``'s users read ``new``."""
     inserted = list(rw.new_nodes)
-    if is_output:
-        # The graph output keeps its name: copy (a kernel writes the caller's buffer).
+    last = inserted[-1] if inserted else None
+    if is_output and last is not None and len(last.outputs) == 1 and last.outputs[0].name == new \
+            and last.outputs[0].type == rw.types[old]:
+        # The graph output keeps its name: the rewrite's last node computes it under that name.
+        inserted[-1] = Node(last.op, last.inputs, (Value(old, rw.types[old]),), last.attrs, last.name)
+    elif is_output:
+        # ... or, where the result is a value computed elsewhere, a copy (a kernel writes the
+        # caller's buffer).
         inserted.append(Node("identity", (new,), (Value(old, rw.types[old]),), {}))
     nodes = []
     for n in graph.nodes:

@@ -41,8 +41,12 @@ def eliminate_identity(graph: Graph) -> Graph:
 
 
 def materialize_output_views(graph: Graph) -> Graph:
-    """A view (reshape) that produces a graph output must write the caller's buffer: copy."""
-    outputs = {v.name for v in graph.outputs}
+    """A view (reshape) that produces a graph output must write the caller's buffer: the
+    value it views is computed there (``memory_plan.output_views``) or, where that value
+    lives elsewhere (a graph input, a constant, another output's buffer), copied."""
+    from kiln.passes.memory_plan import output_views
+
+    outputs = {v.name for v in graph.outputs} - set(output_views(graph))
     nodes = []
     for n in graph.nodes:
         if ops.get(n.op).fusion == ops.FusionKind.VIEW and n.outputs[0].name in outputs:

@@ -193,7 +193,7 @@ static void kernel_11(const uint8_t* restrict in0, uint8_t* restrict out0) {
   }
 }
 
-/* kernel_12: writes y (identity) */
+/* kernel_12: writes y (qmatmul) */
 static void kernel_12(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0) {
   for (int32_t i0 = 0; i0 < 1; ++i0) {
     for (int32_t i1 = 0; i1 < 3; ++i1) {
