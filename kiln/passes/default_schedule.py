@@ -62,6 +62,10 @@ class Capabilities:
     # packed matmuls whose N allows it take column panels three vectors wide (8 x 48 tiles
     # of floats on AVX-512: 24 of the 32 registers accumulate; see ``panel_widths``)
     wide_panels: bool = False
+    # a lone depthwise or 1x1 convolution between NCHW tensors runs in NCHW instead of
+    # converting into NCHWc and straight back (kiln/passes/isolated_convs.py; measured on
+    # x86 only: on NEON gcc left the bounds-tested depthwise tile scalar)
+    plain_isolated_convs: bool = False
 
     def tile(self, itemsize: int = 4) -> tuple[int, int]:
         """Register tile (rows, columns) of a GEMM-like reduction.
@@ -279,7 +283,7 @@ def default_tiling(spatial, hints: dict, work, sizes: tuple[int, ...]) -> dict:
     constants that the tuner's design space (autotune/space.py) opens up as knobs."""
     row_ax, col_ax = hints["tile"]
     row_n, col_n = spatial[row_ax][1], spatial[col_ax][1]
-    col_tile = _column_tile(col_n, sizes)
+    col_tile = column_tile(col_n, sizes)
     col_blocks, block_ax = 1, hints.get("col_block_axis")
     if block_ax is not None and col_tile == col_n and isinstance(col_n, int):
         col_blocks = largest_divisor(spatial[block_ax][1], max(sizes[1] // col_n, 1))
@@ -292,7 +296,7 @@ def default_tiling(spatial, hints: dict, work, sizes: tuple[int, ...]) -> dict:
             "panel_outer": bool(hints.get("panel_outer")), "col_blocks": col_blocks}
 
 
-def _column_tile(col_n, sizes: tuple[int, ...]) -> int:
+def column_tile(col_n, sizes: tuple[int, ...]) -> int:
     """The largest divisor of the columns up to the tile's, preferring whole vectors: 784
     columns (28 x 28 pixels) in tiles of 28 had gcc 12 mix zmm, ymm and xmm lanes and keep
     the accumulators on the stack (44 GFLOP/s); tiles of 16 are one zmm per row."""

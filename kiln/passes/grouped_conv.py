@@ -41,7 +41,7 @@ def _pointwise(conv, w) -> bool:
 def _as_matmul(m: Match, rw: Rewriter, lanes: int, made: set[str]):
     conv = m.nodes["conv"]
     x, w = rw.type(m.values["x"]), m.arrays["w"]
-    group = int(conv.attrs["group"])
+    group = int(conv.attrs.get("group", 1))
     if len(x.shape) != 4 or w.ndim != 4 or w.shape[2:] != (1, 1) or not all(isinstance(d, int) for d in x.shape):
         return None
     n, c, h, wd = x.shape
@@ -115,20 +115,24 @@ def _activation_first(m: Match, rw: Rewriter):
 _ACTIVATIONS = ("relu", "leaky_relu", "clip", "sigmoid", "tanh", "hard_swish", "hard_sigmoid", "silu", "gelu", "elu")
 
 
-def rewrite_grouped_convs(graph: Graph, lanes: int) -> Graph:
+def rewrite_grouped_convs(graph: Graph, lanes: int, dense: frozenset[str] = frozenset()) -> Graph:
     """``lanes``: the vector width in floats; a 1x1 convolution's pixel axis (the matmul's
     columns) is padded with zeros to a multiple of it (196 -> 208 at 14 x 14, 49 -> 64 at
     7 x 7), so the register tile is whole vectors, and the extra columns are sliced off
-    after the bias."""
+    after the bias. ``dense``: outputs of 1-group 1x1 convolutions to run as matmuls too
+    (``passes/isolated_convs.py``: lone layers between NCHW tensors)."""
     grouped: set[str] = set()  # the matmuls the 1x1 rewrite made
+
+    def chosen(node) -> bool:
+        return _grouped(node) or node.outputs[0].name in dense
 
     def rule(m, rw):
         if _pointwise(m.nodes["conv"], m.arrays["w"]):
             return _as_matmul(m, rw, lanes, grouped)
-        return _split_groups(m, rw)
+        return _split_groups(m, rw) if _grouped(m.nodes["conv"]) else None
     graph = apply_rules(graph, [
-        (Op("conv", Any("x"), Const("w"), Const("b"), name="conv", where=_grouped), rule),
-        (Op("conv", Any("x"), Const("w"), name="conv", where=_grouped), rule),
+        (Op("conv", Any("x"), Const("w"), Const("b"), name="conv", where=chosen), rule),
+        (Op("conv", Any("x"), Const("w"), name="conv", where=chosen), rule),
     ])
     if not grouped:
         return graph

@@ -94,6 +94,7 @@ class _Builder:
         self.plain: dict[str, str] = {}     # blocked value -> its NCHW copy
         self.original: dict[str, TensorType] = {}  # blocked value -> the NCHW type it stands for
         self.block_of: dict[str, int] = {}  # blocked value -> its channel block
+        self.stands_for: dict[str, str] = {}  # blocked result of a graph node -> the node's output
         self._n = 0
 
     def fresh(self, hint):
@@ -121,6 +122,7 @@ class _Builder:
         name = self.add(op, inputs, attrs, out=self.fresh(stands_for.name))
         self.mark(name, stands_for.type, block)
         self.blocked[stands_for.name] = name
+        self.stands_for[name] = stands_for.name
         return name
 
     def to_blocked(self, name: str, block: int) -> str:
@@ -284,6 +286,47 @@ _LAYOUT_AWARE = {"max_pool": _convert_max_pool, "avg_pool": _convert_avg_pool,
 
 
 def to_nchwc(graph: Graph, block: int) -> Graph:
+    bld = _blocked(graph, block)
+    used = {i for n in bld.nodes for i in n.inputs}
+    return graph.replace(nodes=tuple(bld.nodes), constants={k: v for k, v in bld.constants.items() if k in used})
+
+
+def isolated_convs(graph: Graph, block: int) -> set[str]:
+    """Outputs of the convs that NCHWc would convert into and straight back out of: the
+    conv's input is converted for it alone (a graph input, or a plain op's result), and its
+    blocked result -- through elementwise ops with constant other operands (bias, ReLU6) --
+    reaches only conversions back to NCHW. A lone layer between NCHW tensors (a kernel
+    plugged into another runtime, a benchmark of one layer) spends more on those two
+    conversions than the blocked layout saves: ``passes/isolated_convs.py`` runs them plain."""
+    bld = _blocked(graph, block)
+    producer = {o.name: n for n in bld.nodes for o in n.outputs}
+    readers: dict[str, list[Node]] = {}
+    for n in bld.nodes:
+        for i in set(n.inputs):
+            readers.setdefault(i, []).append(n)
+
+    def only_unblocked_after(name: str) -> bool:
+        for r in readers.get(name, []):
+            if r.op == "from_nchwc":
+                continue
+            out = r.outputs[0].name
+            elementwise = ops.get(r.op).fusion in (ops.FusionKind.ELEMENTWISE, ops.FusionKind.BROADCAST)
+            others_constant = all(i == name or i in bld.constants for i in r.inputs if i)
+            if not (elementwise and out in bld.original and others_constant and only_unblocked_after(out)):
+                return False
+        return True
+
+    found = set()
+    for n in bld.nodes:
+        src = producer.get(n.inputs[0])
+        if (n.op == "conv_nchwc" and src is not None and src.op == "to_nchwc"
+                and len(readers[src.outputs[0].name]) == 1 and only_unblocked_after(n.outputs[0].name)):
+            found.add(bld.stands_for[n.outputs[0].name])
+    return found
+
+
+def _blocked(graph: Graph, block: int) -> _Builder:
+    """The layout pass's walk: the builder holds the rewritten nodes and constants."""
     bld = _Builder(graph, block)
     outputs = {v.name for v in graph.outputs}
     for node in graph.nodes:
@@ -311,5 +354,4 @@ def to_nchwc(graph: Graph, block: int) -> Graph:
     for v in graph.outputs:  # a blocked graph output is converted back under its own name
         if v.name in bld.blocked and not any(o.name == v.name for n in bld.nodes for o in n.outputs):
             bld.to_plain(bld.blocked[v.name], out=v.name)
-    used = {i for n in bld.nodes for i in n.inputs}
-    return graph.replace(nodes=tuple(bld.nodes), constants={k: v for k, v in bld.constants.items() if k in used})
+    return bld

@@ -27,6 +27,7 @@ from kiln.passes.concat_in_place import assemble_concats
 from kiln.passes.fold_constants import dequantizes_packed_weights, fold_constants
 from kiln.passes.fuse import Group, fuse
 from kiln.passes.grouped_conv import rewrite_grouped_convs
+from kiln.passes.isolated_convs import plain_isolated_convs
 from kiln.passes.layout import to_nchwc
 from kiln.passes.integer_layout import channels_last_integers
 from kiln.passes.integer_ops import pack_integer_ops, stage_windows
@@ -100,6 +101,9 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
         if name == "dce":
             if caps.nchwc:
                 graph = rewrite_grouped_convs(graph, caps.vector_bytes // 4).verify()
+                if caps.plain_isolated_convs:
+                    graph = plain_isolated_convs(graph, caps.vector_bytes // 4, caps.vector_bytes // 4,
+                                                 caps.tile()).verify()
                 graph = to_nchwc(graph, caps.vector_bytes // 4).verify()
             if caps.pack_matmul:
                 graph = pack_matmuls(graph, caps.panel_widths()).verify()

@@ -12,8 +12,7 @@ from kiln.errors import ShapeError
 from kiln.ir.compute import compute, rsum
 from kiln.ir.graph import TensorType
 from kiln.ir.ops import FusionKind, register, transpose_hint
-from kiln.ir.ops.nn import conj, pad_stage, scaled, window_attrs, window_out_size
-from kiln.ir.expr import Const, Select
+from kiln.ir.ops.nn import pad_stage, read_or_zero, scaled, window_attrs, window_out_size
 
 
 def _block(attrs) -> int:
@@ -73,18 +72,11 @@ def _conv_nchwc_infer(ins, attrs):
     return [TensorType((n, ocb) + spatial + (ws[-1],), ins[0].dtype)]  # the output block
 
 
-def _read_or_zero(x, lead: tuple, at, tail: tuple):
-    """``x[lead + at + tail]``, or 0 where the spatial position ``at`` (H, W) is outside ``x``."""
-    h, w = (x.shape[len(lead)], x.shape[len(lead) + 1])
-    inside = conj([at[0].ge(0), at[0].lt(h), at[1].ge(0), at[1].lt(w)])
-    return Select(inside, x[lead + tuple(at) + tail], Const(0.0, x.dtype))
-
-
 def _planar_pad(name: str, x, pb, pe):
     """x (N, 1, H, W, C) padded on H and W into (N, 1, C, H', W')."""
     n, cb, h, w, c = x.shape
     shape = (n, cb, c, h + pb[0] + pe[0], w + pb[1] + pe[1])
-    return compute(name, shape, lambda i, j, k, r, q: _read_or_zero(x, (i, j), (r - pb[0], q - pb[1]), (k,)),
+    return compute(name, shape, lambda i, j, k, r, q: read_or_zero(x, (i, j), (r - pb[0], q - pb[1]), (k,)),
                    x.dtype, tag="pad", inline=False)
 
 
@@ -126,7 +118,7 @@ def _conv_nchwc_compute(ins, outs, attrs):
         def tap(n, cb, oh, ow, c, a, b_):
             if not bounds_tested:
                 return src[(n, cb) + pos((oh, ow), (a, b_)) + (c,)]
-            return _read_or_zero(x, (n, cb), [p - begin for p, begin in zip(pos((oh, ow), (a, b_)), pb)], (c,))
+            return read_or_zero(x, (n, cb), [p - begin for p, begin in zip(pos((oh, ow), (a, b_)), pb)], (c,))
 
         def body(n, cb, oh, ow, c):
             acc = rsum(lambda a, b_: tap(n, cb, oh, ow, c, a, b_) * w[cb, a, b_, c], (kh, kw))

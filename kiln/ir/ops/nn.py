@@ -101,6 +101,13 @@ def conj(conds: Sequence[Expr]) -> Expr | None:
     return out
 
 
+def read_or_zero(x, lead: tuple, at, tail: tuple):
+    """``x[lead + at + tail]``, or 0 where the spatial position ``at`` (H, W) is outside ``x``."""
+    h, w = (x.shape[len(lead)], x.shape[len(lead) + 1])
+    inside = conj([at[0].ge(0), at[0].lt(h), at[1].ge(0), at[1].lt(w)])
+    return Select(inside, x[lead + tuple(at) + tail], Const(0.0, x.dtype))
+
+
 def zero(dtype: DType) -> Const:
     return Const(0.0 if dtype.is_float else 0, dtype)
 
@@ -191,6 +198,40 @@ def _conv_compute(ins, outs, attrs):
 
 
 register("conv", FusionKind.OUT_FUSABLE, _conv_infer, _conv_compute)
+
+
+def _depthwise_conv_compute(ins, outs, attrs):
+    """A 2-D depthwise ``conv`` (one input channel per group) in NCHW, for CPUs that run
+    convolutions in NCHWc but leave a lone depthwise layer between NCHW tensors plain
+    (``passes/isolated_convs.py``): the register tile is output rows x columns of one
+    channel plane (columns contiguous), and the padding is a bounds test on each read
+    instead of a padded copy (loop partitioning takes the tests out of the interior). The
+    multiply-adds per output are ``conv``'s, in the same order."""
+    x, w = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    o = outs[0]
+    strides, pb, _, dil = window_attrs(attrs, 2, "depthwise_conv")
+
+    def body(n, c, oh, ow):
+        def tap(a, b):
+            at = [scaled(oh, strides[0]) + scaled(a, dil[0]) - pb[0], scaled(ow, strides[1]) + scaled(b, dil[1]) - pb[1]]
+            return widen(read_or_zero(x, (n, c), at, ())) * widen(w[(c, 0, a, b)])
+
+        acc = rsum(tap, tuple(w.shape[2:]))
+        return acc if bias is None else acc + widen(bias[c])
+
+    return [compute(o.name, o.shape, body, o.dtype, tag="conv", hints={"tile": (2, 3)})]
+
+
+def _depthwise_conv_infer(ins, attrs):
+    x, w = tuple(ins[0].shape), tuple(ins[1].shape)
+    if len(x) != 4 or len(w) != 4 or w[1] != 1 or int(attrs.get("group", 1)) != x[1] or w[0] != x[1]:
+        raise ShapeError(f"depthwise_conv takes x (N, C, H, W) and weights (C, 1, KH, KW) with group=C; "
+                         f"got x {x}, weights {w}, group={attrs.get('group', 1)}")
+    return _conv_infer(ins, attrs)
+
+
+register("depthwise_conv", FusionKind.OUT_FUSABLE, _depthwise_conv_infer, _depthwise_conv_compute)
 
 
 # -- conv_transpose ---------------------------------------------------------------------------
