@@ -32,7 +32,8 @@ def _grouped(node) -> bool:
     return int(node.attrs.get("group", 1)) > 1
 
 
-def _pointwise(conv, w) -> bool:
+def pointwise(conv, w) -> bool:
+    """A 1x1 window, stride 1, no padding: each output pixel reads its own input pixel."""
     a = conv.attrs
     return (w.ndim == 4 and w.shape[2:] == (1, 1) and all(int(s) == 1 for s in a.get("strides", (1, 1)))
             and all(int(p) == 0 for p in a.get("pads", (0, 0, 0, 0))))
@@ -127,7 +128,7 @@ def rewrite_grouped_convs(graph: Graph, lanes: int, dense: frozenset[str] = froz
         return _grouped(node) or node.outputs[0].name in dense
 
     def rule(m, rw):
-        if _pointwise(m.nodes["conv"], m.arrays["w"]):
+        if pointwise(m.nodes["conv"], m.arrays["w"]):
             return _as_matmul(m, rw, lanes, grouped)
         return _split_groups(m, rw) if _grouped(m.nodes["conv"]) else None
     graph = apply_rules(graph, [

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from kiln.ir.graph import Graph, Node
 from kiln.passes.default_schedule import column_tile
-from kiln.passes.grouped_conv import rewrite_grouped_convs
+from kiln.passes.grouped_conv import pointwise, rewrite_grouped_convs
 from kiln.passes.layout import isolated_convs
 from kiln.passes.partition_loops import MIN_MIDDLE
 
@@ -45,9 +45,8 @@ def _plain_depthwise(node: Node, types, constants, lanes: int, tile: tuple[int, 
 
 
 def _plain_pointwise(node: Node, types, constants, lanes: int) -> bool:
-    w, (_, _, h, width) = constants[node.inputs[1]], types[node.outputs[0].name].shape
-    return (int(node.attrs.get("group", 1)) == 1 and w.shape[2:] == (1, 1) and _unit_stride(node)
-            and all(int(p) == 0 for p in node.attrs.get("pads", (0, 0, 0, 0)))
+    _, _, h, width = types[node.outputs[0].name].shape
+    return (int(node.attrs.get("group", 1)) == 1 and pointwise(node, constants[node.inputs[1]])
             and isinstance(h, int) and isinstance(width, int) and h * width % (2 * lanes) == 0)
 
 
@@ -64,5 +63,5 @@ def plain_isolated_convs(graph: Graph, block: int, lanes: int, tile: tuple[int, 
         graph = graph.replace(nodes=tuple(
             Node("depthwise_conv", n.inputs, n.outputs, n.attrs, n.name) if n.outputs[0].name in depthwise else n
             for n in graph.nodes))
-    pointwise = frozenset(n.outputs[0].name for n in convs if _plain_pointwise(n, types, constants, lanes))
-    return rewrite_grouped_convs(graph, lanes, dense=pointwise) if pointwise else graph
+    as_matmuls = frozenset(n.outputs[0].name for n in convs if _plain_pointwise(n, types, constants, lanes))
+    return rewrite_grouped_convs(graph, lanes, dense=as_matmuls) if as_matmuls else graph
