@@ -264,8 +264,9 @@ def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> No
                 return
 
 
-def tile_sizes(st: Stage, caps: Capabilities) -> tuple[int, int]:
-    """The register tile (rows, columns) the default rule aims for on this stage."""
+def tile_sizes(st: Stage, caps: Capabilities) -> tuple[int, int, int]:
+    """The register tile (rows, columns) the default rule aims for on this stage, and the
+    vector lanes its columns come in."""
     rows, cols = caps.tile(st.dtype.itemsize)
     rows = min(rows, st.hints.get("tile_rows", rows))  # a stage with wide temporaries
     cols = st.hints.get("tile_cols", cols)              # a layout blocked by columns
