@@ -88,7 +88,7 @@ class Row:
 
 
 def ort_session(model):
-    """The same ONNX Runtime set-up as the workload suite (kiln/bench.py): no spinning."""
+    """The same ONNX Runtime set-up as the workload suite (kiln/bench/peers.py): no spinning."""
     from kiln.bench import ort_session as suite_session
 
     return suite_session(model, threads=ORT_THREADS)

@@ -208,10 +208,10 @@ def _table(results) -> str:
              "|---|---|---:|---:|---:|---:|---|"]
     for case, rows in results:
         for r in rows:
-            spread = f"{B._ms(r.p10_ms)}-{B._ms(r.p90_ms)}" if r.ok else ""
+            spread = f"{B.fmt_ms(r.p10_ms)}-{B.fmt_ms(r.p90_ms)}" if r.ok else ""
             err = f"{r.max_rel_err:.1e}" if r.max_rel_err is not None else ""
-            lines.append(f"| {case.workload.name} | {r.peer} | {B._ms(r.median_ms)} | {spread} | {r.runs} | {err} | "
-                         f"{B._cell(r.error or r.note)} |")
+            lines.append(f"| {case.workload.name} | {r.peer} | {B.fmt_ms(r.median_ms)} | {spread} | {r.runs} | {err} | "
+                         f"{B.md_cell(r.error or r.note)} |")
     return "\n".join(lines)
 
 

@@ -256,9 +256,9 @@ class TunedTvmPeer:
         self.database, self.prepack = database, prepack
 
     def version(self) -> str:
-        from kiln.bench import _dist_version
+        from kiln.bench import dist_version
 
-        return (f"apache-tvm {_dist_version('apache-tvm')} with apache-tvm-ffi {_dist_version('apache-tvm-ffi')} "
+        return (f"apache-tvm {dist_version('apache-tvm')} with apache-tvm-ffi {dist_version('apache-tvm-ffi')} "
                 f"(MetaSchedule, {'weight prepack' if self.prepack else 'compile_relax'}, "
                 f"TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']})")
 
@@ -393,7 +393,7 @@ def _err(v):
 
 
 def markdown_table(results) -> str:
-    from kiln.bench import _cell, fmt_ratio
+    from kiln.bench import fmt_ratio, md_cell
 
     lines = ["| workload | TVM tuned ms | Kiln tuned ms | TVM/Kiln | Kiln untuned ms | tuning min TVM | "
              "tuning min Kiln | tasks tuned TVM / Kiln | max rel err TVM / Kiln | note |",
@@ -403,17 +403,17 @@ def markdown_table(results) -> str:
                      f"{_ms(r.untuned_ms)} | {_min(r.tvm_tune_s)} | {_min(r.kiln_tune_s)} | "
                      f"{_tasks(r.tvm_tuned, r.tvm_tasks)} / {_tasks(r.kiln_tuned, r.kiln_tasks)} | "
                      f"{_err(r.tvm_err)} / {_err(r.kiln_err)} | "
-                     f"{_cell(r.notes, 300)} |")
+                     f"{md_cell(r.notes, 300)} |")
     return "\n".join(lines)
 
 
 def versions(args) -> list[str]:
-    from kiln.bench import _dist_version
+    from kiln.bench import dist_version
 
     import kiln
 
-    return [f"apache-tvm {_dist_version('apache-tvm')}, apache-tvm-ffi {_dist_version('apache-tvm-ffi')}, "
-            f"kiln {kiln.__version__}, onnxruntime {_dist_version('onnxruntime')} (reference), "
+    return [f"apache-tvm {dist_version('apache-tvm')}, apache-tvm-ffi {dist_version('apache-tvm-ffi')}, "
+            f"kiln {kiln.__version__}, onnxruntime {dist_version('onnxruntime')} (reference), "
             f"Python {sys.version.split()[0]}",
             f"threads when timed: TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}, "
             f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"]

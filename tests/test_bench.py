@@ -1,4 +1,4 @@
-"""The benchmark harness (kiln/bench.py), the workload suite and ``kiln bench``, on tiny sizes.
+"""The benchmark harness (kiln/bench/), the workload suite and ``kiln bench``, on tiny sizes.
 
 These check that the harness measures honestly and never stops on a failing peer, not how
 fast anything is. TVM is not a test dependency: its test hides the package.
@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from benchmarks import suite as S
 from benchmarks import workloads as W
 from kiln import bench as B
+from kiln.bench.harness import _prepare
 from kiln.cli import cli
 from tests.conftest import require_toolchain
 from tests.test_cli import tiny_model
@@ -108,7 +109,7 @@ class _SlowStart:
 
 def test_a_sample_is_sized_by_calls_back_to_back_not_by_one_slow_warm_up():
     opts = B.Options(repeats=1, warmup=2, min_sample_s=0.02, budget_s=5.0, pause_s=0.0)
-    t = B._prepare(_SlowStart(), W.gemm(4, 4, 4), "no reference", opts, lambda s: None)
+    t = _prepare(_SlowStart(), W.gemm(4, 4, 4), "no reference", opts, lambda s: None)
     assert t.run is not None and t.row.error is None
     # sized by the 2 ms warm-up call a sample would be 10 calls; back to back they take
     # microseconds, so a sample is the most calls one may have

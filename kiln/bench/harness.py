@@ -2,44 +2,26 @@
 
 The core of ``benchmarks/suite.py`` and ``kiln bench``. A :class:`Workload` is an ONNX model
 with fixed inputs and, optionally, a torch definition with the same weights and a numpy
-definition. A peer (:class:`Peer`) turns a workload into a zero-argument ``run()``;
+definition. A peer (:mod:`kiln.bench.peers`) turns a workload into a zero-argument ``run()``;
 :func:`bench_workload` warms every peer up, then times R rounds in which each peer runs once
 in a shuffled order, so that a change in machine load hits every peer alike. Each
 :class:`Row` holds the median, the p10-p90 spread, GFLOP/s where the FLOP count is known, the
 largest relative error against ONNX Runtime, and the time ratio to Kiln. A peer that is
 missing or fails records why in its row; it never stops the run.
-
-Threads: every peer gets ``THREADS`` (2) threads. Kiln's OpenMP runtime and TVM's thread
-pool read their variables when they first load (below, unless already set); OpenBLAS reads
-its own when numpy loads, so benchmarks/suite.py sets those before importing anything.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-THREADS = 2
-for _var in ("OMP_NUM_THREADS", "TVM_NUM_THREADS"):
-    os.environ.setdefault(_var, str(THREADS))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from kiln.errors import InputError, KilnError, ShapeError  # noqa: E402
-
-PEERS = ("kiln", "ort", "torch", "tvm", "numpy")
-
-
-class PeerSkipped(KilnError):
-    """A peer cannot run a workload for a known reason (not installed, no torch definition)."""
-
-
-class NotApplicable(KilnError):
-    """A peer has nothing to time for this workload (numpy outside GEMM): no row at all."""
+from kiln.bench.peers import NotApplicable, PeerSkipped, ort_session
+from kiln.errors import InputError, KilnError, ShapeError
 
 
 @dataclass
@@ -137,182 +119,6 @@ def _with_input_shapes(proto, shapes: Mapping[str, Sequence[int]]):
             d.Clear()
             d.dim_value = int(n)
     return out
-
-
-# -- peers ---------------------------------------------------------------------------------
-
-class Peer(Protocol):
-    name: str
-
-    def version(self) -> str: ...
-
-    def prepare(self, workload: Workload) -> Callable[[], Any]:
-        """Build what is needed (outside the timing) and return ``run()`` returning outputs.
-        Raises PeerSkipped or NotApplicable when the peer cannot or need not run."""
-
-
-def _dist_version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-class KilnPeer:
-    """``kiln.compile(model, target)``; with ``db`` the tuned records of that database applied
-    (named ``kiln`` still, unless ``name`` says otherwise, so ratios are against it)."""
-
-    name = "kiln"
-
-    def __init__(self, target: str = "host", db=None, name: str | None = None):
-        self.target, self.db = target, db
-        if name:
-            self.name = name
-
-    def version(self) -> str:
-        import kiln
-
-        tuned = f", tuned records from {self.db}" if self.db is not None else ""
-        return (f"kiln {kiln.__version__} (target {self.target}{tuned}, "
-                f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})")
-
-    def prepare(self, workload):
-        import kiln
-
-        db = None if self.db is None else str(self.db)
-        compiled = kiln.compile(workload.model(), target=self.target, db=db)
-        compiled.build()  # gcc runs here, not in the first timed call
-        feeds = workload.feeds()
-        return lambda: compiled.run(feeds)
-
-
-# ORT's pool threads spin between ops by default, and ORT is timed as users get it: on a quiet
-# machine that is the stronger ORT (MobileNetV2 2.3 ms spinning, 3.0 without). Spinning
-# threads can starve the next peer's threads on 2 cores (Kiln 7x slower right after a
-# spinning ORT session, without the pause before each sample); on a busy machine
-# KILN_BENCH_ORT_SPINNING=0 turns it off.
-ORT_SPINNING = os.environ.get("KILN_BENCH_ORT_SPINNING", "1") != "0"
-
-
-def ort_session(model, threads: int = THREADS):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if ORT_SPINNING else "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-class OrtPeer:
-    name = "ort"
-
-    def version(self) -> str:
-        v = _dist_version("onnxruntime")
-        spin = "spinning" if ORT_SPINNING else "no spinning"
-        return f"onnxruntime {v} (intra_op {THREADS}, inter_op 1, ORT_ENABLE_ALL, {spin})" if v \
-            else "onnxruntime: not installed"
-
-    def prepare(self, workload):
-        if _dist_version("onnxruntime") is None:
-            raise PeerSkipped("not installed (pip install onnxruntime)")
-        sess = ort_session(workload.model())
-        feeds, names = workload.feeds(), workload.output_names()
-        return lambda: sess.run(names, feeds)
-
-
-class TorchPeer:
-    name = "torch"
-
-    def version(self) -> str:
-        v = _dist_version("torch")
-        return f"torch {v} (eager, inference_mode, {THREADS} threads)" if v else "torch: not installed"
-
-    def prepare(self, workload):
-        if _dist_version("torch") is None:
-            raise PeerSkipped("not installed (pip install torch==2.13.0)")
-        if workload.torch is None:
-            raise PeerSkipped("no torch definition (an ONNX model: torch cannot run it)")
-        import torch
-
-        torch.set_num_threads(THREADS)
-        fn = workload.torch(workload.model())
-        feeds = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in workload.feeds().items()}
-
-        def run():
-            with torch.inference_mode():
-                return fn(**feeds)
-        return run
-
-
-def tvm_target():
-    """The host CPU for TVM's LLVM backend. TVM 0.27 accepts only the dict form of a target."""
-    import tvm
-
-    cpu = tvm.target.codegen.llvm_get_system_cpu()
-    try:
-        return tvm.target.Target({"kind": "llvm", "mcpu": cpu})
-    except Exception:  # noqa: BLE001  (older TVM: the string form)
-        return tvm.target.Target(f"llvm -mcpu={cpu}")
-
-
-class TvmPeer:
-    """Apache TVM, untuned: Relax's ONNX frontend, ``relax.build`` with the default pipeline."""
-
-    name = "tvm"
-
-    def version(self) -> str:
-        v = _dist_version("apache-tvm")
-        if v is None:
-            return "apache-tvm: not installed"
-        return (f"apache-tvm {v} with apache-tvm-ffi {_dist_version('apache-tvm-ffi')} (Relax default "
-                f"pipeline, untuned, TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']})")
-
-    def prepare(self, workload):
-        try:
-            import tvm
-            from tvm import relax
-            from tvm.relax.frontend.onnx import from_onnx
-        except ImportError as e:
-            raise PeerSkipped(f"not installed ({e}; pip install 'kiln[tvm]')") from None
-        feeds = workload.feeds()
-        mod = from_onnx(workload.model(), shape_dict={k: list(v.shape) for k, v in feeds.items()},
-                        keep_params_in_input=False)
-        vm = relax.VirtualMachine(relax.build(mod, target=tvm_target()), tvm.cpu())
-        make = getattr(tvm.runtime, "tensor", None) or tvm.nd.array
-        order = [vi.name for vi in workload.model().graph.input if vi.name in feeds]
-        args = [make(feeds[name]) for name in order]  # from_onnx binds inputs in graph order
-        main = vm["main"]
-        return lambda: main(*args)
-
-
-class NumpyPeer:
-    """numpy (OpenBLAS) for the workloads that define one, GEMM only in the suite."""
-
-    name = "numpy"
-
-    def version(self) -> str:
-        threads = os.environ.get("OPENBLAS_NUM_THREADS", f"unset: {os.cpu_count()} CPUs")
-        return f"numpy {np.__version__} (OpenBLAS, OPENBLAS_NUM_THREADS={threads})"
-
-    def prepare(self, workload):
-        if workload.numpy is None:
-            raise NotApplicable(f"numpy does not define {workload.name}")
-        fn, feeds = workload.numpy(workload.model()), workload.feeds()
-        return lambda: fn(**feeds)
-
-
-PEER_CLASSES = {"kiln": KilnPeer, "ort": OrtPeer, "torch": TorchPeer, "tvm": TvmPeer, "numpy": NumpyPeer}
-
-
-def make_peers(names: Sequence[str], target: str = "host") -> list:
-    unknown = [n for n in names if n not in PEER_CLASSES]
-    if unknown:
-        raise KilnError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEER_CLASSES)}")
-    return [KilnPeer(target) if n == "kiln" else PEER_CLASSES[n]() for n in names]
 
 
 # -- outputs and errors --------------------------------------------------------------------
@@ -541,145 +347,3 @@ def bench_workload(workload: Workload, peers: Sequence, opts: Options | None = N
     _summarize(rows, workload.flops)
     return rows
 
-
-# -- reporting -----------------------------------------------------------------------------
-
-def _ms(v: float | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
-
-
-def _cell(text: str | None, limit: int = 160) -> str:
-    """Error text fit for one markdown cell: one line, no pipes, bounded length."""
-    if not text:
-        return ""
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text[:limit] + " ..." if len(text) > limit else text
-
-
-def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| workload | peer | median ms | p10–p90 ms | GFLOP/s | max rel err | peer/kiln | runs | "
-             "prepare s | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        spread = f"{_ms(r.p10_ms)}–{_ms(r.p90_ms)}" if r.ok else "—"
-        lines.append(
-            f"| {r.workload} | {r.peer} | {_ms(r.median_ms)} | {spread} | "
-            f"{'—' if r.gflops is None else f'{r.gflops:.1f}'} | "
-            f"{'—' if r.max_rel_err is None else f'{r.max_rel_err:.1e}'} | "
-            f"{fmt_ratio(r.ratio)} | {r.runs or '—'} | "
-            f"{'—' if r.prepare_s is None else f'{r.prepare_s:.1f}'} | {_cell(r.error or r.note)} |")
-    return "\n".join(lines)
-
-
-def fmt_ratio(v: float | None) -> str:
-    """Two decimals, or two significant digits for a ratio below 0.1 (0.0042, not 0.00)."""
-    return "—" if v is None else f"{v:.2f}" if v >= 0.1 else f"{v:.2g}"
-
-
-def geomean(values: Sequence[float]) -> float | None:
-    vals = [v for v in values if v and v > 0]
-    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
-
-
-def ratio_summary(rows: Sequence[Row], peer: str, workloads: Sequence[str]) -> str:
-    """'geomean ort/kiln over N models: X' over the workloads where both ran."""
-    ratios = [r.ratio for r in rows if r.peer == peer and r.workload in workloads and r.ratio]
-    g = geomean(ratios)
-    if g is None:
-        return f"{peer}/kiln: no workload where both ran"
-    verdict = "Kiln faster" if g > 1 else "Kiln slower"
-    if len(workloads) == 1:
-        return f"{peer}/kiln on {workloads[0]}: {fmt_ratio(g)} ({verdict})"
-    return f"{peer}/kiln geometric mean over {len(ratios)} of {len(workloads)} workloads: {fmt_ratio(g)} ({verdict})"
-
-
-def roofline_summary(rows: Sequence[Row], workload: Workload, threads: int = THREADS) -> str | None:
-    """Kiln's rate on the model's multiply-adds as a share of this machine's peak, measured
-    now on the same threads (``kiln.roofline``); None without a count or a Kiln time."""
-    from kiln.roofline import arithmetic, host_peak
-
-    kiln = next((r for r in rows if r.peer == "kiln" and r.ok and r.gflops), None)
-    if kiln is None:
-        return None
-    kind = arithmetic(workload.model())
-    unit = "GOP/s" if kind == "int8" else "GFLOP/s"
-    rate = f"kiln: {kiln.gflops:.1f} {unit} on the convolutions and matrix products"
-    try:
-        peak = host_peak(threads)
-    except KilnError as e:  # no FMA: nothing measured to compare with
-        return f"{rate}; {e}"
-    roof = peak.roof(integer=kind == "int8")
-    if roof is None:
-        return f"{rate}; this CPU has no int8 dot-product instructions, so no int8 peak"
-    return f"{rate}, {100 * kiln.gflops / roof:.0f} % of this machine's {kind} peak ({roof:.1f} {unit}, " \
-           f"{threads} threads, measured now)"
-
-
-def log_stderr(text: str) -> None:
-    """A benchmark script's progress line: on stderr, so that stdout is its table alone."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def starting_load(log: Callable[[str], None] = log_stderr) -> float | None:
-    """The load average as a benchmark run starts; a warning goes to ``log`` when the machine
-    is busy."""
-    warning = load_warning()
-    if warning:
-        log(warning)
-    return load_average()
-
-
-def report_header(title: str, script: str, what: str, loads, machine_note: str = "") -> list[str]:
-    """A benchmark report's first lines: its title, the script that wrote it (``what``: where
-    the script explains itself), the date, the machine and the load before and after."""
-    import datetime
-
-    return [f"# {title}", "", f"Generated by `{script}` ({what}).", "",
-            f"- Date: {datetime.date.today().isoformat()}",
-            f"- Machine: {machine()}" + (f"; {machine_note}" if machine_note else ""),
-            "- Load average (1 min) at the start and end: "
-            + " and ".join("unknown" if v is None else f"{v:.2f}" for v in loads)]
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
-def load_warning(limit: float = 1.0) -> str | None:
-    """A warning when other processes are busy: with 2 threads on 2 cores, an OpenMP barrier
-    then waits for a descheduled thread, and times jump in steps of the scheduler tick."""
-    load = load_average()
-    if load is None or load <= limit:
-        return None
-    return f"warning: load average {load:.2f}: other processes are running; timings will be noisy"
-
-
-def machine() -> str:
-    """CPU model name, logical CPU count and vector ISA (from lscpu, else /proc/cpuinfo)."""
-    fields = _lscpu()
-    name = fields.get("model name", "unknown CPU")
-    cpus = fields.get("cpu(s)", str(os.cpu_count()))
-    flags = fields.get("flags", "").split()
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_int8") if f in flags]
-    return f"{name}, {cpus} logical CPUs, {' '.join(isa) or 'no AVX2'}"
-
-
-def _lscpu() -> dict[str, str]:
-    import subprocess
-
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        with open("/proc/cpuinfo") as f:  # its first processor has the same keys
-            text = f.read().split("\n\n")[0]
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            out.setdefault(key.strip().lower(), value.strip())
-    return out
