@@ -79,8 +79,8 @@ def _nonpos_exp_library():
     """kiln_expf_nonpos alone, applied to an array through a vectorized loop as in a kernel."""
     import ctypes
 
-    from kiln.codegen.c import _HELPERS
-    src = ("#include <stdint.h>\n#include <math.h>\n" + _HELPERS["expf_nonpos"]
+    from kiln.codegen.c_support import HELPERS
+    src = ("#include <stdint.h>\n#include <math.h>\n" + HELPERS["expf_nonpos"]
            + "void apply(const float* restrict x, float* restrict y, int64_t n) {\n"
            + "  #pragma omp simd\n  for (int64_t i = 0; i < n; ++i) y[i] = kiln_expf_nonpos(x[i]);\n}\n")
     lib = ctypes.CDLL(str(build_shared_library({"model.c": src})))

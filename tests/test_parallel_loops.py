@@ -9,7 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from kiln.codegen.c import _HELPERS, CRenderer
+from kiln.codegen.c import CRenderer
+from kiln.codegen.c_support import HELPERS
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Const, Var
 from kiln.ir.loop import PARALLEL, Buffer, For, Store
@@ -43,7 +44,7 @@ def gcc():
 
 def _library(tmp_path, openmp: bool) -> ctypes.CDLL:
     src = tmp_path / "loop.c"
-    src.write_text(PROGRAM.format(helper=_HELPERS["parallel_loop"]))
+    src.write_text(PROGRAM.format(helper=HELPERS["parallel_loop"]))
     lib = tmp_path / ("loop_omp.so" if openmp else "loop.so")
     flags = ["-O2", "-std=gnu11", "-Wall", "-Werror", "-fPIC", "-shared"] + (["-fopenmp"] if openmp else [])
     subprocess.run(["gcc", *flags, "-o", str(lib), str(src)], check=True, capture_output=True, text=True)

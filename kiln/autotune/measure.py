@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.codegen.c import C_PRELUDE
+from kiln.codegen.c_support import C_PRELUDE
 from kiln.codegen.x86 import X86Renderer
 from kiln.codegen.templates import render
 from kiln.errors import TuningError

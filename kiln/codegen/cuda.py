@@ -9,7 +9,6 @@ order on one stream) and ``model.h`` from the jinja2 templates.
 """
 from __future__ import annotations
 
-from kiln.codegen import narrow_types
 from kiln.codegen.c import CRenderer
 from kiln.codegen.templates import render
 from kiln.errors import VerificationError

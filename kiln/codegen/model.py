@@ -5,7 +5,8 @@ arrays, constants from the weights blob, everything else from the arena.
 """
 from __future__ import annotations
 
-from kiln.codegen.c import C_PRELUDE, CRenderer
+from kiln.codegen.c import CRenderer
+from kiln.codegen.c_support import C_PRELUDE
 from kiln.codegen.templates import render
 from kiln.ir.graph import Graph
 from kiln.ir.loop import format_func

@@ -22,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from kiln.codegen.c import C_PRELUDE, CRenderer
+from kiln.codegen.c import CRenderer
+from kiln.codegen.c_support import C_PRELUDE
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Expr, Load, Select, Un, Var, children, free_vars, linear_terms, walk
-from kiln.ir.loop import PARALLEL, UNROLLED, VECTORIZED, For, Store
+from kiln.ir.loop import VECTORIZED, For, Store
 
 
 @dataclass(frozen=True)

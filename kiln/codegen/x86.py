@@ -18,7 +18,7 @@ registers for the whole reduction:
     acc_r_p = dpbusd(acc_r_p, broadcast32(&x[r, k]), load512(&w[16 p, k]))
 
 (``vpdpbusd`` is printed as inline asm, ``KILN_DPBUSD``: the intrinsic made gcc 12 copy
-every accumulator through a second register at each step; see ``_HELPERS["vnni"]``.)
+every accumulator through a second register at each step; see ``c_support.HELPERS["vnni"]``.)
 Where ``x``'s storage holds 0 outside a box (a convolution reading its zero border in place,
 ``Buffer.zero_outside``), the reduction is printed in segments, one per window column, without
 the rows whose bytes there are all border (``kiln/codegen/x86_border.py``).

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Load, Var, free_vars, walk
+from kiln.ir.expr import Bin, Cast, Const, Load, free_vars, walk
 from kiln.ir.loop import For, Store, VECTORIZED
 from kiln.ir.loop_eval import evaluate
 
