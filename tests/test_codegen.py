@@ -34,7 +34,7 @@ def check_snapshot(name: str, text: str):
 
 def test_snapshot_gemm_bias_relu(monkeypatch):
     # The schedule depends on the CPU's vector width: pin an AVX2-class host for the snapshot.
-    from kiln.passes.default_schedule import Capabilities
+    from kiln.passes.capabilities import Capabilities
     from kiln.targets import host
 
     monkeypatch.setattr(host, "capabilities", lambda: Capabilities(32, 16, 2))

@@ -14,7 +14,7 @@ import kiln
 from kiln.codegen.kernels import build_kernels
 from kiln.frontend.onnx import from_onnx as import_model
 from kiln.passes.concat_in_place import assemble_concats, assembled_parts
-from kiln.passes.default_schedule import DEFAULT_CAPABILITIES
+from kiln.passes.capabilities import DEFAULT_CAPABILITIES
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import fuse
 from kiln.passes.memory_plan import plan_memory

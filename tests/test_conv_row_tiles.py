@@ -12,7 +12,8 @@ import pytest
 from onnx import helper
 
 import kiln
-from kiln.passes.default_schedule import Capabilities, default_tiling
+from kiln.passes.capabilities import Capabilities
+from kiln.passes.default_schedule import default_tiling
 from tests.util import check_against_ort, make_model
 
 AVX512 = Capabilities(64, 32, 2).tile()   # (8, 32)

@@ -164,7 +164,7 @@ def test_snapshot_plain_depthwise_conv(monkeypatch):
     """The bounds-tested depthwise kernel on an AVX2-class host (pinned: the schedule depends
     on the vector width): tiles of rows x 16 columns, the border tests partitioned out of the
     interior rows and columns."""
-    from kiln.passes.default_schedule import Capabilities
+    from kiln.passes.capabilities import Capabilities
     from kiln.targets import host
     from tests.test_codegen import check_snapshot
 

@@ -428,7 +428,7 @@ def test_cli_kernel_errors(tmp_path):
 
 def test_snapshot_wrappers(monkeypatch):
     from kiln.kernel.tvm_ffi import wrapper_source
-    from kiln.passes.default_schedule import Capabilities
+    from kiln.passes.capabilities import Capabilities
     from kiln.targets import host
     from tests.test_codegen import check_snapshot
 

@@ -12,7 +12,7 @@ import kiln
 from kiln.frontend.onnx import from_onnx as import_model
 from kiln.ir.expr import Select, walk
 from kiln.ir.loop import Alloc, For, Seq, Store, walk_stmts
-from kiln.passes.default_schedule import Capabilities
+from kiln.passes.capabilities import Capabilities
 from kiln.passes.fold_constants import fold_constants
 from kiln.passes.fuse import fuse
 from kiln.passes.layout import channel_block, to_nchwc

@@ -16,7 +16,8 @@ from kiln.ir.dtype import DType
 from kiln.ir.expr import Const
 from kiln.ir.graph import Graph, Node, TensorType, Value
 from kiln.passes.fuse import fuse
-from kiln.passes.default_schedule import Capabilities, tile_sizes
+from kiln.passes.capabilities import Capabilities
+from kiln.passes.default_schedule import tile_sizes
 from kiln.passes.pack_matmul import pack_matmuls, pack_panels, panel_for
 from kiln.targets.host import HostTarget
 from tests.test_passes import assert_graph_equal

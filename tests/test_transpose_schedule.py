@@ -16,7 +16,8 @@ from kiln.ir.loop_eval import run_func
 from kiln.ir.lower import lower_stage
 from kiln.ir.ops import get, transpose_hint
 from kiln.ir.schedule import Schedule
-from kiln.passes.default_schedule import Capabilities, schedule_kernel
+from kiln.passes.capabilities import Capabilities
+from kiln.passes.default_schedule import schedule_kernel
 from tests.util import BACKENDS, check_against_ort, make_model
 
 F32 = DType.float32

@@ -21,7 +21,8 @@ from kiln.ir.loop_eval import run_func
 from kiln.ir.lower import lower_stage
 from kiln.ir.ops import infer_types
 from kiln.ir.schedule import Schedule
-from kiln.passes.default_schedule import Capabilities, schedule_kernel
+from kiln.passes.capabilities import Capabilities
+from kiln.passes.default_schedule import schedule_kernel
 from kiln.passes.hoist_loads import hoist_invariant_loads
 from tests.util import BACKENDS, check_against_ort
 

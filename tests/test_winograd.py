@@ -271,7 +271,7 @@ def test_host_minus_winograd_keeps_convs_direct():
 
 def test_snapshot_winograd_f2x2_conv(monkeypatch):
     """The generated C of an F(2x2) convolution on an AVX2-class host (16-float panels)."""
-    from kiln.passes.default_schedule import Capabilities
+    from kiln.passes.capabilities import Capabilities
     from tests.test_codegen import check_snapshot
 
     monkeypatch.setattr(host, "capabilities", lambda: Capabilities(32, 16, 2, winograd=True))

@@ -38,7 +38,11 @@ from kiln.ir.compute import Stage
 from kiln.ir.loop import Func, Seq
 from kiln.ir.schedule import Schedule
 from kiln.passes import default_schedule as rules
+from kiln.passes.capabilities import DEFAULT_CAPABILITIES, Capabilities
 from kiln.passes.hoist_loads import cleanup_loops
+from kiln.passes.injective_schedule import schedule_injective
+from kiln.passes.loop_nests import nest_names, reduce_work, reduction_loops, shape_size
+from kiln.passes.reduction_schedule import schedule_reduction, vectorize_scalar_reductions
 
 KNOBS = ("row_tile", "col_tile", "row_block", "col_block", "k_split", "unroll_k",
          "unroll_rows", "vectorize", "parallel", "panel_outer", "col_blocks")
@@ -65,7 +69,7 @@ def _tiled_stage(func: Func, stages: list[Stage]) -> int | None:
     for i in reversed(range(len(stages))):
         st = stages[i]
         if st.has_reduce and "tile" in st.hints and all(isinstance(d, int) for d in st.shape):
-            loops = rules._nest_names(nests[i])
+            loops = nest_names(nests[i])
             if len(loops) >= len(st.shape) and all(isinstance(e, int) for _, e in loops):
                 return i
     return None
@@ -86,7 +90,7 @@ class DesignSpace:
 
     func: Func
     stages: list[Stage]
-    caps: rules.Capabilities = rules.DEFAULT_CAPABILITIES
+    caps: Capabilities = DEFAULT_CAPABILITIES
 
     def __post_init__(self):
         idx = _tiled_stage(self.func, self.stages)
@@ -95,13 +99,13 @@ class DesignSpace:
                               "a tile hint (matmul, convolution or pooling)")
         self.index = idx
         st = self.stages[idx]
-        loops = rules._nest_names(_nests(self.func)[idx])
+        loops = nest_names(_nests(self.func)[idx])
         self.spatial = loops[: len(st.shape)]
         row_ax, col_ax = st.hints["tile"]
         self.row_n, self.col_n = self.spatial[row_ax][1], self.spatial[col_ax][1]
         probe = Schedule(self.func)  # the reduction loop the rule splits, after the index split
-        rules._split_reductions_at_index_divisors(probe, self.spatial[0][0])
-        red = rules.reduction_loops(probe, self.spatial[-1][0])
+        rules.split_reductions_at_index_divisors(probe, self.spatial[0][0])
+        red = reduction_loops(probe, self.spatial[-1][0])
         self.k_n = red[-1][1] if red else 1
         self.block_ax = st.hints.get("col_block_axis")
         self.block_n = self.spatial[self.block_ax][1] if self.block_ax is not None else 1
@@ -147,7 +151,7 @@ class DesignSpace:
     def default(self) -> dict:
         """The decisions of the untuned rule (default_schedule.default_tiling)."""
         st = self.stages[self.index]
-        work = rules._size(st.shape) * rules._reduce_work(st)
+        work = shape_size(st.shape) * reduce_work(st)
         d = rules.default_tiling(self.spatial, st.hints, work, rules.tile_sizes(st, self.caps))
         if d["col_blocks"] not in self.domain("col_blocks", d):
             d["col_blocks"] = 1
@@ -207,23 +211,23 @@ class DesignSpace:
         nests = _nests(self.func)
         pad = None  # an integer max pool's padded input, computed inside its loops as the default rule does
         if self.index > 0 and rules.pad_computed_inside(self.stages[self.index - 1], self.stages[self.index]):
-            pad = (rules._nest_names(nests[self.index - 1]), self.stages[self.index - 1])
+            pad = (nest_names(nests[self.index - 1]), self.stages[self.index - 1])
         for i, nest in enumerate(nests):
             st = self.stages[i]
-            loops = rules._nest_names(nest)
+            loops = nest_names(nest)
             spatial = loops[: len(st.shape)]
             if not spatial or (pad is not None and i == self.index - 1):
                 continue
-            work = rules._size(st.shape) * rules._reduce_work(st)
+            work = shape_size(st.shape) * reduce_work(st)
             if i == self.index:
                 rules.apply_tiling(sch, spatial, st.hints, d, pad)
             elif st.has_reduce and "tile" in st.hints:
                 rules.tile_reduction(sch, spatial, st.hints, work, rules.tile_sizes(st, self.caps))
             elif st.has_reduce:
-                rules.schedule_reduction(sch, spatial, work)
+                schedule_reduction(sch, spatial, work)
             else:
-                rules.schedule_injective(sch, spatial, st, work, self.caps)
-        rules._vectorize_scalar_reductions(sch)
+                schedule_injective(sch, spatial, st, work, self.caps)
+        vectorize_scalar_reductions(sch)
         return sch
 
 

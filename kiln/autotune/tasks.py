@@ -19,7 +19,7 @@ from kiln.errors import TuningError
 from kiln.ir.compute import Stage
 from kiln.ir.expr import Bin, Un, walk
 from kiln.ir.loop import Alloc, For, Func, If, Seq, Store, format_func
-from kiln.passes.default_schedule import DEFAULT_CAPABILITIES, Capabilities
+from kiln.passes.capabilities import DEFAULT_CAPABILITIES, Capabilities
 
 HASH_VERSION = "kiln-task-v1"  # bump when the loop IR text of a kernel changes meaning
 

@@ -20,7 +20,8 @@ from kiln.ir.lower import inline_stages, lower_stage
 from kiln.ir.ops.region import in_place_dests
 from kiln.ir.schedule import Schedule
 from kiln.ir.symbolic import shape_dims, shape_exprs, symbols_of
-from kiln.passes.default_schedule import DEFAULT_CAPABILITIES, Capabilities, schedule_kernel
+from kiln.passes.capabilities import DEFAULT_CAPABILITIES, Capabilities
+from kiln.passes.default_schedule import schedule_kernel
 from kiln.passes.fuse import Group
 from kiln.passes.padded_storage import (PADS_IN_STORAGE, border_fill, shift_loads, storage_borders,
                                         store_at_border)

@@ -5,141 +5,28 @@ One rule per stage pattern, applied to each top-level loop nest of a kernel:
   rows x columns, the reduction loops moved outside the tile (the tile lives in
   registers), the column loop vectorized, the row loop unrolled, outer loops fused
   and run in parallel;
-- other reductions: outer spatial loops fused and run in parallel; over a middle axis,
-  a tile of output columns accumulated side by side (``reduce_columns``); row reductions
-  feeding an elementwise output over the same rows (softmax, layer norm) computed inside
-  its row loop, a few short rows side by side (``_row_wise``);
-- injective stages: all but the last loop fused and run in parallel, the last loop
-  (contiguous in memory) vectorized; an iterating stage (a tree walk) a few elements'
-  steps interleaved (``interleave``); a layout transpose tiled so that both contiguous
-  axes are innermost (``transpose_schedule``).
-Every step goes through ``Schedule`` primitives, so the result is a replayable trace.
+- row reductions feeding an elementwise output over the same rows (softmax, layer norm):
+  computed inside its row loop, a few short rows side by side (``_row_wise``);
+- integer dot products: ``dot_schedule``; other reductions: ``reduction_schedule``;
+- injective stages: ``injective_schedule`` (a layout transpose: ``transpose_schedule``).
+Every step goes through ``Schedule`` primitives, so the result is a replayable trace. The
+target facts the rules read are ``capabilities.Capabilities``; the loop-nest helpers they
+share are in ``loop_nests``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from kiln.ir.compute import Stage
+from kiln.ir.expr import linear_terms
 from kiln.ir.loop import For, Seq, walk_stmts
 from kiln.ir.schedule import Schedule, ScheduleError
-from kiln.ir.expr import linear_terms
+from kiln.passes.capabilities import DEFAULT_CAPABILITIES, Capabilities
 from kiln.passes.dot_schedule import amx_rows, copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
 from kiln.passes.hoist_loads import cleanup_loops
-from kiln.passes.transpose_schedule import schedule_transpose
-
-PARALLEL_MIN_WORK = 1 << 15   # below this many operations, threads cost more than they save
-TARGET_PARALLEL_EXTENT = 16   # fuse outer loops until there are this many parallel chunks
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """The target facts the default rules need (targets/*.py provide them)."""
-
-    vector_bytes: int = 32
-    vector_registers: int = 16
-    threads: int = 2
-    nchwc: bool = True  # convolutions in blocked NCHW{lanes}c layout (CPUs with SIMD)
-    pack_matmul: bool = True  # matmul B in column panels of the register tile's width (CPUs)
-    # (rows, columns) of outputs computed together by an integer dot-product kernel; None:
-    # one dot product per output (see kiln/passes/dot_schedule.py)
-    dot_tile: tuple[int, int] | None = None
-    # u8 x s8 dot products of 4 bytes per int32 lane (x86 AVX-512 VNNI ``vpdpbusd``): integer
-    # kernels take their weights in VNNI panels (kiln/passes/vnni_pack.py)
-    vnni: bool = False
-    # Intel AMX int8 tiles (``tdpbusd``): dot-product kernels whose reduction is one run of
-    # whole 64-byte steps use 32 x 32 tiles of them (kiln/codegen/x86_amx.py)
-    amx: bool = False
-    # 3x3 stride-1 float convolutions as Winograd transforms around batched GEMMs
-    # (kiln/passes/winograd.py)
-    winograd: bool = False
-    # concats whose parts their producers write into the result's storage, where each part's
-    # slot is one run of bytes (kiln/passes/concat_in_place.py; targets planned by plan_memory)
-    concat_in_place: bool = False
-    # rows a row-wise kernel (softmax, layer norm) runs side by side, statement by
-    # statement (``Schedule.interleave_statements``): out-of-order CPUs overlap one row's
-    # reduction chains with the next rows' (0 or 1: one row at a time)
-    interleave_rows: int = 0
-    # packed matmuls whose N allows it take column panels three vectors wide (8 x 48 tiles
-    # of floats on AVX-512: 24 of the 32 registers accumulate; see ``panel_widths``)
-    wide_panels: bool = False
-    # a lone depthwise or 1x1 convolution between NCHW tensors runs in NCHW instead of
-    # converting into NCHWc and straight back (kiln/passes/isolated_convs.py; measured on
-    # x86 only: on NEON gcc left the bounds-tested depthwise tile scalar)
-    plain_isolated_convs: bool = False
-
-    def tile(self, itemsize: int = 4) -> tuple[int, int]:
-        """Register tile (rows, columns) of a GEMM-like reduction.
-
-        Two vectors of columns per row; rows until accumulators fill three quarters of the
-        vector registers, at most 8 (AVX2: 6 x 16, the classic 12-accumulator kernel;
-        AVX-512: 8 x 32). Measured on GEMM 1024^3 with AVX-512: 8 x 32 ran at 213 GFLOP/s
-        against 59 for 4 x 16 (numpy/OpenBLAS: 229 in the same run).
-        """
-        lanes = self.lanes(itemsize)
-        rows = max(min(8, (3 * self.vector_registers // 4) // 2), 1)
-        return rows, 2 * lanes
-
-    def lanes(self, itemsize: int = 4) -> int:
-        return max(self.vector_bytes // itemsize, 1)
-
-    def panel_widths(self, itemsize: int = 4) -> tuple[int, ...]:
-        """Column panel widths for packed matmul B, widest first: a matmul takes the first
-        that divides its N (``passes/pack_matmul.py``). Three vectors where the target has
-        them on: BERT's FFN GEMM [128, 768] x [768, 3072] ran 6.5 % faster with 8 x 48 tiles
-        than with 8 x 32 (Sapphire Rapids, 2 threads); 4 x 64 was 10 % slower than 8 x 32."""
-        two = self.tile(itemsize)[1]
-        return (3 * self.lanes(itemsize), two) if self.wide_panels else (two,)
-
-
-DEFAULT_CAPABILITIES = Capabilities()
-
-
-def largest_divisor(n, limit: int) -> int:
-    """The largest divisor of ``n`` up to ``limit`` (1 for a symbolic extent: no tiling)."""
-    if not isinstance(n, int):
-        return 1
-    for d in range(min(n, limit), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
-
-
-def _nest_names(nest) -> list[tuple[str, int]]:
-    out = []
-    while isinstance(nest, For):
-        out.append((nest.var.name, nest.extent))
-        nest = nest.body
-    return out
-
-
-# A symbolic extent counts as this large when estimating work: dynamic dims are
-# usually batch or sequence sizes, big enough to be worth threads.
-SYMBOLIC_EXTENT_GUESS = 64
-
-
-def _static(n) -> int:
-    return n if isinstance(n, int) else SYMBOLIC_EXTENT_GUESS
-
-
-def _reduce_work(stage: Stage) -> int:
-    """Steps per output element: the product of its reductions' extents and iterations' counts."""
-    from kiln.ir.expr import Iterate, Reduce, walk
-
-    w = 1
-    for x in walk(stage.body):
-        if isinstance(x, Reduce):
-            for _, n in x.axes:
-                w *= _static(n)
-        elif isinstance(x, Iterate):
-            w *= max(x.count, 1)
-    return w
-
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= _static(d)
-    return n
+from kiln.passes.injective_schedule import plain_injective, schedule_injective
+from kiln.passes.loop_nests import (PARALLEL_MIN_WORK, TARGET_PARALLEL_EXTENT, extents, fuse_parallel,
+                                    largest_divisor, nest_names, parallel_outer, reduce_work, reduction_loops,
+                                    shape_size, static_extent)
+from kiln.passes.reduction_schedule import schedule_reduction, vectorize_scalar_reductions
 
 
 def schedule_kernel(sch: Schedule, stages: list[Stage],
@@ -147,7 +34,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     """Apply the default rule to each top-level nest; nests correspond to ``stages``."""
     body = sch.func.body
     nests = list(body.stmts) if isinstance(body, Seq) else [body]
-    plans = [(_nest_names(n), st) for n, st in zip(nests, stages)]
+    plans = [(nest_names(n), st) for n, st in zip(nests, stages)]
     if _row_wise(sch, plans, caps):
         plans = []
     # A conv's padded input (its own stage) is computed row by row inside the conv's loops
@@ -162,13 +49,13 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         spatial = loops[:rank]
         if not spatial:
             continue
-        work = _size(st.shape) * _reduce_work(st)
+        work = shape_size(st.shape) * reduce_work(st)
         if st.has_reduce and caps.dot_tile and dot_axes(st):
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
             rows_ax, cols_ax = dot_axes(st)
             amx = amx_rows(st, spatial[rows_ax][1], spatial[cols_ax][1]) if vnni and caps.amx else 0
-            _parallel_outer(sch, tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), caps.dot_tile, vnni,
-                                                    _reduce_work(st), amx), work)
+            parallel_outer(sch, tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), caps.dot_tile, vnni,
+                                                    reduce_work(st), amx), work)
         elif st.has_reduce and "tile" in st.hints:
             tile_reduction(sch, spatial, st.hints, work, tile_sizes(st, caps), pad=pads.get(st.name))
         elif st.has_reduce:
@@ -179,7 +66,7 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             stage_channels_last(sch, spatial, st.hints["channels_last"], work)
         else:
             schedule_injective(sch, spatial, st, work, caps)
-    _vectorize_scalar_reductions(sch)
+    vectorize_scalar_reductions(sch)
     sch.func = cleanup_loops(sch.func)
     return sch
 
@@ -206,7 +93,7 @@ def _row_wise(sch: Schedule, plans, caps: Capabilities) -> bool:
     except ScheduleError:  # a read the region analysis cannot bound: one pass per stage instead
         sch.func, sch.trace = saved
         return False
-    if _static(last_n) >= 4 and not isinstance(sch._loop(last).body, For):
+    if static_extent(last_n) >= 4 and not isinstance(sch._loop(last).body, For):
         sch.vectorize(last)
     name = rows[0][0]
     for nxt, _ in rows[1:]:
@@ -215,7 +102,7 @@ def _row_wise(sch: Schedule, plans, caps: Capabilities) -> bool:
     if side_by_side > 1:
         name, each = sch.split(name, side_by_side)
         sch.interleave_statements(each)
-    if _size(out.shape) * (len(reductions) + 1) >= PARALLEL_MIN_WORK:
+    if shape_size(out.shape) * (len(reductions) + 1) >= PARALLEL_MIN_WORK:
         sch.parallel(name)
     return True
 
@@ -238,7 +125,7 @@ def _rows_side_by_side(rows, row_length, caps: Capabilities) -> int:
     return max(k, 1)
 
 
-def _split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> None:
+def split_reductions_at_index_divisors(sch: Schedule, first_spatial: str) -> None:
     """Split a reduction loop ``k`` by ``c`` when loads index with ``k // c`` or ``k % c``
     (a tensor read through a reshape): ``simplify_loop_indices`` then removes the division
     from the innermost loop."""
@@ -346,17 +233,6 @@ def tile_reduction(sch: Schedule, spatial, hints: dict, work, sizes: tuple[int, 
     apply_tiling(sch, spatial, hints, default_tiling(spatial, hints, work, sizes), pad)
 
 
-def reduction_loops(sch: Schedule, innermost_spatial: str) -> list[tuple[str, int]]:
-    """The reduction loops under the scalar accumulator of a lowered reduction."""
-    from kiln.ir.loop import Alloc
-
-    alloc = next((s for s in walk_stmts(sch._loop(innermost_spatial)) if isinstance(s, Alloc)), None)
-    if alloc is None or not isinstance(alloc.body, Seq) or len(alloc.body.stmts) < 3:
-        return []
-    nest = alloc.body.stmts[1]
-    return _nest_names(nest) if isinstance(nest, For) else []
-
-
 def apply_tiling(sch: Schedule, spatial, hints: dict, d: dict, pad=None) -> None:
     """Multi-level tiling of a GEMM-like nest, as ``d`` (a dict of the design space's knobs) says:
 
@@ -377,7 +253,7 @@ def apply_tiling(sch: Schedule, spatial, hints: dict, d: dict, pad=None) -> None
       the kernel's stage before) is computed, only the rows that iteration reads.
     Outer loops are fused until ``parallel`` chunks run in parallel (0: serial).
     """
-    _split_reductions_at_index_divisors(sch, spatial[0][0])
+    split_reductions_at_index_divisors(sch, spatial[0][0])
     if d["k_split"] > 1:
         red = reduction_loops(sch, spatial[-1][0])
         _, k_inner = sch.split(red[-1][0], d["k_split"])
@@ -426,7 +302,7 @@ def apply_tiling(sch: Schedule, spatial, hints: dict, d: dict, pad=None) -> None
         if _pad_inside(sch, pad, at) and at in outer:
             outer = outer[: outer.index(at) + 1]  # loops inside `at` no longer nest perfectly
     if d["parallel"]:
-        _fuse_parallel(sch, list(zip(outer, _extents(sch, outer))), d["parallel"])
+        fuse_parallel(sch, list(zip(outer, extents(sch, outer))), d["parallel"])
 
 
 def pad_computed_inside(prev: Stage, st: Stage) -> bool:
@@ -442,230 +318,11 @@ def _pad_inside(sch: Schedule, pad, loop: str) -> bool:
         sch.compute_at(st.name, loop)
     except ScheduleError:
         spatial = loops[: len(st.shape)]
-        _injective(sch, spatial, _size(st.shape))
+        plain_injective(sch, spatial, shape_size(st.shape))
         return False
     inner = [x for x in walk_stmts(sch._loop(loop).body) if isinstance(x, For)]
     moved = [x for x in inner if x.var.name.endswith("_" + loop)]
-    if moved and _static(moved[-1].extent) >= 4 and not isinstance(moved[-1].body, For):
+    if moved and static_extent(moved[-1].extent) >= 4 and not isinstance(moved[-1].body, For):
         sch.vectorize(moved[-1].var.name)
     return True
 
-
-def _extents(sch: Schedule, names) -> list[int]:
-    return [sch._loop(n).extent for n in names]
-
-
-def _parallel_outer(sch: Schedule, loops, work) -> None:
-    """Fuse leading loops until there is enough parallelism, then mark the loop parallel."""
-    if work >= PARALLEL_MIN_WORK:
-        _fuse_parallel(sch, loops, TARGET_PARALLEL_EXTENT)
-
-
-def _fuse_parallel(sch: Schedule, loops, target: int) -> None:
-    """Fuse leading ``loops`` ((name, extent) pairs) until ``target`` chunks, mark it parallel."""
-    if not loops:
-        return
-    name, extent = loops[0]
-    extent = _static(extent)
-    for nxt, n in loops[1:]:
-        if extent >= target:
-            break
-        name = sch.fuse(name, nxt)
-        extent *= _static(n)
-    sch.parallel(name)
-
-
-def schedule_reduction(sch: Schedule, spatial, work) -> None:
-    """The rule for a reduction without a register tile: ``reduce_columns`` where it
-    applies, else the outer loops fused and run in parallel (and the innermost reduction
-    loops fused where they read one contiguous run: ``fuse_contiguous_reduction``)."""
-    if not reduce_columns(sch, spatial, work):
-        fuse_contiguous_reduction(sch, spatial[-1][0])
-        _parallel_outer(sch, spatial, work)
-
-
-def fuse_contiguous_reduction(sch: Schedule, innermost_spatial: str) -> bool:
-    """The last two reduction loops as one when every load reads them as the last two
-    axes of a row-major buffer (``x[.., h, w]`` with ``w`` over the whole last axis): a
-    global average pool's 56 x 56 window is then one vectorized sum of 3136 contiguous
-    values instead of 56 sums of 56 that each end in a partial vector and a horizontal
-    add ([8, 64, 56, 56]: 189 -> 49 us, ONNX Runtime 131-146). False: not such a nest."""
-    from kiln.ir.expr import Load, Var, linear_terms, walk
-    from kiln.ir.loop import Store
-
-    red = reduction_loops(sch, innermost_spatial)
-    if len(red) < 2:
-        return False
-    (outer, _), (inner, extent) = red[-2], red[-1]
-    shapes = {b.name: b.shape for b in sch.func.params}
-    body = sch._loop(inner).body
-    if not isinstance(body, Store) or not isinstance(extent, int):
-        return False
-    for ld in (x for x in walk(body.value) if isinstance(x, Load)):
-        used = [k for k, ix in enumerate(ld.indices) if {outer, inner} & {v.name for v in walk(ix) if isinstance(v, Var)}]
-        if not used:
-            continue
-        rank = len(ld.indices)
-        row = linear_terms(ld.indices[-2]) if rank >= 2 else None
-        if (used != [rank - 2, rank - 1] or ld.indices[-1] != Var(inner, ld.indices[-1].dtype)
-                or shapes.get(ld.buffer, (None,))[-1] != extent or not row
-                or {k.name: c for k, c in row.items() if isinstance(k, Var)}.get(outer) != 1):
-            return False
-    sch.fuse(outer, inner)
-    return True
-
-
-COLUMN_TILE = 64  # output columns accumulated together: four AVX-512 vectors of floats
-# fewer columns than a 256-bit vector of floats: the strided scalar sums stay (3 columns
-# of [256, 100, 3] summed over the 100: 14-20 us that way, 22 us with the columns tile)
-MIN_COLUMN_TILE = 8
-
-
-def reduce_columns(sch: Schedule, spatial, work) -> bool:
-    """A reduction over an axis that is not the input's innermost (ReduceMean over the
-    tokens of [batch, tokens, hidden], over the channels of NCHW): the reduction loop moves outside a tile of output columns, which accumulate side by side,
-    their loads contiguous:
-
-        outer loops (parallel) | col_o | reduction loops | col_i (vectorized), acc[col_i]
-
-    instead of one scalar sum per column that strides through memory (mean pooling of
-    [8, 128, 768] over the tokens: 388 us, ONNX Runtime 36 us). Applies when the reduction
-    reads some input with its innermost index the output's last column (stride 1) and
-    none with its innermost index moving along the reduction, and a tile of at least
-    ``MIN_COLUMN_TILE`` columns divides the last axis. False: not such a stage."""
-    from kiln.ir.expr import Load, Var, linear_terms, walk
-    from kiln.ir.loop import Alloc, Store
-
-    name, extent = spatial[-1]
-    red = {n for n, _ in reduction_loops(sch, name)}
-    if not red or not isinstance(extent, int) or extent < 2:
-        return False
-    alloc = next(s for s in walk_stmts(sch._loop(name)) if isinstance(s, Alloc))
-    update = [s for s in walk_stmts(alloc.body.stmts[1]) if isinstance(s, Store)]
-    columns = False
-    for ld in (x for st in update for x in walk(st.value) if isinstance(x, Load) and x.indices):
-        terms = {k.name: c for k, c in (linear_terms(ld.indices[-1]) or {}).items() if isinstance(k, Var)}
-        if any(terms.get(r) == 1 for r in red):
-            return False  # the reduction already reads contiguously
-        columns |= terms.get(name) == 1 and not any(r in terms for r in red)
-    if not columns:
-        return False
-    tile = largest_divisor(extent, COLUMN_TILE)
-    if tile < MIN_COLUMN_TILE:
-        return False
-    outer, inner = sch.split(name, tile) if tile < extent else (None, name)
-    sch.decompose_reduction(inner)
-    sch.vectorize(inner)
-    _parallel_outer(sch, list(spatial[:-1]) + ([(outer, extent // tile)] if outer else []), work)
-    return True
-
-
-def _vectorize_scalar_reductions(sch: Schedule) -> None:
-    """Vectorize innermost reduction loops that accumulate into a scalar (softmax's max and
-    sum, layer norm's moments); the renderer turns them into SIMD reductions."""
-    from kiln.ir.expr import Bin, Load
-    from kiln.ir.loop import Store, walk_stmts
-
-    for loop in [x for x in walk_stmts(sch.func.body) if isinstance(x, For)]:
-        body = loop.body
-        # ``acc = acc op x`` with an associative op: not any store reading itself (a tree
-        # walk's ``row = next[row, ..]`` is a chain whose steps must run in order)
-        if (loop.kind == "serial" and isinstance(body, Store) and not body.indices
-                and isinstance(body.value, Bin) and body.value.op in ("add", "mul", "max", "min")
-                and any(isinstance(x, Load) and x.buffer == body.buffer and not x.indices
-                        for x in (body.value.a, body.value.b))):
-            sch.vectorize(loop.var.name)
-
-
-def schedule_injective(sch: Schedule, spatial, st: Stage, work, caps: Capabilities = DEFAULT_CAPABILITIES) -> None:
-    """The rule for a stage without a reduction: a Winograd transform's own, ``interleave``
-    for one that iterates (a tree walk), a layout transpose's tile (``transpose_schedule``),
-    or ``_injective``."""
-    if st.has_iterate:
-        interleave(sch, spatial, work, caps)
-    elif "winograd" in st.hints:
-        expand_cases(sch, spatial, st.hints["winograd"], work)
-    elif "transpose" in st.hints and schedule_transpose(
-            sch, spatial, st.hints["transpose"], st.dtype.itemsize, caps.vector_bytes, parallel=work >= PARALLEL_MIN_WORK):
-        pass
-    else:
-        _injective(sch, spatial, work)
-
-
-MAX_INTERLEAVE = 8  # walks advanced together: 8 measured 2.4x faster than 1, 1.6x than 4
-
-
-def interleave(sch: Schedule, spatial, work, caps: Capabilities) -> None:
-    """An iterating stage (a tree walk: each step a chain of dependent loads) advances a few
-    elements' iterations together, one step of each in turn, so their loads overlap instead
-    of each waiting for the last:
-
-        outer loops (parallel) | lane_o | step | lane_i (unrolled; the states in registers)
-
-    The lanes are the axis with most of them (up to ``MAX_INTERLEAVE``, and to half the
-    registers), moved innermost -- for a tree walk the samples, so each tree's nodes stay in
-    L1 while all samples walk it; with one sample, the trees. The iteration loop moves
-    outside the lanes as a reduction loop moves outside a register tile
-    (``decompose_reduction``). No vector lanes: their gathers measured slower here."""
-    width = max(1, min(MAX_INTERLEAVE, caps.vector_registers // 2))
-    lanes = max(range(len(spatial)), key=lambda k: (largest_divisor(spatial[k][1], width), -k))
-    name, extent = spatial[lanes]
-    rest = [loop for k, loop in enumerate(spatial) if k != lanes]
-    if len(spatial) > 1:
-        sch.reorder(*[n for n, _ in rest], name)
-    u = largest_divisor(extent, width)
-    if u > 1:
-        outer, inner = sch.split(name, u) if u < _static(extent) else (None, name)
-        sch.decompose_reduction(inner)
-        sch.unroll(inner)
-        rest = rest + ([(outer, _static(extent) // u)] if outer else [])
-    else:
-        rest = rest + [(name, extent)]
-    _parallel_outer(sch, rest, work)
-
-
-def expand_cases(sch: Schedule, spatial, hint: dict, work) -> None:
-    """A stage whose body is a select over cases of some axes (kiln/ir/ops/winograd.py):
-
-        outer loops (parallel) | vector axis (vectorized) | case axes (expanded)
-
-    ``hint``: ``expand`` the case axes -- whole, or split by ``expand_block`` and only the
-    inner parts expanded; ``vector`` the axis to vectorize. Each case then is straight-line
-    code inside one vectorized loop, so the values the cases share are loaded and combined
-    once per vector."""
-    names = [n for n, _ in spatial]
-    outer, inner = list(names), []
-    for ax in hint["expand"]:
-        if hint.get("expand_block"):
-            o, i = sch.split(names[ax], hint["expand_block"])
-            outer[ax] = o
-        else:
-            i = names[ax]
-            outer.remove(i)
-        inner.append(i)
-    vec = names[hint["vector"]]
-    outer.remove(vec)
-    sch.reorder(*outer, vec, *inner)
-    sch.vectorize(vec)
-    if work >= PARALLEL_MIN_WORK:  # before expanding: fusing rewrites one body, not one per case
-        _fuse_parallel(sch, list(zip(outer, _extents(sch, outer))), TARGET_PARALLEL_EXTENT)
-    for i in reversed(inner):
-        sch.expand(i)
-
-
-def _injective(sch: Schedule, spatial, work) -> None:
-    last, last_n = spatial[-1]
-    last_n = _static(last_n)
-    loop = sch._loop(last)
-    if not isinstance(loop.body, For) and last_n >= 4:
-        sch.vectorize(last)
-    outer = spatial[:-1]
-    if outer:
-        name, extent = outer[0]
-        for nxt, _ in outer[1:]:
-            name = sch.fuse(name, nxt)
-        if work >= PARALLEL_MIN_WORK:
-            sch.parallel(name)
-    elif work >= PARALLEL_MIN_WORK and last_n >= 4096 and isinstance(spatial[-1][1], int):
-        o, i = sch.split(last, 1024)
-        sch.parallel(o)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from kiln.ir.compute import Stage
 from kiln.ir.expr import Reduce, walk
 from kiln.ir.schedule import Schedule
+from kiln.passes.loop_nests import PARALLEL_MIN_WORK, largest_divisor
 
 # A reduction whose innermost run is shorter than this (depthwise convolutions: kh x kw)
 # gains nothing from vector dot products; the plain schedule is kept.
@@ -76,7 +77,6 @@ def tile_dot_reduction(sch: Schedule, spatial, axes: tuple[int, int], tile: tupl
     ``amx``: the rows of an AMX tile (``amx_rows``); its columns are two panels (one when
     they are odd), its row and column loops stay serial loops (the AMX printer replaces
     the whole nest; plain C is kept for a process that Linux refuses the tiles)."""
-    from kiln.passes.default_schedule import largest_divisor
 
     (row, row_n), (col, col_n) = spatial[axes[0]], spatial[axes[1]]
     if vnni:
@@ -141,7 +141,6 @@ def copy_in_runs(sch: Schedule, spatial, run: int, work: int) -> None:
     stays a loop of its own inside the rows, which are fused and run in parallel. Fused
     with the rows, the run loop's index became a division and a remainder for every run:
     the padded copy of a 56x56x64 input took 6.9 us on one core that way, 1.9 us nested."""
-    from kiln.passes.default_schedule import PARALLEL_MIN_WORK
 
     last, n = spatial[-1]
     if not isinstance(n, int) or n % run:
@@ -169,7 +168,6 @@ def stage_channels_last(sch: Schedule, spatial, channels: int, work: int) -> Non
     with a stride of C into a staging row that stays in L1. An image's few channels (RGB)
     stay inside, unrolled: gcc then vectorizes the pixels, reading C rows at once and
     interleaving them in registers (the stem's quantizing copy alone: 16 us instead of 34)."""
-    from kiln.passes.default_schedule import PARALLEL_MIN_WORK
 
     last, n = spatial[-1]
     if not isinstance(n, int) or n % channels or len(spatial) < 2:

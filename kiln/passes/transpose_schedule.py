@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 from kiln.ir.schedule import Schedule
+from kiln.passes.loop_nests import largest_divisor
 
 MAX_UNROLL = 16  # copies per tile row: a cache line of floats, a register's worth of permutes
 # Output rows a multiple of this many bytes apart fall into one or two sets of the L1 cache
@@ -46,7 +47,6 @@ def schedule_transpose(sch: Schedule, spatial, hint: tuple[int, int], itemsize: 
     (name, extent) pairs; the outer loops are fused into one, run in ``parallel`` if asked.
     False (nothing done) when the tile does not apply: symbolic extents, no vector unit,
     or no block of two or more contiguous values."""
-    from kiln.passes.default_schedule import largest_divisor  # it imports this module
 
     axis, run = hint
     names = [n for n, _ in spatial]

@@ -162,7 +162,7 @@ class Arm64Target(Target):
         return arch_flags(self.options)
 
     def capabilities(self):
-        from kiln.passes.default_schedule import Capabilities
+        from kiln.passes.capabilities import Capabilities
 
         # 128-bit NEON, 32 vector registers: an 8 x 8 fp32 register tile (16 accumulators).
         threads = (os.cpu_count() or 1) if os.environ.get("KILN_ARM_OPENMP") == "1" else 1

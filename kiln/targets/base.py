@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from kiln.ir.graph import Graph
-    from kiln.passes.default_schedule import Capabilities
+    from kiln.passes.capabilities import Capabilities
     from kiln.passes.memory_plan import MemoryPlan
 
 
@@ -72,7 +72,7 @@ class Target:
     fixed_point_requantization = True
 
     def capabilities(self) -> "Capabilities":
-        from kiln.passes.default_schedule import DEFAULT_CAPABILITIES
+        from kiln.passes.capabilities import DEFAULT_CAPABILITIES
 
         return DEFAULT_CAPABILITIES
 

@@ -100,7 +100,7 @@ class CortexMTarget(Target):
         self.io_quant: dict = {}
 
     def capabilities(self):
-        from kiln.passes.default_schedule import Capabilities
+        from kiln.passes.capabilities import Capabilities
 
         return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False, pack_matmul=False)
 

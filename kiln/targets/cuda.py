@@ -198,7 +198,7 @@ class CudaTarget(Target):
         self.archs = tuple(o for o in ARCHS if o in self.options) or ARCHS
 
     def capabilities(self):
-        from kiln.passes.default_schedule import Capabilities
+        from kiln.passes.capabilities import Capabilities
 
         # the CPU rules still run (the tuner's traces replay on them), but the CUDA
         # renderer plans from the unscheduled loop IR; no NCHWc layout on a GPU

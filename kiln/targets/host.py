@@ -43,7 +43,7 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 @functools.lru_cache(maxsize=1)
 def capabilities() -> "Capabilities":
     """What ``-march=native`` gives on this machine: vector width and register count."""
-    from kiln.passes.default_schedule import Capabilities
+    from kiln.passes.capabilities import Capabilities
 
     flags = ""
     try:

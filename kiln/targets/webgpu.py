@@ -45,7 +45,7 @@ class WebGPUTarget(Target):
     fixed_point_requantization = False
 
     def capabilities(self):
-        from kiln.passes.default_schedule import Capabilities
+        from kiln.passes.capabilities import Capabilities
 
         # The CPU schedule is not used for the shaders (gpu_schedule rebinds the unscheduled
         # loops); plain NCHW keeps convolutions in the layout the GPU rules expect.
