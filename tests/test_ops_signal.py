@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from kiln.errors import UnsupportedOperatorError
 from kiln.frontend.onnx_ops.signal import dft_matrix
 from tests.util import BACKENDS, check_against_ort, kiln_run
 
@@ -44,15 +43,39 @@ def dft_model(shape, axis, **attrs):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape,axis,attrs", [((2, 16, 1), 1, {}), ((2, 16, 1), 1, {"onesided": 1}),
-                                              ((3, 5, 12, 2), 2, {}), ((4, 6, 2), 1, {})])
+                                              ((3, 5, 12, 2), 2, {}), ((4, 6, 2), 1, {}),
+                                              ((4, 6, 2), 1, {"inverse": 1}), ((2, 8, 3, 2), 1, {"inverse": 1})])
 def test_dft_against_ort(backend, shape, axis, attrs):
     x = RNG.standard_normal(shape).astype(np.float32)
     check_against_ort(dft_model(shape, axis, **attrs), {"x": x}, backend, rtol=1e-4, atol=1e-4)
 
 
-def test_inverse_complex_dft_is_refused_cleanly():
-    with pytest.raises(UnsupportedOperatorError, match="inverse complex-to-complex DFT"):
-        kiln_run(dft_model((1, 8, 2), 1, inverse=1), {"x": np.zeros((1, 8, 2), np.float32)}, "host")
+@pytest.mark.parametrize("shape,axis", [((1, 8, 2), 1), ((2, 10, 10, 2), 1), ((3, 5, 12, 2), 2)])
+def test_inverse_complex_dft_matches_numpy_ifft(shape, axis):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    (got,) = kiln_run(dft_model(shape, axis, inverse=1), {"x": x}, "host").values()
+    full = np.fft.ifft(x[..., 0].astype(np.float64) + 1j * x[..., 1], axis=axis)
+    np.testing.assert_allclose(got, np.stack([full.real, full.imag], -1), rtol=1e-5, atol=1e-6)
+
+
+def test_inverse_dft_matches_onnx_case_where_it_is_exact():
+    """ONNX's test_dft_inverse (excluded from the conformance count as disputed): its expected
+    output carries a float32 FFT's noise (1.9e-7 where the exact value is ~1e-15), beyond its
+    atol of 1e-7. Kiln's answer matches numpy's float64 ifft within the case's rtol/atol, and
+    the expected output wherever that output is not the FFT's noise."""
+    from kiln import onnx_backend
+    from kiln.testing.onnx_node_cases import exclusion, load_cases
+
+    case = next(c for c in load_cases({"DFT"}) if c.name == "test_dft_inverse")
+    assert exclusion(case) == "disputed"
+    inputs, (expected,) = case.data_sets[0]
+    got = onnx_backend.prepare(case.model, "CPU").run(list(inputs))[0]
+    x = inputs[0].astype(np.float64)
+    exact = np.fft.ifft(x[..., 0] + 1j * x[..., 1], axis=1)
+    exact = np.stack([exact.real, exact.imag], -1)
+    np.testing.assert_allclose(got, exact, rtol=case.rtol, atol=case.atol)
+    noise = np.abs(exact) < 1e-6
+    np.testing.assert_allclose(got[~noise], expected[~noise], rtol=case.rtol, atol=case.atol)
 
 
 # -- STFT: frames at constant positions, each windowed frame's DFT --------------------------------------

@@ -52,7 +52,8 @@ EXCLUDED_OPS: dict[str, set[str]] = {
 TRAINING_DOMAINS = {"ai.onnx.preview.training"}
 # Dropout with training_mode=True draws a random mask: a training graph.
 EXCLUDED_NAME_PATTERNS = [(re.compile(r"^test_training_dropout"), "training"),
-                          (re.compile(r"^test_maxunpool_export_with_output_shape$"), "disputed")]
+                          (re.compile(r"^test_maxunpool_export_with_output_shape$"), "disputed"),
+                          (re.compile(r"^test_dft_inverse(_opset19)?$"), "disputed")]
 
 EXCLUSION_RULES = [
     ("control flow", "a node is If, Loop, Scan or SequenceMap (subgraphs)"),
@@ -65,9 +66,14 @@ EXCLUSION_RULES = [
     ("random", "a node is RandomUniform(Like), RandomNormal(Like), Bernoulli or Multinomial"),
     ("training", "a node is in the ai.onnx.preview.training domain (Gradient, Adagrad, Adam, "
                  "Momentum), or the case is Dropout with training_mode=True (test_training_dropout*)"),
-    ("disputed", "the expected output contradicts ONNX Runtime and PyTorch, which Kiln follows: "
-                 "test_maxunpool_export_with_output_shape (ONNX Runtime reads MaxUnpool's indices as "
-                 "positions in output_shape and skips this case, onnx/onnx#2398)"),
+    ("disputed", "the case's expected output is itself in question: "
+                 "test_maxunpool_export_with_output_shape (it contradicts ONNX Runtime and PyTorch, which "
+                 "Kiln follows: ONNX Runtime reads MaxUnpool's indices as "
+                 "positions in output_shape and skips this case, onnx/onnx#2398); test_dft_inverse and "
+                 "test_dft_inverse_opset19 (their expected outputs carry a float32 FFT's rounding noise, "
+                 "1.9e-7 where numpy's float64 ifft gives 7e-16, beyond the cases' atol of 1e-7; ONNX "
+                 "Runtime is 1.9e-5 off; Kiln matches the float64 ifft within the cases' tolerance, "
+                 "tests/test_ops_signal.py)"),
 ]
 
 
