@@ -63,6 +63,33 @@ def test_nodsp_option_keeps_plain_loops():
     assert "kiln_dot" not in c and "kiln_dsp.h" not in c
 
 
+def _qmatmul_model(k: int, n: int, rows: int = 3) -> onnx.ModelProto:
+    """x[rows, k] @ w[k, n] + b, quantized: one ``qmatmul`` whose dot products are k long."""
+    rng = np.random.default_rng(k * 100 + n)
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.3
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], "qmm",
+                          [helper.make_tensor_value_info("x", TP.FLOAT, [rows, k])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [rows, n])],
+                          initializer=[nh.from_array(w, "w"), nh.from_array(rng.standard_normal(n).astype(np.float32), "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return kiln.quantize(m, {"x": rng.standard_normal((16, rows, k)).astype(np.float32)}, method="minmax")
+
+
+def test_dot_products_run_four_output_channels_per_activation_load():
+    """Cortex-M dot products come in tiles of one row by four output channels
+    (``Capabilities.dot_tile``): one ``kiln_dot1x4`` call per tile, the activation row read
+    once for four weight rows; a tile of three columns (n = 6) is three ``kiln_dot`` calls. ``nodsp`` keeps
+    the plain loops and no window copies are staged (``Capabilities.window_copies``: the
+    arena does not grow)."""
+    c = kiln.compile(_qmatmul_model(40, 8), target="cortex-m4").files["model.c"]
+    assert "kiln_dot1x4_u8s8(" in c and "kiln_dot_u8s8(" not in c
+    c = kiln.compile(_qmatmul_model(40, 6), target="cortex-m4").files["model.c"]
+    assert c.count("kiln_dot_u8s8(") == 3 and "kiln_dot1x4" not in c  # 6 columns: tiles of 3
+    cm = kiln.compile(_tiny_qdq(), target="cortex-m4")
+    assert "__win" not in cm.files["model.c"]
+    assert "kiln_dot" not in kiln.compile(_qmatmul_model(40, 8), target="cortex-m4:nodsp").files["model.c"]
+
+
 def test_arena_is_planned_with_16_byte_alignment():
     from examples.models import small_cnn
 
@@ -287,6 +314,23 @@ def _pool_softmax_qdq(act=np.int8) -> onnx.ModelProto:
     g = helper.make_graph(nodes, "pool_softmax", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 5, 6, 6])],
                           [helper.make_tensor_value_info("y", TP.FLOAT, [1, 5, 6, 6])], initializer=inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+@pytest.mark.parametrize("k,n", [(16, 8), (20, 4), (37, 12), (24, 6)])
+def test_dot_product_tiles_match_host_exactly(arm, target, k, n):
+    """The 1x4 helper (SMLAD on M4, VMLADAVA on M55) and its tails: k not a multiple of the 4
+    or 8 bytes a step takes, n a multiple of 4 or not (6: tiles of three single dot products)."""
+    from kiln.frontend.onnx import from_onnx
+    from kiln.passes.integer_io import integer_io
+
+    model = _qmatmul_model(k, n)
+    cm = kiln.compile(model, target=target)
+    rng = np.random.default_rng(k + n)
+    xs = [rng.integers(0, 256, (3, k)).astype(np.uint8) for _ in range(2)]
+    host = kiln.compile(integer_io(from_onnx(model))[0], target="host")
+    for x, o in zip(xs, cm.build().run_batch([{"x": x} for x in xs])):
+        assert np.array_equal(o["y"], host.run({"x": x})["y"])
 
 
 @pytest.mark.parametrize("act", [np.int8, np.uint8], ids=["s8", "u8"])

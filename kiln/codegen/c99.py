@@ -13,6 +13,10 @@ Differences from the host :class:`~kiln.codegen.c.CRenderer`, and why:
   from ``kiln_dsp.h`` (written by the project, CMSIS-style): ``__SXTB16``/``__UXTB16``
   and ``__SMLAD`` on Cortex-M4/M7 (two multiply-adds per instruction), Helium
   ``VMLADAVA`` on Cortex-M55 when built with ``-mcpu=cortex-m55``, plain C elsewhere.
+- A dot-product tile of one pixel by four output channels (``Capabilities.dot_tile`` on
+  Cortex-M, ``kiln/passes/dot_schedule.py``), whose reduction loop wraps the tile's channel
+  loop, becomes one call to ``kiln_dot1x4_<a><b>(a + p, b + q, ldb, n, acc)``: each
+  activation word is loaded and widened once for four dot products.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from dataclasses import replace
 from kiln.codegen.c import CRenderer
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Load, affine_coeffs, row_major, substitute
+from kiln.ir.expr import Bin, Cast, Const, Load, Var, linear_terms, row_major, substitute, walk
 from kiln.ir.loop import SERIAL, For, Store
 
 _DOT_TYPES = {DType.int8: "s8", DType.uint8: "u8"}
@@ -60,7 +64,7 @@ class C99Renderer(CRenderer):
     def stmt(self, s, depth: int, in_parallel: bool = False):
         if not isinstance(s, For):
             return super().stmt(s, depth, in_parallel)
-        dot = self.dot_call(s) if self.dsp else None
+        dot = (self.dot_tile_call(s) or self.dot_call(s)) if self.dsp else None
         if dot is not None:
             self.emit(dot, depth)
             return
@@ -97,8 +101,7 @@ class C99Renderer(CRenderer):
             if kind is None or self.buffers[ld.buffer].scope == "local":
                 return None
             flat = self._flat_index(ld)
-            coeffs = affine_coeffs(flat) if flat is not None else None
-            if coeffs is None or coeffs.get(loop.var.name, 0) != 1:
+            if flat is None or _strides(flat, (loop.var.name,)) != (1,):
                 return None
             start = substitute(flat, {loop.var.name: Const(0, DType.int64)})
             self._index_depth += 1
@@ -113,12 +116,106 @@ class C99Renderer(CRenderer):
         self.dot_used.add(name)
         return f"{body.buffer} = {body.buffer} + {name}({pa}, {pb}, {loop.extent});"
 
+    def dot_tile_call(self, loop: For) -> str | None:
+        """``kiln_dot1x4_u8s8(&a[p], &b[q], ldb, n, &acc[0][0]);`` for a reduction loop over
+        ``k`` whose body is a tile of one row by C columns (loops of extent 1 and C, innermost
+        ``acc[r][c] += (int32)a[.., k] * (int32)b[.., c, k]``): ``a`` the same for every column,
+        ``b``'s columns ``ldb`` apart. Four columns take the 1x4 helper; fewer, one
+        ``kiln_dot`` per column. None: not such a loop."""
+        if not isinstance(loop.extent, int):
+            return None
+        tile, body = [], loop.body
+        while isinstance(body, For) and isinstance(body.extent, int):
+            tile.append(body)
+            body = body.body
+        if not tile or not isinstance(body, Store):
+            return None
+        rows = [t for t in tile if t.extent == 1]
+        if len(tile) - len(rows) != 1:
+            return None
+        col = next(t for t in tile if t.extent != 1)
+        acc = self.buffers.get(body.buffer)
+        zero = {t.var.name: Const(0, DType.int64) for t in rows}
+        terms = self._dot_terms(body, acc, loop.var.name)
+        if terms is None or col.extent > 4 or acc.scope != "local":
+            return None
+        operands = []
+        for kind, ld in terms:
+            flat = substitute(self._flat_index(ld), zero)
+            strides = _strides(flat, (loop.var.name, col.var.name))
+            if strides is None or strides[0] != 1:
+                return None
+            start = substitute(flat, {loop.var.name: Const(0, DType.int64), col.var.name: Const(0, DType.int64)})
+            operands.append((kind, strides[1], self._index_text(start)))
+        shared = [o for o in operands if o[1] == 0]
+        rows_of_b = [o for o in operands if o[1] != 0]
+        if len(shared) != 1 or len(rows_of_b) != 1 or shared[0][0] not in ("u8", "s8") or rows_of_b[0][0] != "s8":
+            return None
+        (ka, _, pa), (kb, ldb, pb) = shared[0], rows_of_b[0]
+        a_name, b_name = (terms[0][1].buffer, terms[1][1].buffer)[:: 1 if operands[0][1] == 0 else -1]
+        names = [getattr(i, "name", None) for i in body.indices]
+        if col.var.name not in names or not set(names) <= set(zero) | {col.var.name}:
+            return None
+        target = body.buffer + "".join("[{c}]" if n == col.var.name else "[0]" for n in names)
+        if col.extent == 4:
+            name = f"kiln_dot1x4_{ka}{kb}"
+            self.dot_used.add(name)
+            return f"{name}(&{a_name}[{pa}], &{b_name}[{pb}], {ldb}, {loop.extent}, &{target.format(c=0)});"
+        name = f"kiln_dot_{ka}{kb}"
+        self.dot_used.add(name)
+        return " ".join(f"{target.format(c=c)} += {name}(&{a_name}[{pa}], &{b_name}[({pb}) + {c * ldb}], "
+                        f"{loop.extent});" for c in range(col.extent))
+
+    def _dot_terms(self, body: Store, acc, k: str):
+        """The two 8-bit loads of ``acc[..] = acc[..] + (int32)x * (int32)y`` as (kind, load),
+        or None."""
+        v = body.value
+        if (acc is None or acc.dtype is not DType.int32 or not isinstance(v, Bin) or v.op != "add"
+                or not isinstance(v.a, Load) or v.a.buffer != body.buffer or v.a.indices != body.indices):
+            return None
+        prod = v.b
+        if not (isinstance(prod, Bin) and prod.op == "mul"):
+            return None
+        out = []
+        for side in (prod.a, prod.b):
+            if not (isinstance(side, Cast) and side.dtype is DType.int32 and isinstance(side.a, Load)):
+                return None
+            buf = self.buffers[side.a.buffer]
+            kind = _DOT_TYPES.get(buf.dtype)
+            if kind is None or buf.scope == "local" or self._flat_index(side.a) is None:
+                return None
+            out.append((kind, side.a))
+        return out
+
+    def _index_text(self, e) -> str:
+        self._index_depth += 1
+        try:
+            return self.expr(e)
+        finally:
+            self._index_depth -= 1
+
     def _flat_index(self, ld: Load):
         """The row-major flat index of a load into a global buffer, as an expression."""
         buf = self.buffers[ld.buffer]
         if not all(isinstance(n, int) for n in buf.shape):
             return None
         return row_major(ld.indices, buf.shape)
+
+
+def _strides(flat, names) -> tuple[int, ...] | None:
+    """The constant coefficient of each loop variable in ``names`` in a flat index whose other
+    parts may be anything (a fused loop's divisions) that does not involve them; None when one
+    of them appears other than linearly."""
+    terms = linear_terms(flat)
+    if terms is None:
+        return None
+    out = {}
+    for atom, coeff in terms.items():
+        if isinstance(atom, Var) and atom.name in names:
+            out[atom.name] = coeff
+        elif atom != "" and any(isinstance(v, Var) and v.name in names for v in walk(atom)):
+            return None
+    return tuple(out.get(n, 0) for n in names)
 
 
 C99_PRELUDE = """\

@@ -18,6 +18,10 @@ class Capabilities:
     # (rows, columns) of outputs computed together by an integer dot-product kernel; None:
     # one dot product per output (see kiln/passes/dot_schedule.py)
     dot_tile: tuple[int, int] | None = None
+    # integer convolutions copy each output pixel's window into one run (im2col) and integer
+    # max pools read padded rows (kiln/passes/integer_ops.py ``stage_windows``): memory a CPU
+    # with megabytes of cache does not notice and a microcontroller's arena does
+    window_copies: bool = False
     # u8 x s8 dot products of 4 bytes per int32 lane (x86 AVX-512 VNNI ``vpdpbusd``): integer
     # kernels take their weights in VNNI panels (kiln/passes/vnni_pack.py)
     vnni: bool = False

@@ -132,9 +132,10 @@ def _pad_rows(m: Match, rw: Rewriter):
 def stage_windows(graph: Graph) -> Graph:
     """Mark integer convolutions to copy each output pixel's window into one run (im2col, see
     ``kiln/ir/ops/qlinear.py``), and integer 2-D max pools to read a padded copy of their
-    input rows (``kiln/ir/ops/pool.py``). Only for targets that compute dot products in register
-    tiles (``Capabilities.dot_tile``): the copies cost memory, which a CPU with megabytes of
-    cache does not notice and a microcontroller's arena does."""
+    input rows (``kiln/ir/ops/pool.py``). Only for targets that ask for it
+    (``Capabilities.window_copies``: the host CPUs, whose dot products run in register tiles):
+    the copies cost memory, which a CPU with megabytes of cache does not notice and a
+    microcontroller's arena does."""
     if not any(n.op in ("qconv", "qconv_i32", "max_pool") for n in graph.nodes):
         return graph
     return apply_rules(graph, [(Op("qconv", single_use=False), _im2col), (Op("qconv_i32", single_use=False), _im2col),

@@ -109,7 +109,7 @@ def run_pipeline(graph: Graph, target: Target | str = "host", print_after: str |
                 graph = pack_matmuls(graph, caps.panel_widths()).verify()
             if caps.winograd and caps.nchwc and caps.pack_matmul:
                 graph = winograd_convs(graph, caps.tile()[1]).verify()
-            if caps.dot_tile:
+            if caps.window_copies:
                 graph = stage_windows(graph).verify()
             if caps.vnni:
                 graph = pack_vnni(graph).verify()

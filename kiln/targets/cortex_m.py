@@ -102,7 +102,10 @@ class CortexMTarget(Target):
     def capabilities(self):
         from kiln.passes.capabilities import Capabilities
 
-        return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False, pack_matmul=False)
+        # one pixel x four output channels per dot-product tile (kiln_dot1x4 in kiln_dsp.h)
+        tile = None if "nodsp" in self.options else (1, 4)
+        return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False,
+                            pack_matmul=False, dot_tile=tile)
 
     def prepare_graph(self, graph):
         from kiln.passes.integer_io import integer_io

@@ -53,12 +53,13 @@ def capabilities() -> "Capabilities":
         pass
     if " avx512f" in flags:
         return Capabilities(vector_bytes=64, vector_registers=32, threads=THREADS, dot_tile=(8, 4),
-                            vnni=" avx512_vnni" in flags, amx=" amx_int8" in flags and " amx_tile" in flags,
+                            window_copies=True, vnni=" avx512_vnni" in flags, amx=" amx_int8" in flags and " amx_tile" in flags,
                             winograd=True, concat_in_place=True, interleave_rows=4, wide_panels=True,
                             plain_isolated_convs=True)
     if " avx2" in flags or " avx " in flags:
         return Capabilities(vector_bytes=32, vector_registers=16, threads=THREADS, dot_tile=(8, 2),
-                            winograd=True, concat_in_place=True, interleave_rows=4, plain_isolated_convs=True)
+                            window_copies=True, winograd=True, concat_in_place=True, interleave_rows=4,
+                            plain_isolated_convs=True)
     return Capabilities(vector_bytes=16, vector_registers=16, threads=THREADS, winograd=True, concat_in_place=True,
                         interleave_rows=4, plain_isolated_convs=True)
 

@@ -32,24 +32,39 @@ extern const int32_t kiln_tiny_q_w7[3];
 /* kernel_0: writes qconv__rw5 (qconv) */
 static void kernel_0(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0, uint8_t* restrict out0__xu) {
   for (int32_t i0_i1_f_lo = 0; i0_i1_f_lo < 1; ++i0_i1_f_lo) {
-    for (int32_t i2 = 0; i2 < 6; ++i2) {
-      out0__xu[((i0_i1_f_lo * 6) + i2)] = 0;
+    for (int32_t i2_o = 0; i2_o < 6; ++i2_o) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[((i0_i1_f_lo * 6) + (i2_o + i2_i))] = 0;
+      }
     }
   }
   for (int32_t i0_i1_f_in = 0; i0_i1_f_in < 4; ++i0_i1_f_in) {
-    for (int32_t i2_lo = 0; i2_lo < 1; ++i2_lo) {
-      out0__xu[(((i0_i1_f_in + 1) * 6) + i2_lo)] = 0;
+    for (int32_t i2_o_lo = 0; i2_o_lo < 1; ++i2_o_lo) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[(((i0_i1_f_in + 1) * 6) + (i2_o_lo + i2_i))] = 0;
+      }
     }
-    for (int32_t i2_in = 0; i2_in < 4; ++i2_in) {
-      out0__xu[(((i0_i1_f_in + 1) * 6) + (i2_in + 1))] = in0[((i0_i1_f_in * 4) + i2_in)];
+    for (int32_t i2_o_in = 0; i2_o_in < 4; ++i2_o_in) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[(((i0_i1_f_in + 1) * 6) + ((i2_o_in + 1) + i2_i))] = in0[((i0_i1_f_in * 4) + (((i2_o_in + 1) + i2_i) + -1))];
+      }
     }
-    for (int32_t i2_hi = 0; i2_hi < 1; ++i2_hi) {
-      out0__xu[(((i0_i1_f_in + 1) * 6) + (i2_hi + 5))] = 0;
+    for (int32_t i2_o_hi = 0; i2_o_hi < 1; ++i2_o_hi) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[(((i0_i1_f_in + 1) * 6) + ((i2_o_hi + 5) + i2_i))] = 0;
+      }
     }
   }
   for (int32_t i0_i1_f_hi = 0; i0_i1_f_hi < 1; ++i0_i1_f_hi) {
-    for (int32_t i2 = 0; i2 < 6; ++i2) {
-      out0__xu[(((i0_i1_f_hi + 5) * 6) + i2)] = 0;
+    for (int32_t i2_o = 0; i2_o < 6; ++i2_o) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[(((i0_i1_f_hi + 5) * 6) + (i2_o + i2_i))] = 0;
+      }
     }
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
@@ -70,12 +85,24 @@ static void kernel_0(const uint8_t* restrict in0, const int8_t* restrict in1, co
 
 /* kernel_1: writes y (qmatmul) */
 static void kernel_1(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0) {
-  for (int32_t i0 = 0; i0 < 1; ++i0) {
-    for (int32_t i1 = 0; i1 < 3; ++i1) {
-      int32_t acc0;
-      acc0 = in2[i1];
-      acc0 = acc0 + kiln_dot_u8s8(&in0[((i0 * 64) + 0)], &in1[((i1 * 64) + 0)], 64);
-      out0[((i0 * 3) + i1)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i1]))) >> INT64_C(32)))) >> ((in4[i1] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
+  for (int32_t i0_o = 0; i0_o < 1; ++i0_o) {
+    for (int32_t i1_o = 0; i1_o < 1; ++i1_o) {
+      int32_t acc0[1][3] __attribute__((aligned(64)));
+      #pragma GCC unroll 1
+      for (int32_t i0_i_init = 0; i0_i_init < 1; ++i0_i_init) {
+        #pragma GCC unroll 3
+        for (int32_t i1_i_init = 0; i1_i_init < 3; ++i1_i_init) {
+          acc0[i0_i_init][i1_i_init] = in2[((i1_o * 3) + i1_i_init)];
+        }
+      }
+      acc0[0][0] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 0], 64); acc0[0][1] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 64], 64); acc0[0][2] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 128], 64);
+      #pragma GCC unroll 1
+      for (int32_t i0_i_wb = 0; i0_i_wb < 1; ++i0_i_wb) {
+        #pragma GCC unroll 3
+        for (int32_t i1_i_wb = 0; i1_i_wb < 3; ++i1_i_wb) {
+          out0[(((i0_o + i0_i_wb) * 3) + ((i1_o * 3) + i1_i_wb))] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)(acc0[i0_i_wb][i1_i_wb])) * ((int64_t)(in3[((i1_o * 3) + i1_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i1_o * 3) + i1_i_wb)] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
+        }
+      }
     }
   }
 }

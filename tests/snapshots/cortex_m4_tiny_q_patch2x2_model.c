@@ -41,8 +41,11 @@ static void kernel_0(const uint8_t* restrict in0, uint8_t* restrict out0) {
 /* kernel_1: writes qconv__rw5__patch0 (qconv) */
 static void kernel_1(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0, uint8_t* restrict out0__xu) {
   for (int32_t i0_i1_f = 0; i0_i1_f < 4; ++i0_i1_f) {
-    for (int32_t i2 = 0; i2 < 4; ++i2) {
-      out0__xu[((i0_i1_f * 4) + i2)] = (((i0_i1_f >= INT64_C(1)) && (i2 >= INT64_C(1))) ? in0[(((i0_i1_f + -1) * 3) + (i2 + -1))] : 0);
+    for (int32_t i2_o = 0; i2_o < 4; ++i2_o) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[((i0_i1_f * 4) + (i2_o + i2_i))] = (((i0_i1_f >= INT64_C(1)) && ((i2_o + i2_i) >= INT64_C(1))) ? in0[(((i0_i1_f + -1) * 3) + ((i2_o + i2_i) + -1))] : 0);
+      }
     }
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
@@ -82,8 +85,11 @@ static void kernel_3(const uint8_t* restrict in0, uint8_t* restrict out0) {
 /* kernel_4: writes qconv__rw5__patch1 (qconv) */
 static void kernel_4(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0, uint8_t* restrict out0__xu) {
   for (int32_t i0_i1_f = 0; i0_i1_f < 4; ++i0_i1_f) {
-    for (int32_t i2 = 0; i2 < 4; ++i2) {
-      out0__xu[((i0_i1_f * 4) + i2)] = (((i0_i1_f >= INT64_C(1)) && (i2 < INT64_C(3))) ? in0[(((i0_i1_f + -1) * 3) + i2)] : 0);
+    for (int32_t i2_o = 0; i2_o < 4; ++i2_o) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[((i0_i1_f * 4) + (i2_o + i2_i))] = (((i0_i1_f >= INT64_C(1)) && ((i2_o + i2_i) < INT64_C(3))) ? in0[(((i0_i1_f + -1) * 3) + (i2_o + i2_i))] : 0);
+      }
     }
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
@@ -123,8 +129,11 @@ static void kernel_6(const uint8_t* restrict in0, uint8_t* restrict out0) {
 /* kernel_7: writes qconv__rw5__patch2 (qconv) */
 static void kernel_7(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0, uint8_t* restrict out0__xu) {
   for (int32_t i0_i1_f = 0; i0_i1_f < 4; ++i0_i1_f) {
-    for (int32_t i2 = 0; i2 < 4; ++i2) {
-      out0__xu[((i0_i1_f * 4) + i2)] = (((i0_i1_f < INT64_C(3)) && (i2 >= INT64_C(1))) ? in0[((i0_i1_f * 3) + (i2 + -1))] : 0);
+    for (int32_t i2_o = 0; i2_o < 4; ++i2_o) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[((i0_i1_f * 4) + (i2_o + i2_i))] = (((i0_i1_f < INT64_C(3)) && ((i2_o + i2_i) >= INT64_C(1))) ? in0[((i0_i1_f * 3) + ((i2_o + i2_i) + -1))] : 0);
+      }
     }
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
@@ -164,8 +173,11 @@ static void kernel_9(const uint8_t* restrict in0, uint8_t* restrict out0) {
 /* kernel_10: writes qconv__rw5__patch3 (qconv) */
 static void kernel_10(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0, uint8_t* restrict out0__xu) {
   for (int32_t i0_i1_f = 0; i0_i1_f < 4; ++i0_i1_f) {
-    for (int32_t i2 = 0; i2 < 4; ++i2) {
-      out0__xu[((i0_i1_f * 4) + i2)] = (((i0_i1_f < INT64_C(3)) && (i2 < INT64_C(3))) ? in0[((i0_i1_f * 3) + i2)] : 0);
+    for (int32_t i2_o = 0; i2_o < 4; ++i2_o) {
+      #pragma GCC unroll 1
+      for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
+        out0__xu[((i0_i1_f * 4) + (i2_o + i2_i))] = (((i0_i1_f < INT64_C(3)) && ((i2_o + i2_i) < INT64_C(3))) ? in0[((i0_i1_f * 3) + (i2_o + i2_i))] : 0);
+      }
     }
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
@@ -195,12 +207,24 @@ static void kernel_11(const uint8_t* restrict in0, uint8_t* restrict out0) {
 
 /* kernel_12: writes y (qmatmul) */
 static void kernel_12(const uint8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, uint8_t* restrict out0) {
-  for (int32_t i0 = 0; i0 < 1; ++i0) {
-    for (int32_t i1 = 0; i1 < 3; ++i1) {
-      int32_t acc0;
-      acc0 = in2[i1];
-      acc0 = acc0 + kiln_dot_u8s8(&in0[((i0 * 64) + 0)], &in1[((i1 * 64) + 0)], 64);
-      out0[((i0 * 3) + i1)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i1]))) >> INT64_C(32)))) >> ((in4[i1] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
+  for (int32_t i0_o = 0; i0_o < 1; ++i0_o) {
+    for (int32_t i1_o = 0; i1_o < 1; ++i1_o) {
+      int32_t acc0[1][3] __attribute__((aligned(64)));
+      #pragma GCC unroll 1
+      for (int32_t i0_i_init = 0; i0_i_init < 1; ++i0_i_init) {
+        #pragma GCC unroll 3
+        for (int32_t i1_i_init = 0; i1_i_init < 3; ++i1_i_init) {
+          acc0[i0_i_init][i1_i_init] = in2[((i1_o * 3) + i1_i_init)];
+        }
+      }
+      acc0[0][0] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 0], 64); acc0[0][1] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 64], 64); acc0[0][2] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 128], 64);
+      #pragma GCC unroll 1
+      for (int32_t i0_i_wb = 0; i0_i_wb < 1; ++i0_i_wb) {
+        #pragma GCC unroll 3
+        for (int32_t i1_i_wb = 0; i1_i_wb < 3; ++i1_i_wb) {
+          out0[(((i0_o + i0_i_wb) * 3) + ((i1_o * 3) + i1_i_wb))] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)(acc0[i0_i_wb][i1_i_wb])) * ((int64_t)(in3[((i1_o * 3) + i1_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i1_o * 3) + i1_i_wb)] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
+        }
+      }
     }
   }
 }

@@ -1,6 +1,9 @@
 /* kiln_dsp.h -- 8-bit dot products for Cortex-M, written for Kiln (CMSIS-style names).
  *
  * kiln_dot_<a><b>(a, b, n) = sum_i a[i] * b[i] in int32, for u8/s8 operands.
+ * kiln_dot1x4_<a><b>(a, b, ldb, n, acc): acc[c] += sum_i a[i] * b[c * ldb + i] for c < 4: one
+ *   activation run against four weight rows (four output channels), so each activation word
+ *   is loaded and widened once for four dot products instead of once per dot product.
  *  - Cortex-M4/M7 (__ARM_FEATURE_DSP): four bytes per load, widened to two pairs of
  *    16-bit lanes with __SXTB16/__UXTB16 (the odd bytes through a rotate by 8) and summed
  *    with __SMLAD, two multiply-accumulates per instruction. Lane pairing is the same on
@@ -47,6 +50,24 @@ static inline uint32_t kiln_read_u32(const void* p) {  /* unaligned load; one LD
 KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8)
 KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8)
 KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8)
+#define KILN_DOT1X4_MVE(name, ta, tb, LA, LB)                                                 \
+  static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
+    int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], i = 0;                       \
+    for (; i + 8 <= n; i += 8) {                                                             \
+      int16x8_t va = LA(a + i);                                                              \
+      s0 = vmladavaq_s16(s0, va, LB(b + i));                                                 \
+      s1 = vmladavaq_s16(s1, va, LB(b + ldb + i));                                           \
+      s2 = vmladavaq_s16(s2, va, LB(b + 2 * ldb + i));                                       \
+      s3 = vmladavaq_s16(s3, va, LB(b + 3 * ldb + i));                                       \
+    }                                                                                        \
+    for (; i < n; ++i) {                                                                     \
+      int32_t x = a[i];                                                                      \
+      s0 += x * b[i]; s1 += x * b[ldb + i]; s2 += x * b[2 * ldb + i]; s3 += x * b[3 * ldb + i]; \
+    }                                                                                        \
+    acc[0] = s0; acc[1] = s1; acc[2] = s2; acc[3] = s3;                                      \
+  }
+KILN_DOT1X4_MVE(kiln_dot1x4_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8)
+KILN_DOT1X4_MVE(kiln_dot1x4_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8)
 #elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define KILN_DOT_DSP(name, ta, tb, XA, XB)                                                    \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
@@ -62,6 +83,29 @@ KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8)
 KILN_DOT_DSP(kiln_dot_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
 KILN_DOT_DSP(kiln_dot_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
 KILN_DOT_DSP(kiln_dot_u8u8, uint8_t, uint8_t, __UXTB16, __UXTB16)
+/* One weight word against the widened activation pairs: two SMLADs into one sum. */
+#define KILN_MAC4_DSP(sum, w, XB, ae, ao)                                                     \
+  do { uint32_t w_ = (w); sum = __SMLAD(ae, XB(w_), sum); sum = __SMLAD(ao, XB(__ROR8(w_)), sum); } while (0)
+#define KILN_DOT1X4_DSP(name, ta, tb, XA, XB)                                                 \
+  static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
+    int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], i = 0;                       \
+    const tb *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;                                  \
+    for (; i + 4 <= n; i += 4) {                                                             \
+      uint32_t va = kiln_read_u32(a + i);                                                    \
+      uint32_t ae = XA(va), ao = XA(__ROR8(va));          /* bytes 0, 2 and 1, 3 */          \
+      KILN_MAC4_DSP(s0, kiln_read_u32(b + i), XB, ae, ao);                                   \
+      KILN_MAC4_DSP(s1, kiln_read_u32(b1 + i), XB, ae, ao);                                  \
+      KILN_MAC4_DSP(s2, kiln_read_u32(b2 + i), XB, ae, ao);                                  \
+      KILN_MAC4_DSP(s3, kiln_read_u32(b3 + i), XB, ae, ao);                                  \
+    }                                                                                        \
+    for (; i < n; ++i) {                                                                     \
+      int32_t x = a[i];                                                                      \
+      s0 += x * b[i]; s1 += x * b1[i]; s2 += x * b2[i]; s3 += x * b3[i];                     \
+    }                                                                                        \
+    acc[0] = s0; acc[1] = s1; acc[2] = s2; acc[3] = s3;                                      \
+  }
+KILN_DOT1X4_DSP(kiln_dot1x4_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
+KILN_DOT1X4_DSP(kiln_dot1x4_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
 #else
 #define KILN_DOT_C(name, ta, tb)                                                              \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
@@ -72,6 +116,13 @@ KILN_DOT_DSP(kiln_dot_u8u8, uint8_t, uint8_t, __UXTB16, __UXTB16)
 KILN_DOT_C(kiln_dot_u8s8, uint8_t, int8_t)
 KILN_DOT_C(kiln_dot_s8s8, int8_t, int8_t)
 KILN_DOT_C(kiln_dot_u8u8, uint8_t, uint8_t)
+#define KILN_DOT1X4_C(name, ta, tb)                                                           \
+  static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
+    for (int32_t c = 0; c < 4; ++c)                                                          \
+      for (int32_t i = 0; i < n; ++i) acc[c] += (int32_t)a[i] * (int32_t)b[c * ldb + i];    \
+  }
+KILN_DOT1X4_C(kiln_dot1x4_u8s8, uint8_t, int8_t)
+KILN_DOT1X4_C(kiln_dot1x4_s8s8, int8_t, int8_t)
 #endif
 
 #endif /* KILN_DSP_H */
