@@ -84,31 +84,16 @@ class C99Renderer(CRenderer):
         body = loop.body
         if not (isinstance(body, Store) and not body.indices and isinstance(loop.extent, int)):
             return None
-        acc = self.buffers.get(body.buffer)
-        v = body.value
-        if (acc is None or acc.dtype is not DType.int32 or not isinstance(v, Bin) or v.op != "add"
-                or not isinstance(v.a, Load) or v.a.buffer != body.buffer or v.a.indices):
-            return None
-        prod = v.b
-        if not (isinstance(prod, Bin) and prod.op == "mul"):
+        terms = self._dot_terms(body, self.buffers.get(body.buffer))
+        if terms is None:
             return None
         operands = []
-        for side in (prod.a, prod.b):
-            if not (isinstance(side, Cast) and side.dtype is DType.int32 and isinstance(side.a, Load)):
-                return None
-            ld = side.a
-            kind = _DOT_TYPES.get(self.buffers[ld.buffer].dtype)
-            if kind is None or self.buffers[ld.buffer].scope == "local":
-                return None
+        for kind, ld in terms:
             flat = self._flat_index(ld)
-            if flat is None or _strides(flat, (loop.var.name,)) != (1,):
+            if _strides(flat, (loop.var.name,)) != (1,):
                 return None
             start = substitute(flat, {loop.var.name: Const(0, DType.int64)})
-            self._index_depth += 1
-            try:
-                operands.append((kind, f"&{ld.buffer}[{self.expr(start)}]"))
-            finally:
-                self._index_depth -= 1
+            operands.append((kind, f"&{ld.buffer}[{self._index_text(start)}]"))
         (ka, pa), (kb, pb) = operands
         if (ka, kb) == ("s8", "u8"):   # the helpers take (u8|s8, s8) and (s8, u8) by swapping
             (ka, pa), (kb, pb) = (kb, pb), (ka, pa)
@@ -136,7 +121,7 @@ class C99Renderer(CRenderer):
         col = next(t for t in tile if t.extent != 1)
         acc = self.buffers.get(body.buffer)
         zero = {t.var.name: Const(0, DType.int64) for t in rows}
-        terms = self._dot_terms(body, acc, loop.var.name)
+        terms = self._dot_terms(body, acc)
         if terms is None or col.extent > 4 or acc.scope != "local":
             return None
         operands = []
@@ -166,7 +151,7 @@ class C99Renderer(CRenderer):
         return " ".join(f"{target.format(c=c)} += {name}(&{a_name}[{pa}], &{b_name}[({pb}) + {c * ldb}], "
                         f"{loop.extent});" for c in range(col.extent))
 
-    def _dot_terms(self, body: Store, acc, k: str):
+    def _dot_terms(self, body: Store, acc):
         """The two 8-bit loads of ``acc[..] = acc[..] + (int32)x * (int32)y`` as (kind, load),
         or None."""
         v = body.value
