@@ -131,13 +131,12 @@ class C99Renderer(CRenderer):
             if strides is None or strides[0] != 1:
                 return None
             start = substitute(flat, {loop.var.name: Const(0, DType.int64), col.var.name: Const(0, DType.int64)})
-            operands.append((kind, strides[1], self._index_text(start)))
-        shared = [o for o in operands if o[1] == 0]
-        rows_of_b = [o for o in operands if o[1] != 0]
-        if len(shared) != 1 or len(rows_of_b) != 1 or shared[0][0] not in ("u8", "s8") or rows_of_b[0][0] != "s8":
+            operands.append((kind, strides[1], ld.buffer, self._index_text(start)))
+        shared = [o for o in operands if o[1] == 0]      # the activations: one run for every column
+        rows_of_b = [o for o in operands if o[1] != 0]   # the weights: one row per column
+        if len(shared) != 1 or len(rows_of_b) != 1 or rows_of_b[0][0] != "s8":
             return None
-        (ka, _, pa), (kb, ldb, pb) = shared[0], rows_of_b[0]
-        a_name, b_name = (terms[0][1].buffer, terms[1][1].buffer)[:: 1 if operands[0][1] == 0 else -1]
+        (ka, _, a, pa), (kb, ldb, b, pb) = shared[0], rows_of_b[0]
         names = [getattr(i, "name", None) for i in body.indices]
         if col.var.name not in names or not set(names) <= set(zero) | {col.var.name}:
             return None
@@ -145,11 +144,11 @@ class C99Renderer(CRenderer):
         if col.extent == 4:
             name = f"kiln_dot1x4_{ka}{kb}"
             self.dot_used.add(name)
-            return f"{name}(&{a_name}[{pa}], &{b_name}[{pb}], {ldb}, {loop.extent}, &{target.format(c=0)});"
+            return f"{name}(&{a}[{pa}], &{b}[{pb}], {ldb}, {loop.extent}, &{target.format(c=0)});"
         name = f"kiln_dot_{ka}{kb}"
         self.dot_used.add(name)
-        return " ".join(f"{target.format(c=c)} += {name}(&{a_name}[{pa}], &{b_name}[({pb}) + {c * ldb}], "
-                        f"{loop.extent});" for c in range(col.extent))
+        return " ".join(f"{target.format(c=c)} += {name}(&{a}[{pa}], &{b}[({pb}) + {c * ldb}], {loop.extent});"
+                        for c in range(col.extent))
 
     def _dot_terms(self, body: Store, acc):
         """The two 8-bit loads of ``acc[..] = acc[..] + (int32)x * (int32)y`` as (kind, load),
