@@ -528,7 +528,7 @@ def linear_terms(e: Expr) -> dict | None:
         out = dict(a)
         for k, v in b.items():
             out[k] = out.get(k, 0) + sign * v
-        return out
+        return _merge_div_mod(out)
     if isinstance(e, Bin) and e.op == "mul":
         for x, c in ((e.a, e.b), (e.b, e.a)):
             if isinstance(c, Const) and not c.dtype.is_float:
@@ -537,6 +537,24 @@ def linear_terms(e: Expr) -> dict | None:
     if e.dtype.is_float:
         return None
     return {e: 1, "": 0}
+
+
+def _merge_div_mod(terms: dict) -> dict:
+    """``k*c*(x // c) + k*(x % c)`` is ``k*x`` (c > 0): a channels-last tensor read as
+    (N, H, W*C) indexes pixel ``q // C``, channel ``q % C`` (``kiln/ir/ops/qlinear.py``)."""
+    for atom, coeff in list(terms.items()):
+        if not (isinstance(atom, Bin) and atom.op == "floordiv" and isinstance(atom.b, Const)
+                and not atom.b.dtype.is_float and int(atom.b.value) > 0 and atom in terms):
+            continue
+        c, k = int(atom.b.value), terms.get(Bin("mod", atom.a, atom.b, atom.dtype))
+        inner = linear_terms(atom.a)
+        if not k or coeff != k * c or inner is None:
+            continue
+        rem = Bin("mod", atom.a, atom.b, atom.dtype)
+        del terms[atom], terms[rem]
+        for a, v in inner.items():
+            terms[a] = terms.get(a, 0) + k * v
+    return terms
 
 
 def affine_coeffs(e: Expr) -> dict[str, int] | None:
