@@ -3,6 +3,7 @@
     python benchmarks/mcu_bench.py                    # print the table
     python benchmarks/mcu_bench.py --write            # and write docs/benchmarks/mcu.md
     python benchmarks/mcu_bench.py --only ds_cnn --targets cortex-m4
+    python benchmarks/mcu_bench.py --only ds_cnn --targets cortex-m4 --profile   # per kernel
 
 Models (all int8 by ``kiln.quantize``, min/max calibration): the digits CNN trained on
 ``sklearn.datasets.load_digits`` (tests/test_quantize_digits.py), the keyword-spotting
@@ -84,18 +85,20 @@ OPTIONS = {"vww_patch": "patch=3x3"}
 
 def macs(graph) -> int:
     """Multiply-accumulates of the integer convolutions and matrix products."""
+    from kiln.ir.ops.qlinear import logical_weights
+
     types = graph.value_types()
     total = 0
     for n in graph.nodes:
         out = int(np.prod(types[n.outputs[0].name].shape))
-        if n.op == "qconv":
-            total += out * int(np.prod(graph.constants[n.inputs[1]].shape[1:]))
+        if n.op == "qconv":  # (OC, KH, KW*C/group), however the target stores them
+            total += out * int(np.prod(logical_weights(graph.constants[n.inputs[1]].shape, n.attrs, "qconv")[1:]))
         elif n.op == "qmatmul":
             total += out * int(graph.constants[n.inputs[1]].shape[1])
     return total
 
 
-def measure(key: str, quantized, sample: np.ndarray, target: str) -> dict:
+def measure(key: str, quantized, sample: np.ndarray, target: str, profile: bool = False) -> dict:
     import kiln
     from kiln.frontend.onnx import from_onnx
     from kiln.passes.integer_io import integer_io
@@ -108,16 +111,20 @@ def measure(key: str, quantized, sample: np.ndarray, target: str) -> dict:
     xq = np.clip(np.round(sample / p.scale) + p.zero_point, info.min, info.max).astype(p.dtype.np)
     runner = cm.build()
     got = runner({name: xq})
+    instructions = runner.instructions[0]  # before a profiling run replaces it with its own
     host = kiln.compile(integer_io(from_onnx(quantized))[0], target="host").run({name: xq})
     exact = all(np.array_equal(got[k], host[k]) for k in host)
     float_ops = [n.op for n in cm.graph.nodes if any(o.type.dtype.is_float for o in n.outputs)]
     sizes = runner.sizes()
     plan = cm.result.plan
+    if profile:
+        for kernel, count in runner.profile({name: xq}):
+            print(f"  {count:>11,}  {kernel}")
     count = macs(cm.graph)
     patching = getattr(plan, "patching", None)
-    return dict(model=key, target=target, instructions=runner.instructions[0], macs=count,
+    return dict(model=key, target=target, instructions=instructions, macs=count,
                 layer_bound=patching.lower_bound_without if patching else None,
-                per_mac=runner.instructions[0] / max(count, 1), arena=plan.arena_size, lower_bound=plan.lower_bound,
+                per_mac=instructions / max(count, 1), arena=plan.arena_size, lower_bound=plan.lower_bound,
                 code=sizes["model_code"], weights=sizes["weights"], flash=sizes["flash"], ram=sizes["ram_static"],
                 exact=exact, float_ops=float_ops)
 
@@ -155,6 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(MODELS), help="models, comma-separated: " + ",".join(MODELS))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--write", action="store_true", help=f"write {DOC.relative_to(ROOT)}")
+    ap.add_argument("--profile", action="store_true", help="print each kernel's instructions as well")
     args = ap.parse_args(argv)
     import kiln
 
@@ -165,7 +173,7 @@ def main(argv=None) -> int:
         model, calibration, sample = MODELS[key][1]()
         quantized = kiln.quantize(model, calibration, method="minmax")
         for target in args.targets.split(","):
-            row = measure(key, quantized, sample, target)
+            row = measure(key, quantized, sample, target, args.profile)
             rows.append(row)
             print(f"{key:7s} {target:11s} {row['instructions']:>11,} instr  {row['per_mac']:5.2f}/MAC  "
                   f"arena {row['arena']:>7,} / {row['lower_bound']:>7,}  code {row['code']:>6,} B  "

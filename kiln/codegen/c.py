@@ -431,6 +431,8 @@ class CRenderer:
             op = f"kiln_r{op}{'_d' if buf.dtype is DType.float64 else 'f'}"  # NaN-propagating (C_PRELUDE)
         return f" reduction({op}:{body.buffer})"
 
+    function_attributes = ""  # printed before each kernel's ``void``
+
     def render_func(self, f: Func, inputs: set[str], static: bool = True, symbols=()) -> str:
         """``static void name(const float* restrict a, float* restrict out, ..., int64_t batch)``."""
         self.lines = []
@@ -440,7 +442,7 @@ class CRenderer:
             + [f"int64_t {sym}" for sym in symbols])
         self.half_ops = False
         self.prologue: list[str] = []  # lines a printer wants at the top of the function body
-        self.emit(f"{'static ' if static else ''}void {f.name}({params}) {{", 0)
+        self.emit(f"{'static ' if static else ''}{self.function_attributes}void {f.name}({params}) {{", 0)
         self.stmt(f.body, 1)
         self.emit("}", 0)
         self.lines[1:1] = self.prologue

@@ -120,7 +120,8 @@ def build_kernel(index: int, group: Group, graph: Graph, types: dict[str, Tensor
     temps = [s for s in stages if s.name not in out_c]
     stored = {n: borders[n].storage_shape(types[n].shape) if n in borders else types[n].shape for n in inputs + outputs}
     params = [Buffer(cname[n], shape_exprs(stored[n]), types[n].dtype,
-                     zero_outside=borders[n].zero_box(types[n].shape) if n in inputs and n in borders else None)
+                     zero_outside=borders[n].zero_box(types[n].shape)
+                     if n in inputs and n in borders and caps.skip_border_taps else None)
               for n in inputs + outputs]
     params += [Buffer(s.name, s.shape, s.dtype) for s in temps]
     func = canonicalize(Func(name, tuple(params), seq(*(lower_stage(s) for s in stages))))

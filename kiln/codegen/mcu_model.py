@@ -164,7 +164,7 @@ def generate_mcu_model(graph: Graph, kernels, plan: MemoryPlan, target: str, io_
     common = dict(version=__version__, target=target, model_name=graph.name, prefix=prefix, PREFIX=prefix.upper(),
                   arena_size=plan.arena_size, lower_bound=plan.lower_bound,
                   weights_size=sum(w["nbytes"] for w in weights), inputs=inputs, outputs=outputs,
-                  uses_float=uses_float, quantized=quantized)
+                  uses_float=uses_float, quantized=quantized, kernel_count=len(kernels))
     prelude = c99_prelude(uses_float, bool(renderer.dot_used)) + renderer.support_code()
     files = {
         "model.c": render("mcu/model.c.j2", prelude=prelude, kernels=rendered, calls=calls, weights=weights,

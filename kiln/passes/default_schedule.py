@@ -20,7 +20,7 @@ from kiln.ir.expr import linear_terms
 from kiln.ir.loop import For, Seq, walk_stmts
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.passes.capabilities import DEFAULT_CAPABILITIES, Capabilities
-from kiln.passes.dot_schedule import amx_rows, copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
+from kiln.passes.dot_schedule import CHANNEL_MACS, amx_rows, copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
 from kiln.passes.hoist_loads import cleanup_loops
 from kiln.passes.injective_schedule import plain_injective, schedule_injective
 from kiln.passes.loop_nests import (PARALLEL_MIN_WORK, TARGET_PARALLEL_EXTENT, extents, fuse_parallel,
@@ -54,8 +54,12 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
             rows_ax, cols_ax = dot_axes(st)
             amx = amx_rows(st, spatial[rows_ax][1], spatial[cols_ax][1]) if vnni and caps.amx else 0
-            parallel_outer(sch, tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), caps.dot_tile, vnni,
-                                                    reduce_work(st), amx), work)
+            outer = tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), caps.dot_tile, vnni, reduce_work(st), amx)
+            if caps.threads > 1:  # one core: fused loops would only cost index divisions
+                parallel_outer(sch, outer, work)
+        elif st.has_reduce and caps.dot_tile and "channel_macs" in st.hints:
+            # a taps-major depthwise convolution: four channels side by side, taps outside
+            tile_dot_reduction(sch, spatial, st.hints["dot"], (1, CHANNEL_MACS))
         elif st.has_reduce and "tile" in st.hints:
             tile_reduction(sch, spatial, st.hints, work, tile_sizes(st, caps), pad=pads.get(st.name))
         elif st.has_reduce:

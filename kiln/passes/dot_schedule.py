@@ -46,6 +46,11 @@ def dot_axes(stage: Stage) -> tuple[int, int] | None:
     return tuple(axes) if isinstance(n, int) and n >= MIN_DOT_LENGTH else None
 
 
+# Channels of a taps-major depthwise convolution computed side by side: one 4-byte word of a
+# channels-last pixel (kiln_lane_mac4 in kiln/codegen/templates/mcu/kiln_dsp.h)
+CHANNEL_MACS = 4
+
+
 def amx_rows(stage: Stage, row_n, col_n) -> int:
     """Rows of an AMX tile (``kiln/codegen/x86_amx.py``) for a dot-product stage with VNNI
     weights: 32 (two 16-row tiles) or 16 when the rows divide, the columns are whole panels

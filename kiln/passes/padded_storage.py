@@ -77,7 +77,7 @@ def _reads_border_in_place(node: Node, types) -> bool:
     """A convolution that could read a bordered input as an unpadded convolution: the
     staged tensor would be the input itself, plus the border."""
     a = node.attrs
-    if node.op != "qconv" or not a.get("vnni") or not a.get("channels_last") or a.get("nchw_input"):
+    if node.op != "qconv" or not a.get("channels_last") or a.get("nchw_input"):
         return False
     x, w = types[node.inputs[0]], types[node.inputs[1]]
     if len(x.shape) != 4 or not x.is_static or len(node.outputs) != 1:
@@ -85,7 +85,7 @@ def _reads_border_in_place(node: Node, types) -> bool:
     _, pb, pe, dil = window_attrs(a, 2, "qconv")
     off = int(a.get("act_offset", 0))
     # without an activation offset the staged tensor has the input's own dtype (``STAGED``)
-    if int(a.get("group", 1)) != 1 or set(dil) != {1} or off or not any(pb + pe):
+    if (int(a.get("group", 1)) != 1 and a.get("vnni")) or set(dil) != {1} or off or not any(pb + pe):
         return False
     kh, kw = a["kernel"]
     return vnni_window_row(w, a, kh, kw * int(x.shape[3])) == kw * int(x.shape[3])

@@ -42,11 +42,12 @@ def footprints(graph: Graph) -> list[Footprint]:
     from kiln.ir.lower import inline_stages
     from kiln.ir.symbolic import shape_dims
     from kiln.passes.fuse import fuse
+    from kiln.passes.padded_storage import storage_borders
 
-    types = graph.value_types()
+    types, borders = graph.value_types(), storage_borders(graph)
     out = []
     for i, group in enumerate(fuse(graph)):
-        stages, inputs, outputs, cname = group_stages(group, graph, types)
+        stages, inputs, outputs, cname = group_stages(group, graph, types, borders)
         keep = {cname[n] for n in outputs}
         stages = inline_stages(stages, keep=keep)
         temps = [(f"kernel_{i}.{s.name}", TensorType(shape_dims(s.shape), s.dtype))
@@ -58,22 +59,25 @@ def footprints(graph: Graph) -> list[Footprint]:
 Planner = Callable[[Graph, list], object]   # (graph, kernels) -> MemoryPlan
 
 
-def _plan(graph: Graph, planner: Planner):
-    return planner(graph, footprints(graph))
-
-
 def choose_patching(graph: Graph, planner: Planner, budget: int | None = None,
-                    grid: tuple[int, int] | None = None) -> tuple[Graph, PatchReport | None]:
+                    grid: tuple[int, int] | None = None,
+                    finish: Callable[[Graph], Graph] = lambda g: g) -> tuple[Graph, PatchReport | None]:
     """The graph to compile and what patching it got (None: layer by layer).
 
     ``planner``: the target's ``plan_memory`` without its budget check. ``grid`` forces
     patching with that grid; otherwise the graph is patched only when its arena exceeds
-    ``budget``."""
+    ``budget``. ``finish``: the target's graph rewrites after patching (Cortex-M: its
+    channels-last layout, ``kiln/passes/integer_layout.py``), applied to every candidate
+    before it is planned and to the graph returned."""
+    def plan(g: Graph):
+        return planner(g, footprints(g))
+
     if grid is None and budget is None:
-        return graph, None
-    base = _plan(graph, planner)
+        return finish(graph), None
+    unpatched = finish(graph)
+    base = plan(unpatched)
     if grid is None and base.arena_size <= budget:
-        return graph, None
+        return unpatched, None
     chain = stage_chain(graph)
     ends = stage_ends(chain)
     if not ends:
@@ -90,13 +94,14 @@ def choose_patching(graph: Graph, planner: Planner, budget: int | None = None,
             if g[0] > out[2] or g[1] > out[3]:
                 continue
             patched, report = patch_graph(graph, end, g)
-            plan = _plan(patched, planner)
-            tried.append((f"{g[0]}x{g[1]} over {end} ops", plan.arena_size))
+            patched = finish(patched)
+            mem = plan(patched)
+            tried.append((f"{g[0]}x{g[1]} over {end} ops", mem.arena_size))
             if grid is not None:
-                if best is None or plan.arena_size < best[2].arena_size:
-                    best = (patched, report, plan)
-            elif plan.arena_size <= budget:
-                best = (patched, report, plan)
+                if best is None or mem.arena_size < best[2].arena_size:
+                    best = (patched, report, mem)
+            elif mem.arena_size <= budget:
+                best = (patched, report, mem)
                 break
         if best is not None and grid is None:
             break

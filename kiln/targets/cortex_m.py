@@ -105,7 +105,7 @@ class CortexMTarget(Target):
         # one pixel x four output channels per dot-product tile (kiln_dot1x4 in kiln_dsp.h)
         tile = None if "nodsp" in self.options else (1, 4)
         return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False,
-                            pack_matmul=False, dot_tile=tile)
+                            pack_matmul=False, dot_tile=tile, skip_border_taps=False)
 
     def prepare_graph(self, graph):
         from kiln.passes.integer_io import integer_io
@@ -115,13 +115,18 @@ class CortexMTarget(Target):
 
     def partition_graph(self, graph):
         """Patch-based execution of the first layers when forced (``patch=``) or when the
-        layer-by-layer arena exceeds ``sram=`` (``kiln.passes.patch_search``)."""
+        layer-by-layer arena exceeds ``sram=`` (``kiln.passes.patch_search``); then every
+        integer convolution channels last, its padding in its producer's storage
+        (``kiln.passes.integer_layout.channels_last_convs``), which the patch search plans
+        each candidate with."""
+        from kiln.passes.integer_layout import channels_last_convs
         from kiln.passes.memory_plan import plan_memory
         from kiln.passes.patch_search import PatchBudgetError, choose_patching
 
         try:
             graph, self.patch_report = choose_patching(
-                graph, lambda g, ks: plan_memory(g, ks, align=ARENA_ALIGN), self.sram_budget, self.patch_grid)
+                graph, lambda g, ks: plan_memory(g, ks, align=ARENA_ALIGN), self.sram_budget, self.patch_grid,
+                finish=channels_last_convs)
         except PatchBudgetError as e:
             raise SramBudgetError(str(e)) from None
         return graph
@@ -237,14 +242,15 @@ class CortexMRunner:
             except OSError:      # another process built the same project first
                 shutil.rmtree(tmp, ignore_errors=True)
         self.elf = self.directory / "model.elf"
+        # "kernel_3 (qconv -> conv2)": what each profiled kernel computes
+        self.kernels = [f"{k.name} ({_kernel_ops(compiled.graph, k)})" for k in compiled.result.kernels]
         self.last_ticks: list[int] = []
 
     @property
     def instructions(self) -> list[int]:
         """Executed instructions per inference: with ``-icount shift=S`` each instruction
         takes 2^S ns of virtual time, and SysTick counts processor-clock periods."""
-        ns_per_tick = 1e9 / self.board.clock_hz
-        return [round(t * ns_per_tick / (1 << ICOUNT_SHIFT)) for t in self.last_ticks]
+        return [self._to_instructions(t) for t in self.last_ticks]
 
     def sizes(self) -> dict[str, int]:
         return size_report(self.directory)
@@ -254,6 +260,34 @@ class CortexMRunner:
 
     def run_batch(self, batch) -> list[dict[str, np.ndarray]]:
         """Runs every feed dict in one QEMU session; one output dict per feed."""
+        raw, log = self._qemu(self.elf, batch)
+        self.last_ticks = [int(x) for x in re.findall(r"kiln: ticks (\d+)", log)]
+        return self._outputs(raw, len(batch), log)
+
+    def profile(self, feeds) -> list[tuple[str, int]]:
+        """(kernel, executed instructions) of one inference, kernel by kernel, from the
+        harness built with ``make profile`` (the model calls a clock-reading hook after each
+        kernel; the hook's few dozen instructions count in the next kernel's share).
+        ``instructions`` afterwards holds the whole run, hooks included."""
+        elf = self.directory / "model_profile.elf"
+        if not elf.exists():
+            proc = subprocess.run(["make", "-s", "model_profile.elf"], cwd=self.directory, capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                raise ToolchainError(f"arm-none-eabi-gcc rejected the profiling build:\n{proc.stdout}{proc.stderr}")
+        _, log = self._qemu(elf, [feeds])
+        self.last_ticks = [int(x) for x in re.findall(r"kiln: ticks (\d+)", log)]
+        ticks = [int(x) for x in re.findall(r"kiln: kernel ticks (\d+)", log)]
+        if len(ticks) != len(self.kernels):
+            raise ToolchainError(f"the profiling harness printed {len(ticks)} kernel times; expected "
+                                 f"{len(self.kernels)}\n{log}")
+        return [(name, self._to_instructions(t)) for name, t in zip(self.kernels, ticks)]
+
+    def _to_instructions(self, ticks: int) -> int:
+        return round(ticks * (1e9 / self.board.clock_hz) / (1 << ICOUNT_SHIFT))
+
+    def _qemu(self, elf: Path, batch) -> tuple[bytes, str]:
+        """One QEMU session over the records of ``batch``: (the output file's bytes, the log)."""
         records = []
         for feeds in batch:
             arrays, _ = check_inputs(self.inputs, feeds)
@@ -265,7 +299,7 @@ class CortexMRunner:
             Path(tmp, IN_FILE).write_bytes(b"".join(records))
             cmd = [qemu, "-M", self.board.machine, "-nographic", "-monitor", "none", "-serial", "null",
                    "-semihosting-config", "enable=on,target=native", "-icount", f"shift={ICOUNT_SHIFT}",
-                   "-kernel", str(self.elf)]
+                   "-kernel", str(elf)]
             try:
                 proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=QEMU_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -273,13 +307,14 @@ class CortexMRunner:
             log = proc.stdout + proc.stderr
             if proc.returncode != 0:
                 raise ToolchainError(f"the model failed on {self.board.name} under QEMU (exit {proc.returncode}):\n{log}")
-            raw = Path(tmp, OUT_FILE).read_bytes()
-        self.last_ticks = [int(x) for x in re.findall(r"kiln: ticks (\d+)", log)]
+            return Path(tmp, OUT_FILE).read_bytes(), log
+
+    def _outputs(self, raw: bytes, count: int, log: str) -> list[dict[str, np.ndarray]]:
         per = [int(np.prod([int(d) for d in v.shape])) * v.dtype.itemsize for v in self.outputs]
-        if len(raw) != sum(per) * len(records):
-            raise ToolchainError(f"the harness wrote {len(raw)} bytes; expected {sum(per) * len(records)}\n{log}")
+        if len(raw) != sum(per) * count:
+            raise ToolchainError(f"the harness wrote {len(raw)} bytes; expected {sum(per) * count}\n{log}")
         results, pos = [], 0
-        for _ in records:
+        for _ in range(count):
             out = {}
             for v, n in zip(self.outputs, per):
                 out[v.name] = np.frombuffer(raw[pos:pos + n], dtype=v.dtype.np).reshape(
@@ -287,3 +322,8 @@ class CortexMRunner:
                 pos += n
             results.append(out)
         return results
+
+
+def _kernel_ops(graph, kernel) -> str:
+    producers = graph.producers()
+    return ", ".join(f"{producers[o].op} -> {o}" for o in kernel.outputs if o in producers)

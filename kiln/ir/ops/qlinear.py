@@ -166,6 +166,11 @@ def logical_weights(w_shape, attrs, what: str) -> tuple:
     """The weights' shape as the op defines them -- (OC, KH, KW*C/group) or (N, K) -- also
     when a target keeps them in VNNI panels (attribute ``vnni``: (O/16, K/4, 16, 4), see
     ``kiln/passes/vnni_pack.py``; ``vnni_weights`` holds the defined shape)."""
+    if attrs.get("taps_major"):  # a depthwise convolution's (KH, KW, OC), see conv_weight_reader
+        if len(w_shape) != 3:
+            raise ShapeError(f"{what} weights taps-major must be (KH, KW, OC); got {tuple(w_shape)}")
+        kh, kw, oc = w_shape
+        return (oc, kh, kw)
     lanes = attrs.get("vnni")
     if not lanes:
         return tuple(w_shape)
@@ -184,6 +189,16 @@ def weight_reader(w, attrs):
     if lanes:
         return lambda o, k: w[o // lanes, k // 4, o % lanes, k % 4]
     return lambda o, k: w[o, k]
+
+
+def conv_weight_reader(w, attrs):
+    """``(oc, r, j) -> w[oc, r, j]`` of a convolution's (OC, KH, KW*C/group) weights, also
+    when a depthwise convolution keeps them taps-major (attribute ``taps_major``: stored
+    (KH, KW, OC), so the weights of neighbouring channels at one tap are neighbours, as the
+    channels of a channels-last pixel are: ``kiln/passes/integer_layout.py``)."""
+    if attrs.get("taps_major"):
+        return lambda oc, r, j: w[r, j, oc]
+    return lambda oc, r, j: w[oc, r, j]
 
 
 # -- qconv -------------------------------------------------------------------------------------------
@@ -314,10 +329,12 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
                 return Cast(src[n, hh, base_w + j], I32) * Cast(w[oc, r, j], I32)
             acc = rsum(term, (kh, kw * icg))
         else:
+            weight = conv_weight_reader(w, attrs)
+
             def term(r, q, c):
                 hh = base_h + (r * dil[0] if dil[0] != 1 else r)
                 return (Cast(src[n, hh, base_w + q * (dil[1] * c_) + first + c], I32)
-                        * Cast(w[oc, r, q * icg + c], I32))
+                        * Cast(weight(oc, r, q * icg + c), I32))
             acc = rsum(term, (kh, kw, icg))
         return epilogue(acc, oc)
 
@@ -356,8 +373,11 @@ def vnni_window_row(w, attrs, kh: int, run: int) -> int:
 
 
 def _dot_hints(attrs, axes) -> dict:
-    """The ``qdot`` stage's schedule hints: (rows, columns) axes, and the VNNI panel width."""
-    return {"dot": axes, **({"vnni": int(attrs["vnni"])} if attrs.get("vnni") else {})}
+    """The ``qdot`` stage's schedule hints: (rows, columns) axes, the VNNI panel width, and
+    ``channel_macs`` for a taps-major depthwise convolution (its channels multiply-accumulate
+    side by side: ``kiln/passes/dot_schedule.py``)."""
+    return {"dot": axes, **({"vnni": int(attrs["vnni"])} if attrs.get("vnni") else {}),
+            **({"channel_macs": 1} if attrs.get("taps_major") else {})}
 
 
 RUN_ALIGN = 32  # window rows padded to a multiple of this many bytes (a 256-bit vector)

@@ -4,6 +4,10 @@
  * kiln_dot1x4_<a><b>(a, b, ldb, n, acc): acc[c] += sum_i a[i] * b[c * ldb + i] for c < 4: one
  *   activation run against four weight rows (four output channels), so each activation word
  *   is loaded and widened once for four dot products instead of once per dot product.
+ * kiln_lane_mac4_<a><b>(a, b, acc): acc[c] += a[c] * b[c] for c < 4, lane by lane: four
+ *   channels of a depthwise convolution at one tap (channels-last activations, taps-major
+ *   weights), one word of each instead of four byte loads (M4/M7: SMLABB/SMLATT on the
+ *   widened halves; M55: four int32 lanes).
  *  - Cortex-M4/M7 (__ARM_FEATURE_DSP): four bytes per load, widened to two pairs of
  *    16-bit lanes with __SXTB16/__UXTB16 (the odd bytes through a rotate by 8) and summed
  *    with __SMLAD, two multiply-accumulates per instruction. Lane pairing is the same on
@@ -68,6 +72,14 @@ KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8)
   }
 KILN_DOT1X4_MVE(kiln_dot1x4_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8)
 KILN_DOT1X4_MVE(kiln_dot1x4_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8)
+#define KILN_LANE_MAC4_MVE(name, ta, tb, LA, LB)                                              \
+  static inline void name(const ta* a, const tb* b, int32_t* acc) {                          \
+    vst1q_s32(acc, vaddq_s32(vld1q_s32(acc), vmulq_s32(LA(a), LB(b))));                      \
+  }
+#define KILN_LD4_U8(p) vreinterpretq_s32_u32(vldrbq_u32(p))
+#define KILN_LD4_S8(p) vldrbq_s32(p)
+KILN_LANE_MAC4_MVE(kiln_lane_mac4_u8s8, uint8_t, int8_t, KILN_LD4_U8, KILN_LD4_S8)
+KILN_LANE_MAC4_MVE(kiln_lane_mac4_s8s8, int8_t, int8_t, KILN_LD4_S8, KILN_LD4_S8)
 #elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define KILN_DOT_DSP(name, ta, tb, XA, XB)                                                    \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
@@ -106,6 +118,18 @@ KILN_DOT_DSP(kiln_dot_u8u8, uint8_t, uint8_t, __UXTB16, __UXTB16)
   }
 KILN_DOT1X4_DSP(kiln_dot1x4_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
 KILN_DOT1X4_DSP(kiln_dot1x4_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
+/* Bytes 0 and 2 widened into the bottom and top halves of one word, 1 and 3 of another:
+ * SMLABB multiplies the bottom halves, SMLATT the top ones. */
+#define KILN_LANE_MAC4_DSP(name, ta, tb, XA, XB)                                              \
+  static inline void name(const ta* a, const tb* b, int32_t* acc) {                          \
+    uint32_t va = kiln_read_u32(a), vb = kiln_read_u32(b);                                   \
+    int32_t ae = (int32_t)XA(va), ao = (int32_t)XA(__ROR8(va));                              \
+    int32_t be = (int32_t)XB(vb), bo = (int32_t)XB(__ROR8(vb));                              \
+    acc[0] = __smlabb(ae, be, acc[0]); acc[2] = __smlatt(ae, be, acc[2]);                    \
+    acc[1] = __smlabb(ao, bo, acc[1]); acc[3] = __smlatt(ao, bo, acc[3]);                    \
+  }
+KILN_LANE_MAC4_DSP(kiln_lane_mac4_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
+KILN_LANE_MAC4_DSP(kiln_lane_mac4_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
 #else
 #define KILN_DOT_C(name, ta, tb)                                                              \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
@@ -123,6 +147,12 @@ KILN_DOT_C(kiln_dot_u8u8, uint8_t, uint8_t)
   }
 KILN_DOT1X4_C(kiln_dot1x4_u8s8, uint8_t, int8_t)
 KILN_DOT1X4_C(kiln_dot1x4_s8s8, int8_t, int8_t)
+#define KILN_LANE_MAC4_C(name, ta, tb)                                                        \
+  static inline void name(const ta* a, const tb* b, int32_t* acc) {                          \
+    for (int32_t c = 0; c < 4; ++c) acc[c] += (int32_t)a[c] * (int32_t)b[c];                 \
+  }
+KILN_LANE_MAC4_C(kiln_lane_mac4_u8s8, uint8_t, int8_t)
+KILN_LANE_MAC4_C(kiln_lane_mac4_s8s8, int8_t, int8_t)
 #endif
 
 #endif /* KILN_DSP_H */
