@@ -88,19 +88,10 @@ class C99Renderer(CRenderer):
         body = loop.body
         if not (isinstance(body, Store) and not body.indices and isinstance(loop.extent, int)):
             return None
-        terms = self._dot_terms(body, self.buffers.get(body.buffer))
-        if terms is None:
+        operands = self._unit_stride_operands(loop, self._dot_terms(body, self.buffers.get(body.buffer)))
+        if operands is None:
             return None
-        operands = []
-        for kind, ld in terms:
-            flat = self._flat_index(ld)
-            if _strides(flat, (loop.var.name,)) != (1,):
-                return None
-            start = substitute(flat, {loop.var.name: Const(0, DType.int64)})
-            operands.append((kind, f"&{ld.buffer}[{self._index_text(start)}]"))
         (ka, pa), (kb, pb) = operands
-        if (ka, kb) == ("s8", "u8"):   # the helpers take (u8|s8, s8) and (s8, u8) by swapping
-            (ka, pa), (kb, pb) = (kb, pb), (ka, pa)
         name = f"kiln_dot_{ka}{kb}"
         self.dot_used.add(name)
         return f"{body.buffer} = {body.buffer} + {name}({pa}, {pb}, {loop.extent});"
@@ -167,6 +158,21 @@ class C99Renderer(CRenderer):
         if (terms is None or acc.scope != "local" or not isinstance(last, Var) or last.name != loop.var.name
                 or any(loop.var.name in {v.name for v in walk(i) if isinstance(v, Var)} for i in body.indices[:-1])):
             return None
+        operands = self._unit_stride_operands(loop, terms)
+        if operands is None:
+            return None
+        (ka, pa), (kb, pb) = operands
+        name = f"kiln_lane_mac4_{ka}{kb}"
+        self.dot_used.add(name)
+        target = Load(body.buffer, body.indices[:-1] + (Const(0, DType.int64),), acc.dtype)
+        return f"{name}({pa}, {pb}, &{self._index_text(target)});"
+
+    def _unit_stride_operands(self, loop: For, terms):
+        """``((kind, "&a[p]"), (kind, "&b[q]"))``: where each 8-bit load of ``terms`` starts,
+        both one element apart per step of ``loop``; None otherwise. An (s8, u8) pair comes
+        back swapped: the helpers take (u8|s8, s8)."""
+        if terms is None:
+            return None
         operands = []
         for kind, ld in terms:
             flat = self._flat_index(ld)
@@ -174,13 +180,9 @@ class C99Renderer(CRenderer):
                 return None
             start = substitute(flat, {loop.var.name: Const(0, DType.int64)})
             operands.append((kind, f"&{ld.buffer}[{self._index_text(start)}]"))
-        (ka, pa), (kb, pb) = operands
-        if (ka, kb) == ("s8", "u8"):
-            (ka, pa), (kb, pb) = (kb, pb), (ka, pa)
-        name = f"kiln_lane_mac4_{ka}{kb}"
-        self.dot_used.add(name)
-        target = Load(body.buffer, body.indices[:-1] + (Const(0, DType.int64),), acc.dtype)
-        return f"{name}({pa}, {pb}, &{self._index_text(target)});"
+        if (operands[0][0], operands[1][0]) == ("s8", "u8"):
+            operands.reverse()
+        return operands
 
     def _dot_terms(self, body: Store, acc):
         """The two 8-bit loads of ``acc[..] = acc[..] + (int32)x * (int32)y`` as (kind, load),
