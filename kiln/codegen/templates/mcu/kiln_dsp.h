@@ -41,19 +41,23 @@ static inline uint32_t kiln_read_u32(const void* p) {  /* unaligned load; one LD
 #endif
 
 #if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
-/* u8 fits in an int16 lane as is (0..255): load widening to u16 and reinterpret. */
-#define KILN_DOT_MVE(name, ta, tb, LA, LB)                                                    \
+/* u8 fits in an int16 lane as is (0..255): load widening to u16 and reinterpret. A run of
+ * 4 left over (a 4-wide kernel row over one channel) takes four int32 lanes in one step. */
+#define KILN_DOT_MVE(name, ta, tb, LA, LB, LA4, LB4)                                          \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
     int32_t acc = 0, i = 0;                                                                  \
     for (; i + 8 <= n; i += 8) acc = vmladavaq_s16(acc, LA(a + i), LB(b + i));               \
+    if (i + 4 <= n) { acc = vmladavaq_s32(acc, LA4(a + i), LB4(b + i)); i += 4; }            \
     for (; i < n; ++i) acc += (int32_t)a[i] * (int32_t)b[i];                                 \
     return acc;                                                                              \
   }
 #define KILN_LD_U8(p) vreinterpretq_s16_u16(vldrbq_u16(p))
 #define KILN_LD_S8(p) vldrbq_s16(p)
-KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8)
-KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8)
-KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8)
+#define KILN_LD4_U8(p) vreinterpretq_s32_u32(vldrbq_u32(p))
+#define KILN_LD4_S8(p) vldrbq_s32(p)
+KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8, KILN_LD4_U8, KILN_LD4_S8)
+KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8, KILN_LD4_S8, KILN_LD4_S8)
+KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8, KILN_LD4_U8, KILN_LD4_U8)
 #define KILN_DOT1X4_MVE(name, ta, tb, LA, LB)                                                 \
   static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
     int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], i = 0;                       \
@@ -76,8 +80,6 @@ KILN_DOT1X4_MVE(kiln_dot1x4_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8)
   static inline void name(const ta* a, const tb* b, int32_t* acc) {                          \
     vst1q_s32(acc, vaddq_s32(vld1q_s32(acc), vmulq_s32(LA(a), LB(b))));                      \
   }
-#define KILN_LD4_U8(p) vreinterpretq_s32_u32(vldrbq_u32(p))
-#define KILN_LD4_S8(p) vldrbq_s32(p)
 KILN_LANE_MAC4_MVE(kiln_lane_mac4_u8s8, uint8_t, int8_t, KILN_LD4_U8, KILN_LD4_S8)
 KILN_LANE_MAC4_MVE(kiln_lane_mac4_s8s8, int8_t, int8_t, KILN_LD4_S8, KILN_LD4_S8)
 #elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
