@@ -20,8 +20,9 @@ the convolutions that read it, so the attribute on the convolution is the only r
 the decision. The kernel builder (``kiln/codegen/kernels.py``) and the memory planner size
 such a value by ``storage_types``.
 
-Eligible: a channels-last VNNI ``qconv`` (group 1, dilation 1, no activation offset, window
-rows that are whole 4-byte groups) whose input is the single output of a ``qconv``,
+Eligible: a channels-last ``qconv`` (dilation 1, no activation offset; a VNNI one of group 1
+with window rows that are whole 4-byte groups; on Cortex-M, whose convolutions are all
+channels last, any group: ``kiln/passes/integer_layout.py`` ``channels_last_convs``) whose input is the single output of a ``qconv``,
 ``qadd`` or ``max_pool`` node, is no graph input, output or constant, and is read by no
 view (a reshape would alias the padded storage as if it were dense). Several convolutions
 may read one value in place when they want the same border and fill; the first one decides.
