@@ -546,11 +546,10 @@ def _merge_div_mod(terms: dict) -> dict:
         if not (isinstance(atom, Bin) and atom.op == "floordiv" and isinstance(atom.b, Const)
                 and not atom.b.dtype.is_float and int(atom.b.value) > 0 and atom in terms):
             continue
-        c, k = int(atom.b.value), terms.get(Bin("mod", atom.a, atom.b, atom.dtype))
-        inner = linear_terms(atom.a)
+        rem = Bin("mod", atom.a, atom.b, atom.dtype)
+        c, k, inner = int(atom.b.value), terms.get(rem), linear_terms(atom.a)
         if not k or coeff != k * c or inner is None:
             continue
-        rem = Bin("mod", atom.a, atom.b, atom.dtype)
         del terms[atom], terms[rem]
         for a, v in inner.items():
             terms[a] = terms.get(a, 0) + k * v
