@@ -117,16 +117,14 @@ def measure(key: str, quantized, sample: np.ndarray, target: str, profile: bool 
     float_ops = [n.op for n in cm.graph.nodes if any(o.type.dtype.is_float for o in n.outputs)]
     sizes = runner.sizes()
     plan = cm.result.plan
-    if profile:
-        for kernel, count in runner.profile({name: xq}):
-            print(f"  {count:>11,}  {kernel}")
+    kernels = runner.profile({name: xq}) if profile else None
     count = macs(cm.graph)
     patching = getattr(plan, "patching", None)
     return dict(model=key, target=target, instructions=instructions, macs=count,
                 layer_bound=patching.lower_bound_without if patching else None,
                 per_mac=instructions / max(count, 1), arena=plan.arena_size, lower_bound=plan.lower_bound,
                 code=sizes["model_code"], weights=sizes["weights"], flash=sizes["flash"], ram=sizes["ram_static"],
-                exact=exact, float_ops=float_ops)
+                exact=exact, float_ops=float_ops, kernels=kernels, directory=str(runner.directory))
 
 
 def tool_versions() -> str:
@@ -175,6 +173,8 @@ def main(argv=None) -> int:
         for target in args.targets.split(","):
             row = measure(key, quantized, sample, target, args.profile)
             rows.append(row)
+            for kernel, count in row["kernels"] or ():
+                print(f"  {count:>11,}  {kernel}")
             print(f"{key:7s} {target:11s} {row['instructions']:>11,} instr  {row['per_mac']:5.2f}/MAC  "
                   f"arena {row['arena']:>7,} / {row['lower_bound']:>7,}  code {row['code']:>6,} B  "
                   f"flash {row['flash']:>8,} B  RAM {row['ram']:>8,} B  exact {row['exact']}", flush=True)
