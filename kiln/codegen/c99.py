@@ -64,6 +64,20 @@ class C99Renderer(CRenderer):
         finally:
             self._index_depth -= 1
 
+    # -- expressions ---------------------------------------------------------------------------------
+    # int32 clamps to a whole 8-bit range: one saturating instruction (c_support's ``sat8``)
+    _SATURATE = {(-128, 127): "kiln_ssat8", (0, 255): "kiln_usat8"}
+
+    def binary(self, e: Bin) -> str:
+        inner = e.a
+        if (e.op == "min" and e.a.dtype is DType.int32 and isinstance(inner, Bin) and inner.op == "max"
+                and isinstance(e.b, Const) and isinstance(inner.b, Const)):
+            helper = self._SATURATE.get((int(inner.b.value), int(e.b.value)))
+            if helper:
+                self.helpers_used.add("sat8")
+                return f"{helper}({self.expr(inner.a)})"
+        return super().binary(e)
+
     # -- statements ----------------------------------------------------------------------------------
     def stmt(self, s, depth: int, in_parallel: bool = False):
         if not isinstance(s, For):

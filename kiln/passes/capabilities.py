@@ -18,6 +18,11 @@ class Capabilities:
     # (rows, columns) of outputs computed together by an integer dot-product kernel; None:
     # one dot product per output (see kiln/passes/dot_schedule.py)
     dot_tile: tuple[int, int] | None = None
+    # the shortest innermost reduction run that takes the dot tile: shorter ones (a depthwise
+    # convolution's taps) keep one dot product per output. 16 on CPUs, whose vector dot
+    # products want a whole vector; 4 on Cortex-M, whose dot helpers step by one word (the
+    # DS-CNN's 10x4 first convolution, four bytes per window row: 1.24M -> see docs)
+    min_dot_length: int = 16
     # integer convolutions copy each output pixel's window into one run (im2col) and integer
     # max pools read padded rows (kiln/passes/integer_ops.py ``stage_windows``): memory a CPU
     # with megabytes of cache does not notice and a microcontroller's arena does

@@ -34,16 +34,16 @@ from kiln.passes.loop_nests import PARALLEL_MIN_WORK, largest_divisor
 MIN_DOT_LENGTH = 16
 
 
-def dot_axes(stage: Stage) -> tuple[int, int] | None:
+def dot_axes(stage: Stage, min_length: int = MIN_DOT_LENGTH) -> tuple[int, int] | None:
     """(rows axis, columns axis) of a dot-product stage -- its ``dot`` hint: the output
-    axes sharing weights and sharing activations. None for other stages and for short
-    reductions."""
+    axes sharing weights and sharing activations. None for other stages and for reductions
+    whose innermost run is shorter than ``min_length`` (``Capabilities.min_dot_length``)."""
     axes = stage.hints.get("dot")
     red = next((x for x in walk(stage.body) if isinstance(x, Reduce)), None)
     if axes is None or red is None:
         return None
     n = red.axes[-1][1]
-    return tuple(axes) if isinstance(n, int) and n >= MIN_DOT_LENGTH else None
+    return tuple(axes) if isinstance(n, int) and n >= min_length else None
 
 
 # Channels of a taps-major depthwise convolution computed side by side: one 4-byte word of a

@@ -13,6 +13,10 @@ zero-point terms ``-(x_zp + act_offset) * sum_k w`` (see ``kiln/ir/ops/qlinear.p
 The weight sums are compile-time constants, so the integers the kernel produces are the
 same as before, bit for bit; only the operand types of the inner product change.
 
+Cortex-M takes the third choice, ``stage_activations_native``: activations read in the
+type they are stored in (``act_offset`` 0 for both), since its dot helpers widen either
+signedness and any offset would cost a staging copy of the input in SRAM.
+
 A target opts in from :meth:`Target.adapt_quantized` (kiln/targets/base.py), which the
 pipeline calls right after ``quantize``.
 """
@@ -21,20 +25,21 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.dtype import DType
-from kiln.ir.ops.qlinear import staged_dtype
 from kiln.passes.rewrite import Any, Const, Match, Op, Rewriter, Rule, apply_rules
 
 # act_offset that stages each activation type as int8
 SIGNED_OFFSET = {DType.int8: 0, DType.uint8: -128}
+# act_offset that reads each activation type as it is stored (no staging copy for the offset)
+NATIVE_OFFSET = {DType.int8: 0, DType.uint8: 0}
 INT32 = np.iinfo(np.int32)
 
 
-def _to_signed(m: Match, rw: Rewriter) -> str | None:
+def _restage(m: Match, rw: Rewriter, offsets) -> str | None:
     node = m.nodes["op"]
     act = rw.type(node.inputs[0]).dtype
-    old, new = int(node.attrs.get("act_offset", 0)), SIGNED_OFFSET[act]
-    if staged_dtype(act, old) is DType.int8:
-        return None  # already signed
+    old, new = int(node.attrs.get("act_offset", 0)), offsets[act]
+    if old == new:
+        return None
     w = m.arrays["w"].astype(np.int64)
     wsum = w.reshape(w.shape[0], -1).sum(axis=1)
     # bias = bias_q - (x_zp + off) * wsum: replace old's share of the offset by new's
@@ -46,10 +51,13 @@ def _to_signed(m: Match, rw: Rewriter) -> str | None:
     return rw.emit(node.op, inputs, attrs)
 
 
-RULES: list[Rule] = [
-    (Op(op, Any("x"), Const("w"), Const("bias"), Const("mult"), Const("shift"), name="op"), _to_signed)
-    for op in ("qconv", "qmatmul")
-]
+def _rules(offsets) -> list[Rule]:
+    return [(Op(op, Any("x"), Const("w"), Const("bias"), Const("mult"), Const("shift"), name="op"),
+             lambda m, rw: _restage(m, rw, offsets)) for op in ("qconv", "qmatmul")]
+
+
+RULES = _rules(SIGNED_OFFSET)
+NATIVE_RULES = _rules(NATIVE_OFFSET)
 
 
 def stage_activations_signed(graph):
@@ -59,4 +67,16 @@ def stage_activations_signed(graph):
     return apply_rules(graph, RULES)
 
 
-__all__ = ["stage_activations_signed", "SIGNED_OFFSET", "RULES"]
+def stage_activations_native(graph):
+    """Rewrite every ``qconv``/``qmatmul`` to read its activations in the type they are
+    stored in (``act_offset`` 0): int8 x int8 for int8 activations, uint8 x int8 for uint8
+    ones. For targets whose dot products take both (Cortex-M's SXTB16/UXTB16 widening,
+    Helium's widening loads), where an offset would cost a staging copy of the input in
+    RAM -- the copy a 1x1 convolution over channels-last storage otherwise does without."""
+    if not any(n.op in ("qconv", "qmatmul") for n in graph.nodes):
+        return graph
+    return apply_rules(graph, NATIVE_RULES)
+
+
+__all__ = ["stage_activations_signed", "stage_activations_native", "SIGNED_OFFSET", "NATIVE_OFFSET", "RULES",
+           "NATIVE_RULES"]

@@ -105,13 +105,21 @@ class CortexMTarget(Target):
         # one pixel x four output channels per dot-product tile (kiln_dot1x4 in kiln_dsp.h)
         tile = None if "nodsp" in self.options else (1, 4)
         return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False,
-                            pack_matmul=False, dot_tile=tile, skip_border_taps=False)
+                            pack_matmul=False, dot_tile=tile, min_dot_length=4,
+                            skip_border_taps=False)
 
     def prepare_graph(self, graph):
         from kiln.passes.integer_io import integer_io
 
         graph, self.io_quant = integer_io(graph)
         return graph
+
+    def adapt_quantized(self, graph):
+        """Activations read as stored (int8 x int8 or uint8 x int8): no staging copy for an
+        offset; TFLite-style int8 models read their int8 activations in place."""
+        from kiln.passes.signed_activations import stage_activations_native
+
+        return stage_activations_native(graph)
 
     def partition_graph(self, graph):
         """Patch-based execution of the first layers when forced (``patch=``) or when the

@@ -16,8 +16,14 @@ static inline int64_t kiln_mod(int64_t a, int64_t b) {
 static inline int64_t kiln_div(int64_t a, int64_t b) { return a / b; }
 static inline int64_t kiln_fmod(int64_t a, int64_t b) { return a % b; }
 #include "kiln_dsp.h"
-static inline int32_t kiln_max_int32_t(int32_t a, int32_t b) { return a > b ? a : b; }
-static inline int32_t kiln_min_int32_t(int32_t a, int32_t b) { return a < b ? a : b; }
+#if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
+#include <arm_acle.h>
+#define kiln_ssat8(x) __ssat((x), 8)
+#define kiln_usat8(x) ((int32_t)__usat((x), 8))
+#else
+static inline int32_t kiln_ssat8(int32_t x) { return x < -128 ? -128 : (x > 127 ? 127 : x); }
+static inline int32_t kiln_usat8(int32_t x) { return x < 0 ? 0 : (x > 255 ? 255 : x); }
+#endif
 
 #ifdef KILN_PROFILE
 void kiln_profile_mark(int kernel);  /* the harness's: reads the clock when a kernel is done */
@@ -83,7 +89,7 @@ static __attribute__((noinline)) void kernel_0(const uint8_t* restrict in0, cons
           for (int32_t i7 = 0; i7 < 3; ++i7) {
             acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 6) + (i4 + i7)) * 6) + (i5 + 0))], &in1[((((i6 * 3) + i7) * 3) + 0)], 3);
           }
-          out0[((((((i3 * 4) + i4) * 4) + i5) * 4) + i6)] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i6]))) >> INT64_C(32)))) >> ((in4[i6] - 32) - 1)) + 1) >> 1), 0), 255)));
+          out0[((((((i3 * 4) + i4) * 4) + i5) * 4) + i6)] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i6]))) >> INT64_C(32)))) >> ((in4[i6] - 32) - 1)) + 1) >> 1))));
         }
       }
     }
@@ -107,7 +113,7 @@ static __attribute__((noinline)) void kernel_1(const uint8_t* restrict in0, cons
       for (int32_t i0_i_wb = 0; i0_i_wb < 1; ++i0_i_wb) {
         #pragma GCC unroll 3
         for (int32_t i1_i_wb = 0; i1_i_wb < 3; ++i1_i_wb) {
-          out0[(((i0_o + i0_i_wb) * 3) + ((i1_o * 3) + i1_i_wb))] = ((uint8_t)(kiln_min_int32_t(kiln_max_int32_t(((((((int32_t)(((((int64_t)(acc0[i0_i_wb][i1_i_wb])) * ((int64_t)(in3[((i1_o * 3) + i1_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i1_o * 3) + i1_i_wb)] - 32) - 1)) + 1) >> 1) + 74), 0), 255)));
+          out0[(((i0_o + i0_i_wb) * 3) + ((i1_o * 3) + i1_i_wb))] = ((uint8_t)(kiln_usat8(((((((int32_t)(((((int64_t)(acc0[i0_i_wb][i1_i_wb])) * ((int64_t)(in3[((i1_o * 3) + i1_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i1_o * 3) + i1_i_wb)] - 32) - 1)) + 1) >> 1) + 74))));
         }
       }
     }

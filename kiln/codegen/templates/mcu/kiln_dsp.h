@@ -12,8 +12,9 @@
  *    16-bit lanes with __SXTB16/__UXTB16 (the odd bytes through a rotate by 8) and summed
  *    with __SMLAD, two multiply-accumulates per instruction. Lane pairing is the same on
  *    both operands, so the sum is exact.
- *  - Cortex-M55 (__ARM_FEATURE_MVE, -mcpu=cortex-m55): Helium, eight bytes widened to
- *    int16 lanes per load and VMLADAVA (multiply, add across lanes, accumulate).
+ *  - Cortex-M55 (__ARM_FEATURE_MVE, -mcpu=cortex-m55): Helium VMLADAVA (multiply, add
+ *    across lanes, accumulate): sixteen int8 x int8 lanes per step, or eight bytes widened
+ *    to int16 lanes when an operand is uint8; a 4-byte run in four int32 lanes.
  *  - anything else: plain C.
  * Only integer instructions: no floating point on the int8 path. */
 #ifndef KILN_DSP_H
@@ -43,9 +44,10 @@ static inline uint32_t kiln_read_u32(const void* p) {  /* unaligned load; one LD
 #if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
 /* u8 fits in an int16 lane as is (0..255): load widening to u16 and reinterpret. A run of
  * 4 left over (a 4-wide kernel row over one channel) takes four int32 lanes in one step. */
-#define KILN_DOT_MVE(name, ta, tb, LA, LB, LA4, LB4)                                          \
+#define KILN_DOT_MVE(name, ta, tb, LA, LB, LA4, LB4, WIDE)                                   \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
     int32_t acc = 0, i = 0;                                                                  \
+    WIDE(for (; i + 16 <= n; i += 16) acc = vmladavaq_s8(acc, vldrbq_s8(a + i), vldrbq_s8(b + i));) \
     for (; i + 8 <= n; i += 8) acc = vmladavaq_s16(acc, LA(a + i), LB(b + i));               \
     if (i + 4 <= n) { acc = vmladavaq_s32(acc, LA4(a + i), LB4(b + i)); i += 4; }            \
     for (; i < n; ++i) acc += (int32_t)a[i] * (int32_t)b[i];                                 \
@@ -55,12 +57,23 @@ static inline uint32_t kiln_read_u32(const void* p) {  /* unaligned load; one LD
 #define KILN_LD_S8(p) vldrbq_s16(p)
 #define KILN_LD4_U8(p) vreinterpretq_s32_u32(vldrbq_u32(p))
 #define KILN_LD4_S8(p) vldrbq_s32(p)
-KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8, KILN_LD4_U8, KILN_LD4_S8)
-KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8, KILN_LD4_S8, KILN_LD4_S8)
-KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8, KILN_LD4_U8, KILN_LD4_U8)
-#define KILN_DOT1X4_MVE(name, ta, tb, LA, LB)                                                 \
+/* int8 x int8 takes sixteen bytes per VMLADAVA.S8 (no widening); a uint8 operand does not
+ * fit an int8 lane and is widened to int16, eight per step. */
+#define KILN_S8_WIDE(code) code
+#define KILN_S16_ONLY(code)
+KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8, KILN_LD4_U8, KILN_LD4_S8, KILN_S16_ONLY)
+KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8, KILN_LD4_S8, KILN_LD4_S8, KILN_S8_WIDE)
+KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8, KILN_LD4_U8, KILN_LD4_U8, KILN_S16_ONLY)
+#define KILN_DOT1X4_MVE(name, ta, tb, LA, LB, LA4, LB4, WIDE)                                \
   static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
     int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], i = 0;                       \
+    WIDE(for (; i + 16 <= n; i += 16) {                                                      \
+      int8x16_t va = vldrbq_s8(a + i);                                                        \
+      s0 = vmladavaq_s8(s0, va, vldrbq_s8(b + i));                                           \
+      s1 = vmladavaq_s8(s1, va, vldrbq_s8(b + ldb + i));                                     \
+      s2 = vmladavaq_s8(s2, va, vldrbq_s8(b + 2 * ldb + i));                                 \
+      s3 = vmladavaq_s8(s3, va, vldrbq_s8(b + 3 * ldb + i));                                 \
+    })                                                                                       \
     for (; i + 8 <= n; i += 8) {                                                             \
       int16x8_t va = LA(a + i);                                                              \
       s0 = vmladavaq_s16(s0, va, LB(b + i));                                                 \
@@ -68,14 +81,22 @@ KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8, KILN_LD4_U
       s2 = vmladavaq_s16(s2, va, LB(b + 2 * ldb + i));                                       \
       s3 = vmladavaq_s16(s3, va, LB(b + 3 * ldb + i));                                       \
     }                                                                                        \
+    if (i + 4 <= n) {                                                                        \
+      int32x4_t va = LA4(a + i);                                                             \
+      s0 = vmladavaq_s32(s0, va, LB4(b + i));                                                \
+      s1 = vmladavaq_s32(s1, va, LB4(b + ldb + i));                                          \
+      s2 = vmladavaq_s32(s2, va, LB4(b + 2 * ldb + i));                                      \
+      s3 = vmladavaq_s32(s3, va, LB4(b + 3 * ldb + i));                                      \
+      i += 4;                                                                                \
+    }                                                                                        \
     for (; i < n; ++i) {                                                                     \
       int32_t x = a[i];                                                                      \
       s0 += x * b[i]; s1 += x * b[ldb + i]; s2 += x * b[2 * ldb + i]; s3 += x * b[3 * ldb + i]; \
     }                                                                                        \
     acc[0] = s0; acc[1] = s1; acc[2] = s2; acc[3] = s3;                                      \
   }
-KILN_DOT1X4_MVE(kiln_dot1x4_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8)
-KILN_DOT1X4_MVE(kiln_dot1x4_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8)
+KILN_DOT1X4_MVE(kiln_dot1x4_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8, KILN_LD4_U8, KILN_LD4_S8, KILN_S16_ONLY)
+KILN_DOT1X4_MVE(kiln_dot1x4_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8, KILN_LD4_S8, KILN_LD4_S8, KILN_S8_WIDE)
 #define KILN_LANE_MAC4_MVE(name, ta, tb, LA, LB)                                              \
   static inline void name(const ta* a, const tb* b, int32_t* acc) {                          \
     vst1q_s32(acc, vaddq_s32(vld1q_s32(acc), vmulq_s32(LA(a), LB(b))));                      \
