@@ -60,11 +60,15 @@ RULES = _rules(SIGNED_OFFSET)
 NATIVE_RULES = _rules(NATIVE_OFFSET)
 
 
-def stage_activations_signed(graph):
-    """Rewrite every ``qconv``/``qmatmul`` to read int8 activations (see the module docstring)."""
+def _restage_all(graph, rules):
     if not any(n.op in ("qconv", "qmatmul") for n in graph.nodes):
         return graph
-    return apply_rules(graph, RULES)
+    return apply_rules(graph, rules)
+
+
+def stage_activations_signed(graph):
+    """Rewrite every ``qconv``/``qmatmul`` to read int8 activations (see the module docstring)."""
+    return _restage_all(graph, RULES)
 
 
 def stage_activations_native(graph):
@@ -73,9 +77,7 @@ def stage_activations_native(graph):
     ones. For targets whose dot products take both (Cortex-M's SXTB16/UXTB16 widening,
     Helium's widening loads), where an offset would cost a staging copy of the input in
     RAM -- the copy a 1x1 convolution over channels-last storage otherwise does without."""
-    if not any(n.op in ("qconv", "qmatmul") for n in graph.nodes):
-        return graph
-    return apply_rules(graph, NATIVE_RULES)
+    return _restage_all(graph, NATIVE_RULES)
 
 
 __all__ = ["stage_activations_signed", "stage_activations_native", "SIGNED_OFFSET", "NATIVE_OFFSET", "RULES",
