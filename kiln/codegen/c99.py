@@ -16,7 +16,12 @@ Differences from the host :class:`~kiln.codegen.c.CRenderer`, and why:
 - A dot-product tile of one pixel by four output channels (``Capabilities.dot_tile`` on
   Cortex-M, ``kiln/passes/dot_schedule.py``), whose reduction loop wraps the tile's channel
   loop, becomes one call to ``kiln_dot1x4_<a><b>(a + p, b + q, ldb, n, acc)``: each
-  activation word is loaded and widened once for four dot products.
+  activation word is loaded and widened once for four dot products. A uint8 activation
+  read as int8 (``int8(int32(x) - 128)``, ``offset_at_read``) is the operand kind ``x8``.
+- Helium only (``helium``): a write-back loop of four channels whose body is the high-word
+  requantization (``qlinear.requant_high_word``) becomes ``kiln_requant4_<o>``, and a
+  pooling sum of 8-bit channels into a register tile ``kiln_lane_add_<a>``: four int32
+  lanes per instruction where the loop is scalar code.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Load, Var, linear_terms, row_major, substitute, walk
 from kiln.ir.loop import SERIAL, For, Store
+from kiln.ir.ops.qlinear import requant_high_word
 
 _DOT_TYPES = {DType.int8: "s8", DType.uint8: "u8"}
 
@@ -39,9 +45,13 @@ class C99Renderer(CRenderer):
     # instructions on the M4 than the same loops out of line (9.31M -> 8.64M per inference).
     function_attributes = "__attribute__((noinline)) "
 
-    def __init__(self, dsp: bool = True):
+    def __init__(self, dsp: bool = True, helium: bool = False):
         super().__init__()
         self.dsp = dsp
+        # four-lane helpers for the requantizing epilogue (kiln_requant4_*) and for widening
+        # sums (kiln_lane_add_*): only where each is one vector sequence (Helium); on a DSP
+        # core they would be the same scalar code as the loop they replace
+        self.helium = helium
         self.dot_used: set[str] = set()   # kiln_dot_* helpers the kernels call
         self._index_depth = 0
 
@@ -82,7 +92,8 @@ class C99Renderer(CRenderer):
     def stmt(self, s, depth: int, in_parallel: bool = False):
         if not isinstance(s, For):
             return super().stmt(s, depth, in_parallel)
-        dot = (self.dot_tile_call(s) or self.dot_call(s) or self.mac_tile_call(s)) if self.dsp else None
+        dot = (self.dot_tile_call(s) or self.dot_call(s) or self.mac_tile_call(s)
+               or (self.helium and (self.requant_call(s) or self.lane_add_call(s))) or None) if self.dsp else None
         if dot is not None:
             self.emit(dot, depth)
             return
@@ -173,7 +184,7 @@ class C99Renderer(CRenderer):
                 or any(loop.var.name in {v.name for v in walk(i) if isinstance(v, Var)} for i in body.indices[:-1])):
             return None
         operands = self._unit_stride_operands(loop, terms)
-        if operands is None:
+        if operands is None or operands[0][0] == "x8":  # (depthwise reads uint8 as stored)
             return None
         (ka, pa), (kb, pb) = operands
         name = f"kiln_lane_mac4_{ka}{kb}"
@@ -181,10 +192,77 @@ class C99Renderer(CRenderer):
         target = Load(body.buffer, body.indices[:-1] + (Const(0, DType.int64),), acc.dtype)
         return f"{name}({pa}, {pb}, &{self._index_text(target)});"
 
+    def requant_call(self, loop: For) -> str | None:
+        """``kiln_requant4_s8(&acc[..][0], &mult[p], &shift[p], zp, lo, hi, &out[q]);`` for a
+        write-back loop of four channels whose body is the high-word requantization of a
+        register tile (``qlinear.requant_high_word``: every shift 33 or more), the output, the
+        multipliers and the shifts each one element apart per channel. The body must be exactly
+        the expression ``requant_high_word`` builds from its leaves, so the helper computes
+        the same integers. None: not such a loop."""
+        body = loop.body
+        if loop.extent != 4 or not isinstance(body, Store):
+            return None
+        leaves = _requant_leaves(body.value)
+        out = self.buffers.get(body.buffer)
+        if leaves is None or out is None or out.scope == "local" or out.dtype not in _DOT_TYPES:
+            return None
+        factors, shift, zp, lo, hi = leaves
+        local = [ld for ld in factors if self.buffers[ld.buffer].scope == "local"]
+        if len(local) != 1:
+            return None
+        acc, mult = local[0], next(ld for ld in factors if ld is not local[0])
+        tile, var = self.buffers[acc.buffer], loop.var.name
+        first = self._tile_row(acc.indices, var)
+        if first is None:
+            return None
+        starts = []
+        for ld in (mult, shift, Load(body.buffer, body.indices, out.dtype)):
+            if self.buffers[ld.buffer].scope == "local" or self._flat_index(ld) is None:
+                return None
+            flat = self._flat_index(ld)
+            if _strides(flat, (var,)) != (1,):
+                return None
+            starts.append(f"&{ld.buffer}[{self._index_text(substitute(flat, {var: Const(0, DType.int64)}))}]")
+        name = f"kiln_requant4_{_DOT_TYPES[out.dtype]}"
+        self.dot_used.add(name)
+        return f"{name}(&{self._index_text(Load(acc.buffer, first, tile.dtype))}, {starts[0]}, {starts[1]}, {zp}, {lo}, {hi}, {starts[2]});"
+
+    def lane_add_call(self, loop: For) -> str | None:
+        """``kiln_lane_add_s8(&x[p], &acc[..][0], n);`` for ``acc[.., c] += (int32)x[p + c]``
+        over n channels, n a multiple of 4 (a pooling sum of channels-last 8-bit
+        activations into a register tile). None: not such a loop."""
+        body = loop.body
+        if not (isinstance(loop.extent, int) and loop.extent % 4 == 0 and isinstance(body, Store) and body.indices):
+            return None
+        acc, v = self.buffers.get(body.buffer), body.value
+        if (acc is None or acc.scope != "local" or acc.dtype is not DType.int32 or not isinstance(v, Bin)
+                or v.op != "add" or v.a != Load(body.buffer, body.indices, acc.dtype)
+                or not (isinstance(v.b, Cast) and v.b.dtype is DType.int32 and isinstance(v.b.a, Load))):
+            return None
+        x = v.b.a
+        kind, buf = _DOT_TYPES.get(self.buffers[x.buffer].dtype), self.buffers[x.buffer]
+        first = self._tile_row(body.indices, loop.var.name)
+        flat = self._flat_index(x) if kind and buf.scope != "local" else None
+        if first is None or flat is None or _strides(flat, (loop.var.name,)) != (1,):
+            return None
+        name = f"kiln_lane_add_{kind}"
+        self.dot_used.add(name)
+        start = self._index_text(substitute(flat, {loop.var.name: Const(0, DType.int64)}))
+        return f"{name}(&{x.buffer}[{start}], &{self._index_text(Load(body.buffer, first, acc.dtype))}, {loop.extent});"
+
+    def _tile_row(self, indices, var: str):
+        """A register tile's indices with the last, ``var`` itself, set to 0: where the lanes
+        the loop over ``var`` touches start; None when ``var`` appears anywhere else."""
+        last = indices[-1] if indices else None
+        if (not isinstance(last, Var) or last.name != var
+                or any(var in {v.name for v in walk(i) if isinstance(v, Var)} for i in indices[:-1])):
+            return None
+        return tuple(indices[:-1]) + (Const(0, DType.int64),)
+
     def _unit_stride_operands(self, loop: For, terms):
         """``((kind, "&a[p]"), (kind, "&b[q]"))``: where each 8-bit load of ``terms`` starts,
         both one element apart per step of ``loop``; None otherwise. An (s8, u8) pair comes
-        back swapped: the helpers take (u8|s8, s8)."""
+        back swapped: the helpers take (u8|x8|s8, s8)."""
         if terms is None:
             return None
         operands = []
@@ -194,7 +272,7 @@ class C99Renderer(CRenderer):
                 return None
             start = substitute(flat, {loop.var.name: Const(0, DType.int64)})
             operands.append((kind, f"&{ld.buffer}[{self._index_text(start)}]"))
-        if (operands[0][0], operands[1][0]) == ("s8", "u8"):
+        if operands[0][0] == "s8" and operands[1][0] != "s8":
             operands.reverse()
         return operands
 
@@ -210,13 +288,18 @@ class C99Renderer(CRenderer):
             return None
         out = []
         for side in (prod.a, prod.b):
-            if not (isinstance(side, Cast) and side.dtype is DType.int32 and isinstance(side.a, Load)):
+            if not (isinstance(side, Cast) and side.dtype is DType.int32):
                 return None
-            buf = self.buffers[side.a.buffer]
-            kind = _DOT_TYPES.get(buf.dtype)
-            if kind is None or buf.scope == "local" or self._flat_index(side.a) is None:
+            ld, flipped = _flipped_uint8(side.a), True
+            if ld is None:
+                ld, flipped = side.a, False
+            if not isinstance(ld, Load):
                 return None
-            out.append((kind, side.a))
+            buf = self.buffers[ld.buffer]
+            kind = "x8" if flipped else _DOT_TYPES.get(buf.dtype)
+            if kind is None or buf.scope == "local" or self._flat_index(ld) is None:
+                return None
+            out.append((kind, ld))
         return out
 
     def _index_text(self, e) -> str:
@@ -232,6 +315,43 @@ class C99Renderer(CRenderer):
         if not all(isinstance(n, int) for n in buf.shape):
             return None
         return row_major(ld.indices, buf.shape)
+
+
+def _flipped_uint8(e):
+    """The uint8 load of ``int8(int32(x) - 128)`` -- a uint8 activation read as int8 where
+    it is used (``offset_at_read``; one ``VEOR`` with 0x80 on Helium) -- or None."""
+    if not (isinstance(e, Cast) and e.dtype is DType.int8 and isinstance(e.a, Bin) and e.a.op == "add"
+            and e.a.b == Const(-128, DType.int32) and isinstance(e.a.a, Cast) and e.a.a.dtype is DType.int32
+            and isinstance(e.a.a.a, Load) and e.a.a.a.dtype is DType.uint8):
+        return None
+    return e.a.a.a
+
+
+def _requant_leaves(value):
+    """((a, b), shift, zp, lo, hi) when ``value`` is ``requant_high_word`` of
+    ``int64(a) * int64(b)`` by ``shift`` (three int32 loads); None otherwise."""
+    if not (isinstance(value, Cast) and value.dtype in _DOT_TYPES and isinstance(value.a, Bin)
+            and value.a.op == "min" and isinstance(value.a.b, Const) and isinstance(value.a.a, Bin)
+            and value.a.a.op == "max" and isinstance(value.a.a.b, Const)):
+        return None
+    shifted = value.a.a.a
+    if not isinstance(shifted, Bin):
+        return None
+    zp = int(shifted.b.value) if shifted.op == "add" and isinstance(shifted.b, Const) else 0
+    products = [e for e in walk(shifted) if isinstance(e, Bin) and e.op == "mul" and e.dtype is DType.int64
+                and all(isinstance(f, Cast) and isinstance(f.a, Load) for f in (e.a, e.b))]
+    if len(products) != 1:
+        return None
+    prod = products[0]
+    factors = [prod.a.a, prod.b.a]
+    loads = [e for e in walk(shifted) if isinstance(e, Load)]
+    others = [ld for ld in loads if ld not in factors]
+    if len(others) != 1 or any(ld.dtype is not DType.int32 for ld in loads):
+        return None
+    lo, hi = int(value.a.a.b.value), int(value.a.b.value)
+    if requant_high_word(prod, others[0], zp, lo, hi, value.dtype) != value:
+        return None
+    return tuple(factors), others[0], zp, lo, hi
 
 
 def _strides(flat, names) -> tuple[int, ...] | None:

@@ -22,7 +22,7 @@ are sign-extended int32 (which it knows from the casts), and narrowing takes the
 bits of both halves back with one blend. Two widenings are skipped: ``vpmuldq`` reads only
 the low 32 bits of each 64-bit lane, so a product's even lanes take the int32 vector as it
 is; and a clamped int64 value cast down to 8 bits and up again is the pair it came from.
-Requantization by a shift of 33 or more (``qlinear._requant_high_word``) needs only each
+Requantization by a shift of 33 or more (``qlinear.requant_high_word``) needs only each
 product's high 32 bits: two ``vpmuldq`` and one masked ``vpshufd`` give them as one int32
 vector, and the rounding shift after it is one ``vpsravd``. A clamp to the byte type's own
 upper bound before the store is the saturating narrow (``vpmovusdb``/``vpmovsdb``). On
@@ -300,7 +300,7 @@ class EpilogueWriter:
         return Vec(out.lo, out.hi, bounds)
 
     def _high_word(self, e) -> Vec | None:
-        """``(a * b) >> 32`` of int32 factors (``qlinear._requant_high_word``) as one int32
+        """``(a * b) >> 32`` of int32 factors (``qlinear.requant_high_word``) as one int32
         vector: ``vpmuldq`` multiplies the even lanes and (shifted down) the odd ones, and one
         masked ``vpshufd`` moves each even product's high half into its lane while the odd
         products' high halves are already in theirs. None for anything else."""
@@ -334,7 +334,7 @@ class EpilogueWriter:
         channel. ``v + 2^(s-1)`` must not overflow. In int64: |v| <= 2^62 (a product of
         int32 values) and s <= 62, which every requantization shift has (``fixed_point``
         and ``qadd``'s shift stop at 62; the pattern is theirs). In int32 (the high word of
-        such a product, ``qlinear._requant_high_word``): |v| <= 2^30 and s = shift - 32 <= 30."""
+        such a product, ``qlinear.requant_high_word``): |v| <= 2^30 and s = shift - 32 <= 30."""
         inner = e.a
         if not (_is_one(e.b) and isinstance(inner, Bin) and inner.op == "add" and _is_one(inner.b)):
             return None

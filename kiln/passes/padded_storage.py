@@ -39,7 +39,7 @@ from kiln.ir.expr import Const, Load, Var, fresh, replace_loads
 from kiln.ir.graph import Graph, Node, TensorType
 from kiln.ir.loop import For, Stmt, Store, seq
 from kiln.ir.ops.nn import offset, window_attrs
-from kiln.ir.ops.qlinear import vnni_window_row
+from kiln.ir.ops.qlinear import staged_offset, vnni_window_row
 from kiln.ir.ops.region import IN_PLACE
 
 # Producers whose kernel ends in one plain stage writing the value, which can store at an offset.
@@ -84,8 +84,9 @@ def _reads_border_in_place(node: Node, types) -> bool:
     if len(x.shape) != 4 or not x.is_static or len(node.outputs) != 1:
         return False
     _, pb, pe, dil = window_attrs(a, 2, "qconv")
-    off = int(a.get("act_offset", 0))
-    # without an activation offset the staged tensor has the input's own dtype (``STAGED``)
+    off = staged_offset(a)
+    # without an activation offset to stage (none, or one applied as each value is read) the
+    # staged tensor has the input's own dtype (``STAGED``)
     if (int(a.get("group", 1)) != 1 and a.get("vnni")) or set(dil) != {1} or off or not any(pb + pe):
         return False
     kh, kw = a["kernel"]

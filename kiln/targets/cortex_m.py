@@ -116,10 +116,16 @@ class CortexMTarget(Target):
 
     def adapt_quantized(self, graph):
         """Activations read as stored (int8 x int8 or uint8 x int8): no staging copy for an
-        offset; TFLite-style int8 models read their int8 activations in place."""
-        from kiln.passes.signed_activations import stage_activations_native
+        offset; TFLite-style int8 models read their int8 activations in place. On Helium a
+        dot product reads uint8 activations as int8, flipped in registers (sixteen lanes)."""
+        from kiln.passes.signed_activations import stage_activations_helium, stage_activations_native
 
-        return stage_activations_native(graph)
+        return (stage_activations_helium if self.helium else stage_activations_native)(graph)
+
+    @property
+    def helium(self) -> bool:
+        """Whether the kernels call kiln_dsp.h's Helium helpers (an M55 without ``nodsp``)."""
+        return self.board.vector_bytes >= 16 and "nodsp" not in self.options
 
     def partition_graph(self, graph):
         """Patch-based execution of the first layers when forced (``patch=``) or when the
@@ -161,7 +167,8 @@ class CortexMTarget(Target):
         from kiln.codegen.mcu_model import generate_mcu_model
         from kiln.codegen.templates import render
 
-        model = generate_mcu_model(graph, kernels, plan, str(self), self.io_quant, dsp="nodsp" not in self.options)
+        model = generate_mcu_model(graph, kernels, plan, str(self), self.io_quant, dsp="nodsp" not in self.options,
+                                   helium=self.helium)
         ctx = dict(model.context, board=self.board.name, machine=self.board.machine,
                    cpu_flags=list(self.board.cpu_flags), opt="-O2", icount_shift=ICOUNT_SHIFT,
                    ldlibs=(["-lm"] if model.uses_float else []) + ["-lc", "-lgcc"],

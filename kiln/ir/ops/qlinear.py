@@ -32,7 +32,7 @@ lowers from the same compute definition:
   ``shift``, set by the ``quantize`` pass with the constants): when it is 31 or more (every
   real multiplier below 1) the shifted value fits int32 and the clamp runs in int32; from
   33 (below 1/4, what ORT's quantizer gives a convolution) the rounding itself runs in
-  int32 on the product's high 32 bits -- the same integer (:func:`_requant_high_word`).
+  int32 on the product's high 32 bits -- the same integer (:func:`requant_high_word`).
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def requant(acc, bias, mult, shift, attrs, out: DType):
     zp, lo, hi = int(attrs["y_zp"]), int(attrs["lo"]), int(attrs["hi"])
     min_shift = int(attrs.get("min_shift", 0))
     if min_shift >= HIGH_WORD_SHIFT:
-        return _requant_high_word(v, shift, zp, lo, hi, out)
+        return requant_high_word(v, shift, zp, lo, hi, out)
     s, one = Cast(shift, I64), Const(1, I64)
     # (v + 2^(s-1)) >> s, spelled ((v >> (s-1)) + 1) >> 1: the same integer for every v and
     # s >= 1 (write v = q 2^(s-1) + r, 0 <= r < 2^(s-1): both are floor((q+1)/2)), without
@@ -113,7 +113,7 @@ def requant(acc, bias, mult, shift, attrs, out: DType):
     return Cast(Bin("min", Bin("max", v, Const(lo, I64), I64), Const(hi, I64), I64), out)
 
 
-def _requant_high_word(v, shift, zp: int, lo: int, hi: int, out: DType):
+def requant_high_word(v, shift, zp: int, lo: int, hi: int, out: DType):
     """The same integer as the rounding shift by ``shift`` >= 33, from the product's high
     32 bits: write v = h 2^32 + l (0 <= l < 2^32) and s' = s - 32; since 2^(s-1) is a
     multiple of 2^32, floor((v + 2^(s-1)) / 2^s) = floor((h + 2^(s'-1)) / 2^s'). Everything
@@ -126,14 +126,15 @@ def _requant_high_word(v, shift, zp: int, lo: int, hi: int, out: DType):
     one = Const(1, I32)
     h = Cast(Bin("shr", v, Const(32, I64), I64), I32)
     s = shift - Const(32, I32)
-    v32 = Bin("shr", Bin("shr", h, s - one, I32) + one, one, I32) + Const(zp, I32)
+    v32 = Bin("shr", Bin("shr", h, s - one, I32) + one, one, I32)
+    v32 = v32 + Const(zp, I32) if zp else v32  # (as the simplifier would leave it)
     return Cast(Bin("min", Bin("max", v32, Const(lo, I32), I32), Const(hi, I32), I32), out)
 
 
 # Shifts of at least this many bits (every real multiplier below 1) leave an int32 result
 NARROW_SHIFT = 31
 # ... and from this many (every real multiplier below 1/4) the rounding needs only the
-# product's high 32 bits (``_requant_high_word``)
+# product's high 32 bits (``requant_high_word``)
 HIGH_WORD_SHIFT = 33
 
 
@@ -300,7 +301,7 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
     if not stages_input(attrs, extra):
         # an unpadded channels-last input already is the staged tensor: read it in place (a
         # 1x1 conv's staging copied ResNet-18's 56x56x64 input and back, 28 us on one core)
-        src, stages = _PixelRows(x, c_), []
+        src, stages = _PixelRows(x, c_, off, dom), []
     else:
         # an NCHW input is transposed while staged (``channels_last`` hint); an NHWC one is
         # copied a pixel's channels at a time (``runs``)
@@ -344,22 +345,31 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
 def stages_input(attrs, extra: int = 0) -> bool:
     """Whether ``conv_dot_stages`` copies the input into a ``__xu`` stage: all but a
     convolution over a channels-last input without padding, offset or row over-read (a 1x1
-    one, or one whose padding its input's storage holds: ``kiln/passes/padded_storage.py``)."""
+    one, or one whose padding its input's storage holds: ``kiln/passes/padded_storage.py``).
+    An offset applied where it is read (attribute ``offset_at_read``) needs no copy."""
     _, pb, pe, _ = window_attrs(attrs, 2, "qconv")
     return not (input_channels_last(attrs)
-                and not (any(pb) or any(pe) or extra or int(attrs.get("act_offset", 0))))
+                and not (any(pb) or any(pe) or extra or staged_offset(attrs)))
+
+
+def staged_offset(attrs) -> int:
+    """The ``act_offset`` a staging copy has to apply: none when the op applies it at each
+    read (``offset_at_read``: a target whose dot product converts in registers, Helium's
+    one ``VEOR`` per sixteen bytes; ``kiln/passes/signed_activations.py``)."""
+    return 0 if attrs.get("offset_at_read") else int(attrs.get("act_offset", 0))
 
 
 class _PixelRows:
     """An NHWC tensor read as (N, H, W*C), the staged tensor's shape: ``[n, h, q]`` is
-    pixel ``q // C``, channel ``q % C`` (the flat index is the same)."""
+    pixel ``q // C``, channel ``q % C`` (the flat index is the same), moved to the staged
+    domain as it is read (``offset_at_read``; as is when the offset is 0)."""
 
-    def __init__(self, x, channels: int):
-        self.x, self.channels = x, channels
+    def __init__(self, x, channels: int, off: int = 0, dom: DType | None = None):
+        self.x, self.channels, self.off, self.dom = x, channels, off, dom
 
     def __getitem__(self, idx):
         n, h, q = idx
-        return self.x[n, h, q // self.channels, q % self.channels]
+        return _to_domain(self.x[n, h, q // self.channels, q % self.channels], self.off, self.dom)
 
 
 def vnni_window_row(w, attrs, kh: int, run: int) -> int:
@@ -461,19 +471,20 @@ def _qmatmul_compute(ins, outs, attrs):
 
 def matmul_dot_stages(a, w, o, off: int, epilogue, attrs):
     """``o[.., m, n] = epilogue(sum_k au[.., m, k] * w[n, k], n)``; ``au``: ``a`` moved to
-    uint8 by ``off`` in a staging buffer (stage ``__au``) when ``off`` is not 0."""
+    the staged domain by ``off`` in a staging buffer (stage ``__au``) when ``off`` is not 0,
+    or as it is read (``offset_at_read``)."""
     k = a.shape[-1]
     stages = []
-    if off:
-        dom = staged_dtype(a.dtype, off)
+    dom = staged_dtype(a.dtype, off)
+    if off and not attrs.get("offset_at_read"):
         au = compute(f"{o.name}__au", a.shape, lambda *i: _to_domain(a[i], off, dom), dom, tag="pad", inline=False)
         stages.append(au)
-        a = au.tensor
+        a, off = au.tensor, 0
 
     weight = weight_reader(w, attrs)
 
     def body(*i):
-        acc = rsum(lambda r: Cast(a[i[:-1] + (r,)], I32) * Cast(weight(i[-1], r), I32), k)
+        acc = rsum(lambda r: Cast(_to_domain(a[i[:-1] + (r,)], off, dom), I32) * Cast(weight(i[-1], r), I32), k)
         return epilogue(acc, i[-1])
 
     return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=_dot_hints(attrs, (o.ndim - 2, o.ndim - 1)))]

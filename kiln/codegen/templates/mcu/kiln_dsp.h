@@ -1,6 +1,7 @@
 /* kiln_dsp.h -- 8-bit dot products for Cortex-M, written for Kiln (CMSIS-style names).
  *
- * kiln_dot_<a><b>(a, b, n) = sum_i a[i] * b[i] in int32, for u8/s8 operands.
+ * kiln_dot_<a><b>(a, b, n) = sum_i a[i] * b[i] in int32, for u8/s8 operands, and x8: uint8
+ *   storage read as int8 (a[i] - 128), which Kiln uses on Helium (its offset_at_read).
  * kiln_dot1x4_<a><b>(a, b, ldb, n, acc): acc[c] += sum_i a[i] * b[c * ldb + i] for c < 4: one
  *   activation run against four weight rows (four output channels), so each activation word
  *   is loaded and widened once for four dot products instead of once per dot product.
@@ -16,6 +17,13 @@
  *    across lanes, accumulate): sixteen int8 x int8 lanes per step, or eight bytes widened
  *    to int16 lanes when an operand is uint8; a 4-byte run in four int32 lanes.
  *  - anything else: plain C.
+ * kiln_requant4_<o>(acc, mult, shift, zp, lo, hi, out): out[c] = clamp(round(acc[c] * mult[c] /
+ *   2^shift[c]) + zp, lo, hi) for c < 4, every shift 33 or more: Kiln's high-word
+ *   requantization (kiln/ir/ops/qlinear.py requant_high_word), the same integers. Helium:
+ *   VMULH (the product's high word), VRSHL by 32 - shift (a rounding right shift, half up),
+ *   VADD, VMAX/VMIN, a narrowing byte store; elsewhere the scalar expression.
+ * kiln_lane_add_<a>(a, acc, n): acc[c] += a[c] for c < n, n a multiple of 4 (a pooling sum):
+ *   Helium widens four bytes per load into four int32 lanes.
  * Only integer instructions: no floating point on the int8 path. */
 #ifndef KILN_DSP_H
 #define KILN_DSP_H
@@ -42,67 +50,103 @@ static inline uint32_t kiln_read_u32(const void* p) {  /* unaligned load; one LD
 #endif
 
 #if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
-/* u8 fits in an int16 lane as is (0..255): load widening to u16 and reinterpret. A run of
- * 4 left over (a 4-wide kernel row over one channel) takes four int32 lanes in one step. */
-#define KILN_DOT_MVE(name, ta, tb, LA, LB, LA4, LB4, WIDE)                                   \
-  static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
-    int32_t acc = 0, i = 0;                                                                  \
-    WIDE(for (; i + 16 <= n; i += 16) acc = vmladavaq_s8(acc, vldrbq_s8(a + i), vldrbq_s8(b + i));) \
-    for (; i + 8 <= n; i += 8) acc = vmladavaq_s16(acc, LA(a + i), LB(b + i));               \
-    if (i + 4 <= n) { acc = vmladavaq_s32(acc, LA4(a + i), LB4(b + i)); i += 4; }            \
-    for (; i < n; ++i) acc += (int32_t)a[i] * (int32_t)b[i];                                 \
-    return acc;                                                                              \
-  }
+/* Operand kinds K: U8, S8, and X8 (uint8 storage read as int8, x - 128: Kiln's
+ * offset_at_read). Per kind: KILN_LD16_K sixteen int8 lanes (S8 as is, X8 flipped by one
+ * VEOR with 0x80), KILN_LD_K eight int16 lanes (u8 fits one as is, 0..255: load widening to
+ * u16 and reinterpret), KILN_LD4_K four int32 lanes (a run of 4 left over, e.g. a 4-wide
+ * kernel row over one channel), KILN_X1_K one element, and KILN_WIDE_K(code): the
+ * sixteen-lane step, for kinds that fit an int8 lane (VMLADAVA.S8, no widening; the other
+ * operand is then S8). */
+#define KILN_LD16_S8(p) vldrbq_s8(p)
+#define KILN_LD16_X8(p) vreinterpretq_s8_u8(veorq_u8(vldrbq_u8(p), vdupq_n_u8(0x80)))
 #define KILN_LD_U8(p) vreinterpretq_s16_u16(vldrbq_u16(p))
 #define KILN_LD_S8(p) vldrbq_s16(p)
+#define KILN_LD_X8(p) vsubq_s16(KILN_LD_U8(p), vdupq_n_s16(128))
 #define KILN_LD4_U8(p) vreinterpretq_s32_u32(vldrbq_u32(p))
 #define KILN_LD4_S8(p) vldrbq_s32(p)
-/* int8 x int8 takes sixteen bytes per VMLADAVA.S8 (no widening); a uint8 operand does not
- * fit an int8 lane and is widened to int16, eight per step. */
-#define KILN_S8_WIDE(code) code
-#define KILN_S16_ONLY(code)
-KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8, KILN_LD4_U8, KILN_LD4_S8, KILN_S16_ONLY)
-KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8, KILN_LD4_S8, KILN_LD4_S8, KILN_S8_WIDE)
-KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, KILN_LD_U8, KILN_LD_U8, KILN_LD4_U8, KILN_LD4_U8, KILN_S16_ONLY)
-#define KILN_DOT1X4_MVE(name, ta, tb, LA, LB, LA4, LB4, WIDE)                                \
+#define KILN_LD4_X8(p) vsubq_s32(KILN_LD4_U8(p), vdupq_n_s32(128))
+#define KILN_X1_U8(v) ((int32_t)(v))
+#define KILN_X1_S8(v) ((int32_t)(v))
+#define KILN_X1_X8(v) ((int32_t)(v) - 128)
+#define KILN_WIDE_U8(code)
+#define KILN_WIDE_S8(code) code
+#define KILN_WIDE_X8(code) code
+#define KILN_DOT_MVE(name, ta, tb, KA, KB)                                                    \
+  static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
+    int32_t acc = 0, i = 0;                                                                  \
+    KILN_WIDE_##KA(for (; i + 16 <= n; i += 16)                                              \
+                     acc = vmladavaq_s8(acc, KILN_LD16_##KA(a + i), KILN_LD16_##KB(b + i));)  \
+    for (; i + 8 <= n; i += 8) acc = vmladavaq_s16(acc, KILN_LD_##KA(a + i), KILN_LD_##KB(b + i)); \
+    if (i + 4 <= n) { acc = vmladavaq_s32(acc, KILN_LD4_##KA(a + i), KILN_LD4_##KB(b + i)); i += 4; } \
+    for (; i < n; ++i) acc += KILN_X1_##KA(a[i]) * KILN_X1_##KB(b[i]);                       \
+    return acc;                                                                              \
+  }
+KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, U8, S8)
+KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, S8, S8)
+KILN_DOT_MVE(kiln_dot_x8s8, uint8_t, int8_t, X8, S8)
+KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, U8, U8)
+#define KILN_DOT1X4_MVE(name, ta, tb, KA)                                                     \
   static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
     int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], i = 0;                       \
-    WIDE(for (; i + 16 <= n; i += 16) {                                                      \
-      int8x16_t va = vldrbq_s8(a + i);                                                        \
+    KILN_WIDE_##KA(for (; i + 16 <= n; i += 16) {                                            \
+      int8x16_t va = KILN_LD16_##KA(a + i);                                                  \
       s0 = vmladavaq_s8(s0, va, vldrbq_s8(b + i));                                           \
       s1 = vmladavaq_s8(s1, va, vldrbq_s8(b + ldb + i));                                     \
       s2 = vmladavaq_s8(s2, va, vldrbq_s8(b + 2 * ldb + i));                                 \
       s3 = vmladavaq_s8(s3, va, vldrbq_s8(b + 3 * ldb + i));                                 \
     })                                                                                       \
     for (; i + 8 <= n; i += 8) {                                                             \
-      int16x8_t va = LA(a + i);                                                              \
-      s0 = vmladavaq_s16(s0, va, LB(b + i));                                                 \
-      s1 = vmladavaq_s16(s1, va, LB(b + ldb + i));                                           \
-      s2 = vmladavaq_s16(s2, va, LB(b + 2 * ldb + i));                                       \
-      s3 = vmladavaq_s16(s3, va, LB(b + 3 * ldb + i));                                       \
+      int16x8_t va = KILN_LD_##KA(a + i);                                                    \
+      s0 = vmladavaq_s16(s0, va, KILN_LD_S8(b + i));                                         \
+      s1 = vmladavaq_s16(s1, va, KILN_LD_S8(b + ldb + i));                                   \
+      s2 = vmladavaq_s16(s2, va, KILN_LD_S8(b + 2 * ldb + i));                               \
+      s3 = vmladavaq_s16(s3, va, KILN_LD_S8(b + 3 * ldb + i));                               \
     }                                                                                        \
     if (i + 4 <= n) {                                                                        \
-      int32x4_t va = LA4(a + i);                                                             \
-      s0 = vmladavaq_s32(s0, va, LB4(b + i));                                                \
-      s1 = vmladavaq_s32(s1, va, LB4(b + ldb + i));                                          \
-      s2 = vmladavaq_s32(s2, va, LB4(b + 2 * ldb + i));                                      \
-      s3 = vmladavaq_s32(s3, va, LB4(b + 3 * ldb + i));                                      \
+      int32x4_t va = KILN_LD4_##KA(a + i);                                                   \
+      s0 = vmladavaq_s32(s0, va, KILN_LD4_S8(b + i));                                        \
+      s1 = vmladavaq_s32(s1, va, KILN_LD4_S8(b + ldb + i));                                  \
+      s2 = vmladavaq_s32(s2, va, KILN_LD4_S8(b + 2 * ldb + i));                              \
+      s3 = vmladavaq_s32(s3, va, KILN_LD4_S8(b + 3 * ldb + i));                              \
       i += 4;                                                                                \
     }                                                                                        \
     for (; i < n; ++i) {                                                                     \
-      int32_t x = a[i];                                                                      \
+      int32_t x = KILN_X1_##KA(a[i]);                                                        \
       s0 += x * b[i]; s1 += x * b[ldb + i]; s2 += x * b[2 * ldb + i]; s3 += x * b[3 * ldb + i]; \
     }                                                                                        \
     acc[0] = s0; acc[1] = s1; acc[2] = s2; acc[3] = s3;                                      \
   }
-KILN_DOT1X4_MVE(kiln_dot1x4_u8s8, uint8_t, int8_t, KILN_LD_U8, KILN_LD_S8, KILN_LD4_U8, KILN_LD4_S8, KILN_S16_ONLY)
-KILN_DOT1X4_MVE(kiln_dot1x4_s8s8, int8_t, int8_t, KILN_LD_S8, KILN_LD_S8, KILN_LD4_S8, KILN_LD4_S8, KILN_S8_WIDE)
-#define KILN_LANE_MAC4_MVE(name, ta, tb, LA, LB)                                              \
+KILN_DOT1X4_MVE(kiln_dot1x4_u8s8, uint8_t, int8_t, U8)
+KILN_DOT1X4_MVE(kiln_dot1x4_s8s8, int8_t, int8_t, S8)
+KILN_DOT1X4_MVE(kiln_dot1x4_x8s8, uint8_t, int8_t, X8)
+/* The accumulators of a register tile (a local int32 array) read and written as one vector
+ * lvalue, not through vld1q/vst1q: gcc 12 keeps such an array in a Q register across the taps,
+ * where the intrinsics' memory round trip per tap kept it on the stack. */
+typedef int32x4_t kiln_acc4 __attribute__((may_alias, aligned(4)));
+#define KILN_LANE_MAC4_MVE(name, ta, tb, KA, KB)                                              \
   static inline void name(const ta* a, const tb* b, int32_t* acc) {                          \
-    vst1q_s32(acc, vaddq_s32(vld1q_s32(acc), vmulq_s32(LA(a), LB(b))));                      \
+    *(kiln_acc4*)acc = vaddq_s32(*(kiln_acc4*)acc, vmulq_s32(KILN_LD4_##KA(a), KILN_LD4_##KB(b))); \
   }
-KILN_LANE_MAC4_MVE(kiln_lane_mac4_u8s8, uint8_t, int8_t, KILN_LD4_U8, KILN_LD4_S8)
-KILN_LANE_MAC4_MVE(kiln_lane_mac4_s8s8, int8_t, int8_t, KILN_LD4_S8, KILN_LD4_S8)
+KILN_LANE_MAC4_MVE(kiln_lane_mac4_u8s8, uint8_t, int8_t, U8, S8)
+KILN_LANE_MAC4_MVE(kiln_lane_mac4_s8s8, int8_t, int8_t, S8, S8)
+/* |high word| <= 2^30 and the rounding term <= 2^29 (shift <= 62): VRSHL cannot overflow. */
+#define KILN_REQUANT4_MVE(name, to)                                                           \
+  static inline void name(const int32_t* acc, const int32_t* mult, const int32_t* shift,     \
+                          int32_t zp, int32_t lo, int32_t hi, to* out) {                     \
+    int32x4_t h = vmulhq_s32(*(const kiln_acc4*)acc, vld1q_s32(mult));                        \
+    int32x4_t v = vrshlq_s32(h, vsubq_s32(vdupq_n_s32(32), vld1q_s32(shift)));               \
+    v = vminq_s32(vmaxq_s32(vaddq_n_s32(v, zp), vdupq_n_s32(lo)), vdupq_n_s32(hi));          \
+    vstrbq_s32((int8_t*)out, v);                                                             \
+  }
+KILN_REQUANT4_MVE(kiln_requant4_s8, int8_t)
+KILN_REQUANT4_MVE(kiln_requant4_u8, uint8_t)
+#define KILN_LANE_ADD_MVE(name, ta, KA)                                                       \
+  static inline void name(const ta* a, int32_t* acc, int32_t n) {                            \
+    for (int32_t i = 0; i < n; i += 4)                                                       \
+      *(kiln_acc4*)(acc + i) = vaddq_s32(*(kiln_acc4*)(acc + i), KILN_LD4_##KA(a + i)); \
+  }
+KILN_LANE_ADD_MVE(kiln_lane_add_s8, int8_t, S8)
+KILN_LANE_ADD_MVE(kiln_lane_add_u8, uint8_t, U8)
 #elif defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define KILN_DOT_DSP(name, ta, tb, XA, XB)                                                    \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
@@ -176,6 +220,35 @@ KILN_DOT1X4_C(kiln_dot1x4_s8s8, int8_t, int8_t)
   }
 KILN_LANE_MAC4_C(kiln_lane_mac4_u8s8, uint8_t, int8_t)
 KILN_LANE_MAC4_C(kiln_lane_mac4_s8s8, int8_t, int8_t)
+#endif
+
+#if !(defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1))
+/* x8 operands (uint8 read as int8) are Helium's; elsewhere, for code built without it */
+static inline int32_t kiln_dot_x8s8(const uint8_t* a, const int8_t* b, int32_t n) {
+  int32_t acc = 0;
+  for (int32_t i = 0; i < n; ++i) acc += ((int32_t)a[i] - 128) * (int32_t)b[i];
+  return acc;
+}
+static inline void kiln_dot1x4_x8s8(const uint8_t* a, const int8_t* b, int32_t ldb, int32_t n, int32_t* acc) {
+  for (int32_t c = 0; c < 4; ++c) acc[c] += kiln_dot_x8s8(a, b + c * ldb, n);
+}
+#define KILN_REQUANT4_C(name, to)                                                             \
+  static inline void name(const int32_t* acc, const int32_t* mult, const int32_t* shift,     \
+                          int32_t zp, int32_t lo, int32_t hi, to* out) {                     \
+    for (int32_t c = 0; c < 4; ++c) {                                                        \
+      int32_t h = (int32_t)(((int64_t)acc[c] * (int64_t)mult[c]) >> 32), s = shift[c] - 32;  \
+      int32_t v = (((h >> (s - 1)) + 1) >> 1) + zp;                                          \
+      out[c] = (to)(v < lo ? lo : v > hi ? hi : v);                                          \
+    }                                                                                        \
+  }
+KILN_REQUANT4_C(kiln_requant4_s8, int8_t)
+KILN_REQUANT4_C(kiln_requant4_u8, uint8_t)
+#define KILN_LANE_ADD_C(name, ta)                                                             \
+  static inline void name(const ta* a, int32_t* acc, int32_t n) {                            \
+    for (int32_t i = 0; i < n; ++i) acc[i] += (int32_t)a[i];                                 \
+  }
+KILN_LANE_ADD_C(kiln_lane_add_s8, int8_t)
+KILN_LANE_ADD_C(kiln_lane_add_u8, uint8_t)
 #endif
 
 #endif /* KILN_DSP_H */
