@@ -2,7 +2,7 @@
 kernels read activations in the type they are stored in (kiln/passes/signed_activations.py
 ``stage_activations_native``), the requantizing clamp is one SSAT/USAT, short window rows take
 the 1x4 dot tile (``Capabilities.min_dot_length``), Helium multiplies int8 x int8 sixteen
-lanes at a time, and a depthwise convolution's taps are straight-line code on Helium.
+lanes at a time, and a depthwise convolution computes several pixels per tap.
 Every model run is compared with Kiln's host int8 build, bit for bit."""
 from __future__ import annotations
 
@@ -86,16 +86,29 @@ def test_int8_and_uint8_models_take_the_same_arena_and_one_saturating_clamp(acti
     assert f"kiln_dot1x4_{dot}(" in c and f"kiln_lane_mac4_{dot}(" in c
 
 
-def _tap_loops_unrolled(c: str) -> bool:
-    """Whether the depthwise kernel's tap loops carry an unroll pragma."""
-    kernel = next(part for part in c.split("/* kernel_")[1:] if "kiln_lane_mac4" in part)
-    return kernel.count("#pragma GCC unroll 3") >= 2
+def _depthwise_kernel(model, target: str) -> str:
+    c = kiln.compile(model, target=target).files["model.c"]
+    return next(part for part in c.split("/* kernel_")[1:] if "kiln_lane_mac4" in part)
 
 
-def test_depthwise_taps_are_straight_line_code_on_helium_only():
+def _tap_loops_unrolled(kernel: str) -> bool:
+    """Whether the depthwise kernel's tap loops (over the 3x3 window) carry an unroll pragma."""
+    return "#pragma GCC unroll 3\n          for (int32_t i4" in kernel
+
+
+def test_depthwise_tiles_pixels_per_tap_and_unrolls_the_taps_of_one_pixel_on_helium(monkeypatch):
+    """Each tap's weights serve several output pixels: the 6-pixel rows take 3 on the M55
+    (one int32x4 accumulator each, DEPTHWISE_PIXELS_VECTOR 5) and 2 on the M4 (four scalar
+    accumulators each). The taps of a one-pixel tile are straight-line code on Helium only."""
+    from kiln.passes import default_schedule
+
     model = _kws_like("int8")
-    assert _tap_loops_unrolled(kiln.compile(model, target="cortex-m55").files["model.c"])
-    assert not _tap_loops_unrolled(kiln.compile(model, target="cortex-m4").files["model.c"])
+    assert "int32_t acc0[3][4]" in _depthwise_kernel(model, "cortex-m55")
+    assert "int32_t acc0[2][4]" in _depthwise_kernel(model, "cortex-m4")
+    monkeypatch.setattr(default_schedule, "DEPTHWISE_PIXELS_VECTOR", 1)
+    monkeypatch.setattr(default_schedule, "DEPTHWISE_PIXELS", 1)
+    assert _tap_loops_unrolled(_depthwise_kernel(model, "cortex-m55"))
+    assert not _tap_loops_unrolled(_depthwise_kernel(model, "cortex-m4"))
 
 
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55", "cortex-m4:nodsp"])

@@ -60,15 +60,19 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             if caps.threads > 1:  # one core: fused loops would only cost index divisions
                 parallel_outer(sch, outer, work)
         elif st.has_reduce and caps.dot_tile and "channel_macs" in st.hints:
-            # a taps-major depthwise convolution: four channels side by side, taps outside
-            outer = tile_dot_reduction(sch, spatial, st.hints["dot"], (1, CHANNEL_MACS))
+            # a taps-major depthwise convolution: four channels side by side, taps outside,
+            # a few output pixels together so that each tap's weights serve all of them
+            helium = caps.vector_bytes >= 4 * CHANNEL_MACS
+            rows = DEPTHWISE_PIXELS_VECTOR if helium else DEPTHWISE_PIXELS
+            outer = tile_dot_reduction(sch, spatial, st.hints["dot"], (rows, CHANNEL_MACS))
             taps = [name for name, _ in reduction_loops(sch, outer[-1][0])]
             few = math.prod(static_extent(e) for e in extents(sch, taps)) <= UNROLLED_TAPS * CHANNEL_MACS
-            if few and caps.vector_bytes >= 4 * CHANNEL_MACS:
-                # straight-line taps when the four accumulators are one vector register
-                # (Helium): gcc keeps it from the first tap to the write-back instead of a
-                # load and a store around each tap (DS-CNN on the M55: 2.95M -> 2.70M
-                # instructions). With four scalar accumulators (M4) it spilled: 7.47M -> 7.53M
+            if few and helium:
+                # straight-line taps when the tile is one pixel, one vector register (Helium;
+                # a width with no divisor up to DEPTHWISE_PIXELS_VECTOR): gcc keeps it from the
+                # first tap to the write-back (DS-CNN on the M55, one pixel: 2.95M -> 2.70M
+                # instructions). With four scalar accumulators (M4) it spilled: 7.47M -> 7.53M;
+                # with several pixels the taps stay loops (unrolled: DS-CNN 1.57M -> 1.64M)
                 for name in taps:
                     sch.unroll(name)
         elif st.has_reduce and "tile" in st.hints:
@@ -87,6 +91,14 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
 
 # a depthwise convolution's taps unrolled up to this many (3x3: 9), one accumulator tile live
 UNROLLED_TAPS = 16
+# Output pixels of a depthwise convolution computed together (the largest divisor of the
+# row's width up to this many): each tap's four weights are loaded and widened once for all
+# of them. Helium, an int32x4 accumulator per pixel (8 Q registers: 5 pixels, the weights
+# and an input): VWW on the M55 4.99M -> 4.17M instructions, DS-CNN (rows of 5) 1.77M ->
+# 1.57M; 6 pixels spilled (4.52M). M4/M7, four scalar accumulators per pixel: 2 pixels
+# 20.35M -> 19.66M on VWW, 3 and 4 spilled (19.83M, 20.01M). int8 activations, 2026-11-25.
+DEPTHWISE_PIXELS_VECTOR = 5
+DEPTHWISE_PIXELS = 2
 
 
 def _row_wise(sch: Schedule, plans, caps: Capabilities) -> bool:

@@ -147,32 +147,29 @@ static __attribute__((noinline)) void kernel_0(const int8_t* restrict in0, const
 static __attribute__((noinline)) void kernel_1(const int8_t* restrict in0, const int8_t* restrict in1, const int32_t* restrict in2, const int32_t* restrict in3, const int32_t* restrict in4, int8_t* restrict out0) {
   for (int32_t i0 = 0; i0 < 1; ++i0) {
     for (int32_t i1 = 0; i1 < 8; ++i1) {
-      for (int32_t i2_o = 0; i2_o < 6; ++i2_o) {
+      for (int32_t i2_o = 0; i2_o < 2; ++i2_o) {
         for (int32_t i3_o = 0; i3_o < 4; ++i3_o) {
-          int32_t acc0[1][4] __attribute__((aligned(64)));
-          #pragma GCC unroll 1
-          for (int32_t i2_i_init = 0; i2_i_init < 1; ++i2_i_init) {
+          int32_t acc0[3][4] __attribute__((aligned(64)));
+          #pragma GCC unroll 3
+          for (int32_t i2_i_init = 0; i2_i_init < 3; ++i2_i_init) {
             #pragma GCC unroll 4
             for (int32_t i3_i_init = 0; i3_i_init < 4; ++i3_i_init) {
               acc0[i2_i_init][i3_i_init] = in2[((i3_o * 4) + i3_i_init)];
             }
           }
-          #pragma GCC unroll 3
           for (int32_t i4 = 0; i4 < 3; ++i4) {
-            #pragma GCC unroll 3
             for (int32_t i5 = 0; i5 < 3; ++i5) {
-              #pragma GCC unroll 1
               for (int32_t i6 = 0; i6 < 1; ++i6) {
-                #pragma GCC unroll 1
-                for (int32_t i2_i = 0; i2_i < 1; ++i2_i) {
-                  kiln_lane_mac4_s8s8(&in0[((((((i0 * 10) + (i1 + i4)) * 8) + ((i2_o + i2_i) + i5)) * 16) + (((i3_o * 4) + 0) + i6))], &in1[((((i4 * 3) + (i5 + i6)) * 16) + ((i3_o * 4) + 0))], &acc0[i2_i][0]);
+                #pragma GCC unroll 3
+                for (int32_t i2_i = 0; i2_i < 3; ++i2_i) {
+                  kiln_lane_mac4_s8s8(&in0[((((((i0 * 10) + (i1 + i4)) * 8) + (((i2_o * 3) + i2_i) + i5)) * 16) + (((i3_o * 4) + 0) + i6))], &in1[((((i4 * 3) + (i5 + i6)) * 16) + ((i3_o * 4) + 0))], &acc0[i2_i][0]);
                 }
               }
             }
           }
-          #pragma GCC unroll 1
-          for (int32_t i2_i_wb = 0; i2_i_wb < 1; ++i2_i_wb) {
-            kiln_requant4_s8(&acc0[i2_i_wb][0], &in3[((i3_o * 4) + 0)], &in4[((i3_o * 4) + 0)], -128, -128, 127, &out0[((((((i0 * 8) + i1) * 6) + (i2_o + i2_i_wb)) * 16) + ((i3_o * 4) + 0))]);
+          #pragma GCC unroll 3
+          for (int32_t i2_i_wb = 0; i2_i_wb < 3; ++i2_i_wb) {
+            kiln_requant4_s8(&acc0[i2_i_wb][0], &in3[((i3_o * 4) + 0)], &in4[((i3_o * 4) + 0)], -128, -128, 127, &out0[((((((i0 * 8) + i1) * 6) + ((i2_o * 3) + i2_i_wb)) * 16) + ((i3_o * 4) + 0))]);
           }
         }
       }
