@@ -179,9 +179,8 @@ class C99Renderer(CRenderer):
             return None
         acc = self.buffers.get(body.buffer)
         terms = self._dot_terms(body, acc)
-        last = body.indices[-1]
-        if (terms is None or acc.scope != "local" or not isinstance(last, Var) or last.name != loop.var.name
-                or any(loop.var.name in {v.name for v in walk(i) if isinstance(v, Var)} for i in body.indices[:-1])):
+        first = self._tile_row(body.indices, loop.var.name)
+        if terms is None or acc.scope != "local" or first is None:
             return None
         operands = self._unit_stride_operands(loop, terms)
         if operands is None or operands[0][0] == "x8":  # (depthwise reads uint8 as stored)
@@ -189,8 +188,7 @@ class C99Renderer(CRenderer):
         (ka, pa), (kb, pb) = operands
         name = f"kiln_lane_mac4_{ka}{kb}"
         self.dot_used.add(name)
-        target = Load(body.buffer, body.indices[:-1] + (Const(0, DType.int64),), acc.dtype)
-        return f"{name}({pa}, {pb}, &{self._index_text(target)});"
+        return f"{name}({pa}, {pb}, &{self._index_text(Load(body.buffer, first, acc.dtype))});"
 
     def requant_call(self, loop: For) -> str | None:
         """``kiln_requant4_s8(&acc[..][0], &mult[p], &shift[p], zp, lo, hi, &out[q]);`` for a
