@@ -32,7 +32,7 @@ from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
 from kiln.ir.expr import Bin, Cast, Const, Load, Var, linear_terms, row_major, substitute, walk
 from kiln.ir.loop import SERIAL, For, Store
-from kiln.ir.ops.qlinear import requant_high_word
+from kiln.ir.ops.qlinear import requant_high_word, to_domain
 
 _DOT_TYPES = {DType.int8: "s8", DType.uint8: "u8"}
 
@@ -213,14 +213,9 @@ class C99Renderer(CRenderer):
         first = self._tile_row(acc.indices, var)
         if first is None:
             return None
-        starts = []
-        for ld in (mult, shift, Load(body.buffer, body.indices, out.dtype)):
-            if self.buffers[ld.buffer].scope == "local" or self._flat_index(ld) is None:
-                return None
-            flat = self._flat_index(ld)
-            if _strides(flat, (var,)) != (1,):
-                return None
-            starts.append(f"&{ld.buffer}[{self._index_text(substitute(flat, {var: Const(0, DType.int64)}))}]")
+        starts = [self._run_start(ld, var) for ld in (mult, shift, Load(body.buffer, body.indices, out.dtype))]
+        if None in starts:
+            return None
         name = f"kiln_requant4_{_DOT_TYPES[out.dtype]}"
         self.dot_used.add(name)
         return f"{name}(&{self._index_text(Load(acc.buffer, first, tile.dtype))}, {starts[0]}, {starts[1]}, {zp}, {lo}, {hi}, {starts[2]});"
@@ -238,15 +233,22 @@ class C99Renderer(CRenderer):
                 or not (isinstance(v.b, Cast) and v.b.dtype is DType.int32 and isinstance(v.b.a, Load))):
             return None
         x = v.b.a
-        kind, buf = _DOT_TYPES.get(self.buffers[x.buffer].dtype), self.buffers[x.buffer]
+        kind = _DOT_TYPES.get(self.buffers[x.buffer].dtype)
         first = self._tile_row(body.indices, loop.var.name)
-        flat = self._flat_index(x) if kind and buf.scope != "local" else None
-        if first is None or flat is None or _strides(flat, (loop.var.name,)) != (1,):
+        start = self._run_start(x, loop.var.name) if kind else None
+        if first is None or start is None:
             return None
         name = f"kiln_lane_add_{kind}"
         self.dot_used.add(name)
-        start = self._index_text(substitute(flat, {loop.var.name: Const(0, DType.int64)}))
-        return f"{name}(&{x.buffer}[{start}], &{self._index_text(Load(body.buffer, first, acc.dtype))}, {loop.extent});"
+        return f"{name}({start}, &{self._index_text(Load(body.buffer, first, acc.dtype))}, {loop.extent});"
+
+    def _run_start(self, ld: Load, var: str) -> str | None:
+        """``&buf[p]``: where a load from a global buffer starts when it moves one element
+        per step of ``var``; None otherwise (a local buffer, or another stride)."""
+        flat = self._flat_index(ld) if self.buffers[ld.buffer].scope != "local" else None
+        if flat is None or _strides(flat, (var,)) != (1,):
+            return None
+        return f"&{ld.buffer}[{self._index_text(substitute(flat, {var: Const(0, DType.int64)}))}]"
 
     def _tile_row(self, indices, var: str):
         """A register tile's indices with the last, ``var`` itself, set to 0: where the lanes
@@ -263,13 +265,9 @@ class C99Renderer(CRenderer):
         back swapped: the helpers take (u8|x8|s8, s8)."""
         if terms is None:
             return None
-        operands = []
-        for kind, ld in terms:
-            flat = self._flat_index(ld)
-            if _strides(flat, (loop.var.name,)) != (1,):
-                return None
-            start = substitute(flat, {loop.var.name: Const(0, DType.int64)})
-            operands.append((kind, f"&{ld.buffer}[{self._index_text(start)}]"))
+        operands = [(kind, self._run_start(ld, loop.var.name)) for kind, ld in terms]
+        if any(start is None for _, start in operands):
+            return None
         if operands[0][0] == "s8" and operands[1][0] != "s8":
             operands.reverse()
         return operands
@@ -316,13 +314,15 @@ class C99Renderer(CRenderer):
 
 
 def _flipped_uint8(e):
-    """The uint8 load of ``int8(int32(x) - 128)`` -- a uint8 activation read as int8 where
-    it is used (``offset_at_read``; one ``VEOR`` with 0x80 on Helium) -- or None."""
-    if not (isinstance(e, Cast) and e.dtype is DType.int8 and isinstance(e.a, Bin) and e.a.op == "add"
-            and e.a.b == Const(-128, DType.int32) and isinstance(e.a.a, Cast) and e.a.a.dtype is DType.int32
-            and isinstance(e.a.a.a, Load) and e.a.a.a.dtype is DType.uint8):
+    """The uint8 load ``x`` when ``e`` is ``qlinear.to_domain(x, -128, int8)`` -- a uint8
+    activation read as int8 where it is used (``offset_at_read``; one ``VEOR`` with 0x80 on
+    Helium) -- or None."""
+    if not (isinstance(e, Cast) and e.dtype is DType.int8):
         return None
-    return e.a.a.a
+    found = [x for x in walk(e) if isinstance(x, Load)]
+    if len(found) != 1 or found[0].dtype is not DType.uint8 or to_domain(found[0], -128, DType.int8) != e:
+        return None
+    return found[0]
 
 
 def _requant_leaves(value):

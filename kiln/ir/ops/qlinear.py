@@ -156,7 +156,7 @@ def _check_attrs(attrs, what: str) -> DType:
     return out
 
 
-def _to_domain(v, off: int, dom: DType):
+def to_domain(v, off: int, dom: DType):
     """An activation moved to the staged domain (int8 + 128 as uint8, uint8 - 128 as int8), or as is."""
     if not off:
         return v
@@ -295,7 +295,7 @@ def conv_dot_stages(x, w, o, attrs, pad_value, epilogue):
         for v, b, e, m in ((h, pb[0], pe[0], h_), (ww, pb[1], pe[1] + extra, w_)):
             conds += ([v.ge(b)] if b else []) + ([v.lt(b + m)] if e else [])
         hh, wi = offset(h, -pb[0]), offset(ww, -pb[1])
-        val = _to_domain(x[n, hh, wi, c] if last else x[n, c, hh, wi], off, dom)
+        val = to_domain(x[n, hh, wi, c] if last else x[n, c, hh, wi], off, dom)
         return val if not conds else Select(conj(conds), val, pad_value)
 
     if not stages_input(attrs, extra):
@@ -369,7 +369,7 @@ class _PixelRows:
 
     def __getitem__(self, idx):
         n, h, q = idx
-        return _to_domain(self.x[n, h, q // self.channels, q % self.channels], self.off, self.dom)
+        return to_domain(self.x[n, h, q // self.channels, q % self.channels], self.off, self.dom)
 
 
 def vnni_window_row(w, attrs, kh: int, run: int) -> int:
@@ -477,14 +477,14 @@ def matmul_dot_stages(a, w, o, off: int, epilogue, attrs):
     stages = []
     dom = staged_dtype(a.dtype, off)
     if off and not attrs.get("offset_at_read"):
-        au = compute(f"{o.name}__au", a.shape, lambda *i: _to_domain(a[i], off, dom), dom, tag="pad", inline=False)
+        au = compute(f"{o.name}__au", a.shape, lambda *i: to_domain(a[i], off, dom), dom, tag="pad", inline=False)
         stages.append(au)
         a, off = au.tensor, 0
 
     weight = weight_reader(w, attrs)
 
     def body(*i):
-        acc = rsum(lambda r: Cast(_to_domain(a[i[:-1] + (r,)], off, dom), I32) * Cast(weight(i[-1], r), I32), k)
+        acc = rsum(lambda r: Cast(to_domain(a[i[:-1] + (r,)], off, dom), I32) * Cast(weight(i[-1], r), I32), k)
         return epilogue(acc, i[-1])
 
     return stages + [compute(o.name, o.shape, body, o.dtype, tag="qdot", hints=_dot_hints(attrs, (o.ndim - 2, o.ndim - 1)))]
