@@ -141,11 +141,13 @@ HARNESS = """\
 #include <stdint.h>
 #include "kiln_semihost.h"
 #include "kiln_dsp.h"
+#define DOTS 15
 {arrays}
 static int8_t out_s8[{n}];
 static uint8_t out_u8[{n}];
 static int32_t sums[{n}];
-static int32_t dots[5 * {runs}];
+static int32_t dots[DOTS * {runs}];
+static int32_t lanes[{n}];
 
 int main(void) {{
   int32_t fout = kiln_sh_open("helpers.bin", 5);
@@ -156,15 +158,25 @@ int main(void) {{
   for (int32_t i = 0; i < {n}; ++i) sums[i] = acc[i] >> 8;
   kiln_lane_add_s8(x_s8, sums, {n});
   kiln_lane_add_u8(x_u8, sums, {n});
-  for (int32_t r = 0; r < {runs}; ++r) {{  /* uint8 read as int8: 16-, 8-, 4- and 1-byte steps */
-    dots[5 * r] = kiln_dot_x8s8(x_u8, w_s8, run[r]);
-    dots[5 * r + 1] = dots[5 * r + 2] = dots[5 * r + 3] = dots[5 * r + 4] = r;
-    kiln_dot1x4_x8s8(x_u8, w_s8, ldb, run[r], &dots[5 * r + 1]);
+  for (int32_t r = 0; r < {runs}; ++r) {{  /* 16-, 8-, 4- and 1-byte steps; on the M4 SXTB16 ROR #8 */
+    int32_t* d = &dots[DOTS * r];
+    d[0] = kiln_dot_x8s8(x_u8, w_s8, run[r]);
+    d[1] = kiln_dot_s8s8(x_s8, w_s8, run[r]);
+    d[2] = kiln_dot_u8s8(x_u8, w_s8, run[r]);
+    for (int32_t i = 3; i < DOTS; ++i) d[i] = r;
+    kiln_dot1x4_x8s8(x_u8, w_s8, ldb, run[r], &d[3]);
+    kiln_dot1x4_s8s8(x_s8, w_s8, ldb, run[r], &d[7]);
+    kiln_dot1x4_u8s8(x_u8, w_s8, ldb, run[r], &d[11]);
+  }}
+  for (int32_t i = 0; i < {n}; i += 4) {{  /* depthwise taps, lane by lane */
+    kiln_lane_mac4_s8s8(&x_s8[i], &w_s8[i], &lanes[i]);
+    kiln_lane_mac4_u8s8(&x_u8[i], &w_s8[i], &lanes[i]);
   }}
   kiln_sh_write(fout, out_s8, sizeof out_s8);
   kiln_sh_write(fout, out_u8, sizeof out_u8);
   kiln_sh_write(fout, sums, sizeof sums);
   kiln_sh_write(fout, dots, sizeof dots);
+  kiln_sh_write(fout, lanes, sizeof lanes);
   kiln_sh_close(fout);
   return 0;
 }}
@@ -189,7 +201,7 @@ def _operands():
     hi_u8 = np.maximum(RNG.integers(0, 256, groups), lo_u8)
     hi_s8[:groups // 2], hi_u8[:groups // 2] = 127, 255
     x_s8, x_u8 = RNG.integers(-128, 128, N), RNG.integers(0, 256, N)
-    x_u8[:4] = [0, 255, 128, 127]
+    x_u8[:4], x_s8[:4] = [0, 255, 128, 127], [-128, 127, -128, -1]
     w_s8 = RNG.integers(-128, 128, 4 * LDB)
     w_s8[:4] = [-128, -128, 127, 127]
     return dict(acc=acc, mult=mult, shift=shift, zp_s8=zp_s8, lo_s8=lo_s8, hi_s8=hi_s8, zp_u8=zp_u8,
@@ -207,9 +219,13 @@ def _reference(ops):
         s8.append(min(max(r + int(ops["zp_s8"][g]), int(ops["lo_s8"][g])), int(ops["hi_s8"][g])))
         u8.append(min(max(r + int(ops["zp_u8"][g]), int(ops["lo_u8"][g])), int(ops["hi_u8"][g])))
     sums = (ops["acc"] >> 8) + ops["x_s8"] + ops["x_u8"]
-    x, w = ops["x_u8"].astype(np.int64) - 128, ops["w_s8"].astype(np.int64)
-    dots = [[x[:n] @ w[:n]] + [r + x[:n] @ w[c * LDB:c * LDB + n] for c in range(4)] for r, n in enumerate(RUNS)]
-    return np.array(s8, np.int8), np.array(u8, np.uint8), sums.astype(np.int32), np.array(dots, np.int32).ravel()
+    w = ops["w_s8"].astype(np.int64)
+    xs = [ops["x_u8"].astype(np.int64) - 128, ops["x_s8"].astype(np.int64), ops["x_u8"].astype(np.int64)]
+    dots = [[x[:n] @ w[:n] for x in xs] + [r + x[:n] @ w[c * LDB:c * LDB + n] for x in xs for c in range(4)]
+            for r, n in enumerate(RUNS)]
+    lanes = ops["x_s8"] * w[:N] + ops["x_u8"] * w[:N]
+    return (np.array(s8, np.int8), np.array(u8, np.uint8), sums.astype(np.int32), np.array(dots, np.int32).ravel(),
+            lanes.astype(np.int32))
 
 
 def _c_array(name, values, ctype):
@@ -217,7 +233,7 @@ def _c_array(name, values, ctype):
 
 
 @pytest.mark.parametrize("target", ["cortex-m55", "cortex-m4"])
-def test_helpers_compute_the_rounding_formula_exactly(target, tmp_path):
+def test_helpers_compute_the_reference_integers(target, tmp_path):
     require_toolchain("arm-none-eabi-gcc")
     require_toolchain("qemu-system-arm")
     from kiln.targets.cortex_m import BOARDS
@@ -238,11 +254,12 @@ def test_helpers_compute_the_rounding_formula_exactly(target, tmp_path):
                            str(tmp_path / "helpers.elf")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     raw = (tmp_path / "helpers.bin").read_bytes()
-    s8, u8, sums, dots = _reference(ops)
+    s8, u8, sums, dots, lanes = _reference(ops)
     assert np.array_equal(np.frombuffer(raw[:N], np.int8), s8)
     assert np.array_equal(np.frombuffer(raw[N:2 * N], np.uint8), u8)
     assert np.array_equal(np.frombuffer(raw[2 * N:6 * N], np.int32), sums)
-    assert np.array_equal(np.frombuffer(raw[6 * N:], np.int32), dots)
+    assert np.array_equal(np.frombuffer(raw[6 * N:6 * N + 4 * dots.size], np.int32), dots)
+    assert np.array_equal(np.frombuffer(raw[6 * N + 4 * dots.size:], np.int32), lanes)
 
 
 def test_helium_model_source_snapshot(monkeypatch):
