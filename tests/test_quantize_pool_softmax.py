@@ -88,6 +88,26 @@ def test_avg_pool_gets_a_count_table_only_when_counts_differ():
         assert g.constants[node.inputs[1]].shape == (entries,)
 
 
+def test_pool_epilogues_take_the_high_word_form_of_the_convolutions():
+    """``min_shift`` on the integer pools (as on qconv): their rescale is a product's high
+    word and int32 steps (``qlinear.requant_high_word``), not an int64 shift and clamp. The
+    entries of a count table for counts that no window has (here all but 4, 6 and 9 of 0-9)
+    get multiplier 0 and a shift that does not lower ``min_shift``."""
+    glob, _ = qdq_unary("GlobalAveragePool", (1, 8, 3, 3))
+    ragged, _ = qdq_unary("AveragePool", (1, 2, 8, 8), sx=0.02, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    for model, op in ((glob, "qglobal_avg_pool"), (ragged, "qavg_pool")):
+        g = quantize_integer_ops(from_onnx(model))
+        node = next(n for n in g.nodes if n.op == op)
+        mult, shift = g.constants[node.inputs[1]], g.constants[node.inputs[2]]
+        assert node.attrs["min_shift"] == shift.min() >= 33
+        source = kiln.compile(model, target="cortex-m4").files["model.c"]
+        epilogue = [line for line in source.splitlines() if "out0[" in line and "acc0" in line]
+        # the product's high word cast to int32, then a saturating narrow (uint8 activations)
+        assert epilogue and all(">> INT64_C(32)))) >>" in e and "kiln_usat8(" in e for e in epilogue)
+    assert np.flatnonzero(mult).tolist() == [4, 6, 9]   # corner, edge and inner windows
+    assert set(shift[mult == 0].tolist()) == {shift[mult != 0].min()}
+
+
 def test_softmax_table_is_exp_of_the_input_scale():
     model, _ = qdq_unary("Softmax", (1, 10), sx=0.1)
     g = quantize_integer_ops(from_onnx(model))

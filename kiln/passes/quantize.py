@@ -289,13 +289,16 @@ def _qdq_avg_pool(m: Match, rw: Rewriter):
         if len(shape) < 3 or count > MAX_TAPS:
             return None
         mult, shift = count_multipliers(sx, sy, [count])
+        attrs["min_shift"] = int(shift.min())   # the high-word epilogue, as the convolutions'
         return rw.emit("qglobal_avg_pool", [x, rw.const(mult, "qmult"), rw.const(shift, "qshift")], attrs)
     kernel = int(np.prod(op.attrs["kernel_shape"]))
     counts = set(window_counts(shape, op.attrs).reshape(-1).tolist())
     if kernel > MAX_TAPS or 0 in counts:
         return None
-    table = sorted(counts) if len(counts) == 1 else range(kernel + 1)
+    # indexed by the count; counts no window has get multiplier 0 (and no say in min_shift)
+    table = sorted(counts) if len(counts) == 1 else [c if c in counts else 0 for c in range(kernel + 1)]
     mult, shift = count_multipliers(sx, sy, table)
+    attrs["min_shift"] = int(shift.min())
     attrs.update({k: op.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode",
                                            "count_include_pad") if k in op.attrs})
     return rw.emit("qavg_pool", [x, rw.const(mult, "qmult"), rw.const(shift, "qshift")], attrs)

@@ -16,8 +16,14 @@ static inline int64_t kiln_mod(int64_t a, int64_t b) {
 static inline int64_t kiln_div(int64_t a, int64_t b) { return a / b; }
 static inline int64_t kiln_fmod(int64_t a, int64_t b) { return a % b; }
 #include "kiln_dsp.h"
-static inline int64_t kiln_max_int64_t(int64_t a, int64_t b) { return a > b ? a : b; }
-static inline int64_t kiln_min_int64_t(int64_t a, int64_t b) { return a < b ? a : b; }
+#if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
+#include <arm_acle.h>
+#define kiln_ssat8(x) __ssat((x), 8)
+#define kiln_usat8(x) ((int32_t)__usat((x), 8))
+#else
+static inline int32_t kiln_ssat8(int32_t x) { return x < -128 ? -128 : (x > 127 ? 127 : x); }
+static inline int32_t kiln_usat8(int32_t x) { return x < 0 ? 0 : (x > 255 ? 255 : x); }
+#endif
 
 #ifdef KILN_PROFILE
 void kiln_profile_mark(int kernel);  /* the harness's: reads the clock when a kernel is done */
@@ -228,7 +234,7 @@ static __attribute__((noinline)) void kernel_3(const int8_t* restrict in0, int8_
           #pragma GCC unroll 1
           for (int32_t i3_i_wb = 0; i3_i_wb < 1; ++i3_i_wb) {
             for (int32_t i1_i_wb = 0; i1_i_wb < 16; ++i1_i_wb) {
-              out0[((((i0 * 16) + ((i1_o * 16) + i1_i_wb)) + i2) + (i3_o + i3_i_wb))] = ((int8_t)(kiln_min_int64_t(kiln_max_int64_t((((((((int64_t)((acc0[i3_i_wb][i1_i_wb] - -6144))) * INT64_C(1953039703)) >> INT64_C(33)) + INT64_C(1)) >> INT64_C(1)) + INT64_C(-128)), INT64_C(-128)), INT64_C(127))));
+              out0[((((i0 * 16) + ((i1_o * 16) + i1_i_wb)) + i2) + (i3_o + i3_i_wb))] = ((int8_t)(kiln_ssat8(((((((int32_t)(((((int64_t)((acc0[i3_i_wb][i1_i_wb] - -6144))) * INT64_C(1953039703)) >> INT64_C(32)))) >> 1) + 1) >> 1) + -128))));
             }
           }
         }

@@ -40,10 +40,15 @@ MAX_TAPS = 1 << 23   # 255 * 2^23 < 2^31: the int32 sum cannot overflow
 
 def count_multipliers(x_scale: float, y_scale: float, counts) -> tuple[np.ndarray, np.ndarray]:
     """(mult, shift) int32 tables for ``x_scale / (y_scale * count)``, one per count
-    (count 0, a window entirely in padding, gets multiplier 0)."""
+    (count 0 -- a window entirely in padding, or a count no window has -- gets multiplier 0
+    and the smallest shift of the others, so that it does not lower the ``min_shift`` that
+    lets the epilogue round from the product's high word)."""
     counts = np.asarray(counts, np.float64).reshape(-1)
     real = np.where(counts > 0, x_scale / (y_scale * np.maximum(counts, 1)), 0.0)
-    return fixed_point(real)
+    mult, shift = fixed_point(real)
+    if (counts > 0).any():   # multiplier 0 with any shift is 0: take one that keeps min_shift
+        shift[counts == 0] = shift[counts > 0].min()
+    return mult, shift
 
 
 def window_counts(in_shape, attrs) -> np.ndarray:
