@@ -72,6 +72,22 @@ def test_helium_calls_the_four_lane_helpers_and_the_m4_does_not():
         assert "kiln_requant4" not in kiln.compile(_kws_like(act), target="cortex-m55:nodsp").files["model.c"]
 
 
+def _pool_kernel(target: str) -> str:
+    source = kiln.compile(_kws_like("int8"), target=target).files["model.c"]
+    kernel = source[source.index("(qglobal_avg_pool) */"):]
+    return kernel[:kernel.index("/* kernel_")]
+
+
+def test_integer_tile_columns_are_unrolled_only_on_cores_without_a_vector_unit():
+    """The global pool's register tile of channel sums: on the M4 (no vector unit) its
+    zeroing, summing and write-back loops over the tile's 8 columns are unrolled so gcc
+    keeps the sums in registers; on the M55 (Helium) gcc vectorizes the loops themselves,
+    with Kiln's lane helpers or without (``nodsp``)."""
+    assert _pool_kernel("cortex-m4").count("#pragma GCC unroll 8") == 3
+    for target in ("cortex-m55", "cortex-m55:nodsp"):
+        assert "#pragma GCC unroll 16" not in _pool_kernel(target)
+
+
 def test_helium_staging_reads_uint8_dot_products_as_int8_and_depthwise_as_stored():
     before = _integer_graph(_kws_like("uint8"))
     after = stage_activations_helium(before)

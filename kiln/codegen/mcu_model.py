@@ -116,10 +116,10 @@ def _uses_float(funcs) -> bool:
 
 
 def generate_mcu_model(graph: Graph, kernels, plan: MemoryPlan, target: str, io_quant: dict,
-                       dsp: bool = True, helium: bool = False) -> MCUModel:
+                       dsp: bool = True, helium: bool = False, vector_unit: bool = False) -> MCUModel:
     from kiln import __version__
 
-    renderer = C99Renderer(dsp=dsp, helium=helium)
+    renderer = C99Renderer(dsp=dsp, helium=helium, vector_unit=vector_unit)
     prefix = model_prefix(graph)
     inputs = _values(graph, renderer, graph.inputs, "input", io_quant)
     outputs = _values(graph, renderer, graph.outputs, "output", io_quant)

@@ -168,7 +168,7 @@ class CortexMTarget(Target):
         from kiln.codegen.templates import render
 
         model = generate_mcu_model(graph, kernels, plan, str(self), self.io_quant, dsp="nodsp" not in self.options,
-                                   helium=self.helium)
+                                   helium=self.helium, vector_unit=self.board.vector_bytes >= 16)
         ctx = dict(model.context, board=self.board.name, machine=self.board.machine,
                    cpu_flags=list(self.board.cpu_flags), opt="-O2", icount_shift=ICOUNT_SHIFT,
                    ldlibs=(["-lm"] if model.uses_float else []) + ["-lc", "-lgcc"],
