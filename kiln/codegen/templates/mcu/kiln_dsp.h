@@ -80,9 +80,9 @@ static inline uint32_t kiln_read_u32(const void* p) {  /* unaligned load; one LD
 #define KILN_X1_U8(v) ((int32_t)(v))
 #define KILN_X1_S8(v) ((int32_t)(v))
 #define KILN_X1_X8(v) ((int32_t)(v) - 128)
-#define KILN_WIDE_U8(code)
-#define KILN_WIDE_S8(code) code
-#define KILN_WIDE_X8(code) code
+#define KILN_WIDE_U8(...)
+#define KILN_WIDE_S8(...) __VA_ARGS__
+#define KILN_WIDE_X8(...) __VA_ARGS__
 #define KILN_DOT_MVE(name, ta, tb, KA, KB)                                                    \
   static inline int32_t name(const ta* a, const tb* b, int32_t n) {                          \
     int32_t acc = 0, i = 0;                                                                  \
@@ -97,15 +97,31 @@ KILN_DOT_MVE(kiln_dot_u8s8, uint8_t, int8_t, U8, S8)
 KILN_DOT_MVE(kiln_dot_s8s8, int8_t, int8_t, S8, S8)
 KILN_DOT_MVE(kiln_dot_x8s8, uint8_t, int8_t, X8, S8)
 KILN_DOT_MVE(kiln_dot_u8u8, uint8_t, uint8_t, U8, U8)
+/* Sixteen bytes of one activation run against four weight rows. Over long runs each row
+ * has a pointer of its own, advanced by the load (VLDRB's offsets reach +-127 bytes: rows
+ * 128 bytes apart took an add per row and step; gcc merges the four pointers into one
+ * unless told they differ); short runs (K = 16, 32) keep one pointer and fewer registers. */
+#define KILN_ROW_POINTERS 48
+#define KILN_STEP1X4_MVE(KA, pa, p0, p1, p2, p3)                                              \
+  do {                                                                                       \
+    int8x16_t va = KILN_LD16_##KA(pa);                                                       \
+    s0 = vmladavaq_s8(s0, va, vldrbq_s8(p0));                                                \
+    s1 = vmladavaq_s8(s1, va, vldrbq_s8(p1));                                                \
+    s2 = vmladavaq_s8(s2, va, vldrbq_s8(p2));                                                \
+    s3 = vmladavaq_s8(s3, va, vldrbq_s8(p3));                                                \
+  } while (0)
 #define KILN_DOT1X4_MVE(name, ta, tb, KA)                                                     \
   static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
     int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], i = 0;                       \
-    KILN_WIDE_##KA(for (; i + 16 <= n; i += 16) {                                            \
-      int8x16_t va = KILN_LD16_##KA(a + i);                                                  \
-      s0 = vmladavaq_s8(s0, va, vldrbq_s8(b + i));                                           \
-      s1 = vmladavaq_s8(s1, va, vldrbq_s8(b + ldb + i));                                     \
-      s2 = vmladavaq_s8(s2, va, vldrbq_s8(b + 2 * ldb + i));                                 \
-      s3 = vmladavaq_s8(s3, va, vldrbq_s8(b + 3 * ldb + i));                                 \
+    KILN_WIDE_##KA(if (n >= KILN_ROW_POINTERS) {                                             \
+      const int8_t *b0 = b, *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;                   \
+      for (; i + 16 <= n; i += 16, b0 += 16, b1 += 16, b2 += 16, b3 += 16) {                 \
+        __asm__("" : "+r"(b0), "+r"(b1), "+r"(b2), "+r"(b3));  /* four pointers, not one */  \
+        KILN_STEP1X4_MVE(KA, a + i, b0, b1, b2, b3);                                         \
+      }                                                                                      \
+    } else {                                                                                 \
+      for (; i + 16 <= n; i += 16)                                                           \
+        KILN_STEP1X4_MVE(KA, a + i, b + i, b + ldb + i, b + 2 * ldb + i, b + 3 * ldb + i);   \
     })                                                                                       \
     for (; i + 8 <= n; i += 8) {                                                             \
       int16x8_t va = KILN_LD_##KA(a + i);                                                    \
