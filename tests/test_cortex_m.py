@@ -75,16 +75,24 @@ def _qmatmul_model(k: int, n: int, rows: int = 3) -> onnx.ModelProto:
     return kiln.quantize(m, {"x": rng.standard_normal((16, rows, k)).astype(np.float32)}, method="minmax")
 
 
-def test_dot_products_run_four_output_channels_per_activation_load():
-    """Cortex-M dot products come in tiles of one row by four output channels
-    (``Capabilities.dot_tile``): one ``kiln_dot1x4`` call per tile, the activation row read
-    once for four weight rows; a tile of three columns (n = 6) is three ``kiln_dot`` calls. ``nodsp`` keeps
-    the plain loops and no window copies are staged (``Capabilities.window_copies``: the
-    arena does not grow)."""
-    c = kiln.compile(_qmatmul_model(40, 8), target="cortex-m4").files["model.c"]
-    assert "kiln_dot1x4_u8s8(" in c and "kiln_dot_u8s8(" not in c
+def test_dot_products_run_in_tiles_that_share_each_load():
+    """Cortex-M dot products come in tiles (``Capabilities.dot_tile``): on the M4/M7 two rows
+    by two output channels where the rows pair up (``kiln_dot2x2``: each widened word feeds
+    two sums), else one row by four channels (``dot_tile_unpaired``; ``kiln_dot1x4``, the
+    activation row read once for four weight rows); on the M55 always one by four (its
+    four-lane epilogue). A tile of three columns (n = 6) is three ``kiln_dot`` calls.
+    ``nodsp`` keeps the plain loops and no window copies are staged
+    (``Capabilities.window_copies``: the arena does not grow)."""
+    c = kiln.compile(_qmatmul_model(40, 8), target="cortex-m4").files["model.c"]   # 3 rows
+    assert "kiln_dot1x4_u8s8(" in c and "kiln_dot_u8s8(" not in c and "kiln_dot2x2" not in c
     c = kiln.compile(_qmatmul_model(40, 6), target="cortex-m4").files["model.c"]
     assert c.count("kiln_dot_u8s8(") == 3 and "kiln_dot1x4" not in c  # 6 columns: tiles of 3
+    for target in ("cortex-m4", "cortex-m7"):
+        c = kiln.compile(_qmatmul_model(40, 8, rows=4), target=target).files["model.c"]
+        # rows 40 bytes apart, weight rows 40 apart, 40 long
+        assert "kiln_dot2x2_u8s8(" in c and ", 40, &in1[" in c and "kiln_dot1x4" not in c
+    c = kiln.compile(_qmatmul_model(40, 8, rows=4), target="cortex-m55").files["model.c"]
+    assert "kiln_dot1x4_x8s8(" in c and "kiln_dot2x2" not in c
     cm = kiln.compile(_tiny_qdq(), target="cortex-m4")
     assert "__win" not in cm.files["model.c"]
     assert "kiln_dot" not in kiln.compile(_qmatmul_model(40, 8), target="cortex-m4:nodsp").files["model.c"]
@@ -317,17 +325,18 @@ def _pool_softmax_qdq(act=np.int8) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
-@pytest.mark.parametrize("k,n", [(16, 8), (20, 4), (37, 12), (24, 6)])
-def test_dot_product_tiles_match_host_exactly(arm, target, k, n):
-    """The 1x4 helper (SMLAD on M4, VMLADAVA on M55) and its tails: k not a multiple of the 4
-    or 8 bytes a step takes, n a multiple of 4 or not (6: tiles of three single dot products)."""
+@pytest.mark.parametrize("k,n,rows", [(16, 8, 3), (20, 4, 3), (37, 12, 3), (24, 6, 3), (37, 6, 4), (64, 4, 2)])
+def test_dot_product_tiles_match_host_exactly(arm, target, k, n, rows):
+    """The 1x4 helper (SMLAD on M4, VMLADAVA on M55), the M4's 2x2 (even rows) and their
+    tails: k not a multiple of the 4 or 8 bytes a step takes, n a multiple of 4 or not (6:
+    tiles of three single dot products on one row, of two columns on two)."""
     from kiln.frontend.onnx import from_onnx
     from kiln.passes.integer_io import integer_io
 
-    model = _qmatmul_model(k, n)
+    model = _qmatmul_model(k, n, rows)
     cm = kiln.compile(model, target=target)
     rng = np.random.default_rng(k + n)
-    xs = [rng.integers(0, 256, (3, k)).astype(np.uint8) for _ in range(2)]
+    xs = [rng.integers(0, 256, (rows, k)).astype(np.uint8) for _ in range(2)]
     host = kiln.compile(integer_io(from_onnx(model))[0], target="host")
     for x, o in zip(xs, cm.build().run_batch([{"x": x} for x in xs])):
         assert np.array_equal(o["y"], host.run({"x": x})["y"])

@@ -16,8 +16,10 @@ Differences from the host :class:`~kiln.codegen.c.CRenderer`, and why:
 - A dot-product tile of one pixel by four output channels (``Capabilities.dot_tile`` on
   Cortex-M, ``kiln/passes/dot_schedule.py``), whose reduction loop wraps the tile's channel
   loop, becomes one call to ``kiln_dot1x4_<a><b>(a + p, b + q, ldb, n, acc)``: each
-  activation word is loaded and widened once for four dot products. A uint8 activation
-  read as int8 (``int8(int32(x) - 128)``, ``offset_at_read``) is the operand kind ``x8``.
+  activation word is loaded and widened once for four dot products. On the M4/M7 a tile
+  of two pixels by two channels, where pixels pair up, is ``kiln_dot2x2_<a><b>(a + p, lda,
+  b + q, ldb, n, acc)``: each widened word feeds two sums. A uint8 activation read as int8
+  (``int8(int32(x) - 128)``, ``offset_at_read``) is the operand kind ``x8``.
 - A register tile of integer sums (a pool's channels) has its column loops unrolled on a
   core without a vector unit, so the sums stay in registers; Helium cores keep the loops,
   which gcc vectorizes.
@@ -146,11 +148,16 @@ class C99Renderer(CRenderer):
         return f"{body.buffer} = {body.buffer} + {name}({pa}, {pb}, {loop.extent});"
 
     def dot_tile_call(self, loop: For) -> str | None:
-        """``kiln_dot1x4_u8s8(&a[p], &b[q], ldb, n, &acc[0][0]);`` for a reduction loop over
-        ``k`` whose body is a tile of one row by C columns (loops of extent 1 and C, innermost
-        ``acc[r][c] += (int32)a[.., k] * (int32)b[.., c, k]``): ``a`` the same for every column,
-        ``b``'s columns ``ldb`` apart. Four columns take the 1x4 helper; fewer, one
-        ``kiln_dot`` per column. None: not such a loop."""
+        """A reduction loop over ``k`` whose body is a register tile, innermost
+        ``acc[r][c] += (int32)a[.., r, k] * (int32)b[.., c, k]``, ``b`` an int8 weight matrix:
+
+        - one row by C columns (loops of extent 1 and C; ``a`` the same for every column,
+          ``b``'s columns ``ldb`` apart): ``kiln_dot1x4_u8s8(&a[p], &b[q], ldb, n, &acc[..])``
+          for four columns, one ``kiln_dot`` per column for fewer;
+        - two rows by two columns (``a``'s rows ``lda`` apart, the same for both columns):
+          ``kiln_dot2x2_u8s8(&a[p], lda, &b[q], ldb, n, &acc[0][0])``.
+
+        None: not such a loop."""
         if not isinstance(loop.extent, int):
             return None
         tile, body = [], loop.body
@@ -159,30 +166,43 @@ class C99Renderer(CRenderer):
             body = body.body
         if not tile or not isinstance(body, Store):
             return None
-        rows = [t for t in tile if t.extent == 1]
-        if len(tile) - len(rows) != 1:
-            return None
-        col = next(t for t in tile if t.extent != 1)
+        wide = [t for t in tile if t.extent != 1]
         acc = self.buffers.get(body.buffer)
-        zero = {t.var.name: Const(0, DType.int64) for t in rows}
         terms = self._dot_terms(body, acc)
-        if terms is None or col.extent > 4 or acc.scope != "local":
+        if terms is None or acc.scope != "local" or not 1 <= len(wide) <= 2:
             return None
-        operands = []
+        zero = {t.var.name: Const(0, DType.int64) for t in tile if t.extent == 1}
+        names = [loop.var.name] + [t.var.name for t in wide]
+        operands = []   # (kind, strides along the tile's wide loops, buffer, start)
         for kind, ld in terms:
             flat = substitute(self._flat_index(ld), zero)
-            strides = _strides(flat, (loop.var.name, col.var.name))
+            strides = _strides(flat, names)
             if strides is None or strides[0] != 1:
                 return None
-            start = substitute(flat, {loop.var.name: Const(0, DType.int64), col.var.name: Const(0, DType.int64)})
-            operands.append((kind, strides[1], ld.buffer, self._index_text(start)))
-        shared = [o for o in operands if o[1] == 0]      # the activations: one run for every column
-        rows_of_b = [o for o in operands if o[1] != 0]   # the weights: one row per column
-        if len(shared) != 1 or len(rows_of_b) != 1 or rows_of_b[0][0] != "s8":
+            start = substitute(flat, {n: Const(0, DType.int64) for n in names})
+            operands.append((kind, strides[1:], ld.buffer, self._index_text(start)))
+        # the weights: one row per column, the same for every row; the activations: the
+        # same run for every column
+        weights = [o for o in operands if o[1][-1] != 0 and all(x == 0 for x in o[1][:-1])]
+        if len(weights) != 1 or weights[0][0] != "s8":
             return None
-        (ka, _, a, pa), (kb, ldb, b, pb) = shared[0], rows_of_b[0]
+        (kb, (*_, ldb), b, pb) = weights[0]
+        (ka, lda, a, pa) = next(o for o in operands if o is not weights[0])
+        col, row = wide[-1], (wide[0] if len(wide) == 2 else None)
+        if lda[-1] != 0 or (row is not None and lda[0] == 0):
+            return None
         names = [getattr(i, "name", None) for i in body.indices]
-        if col.var.name not in names or not set(names) <= set(zero) | {col.var.name}:
+        tile_names = [t.var.name for t in wide]
+        if [n for n in names if n not in zero] != tile_names or not set(names) <= set(zero) | set(tile_names):
+            return None
+        if row is not None:
+            if (row.extent, col.extent) != (2, 2):
+                return None
+            name = f"kiln_dot2x2_{ka}{kb}"
+            self.dot_used.add(name)
+            target = body.buffer + "".join("[0]" for _ in names)
+            return f"{name}(&{a}[{pa}], {lda[0]}, &{b}[{pb}], {ldb}, {loop.extent}, &{target});"
+        if col.extent > 4:
             return None
         target = body.buffer + "".join("[{c}]" if n == col.var.name else "[0]" for n in names)
         if col.extent == 4:

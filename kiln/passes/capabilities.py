@@ -18,6 +18,9 @@ class Capabilities:
     # (rows, columns) of outputs computed together by an integer dot-product kernel; None:
     # one dot product per output (see kiln/passes/dot_schedule.py)
     dot_tile: tuple[int, int] | None = None
+    # the tile of a dot-product stage whose row extent is no multiple of dot_tile's rows
+    # (Cortex-M4/M7: 2 x 2 where pixels pair up, else 1 x 4); None: dot_tile, rows shrunk
+    dot_tile_unpaired: tuple[int, int] | None = None
     # the shortest innermost reduction run that takes the dot tile: shorter ones (a depthwise
     # convolution's taps) keep one dot product per output. 16 on CPUs, whose vector dot
     # products want a whole vector; 4 on Cortex-M, whose dot helpers step by one word (the

@@ -56,7 +56,10 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
             rows_ax, cols_ax = dot_axes(st, caps.min_dot_length)
             amx = amx_rows(st, spatial[rows_ax][1], spatial[cols_ax][1]) if vnni and caps.amx else 0
-            outer = tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), caps.dot_tile, vnni, reduce_work(st), amx)
+            tile = caps.dot_tile
+            if caps.dot_tile_unpaired and not _divides(tile[0], spatial[rows_ax][1]):
+                tile = caps.dot_tile_unpaired
+            outer = tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), tile, vnni, reduce_work(st), amx)
             if caps.threads > 1:  # one core: fused loops would only cost index divisions
                 parallel_outer(sch, outer, work)
         elif st.has_reduce and caps.dot_tile and "channel_macs" in st.hints:
@@ -88,6 +91,10 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     vectorize_scalar_reductions(sch)
     sch.func = cleanup_loops(sch.func)
     return sch
+
+def _divides(d: int, n) -> bool:
+    return isinstance(n, int) and n % d == 0
+
 
 # a depthwise convolution's taps unrolled up to this many (3x3: 9), one accumulator tile live
 UNROLLED_TAPS = 16

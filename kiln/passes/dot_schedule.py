@@ -19,8 +19,10 @@ that share the weights (GEMM rows, output pixels), columns that share the activa
 so each loaded vector feeds C (or R) multiply-adds. Measured on GEMM 1024^3 with
 AVX-512 VNNI, 2 threads: 4.5 ms one dot per output, 2.2 ms with an 8 x 4 tile (AVX2
 only, 16 registers: 9.2 -> 4.1 ms with 8 x 2). The tile size is a target fact
-(``Capabilities.dot_tile``); a target without one (Cortex-M, whose renderer maps the
-single dot-product loop to ``SMLAD``) keeps one dot product per output.
+(``Capabilities.dot_tile``, or ``dot_tile_unpaired`` where its rows do not divide the
+rows: Cortex-M4/M7 take 2 x 2 tiles of pixels and channels, else 1 x 4, which the C99
+renderer prints as calls of kiln_dsp.h's helpers); a target without one keeps one dot
+product per output.
 """
 from __future__ import annotations
 

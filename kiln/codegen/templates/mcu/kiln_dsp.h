@@ -5,6 +5,9 @@
  * kiln_dot1x4_<a><b>(a, b, ldb, n, acc): acc[c] += sum_i a[i] * b[c * ldb + i] for c < 4: one
  *   activation run against four weight rows (four output channels), so each activation word
  *   is loaded and widened once for four dot products instead of once per dot product.
+ * kiln_dot2x2_<a><b>(a, lda, b, ldb, n, acc): acc[2 r + c] += sum_i a[r * lda + i] *
+ *   b[c * ldb + i] for r, c < 2: two pixels by two output channels (the M4/M7's tile where
+ *   pixels pair up), each widened word used twice.
  * kiln_lane_mac4_<a><b>(a, b, acc): acc[c] += a[c] * b[c] for c < 4, lane by lane: four
  *   channels of a depthwise convolution at one tap (channels-last activations, taps-major
  *   weights), one word of each instead of four byte loads (M4/M7: SMLABB/SMLATT on the
@@ -213,6 +216,33 @@ KILN_DOT_DSP(kiln_dot_u8u8, uint8_t, uint8_t, __UXTB16, __UXTB16)
   }
 KILN_DOT1X4_DSP(kiln_dot1x4_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
 KILN_DOT1X4_DSP(kiln_dot1x4_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
+/* Two activation runs (lda apart) against two weight rows (ldb apart): each widened word
+ * serves two sums. Per four bytes: 4 loads, 8 widenings, 8 SMLADs for 16 MACs, where the
+ * 1x4 tile takes 5 loads, 10 widenings, 8 SMLADs; 13 registers, no spill (2x4 needs 17). */
+#define KILN_DOT2X2_DSP(name, ta, tb, XA, XB)                                                 \
+  static inline void name(const ta* a, int32_t lda, const tb* b, int32_t ldb, int32_t n,     \
+                          int32_t* acc) {                                                    \
+    int32_t s00 = acc[0], s01 = acc[1], s10 = acc[2], s11 = acc[3], i = 0;                   \
+    const ta* a1 = a + lda;                                                                  \
+    const tb* b1 = b + ldb;                                                                  \
+    for (; i + 4 <= n; i += 4) {                                                             \
+      uint32_t v0 = kiln_read_u32(a + i), v1 = kiln_read_u32(a1 + i);                        \
+      uint32_t ae0 = XA(v0), ao0 = XA##_ROR8(v0), ae1 = XA(v1), ao1 = XA##_ROR8(v1);         \
+      uint32_t w = kiln_read_u32(b + i), we = XB(w), wo = XB##_ROR8(w);                      \
+      s00 = __SMLAD(ao0, wo, __SMLAD(ae0, we, s00));                                         \
+      s10 = __SMLAD(ao1, wo, __SMLAD(ae1, we, s10));                                         \
+      w = kiln_read_u32(b1 + i), we = XB(w), wo = XB##_ROR8(w);                              \
+      s01 = __SMLAD(ao0, wo, __SMLAD(ae0, we, s01));                                         \
+      s11 = __SMLAD(ao1, wo, __SMLAD(ae1, we, s11));                                         \
+    }                                                                                        \
+    for (; i < n; ++i) {                                                                     \
+      int32_t x0 = a[i], x1 = a1[i];                                                         \
+      s00 += x0 * b[i]; s01 += x0 * b1[i]; s10 += x1 * b[i]; s11 += x1 * b1[i];              \
+    }                                                                                        \
+    acc[0] = s00; acc[1] = s01; acc[2] = s10; acc[3] = s11;                                  \
+  }
+KILN_DOT2X2_DSP(kiln_dot2x2_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
+KILN_DOT2X2_DSP(kiln_dot2x2_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
 /* Bytes 0 and 2 widened into the bottom and top halves of one word, 1 and 3 of another:
  * SMLABB multiplies the bottom halves, SMLATT the top ones. */
 #define KILN_LANE_MAC4_DSP(name, ta, tb, XA, XB)                                              \
@@ -248,6 +278,19 @@ KILN_DOT1X4_C(kiln_dot1x4_s8s8, int8_t, int8_t)
   }
 KILN_LANE_MAC4_C(kiln_lane_mac4_u8s8, uint8_t, int8_t)
 KILN_LANE_MAC4_C(kiln_lane_mac4_s8s8, int8_t, int8_t)
+#endif
+
+#if !(defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP) || (defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1))
+/* The 2x2 tile is the M4/M7's (Helium keeps 1x4: its four-channel epilogue); elsewhere in C */
+#define KILN_DOT2X2_C(name, ta, tb)                                                           \
+  static inline void name(const ta* a, int32_t lda, const tb* b, int32_t ldb, int32_t n,     \
+                          int32_t* acc) {                                                    \
+    for (int32_t r = 0; r < 2; ++r)                                                          \
+      for (int32_t c = 0; c < 2; ++c)                                                        \
+        for (int32_t i = 0; i < n; ++i) acc[2 * r + c] += (int32_t)a[r * lda + i] * (int32_t)b[c * ldb + i]; \
+  }
+KILN_DOT2X2_C(kiln_dot2x2_u8s8, uint8_t, int8_t)
+KILN_DOT2X2_C(kiln_dot2x2_s8s8, int8_t, int8_t)
 #endif
 
 #if !(defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1))
