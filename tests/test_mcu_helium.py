@@ -14,6 +14,7 @@ Whole models through them are checked against the host in tests/test_mcu_int8.py
 tests/test_cortex_m.py."""
 from __future__ import annotations
 
+import re
 import subprocess
 
 import numpy as np
@@ -86,6 +87,30 @@ def test_integer_tile_columns_are_unrolled_only_on_cores_without_a_vector_unit()
     assert _pool_kernel("cortex-m4").count("#pragma GCC unroll 8") == 3
     for target in ("cortex-m55", "cortex-m55:nodsp"):
         assert "#pragma GCC unroll 16" not in _pool_kernel(target)
+
+
+@pytest.mark.parametrize("act", ["int8", "uint8"])
+def test_short_window_rows_are_gathered_into_one_run_on_helium(act):
+    """The 3x4 stem over one channel has window rows of 4 bytes: on the M55 each output
+    pixel's window is copied into a local 3 x 4 tile (``dot_schedule.gather_window``) and
+    one dot product of 12 runs over it, instead of three 4-byte ones; the M4 (a 4-byte step
+    either way) keeps reading rows in place. Bit-identical to the host build under QEMU."""
+    require_toolchain("arm-none-eabi-gcc")
+    require_toolchain("qemu-system-arm")
+    from kiln.frontend.onnx import from_onnx
+    from kiln.passes.integer_io import integer_io
+
+    model = _kws_like(act)
+    cm = kiln.compile(model, target="cortex-m55")
+    c = cm.files["model.c"]
+    tile = re.search(r"int8_t (\w+__xu_tile)\[1\]\[3\]\[4\]", c)
+    assert tile and re.search(rf"kiln_dot1x4_\w+\(&{tile.group(1)}\[0\]\[0\]\[0\], &in1\[[^;]*, 12, 12, ", c)
+    assert "__xu_tile" not in kiln.compile(model, target="cortex-m4").files["model.c"]
+    host = kiln.compile(integer_io(from_onnx(model))[0], target="host")
+    info = np.iinfo(np.uint8 if act == "uint8" else np.int8)
+    xs = [{"x": RNG.integers(info.min, info.max + 1, (1, 1, 8, 6)).astype(info.dtype)} for _ in range(3)]
+    for x, out in zip(xs, cm.build().run_batch(xs)):
+        assert np.array_equal(out["y"], host.run(x)["y"])
 
 
 def test_helium_staging_reads_uint8_dot_products_as_int8_and_depthwise_as_stored():

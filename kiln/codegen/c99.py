@@ -35,7 +35,7 @@ from dataclasses import replace
 from kiln.codegen.c import CRenderer
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Load, Var, linear_terms, row_major, substitute, walk
+from kiln.ir.expr import Bin, Cast, Const, Load, Var, linear_terms, row_major, simplify, substitute, walk
 from kiln.ir.loop import SERIAL, For, Store
 from kiln.ir.ops.qlinear import requant_high_word, to_domain
 
@@ -168,19 +168,19 @@ class C99Renderer(CRenderer):
             return None
         wide = [t for t in tile if t.extent != 1]
         acc = self.buffers.get(body.buffer)
-        terms = self._dot_terms(body, acc)
+        terms = self._dot_terms(body, acc, local_operands=True)
         if terms is None or acc.scope != "local" or not 1 <= len(wide) <= 2:
             return None
         zero = {t.var.name: Const(0, DType.int64) for t in tile if t.extent == 1}
         names = [loop.var.name] + [t.var.name for t in wide]
         operands = []   # (kind, strides along the tile's wide loops, buffer, start)
         for kind, ld in terms:
-            flat = substitute(self._flat_index(ld), zero)
+            flat = simplify(substitute(self._flat_index(ld), zero))
             strides = _strides(flat, names)
             if strides is None or strides[0] != 1:
                 return None
-            start = substitute(flat, {n: Const(0, DType.int64) for n in names})
-            operands.append((kind, strides[1:], ld.buffer, self._index_text(start)))
+            start = simplify(substitute(flat, {n: Const(0, DType.int64) for n in names}))
+            operands.append((kind, strides[1:], ld.buffer, self._pointer(ld.buffer, start)))
         # the weights: one row per column, the same for every row; the activations: the
         # same run for every column
         weights = [o for o in operands if o[1][-1] != 0 and all(x == 0 for x in o[1][:-1])]
@@ -201,17 +201,17 @@ class C99Renderer(CRenderer):
             name = f"kiln_dot2x2_{ka}{kb}"
             self.dot_used.add(name)
             target = body.buffer + "".join("[0]" for _ in names)
-            return f"{name}(&{a}[{pa}], {lda[0]}, &{b}[{pb}], {ldb}, {loop.extent}, &{target});"
+            return f"{name}({pa}, {lda[0]}, {pb}, {ldb}, {loop.extent}, &{target});"
         if col.extent > 4:
             return None
         target = body.buffer + "".join("[{c}]" if n == col.var.name else "[0]" for n in names)
         if col.extent == 4:
             name = f"kiln_dot1x4_{ka}{kb}"
             self.dot_used.add(name)
-            return f"{name}(&{a}[{pa}], &{b}[{pb}], {ldb}, {loop.extent}, &{target.format(c=0)});"
+            return f"{name}({pa}, {pb}, {ldb}, {loop.extent}, &{target.format(c=0)});"
         name = f"kiln_dot_{ka}{kb}"
         self.dot_used.add(name)
-        return " ".join(f"{target.format(c=c)} += {name}(&{a}[{pa}], &{b}[({pb}) + {c * ldb}], {loop.extent});"
+        return " ".join(f"{target.format(c=c)} += {name}({pa}, {pb}{f' + {c * ldb}' if c else ''}, {loop.extent});"
                         for c in range(col.extent))
 
     def mac_tile_call(self, loop: For) -> str | None:
@@ -286,6 +286,15 @@ class C99Renderer(CRenderer):
         self.dot_used.add(name)
         return f"{name}({start}, &{self._index_text(Load(body.buffer, first, acc.dtype))}, {loop.extent});"
 
+    def _pointer(self, buffer: str, flat) -> str:
+        """``&buf[p]`` for a flat index ``p``; a local array of several dimensions (a gathered
+        window) as ``&buf[0][0] + p``."""
+        text = self._index_text(flat)
+        dims = len(self.buffers[buffer].shape)
+        if self.buffers[buffer].scope == "local" and dims > 1:
+            return f"&{buffer}{'[0]' * dims}" + (f" + {text}" if text != "0" else "")
+        return f"&{buffer}[{text}]"
+
     def _run_start(self, ld: Load, var: str) -> str | None:
         """``&buf[p]``: where a load from a global buffer starts when it moves one element
         per step of ``var``; None otherwise (a local buffer, or another stride)."""
@@ -316,9 +325,10 @@ class C99Renderer(CRenderer):
             operands.reverse()
         return operands
 
-    def _dot_terms(self, body: Store, acc):
+    def _dot_terms(self, body: Store, acc, local_operands: bool = False):
         """The two 8-bit loads of ``acc[..] = acc[..] + (int32)x * (int32)y`` as (kind, load),
-        or None."""
+        or None. Loads from local buffers only with ``local_operands`` (a window gathered
+        into a tile, ``dot_schedule.gather_window``)."""
         v = body.value
         if (acc is None or acc.dtype is not DType.int32 or not isinstance(v, Bin) or v.op != "add"
                 or not isinstance(v.a, Load) or v.a.buffer != body.buffer or v.a.indices != body.indices):
@@ -337,7 +347,7 @@ class C99Renderer(CRenderer):
                 return None
             buf = self.buffers[ld.buffer]
             kind = "x8" if flipped else _DOT_TYPES.get(buf.dtype)
-            if kind is None or buf.scope == "local" or self._flat_index(ld) is None:
+            if kind is None or (buf.scope == "local" and not local_operands) or self._flat_index(ld) is None:
                 return None
             out.append((kind, ld))
         return out

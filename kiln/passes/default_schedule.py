@@ -22,7 +22,8 @@ from kiln.ir.expr import linear_terms
 from kiln.ir.loop import For, Seq, walk_stmts
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.passes.capabilities import DEFAULT_CAPABILITIES, Capabilities
-from kiln.passes.dot_schedule import CHANNEL_MACS, amx_rows, copy_in_runs, dot_axes, stage_channels_last, tile_dot_reduction
+from kiln.passes.dot_schedule import (CHANNEL_MACS, amx_rows, copy_in_runs, dot_axes, gather_window,
+                                     stage_channels_last, tile_dot_reduction)
 from kiln.passes.hoist_loads import cleanup_loops
 from kiln.passes.injective_schedule import plain_injective, schedule_injective
 from kiln.passes.loop_nests import (PARALLEL_MIN_WORK, TARGET_PARALLEL_EXTENT, extents, fuse_parallel,
@@ -60,6 +61,8 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
             if caps.dot_tile_unpaired and not _divides(tile[0], spatial[rows_ax][1]):
                 tile = caps.dot_tile_unpaired
             outer = tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), tile, vnni, reduce_work(st), amx)
+            if caps.window_tiles and tile[0] == 1:
+                gather_window(sch, outer, rows_ax)
             if caps.threads > 1:  # one core: fused loops would only cost index divisions
                 parallel_outer(sch, outer, work)
         elif st.has_reduce and caps.dot_tile and "channel_macs" in st.hints:

@@ -266,7 +266,7 @@ static __attribute__((noinline)) void kernel_16(const uint8_t* restrict in0, con
           acc0[i0_i_init][i1_i_init] = in2[((i1_o * 3) + i1_i_init)];
         }
       }
-      acc0[0][0] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 0], 64); acc0[0][1] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 64], 64); acc0[0][2] += kiln_dot_u8s8(&in0[(((i0_o + 0) * 64) + 0)], &in1[(((((i1_o * 3) + 0) * 64) + 0)) + 128], 64);
+      acc0[0][0] += kiln_dot_u8s8(&in0[(i0_o * 64)], &in1[((i1_o * 3) * 64)], 64); acc0[0][1] += kiln_dot_u8s8(&in0[(i0_o * 64)], &in1[((i1_o * 3) * 64)] + 64, 64); acc0[0][2] += kiln_dot_u8s8(&in0[(i0_o * 64)], &in1[((i1_o * 3) * 64)] + 128, 64);
       #pragma GCC unroll 1
       for (int32_t i0_i_wb = 0; i0_i_wb < 1; ++i0_i_wb) {
         #pragma GCC unroll 3

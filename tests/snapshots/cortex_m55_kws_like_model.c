@@ -127,6 +127,14 @@ static __attribute__((noinline)) void kernel_0(const int8_t* restrict in0, const
   for (int32_t i3 = 0; i3 < 1; ++i3) {
     for (int32_t i4 = 0; i4 < 8; ++i4) {
       for (int32_t i5_o = 0; i5_o < 6; ++i5_o) {
+        int8_t out0__xu_tile[1][3][4] __attribute__((aligned(64)));
+        for (int32_t out0__xu_rd0 = 0; out0__xu_rd0 < 1; ++out0__xu_rd0) {
+          for (int32_t out0__xu_rd1 = 0; out0__xu_rd1 < 3; ++out0__xu_rd1) {
+            for (int32_t out0__xu_rd2 = 0; out0__xu_rd2 < 4; ++out0__xu_rd2) {
+              out0__xu_tile[out0__xu_rd0][out0__xu_rd1][out0__xu_rd2] = out0__xu[(((((i3 + out0__xu_rd0) * 10) + (i4 + out0__xu_rd1)) * 9) + (i5_o + out0__xu_rd2))];
+            }
+          }
+        }
         for (int32_t i6_o = 0; i6_o < 4; ++i6_o) {
           int32_t acc0[1][4] __attribute__((aligned(64)));
           #pragma GCC unroll 1
@@ -136,9 +144,7 @@ static __attribute__((noinline)) void kernel_0(const int8_t* restrict in0, const
               acc0[i5_i_init][i6_i_init] = in2[((i6_o * 4) + i6_i_init)];
             }
           }
-          for (int32_t i7 = 0; i7 < 3; ++i7) {
-            kiln_dot1x4_s8s8(&out0__xu[((((i3 * 10) + (i4 + i7)) * 9) + ((i5_o + 0) + 0))], &in1[((((((i6_o * 4) + 0) * 3) + i7) * 4) + 0)], 12, 4, &acc0[0][0]);
-          }
+          kiln_dot1x4_s8s8(&out0__xu_tile[0][0][0], &in1[(((i6_o * 4) * 3) * 4)], 12, 12, &acc0[0][0]);
           #pragma GCC unroll 1
           for (int32_t i5_i_wb = 0; i5_i_wb < 1; ++i5_i_wb) {
             kiln_requant4_s8(&acc0[i5_i_wb][0], &in3[((i6_o * 4) + 0)], &in4[((i6_o * 4) + 0)], -128, -128, 127, &out0[((((((i3 * 10) + (i4 + 1)) * 8) + ((i5_o + i5_i_wb) + 1)) * 16) + ((i6_o * 4) + 0))]);
@@ -198,7 +204,7 @@ static __attribute__((noinline)) void kernel_2(const int8_t* restrict in0, const
             }
           }
           for (int32_t i4 = 0; i4 < 1; ++i4) {
-            kiln_dot1x4_s8s8(&in0[((((((i0 * 8) + (i1 + i4)) * 6) + (i2_o + 0)) * 16) + 0)], &in1[((((((i3_o * 4) + 0) * 1) + i4) * 16) + 0)], 16, 16, &acc0[0][0]);
+            kiln_dot1x4_s8s8(&in0[(((((i0 * 8) + (i1 + i4)) * 6) + i2_o) * 16)], &in1[(((i3_o * 4) + i4) * 16)], 16, 16, &acc0[0][0]);
           }
           #pragma GCC unroll 1
           for (int32_t i2_i_wb = 0; i2_i_wb < 1; ++i2_i_wb) {
@@ -255,7 +261,7 @@ static __attribute__((noinline)) void kernel_4(const int8_t* restrict in0, const
           acc0[i0_i_init][i1_i_init] = in2[((i1_o * 4) + i1_i_init)];
         }
       }
-      kiln_dot1x4_s8s8(&in0[(((i0_o + 0) * 16) + 0)], &in1[((((i1_o * 4) + 0) * 16) + 0)], 16, 16, &acc0[0][0]);
+      kiln_dot1x4_s8s8(&in0[(i0_o * 16)], &in1[((i1_o * 4) * 16)], 16, 16, &acc0[0][0]);
       #pragma GCC unroll 1
       for (int32_t i0_i_wb = 0; i0_i_wb < 1; ++i0_i_wb) {
         kiln_requant4_s8(&acc0[i0_i_wb][0], &in3[((i1_o * 4) + 0)], &in4[((i1_o * 4) + 0)], 63, -128, 127, &out0[(((i0_o + i0_i_wb) * 4) + ((i1_o * 4) + 0))]);
