@@ -193,13 +193,20 @@ def stage_channels_last(sch: Schedule, spatial, channels: int, work: int) -> Non
         sch.parallel(name)
 
 
-# A window whose rows are shorter than this many bytes (one Helium step), and a multiple of
-# this many, is gathered into one run per pixel. Rows of 4 (the DS-CNN's 10x4 stem over one
-# channel) each took a four-lane step: M55 304,718 -> 172,086 instructions. Rows of 9 (VWW's
-# 3x3 RGB stem) went 598,170 -> 623,676: the run of 27 ends in three scalar MACs, and the
-# copy serves only two tiles of channels.
+# A window whose rows are shorter than this many bytes (one Helium step) is gathered into
+# one run per pixel when the dot-product steps that saves (each 16, 8 or 4 lanes, or one
+# scalar MAC: ``helium_steps``), over all tiles of channels, outnumber the words copied.
+# Rows of 4 (the DS-CNN's 10x4 stem over one channel: ten four-lane steps, three over the
+# gathered 40 bytes, 16 tiles): M55 304,718 -> 172,086 instructions. Rows of 9 (VWW's 3x3
+# RGB stem: 3 x (8 + 1) steps against 16 + 8 + 3 x 1, one saved in each of 2 tiles, 9
+# words copied) went 598,170 -> 623,676.
 SHORT_WINDOW_ROW = 16
-WINDOW_ROW_WORD = 4
+
+
+def helium_steps(n: int) -> int:
+    """Steps of kiln_dsp.h's Helium dot product over ``n`` bytes: 16-, 8- and 4-lane ones,
+    then one per byte."""
+    return n // 16 + n % 16 // 8 + n % 8 // 4 + n % 4
 
 
 def gather_window(sch: Schedule, outer, rows_ax: int) -> None:
@@ -210,8 +217,12 @@ def gather_window(sch: Schedule, outer, rows_ax: int) -> None:
     tile is one contiguous run, read by one dot product."""
     loops = reduction_loops(sch, outer[-1][0])
     red = loops[:-2]   # (the tile's rows and columns last)
-    if (len(red) != 2 or not all(isinstance(n, int) for _, n in red) or red[0][1] == 1
-            or red[-1][1] >= SHORT_WINDOW_ROW or red[-1][1] % WINDOW_ROW_WORD):
+    if len(red) != 2 or not all(isinstance(n, int) for _, n in red) or red[-1][1] >= SHORT_WINDOW_ROW:
+        return
+    (_, rows), (_, run) = red
+    tiles = outer[-1][1]
+    saved = rows * helium_steps(run) - helium_steps(rows * run)
+    if not isinstance(tiles, int) or tiles * saved <= rows * -(-run // 4):
         return
     src = _window_source(sch, outer[-1][0], red[-1][0])
     if src is None:
