@@ -113,6 +113,42 @@ def test_short_window_rows_are_gathered_into_one_run_on_helium(act):
         assert np.array_equal(out["y"], host.run(x)["y"])
 
 
+def _rgb_stem(channels: int):
+    """conv 3x3 stride 2 over 3 channels (window rows of 9 bytes) -> ReLU, int8."""
+    from onnx import TensorProto as TP, helper, numpy_helper as nh
+
+    w = (RNG.standard_normal((channels, 3, 3, 3)) / 5).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1] * 4, strides=[2, 2]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, channels, 4, 4])],
+                          initializer=[nh.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return kiln.quantize(model, {"x": RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)}, method="minmax")
+
+
+def test_a_window_is_gathered_only_where_the_steps_saved_outnumber_the_words_copied():
+    """Rows of 9 bytes (3x3 over RGB): a run per row is 3 x (8 + 1) Helium steps, one run
+    of 27 is 16 + 8 + 3 x 1, one step saved per tile of four channels against nine words
+    copied per pixel: 8 channels (VWW's stem) read rows in place, 64 gather."""
+    from kiln.passes.dot_schedule import helium_steps
+
+    require_toolchain("arm-none-eabi-gcc")
+    require_toolchain("qemu-system-arm")
+    from kiln.frontend.onnx import from_onnx
+    from kiln.passes.integer_io import integer_io
+
+    assert [helium_steps(n) for n in (4, 9, 12, 27, 40)] == [1, 2, 2, 5, 3]
+    assert "__xu_tile" not in kiln.compile(_rgb_stem(8), target="cortex-m55").files["model.c"]
+    model = _rgb_stem(64)
+    cm = kiln.compile(model, target="cortex-m55")
+    assert "__xu_tile[1][3][9]" in cm.files["model.c"]
+    host = kiln.compile(integer_io(from_onnx(model))[0], target="host")   # 16 + 8 lanes + 3 bytes
+    xs = [{"x": RNG.integers(0, 256, (1, 3, 8, 8)).astype(np.uint8)} for _ in range(2)]
+    for x, out in zip(xs, cm.build().run_batch(xs)):
+        assert np.array_equal(out["y"], host.run(x)["y"])
+
+
 def test_helium_staging_reads_uint8_dot_products_as_int8_and_depthwise_as_stored():
     before = _integer_graph(_kws_like("uint8"))
     after = stage_activations_helium(before)
