@@ -80,13 +80,18 @@ def test_dot_products_run_in_tiles_that_share_each_load():
     by two output channels where the rows pair up (``kiln_dot2x2``: each widened word feeds
     two sums), else one row by four channels (``dot_tile_unpaired``; ``kiln_dot1x4``, the
     activation row read once for four weight rows); on the M55 always one by four (its
-    four-lane epilogue). A tile of three columns (n = 6) is three ``kiln_dot`` calls.
+    four-lane epilogue). A tile of three columns (n = 6) is three ``kiln_dot`` calls, one of
+    two ``kiln_dot1x2`` (Helium: two ``kiln_dot``).
     ``nodsp`` keeps the plain loops and no window copies are staged
     (``Capabilities.window_copies``: the arena does not grow)."""
     c = kiln.compile(_qmatmul_model(40, 8), target="cortex-m4").files["model.c"]   # 3 rows
     assert "kiln_dot1x4_u8s8(" in c and "kiln_dot_u8s8(" not in c and "kiln_dot2x2" not in c
     c = kiln.compile(_qmatmul_model(40, 6), target="cortex-m4").files["model.c"]
     assert c.count("kiln_dot_u8s8(") == 3 and "kiln_dot1x4" not in c  # 6 columns: tiles of 3
+    c = kiln.compile(_qmatmul_model(40, 10), target="cortex-m4").files["model.c"]
+    assert "kiln_dot1x2_u8s8(" in c and "kiln_dot_u8s8(" not in c      # 10 columns: tiles of 2
+    c = kiln.compile(_qmatmul_model(40, 10), target="cortex-m55").files["model.c"]
+    assert c.count("kiln_dot_x8s8(") == 2 and "kiln_dot1x2" not in c   # Helium: no gain
     for target in ("cortex-m4", "cortex-m7"):
         c = kiln.compile(_qmatmul_model(40, 8, rows=4), target=target).files["model.c"]
         # rows 40 bytes apart, weight rows 40 apart, 40 long
@@ -327,11 +332,13 @@ def _pool_softmax_qdq(act=np.int8) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
-@pytest.mark.parametrize("k,n,rows", [(16, 8, 3), (20, 4, 3), (37, 12, 3), (24, 6, 3), (37, 6, 4), (64, 4, 2)])
+@pytest.mark.parametrize("k,n,rows", [(16, 8, 3), (20, 4, 3), (37, 12, 3), (24, 6, 3), (37, 6, 4), (64, 4, 2),
+                                      (37, 10, 1)])
 def test_dot_product_tiles_match_host_exactly(arm, target, k, n, rows):
-    """The 1x4 helper (SMLAD on M4, VMLADAVA on M55), the M4's 2x2 (even rows) and their
-    tails: k not a multiple of the 4 or 8 bytes a step takes, n a multiple of 4 or not (6:
-    tiles of three single dot products on one row, of two columns on two)."""
+    """The 1x4 helper (SMLAD on M4, VMLADAVA on M55), the M4's 2x2 (even rows), 1x2 (10
+    columns on one row) and their tails: k not a multiple of the 4 or 8 bytes a step takes,
+    n a multiple of 4 or not (6: tiles of three single dot products on one row, of two
+    columns on two)."""
     from kiln.frontend.onnx import from_onnx
     from kiln.passes.integer_io import integer_io
 

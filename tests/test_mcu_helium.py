@@ -218,7 +218,7 @@ HARNESS = """\
 #include <stdint.h>
 #include "kiln_semihost.h"
 #include "kiln_dsp.h"
-#define DOTS 23
+#define DOTS 27
 {arrays}
 static int8_t out_s8[{n}];
 static uint8_t out_u8[{n}];
@@ -246,6 +246,8 @@ int main(void) {{
     kiln_dot1x4_u8s8(x_u8, w_s8, ldb, run[r], &d[11]);
     kiln_dot2x2_s8s8(x_s8, ldb, w_s8, ldb, run[r], &d[15]);  /* two rows ldb apart, two columns */
     kiln_dot2x2_u8s8(x_u8, ldb, w_s8, ldb, run[r], &d[19]);
+    kiln_dot1x2_s8s8(x_s8, w_s8, ldb, run[r], &d[23]);       /* two columns */
+    kiln_dot1x2_u8s8(x_u8, w_s8, ldb, run[r], &d[25]);
   }}
   for (int32_t i = 0; i < {n}; i += 4) {{  /* depthwise taps, lane by lane */
     kiln_lane_mac4_s8s8(&x_s8[i], &w_s8[i], &lanes[i]);
@@ -305,6 +307,7 @@ def _reference(ops):
 
     dots = [[x[:n] @ w[:n] for x in xs] + [r + x[:n] @ row(w, c, n) for x in xs for c in range(4)]
             + [r + row(x, i, n) @ row(w, c, n) for x in xs[1:] for i in range(2) for c in range(2)]
+            + [r + x[:n] @ row(w, c, n) for x in xs[1:] for c in range(2)]
             for r, n in enumerate(RUNS)]
     lanes = ops["x_s8"] * w[:N] + ops["x_u8"] * w[:N]
     return (np.array(s8, np.int8), np.array(u8, np.uint8), sums.astype(np.int32), np.array(dots, np.int32).ravel(),

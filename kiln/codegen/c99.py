@@ -153,7 +153,8 @@ class C99Renderer(CRenderer):
 
         - one row by C columns (loops of extent 1 and C; ``a`` the same for every column,
           ``b``'s columns ``ldb`` apart): ``kiln_dot1x4_u8s8(&a[p], &b[q], ldb, n, &acc[..])``
-          for four columns, one ``kiln_dot`` per column for fewer;
+          for four columns, ``kiln_dot1x2`` for two (but x8 operands, Helium's, where
+          it saves nothing), one ``kiln_dot`` per column otherwise;
         - two rows by two columns (``a``'s rows ``lda`` apart, the same for both columns):
           ``kiln_dot2x2_u8s8(&a[p], lda, &b[q], ldb, n, &acc[0][0])``.
 
@@ -205,8 +206,8 @@ class C99Renderer(CRenderer):
         if col.extent > 4:
             return None
         target = body.buffer + "".join("[{c}]" if n == col.var.name else "[0]" for n in names)
-        if col.extent == 4:
-            name = f"kiln_dot1x4_{ka}{kb}"
+        if col.extent == 4 or (col.extent == 2 and ka != "x8"):   # (x8 is Helium's: 1x2 saves nothing)
+            name = f"kiln_dot1x{col.extent}_{ka}{kb}"
             self.dot_used.add(name)
             return f"{name}({pa}, {pb}, {ldb}, {loop.extent}, &{target.format(c=0)});"
         name = f"kiln_dot_{ka}{kb}"

@@ -5,6 +5,7 @@
  * kiln_dot1x4_<a><b>(a, b, ldb, n, acc): acc[c] += sum_i a[i] * b[c * ldb + i] for c < 4: one
  *   activation run against four weight rows (four output channels), so each activation word
  *   is loaded and widened once for four dot products instead of once per dot product.
+ * kiln_dot1x2_<a><b>(a, b, ldb, n, acc): the same for two output channels.
  * kiln_dot2x2_<a><b>(a, lda, b, ldb, n, acc): acc[2 r + c] += sum_i a[r * lda + i] *
  *   b[c * ldb + i] for r, c < 2: two pixels by two output channels (the M4/M7's tile where
  *   pixels pair up), each widened word used twice.
@@ -216,6 +217,22 @@ KILN_DOT_DSP(kiln_dot_u8u8, uint8_t, uint8_t, __UXTB16, __UXTB16)
   }
 KILN_DOT1X4_DSP(kiln_dot1x4_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
 KILN_DOT1X4_DSP(kiln_dot1x4_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
+/* Two output channels (a classifier's two or ten): the activation word widened once. */
+#define KILN_DOT1X2_DSP(name, ta, tb, XA, XB)                                                 \
+  static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
+    int32_t s0 = acc[0], s1 = acc[1], i = 0;                                                 \
+    const tb* b1 = b + ldb;                                                                  \
+    for (; i + 4 <= n; i += 4) {                                                             \
+      uint32_t va = kiln_read_u32(a + i);                                                    \
+      uint32_t ae = XA(va), ao = XA##_ROR8(va);                                              \
+      KILN_MAC4_DSP(s0, kiln_read_u32(b + i), XB, ae, ao);                                   \
+      KILN_MAC4_DSP(s1, kiln_read_u32(b1 + i), XB, ae, ao);                                  \
+    }                                                                                        \
+    for (; i < n; ++i) { int32_t x = a[i]; s0 += x * b[i]; s1 += x * b1[i]; }                \
+    acc[0] = s0; acc[1] = s1;                                                                \
+  }
+KILN_DOT1X2_DSP(kiln_dot1x2_u8s8, uint8_t, int8_t, __UXTB16, __SXTB16)
+KILN_DOT1X2_DSP(kiln_dot1x2_s8s8, int8_t, int8_t, __SXTB16, __SXTB16)
 /* Two activation runs (lda apart) against two weight rows (ldb apart): each widened word
  * serves two sums. Per four bytes: 4 loads, 8 widenings, 8 SMLADs for 16 MACs, where the
  * 1x4 tile takes 5 loads, 10 widenings, 8 SMLADs; 13 registers, no spill (2x4 needs 17). */
@@ -291,6 +308,14 @@ KILN_LANE_MAC4_C(kiln_lane_mac4_s8s8, int8_t, int8_t)
   }
 KILN_DOT2X2_C(kiln_dot2x2_u8s8, uint8_t, int8_t)
 KILN_DOT2X2_C(kiln_dot2x2_s8s8, int8_t, int8_t)
+/* (Helium: two kiln_dot runs cost what one shared activation load saves) */
+#define KILN_DOT1X2_C(name, dot, ta, tb)                                                      \
+  static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
+    acc[0] += dot(a, b, n);                                                                  \
+    acc[1] += dot(a, b + ldb, n);                                                            \
+  }
+KILN_DOT1X2_C(kiln_dot1x2_u8s8, kiln_dot_u8s8, uint8_t, int8_t)
+KILN_DOT1X2_C(kiln_dot1x2_s8s8, kiln_dot_s8s8, int8_t, int8_t)
 #endif
 
 #if !(defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1))
