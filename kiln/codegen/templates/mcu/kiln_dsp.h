@@ -199,19 +199,19 @@ KILN_DOT_DSP(kiln_dot_u8u8, uint8_t, uint8_t, __UXTB16, __UXTB16)
   do { uint32_t w_ = (w); sum = __SMLAD(ae, XB(w_), sum); sum = __SMLAD(ao, XB##_ROR8(w_), sum); } while (0)
 #define KILN_DOT1X4_DSP(name, ta, tb, XA, XB)                                                 \
   static inline void name(const ta* a, const tb* b, int32_t ldb, int32_t n, int32_t* acc) {  \
-    int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], i = 0;                       \
-    const tb *b1 = b + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;                                  \
-    for (; i + 4 <= n; i += 4) {                                                             \
-      uint32_t va = kiln_read_u32(a + i);                                                    \
+    int32_t s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3];                              \
+    const ta* end = a + (n & ~3);                                                            \
+    for (; a != end; a += 4, b += 4) {                                                       \
+      uint32_t va = kiln_read_u32(a);                                                        \
       uint32_t ae = XA(va), ao = XA##_ROR8(va);          /* bytes 0, 2 and 1, 3 */           \
-      KILN_MAC4_DSP(s0, kiln_read_u32(b + i), XB, ae, ao);                                   \
-      KILN_MAC4_DSP(s1, kiln_read_u32(b1 + i), XB, ae, ao);                                  \
-      KILN_MAC4_DSP(s2, kiln_read_u32(b2 + i), XB, ae, ao);                                  \
-      KILN_MAC4_DSP(s3, kiln_read_u32(b3 + i), XB, ae, ao);                                  \
+      KILN_MAC4_DSP(s0, kiln_read_u32(b), XB, ae, ao);                                       \
+      KILN_MAC4_DSP(s1, kiln_read_u32(b + ldb), XB, ae, ao);                                 \
+      KILN_MAC4_DSP(s2, kiln_read_u32(b + 2 * ldb), XB, ae, ao);                             \
+      KILN_MAC4_DSP(s3, kiln_read_u32(b + 3 * ldb), XB, ae, ao);                             \
     }                                                                                        \
-    for (; i < n; ++i) {                                                                     \
+    for (int32_t i = 0; i < (n & 3); ++i) {                                                  \
       int32_t x = a[i];                                                                      \
-      s0 += x * b[i]; s1 += x * b1[i]; s2 += x * b2[i]; s3 += x * b3[i];                     \
+      s0 += x * b[i]; s1 += x * b[ldb + i]; s2 += x * b[2 * ldb + i]; s3 += x * b[3 * ldb + i]; \
     }                                                                                        \
     acc[0] = s0; acc[1] = s1; acc[2] = s2; acc[3] = s3;                                      \
   }
