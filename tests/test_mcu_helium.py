@@ -113,18 +113,18 @@ def test_short_window_rows_are_gathered_into_one_run_on_helium(act):
         assert np.array_equal(out["y"], host.run(x)["y"])
 
 
-def _rgb_stem(channels: int):
-    """conv 3x3 stride 2 over 3 channels (window rows of 9 bytes) -> ReLU, int8."""
+def _rgb_stem(channels: int, inputs: int = 3):
+    """conv 3x3 stride 2 over ``inputs`` channels (window rows of 3 x inputs bytes) -> ReLU."""
     from onnx import TensorProto as TP, helper, numpy_helper as nh
 
-    w = (RNG.standard_normal((channels, 3, 3, 3)) / 5).astype(np.float32)
+    w = (RNG.standard_normal((channels, inputs, 3, 3)) / 5).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1] * 4, strides=[2, 2]),
              helper.make_node("Relu", ["a"], ["y"])]
-    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 3, 8, 8])],
+    g = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TP.FLOAT, [1, inputs, 8, 8])],
                           [helper.make_tensor_value_info("y", TP.FLOAT, [1, channels, 4, 4])],
                           initializer=[nh.from_array(w, "w")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    return kiln.quantize(model, {"x": RNG.standard_normal((8, 3, 8, 8)).astype(np.float32)}, method="minmax")
+    return kiln.quantize(model, {"x": RNG.standard_normal((8, inputs, 8, 8)).astype(np.float32)}, method="minmax")
 
 
 def test_a_window_is_gathered_only_where_the_steps_saved_outnumber_the_words_copied():
@@ -140,13 +140,16 @@ def test_a_window_is_gathered_only_where_the_steps_saved_outnumber_the_words_cop
 
     assert [helium_steps(n) for n in (4, 9, 12, 27, 40)] == [1, 2, 2, 5, 3]
     assert "__xu_tile" not in kiln.compile(_rgb_stem(8), target="cortex-m55").files["model.c"]
-    model = _rgb_stem(64)
-    cm = kiln.compile(model, target="cortex-m55")
-    assert "__xu_tile[1][3][9]" in cm.files["model.c"]
-    host = kiln.compile(integer_io(from_onnx(model))[0], target="host")   # 16 + 8 lanes + 3 bytes
-    xs = [{"x": RNG.integers(0, 256, (1, 3, 8, 8)).astype(np.uint8)} for _ in range(2)]
-    for x, out in zip(xs, cm.build().run_batch(xs)):
-        assert np.array_equal(out["y"], host.run(x)["y"])
+    # 64 channels gather their 27 bytes (16 + 8 lanes + 3 bytes); one input channel (rows of
+    # 3, shorter than a dot step: no dot tile without the gathering) its 9 bytes
+    for inputs, channels, tile, run in ((3, 64, "[1][3][9]", 27), (1, 8, "[1][3][3]", 9)):
+        model = _rgb_stem(channels, inputs)
+        cm = kiln.compile(model, target="cortex-m55")
+        assert f"__xu_tile{tile}" in cm.files["model.c"] and f", {run}, {run}, &acc0" in cm.files["model.c"]
+        host = kiln.compile(integer_io(from_onnx(model))[0], target="host")
+        xs = [{"x": RNG.integers(0, 256, (1, inputs, 8, 8)).astype(np.uint8)} for _ in range(2)]
+        for x, out in zip(xs, cm.build().run_batch(xs)):
+            assert np.array_equal(out["y"], host.run(x)["y"])
 
 
 def test_helium_staging_reads_uint8_dot_products_as_int8_and_depthwise_as_stored():

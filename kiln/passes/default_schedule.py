@@ -53,9 +53,9 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         if not spatial:
             continue
         work = shape_size(st.shape) * reduce_work(st)
-        if st.has_reduce and caps.dot_tile and dot_axes(st, caps.min_dot_length):
+        if st.has_reduce and caps.dot_tile and dot_axes(st, caps.min_dot_length, caps.window_tiles):
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
-            rows_ax, cols_ax = dot_axes(st, caps.min_dot_length)
+            rows_ax, cols_ax = dot_axes(st, caps.min_dot_length, caps.window_tiles)
             amx = amx_rows(st, spatial[rows_ax][1], spatial[cols_ax][1]) if vnni and caps.amx else 0
             tile = caps.dot_tile
             if caps.dot_tile_unpaired and not _divides(tile[0], spatial[rows_ax][1]):

@@ -37,17 +37,32 @@ from kiln.passes.loop_nests import PARALLEL_MIN_WORK, largest_divisor, reduction
 # gains nothing from vector dot products; the plain schedule is kept.
 MIN_DOT_LENGTH = 16
 
+# A window whose rows are shorter than this many bytes (one Helium step) is gathered into
+# one run per pixel when the dot-product steps that saves (each 16, 8 or 4 lanes, or one
+# scalar MAC: ``helium_steps``), over all tiles of channels, outnumber the words copied.
+# Rows of 4 (the DS-CNN's 10x4 stem over one channel: ten four-lane steps, three over the
+# gathered 40 bytes, 16 tiles): M55 304,718 -> 172,086 instructions. Rows of 9 (VWW's 3x3
+# RGB stem: 3 x (8 + 1) steps against 16 + 8 + 3 x 1, one saved in each of 2 tiles, 9
+# words copied) went 598,170 -> 623,676.
+SHORT_WINDOW_ROW = 16
 
-def dot_axes(stage: Stage, min_length: int = MIN_DOT_LENGTH) -> tuple[int, int] | None:
+
+def dot_axes(stage: Stage, min_length: int = MIN_DOT_LENGTH, windows: bool = False) -> tuple[int, int] | None:
     """(rows axis, columns axis) of a dot-product stage -- its ``dot`` hint: the output
     axes sharing weights and sharing activations. None for other stages and for reductions
-    whose innermost run is shorter than ``min_length`` (``Capabilities.min_dot_length``)."""
+    whose innermost run is shorter than ``min_length`` (``Capabilities.min_dot_length``),
+    unless ``windows`` (``Capabilities.window_tiles``) may gather a window of two axes into
+    one run that long (``gather_window``)."""
     axes = stage.hints.get("dot")
     red = next((x for x in walk(stage.body) if isinstance(x, Reduce)), None)
     if axes is None or red is None:
         return None
-    n = red.axes[-1][1]
-    return tuple(axes) if isinstance(n, int) and n >= min_length else None
+    extents = [n for _, n in red.axes]
+    if not all(isinstance(n, int) for n in extents):
+        return None
+    if windows and len(extents) == 2 and extents[-1] < SHORT_WINDOW_ROW and "channel_macs" not in stage.hints:
+        return tuple(axes) if extents[0] * extents[1] >= min_length else None
+    return tuple(axes) if extents[-1] >= min_length else None
 
 
 # Channels of a taps-major depthwise convolution computed side by side: one 4-byte word of a
@@ -191,16 +206,6 @@ def stage_channels_last(sch: Schedule, spatial, channels: int, work: int) -> Non
         name = sch.fuse(name, nxt)
     if work >= PARALLEL_MIN_WORK:
         sch.parallel(name)
-
-
-# A window whose rows are shorter than this many bytes (one Helium step) is gathered into
-# one run per pixel when the dot-product steps that saves (each 16, 8 or 4 lanes, or one
-# scalar MAC: ``helium_steps``), over all tiles of channels, outnumber the words copied.
-# Rows of 4 (the DS-CNN's 10x4 stem over one channel: ten four-lane steps, three over the
-# gathered 40 bytes, 16 tiles): M55 304,718 -> 172,086 instructions. Rows of 9 (VWW's 3x3
-# RGB stem: 3 x (8 + 1) steps against 16 + 8 + 3 x 1, one saved in each of 2 tiles, 9
-# words copied) went 598,170 -> 623,676.
-SHORT_WINDOW_ROW = 16
 
 
 def helium_steps(n: int) -> int:
