@@ -128,23 +128,28 @@ def _rgb_stem(channels: int, inputs: int = 3):
 
 
 def test_a_window_is_gathered_only_where_the_steps_saved_outnumber_the_words_copied():
-    """Rows of 9 bytes (3x3 over RGB): a run per row is 3 x (8 + 1) Helium steps, one run
+    """Rows of 9 bytes (3x3 over RGB): on Helium a run per row is 3 x (8 + 1) steps, one run
     of 27 is 16 + 8 + 3 x 1, one step saved per tile of four channels against nine words
-    copied per pixel: 8 channels (VWW's stem) read rows in place, 64 gather."""
-    from kiln.passes.dot_schedule import helium_steps
-
+    copied per pixel: 8 channels (VWW's stem) read rows in place, 64 gather. On the M4
+    (word steps) 27 bytes take as many steps as three rows of 9: no gathering, 2x2 tiles.
+    Rows of 3 (one input channel, shorter than a step: a dot tile only when gathered): both
+    gather. Bit-identical to the host build under QEMU."""
     require_toolchain("arm-none-eabi-gcc")
     require_toolchain("qemu-system-arm")
     from kiln.frontend.onnx import from_onnx
+    from kiln.passes.dot_schedule import dot_steps
     from kiln.passes.integer_io import integer_io
 
-    assert [helium_steps(n) for n in (4, 9, 12, 27, 40)] == [1, 2, 2, 5, 3]
+    assert [dot_steps(n, (16, 8, 4)) for n in (4, 9, 12, 27, 40)] == [1, 2, 2, 5, 3]
+    assert [dot_steps(n, (4,)) for n in (3, 9, 27, 40)] == [3, 3, 9, 10]
     assert "__xu_tile" not in kiln.compile(_rgb_stem(8), target="cortex-m55").files["model.c"]
-    # 64 channels gather their 27 bytes (16 + 8 lanes + 3 bytes); one input channel (rows of
-    # 3, shorter than a dot step: no dot tile without the gathering) its 9 bytes
-    for inputs, channels, tile, run in ((3, 64, "[1][3][9]", 27), (1, 8, "[1][3][3]", 9)):
+    m4 = kiln.compile(_rgb_stem(64), target="cortex-m4").files["model.c"]
+    assert "__xu_tile" not in m4 and "kiln_dot2x2_" in m4
+    for target, inputs, channels, tile, run in (("cortex-m55", 3, 64, "[1][3][9]", 27),
+                                                ("cortex-m55", 1, 8, "[1][3][3]", 9),
+                                                ("cortex-m4", 1, 8, "[1][3][3]", 9)):
         model = _rgb_stem(channels, inputs)
-        cm = kiln.compile(model, target="cortex-m55")
+        cm = kiln.compile(model, target=target)
         assert f"__xu_tile{tile}" in cm.files["model.c"] and f", {run}, {run}, &acc0" in cm.files["model.c"]
         host = kiln.compile(integer_io(from_onnx(model))[0], target="host")
         xs = [{"x": RNG.integers(0, 256, (1, inputs, 8, 8)).astype(np.uint8)} for _ in range(2)]

@@ -21,9 +21,11 @@ class Capabilities:
     # the tile of a dot-product stage whose row extent is no multiple of dot_tile's rows
     # (Cortex-M4/M7: 2 x 2 where pixels pair up, else 1 x 4); None: dot_tile, rows shrunk
     dot_tile_unpaired: tuple[int, int] | None = None
-    # a convolution whose window rows are short copies each pixel's window into a local
-    # tile, one run for the dot product (``dot_schedule.gather_window``): Cortex-M
-    window_tiles: bool = False
+    # the byte widths of the dot-product helpers' steps, widest first (Helium 16, 8, 4; the
+    # M4/M7's words: 4). Given, a convolution whose window rows are short may copy each
+    # pixel's window into a local tile, one run for the dot product, where that saves steps
+    # (``dot_schedule.gathers_window``, ``gather_window``)
+    dot_steps: tuple[int, ...] = ()
     # the shortest innermost reduction run that takes the dot tile: shorter ones (a depthwise
     # convolution's taps) keep one dot product per output. 16 on CPUs, whose vector dot
     # products want a whole vector; 4 on Cortex-M, whose dot helpers step by one word (the

@@ -22,7 +22,7 @@ from kiln.ir.expr import linear_terms
 from kiln.ir.loop import For, Seq, walk_stmts
 from kiln.ir.schedule import Schedule, ScheduleError
 from kiln.passes.capabilities import DEFAULT_CAPABILITIES, Capabilities
-from kiln.passes.dot_schedule import (CHANNEL_MACS, amx_rows, copy_in_runs, dot_axes, gather_window,
+from kiln.passes.dot_schedule import (CHANNEL_MACS, amx_rows, copy_in_runs, dot_axes, gather_window, gathers_window,
                                      stage_channels_last, tile_dot_reduction)
 from kiln.passes.hoist_loads import cleanup_loops
 from kiln.passes.injective_schedule import plain_injective, schedule_injective
@@ -53,15 +53,16 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
         if not spatial:
             continue
         work = shape_size(st.shape) * reduce_work(st)
-        if st.has_reduce and caps.dot_tile and dot_axes(st, caps.min_dot_length, caps.window_tiles):
+        gather = _gathers(st, spatial, caps)
+        if st.has_reduce and caps.dot_tile and dot_axes(st, caps.min_dot_length, gather):
             vnni = st.hints.get("vnni", 0) if caps.vnni else 0
-            rows_ax, cols_ax = dot_axes(st, caps.min_dot_length, caps.window_tiles)
+            rows_ax, cols_ax = dot_axes(st, caps.min_dot_length, gather)
             amx = amx_rows(st, spatial[rows_ax][1], spatial[cols_ax][1]) if vnni and caps.amx else 0
             tile = caps.dot_tile
-            if caps.dot_tile_unpaired and not _divides(tile[0], spatial[rows_ax][1]):
-                tile = caps.dot_tile_unpaired
+            if caps.dot_tile_unpaired and (gather or not _divides(tile[0], spatial[rows_ax][1])):
+                tile = caps.dot_tile_unpaired   # (a gathered window is one pixel's)
             outer = tile_dot_reduction(sch, spatial, (rows_ax, cols_ax), tile, vnni, reduce_work(st), amx)
-            if caps.window_tiles and tile[0] == 1:
+            if gather:
                 gather_window(sch, outer, rows_ax)
             if caps.threads > 1:  # one core: fused loops would only cost index divisions
                 parallel_outer(sch, outer, work)
@@ -94,6 +95,16 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     vectorize_scalar_reductions(sch)
     sch.func = cleanup_loops(sch.func)
     return sch
+
+def _gathers(st, spatial, caps: Capabilities) -> bool:
+    """Whether a dot-product stage gathers each pixel's window into one run (a one-pixel
+    tile of the target's dot_tile columns, ``dot_schedule.gathers_window``)."""
+    axes = st.hints.get("dot")
+    if not caps.dot_steps or not caps.dot_tile or axes is None:
+        return False
+    one_pixel = caps.dot_tile if caps.dot_tile[0] == 1 else caps.dot_tile_unpaired
+    return one_pixel is not None and gathers_window(st, spatial[axes[1]][1], caps.dot_steps, one_pixel[1])
+
 
 def _divides(d: int, n) -> bool:
     return isinstance(n, int) and n % d == 0

@@ -37,32 +37,65 @@ from kiln.passes.loop_nests import PARALLEL_MIN_WORK, largest_divisor, reduction
 # gains nothing from vector dot products; the plain schedule is kept.
 MIN_DOT_LENGTH = 16
 
-# A window whose rows are shorter than this many bytes (one Helium step) is gathered into
-# one run per pixel when the dot-product steps that saves (each 16, 8 or 4 lanes, or one
-# scalar MAC: ``helium_steps``), over all tiles of channels, outnumber the words copied.
-# Rows of 4 (the DS-CNN's 10x4 stem over one channel: ten four-lane steps, three over the
-# gathered 40 bytes, 16 tiles): M55 304,718 -> 172,086 instructions. Rows of 9 (VWW's 3x3
-# RGB stem: 3 x (8 + 1) steps against 16 + 8 + 3 x 1, one saved in each of 2 tiles, 9
-# words copied) went 598,170 -> 623,676.
+# A window whose rows are shorter than this many bytes (one Helium step) may be gathered
+# into one run per pixel (``gather_window``): where the dot-product steps that saves
+# (``dot_steps``: Helium's 16-, 8- and 4-lane steps or the DSP's words, then one per byte),
+# over all tiles of channels, outnumber the words copied (``gathers_window``). Rows of 4
+# (the DS-CNN's 10x4 stem over one channel: ten four-lane steps, three over the gathered 40
+# bytes, 16 tiles): M55 304,718 -> 172,086 instructions. Rows of 9 (VWW's 3x3 RGB stem: 3 x
+# (8 + 1) steps against 16 + 8 + 3 x 1, one saved in each of 2 tiles, 9 words copied) went
+# 598,170 -> 623,676.
 SHORT_WINDOW_ROW = 16
 
 
-def dot_axes(stage: Stage, min_length: int = MIN_DOT_LENGTH, windows: bool = False) -> tuple[int, int] | None:
+def dot_axes(stage: Stage, min_length: int = MIN_DOT_LENGTH, gather: bool = False) -> tuple[int, int] | None:
     """(rows axis, columns axis) of a dot-product stage -- its ``dot`` hint: the output
     axes sharing weights and sharing activations. None for other stages and for reductions
-    whose innermost run is shorter than ``min_length`` (``Capabilities.min_dot_length``),
-    unless ``windows`` (``Capabilities.window_tiles``) may gather a window of two axes into
-    one run that long (``gather_window``)."""
+    whose innermost run is shorter than ``min_length`` (``Capabilities.min_dot_length``) --
+    with ``gather`` (its window gathered into one run), the whole window."""
     axes = stage.hints.get("dot")
     red = next((x for x in walk(stage.body) if isinstance(x, Reduce)), None)
     if axes is None or red is None:
         return None
-    extents = [n for _, n in red.axes]
-    if not all(isinstance(n, int) for n in extents):
+    n = red.axes[-1][1]
+    if gather:
+        n = window_rows(stage)
+        n = n[0] * n[1] if n else 0
+    return tuple(axes) if isinstance(n, int) and n >= min_length else None
+
+
+def window_rows(stage: Stage) -> tuple[int, int] | None:
+    """(rows, bytes per row) of a convolution's window whose rows are short (under
+    ``SHORT_WINDOW_ROW``): a reduction of two constant axes; None otherwise (and for a
+    depthwise convolution, whose channels multiply side by side)."""
+    red = next((x for x in walk(stage.body) if isinstance(x, Reduce)), None)
+    if red is None or len(red.axes) != 2 or "channel_macs" in stage.hints:
         return None
-    if windows and len(extents) == 2 and extents[-1] < SHORT_WINDOW_ROW and "channel_macs" not in stage.hints:
-        return tuple(axes) if extents[0] * extents[1] >= min_length else None
-    return tuple(axes) if extents[-1] >= min_length else None
+    rows, run = (n for _, n in red.axes)
+    if not (isinstance(rows, int) and isinstance(run, int)) or rows == 1 or run >= SHORT_WINDOW_ROW:
+        return None
+    return rows, run
+
+
+def dot_steps(n: int, widths: tuple[int, ...]) -> int:
+    """Steps of a kiln_dsp.h dot product over ``n`` bytes taking steps of ``widths`` bytes
+    (widest first), then one per byte left."""
+    steps = 0
+    for w in widths:
+        steps += n // w
+        n %= w
+    return steps + n
+
+
+def gathers_window(stage: Stage, channels, widths: tuple[int, ...], tile_columns: int) -> bool:
+    """Whether gathering each pixel's window into one run saves more dot-product steps, over
+    the pixel's tiles of ``tile_columns`` channels, than the words it copies."""
+    window = window_rows(stage)
+    if not widths or window is None or not isinstance(channels, int):
+        return False
+    rows, run = window
+    saved = rows * dot_steps(run, widths) - dot_steps(rows * run, widths)
+    return -(-channels // tile_columns) * saved > rows * -(-run // 4)
 
 
 # Channels of a taps-major depthwise convolution computed side by side: one 4-byte word of a
@@ -208,28 +241,14 @@ def stage_channels_last(sch: Schedule, spatial, channels: int, work: int) -> Non
         sch.parallel(name)
 
 
-def helium_steps(n: int) -> int:
-    """Steps of kiln_dsp.h's Helium dot product over ``n`` bytes: 16-, 8- and 4-lane ones,
-    then one per byte."""
-    return n // 16 + n % 16 // 8 + n % 8 // 4 + n % 4
-
-
 def gather_window(sch: Schedule, outer, rows_ax: int) -> None:
     """A convolution whose window is several short rows (a stem: KW*C bytes per row, the
     DS-CNN's 10x4 over one channel: ten runs of 4) takes one dot product per window row,
     each too short for a vector step. Copy each output pixel's window into a local tile
     inside the pixel loop (``cache_read``) and fuse the window's row and column loops: the
-    tile is one contiguous run, read by one dot product."""
-    loops = reduction_loops(sch, outer[-1][0])
-    red = loops[:-2]   # (the tile's rows and columns last)
-    if len(red) != 2 or not all(isinstance(n, int) for _, n in red) or red[-1][1] >= SHORT_WINDOW_ROW:
-        return
-    (_, rows), (_, run) = red
-    tiles = outer[-1][1]
-    saved = rows * helium_steps(run) - helium_steps(rows * run)
-    if not isinstance(tiles, int) or tiles * saved <= rows * -(-run // 4):
-        return
-    src = _window_source(sch, outer[-1][0], red[-1][0])
+    tile is one contiguous run, read by one dot product. (``gathers_window`` decides.)"""
+    red = reduction_loops(sch, outer[-1][0])[:-2]   # (the tile's rows and columns last)
+    src = _window_source(sch, outer[-1][0], red[-1][0]) if len(red) == 2 else None
     if src is None:
         return
     try:

@@ -111,7 +111,7 @@ class CortexMTarget(Target):
             tile, unpaired = ((1, 4), None) if self.board.vector_bytes >= 16 else ((2, 2), (1, 4))
         return Capabilities(vector_bytes=self.board.vector_bytes, vector_registers=8, threads=1, nchwc=False,
                             pack_matmul=False, dot_tile=tile, dot_tile_unpaired=unpaired, min_dot_length=4,
-                            window_tiles=self.helium,
+                            dot_steps=() if tile is None else (16, 8, 4) if self.helium else (4,),
                             skip_border_taps=False)
 
     def prepare_graph(self, graph):

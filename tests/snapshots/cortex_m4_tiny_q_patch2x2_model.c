@@ -63,14 +63,32 @@ static __attribute__((noinline)) void kernel_1(const uint8_t* restrict in0, cons
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
     for (int32_t i4 = 0; i4 < 2; ++i4) {
-      for (int32_t i5 = 0; i5 < 2; ++i5) {
-        for (int32_t i6 = 0; i6 < 4; ++i6) {
-          int32_t acc0;
-          acc0 = in2[i6];
-          for (int32_t i7 = 0; i7 < 3; ++i7) {
-            acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i4 + i7)) * 4) + (i5 + 0))], &in1[((((i6 * 3) + i7) * 3) + 0)], 3);
+      for (int32_t i5_o = 0; i5_o < 2; ++i5_o) {
+        uint8_t out0__xu_tile[1][3][3] __attribute__((aligned(64)));
+        for (int32_t out0__xu_rd0 = 0; out0__xu_rd0 < 1; ++out0__xu_rd0) {
+          for (int32_t out0__xu_rd1 = 0; out0__xu_rd1 < 3; ++out0__xu_rd1) {
+            for (int32_t out0__xu_rd2 = 0; out0__xu_rd2 < 3; ++out0__xu_rd2) {
+              out0__xu_tile[out0__xu_rd0][out0__xu_rd1][out0__xu_rd2] = out0__xu[(((((i3 + out0__xu_rd0) * 4) + (i4 + out0__xu_rd1)) * 4) + (i5_o + out0__xu_rd2))];
+            }
           }
-          out0[((((((i3 * 2) + i4) * 2) + i5) * 4) + i6)] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i6]))) >> INT64_C(32)))) >> ((in4[i6] - 32) - 1)) + 1) >> 1))));
+        }
+        for (int32_t i6_o = 0; i6_o < 1; ++i6_o) {
+          int32_t acc0[1][4] __attribute__((aligned(64)));
+          #pragma GCC unroll 1
+          for (int32_t i5_i_init = 0; i5_i_init < 1; ++i5_i_init) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_init = 0; i6_i_init < 4; ++i6_i_init) {
+              acc0[i5_i_init][i6_i_init] = in2[((i6_o * 4) + i6_i_init)];
+            }
+          }
+          kiln_dot1x4_u8s8(&out0__xu_tile[0][0][0], &in1[(((i6_o * 4) * 3) * 3)], 9, 9, &acc0[0][0]);
+          #pragma GCC unroll 1
+          for (int32_t i5_i_wb = 0; i5_i_wb < 1; ++i5_i_wb) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_wb = 0; i6_i_wb < 4; ++i6_i_wb) {
+              out0[((((((i3 * 2) + i4) * 2) + (i5_o + i5_i_wb)) * 4) + ((i6_o * 4) + i6_i_wb))] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0[i5_i_wb][i6_i_wb])) * ((int64_t)(in3[((i6_o * 4) + i6_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i6_o * 4) + i6_i_wb)] - 32) - 1)) + 1) >> 1))));
+            }
+          }
         }
       }
     }
@@ -116,14 +134,32 @@ static __attribute__((noinline)) void kernel_5(const uint8_t* restrict in0, cons
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
     for (int32_t i4 = 0; i4 < 2; ++i4) {
-      for (int32_t i5 = 0; i5 < 2; ++i5) {
-        for (int32_t i6 = 0; i6 < 4; ++i6) {
-          int32_t acc0;
-          acc0 = in2[i6];
-          for (int32_t i7 = 0; i7 < 3; ++i7) {
-            acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i4 + i7)) * 4) + (i5 + 0))], &in1[((((i6 * 3) + i7) * 3) + 0)], 3);
+      for (int32_t i5_o = 0; i5_o < 2; ++i5_o) {
+        uint8_t out0__xu_tile[1][3][3] __attribute__((aligned(64)));
+        for (int32_t out0__xu_rd0 = 0; out0__xu_rd0 < 1; ++out0__xu_rd0) {
+          for (int32_t out0__xu_rd1 = 0; out0__xu_rd1 < 3; ++out0__xu_rd1) {
+            for (int32_t out0__xu_rd2 = 0; out0__xu_rd2 < 3; ++out0__xu_rd2) {
+              out0__xu_tile[out0__xu_rd0][out0__xu_rd1][out0__xu_rd2] = out0__xu[(((((i3 + out0__xu_rd0) * 4) + (i4 + out0__xu_rd1)) * 4) + (i5_o + out0__xu_rd2))];
+            }
           }
-          out0[((((((i3 * 2) + i4) * 2) + i5) * 4) + i6)] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i6]))) >> INT64_C(32)))) >> ((in4[i6] - 32) - 1)) + 1) >> 1))));
+        }
+        for (int32_t i6_o = 0; i6_o < 1; ++i6_o) {
+          int32_t acc0[1][4] __attribute__((aligned(64)));
+          #pragma GCC unroll 1
+          for (int32_t i5_i_init = 0; i5_i_init < 1; ++i5_i_init) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_init = 0; i6_i_init < 4; ++i6_i_init) {
+              acc0[i5_i_init][i6_i_init] = in2[((i6_o * 4) + i6_i_init)];
+            }
+          }
+          kiln_dot1x4_u8s8(&out0__xu_tile[0][0][0], &in1[(((i6_o * 4) * 3) * 3)], 9, 9, &acc0[0][0]);
+          #pragma GCC unroll 1
+          for (int32_t i5_i_wb = 0; i5_i_wb < 1; ++i5_i_wb) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_wb = 0; i6_i_wb < 4; ++i6_i_wb) {
+              out0[((((((i3 * 2) + i4) * 2) + (i5_o + i5_i_wb)) * 4) + ((i6_o * 4) + i6_i_wb))] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0[i5_i_wb][i6_i_wb])) * ((int64_t)(in3[((i6_o * 4) + i6_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i6_o * 4) + i6_i_wb)] - 32) - 1)) + 1) >> 1))));
+            }
+          }
         }
       }
     }
@@ -169,14 +205,32 @@ static __attribute__((noinline)) void kernel_9(const uint8_t* restrict in0, cons
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
     for (int32_t i4 = 0; i4 < 2; ++i4) {
-      for (int32_t i5 = 0; i5 < 2; ++i5) {
-        for (int32_t i6 = 0; i6 < 4; ++i6) {
-          int32_t acc0;
-          acc0 = in2[i6];
-          for (int32_t i7 = 0; i7 < 3; ++i7) {
-            acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i4 + i7)) * 4) + (i5 + 0))], &in1[((((i6 * 3) + i7) * 3) + 0)], 3);
+      for (int32_t i5_o = 0; i5_o < 2; ++i5_o) {
+        uint8_t out0__xu_tile[1][3][3] __attribute__((aligned(64)));
+        for (int32_t out0__xu_rd0 = 0; out0__xu_rd0 < 1; ++out0__xu_rd0) {
+          for (int32_t out0__xu_rd1 = 0; out0__xu_rd1 < 3; ++out0__xu_rd1) {
+            for (int32_t out0__xu_rd2 = 0; out0__xu_rd2 < 3; ++out0__xu_rd2) {
+              out0__xu_tile[out0__xu_rd0][out0__xu_rd1][out0__xu_rd2] = out0__xu[(((((i3 + out0__xu_rd0) * 4) + (i4 + out0__xu_rd1)) * 4) + (i5_o + out0__xu_rd2))];
+            }
           }
-          out0[((((((i3 * 2) + i4) * 2) + i5) * 4) + i6)] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i6]))) >> INT64_C(32)))) >> ((in4[i6] - 32) - 1)) + 1) >> 1))));
+        }
+        for (int32_t i6_o = 0; i6_o < 1; ++i6_o) {
+          int32_t acc0[1][4] __attribute__((aligned(64)));
+          #pragma GCC unroll 1
+          for (int32_t i5_i_init = 0; i5_i_init < 1; ++i5_i_init) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_init = 0; i6_i_init < 4; ++i6_i_init) {
+              acc0[i5_i_init][i6_i_init] = in2[((i6_o * 4) + i6_i_init)];
+            }
+          }
+          kiln_dot1x4_u8s8(&out0__xu_tile[0][0][0], &in1[(((i6_o * 4) * 3) * 3)], 9, 9, &acc0[0][0]);
+          #pragma GCC unroll 1
+          for (int32_t i5_i_wb = 0; i5_i_wb < 1; ++i5_i_wb) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_wb = 0; i6_i_wb < 4; ++i6_i_wb) {
+              out0[((((((i3 * 2) + i4) * 2) + (i5_o + i5_i_wb)) * 4) + ((i6_o * 4) + i6_i_wb))] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0[i5_i_wb][i6_i_wb])) * ((int64_t)(in3[((i6_o * 4) + i6_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i6_o * 4) + i6_i_wb)] - 32) - 1)) + 1) >> 1))));
+            }
+          }
         }
       }
     }
@@ -222,14 +276,32 @@ static __attribute__((noinline)) void kernel_13(const uint8_t* restrict in0, con
   }
   for (int32_t i3 = 0; i3 < 1; ++i3) {
     for (int32_t i4 = 0; i4 < 2; ++i4) {
-      for (int32_t i5 = 0; i5 < 2; ++i5) {
-        for (int32_t i6 = 0; i6 < 4; ++i6) {
-          int32_t acc0;
-          acc0 = in2[i6];
-          for (int32_t i7 = 0; i7 < 3; ++i7) {
-            acc0 = acc0 + kiln_dot_u8s8(&out0__xu[((((i3 * 4) + (i4 + i7)) * 4) + (i5 + 0))], &in1[((((i6 * 3) + i7) * 3) + 0)], 3);
+      for (int32_t i5_o = 0; i5_o < 2; ++i5_o) {
+        uint8_t out0__xu_tile[1][3][3] __attribute__((aligned(64)));
+        for (int32_t out0__xu_rd0 = 0; out0__xu_rd0 < 1; ++out0__xu_rd0) {
+          for (int32_t out0__xu_rd1 = 0; out0__xu_rd1 < 3; ++out0__xu_rd1) {
+            for (int32_t out0__xu_rd2 = 0; out0__xu_rd2 < 3; ++out0__xu_rd2) {
+              out0__xu_tile[out0__xu_rd0][out0__xu_rd1][out0__xu_rd2] = out0__xu[(((((i3 + out0__xu_rd0) * 4) + (i4 + out0__xu_rd1)) * 4) + (i5_o + out0__xu_rd2))];
+            }
           }
-          out0[((((((i3 * 2) + i4) * 2) + i5) * 4) + i6)] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0)) * ((int64_t)(in3[i6]))) >> INT64_C(32)))) >> ((in4[i6] - 32) - 1)) + 1) >> 1))));
+        }
+        for (int32_t i6_o = 0; i6_o < 1; ++i6_o) {
+          int32_t acc0[1][4] __attribute__((aligned(64)));
+          #pragma GCC unroll 1
+          for (int32_t i5_i_init = 0; i5_i_init < 1; ++i5_i_init) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_init = 0; i6_i_init < 4; ++i6_i_init) {
+              acc0[i5_i_init][i6_i_init] = in2[((i6_o * 4) + i6_i_init)];
+            }
+          }
+          kiln_dot1x4_u8s8(&out0__xu_tile[0][0][0], &in1[(((i6_o * 4) * 3) * 3)], 9, 9, &acc0[0][0]);
+          #pragma GCC unroll 1
+          for (int32_t i5_i_wb = 0; i5_i_wb < 1; ++i5_i_wb) {
+            #pragma GCC unroll 4
+            for (int32_t i6_i_wb = 0; i6_i_wb < 4; ++i6_i_wb) {
+              out0[((((((i3 * 2) + i4) * 2) + (i5_o + i5_i_wb)) * 4) + ((i6_o * 4) + i6_i_wb))] = ((uint8_t)(kiln_usat8((((((int32_t)(((((int64_t)(acc0[i5_i_wb][i6_i_wb])) * ((int64_t)(in3[((i6_o * 4) + i6_i_wb)]))) >> INT64_C(32)))) >> ((in4[((i6_o * 4) + i6_i_wb)] - 32) - 1)) + 1) >> 1))));
+            }
+          }
         }
       }
     }
