@@ -96,9 +96,12 @@ def schedule_kernel(sch: Schedule, stages: list[Stage],
     sch.func = cleanup_loops(sch.func)
     return sch
 
+
 def _gathers(st, spatial, caps: Capabilities) -> bool:
     """Whether a dot-product stage gathers each pixel's window into one run (a one-pixel
-    tile of the target's dot_tile columns, ``dot_schedule.gathers_window``)."""
+    tile of the target's dot_tile columns, ``dot_schedule.gathers_window``). Should the
+    copy turn out impossible (a window that is no box), the one-pixel tile stays: the same
+    integers, one dot product per window row."""
     axes = st.hints.get("dot")
     if not caps.dot_steps or not caps.dot_tile or axes is None:
         return False
