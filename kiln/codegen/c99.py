@@ -174,7 +174,7 @@ class C99Renderer(CRenderer):
             return None
         zero = {t.var.name: Const(0, DType.int64) for t in tile if t.extent == 1}
         names = [loop.var.name] + [t.var.name for t in wide]
-        operands = []   # (kind, strides along the tile's wide loops, buffer, start)
+        operands = []   # (kind, strides along the tile's wide loops, buffer, start pointer)
         for kind, ld in terms:
             flat = simplify(substitute(self._flat_index(ld), zero))
             strides = _strides(flat, names)
@@ -187,8 +187,8 @@ class C99Renderer(CRenderer):
         weights = [o for o in operands if o[1][-1] != 0 and all(x == 0 for x in o[1][:-1])]
         if len(weights) != 1 or weights[0][0] != "s8":
             return None
-        (kb, (*_, ldb), b, pb) = weights[0]
-        (ka, lda, a, pa) = next(o for o in operands if o is not weights[0])
+        (kb, (*_, ldb), _, pb) = weights[0]
+        (ka, lda, _, pa) = next(o for o in operands if o is not weights[0])
         col, row = wide[-1], (wide[0] if len(wide) == 2 else None)
         if lda[-1] != 0 or (row is not None and lda[0] == 0):
             return None
