@@ -92,6 +92,9 @@ def test_dot_products_run_in_tiles_that_share_each_load():
     assert "kiln_dot1x2_u8s8(" in c and "kiln_dot_u8s8(" not in c      # 10 columns: tiles of 2
     c = kiln.compile(_qmatmul_model(40, 10), target="cortex-m55").files["model.c"]
     assert c.count("kiln_dot_x8s8(") == 2 and "kiln_dot1x2" not in c   # Helium: no gain
+    # 7 columns (prime): tiles of one column, by one row on the M55, two on the M4
+    assert kiln.compile(_qmatmul_model(40, 7), target="cortex-m55").files["model.c"].count("kiln_dot_x8s8(") == 1
+    assert kiln.compile(_qmatmul_model(40, 7, rows=4), target="cortex-m4").files["model.c"].count("kiln_dot_u8s8(") == 2
     for target in ("cortex-m4", "cortex-m7"):
         c = kiln.compile(_qmatmul_model(40, 8, rows=4), target=target).files["model.c"]
         # rows 40 bytes apart, weight rows 40 apart, 40 long
@@ -333,7 +336,7 @@ def _pool_softmax_qdq(act=np.int8) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
 @pytest.mark.parametrize("k,n,rows", [(16, 8, 3), (20, 4, 3), (37, 12, 3), (24, 6, 3), (37, 6, 4), (64, 4, 2),
-                                      (37, 10, 1)])
+                                      (37, 10, 1), (37, 7, 4)])
 def test_dot_product_tiles_match_host_exactly(arm, target, k, n, rows):
     """The 1x4 helper (SMLAD on M4, VMLADAVA on M55), the M4's 2x2 (even rows), 1x2 (10
     columns on one row) and their tails: k not a multiple of the 4 or 8 bytes a step takes,

@@ -126,3 +126,52 @@ def test_int8_and_uint8_models_match_the_host_exactly(target, activations):
     xs = [{"x": RNG.integers(info.min, info.max + 1, (1, 1, 8, 6)).astype(dtype)} for _ in range(3)]
     for x, out in zip(xs, cm.build().run_batch(xs)):
         assert np.array_equal(out["y"], host.run(x)["y"])
+
+
+def _conv(cin: int, cout: int, hw, kernel, stride: int, pads, group: int, activations: str):
+    """Conv (+ReLU) of the given shape, quantized by min-max."""
+    w = (RNG.standard_normal((cout, cin // group, *kernel)) / np.sqrt(cin * np.prod(kernel) / group)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=pads, strides=[stride] * 2, group=group),
+             helper.make_node("Relu", ["a"], ["y"])]
+    g = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TP.FLOAT, [1, cin, *hw])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], initializer=[nh.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    calibration = {"x": RNG.standard_normal((8, cin, *hw)).astype(np.float32)}
+    return kiln.quantize(model, calibration, method="minmax", activations=activations)
+
+
+# (in, out channels, H x W, kernel, stride, pads, group): gathered windows of odd lengths
+# (rows of 3, 5, 9, 15 bytes), 2x2 tiles over strided and padded rows, 1x2 and 1x3 channel
+# tails, odd widths (1x4 tiles), a grouped conv (no dot tile) and a depthwise one
+CONV_SHAPES = [
+    (1, 6, (7, 6), (3, 3), 1, [1] * 4, 1),
+    (1, 8, (6, 5), (5, 5), 1, [2] * 4, 1),
+    (3, 10, (7, 6), (3, 3), 2, [1] * 4, 1),
+    (5, 7, (6, 5), (3, 3), 1, [1] * 4, 1),
+    (3, 64, (6, 6), (3, 3), 2, [1] * 4, 1),
+    (16, 2, (6, 6), (1, 1), 1, [0] * 4, 1),
+    (6, 10, (7, 6), (3, 4), 1, [1, 1, 1, 2], 1),
+    (8, 16, (6, 6), (3, 3), 1, [1] * 4, 2),
+    (16, 16, (7, 6), (3, 3), 2, [1] * 4, 16),
+    (5, 7, (6, 6), (3, 3), 1, [1] * 4, 1),   # 7 channels, pixel pairs on the M4: 2 x 1 tiles
+    (5, 7, (6, 6), (3, 3), 1, [1] * 4, 1),   # (uint8, then int8: kiln_dot1x2 over two pixels)
+]
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+@pytest.mark.parametrize("index", range(len(CONV_SHAPES)),
+                         ids=[f"{s[0]}to{s[1]}k{s[3][0]}{s[3][1]}s{s[4]}g{s[6]}w{s[2][1]}" for s in CONV_SHAPES])
+def test_convolutions_of_many_shapes_match_the_host_exactly(target, index):
+    """Whatever tile, window gathering or tail each shape takes, the same integers as the
+    host build (int8 and uint8 activations alternate by shape)."""
+    require_toolchain("arm-none-eabi-gcc")
+    require_toolchain("qemu-system-arm")
+    shape, activations = CONV_SHAPES[index], "uint8" if index % 2 else "int8"
+    model = _conv(*shape, activations=activations)
+    cm = kiln.compile(model, target=target)
+    host = kiln.compile(integer_io(from_onnx(model))[0], target="host")
+    dtype = DType.int8.np if activations == "int8" else DType.uint8.np
+    info = np.iinfo(dtype)
+    xs = [{"x": RNG.integers(info.min, info.max + 1, (1, shape[0], *shape[2])).astype(dtype)} for _ in range(2)]
+    for x, out in zip(xs, cm.build().run_batch(xs)):
+        assert np.array_equal(out["y"], host.run(x)["y"])

@@ -30,6 +30,7 @@ Differences from the host :class:`~kiln.codegen.c.CRenderer`, and why:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from kiln.codegen.c import CRenderer
@@ -154,9 +155,11 @@ class C99Renderer(CRenderer):
         - one row by C columns (loops of extent 1 and C; ``a`` the same for every column,
           ``b``'s columns ``ldb`` apart): ``kiln_dot1x4_u8s8(&a[p], &b[q], ldb, n, &acc[..])``
           for four columns, ``kiln_dot1x2`` for two (but x8 operands, Helium's, where
-          it saves nothing), one ``kiln_dot`` per column otherwise;
+          it saves nothing), one ``kiln_dot`` per column otherwise; a tile of R rows by one
+          column likewise (the int8 operand that moves takes ``b``'s place);
         - two rows by two columns (``a``'s rows ``lda`` apart, the same for both columns):
-          ``kiln_dot2x2_u8s8(&a[p], lda, &b[q], ldb, n, &acc[0][0])``.
+          ``kiln_dot2x2_u8s8(&a[p], lda, &b[q], ldb, n, &acc[0][0])``;
+        - a tile of one output (a prime channel count): one ``kiln_dot``.
 
         None: not such a loop."""
         if not isinstance(loop.extent, int):
@@ -170,7 +173,7 @@ class C99Renderer(CRenderer):
         wide = [t for t in tile if t.extent != 1]
         acc = self.buffers.get(body.buffer)
         terms = self._dot_terms(body, acc, local_operands=True)
-        if terms is None or acc.scope != "local" or not 1 <= len(wide) <= 2:
+        if terms is None or acc.scope != "local" or len(wide) > 2:
             return None
         zero = {t.var.name: Const(0, DType.int64) for t in tile if t.extent == 1}
         names = [loop.var.name] + [t.var.name for t in wide]
@@ -182,38 +185,46 @@ class C99Renderer(CRenderer):
                 return None
             start = simplify(substitute(flat, {n: Const(0, DType.int64) for n in names}))
             operands.append((kind, strides[1:], ld.buffer, self._pointer(ld.buffer, start)))
-        # the weights: one row per column, the same for every row; the activations: the
-        # same run for every column
-        weights = [o for o in operands if o[1][-1] != 0 and all(x == 0 for x in o[1][:-1])]
-        if len(weights) != 1 or weights[0][0] != "s8":
-            return None
-        (kb, (*_, ldb), _, pb) = weights[0]
-        (ka, lda, _, pa) = next(o for o in operands if o is not weights[0])
-        col, row = wide[-1], (wide[0] if len(wide) == 2 else None)
-        if lda[-1] != 0 or (row is not None and lda[0] == 0):
-            return None
         names = [getattr(i, "name", None) for i in body.indices]
         tile_names = [t.var.name for t in wide]
         if [n for n in names if n not in zero] != tile_names or not set(names) <= set(zero) | set(tile_names):
             return None
-        if row is not None:
-            if (row.extent, col.extent) != (2, 2):
-                return None
-            name = f"kiln_dot2x2_{ka}{kb}"
-            self.dot_used.add(name)
-            target = body.buffer + "".join("[0]" for _ in names)
-            return f"{name}({pa}, {lda[0]}, {pb}, {ldb}, {loop.extent}, &{target});"
-        if col.extent > 4:
+        if len(wide) == 2:   # rows x columns: the weights move along the columns only, the
+            return self._dot2x2(loop, body, names, wide, operands)   # activations along rows
+        # one wide loop (one operand moves along it, the other is the same run) or none
+        moving = [o for o in operands if o[1] and o[1][0] != 0]
+        if len(moving) > 1 or (wide and not moving) or (wide and wide[0].extent > 4):
             return None
-        target = body.buffer + "".join("[{c}]" if n == col.var.name else "[0]" for n in names)
-        if col.extent == 4 or (col.extent == 2 and ka != "x8"):   # (x8 is Helium's: 1x2 saves nothing)
-            name = f"kiln_dot1x{col.extent}_{ka}{kb}"
-            self.dot_used.add(name)
-            return f"{name}({pa}, {pb}, {ldb}, {loop.extent}, &{target.format(c=0)});"
-        name = f"kiln_dot_{ka}{kb}"
-        self.dot_used.add(name)
-        return " ".join(f"{target.format(c=c)} += {name}({pa}, {pb}{f' + {c * ldb}' if c else ''}, {loop.extent});"
-                        for c in range(col.extent))
+        if not wide:
+            call = _dot_call(operands[0], operands[1], loop.extent)
+            return None if call is None else self._use(f"{body.buffer}{'[0]' * len(names)} += {call}")
+        (kv, (ld,), _, pv), shared = moving[0], next(o for o in operands if o is not moving[0])
+        cols = wide[0].extent
+        target = body.buffer + "".join("[{c}]" if n == wide[0].var.name else "[0]" for n in names)
+        if kv == "s8" and (cols == 4 or (cols == 2 and shared[0] != "x8")):   # (x8: Helium's, 1x2 saves nothing)
+            return self._use(f"kiln_dot1x{cols}_{shared[0]}s8({shared[3]}, {pv}, {ld}, {loop.extent}, "
+                             f"&{target.format(c=0)});")
+        calls = [_dot_call((kv, (), None, pv + (f" + {c * ld}" if c else "")), shared, loop.extent) for c in range(cols)]
+        if None in calls:
+            return None
+        return " ".join(self._use(f"{target.format(c=c)} += {call}") for c, call in enumerate(calls))
+
+    def _dot2x2(self, loop: For, body: Store, names, wide, operands) -> str | None:
+        """``kiln_dot2x2_<a>s8(&a[p], lda, &b[q], ldb, n, &acc[0][0])`` for a 2 x 2 tile."""
+        weights = [o for o in operands if o[1][1] != 0 and o[1][0] == 0]
+        if len(weights) != 1 or weights[0][0] != "s8" or tuple(t.extent for t in wide) != (2, 2):
+            return None
+        (_, (_, ldb), _, pb) = weights[0]
+        (ka, lda, _, pa) = next(o for o in operands if o is not weights[0])
+        if lda[1] != 0 or lda[0] == 0:
+            return None
+        target = body.buffer + "".join("[0]" for _ in names)
+        return self._use(f"kiln_dot2x2_{ka}s8({pa}, {lda[0]}, {pb}, {ldb}, {loop.extent}, &{target});")
+
+    def _use(self, statement: str) -> str:
+        """Record the kiln_dsp.h helpers a printed statement calls."""
+        self.dot_used.update(re.findall(r"\b(kiln_(?:dot|dot1x\d|dot2x2)_\w+)\(", statement))
+        return statement
 
     def mac_tile_call(self, loop: For) -> str | None:
         """``kiln_lane_mac4_u8s8(&a[p], &b[q], &acc[..][0]);`` for a loop of four channels side by
@@ -366,6 +377,17 @@ class C99Renderer(CRenderer):
         if not all(isinstance(n, int) for n in buf.shape):
             return None
         return row_major(ld.indices, buf.shape)
+
+
+def _dot_call(x, y, n) -> str | None:
+    """``kiln_dot_<a><b>(x, y, n);`` for two operands (kind, strides, buffer, pointer): the
+    helpers take (u8 | x8 | s8, s8) and (u8, u8); None for other pairs."""
+    (kx, _, _, px), (ky, _, _, py) = x, y
+    if kx == "s8" and ky != "s8":
+        (kx, px), (ky, py) = (ky, py), (kx, px)
+    if ky != "s8" and (kx, ky) != ("u8", "u8"):
+        return None
+    return f"kiln_dot_{kx}{ky}({px}, {py}, {n});"
 
 
 def _flipped_uint8(e):
