@@ -175,3 +175,13 @@ def test_convolutions_of_many_shapes_match_the_host_exactly(target, index):
     xs = [{"x": RNG.integers(info.min, info.max + 1, (1, shape[0], *shape[2])).astype(dtype)} for _ in range(2)]
     for x, out in zip(xs, cm.build().run_batch(xs)):
         assert np.array_equal(out["y"], host.run(x)["y"])
+
+
+def test_a_grouped_convolution_takes_the_dot_tiles():
+    """Output channel 4o + c of a two-group conv reads the input channels of group
+    (4o + c) // 8: within a tile of four (or two) channels that is o // 2 (o // 4), so the
+    activations are one run for the whole tile (c99 ``_without_tile_offsets``) and the
+    helpers apply: 2x2 on the M4, 1x4 on the M55 (exactness: the shape sweep above)."""
+    model = _conv(*CONV_SHAPES[7], activations="int8")
+    assert "kiln_dot2x2_s8s8(" in kiln.compile(model, target="cortex-m4").files["model.c"]
+    assert "kiln_dot1x4_s8s8(" in kiln.compile(model, target="cortex-m55").files["model.c"]

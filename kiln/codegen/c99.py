@@ -30,13 +30,15 @@ Differences from the host :class:`~kiln.codegen.c.CRenderer`, and why:
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 
 from kiln.codegen.c import CRenderer
 from kiln.errors import VerificationError
 from kiln.ir.dtype import DType
-from kiln.ir.expr import Bin, Cast, Const, Load, Var, linear_terms, row_major, simplify, substitute, walk
+from kiln.ir.expr import (Bin, Cast, Const, Load, Var, from_linear_terms, linear_terms, map_children, memoized,
+                          row_major, simplify, substitute, walk)
 from kiln.ir.loop import SERIAL, For, Store
 from kiln.ir.ops.qlinear import requant_high_word, to_domain
 
@@ -176,10 +178,11 @@ class C99Renderer(CRenderer):
         if terms is None or acc.scope != "local" or len(wide) > 2:
             return None
         zero = {t.var.name: Const(0, DType.int64) for t in tile if t.extent == 1}
+        ranges = {t.var.name: t.extent for t in wide}
         names = [loop.var.name] + [t.var.name for t in wide]
         operands = []   # (kind, strides along the tile's wide loops, buffer, start pointer)
         for kind, ld in terms:
-            flat = simplify(substitute(self._flat_index(ld), zero))
+            flat = _without_tile_offsets(substitute(self._flat_index(ld), zero), ranges)
             strides = _strides(flat, names)
             if strides is None or strides[0] != 1:
                 return None
@@ -204,7 +207,8 @@ class C99Renderer(CRenderer):
         if kv == "s8" and (cols == 4 or (cols == 2 and shared[0] != "x8")):   # (x8: Helium's, 1x2 saves nothing)
             return self._use(f"kiln_dot1x{cols}_{shared[0]}s8({shared[3]}, {pv}, {ld}, {loop.extent}, "
                              f"&{target.format(c=0)});")
-        calls = [_dot_call((kv, (), None, pv + (f" + {c * ld}" if c else "")), shared, loop.extent) for c in range(cols)]
+        calls = [_dot_call((kv, (), None, pv + (f" + {c * ld}" if c else "")), shared, loop.extent)
+                 for c in range(cols)]
         if None in calls:
             return None
         return " ".join(self._use(f"{target.format(c=c)} += {call}") for c, call in enumerate(calls))
@@ -377,6 +381,34 @@ class C99Renderer(CRenderer):
         if not all(isinstance(n, int) for n in buf.shape):
             return None
         return row_major(ld.indices, buf.shape)
+
+
+def _without_tile_offsets(e, ranges: dict[str, int]):
+    """``e`` with each ``(g*Y + R) // (g*m)`` written ``Y // m`` where ``R`` is a sum of tile
+    variables (``0 <= v < ranges[v]``, non-negative coefficients) that stays below ``g``: the
+    same integer. A grouped convolution's ``((4*o + c) // 8) * 4`` (the input channels of
+    output channel ``4o + c``'s group) is then ``(o // 2) * 4``, one run for the whole
+    four-channel tile."""
+    def step(x):
+        x = map_children(x, go)
+        m = int(x.b.value) if isinstance(x, Bin) and x.op == "floordiv" and isinstance(x.b, Const) else None
+        terms = linear_terms(x.a) if m and m > 0 else None
+        if not terms:
+            return x
+        small = {a: c for a, c in terms.items() if isinstance(a, Var) and a.name in ranges and c >= 0}
+        g = m
+        for a, c in terms.items():
+            if a != "" and a not in small:
+                g = math.gcd(g, c)
+        const = terms.get("", 0)
+        if g <= 1 or not small or sum(c * (ranges[a.name] - 1) for a, c in small.items()) + const % g >= g:
+            return x
+        y = {a: c // g for a, c in terms.items() if a != "" and a not in small}
+        return simplify(Bin("floordiv", from_linear_terms({**y, "": const // g}, x.dtype), Const(m // g, x.dtype),
+                            x.dtype))
+
+    go = memoized(step, {})
+    return simplify(go(e))
 
 
 def _dot_call(x, y, n) -> str | None:

@@ -429,7 +429,7 @@ def _simplify_bin(x: Bin) -> Expr:
 
 # -- simplification with loop ranges ----------------------------------------------------
 
-def _rebuild(terms: dict, dtype) -> Expr:
+def from_linear_terms(terms: dict, dtype) -> Expr:  # (the inverse of linear_terms)
     out: Expr | None = None
     for atom, coef in terms.items():
         if atom == "" or coef == 0:
@@ -487,7 +487,7 @@ def _divide_common_factor(x: Bin) -> Expr:
     if g <= 1:
         return x
     k = terms.get("", 0)
-    y = _rebuild({**{a: v // g for a, v in terms.items() if a != ""}, "": k // g}, x.dtype)
+    y = from_linear_terms({**{a: v // g for a, v in terms.items() if a != ""}, "": k // g}, x.dtype)
     inner = simplify(Bin(x.op, y, Const(c // g, x.dtype), x.dtype))
     if x.op == "floordiv":
         return inner
@@ -505,7 +505,7 @@ def simplify_in_ranges(e: Expr, ranges: dict[str, int], memos: tuple[dict, dict]
         if isinstance(x, Bin) and x.op in ("floordiv", "mod") and not x.dtype.is_float:
             parts = _split_div(x, ranges)
             if parts is not None:
-                return simplify(_rebuild(parts[0] if x.op == "floordiv" else parts[1], x.dtype))
+                return simplify(from_linear_terms(parts[0] if x.op == "floordiv" else parts[1], x.dtype))
             return _divide_common_factor(x)
         return x
 
