@@ -31,7 +31,6 @@ Differences from the host :class:`~kiln.codegen.c.CRenderer`, and why:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 
 from kiln.codegen.c import CRenderer
@@ -64,7 +63,7 @@ class C99Renderer(CRenderer):
         # sums (kiln_lane_add_*): only where each is one vector sequence (Helium); on a DSP
         # core they would be the same scalar code as the loop they replace
         self.helium = helium
-        self.dot_used: set[str] = set()   # kiln_dot_* helpers the kernels call
+        self.dot_used: set[str] = set()   # kiln_dsp.h helpers the kernels call (_helper)
         self._index_depth = 0
 
     def ctype(self, dtype: DType) -> str:
@@ -146,9 +145,7 @@ class C99Renderer(CRenderer):
         if operands is None:
             return None
         (ka, pa), (kb, pb) = operands
-        name = f"kiln_dot_{ka}{kb}"
-        self.dot_used.add(name)
-        return f"{body.buffer} = {body.buffer} + {name}({pa}, {pb}, {loop.extent});"
+        return f"{body.buffer} = {body.buffer} + {self._helper(f'kiln_dot_{ka}{kb}', pa, pb, loop.extent)};"
 
     def dot_tile_call(self, loop: For) -> str | None:
         """A reduction loop over ``k`` whose body is a register tile, innermost
@@ -199,19 +196,18 @@ class C99Renderer(CRenderer):
         if len(moving) > 1 or (wide and not moving) or (wide and wide[0].extent > 4):
             return None
         if not wide:
-            call = _dot_call(operands[0], operands[1], loop.extent)
-            return None if call is None else self._use(f"{body.buffer}{'[0]' * len(names)} += {call}")
+            call = self._dot(operands[0][::3], operands[1][::3], loop.extent)
+            return None if call is None else f"{body.buffer}{'[0]' * len(names)} += {call};"
         (kv, (ld,), _, pv), shared = moving[0], next(o for o in operands if o is not moving[0])
         cols = wide[0].extent
         target = body.buffer + "".join("[{c}]" if n == wide[0].var.name else "[0]" for n in names)
         if kv == "s8" and (cols == 4 or (cols == 2 and shared[0] != "x8")):   # (x8: Helium's, 1x2 saves nothing)
-            return self._use(f"kiln_dot1x{cols}_{shared[0]}s8({shared[3]}, {pv}, {ld}, {loop.extent}, "
-                             f"&{target.format(c=0)});")
-        calls = [_dot_call((kv, (), None, pv + (f" + {c * ld}" if c else "")), shared, loop.extent)
-                 for c in range(cols)]
+            return self._helper(f"kiln_dot1x{cols}_{shared[0]}s8", shared[3], pv, ld, loop.extent,
+                                f"&{target.format(c=0)}") + ";"
+        calls = [self._dot((kv, pv + (f" + {c * ld}" if c else "")), shared[::3], loop.extent) for c in range(cols)]
         if None in calls:
             return None
-        return " ".join(self._use(f"{target.format(c=c)} += {call}") for c, call in enumerate(calls))
+        return " ".join(f"{target.format(c=c)} += {call};" for c, call in enumerate(calls))
 
     def _dot2x2(self, loop: For, body: Store, names, wide, operands) -> str | None:
         """``kiln_dot2x2_<a>s8(&a[p], lda, &b[q], ldb, n, &acc[0][0])`` for a 2 x 2 tile."""
@@ -223,12 +219,20 @@ class C99Renderer(CRenderer):
         if lda[1] != 0 or lda[0] == 0:
             return None
         target = body.buffer + "".join("[0]" for _ in names)
-        return self._use(f"kiln_dot2x2_{ka}s8({pa}, {lda[0]}, {pb}, {ldb}, {loop.extent}, &{target});")
+        return self._helper(f"kiln_dot2x2_{ka}s8", pa, lda[0], pb, ldb, loop.extent, f"&{target}") + ";"
 
-    def _use(self, statement: str) -> str:
-        """Record the kiln_dsp.h helpers a printed statement calls."""
-        self.dot_used.update(re.findall(r"\b(kiln_(?:dot|dot1x\d|dot2x2)_\w+)\(", statement))
-        return statement
+    def _dot(self, x, y, n) -> str | None:
+        """``kiln_dot_<a><b>(x, y, n)`` for two (kind, pointer) operands in the order the
+        helpers take them (``_helper_order``); None for a pair no helper takes."""
+        (kx, px), (ky, py) = _helper_order(x, y)
+        if ky != "s8" and (kx, ky) != ("u8", "u8"):
+            return None
+        return self._helper(f"kiln_dot_{kx}{ky}", px, py, n)
+
+    def _helper(self, name: str, *args) -> str:
+        """``name(args)``, a kiln_dsp.h helper, recorded as used."""
+        self.dot_used.add(name)
+        return f"{name}({', '.join(str(a) for a in args)})"
 
     def mac_tile_call(self, loop: For) -> str | None:
         """``kiln_lane_mac4_u8s8(&a[p], &b[q], &acc[..][0]);`` for a loop of four channels side by
@@ -246,9 +250,8 @@ class C99Renderer(CRenderer):
         if operands is None or operands[0][0] == "x8":  # (depthwise reads uint8 as stored)
             return None
         (ka, pa), (kb, pb) = operands
-        name = f"kiln_lane_mac4_{ka}{kb}"
-        self.dot_used.add(name)
-        return f"{name}({pa}, {pb}, &{self._index_text(Load(body.buffer, first, acc.dtype))});"
+        return self._helper(f"kiln_lane_mac4_{ka}{kb}", pa, pb,
+                            f"&{self._index_text(Load(body.buffer, first, acc.dtype))}") + ";"
 
     def requant_call(self, loop: For) -> str | None:
         """``kiln_requant4_s8(&acc[..][0], &mult[p], &shift[p], zp, lo, hi, &out[q]);`` for a
@@ -276,9 +279,9 @@ class C99Renderer(CRenderer):
         starts = [self._run_start(ld, var) for ld in (mult, shift, Load(body.buffer, body.indices, out.dtype))]
         if None in starts:
             return None
-        name = f"kiln_requant4_{_DOT_TYPES[out.dtype]}"
-        self.dot_used.add(name)
-        return f"{name}(&{self._index_text(Load(acc.buffer, first, tile.dtype))}, {starts[0]}, {starts[1]}, {zp}, {lo}, {hi}, {starts[2]});"
+        return self._helper(f"kiln_requant4_{_DOT_TYPES[out.dtype]}",
+                            f"&{self._index_text(Load(acc.buffer, first, tile.dtype))}", starts[0], starts[1],
+                            zp, lo, hi, starts[2]) + ";"
 
     def lane_add_call(self, loop: For) -> str | None:
         """``kiln_lane_add_s8(&x[p], &acc[..][0], n);`` for ``acc[.., c] += (int32)x[p + c]``
@@ -298,9 +301,8 @@ class C99Renderer(CRenderer):
         start = self._run_start(x, loop.var.name) if kind else None
         if first is None or start is None:
             return None
-        name = f"kiln_lane_add_{kind}"
-        self.dot_used.add(name)
-        return f"{name}({start}, &{self._index_text(Load(body.buffer, first, acc.dtype))}, {loop.extent});"
+        return self._helper(f"kiln_lane_add_{kind}", start,
+                            f"&{self._index_text(Load(body.buffer, first, acc.dtype))}", loop.extent) + ";"
 
     def _pointer(self, buffer: str, flat) -> str:
         """``&buf[p]`` for a flat index ``p``; a local array of several dimensions (a gathered
@@ -337,9 +339,7 @@ class C99Renderer(CRenderer):
         operands = [(kind, self._run_start(ld, loop.var.name)) for kind, ld in terms]
         if any(start is None for _, start in operands):
             return None
-        if operands[0][0] == "s8" and operands[1][0] != "s8":
-            operands.reverse()
-        return operands
+        return _helper_order(*operands)
 
     def _dot_terms(self, body: Store, acc, local_operands: bool = False):
         """The two 8-bit loads of ``acc[..] = acc[..] + (int32)x * (int32)y`` as (kind, load),
@@ -411,15 +411,10 @@ def _without_tile_offsets(e, ranges: dict[str, int]):
     return simplify(go(e))
 
 
-def _dot_call(x, y, n) -> str | None:
-    """``kiln_dot_<a><b>(x, y, n);`` for two operands (kind, strides, buffer, pointer): the
-    helpers take (u8 | x8 | s8, s8) and (u8, u8); None for other pairs."""
-    (kx, _, _, px), (ky, _, _, py) = x, y
-    if kx == "s8" and ky != "s8":
-        (kx, px), (ky, py) = (ky, py), (kx, px)
-    if ky != "s8" and (kx, ky) != ("u8", "u8"):
-        return None
-    return f"kiln_dot_{kx}{ky}({px}, {py}, {n});"
+def _helper_order(x, y):
+    """Two (kind, ...) operands in the order kiln_dsp.h's helpers take them: (u8 | x8 | s8,
+    s8), an (s8, u8) pair swapped (a product does not care)."""
+    return (y, x) if x[0] == "s8" and y[0] != "s8" else (x, y)
 
 
 def _flipped_uint8(e):
